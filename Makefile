@@ -1,0 +1,49 @@
+# Every target sets itself up: `make test` and `make demo` work on a fresh machine with Python >= 3.11.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: setup test test-fast check lint format typecheck proto proto-check demo bench gpu-check clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --constraint constraints.txt --editable '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+## The tests (README's test command; CI runs it through .ci/run).
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+## Lint, types, and generated-code drift: what CI checks besides the tests.
+check: lint typecheck proto-check
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+proto: $(STAMP)
+	$(BIN)/python scripts/gen_protos.py
+
+proto-check: $(STAMP)
+	$(BIN)/python scripts/gen_protos.py --check
+
+## The demo of a whole simulated lab (README's main command).
+demo: $(STAMP)
+	$(BIN)/pausewatch demo
+
+bench: $(STAMP)
+	$(BIN)/python bench/bench_envelope.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis demo-out
