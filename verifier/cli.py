@@ -1,0 +1,112 @@
+"""The regulator's command line, ``pausewatch``: keys, the verifier, audits, the log, policies.
+
+    pausewatch keygen --out keys/ --name verifier
+    pausewatch verifier serve --config verifier.toml
+    pausewatch audit report --lab lab-a --since 2026-11-01 --until 2026-12-01
+
+Exit codes (every command): 0 compliant / success, 1 non-compliant, 2 usage error,
+3 verification failed, 4 internal error. Every command that prints a result takes ``--json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from attest import keys, note
+from attest.errors import PausewatchError
+from attest.exitcodes import ExitCode, exit_code_for
+
+log = logging.getLogger(__name__)
+
+
+def emit(result: dict[str, Any], as_json: bool, text: str) -> None:
+    """Print a command's result as JSON or as text."""
+    if as_json:
+        click.echo(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        click.echo(text)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Log debug detail (and tracebacks) to stderr.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """pausewatch: verify compute attestations during a declared pause on frontier training."""
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    ctx.obj = {"debug": debug}
+
+
+@cli.command()
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Directory to write NAME.key (mode 0600) and NAME.pub into.",
+)
+@click.option("--name", default="pausewatch", show_default=True, help="File name stem.")
+@click.option(
+    "--note-name",
+    default=None,
+    help="Also print the signed-note verifier key for this key name (a log origin).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def keygen(out_dir: Path, name: str, note_name: str | None, as_json: bool) -> None:
+    """Write a new Ed25519 key pair. Never overwrites an existing key."""
+    if not name or "/" in name or name.startswith("."):
+        raise click.BadParameter("must be a plain file name stem", param_hint="--name")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    private = keys.generate_private_key()
+    key_path = out_dir / f"{name}.key"
+    pub_path = out_dir / f"{name}.pub"
+    if pub_path.exists():
+        raise click.UsageError(f"{pub_path} already exists; refusing to overwrite a key")
+    keys.save_private_key(key_path, private)
+    keys.save_public_key(pub_path, private.public_key())
+    kid = keys.key_id(private.public_key()).hex()
+    result: dict[str, Any] = {
+        "private_key": str(key_path),
+        "public_key": str(pub_path),
+        "key_id": kid,
+        "public_key_base64": keys.format_public_key(private.public_key()),
+    }
+    lines = [f"wrote {key_path} (mode 0600) and {pub_path}", f"key id {kid}"]
+    if note_name is not None:
+        vkey = note.format_verifier_key(note_name, private.public_key().public_bytes_raw())
+        result["note_verifier_key"] = vkey
+        lines.append(f"signed-note verifier key {vkey}")
+    emit(result, as_json, "\n".join(lines))
+
+
+def main() -> None:
+    """Entry point: run the CLI and map errors to exit codes in one place."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(ExitCode.USAGE)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(ExitCode.USAGE)
+    except PausewatchError as exc:
+        click.echo(f"error: {exc.diagnostics()}", err=True)
+        sys.exit(exit_code_for(exc))
+    except Exception as exc:  # the CLI entry: anything unexpected is an internal error
+        log.debug("internal error", exc_info=True)
+        click.echo(f"internal error: {type(exc).__name__} (run with --debug for details)", err=True)
+        sys.exit(ExitCode.INTERNAL)
+
+
+if __name__ == "__main__":
+    main()
