@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from attest import merkle
 from attest.errors import ProofError
+from tests.shared import TLOG
 
-TLOG = Path(__file__).resolve().parents[3].parent / "shared" / "testdata" / "tlog"
 PROBES = TLOG / "transparency-dev-merkle" / "testdata"
 CT8 = json.loads((TLOG / "ct-leaves-8" / "ct_leaves_8.json").read_text())
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,8 +18,8 @@ from attest.errors import (
     NoteSignatureError,
     NoVerifiedSignatureError,
 )
+from tests.shared import TLOG
 
-TLOG = Path(__file__).resolve().parents[3].parent / "shared" / "testdata" / "tlog"
 VECTORS = json.loads((TLOG / "signed-note" / "signed_note_vectors.json").read_text())
 SIGN_CASE = VECTORS["sign_case"]
 VALID_VKEYS = sorted({SIGN_CASE["vkey"], *(case["vkey"] for case in VECTORS["verify_cases"])})
