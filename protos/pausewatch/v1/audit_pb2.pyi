@@ -471,6 +471,7 @@ class ComplianceReport(_message.Message):
     TREE_SIZE_FIELD_NUMBER: _builtins.int
     TABLE_VERSION_FIELD_NUMBER: _builtins.int
     REASONS_FIELD_NUMBER: _builtins.int
+    AS_OF_NS_FIELD_NUMBER: _builtins.int
     lab_id: _builtins.str
     """The lab."""
     period_start_ns: _builtins.int
@@ -491,6 +492,10 @@ class ComplianceReport(_message.Message):
     """Log size the report was computed at: every entry it used is below this index."""
     table_version: _builtins.int
     """Version of the GPU table used for compute figures."""
+    as_of_ns: _builtins.int
+    """The report covers evidence up to this time: min(period_end_ns, the verifier's clock when it
+    made the report), ns since the epoch. Time after it is neither attested nor a gap.
+    """
     @_builtins.property
     def rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___RuleResult]:
         """One result per policy rule."""
@@ -544,10 +549,11 @@ class ComplianceReport(_message.Message):
         tree_size: _builtins.int = ...,
         table_version: _builtins.int = ...,
         reasons: _abc.Iterable[_builtins.str] | None = ...,
+        as_of_ns: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["coverage", b"coverage", "totals", b"totals"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket_ns", b"bucket_ns", "coverage", b"coverage", "findings", b"findings", "gaps", b"gaps", "lab_id", b"lab_id", "nodes", b"nodes", "period_end_ns", b"period_end_ns", "period_start_ns", b"period_start_ns", "policy_digest", b"policy_digest", "policy_id", b"policy_id", "policy_version", b"policy_version", "reasons", b"reasons", "rules", b"rules", "series", b"series", "table_version", b"table_version", "totals", b"totals", "tree_size", b"tree_size", "verdict", b"verdict"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of_ns", b"as_of_ns", "bucket_ns", b"bucket_ns", "coverage", b"coverage", "findings", b"findings", "gaps", b"gaps", "lab_id", b"lab_id", "nodes", b"nodes", "period_end_ns", b"period_end_ns", "period_start_ns", b"period_start_ns", "policy_digest", b"policy_digest", "policy_id", b"policy_id", "policy_version", b"policy_version", "reasons", b"reasons", "rules", b"rules", "series", b"series", "table_version", b"table_version", "totals", b"totals", "tree_size", b"tree_size", "verdict", b"verdict"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -74,6 +74,8 @@ class EvidenceBundle(_message.Message):
     SERVER_REPORT_FIELD_NUMBER: _builtins.int
     BUCKET_NS_FIELD_NUMBER: _builtins.int
     MAX_CLOCK_SKEW_NS_FIELD_NUMBER: _builtins.int
+    GAP_TOLERANCE_NS_FIELD_NUMBER: _builtins.int
+    OPEN_GAP_GRACE_NS_FIELD_NUMBER: _builtins.int
     format_version: _builtins.int
     """Format version; 1."""
     lab_id: _builtins.str
@@ -92,6 +94,12 @@ class EvidenceBundle(_message.Message):
     """Width of the accounting buckets the report uses, ns."""
     max_clock_skew_ns: _builtins.int
     """Verifier settings that affect the report: the accepted clock skew, ns."""
+    gap_tolerance_ns: _builtins.int
+    """Verifier setting: unattested stretches shorter than this are not gaps, ns."""
+    open_gap_grace_ns: _builtins.int
+    """Verifier setting: how long after a node's last window ends before the time since counts as an
+    open gap (a window in progress is not a gap), ns.
+    """
     @_builtins.property
     def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___BundleEntry]:
         """The entries: the lab record, the policy records, the lab's enrolments, inventory declarations
@@ -117,10 +125,12 @@ class EvidenceBundle(_message.Message):
         server_report: _audit_pb2.ComplianceReport | None = ...,
         bucket_ns: _builtins.int = ...,
         max_clock_skew_ns: _builtins.int = ...,
+        gap_tolerance_ns: _builtins.int = ...,
+        open_gap_grace_ns: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["server_report", b"server_report"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket_ns", b"bucket_ns", "checkpoint_note", b"checkpoint_note", "created_at_ns", b"created_at_ns", "entries", b"entries", "format_version", b"format_version", "lab_id", b"lab_id", "log_verifier_key", b"log_verifier_key", "max_clock_skew_ns", b"max_clock_skew_ns", "period_end_ns", b"period_end_ns", "period_start_ns", b"period_start_ns", "server_report", b"server_report"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket_ns", b"bucket_ns", "checkpoint_note", b"checkpoint_note", "created_at_ns", b"created_at_ns", "entries", b"entries", "format_version", b"format_version", "gap_tolerance_ns", b"gap_tolerance_ns", "lab_id", b"lab_id", "log_verifier_key", b"log_verifier_key", "max_clock_skew_ns", b"max_clock_skew_ns", "open_gap_grace_ns", b"open_gap_grace_ns", "period_end_ns", b"period_end_ns", "period_start_ns", b"period_start_ns", "server_report", b"server_report"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
