@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from attest.errors import ConfigError
+from attest.keys import format_public_key, generate_private_key
+from verifier.config import parse_config
+
+KEY = format_public_key(generate_private_key().public_key())
+
+
+def config(text: str) -> bytes:
+    return text.encode()
+
+
+def test_minimal_insecure_config_and_defaults(tmp_path: Path) -> None:
+    cfg = parse_config(
+        config(
+            f"""
+[server]
+insecure_no_tls = true
+listen = "127.0.0.1:0"
+[ingest]
+accept_backends = ["sim"]
+bucket_ms = 2000
+[[labs]]
+id = "lab-a"
+operator_public_key = "{KEY}"
+policy = "policy.toml"
+"""
+        ),
+        base=tmp_path,
+    )
+    assert cfg.server.insecure_no_tls
+    assert cfg.ingest.bucket_ns == 2 * 10**9
+    assert cfg.ingest.accept_backends == ("sim",)
+    assert cfg.labs[0].policy_path == tmp_path / "policy.toml"
+    assert cfg.labs[0].name == "lab-a"
+    assert cfg.store.path == tmp_path / "verifier.db"
+
+
+def test_operator_key_from_a_pem_file(tmp_path: Path) -> None:
+    from attest.keys import save_public_key
+
+    private = generate_private_key()
+    save_public_key(tmp_path / "op.pub", private.public_key())
+    cfg = parse_config(
+        config(
+            '[server]\ninsecure_no_tls = true\n[[labs]]\nid = "lab-a"\noperator_public_key = "op.pub"\n'
+        ),
+        base=tmp_path,
+    )
+    assert cfg.labs[0].operator_public_key == private.public_key().public_bytes_raw()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[server]\nlisten = 1\ninsecure_no_tls = true", "server.listen: must be a str"),
+        ("[server]\nlisten = 'x:1'", "tls_cert and server.tls_key are required"),
+        ("[server]\ninsecure_no_tls = true\nbogus = 1", "server.bogus: is not a known key"),
+        (
+            "[server]\ninsecure_no_tls = true\n[ingest]\nbucket_ms = 0",
+            "ingest.bucket_ms: must be positive",
+        ),
+        (
+            "[server]\ninsecure_no_tls = true\n[ingest]\naccept_backends = ['gpu']",
+            "accept_backends",
+        ),
+        ("[server]\ninsecure_no_tls = true\n[store]\nengine = 'postgres'", "store.dsn"),
+        (
+            "[server]\ninsecure_no_tls = true\n[[labs]]\nid = 'Lab A'\noperator_public_key = 'x'",
+            "labs[0].id",
+        ),
+        (
+            "[server]\ninsecure_no_tls = true\n[[labs]]\nid = 'a'\noperator_public_key = 'nope'",
+            "labs[0].operator_public_key",
+        ),
+        (
+            f"[server]\ninsecure_no_tls = true\n[[labs]]\nid = 'a'\noperator_public_key = '{KEY}'\n[[labs]]\nid = 'a'\noperator_public_key = '{KEY}'",
+            "appears twice",
+        ),
+        ("[server\n", "verifier.toml"),
+        ("[log]\norigin = 'has space'\n[server]\ninsecure_no_tls = true", "log.origin"),
+        ("[server]\ninsecure_no_tls = true\nrequire_client_cert = true", "client_ca"),
+    ],
+)
+def test_errors_name_the_key(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        parse_config(config(text), source="verifier.toml")

@@ -1,0 +1,190 @@
+"""The storage contract, run against every backend."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from attest import merkle
+from tests.stores import make_store
+from verifier.store.base import (
+    AttestationRow,
+    CheckpointRow,
+    EntryKind,
+    FindingRow,
+    GapRow,
+    InventoryRow,
+    LabRow,
+    NewEntry,
+    NodeRow,
+    Store,
+)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    s = make_store(request.param, tmp_path)
+    yield s
+    s.close()
+
+
+def entry(i: int, kind: EntryKind = EntryKind.ATTESTATION) -> NewEntry:
+    raw = b"entry-%d" % i
+    return NewEntry(
+        entry=raw,
+        leaf_hash=merkle.leaf_hash(raw),
+        digest=hashlib.sha256(raw).digest(),
+        kind=kind,
+        lab_id="lab-a",
+        node_id=b"\x01" * 32,
+    )
+
+
+def append(store: Store, items: list[NewEntry]) -> int:
+    appender = merkle.TreeAppender.from_reader(_Reader(store), store.tree_size())
+    nodes = []
+    for item in items:
+        nodes += appender.append(item.leaf_hash)
+    with store.transaction() as tx:
+        return tx.append_log(items, nodes, 123)
+
+
+class _Reader:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def node(self, level: int, index: int) -> bytes:
+        return self.store.node_hash(level, index)
+
+
+def test_log_entries_nodes_and_proofs(store: Store) -> None:
+    items = [entry(i) for i in range(13)]
+    assert append(store, items[:5]) == 0
+    assert append(store, items[5:]) == 5
+    assert store.tree_size() == 13
+    leaves = [e.leaf_hash for e in items]
+    reader = _Reader(store)
+    assert merkle.root_from(reader, 13) == merkle.root_from_leaf_hashes(leaves)
+    assert merkle.inclusion_proof_from(reader, 6, 13) == merkle.inclusion_proof(6, leaves)
+    got = store.get_entry(7)
+    assert got is not None and got.entry == b"entry-7" and got.kind is EntryKind.ATTESTATION
+    assert [e.index for e in store.entries([9, 2, 2])] == [2, 9]
+    assert store.entry_index_by_digest(items[3].digest) == (3, EntryKind.ATTESTATION)
+    assert store.entry_index_by_digest(b"\x00" * 32) is None
+
+
+def test_failed_transaction_leaves_nothing(store: Store) -> None:
+    append(store, [entry(0)])
+    with pytest.raises(RuntimeError, match="boom"), store.transaction() as tx:
+        tx.append_log([entry(1)], [], 1)
+        tx.put_lab(LabRow("lab-a", "A", b"\x02" * 32, 1))
+        raise RuntimeError("boom")
+    assert store.tree_size() == 1
+    assert store.get_lab("lab-a") is None
+
+
+def test_each_envelope_once_in_the_log(store: Store) -> None:
+    append(store, [entry(0)])
+    with pytest.raises(Exception), store.transaction() as tx:  # noqa: B017, PT011 - driver-specific
+        tx.append_log([entry(0)], [], 1)
+    assert store.tree_size() == 1
+
+
+def test_registry_rows(store: Store) -> None:
+    node = NodeRow(
+        node_id=b"\x01" * 32,
+        lab_id="lab-a",
+        public_key=b"\x03" * 32,
+        name="gpu-01",
+        state=1,
+        enrolled_at_ns=10,
+        enrollment_digest=b"\x04" * 32,
+        enrollment_log_index=0,
+        enrollment_payload=b"payload",
+        revoked_at_ns=None,
+        head_seq=None,
+        head_digest=None,
+        head_log_index=None,
+        head_window_end_ns=None,
+    )
+    with store.transaction() as tx:
+        tx.put_lab(LabRow("lab-a", "Lab A", b"\x02" * 32, 0))
+        tx.insert_node(node, ["GPU-1", "GPU-2"])
+        tx.put_inventory(InventoryRow("lab-a", 1, 5, ("GPU-1", "GPU-2"), 3))
+        tx.set_node_head(node.node_id, 4, b"\x05" * 32, 9, 99)
+    assert store.gpu_owner("GPU-2") == node.node_id
+    got = store.get_node(node.node_id)
+    assert got is not None and (got.head_seq, got.head_log_index, got.head_window_end_ns) == (
+        4,
+        9,
+        99,
+    )
+    with store.transaction() as tx:
+        tx.set_node_state(node.node_id, 2, revoked_at_ns=77)
+        tx.release_gpus(node.node_id)
+    got = store.get_node(node.node_id)
+    assert got is not None and (got.state, got.revoked_at_ns) == (2, 77)
+    assert store.gpu_owner("GPU-1") is None
+    assert store.inventory("lab-a")[0].gpu_uuids == ("GPU-1", "GPU-2")
+    assert [lab.lab_id for lab in store.list_labs()] == ["lab-a"]
+
+
+def test_attestations_windows_and_contributors(store: Store) -> None:
+    node = b"\x01" * 32
+    rows = [
+        AttestationRow(
+            node, seq, b"%032d" % seq, 10 + seq, "lab-a", seq * 100, seq * 100 + 100, flop, 0, 0
+        )
+        for seq, flop in enumerate([5, 2**70, 7, 2**70 + 1, 1])
+    ]
+    with store.transaction() as tx:
+        tx.insert_attestations(rows)
+    assert store.top_contributors("lab-a", 0, 1000, "upper_bound", 2) == [13, 11]
+    assert store.attestation_digest_at(node, 3) == b"%032d" % 3
+    first = store.first_window_ending_after(node, 150)
+    assert first is not None and first.seq == 1
+    last = store.last_window_starting_before(node, 250)
+    assert last is not None and last.seq == 2
+    count, lo, hi, total = store.node_attestation_stats(node, 100, 400)
+    assert (count, lo, hi, total) == (3, 1, 3, 2**70 + 7 + 2**70 + 1)
+
+
+def test_findings_gaps_buckets_claims_meta(store: Store) -> None:
+    node = b"\x01" * 32
+    with store.transaction() as tx:
+        tx.insert_findings(
+            [
+                FindingRow(i, "lab-a", node, 1 if i % 2 else 2, i * 10, i * 10 + 5, b"f%d" % i)
+                for i in range(6)
+            ]
+        )
+        tx.insert_gaps([GapRow(node, 100, 200, 1, 2, 5, 6, True, 42, 2**66, 2**67, 3)])
+        tx.put_buckets("lab-a", {0: {"a": "1"}, 60: {"a": "2"}})
+        tx.put_buckets("lab-a", {60: {"a": "3"}})
+        assert tx.claim_once("k", 100, 0)
+        assert not tx.claim_once("k", 200, 50)
+        assert tx.claim_once("k", 300, 150)
+        tx.set_meta("secret", b"xyz")
+        tx.save_checkpoint(CheckpointRow(3, b"\x00" * 32, "note", 9))
+    assert [f.log_index for f in store.findings("lab-a", after_index=1, kinds=[1])] == [3, 5]
+    assert [f.log_index for f in store.findings("lab-a", since_ns=25, until_ns=45)] == [2, 3, 4]
+    gaps = store.gaps_overlapping(node, 150, 160)
+    assert len(gaps) == 1 and gaps[0].energy_bound_flop == 2**66 and gaps[0].energy_bounded
+    assert store.gaps_overlapping(node, 200, 300) == []
+    assert store.buckets("lab-a", 0, 100) == {0: {"a": "1"}, 60: {"a": "3"}}
+    assert store.get_meta("secret") == b"xyz"
+    checkpoint = store.latest_checkpoint()
+    assert checkpoint is not None and checkpoint.tree_size == 3
+
+
+def test_stored_bytes_and_snapshot(store: Store) -> None:
+    append(store, [entry(i) for i in range(20)])
+    assert store.stored_bytes() > 0
+    with store.snapshot() as view:
+        size = view.tree_size()
+        append(store, [entry(100)])  # a commit after the snapshot began
+        assert view.tree_size() == size
+    assert store.tree_size() == size + 1

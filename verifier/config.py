@@ -1,0 +1,283 @@
+"""The verifier's configuration file (TOML): listening, TLS, the log key, storage, ingest settings,
+and the labs the regulator has registered.
+
+    config = load_config(Path("verifier.toml"))
+    config.server.listen, config.ingest.max_clock_skew_ns, config.labs[0].policy_path
+
+Every error raises :class:`~attest.errors.ConfigError` naming the file and the key. Relative paths
+are resolved against the config file's directory. See docs/verifier.md for every key.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from attest.errors import ConfigError
+from attest.ids import is_valid_lab_id
+from attest.keys import parse_public_key
+
+S = 1_000_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    listen: str = "127.0.0.1:7443"
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    client_ca: Path | None = None
+    require_client_cert: bool = False
+    insecure_no_tls: bool = False
+    reflection: bool = False
+    max_message_bytes: int = 8 * 1024 * 1024
+    max_envelope_bytes: int = 256 * 1024
+    max_batch_envelopes: int = 1024
+    workers: int = 16
+    shutdown_grace_s: int = 10
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    origin: str = "pausewatch.example/verifier"
+    signing_key: Path = Path("log.key")
+    checkpoint_interval_s: int = 10
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    engine: str = "sqlite"
+    path: Path = Path("verifier.db")
+    dsn: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class IngestConfig:
+    max_clock_skew_ns: int = 300 * S
+    max_age_ns: int = 30 * 86_400 * S
+    nonce_lifetime_ns: int = 86_400 * S
+    require_nonce: bool = True
+    accept_backends: tuple[str, ...] = ("nvml",)
+    bucket_ns: int = 60 * S
+    gap_tolerance_ns: int = 5 * S
+    open_gap_grace_ns: int = 150 * S
+    energy_mismatch_factor_ppm: int = 3_000_000
+    idle_power_fraction_ppm: int = 200_000
+    verify_threads: int = 2
+
+
+@dataclass(frozen=True, slots=True)
+class LabConfig:
+    lab_id: str
+    name: str
+    operator_public_key: bytes
+    policy_path: Path | None = None
+    inventory_declarations: tuple[Path, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class VerifierConfig:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    labs: tuple[LabConfig, ...] = ()
+    source: str = "<config>"
+
+
+_BACKENDS = ("nvml", "sim", "replay")
+_SERVER = ServerConfig()
+_LOG = LogConfig()
+_STORE = StoreConfig()
+
+
+class _Section:
+    """Typed access to one table of the file, remembering which keys were read."""
+
+    def __init__(self, data: Mapping[str, Any], where: str, source: str) -> None:
+        self.data = data
+        self.where = where
+        self.source = source
+        self.used: set[str] = set()
+
+    def _err(self, key: str, message: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {self.where}{key}: {message}")
+
+    def get(self, key: str, kind: type, default: Any) -> Any:
+        self.used.add(key)
+        if key not in self.data:
+            return default
+        value = self.data[key]
+        if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+            raise self._err(key, f"must be an integer, got {value!r}")
+        if kind is not int and not isinstance(value, kind):
+            raise self._err(key, f"must be a {kind.__name__}, got {value!r}")
+        return value
+
+    def positive(self, key: str, default: int) -> int:
+        value: int = self.get(key, int, default)
+        if value <= 0:
+            raise self._err(key, f"must be positive, got {value}")
+        return value
+
+    def path(self, key: str, base: Path, default: Path | None) -> Path | None:
+        value = self.get(key, str, None)
+        if value is None:
+            return default if default is None else base / default
+        if not value:
+            raise self._err(key, "must not be empty")
+        return base / Path(value)
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            raise self._err(unknown[0], "is not a known key")
+
+
+def load_config(path: Path) -> VerifierConfig:
+    """Read and validate a verifier config file."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    return parse_config(data, source=str(path), base=path.parent)
+
+
+def parse_config(data: bytes, *, source: str = "<config>", base: Path = Path()) -> VerifierConfig:
+    try:
+        doc = tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{source}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    top = _Section(doc, "", source)
+    sections = {}
+    for name in ("server", "log", "store", "ingest"):
+        table = top.get(name, dict, {})
+        sections[name] = _Section(table, f"{name}.", source)
+    labs_raw = top.get("labs", list, [])
+    top.finish()
+
+    s = sections["server"]
+    server = ServerConfig(
+        listen=s.get("listen", str, _SERVER.listen),
+        tls_cert=s.path("tls_cert", base, None),
+        tls_key=s.path("tls_key", base, None),
+        client_ca=s.path("client_ca", base, None),
+        require_client_cert=s.get("require_client_cert", bool, False),
+        insecure_no_tls=s.get("insecure_no_tls", bool, False),
+        reflection=s.get("reflection", bool, False),
+        max_message_bytes=s.positive("max_message_bytes", _SERVER.max_message_bytes),
+        max_envelope_bytes=s.positive("max_envelope_bytes", _SERVER.max_envelope_bytes),
+        max_batch_envelopes=s.positive("max_batch_envelopes", _SERVER.max_batch_envelopes),
+        workers=s.positive("workers", _SERVER.workers),
+        shutdown_grace_s=s.positive("shutdown_grace_s", _SERVER.shutdown_grace_s),
+    )
+    if not server.insecure_no_tls and (server.tls_cert is None or server.tls_key is None):
+        raise ConfigError(
+            f"{source}: server.tls_cert and server.tls_key are required "
+            "(or set server.insecure_no_tls = true for a local test setup)"
+        )
+    if server.require_client_cert and server.client_ca is None:
+        raise ConfigError(f"{source}: server.require_client_cert needs server.client_ca")
+    s.finish()
+
+    lg = sections["log"]
+    origin = lg.get("origin", str, _LOG.origin)
+    if not origin or any(c.isspace() or c == "+" for c in origin):
+        raise ConfigError(f"{source}: log.origin: must be non-empty with no spaces or '+'")
+    signing_key = lg.path("signing_key", base, _LOG.signing_key)
+    assert signing_key is not None
+    log = LogConfig(
+        origin=origin,
+        signing_key=signing_key,
+        checkpoint_interval_s=lg.positive("checkpoint_interval_s", _LOG.checkpoint_interval_s),
+    )
+    lg.finish()
+
+    st = sections["store"]
+    engine = st.get("engine", str, "sqlite")
+    if engine not in ("sqlite", "postgres"):
+        raise ConfigError(f"{source}: store.engine: must be 'sqlite' or 'postgres', got {engine!r}")
+    store_path = st.path("path", base, _STORE.path)
+    assert store_path is not None
+    dsn = st.get("dsn", str, "")
+    if engine == "postgres" and not dsn:
+        raise ConfigError(f"{source}: store.dsn: required when store.engine is 'postgres'")
+    store = StoreConfig(engine=engine, path=store_path, dsn=dsn)
+    st.finish()
+
+    ig = sections["ingest"]
+    backends = ig.get("accept_backends", list, ["nvml"])
+    for backend in backends:
+        if backend not in _BACKENDS:
+            raise ConfigError(
+                f"{source}: ingest.accept_backends: {backend!r} is not one of {_BACKENDS}"
+            )
+    if not backends:
+        raise ConfigError(f"{source}: ingest.accept_backends: must name at least one backend")
+    ingest = IngestConfig(
+        max_clock_skew_ns=ig.positive("max_clock_skew_s", 300) * S,
+        max_age_ns=ig.positive("max_age_s", 30 * 86_400) * S,
+        nonce_lifetime_ns=ig.positive("nonce_lifetime_s", 86_400) * S,
+        require_nonce=ig.get("require_nonce", bool, True),
+        accept_backends=tuple(backends),
+        bucket_ns=ig.positive("bucket_ms", 60_000) * 1_000_000,
+        gap_tolerance_ns=ig.positive("gap_tolerance_ms", 5_000) * 1_000_000,
+        open_gap_grace_ns=ig.positive("open_gap_grace_ms", 150_000) * 1_000_000,
+        energy_mismatch_factor_ppm=ig.positive("energy_mismatch_factor_ppm", 3_000_000),
+        idle_power_fraction_ppm=ig.positive("idle_power_fraction_ppm", 200_000),
+        verify_threads=ig.positive("verify_threads", 2),
+    )
+    if ingest.energy_mismatch_factor_ppm < 1_000_000:
+        raise ConfigError(f"{source}: ingest.energy_mismatch_factor_ppm: must be >= 1000000")
+    ig.finish()
+
+    labs: list[LabConfig] = []
+    seen: set[str] = set()
+    for i, raw in enumerate(labs_raw):
+        where = f"labs[{i}]."
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source}: labs[{i}]: must be a table")
+        lab = _Section(raw, where, source)
+        lab_id = lab.get("id", str, "")
+        if not is_valid_lab_id(lab_id):
+            raise ConfigError(f"{source}: {where}id: {lab_id!r} is not a valid lab id")
+        if lab_id in seen:
+            raise ConfigError(f"{source}: {where}id: lab {lab_id!r} appears twice")
+        seen.add(lab_id)
+        key_text = lab.get("operator_public_key", str, "")
+        try:
+            key = parse_public_key(_read_key_text(key_text, base))
+        except (ValueError, OSError):
+            raise ConfigError(
+                f"{source}: {where}operator_public_key: not an Ed25519 public key "
+                "(PEM file path, or 32 bytes in base64 or hex)"
+            ) from None
+        declarations = lab.get("inventory_declarations", list, [])
+        labs.append(
+            LabConfig(
+                lab_id=lab_id,
+                name=lab.get("name", str, lab_id),
+                operator_public_key=key.public_bytes_raw(),
+                policy_path=lab.path("policy", base, None),
+                inventory_declarations=tuple(base / Path(str(p)) for p in declarations),
+            )
+        )
+        lab.finish()
+    return VerifierConfig(
+        server=server, log=log, store=store, ingest=ingest, labs=tuple(labs), source=source
+    )
+
+
+def _read_key_text(text: str, base: Path) -> str:
+    """A key given inline (PEM, base64 or hex), or the content of the file it names."""
+    try:
+        parse_public_key(text)
+    except ValueError:
+        candidate = base / text
+        if text and candidate.is_file():
+            return candidate.read_text(encoding="ascii")
+    return text

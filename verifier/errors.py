@@ -1,0 +1,33 @@
+"""Errors of the verifier's request handling, beyond the evidence errors of :mod:`attest.errors`.
+
+Each maps to one gRPC status in :mod:`verifier.servicers` (the one table); their messages are
+written for the remote peer and never carry internal detail.
+"""
+
+from __future__ import annotations
+
+from attest.errors import PausewatchError
+
+
+class RequestError(PausewatchError):
+    """A request the verifier refuses."""
+
+
+class InvalidRequestError(RequestError):
+    """The request is malformed or its arguments are out of range."""
+
+
+class NotFoundError(RequestError):
+    """The lab, node or entry asked for does not exist."""
+
+
+class ConflictError(RequestError):
+    """The request conflicts with what is on record (an identity enrolled under another key)."""
+
+
+class PermissionDeniedError(RequestError):
+    """The signer is not allowed to do this (not the lab's operator key)."""
+
+
+class UnavailableError(RequestError):
+    """A transient failure: the request may be retried."""

@@ -1,0 +1,148 @@
+"""The verifier's transparency log: an RFC 6962 Merkle tree over every accepted record, with
+signed C2SP checkpoints and proofs for any index and size.
+
+    log = TransparencyLog.open(store, signer, origin)
+    indices = log.append(tx, entries)         # inside the batch's transaction
+    log.commit_succeeded() / log.rollback()   # keep the in-memory tree in step with the store
+    note = log.sign_checkpoint()              # at the configured interval
+
+Leaves are SHA-256(0x00 || envelope bytes). The store keeps every perfect subtree's hash, so
+proofs read O(log n) nodes; the in-memory :class:`~attest.merkle.TreeAppender` holds only the
+tree's right edge.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from attest import merkle
+from attest.checkpoint import Checkpoint, sign_checkpoint
+from attest.envelope import envelope_digest
+from attest.note import Ed25519NoteSigner
+from verifier.store.base import CheckpointRow, EntryKind, NewEntry, ReadView, Store, Transaction
+
+log = logging.getLogger(__name__)
+
+
+class _StoreReader:
+    def __init__(self, view: ReadView) -> None:
+        self._view = view
+
+    def node(self, level: int, index: int) -> bytes:
+        return self._view.node_hash(level, index)
+
+
+@dataclass(frozen=True, slots=True)
+class PendingEntry:
+    """An entry to append: its bytes and what it is."""
+
+    entry: bytes
+    kind: EntryKind
+    lab_id: str = ""
+    node_id: bytes = b""
+
+
+class TransparencyLog:
+    """Appends, checkpoints and proofs over a :class:`~verifier.store.base.Store`."""
+
+    def __init__(
+        self, store: Store, signer: Ed25519NoteSigner, clock_ns: Callable[[], int]
+    ) -> None:
+        self._store = store
+        self._signer = signer
+        self._clock_ns = clock_ns
+        size = store.tree_size()
+        self._appender = merkle.TreeAppender.from_reader(_StoreReader(store), size)
+        self._saved: merkle.TreeAppender | None = None
+        self._checkpoint_lock = threading.Lock()
+
+    @property
+    def origin(self) -> str:
+        return self._signer.name
+
+    @property
+    def signer(self) -> Ed25519NoteSigner:
+        return self._signer
+
+    @property
+    def verifier_key(self) -> str:
+        return self._signer.verifier().to_vkey()
+
+    @property
+    def size(self) -> int:
+        return self._appender.size
+
+    def begin(self) -> None:
+        """Remember the tree's state before a transaction's appends."""
+        self._saved = copy.deepcopy(self._appender)
+
+    def rollback(self) -> None:
+        """Forget the appends of a transaction that did not commit."""
+        if self._saved is not None:
+            self._appender = self._saved
+            self._saved = None
+
+    def commit_succeeded(self) -> None:
+        self._saved = None
+
+    def append(self, tx: Transaction, entries: Sequence[PendingEntry], now_ns: int) -> int:
+        """Append entries in order inside ``tx``; returns the first one's index."""
+        new_entries: list[NewEntry] = []
+        nodes: list[tuple[int, int, bytes]] = []
+        for item in entries:
+            leaf = merkle.leaf_hash(item.entry)
+            nodes.extend(self._appender.append(leaf))
+            new_entries.append(
+                NewEntry(
+                    entry=item.entry,
+                    leaf_hash=leaf,
+                    digest=envelope_digest(item.entry),
+                    kind=item.kind,
+                    lab_id=item.lab_id,
+                    node_id=item.node_id,
+                )
+            )
+        first = tx.append_log(new_entries, nodes, now_ns)
+        expected = self._appender.size - len(entries)
+        if first != expected:  # another writer got in: the store is not ours alone
+            raise RuntimeError(f"log position mismatch: store at {first}, tree at {expected}")
+        return first
+
+    def root(self) -> bytes:
+        return self._appender.root()
+
+    def sign_checkpoint(self) -> CheckpointRow:
+        """Sign a checkpoint of the committed tree if it grew since the last one."""
+        with self._checkpoint_lock:
+            latest = self._store.latest_checkpoint()
+            size = self._store.tree_size()
+            if latest is not None and latest.tree_size == size:
+                return latest
+            root = merkle.root_from(_StoreReader(self._store), size)
+            note = sign_checkpoint(
+                Checkpoint(origin=self._signer.name, tree_size=size, root_hash=root), self._signer
+            )
+            row = CheckpointRow(
+                tree_size=size, root_hash=root, note=note, signed_at_ns=self._clock_ns()
+            )
+            with self._store.transaction() as tx:
+                tx.save_checkpoint(row)
+            log.info("signed checkpoint size=%d", size)
+            return row
+
+    def latest_checkpoint(self) -> CheckpointRow:
+        row = self._store.latest_checkpoint()
+        return row if row is not None else self.sign_checkpoint()
+
+    def root_at(self, size: int) -> bytes:
+        return merkle.root_from(_StoreReader(self._store), size)
+
+    def inclusion_proof(self, index: int, size: int) -> list[bytes]:
+        return merkle.inclusion_proof_from(_StoreReader(self._store), index, size)
+
+    def consistency_proof(self, size1: int, size2: int) -> list[bytes]:
+        return merkle.consistency_proof_from(_StoreReader(self._store), size1, size2)

@@ -1,0 +1,131 @@
+"""PostgreSQL storage: for a regulator that outgrows one machine (several verifier processes over
+one database).
+
+    store = PostgresStore.open("postgresql://verifier@db.internal/pausewatch", schema="pausewatch")
+
+The same SQL as the SQLite backend (:mod:`verifier.store.sql`). Every write transaction first takes
+a transaction-scoped advisory lock, so appends to the log are sequenced under a database lock even
+with several writers; a verifier process that finds the log grew under it resynchronises its
+in-memory tree (:meth:`verifier.log.TransparencyLog.resync`).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+
+from verifier.store.sql import SCHEMA_TEMPLATE, SCHEMA_VERSION, SqlQueries, SqlTransaction
+
+SCHEMA = SCHEMA_TEMPLATE.format(blob="BYTEA", bigint="BIGINT", without_rowid="")
+LOG_LOCK_ID = 0x7077_6C6F_6701  # "pwlog" + version: the advisory lock that sequences the log
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+class PostgresStore(SqlQueries):
+    """The PostgreSQL backend."""
+
+    _placeholder = "%s"
+
+    def __init__(
+        self, dsn: str, schema: str = "pausewatch", *, drop_on_close: bool = False
+    ) -> None:
+        if _SCHEMA_NAME.fullmatch(schema) is None:
+            raise ValueError(f"schema name {schema!r} is not a plain lowercase identifier")
+        self.dsn = dsn
+        self.schema = schema
+        self._drop_on_close = drop_on_close
+        self._closed = False
+        self._write_lock = threading.Lock()
+        self._local = threading.local()
+        self._all_conns: list[psycopg.Connection[Any]] = []
+        self._conns_lock = threading.Lock()
+        setup = psycopg.connect(dsn, autocommit=True)
+        try:
+            setup.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+            setup.execute(f"SET search_path TO {schema}")
+            with setup.transaction():
+                setup.execute("SELECT pg_advisory_xact_lock(%s)", (LOG_LOCK_ID,))
+                for statement in SCHEMA.split(";"):
+                    if statement.strip():
+                        setup.execute(statement)
+                row = setup.execute(
+                    "SELECT value FROM meta WHERE key = 'schema_version'"
+                ).fetchone()
+                if row is None:
+                    setup.execute(
+                        "INSERT INTO meta (key, value) VALUES ('schema_version', %s)",
+                        (str(SCHEMA_VERSION).encode(),),
+                    )
+                elif int(bytes(row[0])) != SCHEMA_VERSION:
+                    raise RuntimeError(
+                        f"schema {schema} has version {int(bytes(row[0]))}; "
+                        f"this verifier needs {SCHEMA_VERSION}"
+                    )
+        finally:
+            setup.close()
+        self._writer = self._connect()
+
+    @classmethod
+    def open(
+        cls, dsn: str, schema: str = "pausewatch", *, drop_on_close: bool = False
+    ) -> PostgresStore:
+        return cls(dsn, schema, drop_on_close=drop_on_close)
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        conn = psycopg.connect(self.dsn, autocommit=True)
+        conn.execute(f"SET search_path TO {self.schema}")
+        with self._conns_lock:
+            self._all_conns.append(conn)
+        return conn
+
+    def _conn(self) -> psycopg.Connection[Any]:
+        if self._closed:
+            raise RuntimeError("the store is closed")
+        conn: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[SqlTransaction]:
+        if self._closed:
+            raise RuntimeError("the store is closed")
+        with self._write_lock, self._writer.transaction():
+            self._writer.execute("SELECT pg_advisory_xact_lock(%s)", (LOG_LOCK_ID,))
+            yield SqlTransaction(self._writer, "%s")
+
+    @contextmanager
+    def snapshot(self) -> Iterator[SqlTransaction]:
+        """A consistent read-only view (REPEATABLE READ)."""
+        conn = self._conn()
+        with conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            yield SqlTransaction(conn, "%s")
+
+    def close(self) -> None:
+        with self._write_lock:
+            if self._closed:
+                return
+            self._closed = True
+            with self._conns_lock:
+                for conn in self._all_conns:
+                    conn.close()
+                self._all_conns.clear()
+            if self._drop_on_close:
+                with psycopg.connect(self.dsn, autocommit=True) as conn:
+                    conn.execute(f"DROP SCHEMA IF EXISTS {self.schema} CASCADE")
+
+    def stored_bytes(self) -> int:
+        row = self._one(
+            "SELECT COALESCE(SUM(pg_total_relation_size("
+            "quote_ident(schemaname) || '.' || quote_ident(tablename))), 0) "
+            "FROM pg_tables WHERE schemaname = ?",
+            (self.schema,),
+        )
+        return int(row[0])
