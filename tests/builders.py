@@ -77,6 +77,8 @@ class TestNode:
     lab_id: str = "lab-a"
     gpus: int = 2
     boot_id: str = "4b1c5a7e-0d3c-4f1a-9a57-0f2e8e3c1d00"
+    t0_ns: int = T0_NS
+    model: str = "NVIDIA H100 80GB HBM3"
     extra: dict[str, object] = field(default_factory=dict)
 
     @classmethod
@@ -86,6 +88,10 @@ class TestNode:
     @property
     def node_id(self) -> bytes:
         return self.signer.key_id
+
+    def gpu_uuid(self, index: int) -> str:
+        """GPU UUIDs unique to this node, so that several test nodes never share a GPU."""
+        return f"GPU-{self.node_id.hex()[:8]}-{index:04d}-0000-0000-000000000000"
 
     def body(
         self,
@@ -97,7 +103,7 @@ class TestNode:
         busy_ms: int = 30_000,
         nonce: bytes = b"",
     ) -> pb.AttestationBody:
-        start = T0_NS + seq * window_ns if start_ns is None else start_ns
+        start = self.t0_ns + seq * window_ns if start_ns is None else start_ns
         body = pb.AttestationBody(
             format_version=1,
             lab_id=self.lab_id,
@@ -119,7 +125,13 @@ class TestNode:
         )
         for i in range(self.gpus):
             body.gpus.append(
-                gpu_window(i, busy_ms=busy_ms, energy_start_mj=1_000_000 + seq * 21_000_000)
+                gpu_window(
+                    i,
+                    model=self.model,
+                    busy_ms=busy_ms,
+                    energy_start_mj=1_000_000 + seq * 21_000_000,
+                    uuid=self.gpu_uuid(i),
+                )
             )
         return body
 

@@ -71,7 +71,7 @@ BAD_BODIES: dict[str, tuple[Callable[[pb.AttestationBody], None], str]] = {
     "samples taken": (_set("gpus.0.samples_taken", 61), "samples_taken"),
     "energy decreased": (_set("gpus.0.energy_end_mj", 0), "decreased"),
     "mean over max power": (_set("gpus.0.mean_power_mw", 10**9), "mean_power_mw"),
-    "duplicate uuid": (_set("gpus.1.uuid", "GPU-00000000-0000-0000-0000-000000000000"), "twice"),
+    "duplicate uuid": (_set("gpus.1.uuid", NODE.gpu_uuid(0)), "twice"),
     "presence": (_set("gpus.0.presence", pb.GPU_PRESENCE_UNSPECIFIED), "presence"),
     "energy state": (_set("gpus.0.energy_counter_state", 0), "energy_counter_state"),
     "event kind": (_set("events", [pb.SamplerEvent(kind=pb.EVENT_KIND_UNSPECIFIED)]), "event kind"),
