@@ -49,6 +49,7 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
 def _issue(
     ca_key: ec.EllipticCurvePrivateKey,
     ca_name: x509.Name,
+    *,
     common_name: str,
     hosts: list[str],
     usage: x509.ObjectIdentifier,
@@ -122,12 +123,26 @@ def write_self_signed(
         server_key=directory / "server.key",
     )
     files.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    cert, key = _issue(ca_key, ca_name, hosts[0], hosts, ExtendedKeyUsageOID.SERVER_AUTH, days)
+    cert, key = _issue(
+        ca_key,
+        ca_name,
+        common_name=hosts[0],
+        hosts=hosts,
+        usage=ExtendedKeyUsageOID.SERVER_AUTH,
+        days=days,
+    )
     files.server_cert.write_bytes(cert)
     files.server_key.touch(mode=0o600)
     files.server_key.write_bytes(key)
     if client_name is not None:
-        cert, key = _issue(ca_key, ca_name, client_name, [], ExtendedKeyUsageOID.CLIENT_AUTH, days)
+        cert, key = _issue(
+            ca_key,
+            ca_name,
+            common_name=client_name,
+            hosts=[],
+            usage=ExtendedKeyUsageOID.CLIENT_AUTH,
+            days=days,
+        )
         client_cert = directory / "client.pem"
         client_key = directory / "client.key"
         client_cert.write_bytes(cert)
