@@ -19,8 +19,9 @@ from typing import Any
 import click
 
 from attest import keys, note
-from attest.errors import PausewatchError
+from attest.errors import ConfigError, PausewatchError
 from attest.exitcodes import ExitCode, exit_code_for
+from verifier import policy as policy_file
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,67 @@ def keygen(out_dir: Path, name: str, note_name: str | None, as_json: bool) -> No
         vkey = note.format_verifier_key(note_name, private.public_key().public_bytes_raw())
         result["note_verifier_key"] = vkey
         lines.append(f"signed-note verifier key {vkey}")
+    emit(result, as_json, "\n".join(lines))
+
+
+@cli.group()
+def policy() -> None:
+    """Declared-threshold policy files (docs/policy.md)."""
+
+
+def _load_checked_policy(path: Path, bucket_seconds: int | None) -> policy_file.Policy:
+    loaded = policy_file.load_policy(path)
+    if bucket_seconds is not None:
+        errors = policy_file.validate_for_buckets(loaded, bucket_seconds * 1_000_000_000)
+        if errors:
+            raise ConfigError("\n".join(errors))
+    return loaded
+
+
+@policy.command("check")
+@click.argument("path", metavar="FILE", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--bucket-seconds",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Also check that every window fits accounting buckets of this width.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def policy_check(path: Path, bucket_seconds: int | None, as_json: bool) -> None:
+    """Validate a policy file and show its rules in words. Exit 0 if valid, 2 if not."""
+    try:
+        loaded = _load_checked_policy(path, bucket_seconds)
+    except ConfigError as exc:
+        if as_json:
+            emit({"valid": False, "path": str(path), "errors": str(exc).split("\n")}, True, "")
+        raise  # main() prints it on stderr and exits 2 (ExitCode.USAGE)
+    result: dict[str, Any] = {
+        "valid": True,
+        "path": str(path),
+        "policy_id": loaded.policy_id,
+        "version": loaded.version,
+        "lab_id": loaded.lab_id,
+        "description": loaded.description,
+        "digest": loaded.digest.hex(),
+        "default_figure": loaded.default_figure.value,
+        "rules": [policy_file.rule_to_dict(rule) for rule in loaded.rules],
+    }
+    lines = [
+        f"policy {loaded.policy_id} version {loaded.version} for lab {loaded.lab_id}",
+        f"sha256 {loaded.digest.hex()}",
+    ]
+    if loaded.description:
+        lines.append(loaded.description)
+    lines.append(f"{len(loaded.rules)} rules:")
+    lines += [
+        f"  {rule.rule_id} ({rule.kind.value}): {policy_file.describe_rule(rule)}"
+        for rule in loaded.rules
+    ]
+    if bucket_seconds is not None:
+        result["bucket_seconds"] = bucket_seconds
+        lines.append(f"valid, and every window fits buckets of {bucket_seconds} s")
+    else:
+        lines.append("valid")
     emit(result, as_json, "\n".join(lines))
 
 

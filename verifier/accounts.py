@@ -1,0 +1,699 @@
+"""Accounts: from one accepted attestation to per-GPU figures, to time buckets; and gaps.
+
+    figures = gpu_window_figures(verified, log_index=41, declared_uuids=in_force.gpu_uuids)
+    accumulate(buckets, figures, bucket_ns=60_000_000_000)      # buckets: dict[int, Bucket]
+    gap = gap_between(node_id, window_edge(previous, 40), window_edge(verified, 41), tolerance_ns)
+    gaps = node_gaps_from_windows(node_id, start_ns, end_ns, edges, tolerance_ns=t, grace_ns=g)
+
+The arithmetic of ADR 0001, pure (no I/O, no store, no gRPC), shared by the verifier, which feeds it
+at ingest and stores the results, and by the offline auditor, which replays it over a bundle:
+
+- **Figures per GPU-window** (:func:`gpu_window_figures`): the compute figures recomputed with the
+  verifier's own GPU table (:func:`attest.attestation.window_compute`), the GPU-time attested, and
+  whether the GPU was declared.
+- **Buckets** (:class:`Bucket`): a window counts entirely in the bucket that contains its start,
+  so every sum is an exact integer. FLOP sums exceed 2^64; :meth:`Bucket.to_row` keeps them as
+  decimal text.
+- **Gaps** (:func:`gap_between`, :func:`node_gaps_from_windows`, :func:`node_gaps_from_summary`):
+  the unattested stretches of a node's active span. The span rule exists in two forms that must
+  agree: from a node's whole window list (the auditor's) and from the interior gaps recorded at
+  ingest plus two looked-up windows (the server's). The tests check they do.
+
+Every quantity is an integer in the unit its name states; there are no floats.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from itertools import pairwise
+
+from pausewatch.v1 import attestation_pb2 as apb
+from pausewatch.v1 import audit_pb2, findings_pb2
+
+from attest import compute
+from attest.attestation import VerifiedAttestation, window_compute
+from attest.ids import NodeId
+
+NS_PER_MS = 1_000_000
+BUSY_STEP_PERCENT = 5
+BUSY_STEPS = 100 // BUSY_STEP_PERCENT
+"""``Bucket.busy_at_least_ms[i]`` is the GPU-time of GPU-windows at least ``(i + 1) x 5 %`` busy."""
+
+
+class Figure(StrEnum):
+    """Which compute figure a rule measures (DESIGN.md, "Compute accounting")."""
+
+    UPPER_BOUND = "upper_bound"
+    """Peak dense FLOP/s at the fastest precision x busy seconds: sound, and the default."""
+    CENTRAL_ESTIMATE = "central_estimate"
+    """Tensor-active (or assumed 0.4 of busy) seconds x peak bf16: a best estimate."""
+    ENERGY = "energy"
+    """Energy x FLOP per joule at peak: a cross-check (0 where the counter was unusable)."""
+
+
+# --- figures per GPU-window ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class GpuWindowFigures:
+    """The figures of one GPU over one accepted window (ADR 0001, "Figures per GPU-window")."""
+
+    log_index: int
+    node_id: NodeId
+    gpu_uuid: str
+    model: str
+    window_start_ns: int
+    window_end_ns: int
+    upper_bound_flop: int
+    central_estimate_flop: int
+    energy_flop: int
+    """0 when the energy counter was not usable in the window."""
+    energy_mj: int
+    """0 when the energy counter was not usable in the window."""
+    busy_ms: int
+    attested_ms: int
+    """GPU-time the window covers for this GPU: the window if present throughout, else the
+    samples taken x the sample interval, at most the window."""
+    declared: bool
+    """Whether the GPU was in the declared inventory in force at window start."""
+    assumed: bool
+    """The central estimate used the assumed utilisation (no GPM tensor-active reading)."""
+    unknown_model: bool
+    """The upper bound used the table's highest peak (model not in the table)."""
+
+    @property
+    def window_ms(self) -> int:
+        return (self.window_end_ns - self.window_start_ns) // NS_PER_MS
+
+    def flop(self, figure: Figure) -> int:
+        """The FLOP of ``figure``."""
+        return _pick(figure, self.upper_bound_flop, self.central_estimate_flop, self.energy_flop)
+
+    def busy_at_least(self, percent: int) -> bool:
+        """Whether busy_ms / window_ms >= percent / 100, exactly."""
+        return self.busy_ms * 100 >= percent * self.window_ms
+
+
+def gpu_window_figures(
+    att: VerifiedAttestation, log_index: int, declared_uuids: Collection[str]
+) -> list[GpuWindowFigures]:
+    """One :class:`GpuWindowFigures` per GPU of an accepted attestation, in the body's order.
+
+    ``declared_uuids`` is the declared inventory in force at the window's start.
+    """
+    body = att.body
+    window_ms = att.window_ms
+    out: list[GpuWindowFigures] = []
+    for gpu in body.gpus:
+        figures = window_compute(gpu)
+        energy_ok = gpu.energy_counter_state == apb.ENERGY_COUNTER_STATE_OK
+        if gpu.presence == apb.GPU_PRESENCE_PRESENT:
+            attested_ms = window_ms
+        else:
+            attested_ms = min(window_ms, gpu.samples_taken * body.sample_interval_ms)
+        out.append(
+            GpuWindowFigures(
+                log_index=log_index,
+                node_id=att.node_id,
+                gpu_uuid=gpu.uuid,
+                model=gpu.model,
+                window_start_ns=body.window_start_ns,
+                window_end_ns=body.window_end_ns,
+                upper_bound_flop=figures.upper_bound_flop,
+                central_estimate_flop=figures.central_estimate_flop,
+                energy_flop=figures.energy_flop,
+                energy_mj=gpu.energy_end_mj - gpu.energy_start_mj if energy_ok else 0,
+                busy_ms=gpu.busy_ms,
+                attested_ms=attested_ms,
+                declared=gpu.uuid in declared_uuids,
+                assumed=figures.central_estimate_method
+                is compute.CentralEstimateMethod.ASSUMED_UTILIZATION,
+                unknown_model=figures.upper_bound_method
+                is compute.UpperBoundMethod.UNKNOWN_MODEL_TABLE_MAX,
+            )
+        )
+    return out
+
+
+# --- buckets -------------------------------------------------------------------------------------
+
+
+def bucket_start(ts_ns: int, bucket_ns: int) -> int:
+    """Start of the bucket containing ``ts_ns``: ``ts - ts % bucket_ns``."""
+    if bucket_ns <= 0:
+        raise ValueError(f"bucket_ns must be positive, got {bucket_ns}")
+    return ts_ns - ts_ns % bucket_ns
+
+
+def _zero_steps() -> list[int]:
+    return [0] * BUSY_STEPS
+
+
+@dataclass(slots=True)
+class Bucket:
+    """The sums of one time bucket of a lab's accounts (ADR 0001, "Buckets").
+
+    FLOP, energy and busy sums cover every GPU-window whose window starts in the bucket, declared
+    or not (compute is compute); ``attested_gpu_ms`` counts declared GPUs only (coverage uses it)
+    and ``undeclared_gpu_ms`` the rest. ``first_log_index``/``last_log_index`` are the lowest and
+    highest log index that contributed (``None`` while empty).
+    """
+
+    bucket_start_ns: int
+    upper_bound_flop: int = 0
+    central_estimate_flop: int = 0
+    energy_flop: int = 0
+    energy_mj: int = 0
+    busy_gpu_ms: int = 0
+    attested_gpu_ms: int = 0
+    undeclared_gpu_ms: int = 0
+    gpu_windows: int = 0
+    assumed_gpu_windows: int = 0
+    unknown_model_gpu_windows: int = 0
+    busy_at_least_ms: list[int] = field(default_factory=_zero_steps)
+    first_log_index: int | None = None
+    last_log_index: int | None = None
+
+    def flop(self, figure: Figure) -> int:
+        """The FLOP sum of ``figure``."""
+        return _pick(figure, self.upper_bound_flop, self.central_estimate_flop, self.energy_flop)
+
+    def add(self, figures: GpuWindowFigures) -> None:
+        """Add one GPU-window (whose window must start in this bucket; not checked here)."""
+        self.upper_bound_flop += figures.upper_bound_flop
+        self.central_estimate_flop += figures.central_estimate_flop
+        self.energy_flop += figures.energy_flop
+        self.energy_mj += figures.energy_mj
+        self.busy_gpu_ms += figures.busy_ms
+        if figures.declared:
+            self.attested_gpu_ms += figures.attested_ms
+        else:
+            self.undeclared_gpu_ms += figures.attested_ms
+        self.gpu_windows += 1
+        self.assumed_gpu_windows += figures.assumed
+        self.unknown_model_gpu_windows += figures.unknown_model
+        # busy/window >= (i+1) x 5 %  <=>  busy x 20 >= (i+1) x window
+        scaled_busy = figures.busy_ms * BUSY_STEPS
+        window_ms = figures.window_ms
+        for i in range(BUSY_STEPS):
+            if scaled_busy < (i + 1) * window_ms:
+                break
+            self.busy_at_least_ms[i] += figures.attested_ms
+        self._note_log_indices(figures.log_index, figures.log_index)
+
+    def merge(self, other: Bucket) -> None:
+        """Add another bucket of the same start (e.g. one transaction's sums to a stored row)."""
+        if other.bucket_start_ns != self.bucket_start_ns:
+            raise ValueError(
+                f"cannot merge bucket {other.bucket_start_ns} into bucket {self.bucket_start_ns}"
+            )
+        self.upper_bound_flop += other.upper_bound_flop
+        self.central_estimate_flop += other.central_estimate_flop
+        self.energy_flop += other.energy_flop
+        self.energy_mj += other.energy_mj
+        self.busy_gpu_ms += other.busy_gpu_ms
+        self.attested_gpu_ms += other.attested_gpu_ms
+        self.undeclared_gpu_ms += other.undeclared_gpu_ms
+        self.gpu_windows += other.gpu_windows
+        self.assumed_gpu_windows += other.assumed_gpu_windows
+        self.unknown_model_gpu_windows += other.unknown_model_gpu_windows
+        for i in range(BUSY_STEPS):
+            self.busy_at_least_ms[i] += other.busy_at_least_ms[i]
+        if other.first_log_index is not None and other.last_log_index is not None:
+            self._note_log_indices(other.first_log_index, other.last_log_index)
+
+    def _note_log_indices(self, first: int, last: int) -> None:
+        if self.first_log_index is None or first < self.first_log_index:
+            self.first_log_index = first
+        if self.last_log_index is None or last > self.last_log_index:
+            self.last_log_index = last
+
+    def to_row(self) -> dict[str, int | str]:
+        """A flat row for a store: FLOP sums as decimal strings (they exceed 2^64), the busy
+        steps as ``busy_at_least_{5..100}pct_ms``, and -1 for an absent log index."""
+        row: dict[str, int | str] = {"bucket_start_ns": self.bucket_start_ns}
+        for name in _FLOP_COLUMNS:
+            row[name] = str(getattr(self, name))
+        for name in _INT_COLUMNS:
+            row[name] = getattr(self, name)
+        for i, name in enumerate(_BUSY_COLUMNS):
+            row[name] = self.busy_at_least_ms[i]
+        row["first_log_index"] = -1 if self.first_log_index is None else self.first_log_index
+        row["last_log_index"] = -1 if self.last_log_index is None else self.last_log_index
+        return row
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, object]) -> Bucket:
+        """The inverse of :meth:`to_row`; raises ValueError naming a missing or malformed column.
+
+        FLOP columns may be decimal strings or integers (whatever the store hands back)."""
+        expected = {"bucket_start_ns", "first_log_index", "last_log_index", *_FLOP_COLUMNS}
+        expected |= {*_INT_COLUMNS, *_BUSY_COLUMNS}
+        missing = sorted(expected - row.keys())
+        if missing:
+            raise ValueError(f"bucket row lacks {', '.join(missing)}")
+        extra = sorted(set(row.keys()) - expected)
+        if extra:
+            raise ValueError(f"bucket row has unknown columns {', '.join(extra)}")
+        bucket = cls(bucket_start_ns=_row_int(row, "bucket_start_ns", minimum=None))
+        for name in _FLOP_COLUMNS:
+            value = row[name]
+            if isinstance(value, str):
+                if not value.isascii() or not value.isdigit():
+                    raise ValueError(f"bucket row {name} is not a decimal integer: {value!r}")
+                setattr(bucket, name, int(value))
+            else:
+                setattr(bucket, name, _row_int(row, name))
+        for name in _INT_COLUMNS:
+            setattr(bucket, name, _row_int(row, name))
+        bucket.busy_at_least_ms = [_row_int(row, name) for name in _BUSY_COLUMNS]
+        first = _row_int(row, "first_log_index", minimum=-1)
+        last = _row_int(row, "last_log_index", minimum=-1)
+        if (first == -1) != (last == -1) or first > last:
+            raise ValueError(f"bucket row log indices {first}..{last} are inconsistent")
+        bucket.first_log_index = None if first == -1 else first
+        bucket.last_log_index = None if last == -1 else last
+        return bucket
+
+
+_FLOP_COLUMNS = ("upper_bound_flop", "central_estimate_flop", "energy_flop")
+_INT_COLUMNS = (
+    "energy_mj",
+    "busy_gpu_ms",
+    "attested_gpu_ms",
+    "undeclared_gpu_ms",
+    "gpu_windows",
+    "assumed_gpu_windows",
+    "unknown_model_gpu_windows",
+)
+_BUSY_COLUMNS = tuple(
+    f"busy_at_least_{(i + 1) * BUSY_STEP_PERCENT}pct_ms" for i in range(BUSY_STEPS)
+)
+
+
+def _row_int(row: Mapping[str, object], name: str, *, minimum: int | None = 0) -> int:
+    value = row[name]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"bucket row {name} is not an integer: {value!r}")  # noqa: TRY004
+    if minimum is not None and value < minimum:
+        raise ValueError(f"bucket row {name} is below {minimum}: {value}")
+    return value
+
+
+def accumulate(
+    buckets: dict[int, Bucket], figures: Iterable[GpuWindowFigures], bucket_ns: int
+) -> None:
+    """Add each GPU-window to the bucket containing its window start, creating buckets as needed."""
+    for item in figures:
+        start = bucket_start(item.window_start_ns, bucket_ns)
+        bucket = buckets.get(start)
+        if bucket is None:
+            bucket = buckets[start] = Bucket(bucket_start_ns=start)
+        bucket.add(item)
+
+
+def _pick(figure: Figure, upper: int, central: int, energy: int) -> int:
+    match figure:
+        case Figure.UPPER_BOUND:
+            return upper
+        case Figure.CENTRAL_ESTIMATE:
+            return central
+        case Figure.ENERGY:
+            return energy
+
+
+# --- windows and gaps ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class GpuEdge:
+    """What the gap rule needs of one GPU of a window: its identity and energy readings."""
+
+    uuid: str
+    model: str
+    energy_start_mj: int
+    energy_end_mj: int
+    energy_ok: bool
+    """The counter state was OK in this window (read at both edges, no reset)."""
+
+
+@dataclass(frozen=True, slots=True)
+class WindowEdge:
+    """What the gap rule needs of one accepted window."""
+
+    seq: int
+    window_start_ns: int
+    window_end_ns: int
+    boot_id: str
+    log_index: int
+    gpus: tuple[GpuEdge, ...]
+
+    @property
+    def gpu_models(self) -> tuple[str, ...]:
+        return tuple(gpu.model for gpu in self.gpus)
+
+
+def window_edge(att: VerifiedAttestation, log_index: int) -> WindowEdge:
+    """The :class:`WindowEdge` of an accepted attestation."""
+    body = att.body
+    return WindowEdge(
+        seq=body.seq,
+        window_start_ns=body.window_start_ns,
+        window_end_ns=body.window_end_ns,
+        boot_id=body.boot_id,
+        log_index=log_index,
+        gpus=tuple(
+            GpuEdge(
+                uuid=gpu.uuid,
+                model=gpu.model,
+                energy_start_mj=gpu.energy_start_mj,
+                energy_end_mj=gpu.energy_end_mj,
+                energy_ok=gpu.energy_counter_state == apb.ENERGY_COUNTER_STATE_OK,
+            )
+            for gpu in body.gpus
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """An unattested stretch ``[start_ns, end_ns)`` of one node (ADR 0001, "Gaps").
+
+    ``seq_before``/``log_index_before`` name the accepted window before it (``None`` for a gap at
+    the start of the node's timeline), ``seq_after``/``log_index_after`` the one after it (``None``
+    for an open gap). ``energy_mj`` and ``energy_bound_flop`` are 0 unless ``energy_bounded``.
+    ``time_bound_flop`` is the ceiling from time alone over the GPUs of the window before
+    (``gpu_models_before``, kept so that a part of the gap can be re-bounded); 0 where there is no
+    window before.
+    """
+
+    node_id: NodeId
+    start_ns: int
+    end_ns: int
+    seq_before: int | None
+    seq_after: int | None
+    energy_bounded: bool
+    energy_mj: int
+    energy_bound_flop: int
+    time_bound_flop: int
+    open: bool
+    log_index_before: int | None
+    log_index_after: int | None
+    gpu_models_before: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.end_ns <= self.start_ns:
+            raise ValueError(f"a gap must end after it starts ({self.start_ns}..{self.end_ns})")
+        if (self.seq_before is None) != (self.log_index_before is None):
+            raise ValueError("seq_before and log_index_before are set together")
+        if (self.seq_after is None) != (self.log_index_after is None):
+            raise ValueError("seq_after and log_index_after are set together")
+        if not self.energy_bounded and (self.energy_mj or self.energy_bound_flop):
+            raise ValueError("an unbounded gap has no energy figures")
+
+    @property
+    def duration_ns(self) -> int:
+        return self.end_ns - self.start_ns
+
+
+def time_bound_for(gpu_models: Sequence[str], duration_ns: int) -> int:
+    """Peak x duration summed over ``gpu_models`` (one GPU each); the duration rounded up to ms."""
+    duration_ms = -(-duration_ns // NS_PER_MS)
+    return sum(compute.time_bound_flop(model, 1, duration_ms) for model in gpu_models)
+
+
+def gap_between(node_id: NodeId, a: WindowEdge, b: WindowEdge, tolerance_ns: int) -> Gap | None:
+    """The gap between two consecutive accepted windows of a node (``b`` follows ``a`` in seq),
+    or ``None`` when ``b`` starts no more than ``tolerance_ns`` after ``a`` ends.
+
+    Energy-bounded when both share the boot id and every GPU of ``a`` is in ``b`` (same UUID)
+    with the counter OK in both and not lower at ``b``'s start than at ``a``'s end.
+    """
+    if b.seq <= a.seq:
+        raise ValueError(f"window seq {b.seq} does not follow seq {a.seq}")
+    if tolerance_ns < 0:
+        raise ValueError(f"tolerance_ns must not be negative, got {tolerance_ns}")
+    start_ns, end_ns = a.window_end_ns, b.window_start_ns
+    if end_ns - start_ns <= tolerance_ns:
+        return None
+    after = {gpu.uuid: gpu for gpu in b.gpus}
+    bounded = a.boot_id == b.boot_id
+    energy_mj = 0
+    energy_flop = 0
+    for gpu in a.gpus:
+        later = after.get(gpu.uuid)
+        if (
+            later is None
+            or not gpu.energy_ok
+            or not later.energy_ok
+            or later.energy_start_mj < gpu.energy_end_mj
+        ):
+            bounded = False
+            break
+        used_mj = later.energy_start_mj - gpu.energy_end_mj
+        energy_mj += used_mj
+        energy_flop += compute.energy_bound_flop(gpu.model, used_mj)
+    return Gap(
+        node_id=node_id,
+        start_ns=start_ns,
+        end_ns=end_ns,
+        seq_before=a.seq,
+        seq_after=b.seq,
+        energy_bounded=bounded,
+        energy_mj=energy_mj if bounded else 0,
+        energy_bound_flop=energy_flop if bounded else 0,
+        time_bound_flop=time_bound_for(a.gpu_models, end_ns - start_ns),
+        open=False,
+        log_index_before=a.log_index,
+        log_index_after=b.log_index,
+        gpu_models_before=a.gpu_models,
+    )
+
+
+def node_active_span(
+    period_start_ns: int, as_of_ns: int, enrolled_at_ns: int, revoked_at_ns: int | None
+) -> tuple[int, int] | None:
+    """A node's active span in a report, ``[max(period_start, enrolled_at), min(as_of,
+    revoked_at))``, or ``None`` for a node enrolled at or after ``as_of`` or revoked before the
+    period. The span may be empty (start == end) for a node revoked at the period's start."""
+    if enrolled_at_ns >= as_of_ns:
+        return None
+    if revoked_at_ns is not None and revoked_at_ns < period_start_ns:
+        return None
+    end = as_of_ns if revoked_at_ns is None else min(as_of_ns, revoked_at_ns)
+    start = max(period_start_ns, enrolled_at_ns)
+    return start, max(start, end)
+
+
+def _edge_gap(node_id: NodeId, start_ns: int, end_ns: int, after: WindowEdge | None) -> Gap:
+    """A stretch with no window before it in the node's timeline: unbounded, no time ceiling."""
+    return Gap(
+        node_id=node_id,
+        start_ns=start_ns,
+        end_ns=end_ns,
+        seq_before=None,
+        seq_after=None if after is None else after.seq,
+        energy_bounded=False,
+        energy_mj=0,
+        energy_bound_flop=0,
+        time_bound_flop=0,
+        open=after is None,
+        log_index_before=None,
+        log_index_after=None if after is None else after.log_index,
+    )
+
+
+def _open_gap(node_id: NodeId, start_ns: int, end_ns: int, last: WindowEdge) -> Gap:
+    """The stretch after a node's last window: open, unbounded, bounded in time by its GPUs."""
+    return Gap(
+        node_id=node_id,
+        start_ns=start_ns,
+        end_ns=end_ns,
+        seq_before=last.seq,
+        seq_after=None,
+        energy_bounded=False,
+        energy_mj=0,
+        energy_bound_flop=0,
+        time_bound_flop=time_bound_for(last.gpu_models, end_ns - start_ns),
+        open=True,
+        log_index_before=last.log_index,
+        log_index_after=None,
+        gpu_models_before=last.gpu_models,
+    )
+
+
+def _clip_start(gap: Gap, start_ns: int) -> Gap:
+    """``gap`` cut to begin at ``start_ns`` (the span's start): a gap at the edge is unbounded,
+    and its time ceiling covers the part kept."""
+    if start_ns <= gap.start_ns:
+        return gap
+    return Gap(
+        node_id=gap.node_id,
+        start_ns=start_ns,
+        end_ns=gap.end_ns,
+        seq_before=gap.seq_before,
+        seq_after=gap.seq_after,
+        energy_bounded=False,
+        energy_mj=0,
+        energy_bound_flop=0,
+        time_bound_flop=time_bound_for(gap.gpu_models_before, gap.end_ns - start_ns),
+        open=gap.open,
+        log_index_before=gap.log_index_before,
+        log_index_after=gap.log_index_after,
+        gpu_models_before=gap.gpu_models_before,
+    )
+
+
+def _check_span_arguments(tolerance_ns: int, grace_ns: int) -> None:
+    if tolerance_ns < 0:
+        raise ValueError(f"tolerance_ns must not be negative, got {tolerance_ns}")
+    if grace_ns < 0:
+        raise ValueError(f"grace_ns must not be negative, got {grace_ns}")
+
+
+def node_gaps_from_windows(
+    node_id: NodeId,
+    span_start_ns: int,
+    span_end_ns: int,
+    windows: Sequence[WindowEdge],
+    *,
+    tolerance_ns: int,
+    grace_ns: int,
+) -> list[Gap]:
+    """A node's gaps in its active span ``[span_start_ns, span_end_ns)``, from its windows in seq
+    order (the offline auditor's form). By time.
+
+    ``windows`` must include the node's last accepted window that starts before the span (if any)
+    and every one after it; earlier ones change nothing. A window starting at or after the span's
+    end is ignored, and so is everything after it: nothing after ``as_of`` counts either way.
+
+    The gaps are the maximal stretches of the span not covered by a window and longer than
+    ``tolerance_ns``; the stretch after the last window counts only from its end +
+    ``grace_ns`` and is ``open``. (Stretches are taken between consecutive windows, as at ingest;
+    for windows that do not go back in time this is exactly the uncovered part of the span.)
+    """
+    _check_span_arguments(tolerance_ns, grace_ns)
+    for earlier, later in pairwise(windows):
+        if later.seq <= earlier.seq:
+            raise ValueError(f"windows are not in seq order ({earlier.seq} then {later.seq})")
+    if span_end_ns <= span_start_ns:
+        return []
+    gaps: list[Gap] = []
+    previous: WindowEdge | None = None
+    for window in windows:
+        if window.window_start_ns >= span_end_ns:
+            break
+        if window.window_end_ns > span_start_ns:
+            if previous is None:
+                if window.window_start_ns - span_start_ns > tolerance_ns:
+                    gaps.append(_edge_gap(node_id, span_start_ns, window.window_start_ns, window))
+            else:
+                start_ns = max(span_start_ns, previous.window_end_ns)
+                if window.window_start_ns - start_ns > tolerance_ns:
+                    whole = gap_between(node_id, previous, window, 0)
+                    assert whole is not None  # longer than the part of it in the span
+                    gaps.append(_clip_start(whole, start_ns))
+        previous = window
+    if previous is None:
+        if span_end_ns - span_start_ns > tolerance_ns:
+            gaps.append(_edge_gap(node_id, span_start_ns, span_end_ns, None))
+    else:
+        start_ns = max(span_start_ns, previous.window_end_ns + grace_ns)
+        if span_end_ns - start_ns > tolerance_ns:
+            gaps.append(_open_gap(node_id, start_ns, span_end_ns, previous))
+    gaps.sort(key=lambda gap: (gap.start_ns, gap.end_ns))
+    return gaps
+
+
+def node_gaps_from_summary(
+    node_id: NodeId,
+    span_start_ns: int,
+    span_end_ns: int,
+    interior_gaps: Sequence[Gap],
+    *,
+    first_window_ending_after_start: WindowEdge | None,
+    last_window_starting_before_end: WindowEdge | None,
+    tolerance_ns: int,
+    grace_ns: int,
+) -> list[Gap]:
+    """The same gaps as :func:`node_gaps_from_windows`, from what the server keeps (its form).
+
+    ``interior_gaps``: the gaps :func:`gap_between` recorded at ingest between the node's
+    consecutive windows (with the same ``tolerance_ns``), at least those that overlap the span;
+    others are ignored. The two windows are the node's first (in seq order) that ends after the
+    span's start and its last that starts before the span's end, or ``None``.
+    """
+    _check_span_arguments(tolerance_ns, grace_ns)
+    if span_end_ns <= span_start_ns:
+        return []
+    first = first_window_ending_after_start
+    last = last_window_starting_before_end
+    if first is not None and first.window_start_ns >= span_end_ns:
+        first = None  # after as_of: as if not yet there
+    if last is not None and last.window_start_ns >= span_end_ns:
+        raise ValueError("last_window_starting_before_end starts at or after the span's end")
+    gaps: list[Gap] = []
+    first_has_gap_before = False
+    for gap in interior_gaps:
+        if gap.node_id != node_id:
+            raise ValueError("an interior gap of another node was given")
+        if gap.open or gap.seq_before is None or gap.seq_after is None:
+            raise ValueError("interior gaps lie between two windows")
+        # The window after the gap starts at gap.end_ns; one at or after the span's end is
+        # ignored, and the stretch before it is then the open gap after the last window.
+        if gap.end_ns <= span_start_ns or gap.end_ns >= span_end_ns:
+            continue
+        if first is not None and gap.seq_after == first.seq:
+            first_has_gap_before = True
+        start_ns = max(span_start_ns, gap.start_ns)
+        if gap.end_ns - start_ns > tolerance_ns:
+            gaps.append(_clip_start(gap, start_ns))
+    # Before the first window in the span: part of a recorded gap (above), or nothing was before
+    # it, or its predecessor ended within tolerance of it (and so is this stretch).
+    if (
+        first is not None
+        and not first_has_gap_before
+        and first.window_start_ns - span_start_ns > tolerance_ns
+    ):
+        gaps.append(_edge_gap(node_id, span_start_ns, first.window_start_ns, first))
+    if last is None:
+        if span_end_ns - span_start_ns > tolerance_ns:
+            gaps.append(_edge_gap(node_id, span_start_ns, span_end_ns, None))
+    else:
+        start_ns = max(span_start_ns, last.window_end_ns + grace_ns)
+        if span_end_ns - start_ns > tolerance_ns:
+            gaps.append(_open_gap(node_id, start_ns, span_end_ns, last))
+    gaps.sort(key=lambda gap: (gap.start_ns, gap.end_ns))
+    return gaps
+
+
+# --- wire form -----------------------------------------------------------------------------------
+
+
+def gap_detail(gap: Gap) -> findings_pb2.GapDetail:
+    """The GapDetail of a gap (an absent seq is 0 on the wire; see ``GapReport.open``)."""
+    return findings_pb2.GapDetail(
+        gap_start_ns=gap.start_ns,
+        gap_end_ns=gap.end_ns,
+        seq_before=0 if gap.seq_before is None else gap.seq_before,
+        seq_after=0 if gap.seq_after is None else gap.seq_after,
+        energy_bounded=gap.energy_bounded,
+        energy_mj=gap.energy_mj,
+        energy_bound_flop=str(gap.energy_bound_flop),
+        time_bound_flop=str(gap.time_bound_flop),
+    )
+
+
+def gap_report(
+    gap: Gap, node_name: str, finding_log_index: int | None = None
+) -> audit_pb2.GapReport:
+    """The GapReport of a gap, with the log index of its GAP finding where one was logged."""
+    report = audit_pb2.GapReport(
+        node_id=bytes(gap.node_id), node_name=node_name, gap=gap_detail(gap), open=gap.open
+    )
+    if finding_log_index is not None:
+        report.finding_log_index = finding_log_index
+        report.has_finding = True
+    return report

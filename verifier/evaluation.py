@@ -1,0 +1,838 @@
+"""Evaluation: from buckets, node timelines, the declared inventory and logged findings to a
+``pausewatch.v1.ComplianceReport``, deterministically (ADR 0001, "Rules" and "Verdict").
+
+    report = evaluate(
+        policy, lab_id="lab-a", period_start_ns=start, period_end_ns=end, as_of_ns=as_of,
+        bucket_ns=60_000_000_000, buckets=buckets, inventory=versions, nodes=timelines,
+        findings=logged, evidence=InMemoryEvidenceIndex(figures), tree_size=size,
+        table_version=compute.TABLE_VERSION,
+    )
+    report.verdict                  # VERDICT_COMPLIANT, _VIOLATION, _UNACCOUNTED or _INVALID
+    print(render_text(report))      # the terminal table the audit CLI prints
+
+The verifier calls :func:`evaluate` on rows from its store; the offline auditor on buckets, gaps and
+an evidence index it rebuilt from a bundle's envelopes with :mod:`verifier.accounts`. The same
+inputs give byte-identical reports (``SerializeToString(deterministic=True)``): nothing here reads a
+clock, iterates an unordered set, or touches a float. A verdict is data, not an exception;
+only arguments that contradict each other raise ``ValueError``, naming the argument.
+
+The report covers the buckets whose start lies in ``[period_start_ns, as_of_ns)``: time after
+``as_of`` is neither attested nor a gap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from itertools import pairwise
+from typing import Protocol
+
+from pausewatch.v1 import audit_pb2 as pb
+from pausewatch.v1 import findings_pb2
+
+from attest import compute
+from attest.ids import NodeId
+from verifier.accounts import (
+    BUSY_STEP_PERCENT,
+    Bucket,
+    Figure,
+    Gap,
+    GpuWindowFigures,
+    gap_report,
+    node_active_span,
+)
+from verifier.policy import (
+    FIGURE_WORDS,
+    CoverageRule,
+    CumulativeFlopRule,
+    MaxGapRule,
+    OnDetect,
+    Policy,
+    Rule,
+    RuleKind,
+    SustainedRateRule,
+    TrainingSignatureRule,
+    format_duration_ns,
+    format_flop,
+    format_ppm,
+    validate_for_buckets,
+)
+
+NS_PER_MS = 1_000_000
+NS_PER_S = 1_000_000_000
+PPM = 1_000_000
+MAX_EVIDENCE = 100
+"""At most this many log indices of evidence per rule."""
+
+_RULE_KINDS = {
+    RuleKind.CUMULATIVE_FLOP: pb.RULE_KIND_CUMULATIVE_FLOP,
+    RuleKind.SUSTAINED_RATE: pb.RULE_KIND_SUSTAINED_RATE,
+    RuleKind.COVERAGE: pb.RULE_KIND_COVERAGE,
+    RuleKind.MAX_GAP: pb.RULE_KIND_MAX_GAP,
+    RuleKind.TRAINING_SIGNATURE: pb.RULE_KIND_TRAINING_SIGNATURE,
+}
+_INVALIDATING = (findings_pb2.FINDING_KIND_EQUIVOCATION, findings_pb2.FINDING_KIND_BAD_SIGNATURE)
+
+
+@dataclass(frozen=True, slots=True)
+class InventoryVersion:
+    """One version of a lab's declared GPU inventory; it applies from ``effective_from_ns`` until a
+    higher version takes effect."""
+
+    version: int
+    effective_from_ns: int
+    gpu_uuids: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeTimeline:
+    """A node's part in a report: identity, state, its attestations in the period and its gaps in
+    its active span (from :func:`verifier.accounts.node_gaps_from_windows` or ``_from_summary``).
+
+    ``first_seq``/``last_seq`` mean nothing when ``attestations`` is 0."""
+
+    node_id: NodeId
+    node_name: str
+    enrolled_at_ns: int
+    revoked_at_ns: int | None
+    flagged: bool
+    revoked: bool
+    attestations: int
+    first_seq: int
+    last_seq: int
+    upper_bound_flop: int
+    gaps: tuple[Gap, ...]
+
+
+class EvidenceIndex(Protocol):
+    """Finds the attestations behind an amount."""
+
+    def top_contributors(self, start_ns: int, end_ns: int, figure: Figure, limit: int) -> list[int]:
+        """Log indices of the attestations whose window starts in ``[start_ns, end_ns)``, with the
+        largest ``figure`` (summed over their GPUs) first, then the lowest log index; attestations
+        whose figure is 0 contribute nothing and are left out; at most ``limit``."""
+        ...
+
+
+class InMemoryEvidenceIndex:
+    """An :class:`EvidenceIndex` over GPU-window figures held in memory (the auditor's)."""
+
+    def __init__(self, figures: Iterable[GpuWindowFigures]) -> None:
+        starts: dict[int, int] = {}
+        sums: dict[int, list[int]] = {}
+        for item in figures:
+            known = starts.setdefault(item.log_index, item.window_start_ns)
+            if known != item.window_start_ns:
+                raise ValueError(f"log index {item.log_index} has two window starts")
+            totals = sums.setdefault(item.log_index, [0, 0, 0])
+            totals[0] += item.upper_bound_flop
+            totals[1] += item.central_estimate_flop
+            totals[2] += item.energy_flop
+        self._entries = sorted((starts[index], index, *sums[index]) for index in starts)
+
+    def top_contributors(self, start_ns: int, end_ns: int, figure: Figure, limit: int) -> list[int]:
+        column = {Figure.UPPER_BOUND: 2, Figure.CENTRAL_ESTIMATE: 3, Figure.ENERGY: 4}[figure]
+        ranked = sorted(
+            (-entry[column], entry[1])
+            for entry in self._entries
+            if start_ns <= entry[0] < end_ns and entry[column] > 0
+        )
+        return [index for _, index in ranked[: max(0, limit)]]
+
+
+# --- inventory -----------------------------------------------------------------------------------
+
+
+def inventory_in_force(
+    inventory: Sequence[InventoryVersion], at_ns: int
+) -> InventoryVersion | None:
+    """The declaration in force at ``at_ns``: the highest version whose effective time has come."""
+    current: InventoryVersion | None = None
+    for item in inventory:
+        if item.effective_from_ns <= at_ns and (current is None or item.version > current.version):
+            current = item
+    return current
+
+
+def declared_gpu_ns(inventory: Sequence[InventoryVersion], start_ns: int, end_ns: int) -> int:
+    """Declared GPU-time in ``[start_ns, end_ns)``: each version's GPUs x its time in force."""
+    if end_ns <= start_ns:
+        return 0
+    edges = sorted(
+        {start_ns, end_ns}
+        | {v.effective_from_ns for v in inventory if start_ns < v.effective_from_ns < end_ns}
+    )
+    total = 0
+    for lo, hi in pairwise(edges):
+        version = inventory_in_force(inventory, lo)
+        if version is not None:
+            total += len(version.gpu_uuids) * (hi - lo)
+    return total
+
+
+def _ceil_div(numerator: int, denominator: int) -> int:
+    return -(-numerator // denominator)
+
+
+# --- evaluation ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Run:
+    """The worst run of buckets for a rule: its sum and its bucket range."""
+
+    amount: int
+    first: int
+    count: int
+
+
+def _worst_run(values: Sequence[int], length: int) -> _Run:
+    """The earliest run of ``length`` consecutive values with the largest sum; all the values as
+    one run when there are fewer."""
+    if not values:
+        return _Run(0, 0, 0)
+    if length >= len(values):
+        return _Run(sum(values), 0, len(values))
+    window = sum(values[:length])
+    best = _Run(window, 0, length)
+    for end in range(length, len(values)):
+        window += values[end] - values[end - length]
+        if window > best.amount:
+            best = _Run(window, end - length + 1, length)
+    return best
+
+
+@dataclass(frozen=True, slots=True)
+class _Context:
+    """What every rule evaluation reads."""
+
+    period_start_ns: int
+    as_of_ns: int
+    bucket_ns: int
+    starts: tuple[int, ...]
+    buckets: tuple[Bucket, ...]
+    coverage: pb.Coverage
+    gaps: tuple[tuple[Gap, str], ...]
+    evidence: EvidenceIndex
+
+    def stretch(self, run: _Run) -> tuple[int, int]:
+        if run.count == 0:
+            return self.period_start_ns, self.period_start_ns
+        start = self.starts[run.first]
+        return start, start + run.count * self.bucket_ns
+
+    def top(self, start_ns: int, end_ns: int, figure: Figure) -> list[int]:
+        found = self.evidence.top_contributors(start_ns, end_ns, figure, MAX_EVIDENCE)
+        return list(found[:MAX_EVIDENCE])
+
+
+def evaluate(
+    policy: Policy,
+    *,
+    lab_id: str,
+    period_start_ns: int,
+    period_end_ns: int,
+    as_of_ns: int,
+    bucket_ns: int,
+    buckets: Mapping[int, Bucket],
+    inventory: Sequence[InventoryVersion],
+    nodes: Sequence[NodeTimeline],
+    findings: Sequence[pb.LoggedFinding],
+    evidence: EvidenceIndex,
+    tree_size: int,
+    table_version: int,
+) -> pb.ComplianceReport:
+    """The compliance report of ``lab_id`` over ``[period_start_ns, period_end_ns)`` as of
+    ``as_of_ns``, under ``policy``.
+
+    ``buckets`` maps bucket start to bucket (others than the report's are ignored, missing ones are
+    zero); ``nodes`` are the lab's nodes (those enrolled at or after ``as_of`` or revoked before the
+    period are left out); ``findings`` the logged findings about the lab in the period.
+    """
+    _check_arguments(
+        policy,
+        lab_id=lab_id,
+        period_start_ns=period_start_ns,
+        period_end_ns=period_end_ns,
+        as_of_ns=as_of_ns,
+        bucket_ns=bucket_ns,
+        buckets=buckets,
+        inventory=inventory,
+    )
+    if tree_size < 0:
+        raise ValueError(f"tree_size must not be negative, got {tree_size}")
+    if table_version < 0:
+        raise ValueError(f"table_version must not be negative, got {table_version}")
+    logged = sorted(findings, key=lambda item: item.log_index)
+
+    first_start = _ceil_div(period_start_ns, bucket_ns) * bucket_ns
+    starts = tuple(range(first_start, as_of_ns, bucket_ns))
+    series_buckets = tuple(buckets.get(start) or Bucket(bucket_start_ns=start) for start in starts)
+
+    attested_ms = sum(bucket.attested_gpu_ms for bucket in series_buckets)
+    declared_ms = _ceil_div(declared_gpu_ns(inventory, period_start_ns, as_of_ns), NS_PER_MS)
+    coverage = pb.Coverage(
+        attested_gpu_ms=attested_ms,
+        declared_gpu_ms=declared_ms,
+        ratio_ppm=min(PPM, attested_ms * PPM // declared_ms) if declared_ms else 0,
+    )
+
+    active = sorted(
+        (
+            node
+            for node in nodes
+            if node_active_span(period_start_ns, as_of_ns, node.enrolled_at_ns, node.revoked_at_ns)
+            is not None
+        ),
+        key=lambda node: bytes(node.node_id),
+    )
+    gaps = tuple(
+        (gap, node.node_name)
+        for node in active
+        for gap in sorted(node.gaps, key=lambda gap: (gap.start_ns, gap.end_ns))
+    )
+    context = _Context(
+        period_start_ns=period_start_ns,
+        as_of_ns=as_of_ns,
+        bucket_ns=bucket_ns,
+        starts=starts,
+        buckets=series_buckets,
+        coverage=coverage,
+        gaps=gaps,
+        evidence=evidence,
+    )
+
+    report = pb.ComplianceReport(
+        lab_id=lab_id,
+        period_start_ns=period_start_ns,
+        period_end_ns=period_end_ns,
+        as_of_ns=as_of_ns,
+        bucket_ns=bucket_ns,
+        policy_id=policy.policy_id,
+        policy_version=policy.version,
+        policy_digest=policy.digest,
+        tree_size=tree_size,
+        table_version=table_version,
+        coverage=coverage,
+    )
+    results = [_evaluate_rule(rule, context) for rule in policy.rules]
+    report.rules.extend(results)
+
+    gap_findings: dict[tuple[bytes, int, int], int] = {}
+    for item in logged:
+        finding = item.finding
+        if finding.kind == findings_pb2.FINDING_KIND_GAP:
+            key = (finding.node_id, finding.gap.seq_before, finding.gap.seq_after)
+            gap_findings.setdefault(key, item.log_index)
+    for gap, node_name in gaps:
+        finding_index = None
+        if gap.seq_before is not None and gap.seq_after is not None:
+            finding_index = gap_findings.get((bytes(gap.node_id), gap.seq_before, gap.seq_after))
+        report.gaps.append(gap_report(gap, node_name, finding_index))
+
+    for item in logged:
+        report.findings.add().CopyFrom(item)
+    report.totals.CopyFrom(_totals(series_buckets, table_version))
+    for start, bucket in zip(starts, series_buckets, strict=True):
+        declared_bucket_ms = _ceil_div(
+            declared_gpu_ns(inventory, start, min(start + bucket_ns, as_of_ns)), NS_PER_MS
+        )
+        report.series.append(
+            pb.SeriesPoint(
+                bucket_start_ns=start,
+                upper_bound_flop=str(bucket.upper_bound_flop),
+                central_estimate_flop=str(bucket.central_estimate_flop),
+                energy_flop=str(bucket.energy_flop),
+                attested_gpu_ms=bucket.attested_gpu_ms,
+                busy_gpu_ms=bucket.busy_gpu_ms,
+                energy_mj=bucket.energy_mj,
+                unattested_gpu_ms=max(0, declared_bucket_ms - bucket.attested_gpu_ms),
+            )
+        )
+    for node in active:
+        report.nodes.append(
+            pb.NodeSummary(
+                node_id=bytes(node.node_id),
+                node_name=node.node_name,
+                attestations=node.attestations,
+                first_seq=node.first_seq if node.attestations else 0,
+                last_seq=node.last_seq if node.attestations else 0,
+                upper_bound_flop=str(node.upper_bound_flop),
+                flagged=node.flagged,
+                revoked=node.revoked,
+            )
+        )
+    report.verdict, reasons = _verdict(results, logged)
+    report.reasons.extend(reasons)
+    return report
+
+
+def _check_arguments(
+    policy: Policy,
+    *,
+    lab_id: str,
+    period_start_ns: int,
+    period_end_ns: int,
+    as_of_ns: int,
+    bucket_ns: int,
+    buckets: Mapping[int, Bucket],
+    inventory: Sequence[InventoryVersion],
+) -> None:
+    if bucket_ns <= 0:
+        raise ValueError(f"bucket_ns must be positive, got {bucket_ns}")
+    if period_end_ns <= period_start_ns:
+        raise ValueError(
+            f"period_end_ns ({period_end_ns}) must be after period_start_ns ({period_start_ns})"
+        )
+    if not period_start_ns <= as_of_ns <= period_end_ns:
+        raise ValueError(
+            f"as_of_ns ({as_of_ns}) must lie within the period [{period_start_ns}, {period_end_ns}]"
+        )
+    if lab_id != policy.lab_id:
+        raise ValueError(f"lab_id {lab_id!r} is not the policy's lab ({policy.lab_id!r})")
+    problems = validate_for_buckets(policy, bucket_ns)
+    if problems:
+        raise ValueError(f"bucket_ns {bucket_ns} does not suit the policy: {'; '.join(problems)}")
+    for start, bucket in buckets.items():
+        if bucket.bucket_start_ns != start or start % bucket_ns:
+            raise ValueError(
+                f"buckets: the bucket at key {start} is not a bucket of {bucket_ns} ns"
+            )
+    versions = [item.version for item in inventory]
+    if len(set(versions)) != len(versions):
+        raise ValueError("inventory has two declarations with the same version")
+
+
+def _evaluate_rule(rule: Rule, context: _Context) -> pb.RuleResult:
+    match rule:
+        case CumulativeFlopRule():
+            return _cumulative(rule, context)
+        case SustainedRateRule():
+            return _sustained(rule, context)
+        case CoverageRule():
+            return _coverage(rule, context)
+        case MaxGapRule():
+            return _max_gap(rule, context)
+        case TrainingSignatureRule():
+            return _training_signature(rule, context)
+
+
+def _result(
+    rule: Rule,
+    outcome: pb.RuleOutcome.ValueType,
+    *,
+    measured: int,
+    limit: int,
+    unit: str,
+    method: str,
+    stretch: tuple[int, int],
+    summary: str,
+    evidence: Sequence[int] = (),
+) -> pb.RuleResult:
+    return pb.RuleResult(
+        rule_id=rule.rule_id,
+        kind=_RULE_KINDS[rule.kind],
+        outcome=outcome,
+        measured=str(measured),
+        limit=str(limit),
+        unit=unit,
+        method=method,
+        worst_start_ns=stretch[0],
+        worst_end_ns=stretch[1],
+        evidence_log_indices=evidence,
+        summary=summary,
+    )
+
+
+def _cumulative(rule: CumulativeFlopRule, context: _Context) -> pb.RuleResult:
+    run = _worst_run(
+        [bucket.flop(rule.figure) for bucket in context.buckets],
+        rule.window_ns // context.bucket_ns,
+    )
+    start, end = context.stretch(run)
+    over = run.amount > rule.limit_flop
+    short = (
+        " (the period is shorter than the window: one run)"
+        if run.count < (rule.window_ns // context.bucket_ns)
+        else ""
+    )
+    summary = (
+        f"{format_flop(run.amount)} FLOP ({FIGURE_WORDS[rule.figure]}) in the worst "
+        f"{format_duration_ns(rule.window_ns)} run, {_span(start, end)}{short}; "
+        f"{'over' if over else 'within'} the limit of {format_flop(rule.limit_flop)} FLOP"
+    )
+    return _result(
+        rule,
+        pb.RULE_OUTCOME_VIOLATION if over else pb.RULE_OUTCOME_PASS,
+        measured=run.amount,
+        limit=rule.limit_flop,
+        unit="flop",
+        method=rule.figure.value,
+        stretch=(start, end),
+        evidence=context.top(start, end, rule.figure),
+        summary=summary,
+    )
+
+
+def _sustained(rule: SustainedRateRule, context: _Context) -> pb.RuleResult:
+    interval_s = rule.interval_ns // NS_PER_S
+    run = _worst_run(
+        [bucket.flop(rule.figure) for bucket in context.buckets],
+        rule.interval_ns // context.bucket_ns,
+    )
+    start, end = context.stretch(run)
+    allowed = rule.limit_flop_per_s * interval_s
+    over = run.amount > allowed
+    summary = (
+        f"{format_flop(run.amount)} FLOP ({FIGURE_WORDS[rule.figure]}) in the worst "
+        f"{format_duration_ns(rule.interval_ns)} run, {_span(start, end)}: "
+        f"{format_flop(run.amount // interval_s)} FLOP/s on average; "
+        f"{'over' if over else 'within'} the limit of {format_flop(rule.limit_flop_per_s)} FLOP/s "
+        f"({format_flop(allowed)} FLOP per {format_duration_ns(rule.interval_ns)})"
+    )
+    return _result(
+        rule,
+        pb.RULE_OUTCOME_VIOLATION if over else pb.RULE_OUTCOME_PASS,
+        measured=run.amount // interval_s,
+        limit=rule.limit_flop_per_s,
+        unit="flop_per_s",
+        method=rule.figure.value,
+        stretch=(start, end),
+        evidence=context.top(start, end, rule.figure),
+        summary=summary,
+    )
+
+
+def _coverage(rule: CoverageRule, context: _Context) -> pb.RuleResult:
+    coverage = context.coverage
+    if coverage.declared_gpu_ms == 0:
+        outcome = pb.RULE_OUTCOME_UNACCOUNTED
+        summary = (
+            "no declared GPU-time in the period (no inventory declaration in force): coverage "
+            f"cannot be shown; {coverage.attested_gpu_ms} GPU-ms attested"
+        )
+    else:
+        below = coverage.ratio_ppm < rule.min_ratio_ppm
+        outcome = pb.RULE_OUTCOME_UNACCOUNTED if below else pb.RULE_OUTCOME_PASS
+        summary = (
+            f"{coverage.attested_gpu_ms} of {coverage.declared_gpu_ms} declared GPU-ms attested "
+            f"({format_ppm(coverage.ratio_ppm)}); {'below' if below else 'at or above'} the "
+            f"minimum of {format_ppm(rule.min_ratio_ppm)}"
+        )
+    return _result(
+        rule,
+        outcome,
+        measured=coverage.ratio_ppm,
+        limit=rule.min_ratio_ppm,
+        unit="ppm",
+        method="attested GPU-time of declared GPUs / declared GPUs x time in force",
+        stretch=(context.period_start_ns, context.as_of_ns),
+        summary=summary,
+    )
+
+
+def _max_gap(rule: MaxGapRule, context: _Context) -> pb.RuleResult:
+    longest: tuple[Gap, str] | None = None
+    for gap, name in context.gaps:
+        if longest is None or gap.duration_ns > longest[0].duration_ns:
+            longest = (gap, name)
+    if longest is None:
+        return _result(
+            rule,
+            pb.RULE_OUTCOME_PASS,
+            measured=0,
+            limit=_ceil_div(rule.max_gap_ns, NS_PER_MS),
+            unit="ms",
+            method="longest unattested stretch of any node",
+            stretch=(context.period_start_ns, context.period_start_ns),
+            summary=f"no gaps; at most {format_duration_ns(rule.max_gap_ns)} allowed",
+        )
+    gap, name = longest
+    over = gap.duration_ns > rule.max_gap_ns
+    evidence = [i for i in (gap.log_index_before, gap.log_index_after) if i is not None]
+    summary = (
+        f"longest gap {format_duration_ns(gap.duration_ns)} on node {name or '(unnamed)'}, "
+        f"{_span(gap.start_ns, gap.end_ns)}{' (open)' if gap.open else ''}; "
+        f"{'longer than' if over else 'within'} the {format_duration_ns(rule.max_gap_ns)} allowed"
+    )
+    return _result(
+        rule,
+        pb.RULE_OUTCOME_UNACCOUNTED if over else pb.RULE_OUTCOME_PASS,
+        measured=_ceil_div(gap.duration_ns, NS_PER_MS),
+        limit=_ceil_div(rule.max_gap_ns, NS_PER_MS),
+        unit="ms",
+        method="longest unattested stretch of any node",
+        stretch=(gap.start_ns, gap.end_ns),
+        evidence=evidence,
+        summary=summary,
+    )
+
+
+def _training_signature(rule: TrainingSignatureRule, context: _Context) -> pb.RuleResult:
+    step = rule.min_busy_percent // BUSY_STEP_PERCENT - 1
+    needed_ns = rule.min_gpus * context.bucket_ns
+    best = _Run(0, 0, 0)
+    current = 0
+    for i, bucket in enumerate(context.buckets):
+        if bucket.busy_at_least_ms[step] * NS_PER_MS >= needed_ns:
+            current += 1
+            if current > best.count:
+                best = _Run(current * context.bucket_ns, i - current + 1, current)
+        else:
+            current = 0
+    start, end = context.stretch(best)
+    detected = best.count > 0 and best.amount >= rule.min_duration_ns
+    counted = detected and rule.on_detect is OnDetect.VIOLATION
+    what = (
+        f"{rule.min_gpus} GPUs' worth of GPU-time at least {rule.min_busy_percent}% busy in "
+        "every bucket"
+    )
+    if best.count == 0:
+        summary = f"no bucket had {what.replace(' in every bucket', '')}"
+    else:
+        summary = f"longest run with {what}: {format_duration_ns(best.amount)}, {_span(start, end)}"
+    if detected:
+        effect = "a violation" if counted else "reported as a finding, not counted (on_detect)"
+        summary += (
+            f"; training signature detected ({format_duration_ns(rule.min_duration_ns)} or "
+            f"longer): {effect}"
+        )
+    else:
+        summary += f"; shorter than {format_duration_ns(rule.min_duration_ns)}: not detected"
+    return _result(
+        rule,
+        pb.RULE_OUTCOME_VIOLATION if counted else pb.RULE_OUTCOME_PASS,
+        measured=best.amount // NS_PER_MS,
+        limit=rule.min_duration_ns // NS_PER_MS,
+        unit="ms",
+        method=(
+            f"buckets with at least {rule.min_gpus} x bucket GPU-ms at >= "
+            f"{rule.min_busy_percent}% busy"
+        ),
+        stretch=(start, end),
+        evidence=context.top(start, end, Figure.UPPER_BOUND) if best.count else [],
+        summary=summary,
+    )
+
+
+def _totals(buckets: Sequence[Bucket], table_version: int) -> pb.ComputeTotals:
+    windows = sum(bucket.gpu_windows for bucket in buckets)
+    assumed = sum(bucket.assumed_gpu_windows for bucket in buckets)
+    unknown = sum(bucket.unknown_model_gpu_windows for bucket in buckets)
+    if unknown:
+        unknown_words = (
+            f"{unknown} of {windows} GPU-windows had a model not in the table and were bounded "
+            "with the table's highest peak"
+        )
+    else:
+        unknown_words = f"every one of the {windows} GPU-windows had a model in the table"
+    assumed_words = format_ppm(compute.ASSUMED_UTILIZATION_PPM)
+    return pb.ComputeTotals(
+        upper_bound_flop=str(sum(bucket.upper_bound_flop for bucket in buckets)),
+        central_estimate_flop=str(sum(bucket.central_estimate_flop for bucket in buckets)),
+        energy_flop=str(sum(bucket.energy_flop for bucket in buckets)),
+        energy_mj=sum(bucket.energy_mj for bucket in buckets),
+        busy_gpu_ms=sum(bucket.busy_gpu_ms for bucket in buckets),
+        upper_bound_method=(
+            "peak dense FLOP/s at each GPU's fastest precision x busy seconds "
+            f"(GPU table version {table_version}); {unknown_words}"
+        ),
+        central_estimate_method=(
+            f"measured for {windows - assumed} of {windows} GPU-windows: GPM tensor-active "
+            f"seconds x peak bf16 (fp16 where no bf16); assumed for the other {assumed}: busy "
+            f"seconds x peak bf16 x an assumed utilisation of {assumed_words} (Epoch AI's "
+            "typical figure), as they had no tensor-active reading"
+        ),
+        energy_method=(
+            "energy counter (J) x each model's FLOP per joule at peak; GPU-windows whose counter "
+            "was unusable count 0. A cross-check, not a sound bound"
+        ),
+        assumed_gpu_windows=assumed,
+        unknown_model_gpu_windows=unknown,
+    )
+
+
+def _verdict(
+    results: Sequence[pb.RuleResult], logged: Sequence[pb.LoggedFinding]
+) -> tuple[pb.Verdict.ValueType, list[str]]:
+    violations = [r for r in results if r.outcome == pb.RULE_OUTCOME_VIOLATION]
+    invalid = [item for item in logged if item.finding.kind in _INVALIDATING]
+    unaccounted = [r for r in results if r.outcome == pb.RULE_OUTCOME_UNACCOUNTED]
+    reasons = [f"VIOLATION: rule {r.rule_id}: {r.summary}" for r in violations]
+    reasons += [
+        f"INVALID: {findings_pb2.FindingKind.Name(item.finding.kind).removeprefix('FINDING_KIND_')}"
+        f" finding at log index {item.log_index}: {item.finding.summary or '(no summary)'}"
+        for item in invalid
+    ]
+    reasons += [f"UNACCOUNTED: rule {r.rule_id}: {r.summary}" for r in unaccounted]
+    if violations:
+        return pb.VERDICT_VIOLATION, reasons
+    if invalid:
+        return pb.VERDICT_INVALID, reasons
+    if unaccounted:
+        return pb.VERDICT_UNACCOUNTED, reasons
+    return pb.VERDICT_COMPLIANT, [
+        f"COMPLIANT: all {len(results)} rules hold and no evidence failed verification"
+    ]
+
+
+# --- text ----------------------------------------------------------------------------------------
+
+
+def format_time_ns(timestamp_ns: int) -> str:
+    """UTC ISO 8601 with a Z, with the fraction of a second only where there is one."""
+    seconds, fraction = divmod(timestamp_ns, NS_PER_S)
+    moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(seconds=seconds)
+    text = moment.strftime("%Y-%m-%dT%H:%M:%S")
+    if fraction:
+        text += f".{fraction:09d}".rstrip("0")
+    return text + "Z"
+
+
+def _span(start_ns: int, end_ns: int) -> str:
+    return f"{format_time_ns(start_ns)} to {format_time_ns(end_ns)}"
+
+
+def _amount(value: str, unit: str) -> str:
+    """A measured amount or limit with its unit, for reading."""
+    if not value.isdigit():
+        return f"{value} {unit}"
+    number = int(value)
+    match unit:
+        case "flop":
+            return f"{format_flop(number)} FLOP"
+        case "flop_per_s":
+            return f"{format_flop(number)} FLOP/s"
+        case "ppm":
+            return f"{format_ppm(number)} ({number} ppm)"
+        case "ms":
+            return format_duration_ns(number * NS_PER_MS)
+        case _:
+            return f"{number} {unit}"
+
+
+def _enum_name(name: str, prefix: str) -> str:
+    return name.removeprefix(prefix)
+
+
+def _table(rows: Sequence[Sequence[str]], indent: str = "  ") -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        indent
+        + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+
+
+def render_text(report: pb.ComplianceReport) -> str:
+    """The report as a terminal table: verdict and reasons, each rule (measured against limit,
+    outcome, evidence), coverage, gaps, totals with their methods, findings and nodes. FLOP
+    figures are exact, followed by scientific notation rounded down."""
+    verdict = _enum_name(pb.Verdict.Name(report.verdict), "VERDICT_")
+    lines = [
+        f"pausewatch compliance report for lab {report.lab_id}",
+        f"period    {_span(report.period_start_ns, report.period_end_ns)} "
+        f"(evidence up to {format_time_ns(report.as_of_ns)})",
+        f"policy    {report.policy_id} version {report.policy_version} "
+        f"(sha256 {report.policy_digest.hex()})",
+        f"log size  {report.tree_size}; GPU table version {report.table_version}; buckets of "
+        f"{format_duration_ns(report.bucket_ns)}",
+        "",
+        f"VERDICT   {verdict}",
+    ]
+    lines += [f"  - {reason}" for reason in report.reasons]
+
+    lines += ["", f"rules ({len(report.rules)})"]
+    if report.rules:
+        rows = [["RULE", "KIND", "MEASURED", "LIMIT", "OUTCOME"]]
+        for result in report.rules:
+            rows.append(
+                [
+                    result.rule_id,
+                    _enum_name(pb.RuleKind.Name(result.kind), "RULE_KIND_").lower(),
+                    _amount(result.measured, result.unit),
+                    _amount(result.limit, result.unit),
+                    _enum_name(pb.RuleOutcome.Name(result.outcome), "RULE_OUTCOME_"),
+                ]
+            )
+        lines += _table(rows)
+        for result in report.rules:
+            lines.append(f"  {result.rule_id}: {result.summary}")
+            if result.evidence_log_indices:
+                shown = ", ".join(str(i) for i in result.evidence_log_indices[:10])
+                more = len(result.evidence_log_indices) - 10
+                lines.append(
+                    f"    evidence (log indices): {shown}{f' and {more} more' if more > 0 else ''}"
+                )
+
+    coverage = report.coverage
+    lines += [
+        "",
+        f"coverage  {coverage.attested_gpu_ms} of {coverage.declared_gpu_ms} declared GPU-ms "
+        f"attested ({format_ppm(coverage.ratio_ppm)})",
+    ]
+
+    lines += ["", f"gaps ({len(report.gaps)})"]
+    if report.gaps:
+        rows = [["NODE", "FROM", "TO", "LENGTH", "STATE", "ENERGY BOUND", "TIME BOUND", "FINDING"]]
+        for item in report.gaps:
+            gap = item.gap
+            bound = (
+                f"{format_flop(int(gap.energy_bound_flop))} FLOP ({gap.energy_mj} mJ)"
+                if gap.energy_bounded
+                else "unbounded"
+            )
+            rows.append(
+                [
+                    item.node_name or item.node_id.hex()[:16],
+                    format_time_ns(gap.gap_start_ns),
+                    format_time_ns(gap.gap_end_ns),
+                    format_duration_ns(gap.gap_end_ns - gap.gap_start_ns),
+                    "open" if item.open else "closed",
+                    bound,
+                    f"{format_flop(int(gap.time_bound_flop))} FLOP",
+                    str(item.finding_log_index) if item.has_finding else "-",
+                ]
+            )
+        lines += _table(rows)
+
+    totals = report.totals
+    lines += [
+        "",
+        "totals",
+        f"  upper bound       {format_flop(int(totals.upper_bound_flop or '0'))} FLOP",
+        f"    {totals.upper_bound_method}",
+        f"  central estimate  {format_flop(int(totals.central_estimate_flop or '0'))} FLOP",
+        f"    {totals.central_estimate_method}",
+        f"  energy            {format_flop(int(totals.energy_flop or '0'))} FLOP",
+        f"    {totals.energy_method}",
+        f"  energy used {totals.energy_mj} mJ; busy {totals.busy_gpu_ms} GPU-ms",
+    ]
+
+    lines += ["", f"findings ({len(report.findings)})"]
+    for logged_finding in report.findings:
+        finding = logged_finding.finding
+        kind = _enum_name(findings_pb2.FindingKind.Name(finding.kind), "FINDING_KIND_")
+        severity = _enum_name(findings_pb2.Severity.Name(finding.severity), "SEVERITY_")
+        lines.append(f"  #{logged_finding.log_index} {kind} {severity}: {finding.summary}")
+
+    lines += ["", f"nodes ({len(report.nodes)})"]
+    if report.nodes:
+        rows = [["NODE", "ID", "ATTESTATIONS", "SEQ", "UPPER BOUND", "STATE"]]
+        for node in report.nodes:
+            state = ", ".join(
+                word for word, on in (("flagged", node.flagged), ("revoked", node.revoked)) if on
+            )
+            rows.append(
+                [
+                    node.node_name,
+                    node.node_id.hex()[:16],
+                    str(node.attestations),
+                    f"{node.first_seq}..{node.last_seq}" if node.attestations else "-",
+                    f"{format_flop(int(node.upper_bound_flop or '0'))} FLOP",
+                    state or "active",
+                ]
+            )
+        lines += _table(rows)
+    return "\n".join(lines) + "\n"
