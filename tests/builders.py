@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pausewatch.v1 import attestation_pb2 as pb
 
+from attest.attestation import bounds_to_proto, window_compute
 from attest.envelope import PayloadType, envelope_digest, sign_envelope
 from attest.ids import ZERO_DIGEST, Digest
 from attest.keys import Ed25519Signer
@@ -64,6 +65,7 @@ def gpu_window(
         pb.METRIC_COMPUTE_PROCESSES,
     ):
         gpu.metric_status.add(metric=metric, state=pb.METRIC_STATE_SUPPORTED)
+    gpu.bounds.CopyFrom(bounds_to_proto(window_compute(gpu)))
     return gpu
 
 

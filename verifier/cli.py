@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -149,10 +150,61 @@ def policy_check(path: Path, bucket_seconds: int | None, as_json: bool) -> None:
     emit(result, as_json, "\n".join(lines))
 
 
+@cli.group()
+def verifier() -> None:
+    """Run the regulator's verifier service."""
+
+
+@verifier.command()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="The verifier's TOML config file (see docs/verifier.md).",
+)
+@click.option("--listen", default=None, help="Override server.listen (HOST:PORT; port 0 = any).")
+@click.option(
+    "--port-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the bound port to this file once serving (for scripts).",
+)
+def serve(config_path: Path, listen: str | None, port_file: Path | None) -> None:
+    """Serve AttestationService, RegistryService and AuditService until SIGTERM or SIGINT."""
+    import dataclasses
+    import signal
+
+    from verifier.config import load_config
+    from verifier.server import VerifierServer
+
+    config = load_config(config_path)
+    if listen is not None:
+        config = dataclasses.replace(
+            config, server=dataclasses.replace(config.server, listen=listen)
+        )
+    server = VerifierServer.from_config(config)
+    port = server.start()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.warning("signal %d: shutting down", signum)
+        threading.Thread(target=server.stop, name="shutdown", daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    host = config.server.listen.rsplit(":", 1)[0]
+    click.echo(f"pausewatch verifier listening on {host}:{port}", err=True)
+    if port_file is not None:
+        tmp = port_file.with_name(port_file.name + ".tmp")
+        tmp.write_text(f"{port}\n", encoding="ascii")
+        tmp.replace(port_file)
+    server.wait()
+
+
 def main() -> None:
     """Entry point: run the CLI and map errors to exit codes in one place."""
     try:
-        cli.main(standalone_mode=False)
+        code = cli.main(standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
@@ -168,6 +220,8 @@ def main() -> None:
         log.debug("internal error", exc_info=True)
         click.echo(f"internal error: {type(exc).__name__} (run with --debug for details)", err=True)
         sys.exit(ExitCode.INTERNAL)
+    # A command that ends with ctx.exit(n) returns n here (standalone_mode=False).
+    sys.exit(code if isinstance(code, int) else ExitCode.OK)
 
 
 if __name__ == "__main__":

@@ -37,12 +37,12 @@ import hashlib
 import json
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 from attest.errors import ConfigError
 from attest.ids import is_valid_lab_id
@@ -71,6 +71,9 @@ _POWER = re.compile(r"([0-9]+)\s*(?:\^|\*\*)\s*([0-9]+)")
 _PERCENT = re.compile(r"([0-9]{1,3})(?:\.([0-9]{1,4}))?\s*%")
 _DURATION_HINT = '(use e.g. "30d", "12h", "90m", "45s", or an integer number of seconds)'
 _AMOUNT_HINT = '(use an integer, or a string such as "1e25", "10^25", "3.5e24" or "1_000")'
+
+
+_T = TypeVar("_T")
 
 
 class RuleKind(StrEnum):
@@ -711,3 +714,16 @@ def _type(value: object) -> str:
 
 def _choices(enum: type[StrEnum]) -> str:
     return ", ".join(member.value for member in enum)
+
+
+def record_in_force(records: Sequence[tuple[int, _T]], at_ns: int) -> _T | None:
+    """Of ``(effective_from_ns, record)`` pairs in the order they were logged, the last one in
+    effect at ``at_ns``; before any is in effect, the first one (a period before any policy took
+    effect is judged by the first policy, never by none); None if there are none."""
+    current: _T | None = None
+    for effective_from_ns, record in records:
+        if effective_from_ns <= at_ns:
+            current = record
+    if current is None and records:
+        current = records[0][1]
+    return current

@@ -153,6 +153,8 @@ class GapRow:
     energy_bound_flop: int
     time_bound_flop: int
     finding_log_index: int | None
+    gpu_models: tuple[str, ...] = ()
+    """Models of the GPUs of the window before the gap (to re-bound a part of it by time)."""
 
 
 class ReadView(Protocol):

@@ -104,6 +104,7 @@ CREATE TABLE IF NOT EXISTS gaps (
     after_log_index {bigint} NOT NULL, energy_bounded {bigint} NOT NULL,
     energy_mj {bigint} NOT NULL,
     energy_bound_flop TEXT NOT NULL, time_bound_flop TEXT NOT NULL, finding_log_index {bigint},
+    gpu_models TEXT NOT NULL,
     PRIMARY KEY (node_id, start_ns)
 );
 CREATE TABLE IF NOT EXISTS buckets (
@@ -328,8 +329,9 @@ class SqlQueries:
         column = _FIGURE_COLUMNS[figure]
         rows = self._all(
             f"SELECT log_index FROM attestations WHERE lab_id = ? AND window_start_ns >= ? "
-            f"AND window_start_ns < ? ORDER BY {column} DESC, log_index ASC LIMIT ?",
-            (lab_id, start_ns, end_ns, limit),
+            f"AND window_start_ns < ? AND {column} > ? ORDER BY {column} DESC, log_index ASC "
+            "LIMIT ?",
+            (lab_id, start_ns, end_ns, flop_key(0), limit),
         )
         return [int(r[0]) for r in rows]
 
@@ -389,13 +391,15 @@ class SqlQueries:
             energy_bound_flop=int(r[9]),
             time_bound_flop=int(r[10]),
             finding_log_index=r[11],
+            gpu_models=tuple(json.loads(r[12])),
         )
 
     def gaps_overlapping(self, node_id: bytes, start_ns: int, end_ns: int) -> list[GapRow]:
         rows = self._all(
             "SELECT node_id, start_ns, end_ns, seq_before, seq_after, before_log_index, "
             "after_log_index, energy_bounded, energy_mj, energy_bound_flop, time_bound_flop, "
-            "finding_log_index FROM gaps WHERE node_id = ? AND start_ns < ? AND end_ns > ? "
+            "finding_log_index, gpu_models FROM gaps WHERE node_id = ? AND start_ns < ? "
+            "AND end_ns > ? "
             "ORDER BY start_ns",
             (node_id, end_ns, start_ns),
         )
@@ -634,7 +638,8 @@ class SqlTransaction(SqlQueries):
         self._many(
             "INSERT INTO gaps (node_id, start_ns, end_ns, seq_before, seq_after, "
             "before_log_index, after_log_index, energy_bounded, energy_mj, energy_bound_flop, "
-            "time_bound_flop, finding_log_index) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "time_bound_flop, finding_log_index, gpu_models) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (
                     r.node_id,
@@ -649,6 +654,7 @@ class SqlTransaction(SqlQueries):
                     str(r.energy_bound_flop),
                     str(r.time_bound_flop),
                     r.finding_log_index,
+                    json.dumps(list(r.gpu_models)),
                 )
                 for r in rows
             ],

@@ -35,8 +35,8 @@ NODE = TestNode.from_seed(11)
 NODE_ID = NodeId(NODE.node_id)
 H100 = "NVIDIA H100 80GB HBM3"
 S = 1_000_000_000  # one second in ns
-UUID0 = "GPU-00000000-0000-0000-0000-000000000000"
-UUID1 = "GPU-00000001-0000-0000-0000-000000000000"
+UUID0 = NODE.gpu_uuid(0)
+UUID1 = NODE.gpu_uuid(1)
 
 
 def verified(body: apb.AttestationBody) -> VerifiedAttestation:

@@ -138,11 +138,13 @@ def test_attestations_windows_and_contributors(store: Store) -> None:
         AttestationRow(
             node, seq, b"%032d" % seq, 10 + seq, "lab-a", seq * 100, seq * 100 + 100, flop, 0, 0
         )
-        for seq, flop in enumerate([5, 2**70, 7, 2**70 + 1, 1])
+        for seq, flop in enumerate([5, 2**70, 7, 2**70 + 1, 0])
     ]
     with store.transaction() as tx:
         tx.insert_attestations(rows)
     assert store.top_contributors("lab-a", 0, 1000, "upper_bound", 2) == [13, 11]
+    # Attestations that contribute nothing are no evidence.
+    assert store.top_contributors("lab-a", 0, 1000, "upper_bound", 10) == [13, 11, 12, 10]
     assert store.attestation_digest_at(node, 3) == b"%032d" % 3
     first = store.first_window_ending_after(node, 150)
     assert first is not None and first.seq == 1
@@ -161,7 +163,9 @@ def test_findings_gaps_buckets_claims_meta(store: Store) -> None:
                 for i in range(6)
             ]
         )
-        tx.insert_gaps([GapRow(node, 100, 200, 1, 2, 5, 6, True, 42, 2**66, 2**67, 3)])
+        tx.insert_gaps(
+            [GapRow(node, 100, 200, 1, 2, 5, 6, True, 42, 2**66, 2**67, 3, ("NVIDIA H100",))]
+        )
         tx.put_buckets("lab-a", {0: {"a": "1"}, 60: {"a": "2"}})
         tx.put_buckets("lab-a", {60: {"a": "3"}})
         assert tx.claim_once("k", 100, 0)
@@ -173,6 +177,7 @@ def test_findings_gaps_buckets_claims_meta(store: Store) -> None:
     assert [f.log_index for f in store.findings("lab-a", since_ns=25, until_ns=45)] == [2, 3, 4]
     gaps = store.gaps_overlapping(node, 150, 160)
     assert len(gaps) == 1 and gaps[0].energy_bound_flop == 2**66 and gaps[0].energy_bounded
+    assert gaps[0].gpu_models == ("NVIDIA H100",)
     assert store.gaps_overlapping(node, 200, 300) == []
     assert store.buckets("lab-a", 0, 100) == {0: {"a": "1"}, 60: {"a": "3"}}
     assert store.get_meta("secret") == b"xyz"

@@ -1,0 +1,282 @@
+"""A real verifier for tests: keys, config and policy in a temp dir, served in-process or as a
+separate process on 127.0.0.1 port 0, plus a client that enrols test nodes and submits batches.
+
+    with running_verifier(tmp_path) as v:            # in-process VerifierServer
+        client = v.client()
+        client.enroll(node)
+        receipts = client.submit(node.chain(3))
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from pausewatch.v1 import attestation_service_pb2 as spb
+from pausewatch.v1 import attestation_service_pb2_grpc as spb_grpc
+from pausewatch.v1 import audit_pb2_grpc as apb_grpc
+from pausewatch.v1 import registry_pb2 as rpb
+from pausewatch.v1 import registry_pb2_grpc as rpb_grpc
+
+from attest.envelope import PayloadType, sign_envelope
+from attest.keys import Ed25519Signer, format_public_key, save_private_key
+from tests.builders import TestNode, fixed_private_key
+
+REPO = Path(__file__).resolve().parents[1]
+S = 10**9
+
+DEFAULT_POLICY = """
+format_version = 1
+policy_id = "test-policy"
+version = 1
+lab_id = "lab-a"
+
+[[rules]]
+id = "cumulative"
+kind = "cumulative_flop"
+window = "1h"
+limit_flop = "1e21"
+
+[[rules]]
+id = "coverage"
+kind = "coverage"
+min_ratio = "90%"
+
+[[rules]]
+id = "max-gap"
+kind = "max_gap"
+max_gap = "10m"
+"""
+
+
+@dataclass
+class VerifierFiles:
+    directory: Path
+    config: Path
+    operator: Ed25519Signer
+    store: Path
+
+
+def write_verifier_files(
+    directory: Path,
+    *,
+    policy: str = DEFAULT_POLICY,
+    extra_ingest: str = "",
+    require_nonce: bool = False,
+    max_clock_skew_s: int = 3_000_000_000,
+    max_age_s: int = 3_000_000_000,
+    bucket_ms: int = 60_000,
+    tls: bool = False,
+) -> VerifierFiles:
+    """Keys, a policy and a config for lab ``lab-a`` (operator key seed 100, log key seed 101).
+
+    Clock skew and age limits default to very wide so that the fixed test timestamps of
+    ``tests.builders`` are accepted; tests of those limits pass their own values.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    operator = Ed25519Signer.from_private_key(fixed_private_key(100))
+    save_private_key(directory / "log.key", fixed_private_key(101))
+    (directory / "policy.toml").write_text(policy, encoding="utf-8")
+    server = 'insecure_no_tls = true\nlisten = "127.0.0.1:0"'
+    if tls:
+        from verifier.tlsgen import write_self_signed
+
+        files = write_self_signed(directory / "tls", ["127.0.0.1", "localhost"])
+        server = (
+            f'listen = "127.0.0.1:0"\ntls_cert = "{files.server_cert}"\n'
+            f'tls_key = "{files.server_key}"'
+        )
+    config = directory / "verifier.toml"
+    config.write_text(
+        f"""
+[server]
+{server}
+workers = 8
+shutdown_grace_s = 2
+
+[log]
+origin = "test.example/verifier"
+signing_key = "log.key"
+checkpoint_interval_s = 1
+
+[store]
+path = "verifier.db"
+
+[ingest]
+accept_backends = ["sim", "nvml", "replay"]
+require_nonce = {"true" if require_nonce else "false"}
+max_clock_skew_s = {max_clock_skew_s}
+max_age_s = {max_age_s}
+bucket_ms = {bucket_ms}
+gap_tolerance_ms = 5000
+open_gap_grace_ms = 120000
+{extra_ingest}
+
+[[labs]]
+id = "lab-a"
+name = "Lab A"
+operator_public_key = "{format_public_key(operator.public_key)}"
+policy = "policy.toml"
+""",
+        encoding="utf-8",
+    )
+    return VerifierFiles(directory, config, operator, directory / "verifier.db")
+
+
+def enrollment_for(
+    node: TestNode, *, nonce: bytes = b"", created_at_ns: int | None = None
+) -> rpb.NodeEnrollment:
+    body = node.body(0)
+    return rpb.NodeEnrollment(
+        format_version=1,
+        lab_id=node.lab_id,
+        node_public_key=node.signer.public_key.public_bytes_raw(),
+        gpus=[
+            rpb.GpuIdentity(uuid=g.uuid, serial=g.serial, model=g.model, pci_bus_id=g.pci_bus_id)
+            for g in body.gpus
+        ],
+        node_name=f"node-{node.node_id.hex()[:8]}",
+        agent_version="0.1.0",
+        created_at_ns=created_at_ns if created_at_ns is not None else time.time_ns(),
+        verifier_nonce=nonce,
+    )
+
+
+def enroll_request(
+    enrollment: rpb.NodeEnrollment, node: TestNode, operator: Ed25519Signer
+) -> rpb.EnrollNodeRequest:
+    payload = enrollment.SerializeToString(deterministic=True)
+    return rpb.EnrollNodeRequest(
+        enrollment_envelope=sign_envelope(node.signer, PayloadType.ENROLLMENT, payload),
+        authorization_envelope=sign_envelope(
+            operator, PayloadType.ENROLLMENT_AUTHORIZATION, payload
+        ),
+    )
+
+
+class Client:
+    """gRPC stubs for one verifier."""
+
+    def __init__(self, channel: grpc.Channel, operator: Ed25519Signer) -> None:
+        self.channel = channel
+        self.operator = operator
+        self.attestation = spb_grpc.AttestationServiceStub(channel)
+        self.registry = rpb_grpc.RegistryServiceStub(channel)
+        self.audit = apb_grpc.AuditServiceStub(channel)
+        self.health = health_pb2_grpc.HealthStub(channel)
+
+    def nonce(self, node: TestNode) -> bytes:
+        return self.attestation.GetChallenge(
+            spb.GetChallengeRequest(node_id=node.node_id), timeout=10
+        ).nonce
+
+    def enroll(self, node: TestNode, **kwargs: object) -> rpb.EnrollNodeResponse:
+        enrollment = enrollment_for(node, nonce=self.nonce(node), **kwargs)  # type: ignore[arg-type]
+        return self.registry.EnrollNode(enroll_request(enrollment, node, self.operator), timeout=10)
+
+    def submit(self, envelopes: Sequence[bytes], batch: int = 64) -> list[spb.Receipt]:
+        requests = [
+            spb.SubmitAttestationsRequest(envelopes=list(envelopes[i : i + batch]))
+            for i in range(0, len(envelopes), batch)
+        ]
+        receipts: list[spb.Receipt] = []
+        for response in self.attestation.SubmitAttestations(iter(requests), timeout=60):
+            receipts.extend(response.receipts)
+        return receipts
+
+
+@dataclass
+class RunningVerifier:
+    files: VerifierFiles
+    address: str
+    process: subprocess.Popen[bytes] | None = None
+
+    def channel(self) -> grpc.Channel:
+        return grpc.insecure_channel(self.address)
+
+    def client(self) -> Client:
+        return Client(self.channel(), self.files.operator)
+
+
+def wait_serving(address: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            try:
+                response = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
+                if response.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"verifier at {address} did not become SERVING")
+            time.sleep(0.05)
+
+
+@contextmanager
+def running_verifier(directory: Path, **kwargs: object) -> Iterator[RunningVerifier]:
+    """An in-process verifier on a free port."""
+    from verifier.config import load_config
+    from verifier.server import VerifierServer
+
+    files = write_verifier_files(directory, **kwargs)  # type: ignore[arg-type]
+    server = VerifierServer.from_config(load_config(files.config))
+    port = server.start()
+    try:
+        yield RunningVerifier(files, f"127.0.0.1:{port}")
+    finally:
+        server.stop()
+
+
+def start_verifier_process(files: VerifierFiles, log_path: Path) -> RunningVerifier:
+    """The verifier as a real process (for SIGKILL and shutdown tests)."""
+    port_file = files.directory / "port"
+    port_file.unlink(missing_ok=True)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "protos")]))
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "verifier.cli",
+                "verifier",
+                "serve",
+                "--config",
+                str(files.config),
+                "--port-file",
+                str(port_file),
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 30
+    while not port_file.exists():
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"verifier exited with {process.returncode}: {log_path.read_text()[-2000:]}"
+            )
+        if time.monotonic() > deadline:
+            process.kill()
+            raise TimeoutError("verifier did not start")
+        time.sleep(0.05)
+    address = f"127.0.0.1:{int(port_file.read_text())}"
+    wait_serving(address)
+    return RunningVerifier(files, address, process)
+
+
+def stop_process(running: RunningVerifier, sig: int = signal.SIGTERM, timeout_s: float = 30) -> int:
+    assert running.process is not None
+    running.process.send_signal(sig)
+    return running.process.wait(timeout=timeout_s)

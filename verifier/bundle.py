@@ -1,0 +1,640 @@
+"""Evidence bundles: export everything an audit rests on, and re-verify it offline.
+
+    data = export_bundle(auditor, "lab-a", period_start_ns, period_end_ns)   # on the server
+    result = verify_bundle(data, pinned_log_key=vkey)                        # anywhere, offline
+    result.ok, result.failures, result.differences, result.offline_report.verdict
+
+A bundle file is one Envelope (payload type ``application/vnd.pausewatch.bundle.v1+protobuf``)
+signed by the verifier's log key, whose payload is an ``EvidenceBundle``: the log entries of the lab
+(lab and policy records, enrolments, inventory declarations, revocations, the attestations of the
+period and each node's last one before it, equivocation evidence, the findings), each with an
+inclusion proof against one signed checkpoint, and the report the server computed.
+
+Offline verification trusts nothing but the log key (pin it with ``pinned_log_key``): it checks the
+bundle's signature, the checkpoint, every inclusion proof, every record's signature under the key
+that may sign it (log key, lab operator key, node key), the node chains, then recomputes the
+accounts, gaps and verdict with the same pure code the server uses (ADR 0001) and compares the
+result with the server's report field by field. Every failure names what failed. See
+docs/bundle-format.md.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError, Message
+from pausewatch.v1 import attestation_pb2 as apb
+from pausewatch.v1 import audit_pb2 as pb
+from pausewatch.v1 import bundle_pb2 as bpb
+from pausewatch.v1 import findings_pb2 as fpb
+from pausewatch.v1 import policy_pb2 as ppb
+from pausewatch.v1 import registry_pb2 as rpb
+
+from attest import compute, merkle
+from attest.attestation import attestation_from_verified
+from attest.chain import ChainHead, Link, classify
+from attest.checkpoint import Checkpoint, sign_checkpoint, verify_checkpoint
+from attest.envelope import (
+    Envelope,
+    PayloadType,
+    StaticKeyring,
+    parse_envelope,
+    sign_envelope,
+    verify_parsed_envelope,
+)
+from attest.errors import (
+    BodyError,
+    ConfigError,
+    EnvelopeError,
+    KeyFileError,
+    NoteError,
+    PausewatchError,
+    ProofError,
+    SignatureError,
+    VerificationError,
+)
+from attest.ids import Digest, NodeId
+from attest.keys import key_id_from_raw, public_key_from_raw
+from attest.note import Ed25519NoteVerifier, parse_verifier_key
+from verifier import accounts, evaluation
+from verifier.accounts import Bucket, WindowEdge
+from verifier.policy import Policy, load_policy_bytes, record_in_force
+from verifier.store.base import EntryKind, ReadView
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MAX_BUNDLE_BYTES = 2 * 1024**3
+
+_LAB_KINDS = (
+    EntryKind.LAB,
+    EntryKind.POLICY,
+    EntryKind.ENROLLMENT,
+    EntryKind.ENROLLMENT_AUTHORIZATION,
+    EntryKind.INVENTORY,
+    EntryKind.REVOCATION,
+    EntryKind.FORK_EVIDENCE,
+)
+
+
+# --- export --------------------------------------------------------------------------------------
+
+
+class _Reader:
+    def __init__(self, view: ReadView) -> None:
+        self._view = view
+
+    def node(self, level: int, index: int) -> bytes:
+        return self._view.node_hash(level, index)
+
+
+def select_entries(
+    view: ReadView,
+    lab_id: str,
+    *,
+    period_start_ns: int,
+    period_end_ns: int,
+    report: pb.ComplianceReport,
+    bucket_ns: int,
+) -> list[int]:
+    """The log indices a bundle must hold so that the report can be recomputed from it."""
+    size = report.tree_size
+    indices: set[int] = {
+        entry.index for entry in view.entries_of_kind_for_lab(lab_id, _LAB_KINDS, size)
+    }
+    # Equivocation evidence needs the accepted envelopes it conflicts with, and the one before.
+    for entry in view.entries(sorted(indices)):
+        if entry.kind is EntryKind.FORK_EVIDENCE:
+            body = apb.AttestationBody.FromString(parse_envelope(entry.entry).payload)
+            for seq in (body.seq - 1, body.seq):
+                at = _attestation_at(view, entry.node_id, seq)
+                if at is not None:
+                    indices.add(at)
+    # Every attestation counted in a bucket of the report (a window counts where it starts).
+    first_bucket = accounts.bucket_start(period_start_ns, bucket_ns)
+    for row in view.attestations_in(lab_id, first_bucket, period_end_ns):
+        if row.log_index < size:
+            indices.add(row.log_index)
+    # Each node's last window starting before the period: the gap rule needs it.
+    for node in view.list_nodes(lab_id):
+        before = view.last_attestation_before(node.node_id, period_start_ns)
+        if before is not None and before.log_index < size:
+            indices.add(before.log_index)
+    for finding in report.findings:
+        indices.add(finding.log_index)
+        indices.update(i for i in finding.finding.evidence_log_indices if i < size)
+    return sorted(indices)
+
+
+def _attestation_at(view: ReadView, node_id: bytes, seq: int) -> int | None:
+    if seq < 0:
+        return None
+    digest = view.attestation_digest_at(node_id, seq)
+    if digest is None:
+        return None
+    found = view.entry_index_by_digest(digest)
+    return None if found is None else found[0]
+
+
+def export_bundle(auditor: object, lab_id: str, period_start_ns: int, period_end_ns: int) -> bytes:
+    """The signed bundle file for a lab and period (``auditor`` is a verifier.audit.Auditor)."""
+    from verifier.audit import Auditor
+
+    assert isinstance(auditor, Auditor)
+    core = auditor.core
+    ingest = core.config.ingest
+    now = core.clock_ns()
+    with core.store.snapshot() as view:
+        report = auditor.report_from(view, lab_id, period_start_ns, period_end_ns, now)
+        size = report.tree_size
+        reader = _Reader(view)
+        root = merkle.root_from(reader, size)
+        note = sign_checkpoint(
+            Checkpoint(origin=core.note_signer.name, tree_size=size, root_hash=root),
+            core.note_signer,
+        )
+        bundle = bpb.EvidenceBundle(
+            format_version=FORMAT_VERSION,
+            lab_id=lab_id,
+            period_start_ns=period_start_ns,
+            period_end_ns=period_end_ns,
+            created_at_ns=now,
+            log_verifier_key=core.log.verifier_key,
+            checkpoint_note=note,
+            server_report=report,
+            bucket_ns=ingest.bucket_ns,
+            max_clock_skew_ns=ingest.max_clock_skew_ns,
+            gap_tolerance_ns=ingest.gap_tolerance_ns,
+            open_gap_grace_ns=ingest.open_gap_grace_ns,
+        )
+        for entry in view.entries(
+            select_entries(
+                view,
+                lab_id,
+                period_start_ns=period_start_ns,
+                period_end_ns=period_end_ns,
+                report=report,
+                bucket_ns=ingest.bucket_ns,
+            )
+        ):
+            bundle.entries.append(
+                bpb.BundleEntry(
+                    log_index=entry.index,
+                    envelope=entry.entry,
+                    inclusion_proof=merkle.inclusion_proof_from(reader, entry.index, size),
+                )
+            )
+    payload = bundle.SerializeToString(deterministic=True)
+    data = sign_envelope(core.envelope_signer, PayloadType.BUNDLE, payload)
+    log.info(
+        "exported bundle lab=%s entries=%d bytes=%d tree_size=%d",
+        lab_id,
+        len(bundle.entries),
+        len(data),
+        size,
+    )
+    return data
+
+
+# --- offline verification ------------------------------------------------------------------------
+
+
+@dataclass
+class BundleVerification:
+    """What offline verification found. ``ok`` only if nothing failed and nothing differs."""
+
+    failures: list[str] = field(default_factory=list)
+    differences: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    lab_id: str = ""
+    entries: int = 0
+    attestations: int = 0
+    log_key: str = ""
+    checkpoint_size: int = 0
+    server_report: pb.ComplianceReport | None = None
+    offline_report: pb.ComplianceReport | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures and not self.differences
+
+
+@dataclass
+class _Node:
+    node_id: NodeId
+    name: str
+    public_key_raw: bytes
+    enrolled_at_ns: int
+    enrollment_index: int
+    revoked_at_ns: int | None = None
+    forks: int = 0
+    windows: list[WindowEdge] = field(default_factory=list)
+    head: ChainHead | None = None
+    digests_by_seq: dict[int, bytes] = field(default_factory=dict)
+
+
+@dataclass
+class _State:
+    """What the walk over the entries has learnt so far."""
+
+    result: BundleVerification
+    log_verifier: Ed25519NoteVerifier
+    log_ring: StaticKeyring
+    lab_id: str
+    operator_keys: list[tuple[int, bytes]] = field(default_factory=list)
+    policies: list[tuple[int, ppb.PolicyRecord]] = field(default_factory=list)
+    inventory: list[tuple[int, evaluation.InventoryVersion]] = field(default_factory=list)
+    nodes: dict[bytes, _Node] = field(default_factory=dict)
+    pending_enrollments: dict[bytes, tuple[int, Envelope]] = field(default_factory=dict)
+    findings: list[pb.LoggedFinding] = field(default_factory=list)
+    figures: list[accounts.GpuWindowFigures] = field(default_factory=list)
+    forks_found: set[tuple[bytes, int]] = field(default_factory=set)
+
+    def fail(self, message: str) -> None:
+        self.result.failures.append(message)
+
+    def operator_at(self, index: int) -> bytes | None:
+        current: bytes | None = None
+        for logged_at, key in self.operator_keys:
+            if logged_at < index:
+                current = key
+        return current
+
+
+def _parse_message(message: Message, data: bytes, what: str) -> None:
+    try:
+        message.ParseFromString(data)
+    except DecodeError:
+        raise BodyError(f"{what} is not a valid message") from None
+
+
+def verify_bundle(data: bytes, *, pinned_log_key: str | None = None) -> BundleVerification:
+    """Re-verify a bundle offline. Never raises for bad evidence: every problem is reported."""
+    result = BundleVerification()
+    try:
+        _verify(data, pinned_log_key, result)
+    except PausewatchError as exc:
+        result.failures.append(exc.diagnostics())
+    return result
+
+
+def _verify(data: bytes, pinned_log_key: str | None, result: BundleVerification) -> None:
+    # 1. The outer envelope: canonical, of the bundle type.
+    try:
+        outer = parse_envelope(data, max_size=MAX_BUNDLE_BYTES)
+    except EnvelopeError as exc:
+        raise EnvelopeError(f"bundle file: {exc.diagnostics()}") from None
+    if outer.payload_type != PayloadType.BUNDLE:
+        raise EnvelopeError(f"bundle file: payload type {outer.payload_type!r} is not a bundle")
+    bundle = bpb.EvidenceBundle()
+    try:
+        bundle.ParseFromString(outer.payload)
+    except DecodeError:
+        raise BodyError("bundle file: the payload is not an EvidenceBundle") from None
+    # 2. The log key: pinned, or the bundle's own (trust on first use, said so).
+    key_text = pinned_log_key if pinned_log_key is not None else bundle.log_verifier_key
+    try:
+        log_verifier = parse_verifier_key(key_text)
+    except KeyFileError:
+        raise VerificationError("the log verifier key is malformed") from None
+    if pinned_log_key is None:
+        result.warnings.append(
+            "the log key was taken from the bundle itself; pin it with --log-key to rule out a "
+            "bundle made by someone else"
+        )
+    elif bundle.log_verifier_key != pinned_log_key:
+        result.failures.append("the bundle names a log key other than the pinned one")
+    result.log_key = key_text
+    log_ring = StaticKeyring()
+    log_key = public_key_from_raw(log_verifier.public_key)
+    log_ring.add(log_key)
+    # 3. The bundle's signature (by the log key).
+    try:
+        verify_parsed_envelope(outer, log_ring, payload_type=PayloadType.BUNDLE)
+    except (SignatureError, VerificationError) as exc:
+        result.failures.append(f"bundle signature: {exc.diagnostics()}")
+    if bundle.format_version != FORMAT_VERSION:
+        raise BodyError(f"bundle format_version {bundle.format_version} is not {FORMAT_VERSION}")
+    result.lab_id = bundle.lab_id
+    result.entries = len(bundle.entries)
+    result.server_report = bundle.server_report
+    # 4. The checkpoint.
+    try:
+        checkpoint = verify_checkpoint(bundle.checkpoint_note, log_verifier)
+    except NoteError as exc:
+        raise NoteError(f"checkpoint: {exc.diagnostics()}") from None
+    result.checkpoint_size = checkpoint.tree_size
+    if bundle.server_report.tree_size > checkpoint.tree_size:
+        result.failures.append(
+            f"the report was computed at tree size {bundle.server_report.tree_size}, beyond the "
+            f"checkpoint's {checkpoint.tree_size}"
+        )
+    state = _State(
+        result=result, log_verifier=log_verifier, log_ring=log_ring, lab_id=bundle.lab_id
+    )
+    # 5. Every entry: included in the checkpoint, in log order, each verified and folded in.
+    previous = -1
+    for position, item in enumerate(bundle.entries):
+        where = f"entry {position} (log index {item.log_index})"
+        if item.log_index <= previous:
+            state.fail(f"{where}: entries are not in increasing log order")
+            continue
+        previous = item.log_index
+        if item.log_index >= bundle.server_report.tree_size:
+            state.fail(f"{where}: beyond the tree size the report was computed at")
+            continue
+        try:
+            merkle.verify_inclusion(
+                item.log_index,
+                checkpoint.tree_size,
+                merkle.leaf_hash(item.envelope),
+                list(item.inclusion_proof),
+                checkpoint.root_hash,
+            )
+        except ProofError as exc:
+            state.fail(f"{where}: inclusion proof: {exc.diagnostics()}")
+            continue
+        try:
+            _fold_entry(state, item.log_index, item.envelope)
+        except PausewatchError as exc:
+            state.fail(f"{where}: {exc.diagnostics()}")
+    if state.pending_enrollments:
+        for index, _ in state.pending_enrollments.values():
+            state.fail(f"log index {index}: an enrolment without its operator authorisation")
+    _check_findings(state)
+    # 6. Recompute the report and compare it with the server's.
+    try:
+        offline = _recompute(state, bundle)
+    except (ConfigError, ValueError) as exc:
+        text = exc.diagnostics() if isinstance(exc, PausewatchError) else str(exc)
+        state.fail(f"recomputing the report: {text}")
+        return
+    result.offline_report = offline
+    result.differences.extend(compare_reports(bundle.server_report, offline))
+
+
+def _fold_entry(state: _State, index: int, raw: bytes) -> None:
+    envelope = parse_envelope(raw, max_size=MAX_BUNDLE_BYTES)
+    kind = envelope.payload_type
+    if kind in (PayloadType.LAB, PayloadType.POLICY, PayloadType.FINDING):
+        verified = verify_parsed_envelope(envelope, state.log_ring, payload_type=kind)
+        if kind == PayloadType.LAB:
+            lab = ppb.LabRecord()
+            _parse_message(lab, verified.payload, "LabRecord")
+            if lab.lab_id == state.lab_id:
+                state.operator_keys.append((index, bytes(lab.operator_public_key)))
+        elif kind == PayloadType.POLICY:
+            record = ppb.PolicyRecord()
+            _parse_message(record, verified.payload, "PolicyRecord")
+            if record.lab_id == state.lab_id:
+                state.policies.append((record.effective_from_ns, record))
+        else:
+            finding = fpb.Finding()
+            _parse_message(finding, verified.payload, "Finding")
+            if finding.lab_id == state.lab_id:
+                state.findings.append(pb.LoggedFinding(log_index=index, finding=finding))
+        return
+    if kind in (PayloadType.ENROLLMENT, PayloadType.ENROLLMENT_AUTHORIZATION):
+        _fold_enrollment(state, index, envelope)
+        return
+    if kind in (PayloadType.INVENTORY, PayloadType.REVOCATION):
+        operator = state.operator_at(index)
+        if operator is None:
+            raise VerificationError("signed by an operator before any lab record")
+        if envelope.key_id != key_id_from_raw(operator):
+            raise SignatureError("not signed by the lab's operator key")
+        ring = StaticKeyring()
+        ring.add(public_key_from_raw(operator))
+        verified = verify_parsed_envelope(envelope, ring, payload_type=kind)
+        if kind == PayloadType.INVENTORY:
+            declaration = rpb.InventoryDeclaration()
+            _parse_message(declaration, verified.payload, "InventoryDeclaration")
+            state.inventory.append(
+                (
+                    index,
+                    evaluation.InventoryVersion(
+                        version=declaration.version,
+                        effective_from_ns=declaration.effective_from_ns,
+                        gpu_uuids=frozenset(g.uuid for g in declaration.gpus),
+                    ),
+                )
+            )
+        else:
+            revocation = rpb.NodeRevocation()
+            _parse_message(revocation, verified.payload, "NodeRevocation")
+            node = state.nodes.get(bytes(revocation.node_id))
+            if node is None:
+                raise VerificationError("a revocation of a node with no enrolment in the bundle")
+            if node.revoked_at_ns is None:
+                node.revoked_at_ns = revocation.created_at_ns
+        return
+    if kind == PayloadType.ATTESTATION:
+        _fold_attestation(state, index, envelope)
+        return
+    raise VerificationError(f"unexpected payload type {kind!r}")
+
+
+def _fold_enrollment(state: _State, index: int, envelope: Envelope) -> None:
+    if envelope.payload_type == PayloadType.ENROLLMENT:
+        enrollment = rpb.NodeEnrollment()
+        _parse_message(enrollment, envelope.payload, "NodeEnrollment")
+        ring = StaticKeyring()
+        ring.add(public_key_from_raw(enrollment.node_public_key))
+        verify_parsed_envelope(envelope, ring)  # proof of possession
+        state.pending_enrollments[envelope.payload] = (index, envelope)
+        return
+    pending = state.pending_enrollments.pop(envelope.payload, None)
+    if pending is None:
+        raise VerificationError("an operator authorisation with no enrolment before it")
+    operator = state.operator_at(index)
+    if operator is None or envelope.key_id != key_id_from_raw(operator):
+        raise SignatureError("the enrolment is not authorised by the lab's operator key")
+    ring = StaticKeyring()
+    ring.add(public_key_from_raw(operator))
+    verify_parsed_envelope(envelope, ring)
+    enrollment = rpb.NodeEnrollment.FromString(envelope.payload)
+    if enrollment.lab_id != state.lab_id:
+        return
+    node_id = key_id_from_raw(enrollment.node_public_key)
+    state.nodes[node_id] = _Node(
+        node_id=NodeId(node_id),
+        name=enrollment.node_name,
+        public_key_raw=bytes(enrollment.node_public_key),
+        enrolled_at_ns=enrollment.created_at_ns,
+        enrollment_index=pending[0],
+    )
+
+
+def _fold_attestation(state: _State, index: int, envelope: Envelope) -> None:
+    node = state.nodes.get(envelope.key_id)
+    if node is None:
+        raise VerificationError("an attestation from a node with no enrolment in the bundle")
+    ring = StaticKeyring()
+    ring.add(public_key_from_raw(node.public_key_raw))
+    att = attestation_from_verified(verify_parsed_envelope(envelope, ring))
+    body = att.body
+    if body.lab_id != state.lab_id:
+        raise VerificationError("an attestation of another lab")
+    stored = node.digests_by_seq.get(body.seq)
+    link = classify(node.head, body.seq, body.prev_digest, att.digest, stored)
+    if link is Link.FORK:
+        node.forks += 1
+        state.forks_found.add((bytes(node.node_id), index))
+        return
+    if link in (Link.ROLLBACK, Link.DUPLICATE):
+        raise VerificationError(f"attestation seq {body.seq} is a {link.value}: never accepted")
+    if node.head is not None and body.window_start_ns < node.head.window_end_ns:
+        raise VerificationError(f"attestation seq {body.seq} goes back in time")
+    node.head = ChainHead(body.seq, Digest(att.digest), body.window_end_ns)
+    node.digests_by_seq[body.seq] = att.digest
+    node.windows.append(accounts.window_edge(att, index))
+    state.result.attestations += 1
+    declared = _declared_at(state, index, body.window_start_ns)
+    state.figures.extend(accounts.gpu_window_figures(att, index, declared))
+
+
+def _declared_at(state: _State, index: int, window_start_ns: int) -> frozenset[str]:
+    """The inventory the server knew when it accepted entry ``index``, in force at the window."""
+    known = [version for logged_at, version in state.inventory if logged_at < index]
+    current = evaluation.inventory_in_force(known, window_start_ns)
+    return frozenset() if current is None else current.gpu_uuids
+
+
+def _check_findings(state: _State) -> None:
+    """Findings that claim failed evidence must be backed by the bundle."""
+    reported_forks = {
+        (bytes(item.finding.node_id), index)
+        for item in state.findings
+        if item.finding.kind == fpb.FINDING_KIND_EQUIVOCATION
+        for index in item.finding.evidence_log_indices
+    }
+    for node_id, index in sorted(state.forks_found):
+        if (node_id, index) not in reported_forks:
+            state.fail(f"log index {index}: equivocation by node {node_id.hex()[:16]} not reported")
+    for item in state.findings:
+        finding = item.finding
+        if finding.kind == fpb.FINDING_KIND_EQUIVOCATION:
+            found = any(
+                (bytes(finding.node_id), i) in state.forks_found
+                for i in finding.evidence_log_indices
+            )
+            if not found:
+                state.fail(
+                    f"finding at log index {item.log_index}: equivocation with no conflicting "
+                    "envelope in the bundle"
+                )
+        elif finding.kind == fpb.FINDING_KIND_BAD_SIGNATURE:
+            node = state.nodes.get(bytes(finding.node_id))
+            if node is None:
+                continue
+            ring = StaticKeyring()
+            ring.add(public_key_from_raw(node.public_key_raw))
+            try:
+                verify_parsed_envelope(parse_envelope(finding.rejected_envelope), ring)
+            except VerificationError:
+                continue
+            state.fail(
+                f"finding at log index {item.log_index}: the 'bad' signature verifies after all"
+            )
+
+
+def _recompute(state: _State, bundle: bpb.EvidenceBundle) -> pb.ComplianceReport:
+    server = bundle.server_report
+    start, end, as_of = bundle.period_start_ns, bundle.period_end_ns, server.as_of_ns
+    bucket_ns = bundle.bucket_ns
+    if server.bucket_ns != bucket_ns:
+        raise ValueError("the report's bucket width is not the bundle's")
+    record = record_in_force(state.policies, as_of)
+    if record is None:
+        raise ConfigError("the bundle holds no policy for the lab")
+    policy: Policy = load_policy_bytes(
+        record.policy_toml, f"policy {record.policy_id} v{record.policy_version}"
+    )
+    buckets: dict[int, Bucket] = {}
+    accounts.accumulate(buckets, state.figures, bucket_ns)
+    timelines: list[evaluation.NodeTimeline] = []
+    for node in state.nodes.values():
+        span = accounts.node_active_span(start, as_of, node.enrolled_at_ns, node.revoked_at_ns)
+        if span is None:
+            continue
+        gaps = accounts.node_gaps_from_windows(
+            node.node_id,
+            span[0],
+            span[1],
+            node.windows,
+            tolerance_ns=bundle.gap_tolerance_ns,
+            grace_ns=bundle.open_gap_grace_ns,
+        )
+        in_period = [w for w in node.windows if start <= w.window_start_ns < as_of]
+        upper = sum(
+            f.upper_bound_flop
+            for f in state.figures
+            if f.node_id == node.node_id and start <= f.window_start_ns < as_of
+        )
+        timelines.append(
+            evaluation.NodeTimeline(
+                node_id=node.node_id,
+                node_name=node.name,
+                enrolled_at_ns=node.enrolled_at_ns,
+                revoked_at_ns=node.revoked_at_ns,
+                flagged=node.forks > 0,
+                revoked=node.revoked_at_ns is not None,
+                attestations=len(in_period),
+                first_seq=min((w.seq for w in in_period), default=0),
+                last_seq=max((w.seq for w in in_period), default=0),
+                upper_bound_flop=upper,
+                gaps=tuple(gaps),
+            )
+        )
+    findings = [
+        item
+        for item in state.findings
+        if item.finding.period_end_ns >= start and item.finding.period_start_ns < end
+    ]
+    return evaluation.evaluate(
+        policy,
+        lab_id=bundle.lab_id,
+        period_start_ns=start,
+        period_end_ns=end,
+        as_of_ns=as_of,
+        bucket_ns=bucket_ns,
+        buckets=buckets,
+        inventory=[version for _, version in state.inventory],
+        nodes=timelines,
+        findings=findings,
+        evidence=evaluation.InMemoryEvidenceIndex(state.figures),
+        tree_size=server.tree_size,
+        table_version=compute.TABLE_VERSION,
+    )
+
+
+def compare_reports(server: pb.ComplianceReport, offline: pb.ComplianceReport) -> list[str]:
+    """Every field where two reports differ, as ``path: server X, offline Y``."""
+    if server.SerializeToString(deterministic=True) == offline.SerializeToString(
+        deterministic=True
+    ):
+        return []
+    left = json_format.MessageToDict(server, preserving_proto_field_name=True)
+    right = json_format.MessageToDict(offline, preserving_proto_field_name=True)
+    out: list[str] = []
+    _diff("report", left, right, out)
+    return out or ["the reports differ in their encoding"]
+
+
+def _diff(path: str, left: object, right: object, out: list[str], limit: int = 50) -> None:
+    if len(out) >= limit:
+        return
+    if isinstance(left, dict) and isinstance(right, dict):
+        for key in sorted(set(left) | set(right)):
+            _diff(f"{path}.{key}", left.get(key), right.get(key), out, limit)
+        return
+    if isinstance(left, list) and isinstance(right, list):
+        if len(left) != len(right):
+            out.append(f"{path}: server has {len(left)} items, offline {len(right)}")
+        for i, (a, b) in enumerate(zip(left, right, strict=False)):
+            _diff(f"{path}[{i}]", a, b, out, limit)
+        return
+    if left != right:
+        out.append(f"{path}: server {left!r}, offline {right!r}")

@@ -1,0 +1,236 @@
+"""The verifier's shared state and its one write path.
+
+    core = VerifierCore.open(config, store, log_private_key)
+    with core.write() as w:                  # one transaction; the log and caches follow it
+        index = w.append(PendingEntry(raw, EntryKind.ATTESTATION, lab_id, node_id))
+        w.add_finding(finding)
+    # committed: receipts may now name the indices
+
+Every change to the store goes through :meth:`VerifierCore.write`, under one lock: the store
+transaction, the in-memory Merkle tree and the node cache move together, so a failed commit leaves
+no trace in any of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from pausewatch.v1 import findings_pb2, registry_pb2
+
+from attest.envelope import Keyring, PayloadType, sign_envelope
+from attest.ids import KeyId
+from attest.keys import Ed25519Signer, public_key_from_raw
+from attest.note import Ed25519NoteSigner
+from verifier.config import VerifierConfig
+from verifier.log import PendingEntry, TransparencyLog
+from verifier.nonce import NonceIssuer
+from verifier.store.base import EntryKind, FindingRow, NodeRow, Store, Transaction
+
+log = logging.getLogger(__name__)
+
+NONCE_SECRET_KEY = "nonce_secret"  # noqa: S105 - the meta row name, not a secret
+
+
+@dataclass(frozen=True, slots=True)
+class NodeHead:
+    """The latest accepted attestation of a node."""
+
+    seq: int
+    digest: bytes
+    log_index: int
+    window_end_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class NodeState:
+    """What ingest needs to know of an enrolled node, cached in memory."""
+
+    node_id: bytes
+    lab_id: str
+    name: str
+    public_key: Ed25519PublicKey
+    state: int
+    gpu_uuids: frozenset[str]
+    enrolled_at_ns: int
+    revoked_at_ns: int | None
+    head: NodeHead | None
+
+    @property
+    def revoked(self) -> bool:
+        return self.state == registry_pb2.NODE_STATE_REVOKED
+
+    @classmethod
+    def from_row(cls, row: NodeRow) -> NodeState:
+        enrollment = registry_pb2.NodeEnrollment.FromString(row.enrollment_payload)
+        head = None
+        if row.head_seq is not None:
+            assert row.head_digest is not None
+            assert row.head_log_index is not None
+            head = NodeHead(
+                seq=row.head_seq,
+                digest=row.head_digest,
+                log_index=row.head_log_index,
+                window_end_ns=row.head_window_end_ns or 0,
+            )
+        return cls(
+            node_id=row.node_id,
+            lab_id=row.lab_id,
+            name=row.name,
+            public_key=public_key_from_raw(row.public_key),
+            state=row.state,
+            gpu_uuids=frozenset(g.uuid for g in enrollment.gpus),
+            enrolled_at_ns=row.enrolled_at_ns,
+            revoked_at_ns=row.revoked_at_ns,
+            head=head,
+        )
+
+
+class NodeKeyring:
+    """The enrolled node keys (revoked ones included: revocation is checked separately)."""
+
+    def __init__(self, nodes: dict[bytes, NodeState]) -> None:
+        self._nodes = nodes
+
+    def lookup(self, key_id: KeyId) -> Ed25519PublicKey | None:
+        node = self._nodes.get(key_id)
+        return None if node is None else node.public_key
+
+
+@dataclass
+class WriteContext:
+    """What one transaction may do. Changes to the caches are staged and applied on commit."""
+
+    core: VerifierCore
+    tx: Transaction
+    now_ns: int
+    node_updates: dict[bytes, NodeState] = field(default_factory=dict)
+    new_findings: list[int] = field(default_factory=list)
+    after_commit: list[Callable[[], None]] = field(default_factory=list)
+
+    def append(self, *entries: PendingEntry) -> int:
+        """Append entries to the log; returns the first one's index."""
+        return self.core.log.append(self.tx, entries, self.now_ns)
+
+    def node(self, node_id: bytes) -> NodeState | None:
+        staged = self.node_updates.get(node_id)
+        return staged if staged is not None else self.core.nodes.get(node_id)
+
+    def stage_node(self, node: NodeState) -> None:
+        self.node_updates[node.node_id] = node
+
+    def add_finding(self, finding: findings_pb2.Finding) -> int:
+        """Sign a finding with the log key, append it and index it; returns its log index."""
+        finding.format_version = 1
+        if not finding.detected_at_ns:
+            finding.detected_at_ns = self.now_ns
+        payload = finding.SerializeToString(deterministic=True)
+        raw = sign_envelope(self.core.envelope_signer, PayloadType.FINDING, payload)
+        index = self.append(
+            PendingEntry(raw, EntryKind.FINDING, finding.lab_id, bytes(finding.node_id))
+        )
+        self.tx.insert_findings(
+            [
+                FindingRow(
+                    log_index=index,
+                    lab_id=finding.lab_id,
+                    node_id=bytes(finding.node_id),
+                    kind=finding.kind,
+                    period_start_ns=finding.period_start_ns,
+                    period_end_ns=finding.period_end_ns,
+                    finding=payload,
+                )
+            ]
+        )
+        self.new_findings.append(index)
+        log.info(
+            "finding kind=%s lab=%s node=%s index=%d",
+            findings_pb2.FindingKind.Name(finding.kind),
+            finding.lab_id,
+            bytes(finding.node_id).hex()[:16],
+            index,
+        )
+        return index
+
+
+class VerifierCore:
+    """Shared state: store, log, nonces, node cache, settings."""
+
+    def __init__(
+        self,
+        config: VerifierConfig,
+        store: Store,
+        log_private_key: Ed25519PrivateKey,
+        clock_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.clock_ns = clock_ns
+        self.note_signer = Ed25519NoteSigner(config.log.origin, log_private_key)
+        self.envelope_signer = Ed25519Signer.from_private_key(log_private_key)
+        self.log = TransparencyLog(store, self.note_signer, clock_ns)
+        self._write_lock = threading.Lock()
+        self.nodes: dict[bytes, NodeState] = {
+            row.node_id: NodeState.from_row(row) for row in store.list_nodes()
+        }
+        self.keyring: Keyring = NodeKeyring(self.nodes)
+        secret = store.get_meta(NONCE_SECRET_KEY)
+        if secret is None:
+            with store.transaction() as tx:
+                secret = tx.get_meta(NONCE_SECRET_KEY)
+                if secret is None:
+                    secret = secrets.token_bytes(32)
+                    tx.set_meta(NONCE_SECRET_KEY, secret)
+        self.nonces = NonceIssuer(secret, clock_ns, config.ingest.nonce_lifetime_ns)
+        self._finding_listeners: list[Callable[[list[int]], None]] = []
+        self._listeners_lock = threading.Lock()
+
+    @contextmanager
+    def write(self) -> Iterator[WriteContext]:
+        """One transaction over the store, the log and the caches; all or nothing."""
+        with self._write_lock:
+            self.log.begin()
+            try:
+                with self.store.transaction() as tx:
+                    ctx = WriteContext(core=self, tx=tx, now_ns=self.clock_ns())
+                    yield ctx
+            except BaseException:
+                self.log.rollback()
+                raise
+            self.log.commit_succeeded()
+            self.nodes.update(ctx.node_updates)
+        for callback in ctx.after_commit:
+            callback()
+        if ctx.new_findings:
+            self._notify_findings(ctx.new_findings)
+
+    def on_findings(self, listener: Callable[[list[int]], None]) -> Callable[[], None]:
+        """Call ``listener`` with the log indices of new findings after each commit; returns a
+        function that removes it."""
+        with self._listeners_lock:
+            self._finding_listeners.append(listener)
+
+        def remove() -> None:
+            with self._listeners_lock:
+                if listener in self._finding_listeners:
+                    self._finding_listeners.remove(listener)
+
+        return remove
+
+    def _notify_findings(self, indices: list[int]) -> None:
+        with self._listeners_lock:
+            listeners = list(self._finding_listeners)
+        for listener in listeners:
+            try:
+                listener(indices)
+            except Exception:  # a watcher's failure must not break ingest
+                log.exception("finding listener failed")
+
+    def with_head(self, node: NodeState, head: NodeHead) -> NodeState:
+        return replace(node, head=head)

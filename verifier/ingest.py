@@ -1,0 +1,745 @@
+"""The ingest pipeline: every envelope of a batch verified, chained, logged and accounted, and a
+receipt for each.
+
+    ingestor = Ingestor(core)
+    result = ingestor.submit(raw_envelopes)       # one transaction for the whole batch
+    result.receipts[0].status, result.tree_size
+
+Per envelope, in order: size limit, canonical envelope, payload type, enrolled key, revocation,
+signature over the received bytes, body parse and validation — these run in parallel threads
+(Ed25519 verification releases the GIL) — then, in one serial pass under the write lock: seen
+before (an idempotent duplicate), the node's lab, accepted sampler backend, timestamps within the
+clock skew, GPUs in the enrolled inventory, the nonce, and the chain (next, gap, fork, rollback);
+then the log append, the accounts, gaps and findings. All of a batch's effects commit together or
+not at all; if the commit fails every envelope not already rejected gets REJECT_REASON_UNAVAILABLE
+and may be resent.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from pausewatch.v1 import attestation_pb2 as apb
+from pausewatch.v1 import attestation_service_pb2 as spb
+from pausewatch.v1 import findings_pb2 as fpb
+
+from attest import compute
+from attest.attestation import VerifiedAttestation, attestation_from_verified, window_compute
+from attest.chain import ChainHead, Link, classify
+from attest.envelope import PayloadType, parse_envelope, verify_parsed_envelope
+from attest.errors import (
+    BodyError,
+    EnvelopeError,
+    EnvelopeTooLargeError,
+    SignatureError,
+    UnknownKeyError,
+)
+from attest.ids import Digest, NodeId
+from verifier import accounts
+from verifier.core import NodeHead, NodeState, VerifierCore, WriteContext
+from verifier.log import PendingEntry
+from verifier.nonce import NonceStatus
+from verifier.registry import flag_node
+from verifier.store.base import AttestationRow, EntryKind, GapRow, InventoryRow
+
+log = logging.getLogger(__name__)
+
+HOUR_NS = 3_600 * 10**9
+DAY_NS = 24 * HOUR_NS
+_BACKEND_NAMES = {
+    apb.SAMPLER_BACKEND_NVML: "nvml",
+    apb.SAMPLER_BACKEND_SIM: "sim",
+    apb.SAMPLER_BACKEND_REPLAY: "replay",
+}
+_SAMPLER_EVENT_KINDS = frozenset(
+    {
+        apb.EVENT_KIND_GPU_LOST,
+        apb.EVENT_KIND_GPU_APPEARED,
+        apb.EVENT_KIND_LIBRARY_MISMATCH,
+        apb.EVENT_KIND_LIBRARY_NOT_FOUND,
+        apb.EVENT_KIND_NVML_ERROR,
+        apb.EVENT_KIND_CLOCK_JUMP,
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Stage-one outcome: the envelope is rejected (and maybe worth a finding)."""
+
+    reason: int
+    detail: str
+    node_id: bytes = b""
+    seq: int | None = None
+    bad_signature: bool = False
+    raw: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """Stage-one outcome: authentic and well-formed; the serial stage decides the rest."""
+
+    attestation: VerifiedAttestation
+    revoked: bool
+
+
+@dataclass(slots=True)
+class SubmitResult:
+    receipts: list[spb.Receipt]
+    tree_size: int
+
+
+@dataclass
+class _Batch:
+    """What the serial stage accumulates before writing it in bulk."""
+
+    attestations: list[AttestationRow] = field(default_factory=list)
+    gaps: list[GapRow] = field(default_factory=list)
+    buckets: dict[str, dict[int, accounts.Bucket]] = field(default_factory=dict)
+    inventories: dict[str, list[InventoryRow]] = field(default_factory=dict)
+    digests: dict[bytes, int] = field(default_factory=dict)
+    edges: dict[bytes, accounts.WindowEdge] = field(default_factory=dict)
+    stored_at: dict[tuple[bytes, int], bytes] = field(default_factory=dict)
+
+
+def _reject(reason: int, detail: str, **kwargs: object) -> Rejection:
+    return Rejection(reason=reason, detail=detail, **kwargs)  # type: ignore[arg-type]
+
+
+class Ingestor:
+    """Verifies and records batches of attestation envelopes."""
+
+    def __init__(self, core: VerifierCore) -> None:
+        self.core = core
+        self.config = core.config
+        self._pool = ThreadPoolExecutor(
+            max_workers=max(1, core.config.ingest.verify_threads), thread_name_prefix="verify"
+        )
+        self._edges: dict[bytes, accounts.WindowEdge] = {}
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    # -- stage one: stateless checks, in parallel ---------------------------------------------
+
+    def _check_one(self, raw: bytes) -> Rejection | Candidate:
+        max_size = self.config.server.max_envelope_bytes
+        if len(raw) > max_size:
+            return _reject(
+                spb.REJECT_REASON_TOO_LARGE, f"envelope is {len(raw)} bytes; limit {max_size}"
+            )
+        try:
+            envelope = parse_envelope(raw, max_size=max_size)
+        except EnvelopeTooLargeError as exc:
+            return _reject(spb.REJECT_REASON_TOO_LARGE, exc.diagnostics())
+        except EnvelopeError as exc:
+            return _reject(spb.REJECT_REASON_MALFORMED_ENVELOPE, exc.diagnostics())
+        if envelope.payload_type != PayloadType.ATTESTATION:
+            return _reject(
+                spb.REJECT_REASON_WRONG_PAYLOAD_TYPE,
+                f"payload type {envelope.payload_type!r} is not an attestation",
+            )
+        node = self.core.nodes.get(envelope.key_id)
+        if node is None:
+            return _reject(spb.REJECT_REASON_UNKNOWN_KEY, "the key is not an enrolled node")
+        try:
+            verified = verify_parsed_envelope(envelope, self.core.keyring)
+        except UnknownKeyError:
+            return _reject(spb.REJECT_REASON_UNKNOWN_KEY, "the key is not an enrolled node")
+        except SignatureError:
+            return _reject(
+                spb.REJECT_REASON_BAD_SIGNATURE,
+                "the signature does not verify",
+                node_id=bytes(envelope.key_id),
+                bad_signature=True,
+                raw=raw,
+            )
+        try:
+            attestation = attestation_from_verified(verified)
+        except BodyError as exc:
+            reason = (
+                spb.REJECT_REASON_MALFORMED_BODY
+                if "not a valid AttestationBody" in str(exc)
+                else spb.REJECT_REASON_INVALID_BODY
+            )
+            return _reject(reason, exc.diagnostics(), node_id=bytes(envelope.key_id))
+        return Candidate(attestation=attestation, revoked=node.revoked)
+
+    def _check_all(self, raws: Sequence[bytes]) -> list[Rejection | Candidate]:
+        threads = self.config.ingest.verify_threads
+        if threads <= 1 or len(raws) < 8:
+            return [self._check_one(raw) for raw in raws]
+        size = -(-len(raws) // threads)
+        chunks = [raws[i : i + size] for i in range(0, len(raws), size)]
+        results: list[Rejection | Candidate] = []
+        for part in self._pool.map(lambda chunk: [self._check_one(r) for r in chunk], chunks):
+            results.extend(part)
+        return results
+
+    # -- the batch ----------------------------------------------------------------------------
+
+    def submit(self, raws: Sequence[bytes]) -> SubmitResult:
+        """Process one batch and return a receipt per envelope, in order."""
+        checked = self._check_all(raws)
+        receipts: list[spb.Receipt | None] = [None] * len(raws)
+        for i, outcome in enumerate(checked):
+            if isinstance(outcome, Rejection) and not outcome.bad_signature:
+                receipts[i] = self._rejected(raws[i], outcome.reason, outcome.detail)
+        batch = _Batch()
+        try:
+            with self.core.write() as w:
+                for i, outcome in enumerate(checked):
+                    if receipts[i] is not None:
+                        continue
+                    if isinstance(outcome, Rejection):
+                        receipts[i] = self._bad_signature(w, raws[i], outcome)
+                    else:
+                        receipts[i] = self._serial(w, batch, outcome)
+                self._flush(w, batch)
+        except Exception:
+            log.exception("batch of %d envelopes could not be committed", len(raws))
+            for i, outcome in enumerate(checked):
+                receipt = receipts[i]
+                if (
+                    isinstance(outcome, Candidate)
+                    or (isinstance(outcome, Rejection) and outcome.bad_signature)
+                    or receipt is None
+                ):
+                    receipts[i] = self._rejected(
+                        raws[i],
+                        spb.REJECT_REASON_UNAVAILABLE,
+                        "the verifier could not commit; resend",
+                    )
+            batch = _Batch()
+        else:
+            self._edges.update(batch.edges)
+        final = [r for r in receipts if r is not None]
+        assert len(final) == len(raws)
+        return SubmitResult(receipts=final, tree_size=self.core.log.size)
+
+    @staticmethod
+    def _rejected(raw: bytes, reason: int, detail: str, seq: int | None = None) -> spb.Receipt:
+        from attest.envelope import envelope_digest
+
+        receipt = spb.Receipt(
+            envelope_digest=envelope_digest(raw),
+            status=spb.RECEIPT_STATUS_REJECTED,
+            reason=reason,  # type: ignore[arg-type]
+            detail=detail[:300],
+        )
+        if seq is not None:
+            receipt.seq = seq
+            receipt.has_seq = True
+        return receipt
+
+    def _bad_signature(self, w: WriteContext, raw: bytes, outcome: Rejection) -> spb.Receipt:
+        """A bad signature naming an enrolled key is evidence: record it (once an hour a node)."""
+        node = w.node(outcome.node_id)
+        if node is not None and w.tx.claim_once(
+            f"bad-signature:{node.node_id.hex()}", w.now_ns + HOUR_NS, w.now_ns
+        ):
+            w.add_finding(
+                fpb.Finding(
+                    kind=fpb.FINDING_KIND_BAD_SIGNATURE,
+                    severity=fpb.SEVERITY_CRITICAL,
+                    lab_id=node.lab_id,
+                    node_id=node.node_id,
+                    period_start_ns=w.now_ns,
+                    period_end_ns=w.now_ns,
+                    summary="an envelope naming this node's key failed signature verification",
+                    rejected_envelope=raw,
+                )
+            )
+        return self._rejected(raw, spb.REJECT_REASON_BAD_SIGNATURE, outcome.detail)
+
+    def _inventory_at(
+        self, w: WriteContext, batch: _Batch, lab_id: str, t_ns: int
+    ) -> frozenset[str] | None:
+        versions = batch.inventories.get(lab_id)
+        if versions is None:
+            versions = w.tx.inventory(lab_id)
+            batch.inventories[lab_id] = versions
+        current: InventoryRow | None = None
+        for row in versions:
+            if row.effective_from_ns <= t_ns:
+                current = row
+        return None if current is None else frozenset(current.gpu_uuids)
+
+    def _previous_edge(
+        self, w: WriteContext, batch: _Batch, node: NodeState
+    ) -> accounts.WindowEdge | None:
+        if node.head is None:
+            return None
+        edge = batch.edges.get(node.node_id) or self._edges.get(node.node_id)
+        if edge is not None and edge.seq == node.head.seq:
+            return edge
+        entry = w.tx.get_entry(node.head.log_index)
+        if entry is None:
+            return None
+        from attest.attestation import verify_attestation
+        from attest.envelope import StaticKeyring
+
+        ring = StaticKeyring()
+        ring.add(node.public_key)
+        return accounts.window_edge(verify_attestation(entry.entry, ring), node.head.log_index)
+
+    def _serial(self, w: WriteContext, batch: _Batch, candidate: Candidate) -> spb.Receipt:
+        att = candidate.attestation
+        body = att.body
+        raw = att.raw
+        digest = bytes(att.digest)
+        seq = body.seq
+        ingest = self.config.ingest
+
+        # Seen before: an idempotent duplicate, whatever has changed since (nonce age, skew).
+        seen_index = batch.digests.get(digest)
+        if seen_index is None:
+            seen = w.tx.entry_index_by_digest(digest)
+            if seen is not None:
+                if seen[1] == EntryKind.FORK_EVIDENCE:
+                    return self._rejected(
+                        raw, spb.REJECT_REASON_FORK, "already on record as equivocation", seq
+                    )
+                seen_index = seen[0]
+        if seen_index is not None:
+            return spb.Receipt(
+                envelope_digest=digest,
+                status=spb.RECEIPT_STATUS_DUPLICATE,
+                log_index=seen_index,
+                seq=seq,
+                has_seq=True,
+            )
+
+        node = w.node(att.node_id)
+        if node is None:  # enrolled and then... cannot happen; be safe
+            return self._rejected(
+                raw, spb.REJECT_REASON_UNKNOWN_KEY, "the key is not enrolled", seq
+            )
+        if node.revoked:
+            if w.tx.claim_once(f"revoked:{node.node_id.hex()}", w.now_ns + HOUR_NS, w.now_ns):
+                w.add_finding(
+                    fpb.Finding(
+                        kind=fpb.FINDING_KIND_REVOKED_NODE_SUBMISSION,
+                        severity=fpb.SEVERITY_WARNING,
+                        lab_id=node.lab_id,
+                        node_id=node.node_id,
+                        period_start_ns=body.window_start_ns,
+                        period_end_ns=body.window_end_ns,
+                        summary=f"revoked node submitted seq {seq}",
+                        rejected_envelope=raw,
+                    )
+                )
+            return self._rejected(raw, spb.REJECT_REASON_REVOKED_KEY, "the node is revoked", seq)
+        if body.lab_id != node.lab_id:
+            return self._rejected(
+                raw, spb.REJECT_REASON_INVALID_BODY, "lab_id is not the node's lab", seq
+            )
+        backend = _BACKEND_NAMES.get(body.sampler_backend, "")
+        if backend not in ingest.accept_backends:
+            return self._rejected(
+                raw,
+                spb.REJECT_REASON_INVALID_BODY,
+                f"sampler backend {backend!r} is not accepted by this verifier",
+                seq,
+            )
+        now = w.now_ns
+        skew = ingest.max_clock_skew_ns
+        if body.window_end_ns > now + skew:
+            return self._rejected(
+                raw, spb.REJECT_REASON_TIMESTAMP_OUT_OF_RANGE, "the window ends in the future", seq
+            )
+        if body.window_end_ns < now - ingest.max_age_ns:
+            return self._rejected(
+                raw,
+                spb.REJECT_REASON_TIMESTAMP_OUT_OF_RANGE,
+                "the window is older than the verifier accepts",
+                seq,
+            )
+        if body.window_start_ns < node.enrolled_at_ns - skew:
+            return self._rejected(
+                raw,
+                spb.REJECT_REASON_TIMESTAMP_OUT_OF_RANGE,
+                "the window starts before the node was enrolled",
+                seq,
+            )
+        for gpu in body.gpus:
+            if gpu.uuid not in node.gpu_uuids:
+                return self._rejected(
+                    raw,
+                    spb.REJECT_REASON_UNKNOWN_GPU,
+                    f"GPU {gpu.uuid} is not in the node's enrolled inventory",
+                    seq,
+                )
+        if ingest.require_nonce or body.verifier_nonce:
+            status = self.core.nonces.check(
+                body.verifier_nonce, node.node_id, body.window_end_ns, skew
+            )
+            if status is NonceStatus.BAD:
+                return self._rejected(
+                    raw, spb.REJECT_REASON_BAD_NONCE, "the nonce was not issued to this node", seq
+                )
+            if status is NonceStatus.EXPIRED:
+                return self._rejected(
+                    raw,
+                    spb.REJECT_REASON_EXPIRED_NONCE,
+                    "the nonce had expired by the window's end",
+                    seq,
+                )
+
+        head = node.head
+        if head is not None and seq > head.seq and body.window_start_ns < head.window_end_ns:
+            return self._rejected(
+                raw,
+                spb.REJECT_REASON_TIMESTAMP_OUT_OF_RANGE,
+                "the window starts before the node's previous window ended (clock went back)",
+                seq,
+            )
+        chain_head = (
+            None if head is None else ChainHead(head.seq, Digest(head.digest), head.window_end_ns)
+        )
+        stored: bytes | None = None
+        if head is not None and seq <= head.seq:
+            stored = batch.stored_at.get((node.node_id, seq))
+            if stored is None:
+                stored = w.tx.attestation_digest_at(node.node_id, seq)
+        link = classify(chain_head, seq, body.prev_digest, digest, stored)
+        if link is Link.DUPLICATE:  # same digest at seq: found above already; keep it safe
+            return spb.Receipt(
+                envelope_digest=digest, status=spb.RECEIPT_STATUS_DUPLICATE, seq=seq, has_seq=True
+            )
+        if link is Link.ROLLBACK:
+            return self._rejected(
+                raw, spb.REJECT_REASON_ROLLBACK, f"seq {seq} is at or below the node's head", seq
+            )
+        if link is Link.FORK:
+            return self._fork(w, batch, node, att, stored)
+
+        # NEXT or GAP: accept.
+        index = w.append(PendingEntry(raw, EntryKind.ATTESTATION, node.lab_id, node.node_id))
+        batch.digests[digest] = index
+        batch.stored_at[(node.node_id, seq)] = digest
+        declared = self._inventory_at(w, batch, node.lab_id, body.window_start_ns) or frozenset()
+        figures = accounts.gpu_window_figures(att, index, declared)
+        lab_buckets = batch.buckets.setdefault(node.lab_id, {})
+        accounts.accumulate(lab_buckets, figures, ingest.bucket_ns)
+        batch.attestations.append(
+            AttestationRow(
+                node_id=node.node_id,
+                seq=seq,
+                digest=digest,
+                log_index=index,
+                lab_id=node.lab_id,
+                window_start_ns=body.window_start_ns,
+                window_end_ns=body.window_end_ns,
+                upper_bound_flop=sum(f.upper_bound_flop for f in figures),
+                central_estimate_flop=sum(f.central_estimate_flop for f in figures),
+                energy_flop=sum(f.energy_flop for f in figures),
+            )
+        )
+        edge = accounts.window_edge(att, index)
+        previous = self._previous_edge(w, batch, node)
+        gap_recorded = False
+        if previous is not None:
+            gap = accounts.gap_between(
+                NodeId(node.node_id), previous, edge, ingest.gap_tolerance_ns
+            )
+            if gap is not None or link is Link.GAP:
+                gap_recorded = True
+                self._record_gap(
+                    w, batch=batch, node=node, previous=previous, edge=edge, gap=gap, link=link
+                )
+            self._check_reload_between(w, node, previous, edge)
+        elif link is Link.GAP:
+            gap_recorded = True
+            w.add_finding(
+                fpb.Finding(
+                    kind=fpb.FINDING_KIND_GAP,
+                    severity=fpb.SEVERITY_WARNING,
+                    lab_id=node.lab_id,
+                    node_id=node.node_id,
+                    period_start_ns=node.enrolled_at_ns,
+                    period_end_ns=body.window_start_ns,
+                    evidence_log_indices=[index],
+                    summary=(
+                        f"the first accepted attestation has seq {seq}; seq 0 to {seq - 1} missing"
+                    ),
+                )
+            )
+        batch.edges[node.node_id] = edge
+        self._window_findings(
+            w, node=node, att=att, index=index, figures=figures, declared=declared
+        )
+        new_node = self.core.with_head(
+            node,
+            NodeHead(seq=seq, digest=digest, log_index=index, window_end_ns=body.window_end_ns),
+        )
+        w.stage_node(new_node)
+        w.tx.set_node_head(node.node_id, seq, digest, index, body.window_end_ns)
+        return spb.Receipt(
+            envelope_digest=digest,
+            status=spb.RECEIPT_STATUS_ACCEPTED,
+            log_index=index,
+            seq=seq,
+            has_seq=True,
+            gap_recorded=gap_recorded,
+        )
+
+    def _fork(
+        self,
+        w: WriteContext,
+        batch: _Batch,
+        node: NodeState,
+        att: VerifiedAttestation,
+        stored: bytes | None,
+    ) -> spb.Receipt:
+        """Equivocation: keep the envelope as evidence, log a finding, flag the node."""
+        seq = att.body.seq
+        index = w.append(PendingEntry(att.raw, EntryKind.FORK_EVIDENCE, node.lab_id, node.node_id))
+        w.tx.insert_fork_evidence(node.node_id, seq, bytes(att.digest), index)
+        batch.digests[bytes(att.digest)] = index
+        evidence = [index]
+        other: int | None = None
+        if stored is not None:
+            found = w.tx.entry_index_by_digest(stored)
+            if found is None:
+                found_index = batch.digests.get(stored)
+                other = found_index
+            else:
+                other = found[0]
+        elif node.head is not None:
+            other = node.head.log_index  # a successor of a different predecessor
+        if other is not None:
+            evidence.insert(0, other)
+        w.add_finding(
+            fpb.Finding(
+                kind=fpb.FINDING_KIND_EQUIVOCATION,
+                severity=fpb.SEVERITY_CRITICAL,
+                lab_id=node.lab_id,
+                node_id=node.node_id,
+                period_start_ns=att.body.window_start_ns,
+                period_end_ns=att.body.window_end_ns,
+                evidence_log_indices=evidence,
+                summary=(
+                    f"node signed two different envelopes for seq {seq}"
+                    if stored is not None
+                    else f"seq {seq} does not extend the node's chain"
+                ),
+            )
+        )
+        flag_node(w, node)
+        return self._rejected(
+            att.raw,
+            spb.REJECT_REASON_FORK,
+            "conflicts with the node's chain; kept as evidence of equivocation",
+            seq,
+        )
+
+    def _record_gap(
+        self,
+        w: WriteContext,
+        *,
+        batch: _Batch,
+        node: NodeState,
+        previous: accounts.WindowEdge,
+        edge: accounts.WindowEdge,
+        gap: accounts.Gap | None,
+        link: Link,
+    ) -> None:
+        seq_note = f"; seq {previous.seq + 1} to {edge.seq - 1} missing" if link is Link.GAP else ""
+        finding = fpb.Finding(
+            kind=fpb.FINDING_KIND_GAP,
+            severity=fpb.SEVERITY_WARNING,
+            lab_id=node.lab_id,
+            node_id=node.node_id,
+            period_start_ns=previous.window_end_ns,
+            period_end_ns=edge.window_start_ns,
+            evidence_log_indices=[previous.log_index, edge.log_index],
+        )
+        if gap is not None:
+            finding.gap.CopyFrom(accounts.gap_detail(gap))
+            bounded = (
+                f"energy-bounded at {gap.energy_bound_flop} FLOP"
+                if gap.energy_bounded
+                else "not bounded by energy"
+            )
+            seconds = (gap.end_ns - gap.start_ns) // 10**9
+            finding.summary = (
+                f"{seconds} s unattested between seq {previous.seq} and {edge.seq}, "
+                f"{bounded}{seq_note}"
+            )
+        else:
+            finding.summary = f"seq jump between {previous.seq} and {edge.seq}{seq_note}"
+        finding_index = w.add_finding(finding)
+        if gap is not None:
+            batch.gaps.append(
+                GapRow(
+                    node_id=node.node_id,
+                    start_ns=gap.start_ns,
+                    end_ns=gap.end_ns,
+                    seq_before=previous.seq,
+                    seq_after=edge.seq,
+                    before_log_index=previous.log_index,
+                    after_log_index=edge.log_index,
+                    energy_bounded=gap.energy_bounded,
+                    energy_mj=gap.energy_mj,
+                    energy_bound_flop=gap.energy_bound_flop,
+                    time_bound_flop=gap.time_bound_flop,
+                    finding_log_index=finding_index,
+                    gpu_models=gap.gpu_models_before,
+                )
+            )
+
+    def _check_reload_between(
+        self,
+        w: WriteContext,
+        node: NodeState,
+        previous: accounts.WindowEdge,
+        edge: accounts.WindowEdge,
+    ) -> None:
+        """An energy counter that dropped between two windows means a driver reload."""
+        before = {g.uuid: g for g in previous.gpus}
+        for gpu in edge.gpus:
+            old = before.get(gpu.uuid)
+            if (
+                old is not None
+                and old.energy_ok
+                and gpu.energy_ok
+                and gpu.energy_start_mj < old.energy_end_mj
+            ):
+                w.add_finding(
+                    fpb.Finding(
+                        kind=fpb.FINDING_KIND_DRIVER_RELOAD,
+                        severity=fpb.SEVERITY_WARNING,
+                        lab_id=node.lab_id,
+                        node_id=node.node_id,
+                        gpu_uuid=gpu.uuid,
+                        period_start_ns=previous.window_end_ns,
+                        period_end_ns=edge.window_start_ns,
+                        evidence_log_indices=[previous.log_index, edge.log_index],
+                        summary=(
+                            f"GPU {gpu.uuid}'s energy counter dropped between seq "
+                            f"{previous.seq} and {edge.seq}"
+                        ),
+                    )
+                )
+                return
+
+    def _window_findings(
+        self,
+        w: WriteContext,
+        *,
+        node: NodeState,
+        att: VerifiedAttestation,
+        index: int,
+        figures: Sequence[accounts.GpuWindowFigures],
+        declared: frozenset[str],
+    ) -> None:
+        body = att.body
+        ingest = self.config.ingest
+        now = w.now_ns
+
+        def finding(kind: int, severity: int, summary: str, gpu_uuid: str = "") -> fpb.Finding:
+            return fpb.Finding(
+                kind=kind,  # type: ignore[arg-type]
+                severity=severity,  # type: ignore[arg-type]
+                lab_id=node.lab_id,
+                node_id=node.node_id,
+                gpu_uuid=gpu_uuid,
+                period_start_ns=body.window_start_ns,
+                period_end_ns=body.window_end_ns,
+                evidence_log_indices=[index],
+                summary=summary,
+            )
+
+        reloaded = any(e.kind == apb.EVENT_KIND_DRIVER_RELOAD for e in body.events) or any(
+            g.energy_counter_state == apb.ENERGY_COUNTER_STATE_RESET for g in body.gpus
+        )
+        if reloaded:
+            w.add_finding(
+                finding(
+                    fpb.FINDING_KIND_DRIVER_RELOAD,
+                    fpb.SEVERITY_WARNING,
+                    f"driver reload in seq {body.seq}: the energy counter restarted",
+                )
+            )
+        for event in body.events:
+            if event.kind in _SAMPLER_EVENT_KINDS and w.tx.claim_once(
+                f"event:{node.node_id.hex()}:{event.kind}", now + HOUR_NS, now
+            ):
+                w.add_finding(
+                    finding(
+                        fpb.FINDING_KIND_SAMPLER_EVENT,
+                        fpb.SEVERITY_WARNING,
+                        f"{apb.EventKind.Name(event.kind)}: {event.detail[:120]}",
+                        event.gpu_uuid,
+                    )
+                )
+        window_ms = att.window_ms
+        for gpu, figure in zip(body.gpus, figures, strict=True):
+            if gpu.uuid not in declared and w.tx.claim_once(
+                f"undeclared:{node.lab_id}:{gpu.uuid}", now + DAY_NS, now
+            ):
+                w.add_finding(
+                    finding(
+                        fpb.FINDING_KIND_UNDECLARED_GPU,
+                        fpb.SEVERITY_WARNING,
+                        f"GPU {gpu.uuid} is not in lab {node.lab_id}'s declared inventory",
+                        gpu.uuid,
+                    )
+                )
+            computed = window_compute(gpu)
+            spec = compute.lookup_model(gpu.model)
+            if (
+                computed.energy_method == compute.EnergyMethod.FLOP_PER_JOULE_AT_PEAK
+                and compute.is_energy_mismatch(
+                    computed,
+                    window_ms,
+                    spec,
+                    ingest.energy_mismatch_factor_ppm,
+                    ingest.idle_power_fraction_ppm,
+                )
+                and w.tx.claim_once(f"energy:{node.node_id.hex()}:{gpu.uuid}", now + HOUR_NS, now)
+            ):
+                w.add_finding(
+                    finding(
+                        fpb.FINDING_KIND_ENERGY_MISMATCH,
+                        fpb.SEVERITY_CRITICAL,
+                        f"GPU {gpu.uuid} used energy for {computed.energy_flop} FLOP but reports "
+                        f"utilisation bounding it at {computed.upper_bound_flop} FLOP",
+                        gpu.uuid,
+                    )
+                )
+            claimed = gpu.bounds.upper_bound_flop
+            if claimed < figure.upper_bound_flop and w.tx.claim_once(
+                f"bounds:{node.node_id.hex()}", now + DAY_NS, now
+            ):
+                w.add_finding(
+                    finding(
+                        fpb.FINDING_KIND_BOUNDS_MISMATCH,
+                        fpb.SEVERITY_INFO,
+                        f"GPU {gpu.uuid}: the agent claimed an upper bound of {claimed} FLOP; "
+                        f"the verifier computes {figure.upper_bound_flop}",
+                        gpu.uuid,
+                    )
+                )
+
+    def _flush(self, w: WriteContext, batch: _Batch) -> None:
+        w.tx.insert_attestations(batch.attestations)
+        w.tx.insert_gaps(batch.gaps)
+        for lab_id, new in batch.buckets.items():
+            if not new:
+                continue
+            starts = sorted(new)
+            stored = w.tx.buckets(lab_id, starts[0], starts[-1] + 1)
+            merged: dict[int, dict[str, object]] = {}
+            for start, bucket in new.items():
+                row = stored.get(start)
+                total = bucket
+                if row is not None:
+                    total = accounts.Bucket.from_row(row)
+                    total.merge(bucket)
+                merged[start] = dict(total.to_row())
+            w.tx.put_buckets(lab_id, merged)
