@@ -84,7 +84,8 @@ def write_verifier_files(
     """
     directory.mkdir(parents=True, exist_ok=True)
     operator = Ed25519Signer.from_private_key(fixed_private_key(100))
-    save_private_key(directory / "log.key", fixed_private_key(101))
+    if not (directory / "log.key").exists():  # a restart reuses the verifier's files
+        save_private_key(directory / "log.key", fixed_private_key(101))
     (directory / "policy.toml").write_text(policy, encoding="utf-8")
     server = 'insecure_no_tls = true\nlisten = "127.0.0.1:0"'
     if tls:
@@ -184,14 +185,16 @@ class Client:
         return self.registry.EnrollNode(enroll_request(enrollment, node, self.operator), timeout=10)
 
     def submit(self, envelopes: Sequence[bytes], batch: int = 64) -> list[spb.Receipt]:
+        return [r for response in self.submit_batches(envelopes, batch) for r in response.receipts]
+
+    def submit_batches(
+        self, envelopes: Sequence[bytes], batch: int = 64
+    ) -> list[spb.SubmitAttestationsResponse]:
         requests = [
             spb.SubmitAttestationsRequest(envelopes=list(envelopes[i : i + batch]))
             for i in range(0, len(envelopes), batch)
         ]
-        receipts: list[spb.Receipt] = []
-        for response in self.attestation.SubmitAttestations(iter(requests), timeout=60):
-            receipts.extend(response.receipts)
-        return receipts
+        return list(self.attestation.SubmitAttestations(iter(requests), timeout=60))
 
 
 @dataclass

@@ -1,0 +1,245 @@
+"""Enrolment, inventory declarations and revocation over gRPC, with their refusals."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from pausewatch.v1 import attestation_service_pb2 as spb
+from pausewatch.v1 import audit_pb2 as apb
+from pausewatch.v1 import findings_pb2 as fpb
+from pausewatch.v1 import registry_pb2 as rpb
+
+from attest.envelope import PayloadType, sign_envelope
+from attest.keys import Ed25519Signer
+from tests.builders import TestNode, fixed_private_key
+from tests.verifier_harness import RunningVerifier, enroll_request, enrollment_for, running_verifier
+
+S = 10**9
+
+
+@pytest.fixture
+def verifier(tmp_path: Path) -> Iterator[RunningVerifier]:
+    with running_verifier(tmp_path, require_nonce=True, max_clock_skew_s=300) as v:
+        yield v
+
+
+def log_size(v: RunningVerifier) -> int:
+    with sqlite3.connect(v.files.store) as db:
+        return int(db.execute("SELECT COUNT(*) FROM log_entries").fetchone()[0])
+
+
+def code_of(call, *args) -> grpc.StatusCode:  # type: ignore[no-untyped-def]
+    with pytest.raises(grpc.RpcError) as info:
+        call(*args, timeout=10)
+    assert "Traceback" not in (info.value.details() or "")
+    return info.value.code()  # type: ignore[no-any-return]
+
+
+def test_enrol_is_idempotent_and_logged(verifier: RunningVerifier) -> None:
+    client = verifier.client()
+    node = TestNode.from_seed(30)
+    request = enroll_request(enrollment_for(node, nonce=client.nonce(node)), node, client.operator)
+    first = client.registry.EnrollNode(request)
+    again = client.registry.EnrollNode(request)
+    assert (first.already_enrolled, again.already_enrolled) == (False, True)
+    assert first.log_index == again.log_index
+    entry = client.audit.GetLogEntry(apb.GetLogEntryRequest(index=first.log_index))
+    assert entry.entry == request.enrollment_envelope
+    info = client.registry.GetNode(rpb.GetNodeRequest(node_id=node.node_id)).node
+    assert info.state == rpb.NODE_STATE_ACTIVE
+    assert [g.uuid for g in info.gpus] == [node.gpu_uuid(0), node.gpu_uuid(1)]
+    nodes = client.registry.ListNodes(rpb.ListNodesRequest(lab_id="lab-a")).nodes
+    assert [n.node_id for n in nodes] == [node.node_id]
+
+
+def test_enrolment_refusals(verifier: RunningVerifier) -> None:
+    client = verifier.client()
+    node = TestNode.from_seed(31)
+    nonce = client.nonce(node)
+    enrollment = enrollment_for(node, nonce=nonce)
+    stranger = Ed25519Signer.from_private_key(fixed_private_key(999))
+    before = log_size(verifier)
+    # Authorised by someone who is not the lab's operator.
+    assert (
+        code_of(client.registry.EnrollNode, enroll_request(enrollment, node, stranger))
+        == grpc.StatusCode.PERMISSION_DENIED
+    )
+    # Proof of possession by another key.
+    other = TestNode.from_seed(32)
+    bad_pop = enroll_request(enrollment, node, client.operator)
+    bad_pop.enrollment_envelope = sign_envelope(
+        other.signer, PayloadType.ENROLLMENT, enrollment.SerializeToString()
+    )
+    assert code_of(client.registry.EnrollNode, bad_pop) == grpc.StatusCode.INVALID_ARGUMENT
+    # The two envelopes sign different bytes.
+    mismatch = enroll_request(enrollment, node, client.operator)
+    mismatch.authorization_envelope = sign_envelope(
+        client.operator,
+        PayloadType.ENROLLMENT_AUTHORIZATION,
+        enrollment.SerializeToString() + b"\x00",
+    )
+    assert code_of(client.registry.EnrollNode, mismatch) == grpc.StatusCode.INVALID_ARGUMENT
+    # An unknown lab, a stale creation time, a forged nonce, garbage.
+    wrong_lab = enrollment_for(node, nonce=nonce)
+    wrong_lab.lab_id = "lab-z"
+    assert (
+        code_of(client.registry.EnrollNode, enroll_request(wrong_lab, node, client.operator))
+        == grpc.StatusCode.NOT_FOUND
+    )
+    stale = enrollment_for(node, nonce=nonce, created_at_ns=time.time_ns() - 3600 * S)
+    assert (
+        code_of(client.registry.EnrollNode, enroll_request(stale, node, client.operator))
+        == grpc.StatusCode.INVALID_ARGUMENT
+    )
+    forged = enrollment_for(node, nonce=b"\x00" * 24)
+    assert (
+        code_of(client.registry.EnrollNode, enroll_request(forged, node, client.operator))
+        == grpc.StatusCode.INVALID_ARGUMENT
+    )
+    garbage = rpb.EnrollNodeRequest(enrollment_envelope=b"\x01\x02", authorization_envelope=b"")
+    assert code_of(client.registry.EnrollNode, garbage) == grpc.StatusCode.INVALID_ARGUMENT
+    assert log_size(verifier) == before  # nothing was recorded for any of these
+    assert (
+        code_of(client.registry.GetNode, rpb.GetNodeRequest(node_id=node.node_id))
+        == grpc.StatusCode.NOT_FOUND
+    )
+
+
+def test_a_gpu_enrolled_under_another_key_is_refused_and_recorded(
+    verifier: RunningVerifier,
+) -> None:
+    client = verifier.client()
+    first = TestNode.from_seed(33)
+    client.enroll(first)
+    thief = TestNode.from_seed(34)
+    enrollment = enrollment_for(thief, nonce=client.nonce(thief))
+    enrollment.gpus[1].uuid = first.gpu_uuid(0)  # claims a GPU the first node holds
+    request = enroll_request(enrollment, thief, client.operator)
+    assert code_of(client.registry.EnrollNode, request) == grpc.StatusCode.ALREADY_EXISTS
+    findings = client.audit.ListFindings(
+        apb.ListFindingsRequest(lab_id="lab-a", kinds=[fpb.FINDING_KIND_ENROLLMENT_CONFLICT])
+    ).findings
+    assert len(findings) == 1
+    assert findings[0].finding.node_id == thief.node_id
+    assert findings[0].finding.rejected_envelope == request.enrollment_envelope
+    # Same attempt again: refused, not recorded twice.
+    assert code_of(client.registry.EnrollNode, request) == grpc.StatusCode.ALREADY_EXISTS
+    again = client.audit.ListFindings(
+        apb.ListFindingsRequest(lab_id="lab-a", kinds=[fpb.FINDING_KIND_ENROLLMENT_CONFLICT])
+    ).findings
+    assert len(again) == 1
+
+
+def _revoke(
+    client, node: TestNode, operator: Ed25519Signer, reason: str = "retired"
+) -> rpb.RevokeNodeResponse:  # type: ignore[no-untyped-def]
+    revocation = rpb.NodeRevocation(
+        format_version=1,
+        lab_id="lab-a",
+        node_id=node.node_id,
+        reason=reason,
+        created_at_ns=time.time_ns(),
+    )
+    raw = sign_envelope(operator, PayloadType.REVOCATION, revocation.SerializeToString())
+    return client.registry.RevokeNode(rpb.RevokeNodeRequest(revocation_envelope=raw))  # type: ignore[no-any-return]
+
+
+def test_revocation_stops_acceptance_keeps_the_past_and_frees_the_gpus(tmp_path: Path) -> None:
+    now = time.time_ns()
+    with running_verifier(tmp_path, max_clock_skew_s=300, max_age_s=7200) as v:
+        client = v.client()
+        node = TestNode.from_seed(35, t0_ns=now - 400 * S)
+        client.enroll(node, created_at_ns=now - 200 * S)
+        chain = node.chain(4)
+        assert [r.status for r in client.submit(chain[:2])] == [spb.RECEIPT_STATUS_ACCEPTED] * 2
+        stranger = Ed25519Signer.from_private_key(fixed_private_key(998))
+        revocation = rpb.NodeRevocation(
+            format_version=1, lab_id="lab-a", node_id=node.node_id, created_at_ns=time.time_ns()
+        )
+        forged = rpb.RevokeNodeRequest(
+            revocation_envelope=sign_envelope(
+                stranger, PayloadType.REVOCATION, revocation.SerializeToString()
+            )
+        )
+        assert code_of(client.registry.RevokeNode, forged) == grpc.StatusCode.PERMISSION_DENIED
+        first = _revoke(client, node, v.files.operator)
+        assert not first.already_revoked
+        assert _revoke(client, node, v.files.operator, "again").already_revoked
+        (late,) = client.submit([chain[2]])
+        assert late.reason == spb.REJECT_REASON_REVOKED_KEY
+        # What was accepted before stays, at the same place.
+        (old,) = client.submit([chain[1]])
+        assert old.status == spb.RECEIPT_STATUS_DUPLICATE
+        info = client.registry.GetNode(rpb.GetNodeRequest(node_id=node.node_id)).node
+        assert (info.state, info.head_seq) == (rpb.NODE_STATE_REVOKED, 1)
+        # Its GPUs may now be enrolled under a new key (a reinstall).
+        reinstall = TestNode.from_seed(36)
+        enrollment = enrollment_for(reinstall, nonce=client.nonce(reinstall))
+        for i, gpu in enumerate(enrollment.gpus):
+            gpu.uuid = node.gpu_uuid(i)
+        response = client.registry.EnrollNode(
+            enroll_request(enrollment, reinstall, client.operator)
+        )
+        assert not response.already_enrolled
+
+
+def _declaration(
+    version: int, uuids: list[str], effective_from_ns: int, lab: str = "lab-a"
+) -> bytes:
+    declaration = rpb.InventoryDeclaration(
+        format_version=1,
+        lab_id=lab,
+        version=version,
+        gpus=[rpb.GpuIdentity(uuid=u, model="NVIDIA H100 80GB HBM3") for u in uuids],
+        effective_from_ns=effective_from_ns,
+        created_at_ns=time.time_ns(),
+    )
+    return declaration.SerializeToString()
+
+
+def test_inventory_versions_must_increase_and_cannot_be_backdated(
+    verifier: RunningVerifier,
+) -> None:
+    client = verifier.client()
+    operator = verifier.files.operator
+    now = time.time_ns()
+
+    def declare(payload: bytes, signer: Ed25519Signer = operator) -> rpb.DeclareInventoryResponse:
+        raw = sign_envelope(signer, PayloadType.INVENTORY, payload)
+        return client.registry.DeclareInventory(
+            rpb.DeclareInventoryRequest(declaration_envelope=raw)
+        )  # type: ignore[no-any-return]
+
+    first = declare(_declaration(1, ["GPU-a", "GPU-b"], now + S))
+    assert first.version == 1
+    payload = _declaration(2, ["GPU-a"], now + 2 * S)
+    second = declare(payload)
+    assert declare(payload).log_index == second.log_index  # idempotent
+    for bad, code in (
+        (_declaration(2, ["GPU-c"], now + 3 * S), grpc.StatusCode.ALREADY_EXISTS),
+        (_declaration(3, ["GPU-c"], now - 3600 * S), grpc.StatusCode.INVALID_ARGUMENT),
+        (_declaration(3, ["GPU-c", "GPU-c"], now + S), grpc.StatusCode.INVALID_ARGUMENT),
+        (_declaration(3, [], now + S), grpc.StatusCode.INVALID_ARGUMENT),
+        (_declaration(3, ["GPU-c"], now + S, lab="lab-q"), grpc.StatusCode.NOT_FOUND),
+    ):
+        raw = sign_envelope(operator, PayloadType.INVENTORY, bad)
+        assert (
+            code_of(
+                client.registry.DeclareInventory,
+                rpb.DeclareInventoryRequest(declaration_envelope=raw),
+            )
+            == code
+        )
+    stranger = Ed25519Signer.from_private_key(fixed_private_key(997))
+    raw = sign_envelope(stranger, PayloadType.INVENTORY, _declaration(3, ["GPU-c"], now + S))
+    assert (
+        code_of(
+            client.registry.DeclareInventory, rpb.DeclareInventoryRequest(declaration_envelope=raw)
+        )
+        == grpc.StatusCode.PERMISSION_DENIED
+    )

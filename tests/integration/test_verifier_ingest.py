@@ -1,0 +1,196 @@
+"""The verifier over real gRPC: enrol, stream, restart, backfill, forks, replays, audits."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from pausewatch.v1 import attestation_service_pb2 as spb
+from pausewatch.v1 import audit_pb2 as apb
+from pausewatch.v1 import findings_pb2 as fpb
+from pausewatch.v1 import registry_pb2 as rpb
+
+from attest import merkle
+from attest.checkpoint import verify_checkpoint
+from attest.envelope import envelope_digest
+from attest.note import parse_verifier_key
+from tests.builders import TestNode
+from tests.verifier_harness import running_verifier
+
+S = 10**9
+MINUTE = 60 * S
+
+
+def recent_t0() -> int:
+    now = time.time_ns()
+    return now - now % MINUTE - 2 * 3600 * S
+
+
+def test_enrol_stream_restart_and_backfill_leave_no_gap(tmp_path: Path) -> None:
+    t0 = recent_t0()
+    node = TestNode.from_seed(1, t0_ns=t0)
+    chain = node.chain(10)
+    with running_verifier(tmp_path) as v:
+        client = v.client()
+        enrolled = client.enroll(node, created_at_ns=t0 - S)
+        assert not enrolled.already_enrolled
+        first = client.submit(chain[:5])
+        assert [r.status for r in first] == [spb.RECEIPT_STATUS_ACCEPTED] * 5
+    # The verifier restarts on the same store; the agent backfills from seq 3 (receipts lost).
+    with running_verifier(tmp_path) as v:
+        client = v.client()
+        again = client.submit(chain[3:])
+        assert [r.status for r in again[:2]] == [spb.RECEIPT_STATUS_DUPLICATE] * 2
+        assert [r.log_index for r in again[:2]] == [r.log_index for r in first[3:5]]
+        assert [r.status for r in again[2:]] == [spb.RECEIPT_STATUS_ACCEPTED] * 5
+        assert not any(r.gap_recorded for r in again)
+        info = client.registry.GetNode(rpb.GetNodeRequest(node_id=node.node_id)).node
+        assert (info.has_head, info.head_seq) == (True, 9)
+        assert info.head_digest == envelope_digest(chain[9])
+        report = client.audit.GetComplianceReport(
+            apb.GetComplianceReportRequest(
+                lab_id="lab-a", period_start_ns=t0, period_end_ns=t0 + 10 * MINUTE
+            )
+        ).report
+        assert list(report.gaps) == []
+        assert report.nodes[0].attestations == 10
+        kinds = {f.finding.kind for f in report.findings}
+        assert fpb.FINDING_KIND_GAP not in kinds
+
+
+def test_fork_and_replay_are_caught(tmp_path: Path) -> None:
+    t0 = recent_t0()
+    node = TestNode.from_seed(2, t0_ns=t0)
+    chain = node.chain(4)
+    with running_verifier(tmp_path) as v:
+        client = v.client()
+        client.enroll(node, created_at_ns=t0 - S)
+        accepted = client.submit(chain)
+        # Equivocation: another envelope for seq 2, same predecessor, other content.
+        forked = node.sign_body(node.body(2, envelope_digest(chain[1]), busy_ms=1_000))
+        (fork,) = client.submit([forked])
+        assert (fork.status, fork.reason) == (spb.RECEIPT_STATUS_REJECTED, spb.REJECT_REASON_FORK)
+        # Resent, the fork is still a fork, not a new finding.
+        (again,) = client.submit([forked])
+        assert again.reason == spb.REJECT_REASON_FORK
+        # A replay of an accepted envelope is an idempotent duplicate with its original index.
+        (replay,) = client.submit([chain[2]])
+        assert (replay.status, replay.log_index) == (
+            spb.RECEIPT_STATUS_DUPLICATE,
+            accepted[2].log_index,
+        )
+        findings = client.audit.ListFindings(apb.ListFindingsRequest(lab_id="lab-a")).findings
+        equivocations = [f for f in findings if f.finding.kind == fpb.FINDING_KIND_EQUIVOCATION]
+        assert len(equivocations) == 1
+        evidence = list(equivocations[0].finding.evidence_log_indices)
+        assert evidence[0] == accepted[2].log_index
+        entry = client.audit.GetLogEntry(apb.GetLogEntryRequest(index=evidence[1]))
+        assert entry.entry == forked
+        info = client.registry.GetNode(rpb.GetNodeRequest(node_id=node.node_id)).node
+        assert info.state == rpb.NODE_STATE_FLAGGED
+        report = client.audit.GetComplianceReport(
+            apb.GetComplianceReportRequest(
+                lab_id="lab-a", period_start_ns=t0, period_end_ns=t0 + 4 * MINUTE
+            )
+        ).report
+        assert report.verdict == apb.VERDICT_INVALID
+        assert report.nodes[0].flagged
+
+
+def test_a_successor_of_another_predecessor_is_a_fork(tmp_path: Path) -> None:
+    t0 = recent_t0()
+    node = TestNode.from_seed(3, t0_ns=t0)
+    chain = node.chain(2)
+    with running_verifier(tmp_path) as v:
+        client = v.client()
+        client.enroll(node, created_at_ns=t0 - S)
+        client.submit(chain)
+        wrong = node.sign_body(node.body(2, b"\x42" * 32))
+        (receipt,) = client.submit([wrong])
+        assert receipt.reason == spb.REJECT_REASON_FORK
+
+
+def test_gap_and_rollback(tmp_path: Path) -> None:
+    t0 = recent_t0()
+    node = TestNode.from_seed(4, t0_ns=t0)
+    chain = node.chain(6)
+    with running_verifier(tmp_path) as v:
+        client = v.client()
+        client.enroll(node, created_at_ns=t0 - S)
+        (response,) = client.submit_batches([chain[0], chain[1], chain[4], chain[5]])
+        receipts = response.receipts
+        assert [r.status for r in receipts] == [spb.RECEIPT_STATUS_ACCEPTED] * 4
+        assert receipts[2].gap_recorded
+        # seq 2 arrives after the verifier moved past it: a rollback, rejected, not logged.
+        (late_response,) = client.submit_batches([chain[2]])
+        assert late_response.receipts[0].reason == spb.REJECT_REASON_ROLLBACK
+        assert late_response.tree_size == response.tree_size
+        findings = client.audit.ListFindings(
+            apb.ListFindingsRequest(lab_id="lab-a", kinds=[fpb.FINDING_KIND_GAP])
+        ).findings
+        assert len(findings) == 1
+        gap = findings[0].finding.gap
+        assert (gap.gap_start_ns, gap.gap_end_ns) == (t0 + 2 * MINUTE, t0 + 4 * MINUTE)
+        assert (gap.seq_before, gap.seq_after) == (1, 4)
+        assert gap.energy_bounded
+
+
+def test_checkpoint_and_proofs_verify_client_side(tmp_path: Path) -> None:
+    t0 = recent_t0()
+    node = TestNode.from_seed(5, t0_ns=t0)
+    with running_verifier(tmp_path) as v:
+        client = v.client()
+        client.enroll(node, created_at_ns=t0 - S)
+        receipts = client.submit(node.chain(7))
+        time.sleep(1.5)
+        checkpoint_response = client.audit.GetCheckpoint(apb.GetCheckpointRequest())
+        verifier = parse_verifier_key(checkpoint_response.verifier_key)
+        checkpoint = verify_checkpoint(checkpoint_response.signed_note, verifier)
+        assert checkpoint.tree_size == checkpoint_response.tree_size >= receipts[-1].log_index + 1
+        index = receipts[3].log_index
+        proof = client.audit.GetInclusionProof(apb.GetInclusionProofRequest(leaf_index=index))
+        assert proof.leaf_hash == merkle.leaf_hash(node.chain(7)[3])
+        merkle.verify_inclusion(
+            index, proof.tree_size, proof.leaf_hash, list(proof.proof), checkpoint.root_hash
+        )
+        consistency = client.audit.GetConsistencyProof(apb.GetConsistencyProofRequest(size1=3))
+        merkle.verify_consistency(
+            3,
+            checkpoint.tree_size,
+            list(consistency.proof),
+            consistency.root1,
+            checkpoint.root_hash,
+        )
+        with pytest.raises(grpc.RpcError) as info:
+            client.audit.GetInclusionProof(apb.GetInclusionProofRequest(leaf_index=10**6))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_findings_are_paged_and_watched(tmp_path: Path) -> None:
+    t0 = recent_t0()
+    node = TestNode.from_seed(6, t0_ns=t0)
+    chain = node.chain(12)
+    with running_verifier(tmp_path) as v:
+        client = v.client()
+        client.enroll(node, created_at_ns=t0 - S)
+        # Every other window missing: a gap finding each time.
+        client.submit([chain[i] for i in range(0, 12, 2)])
+        first = client.audit.ListFindings(apb.ListFindingsRequest(lab_id="lab-a", page_size=2))
+        assert len(first.findings) == 2
+        second = client.audit.ListFindings(
+            apb.ListFindingsRequest(lab_id="lab-a", page_size=2, page_token=first.next_page_token)
+        )
+        assert second.findings[0].log_index > first.findings[-1].log_index
+        stream = client.audit.WatchFindings(apb.WatchFindingsRequest(lab_id="lab-a"), timeout=20)
+        time.sleep(0.3)
+        later = node.chain(16)
+        client.submit([later[15]])  # another seq jump: a new GAP finding while watching
+        watched = next(stream)
+        assert watched.finding.kind == fpb.FINDING_KIND_GAP
+        assert watched.finding.gap.seq_after == 15
+        stream.cancel()
+        with pytest.raises(grpc.RpcError) as info:
+            client.audit.ListFindings(apb.ListFindingsRequest(lab_id="no-such-lab"))
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND

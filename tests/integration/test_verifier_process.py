@@ -1,0 +1,260 @@
+"""The verifier as a real process: SIGKILL in the middle of batches loses nothing accepted;
+SIGTERM drains in-flight calls; health, TLS, mutual TLS and reflection behave as configured."""
+
+from __future__ import annotations
+
+import random
+import signal
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2
+from pausewatch.v1 import attestation_service_pb2 as spb
+
+from attest import merkle
+from attest.envelope import envelope_digest
+from tests.builders import TestNode
+from tests.verifier_harness import (
+    Client,
+    start_verifier_process,
+    stop_process,
+    wait_serving,
+    write_verifier_files,
+)
+
+S = 10**9
+MINUTE = 60 * S
+
+
+def recent_t0() -> int:
+    now = time.time_ns()
+    return now - now % MINUTE - 24 * 3600 * S
+
+
+def test_sigkill_mid_batch_loses_nothing_accepted(tmp_path: Path) -> None:
+    files = write_verifier_files(tmp_path / "v")
+    log_path = tmp_path / "verifier.log"
+    t0 = recent_t0()
+    nodes = [TestNode.from_seed(100 + i, t0_ns=t0, gpus=4) for i in range(6)]
+    chains = {node.node_id: node.chain(120) for node in nodes}
+    # Interleave the nodes' chains: every batch holds windows of several nodes.
+    envelopes = [chains[n.node_id][seq] for seq in range(120) for n in nodes]
+    rng = random.Random(7)
+    running = start_verifier_process(files, log_path)
+    client = Client(running.channel(), files.operator)
+    for node in nodes:
+        client.enroll(node, created_at_ns=t0 - S)
+    accepted: dict[bytes, int] = {}
+    kills = 0
+    position = 0
+    while position < len(envelopes) and kills < 4:
+        batch_size = 40
+        requests = [
+            spb.SubmitAttestationsRequest(envelopes=envelopes[i : i + batch_size])
+            for i in range(position, len(envelopes), batch_size)
+        ]
+        kill_after_s = rng.uniform(0.05, 0.6)
+        killer = threading.Timer(
+            kill_after_s, lambda r=running: r.process.send_signal(signal.SIGKILL)
+        )  # type: ignore[union-attr]
+        killer.start()
+        try:
+            for response in client.attestation.SubmitAttestations(iter(requests), timeout=60):
+                for receipt in response.receipts:
+                    if receipt.status in (
+                        spb.RECEIPT_STATUS_ACCEPTED,
+                        spb.RECEIPT_STATUS_DUPLICATE,
+                    ):
+                        accepted[bytes(receipt.envelope_digest)] = receipt.log_index
+        except grpc.RpcError:
+            pass
+        killer.cancel()
+        if running.process is not None and running.process.poll() is None:
+            running.process.send_signal(signal.SIGKILL)
+        assert running.process is not None
+        running.process.wait(timeout=30)
+        kills += 1
+        # Everything a receipt called accepted is in the store at the index it named.
+        with sqlite3.connect(files.store) as db:
+            for digest, index in accepted.items():
+                row = db.execute(
+                    "SELECT idx FROM log_entries WHERE digest = ?", (digest,)
+                ).fetchone()
+                assert row is not None, "an accepted envelope was lost"
+                assert row[0] == index
+        # Resume where the receipts say the agents were (they resend everything unacknowledged).
+        position = 0
+        while position < len(envelopes) and envelope_digest(envelopes[position]) in accepted:
+            position += 1
+        running = start_verifier_process(files, log_path)
+        client = Client(running.channel(), files.operator)
+    # Finish: resend everything; all of it ends up on record exactly once, in chain order.
+    receipts = client.submit(envelopes, batch=100)
+    assert all(
+        r.status in (spb.RECEIPT_STATUS_ACCEPTED, spb.RECEIPT_STATUS_DUPLICATE) for r in receipts
+    )
+    assert not any(r.gap_recorded for r in receipts)
+    stop_process(running)
+    with sqlite3.connect(files.store) as db:
+        leaves = [bytes(r[0]) for r in db.execute("SELECT leaf_hash FROM log_entries ORDER BY idx")]
+        entries = [bytes(r[0]) for r in db.execute("SELECT entry FROM log_entries ORDER BY idx")]
+        indices = [r[0] for r in db.execute("SELECT idx FROM log_entries ORDER BY idx")]
+        assert indices == list(range(len(indices)))  # no hole in the log
+        assert leaves == [merkle.leaf_hash(e) for e in entries]
+        (count,) = db.execute("SELECT COUNT(*) FROM attestations").fetchone()
+        assert count == len(envelopes)
+        (gaps,) = db.execute("SELECT COUNT(*) FROM gaps").fetchone()
+        assert gaps == 0
+        checkpoint = db.execute(
+            "SELECT tree_size, root_hash FROM checkpoints ORDER BY tree_size DESC LIMIT 1"
+        ).fetchone()
+        assert checkpoint[0] == len(leaves)
+        assert bytes(checkpoint[1]) == merkle.root_from_leaf_hashes(leaves)
+    assert kills >= 1
+
+
+def test_sigterm_drains_in_flight_calls_and_goes_not_serving(tmp_path: Path) -> None:
+    files = write_verifier_files(tmp_path / "v")
+    running = start_verifier_process(files, tmp_path / "verifier.log")
+    client = Client(running.channel(), files.operator)
+    t0 = recent_t0()
+    node = TestNode.from_seed(120, t0_ns=t0)
+    client.enroll(node, created_at_ns=t0 - S)
+    chain = node.chain(30)
+    sent = threading.Event()
+    received: list[spb.SubmitAttestationsResponse] = []
+
+    def slow_requests():  # type: ignore[no-untyped-def]
+        for i in range(0, 30, 10):
+            yield spb.SubmitAttestationsRequest(envelopes=chain[i : i + 10])
+            if i == 0:
+                sent.set()
+                time.sleep(0.5)
+
+    def run() -> None:
+        try:
+            received.extend(client.attestation.SubmitAttestations(slow_requests(), timeout=30))
+        except grpc.RpcError:
+            pass
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    assert sent.wait(10)
+    time.sleep(0.1)
+    assert running.process is not None
+    running.process.send_signal(signal.SIGTERM)
+    # Health turns NOT_SERVING (or the port closes) promptly after SIGTERM.
+    deadline = time.monotonic() + 5
+    status = None
+    while time.monotonic() < deadline:
+        try:
+            status = client.health.Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=1
+            ).status
+        except grpc.RpcError:
+            status = "gone"
+        if status != health_pb2.HealthCheckResponse.SERVING:
+            break
+        time.sleep(0.02)
+    assert status != health_pb2.HealthCheckResponse.SERVING
+    worker.join(timeout=30)
+    assert running.process.wait(timeout=30) == 0
+    # The batch in flight when SIGTERM came was answered, and everything answered is on record.
+    assert received
+    answered = [r for response in received for r in response.receipts]
+    assert all(r.status == spb.RECEIPT_STATUS_ACCEPTED for r in answered)
+    with sqlite3.connect(files.store) as db:
+        (count,) = db.execute("SELECT COUNT(*) FROM attestations").fetchone()
+    assert count == len(answered)
+
+
+def _tls_client(address: str, files: Path, *, with_client_cert: bool) -> grpc.Channel:
+    ca = (files / "ca.pem").read_bytes()
+    key = cert = None
+    if with_client_cert:
+        key = (files / "client.key").read_bytes()
+        cert = (files / "client.pem").read_bytes()
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=ca, private_key=key, certificate_chain=cert
+    )
+    return grpc.secure_channel(address, credentials)
+
+
+def test_tls_mutual_tls_and_plaintext_refusal(tmp_path: Path) -> None:
+    from verifier.config import load_config
+    from verifier.server import VerifierServer
+    from verifier.tlsgen import write_self_signed
+
+    directory = tmp_path / "v"
+    files = write_verifier_files(directory)
+    tls = write_self_signed(directory / "tls", ["127.0.0.1", "localhost"], client_name="agent-1")
+    text = files.config.read_text()
+    text = text.replace(
+        'insecure_no_tls = true\nlisten = "127.0.0.1:0"',
+        f'listen = "127.0.0.1:0"\ntls_cert = "{tls.server_cert}"\ntls_key = "{tls.server_key}"\n'
+        f'client_ca = "{tls.ca_cert}"\nrequire_client_cert = true',
+    )
+    files.config.write_text(text)
+    server = VerifierServer.from_config(load_config(files.config))
+    port = server.start()
+    address = f"127.0.0.1:{port}"
+    request = spb.GetChallengeRequest(node_id=b"\x01" * 32)
+    try:
+        with _tls_client(address, directory / "tls", with_client_cert=True) as channel:
+            Client(channel, files.operator).attestation.GetChallenge(request, timeout=10)
+        with (
+            _tls_client(address, directory / "tls", with_client_cert=False) as channel,
+            pytest.raises(grpc.RpcError) as info,
+        ):
+            Client(channel, files.operator).attestation.GetChallenge(request, timeout=5)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        with grpc.insecure_channel(address) as channel, pytest.raises(grpc.RpcError) as info:
+            Client(channel, files.operator).attestation.GetChallenge(request, timeout=5)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        server.stop()
+
+
+def test_plaintext_needs_the_explicit_setting(tmp_path: Path) -> None:
+    from attest.errors import ConfigError
+    from verifier.config import load_config
+
+    files = write_verifier_files(tmp_path / "v")
+    files.config.write_text(files.config.read_text().replace("insecure_no_tls = true\n", ""))
+    with pytest.raises(ConfigError, match="tls_cert"):
+        load_config(files.config)
+
+
+@pytest.mark.parametrize("enabled", [False, True])
+def test_reflection_only_when_asked_for(tmp_path: Path, enabled: bool) -> None:
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    from verifier.config import load_config
+    from verifier.server import VerifierServer
+
+    files = write_verifier_files(tmp_path / "v")
+    if enabled:
+        files.config.write_text(
+            files.config.read_text().replace("workers = 8", "workers = 8\nreflection = true")
+        )
+    server = VerifierServer.from_config(load_config(files.config))
+    port = server.start()
+    try:
+        wait_serving(f"127.0.0.1:{port}")
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+            request = reflection_pb2.ServerReflectionRequest(list_services="")
+            if enabled:
+                response = next(stub.ServerReflectionInfo(iter([request]), timeout=5))
+                names = {s.name for s in response.list_services_response.service}
+                assert "pausewatch.v1.AuditService" in names
+            else:
+                with pytest.raises(grpc.RpcError) as info:
+                    next(stub.ServerReflectionInfo(iter([request]), timeout=5))
+                assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        server.stop()
