@@ -47,8 +47,7 @@ class World:
 
     def body(self, seq: int, **kwargs: object) -> object:
         prev = envelope_digest(self.chain[seq - 1]) if 0 < seq <= len(self.chain) else None
-        body = self.node.body(seq, prev, nonce=self.nonce, **kwargs)  # type: ignore[arg-type]
-        return body
+        return self.node.body(seq, prev, nonce=self.nonce, **kwargs)  # type: ignore[arg-type]
 
     def next_raw(self, mutate: Callable[[object], None] | None = None) -> bytes:
         body = self.body(len(self.chain))
@@ -101,10 +100,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         revoked_nonce = client.nonce(revoked)
         revoked_chain = [revoked.sign_body(revoked.body(0, nonce=revoked_nonce))]
         assert client.submit(revoked_chain)[0].status == spb.RECEIPT_STATUS_ACCEPTED
-        from attest.envelope import PayloadType as PT
-        from pausewatch.v1 import registry_pb2
-
-        revocation = registry_pb2.NodeRevocation(
+        revocation = rpb.NodeRevocation(
             format_version=1,
             lab_id="lab-a",
             node_id=revoked.node_id,
@@ -114,7 +110,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         client.registry.RevokeNode(
             rpb.RevokeNodeRequest(
                 revocation_envelope=sign_envelope(
-                    v.files.operator, PT.REVOCATION, revocation.SerializeToString()
+                    v.files.operator, PayloadType.REVOCATION, revocation.SerializeToString()
                 )
             )
         )

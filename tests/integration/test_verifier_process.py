@@ -3,6 +3,7 @@ SIGTERM drains in-flight calls; health, TLS, mutual TLS and reflection behave as
 
 from __future__ import annotations
 
+import contextlib
 import random
 import signal
 import sqlite3
@@ -136,10 +137,8 @@ def test_sigterm_drains_in_flight_calls_and_goes_not_serving(tmp_path: Path) -> 
                 time.sleep(0.5)
 
     def run() -> None:
-        try:
+        with contextlib.suppress(grpc.RpcError):
             received.extend(client.attestation.SubmitAttestations(slow_requests(), timeout=30))
-        except grpc.RpcError:
-            pass
 
     worker = threading.Thread(target=run)
     worker.start()
