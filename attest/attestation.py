@@ -218,6 +218,23 @@ def metric_supported(gpu: pb.GpuWindow, metric: int) -> bool:
     )
 
 
+def _measured(gpu: pb.GpuWindow) -> tuple[int | None, int | None]:
+    """Tensor-active ms where GPM reported it for the whole window, and the window's energy in mJ
+    where the counter was read at both edges without a reset; else None."""
+    tensor_active_ms = None
+    for status in gpu.metric_status:
+        if status.metric == pb.METRIC_GPM_TENSOR_ACTIVE:
+            if status.state == pb.METRIC_STATE_SUPPORTED:
+                tensor_active_ms = gpu.tensor_active_ms
+            break
+    energy_mj = (
+        gpu.energy_end_mj - gpu.energy_start_mj
+        if gpu.energy_counter_state == pb.ENERGY_COUNTER_STATE_OK
+        else None
+    )
+    return tensor_active_ms, energy_mj
+
+
 def window_compute(gpu: pb.GpuWindow) -> compute.WindowCompute:
     """The compute figures for one GPU-window, from its measured fields alone.
 
@@ -225,15 +242,14 @@ def window_compute(gpu: pb.GpuWindow) -> compute.WindowCompute:
     the counter was read at both edges without a reset. The agent signs these as its claim; the
     verifier and an offline auditor recompute them with their own table.
     """
-    tensor_active_ms = (
-        gpu.tensor_active_ms if metric_supported(gpu, pb.METRIC_GPM_TENSOR_ACTIVE) else None
-    )
-    energy_mj = (
-        gpu.energy_end_mj - gpu.energy_start_mj
-        if gpu.energy_counter_state == pb.ENERGY_COUNTER_STATE_OK
-        else None
-    )
+    tensor_active_ms, energy_mj = _measured(gpu)
     return compute.compute_window(gpu.model, gpu.busy_ms, tensor_active_ms, energy_mj)
+
+
+def window_flop(gpu: pb.GpuWindow) -> compute.WindowFlop:
+    """:func:`window_compute`'s figures in their hot-path form (for a validated body)."""
+    tensor_active_ms, energy_mj = _measured(gpu)
+    return compute.window_flop(gpu.model, gpu.busy_ms, tensor_active_ms, energy_mj)
 
 
 def bounds_to_proto(figures: compute.WindowCompute) -> pb.ComputeBounds:

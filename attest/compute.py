@@ -38,12 +38,13 @@ architectural one by under 0.1 %. Further limits, stated plainly:
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from fractions import Fraction
-from typing import Final
+from typing import Final, NamedTuple
 
 TABLE_VERSION: Final = 1
 """Bump whenever a row's figures, matchers or the set of rows changes."""
@@ -146,6 +147,8 @@ class GpuSpec:
     fp4_flops_per_s: int | None
     board_power_w: int
     source: DatasheetSource
+    _fastest: Precision = field(init=False, repr=False, compare=False)
+    _flop_per_joule: Fraction = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if _KEY.fullmatch(self.key) is None:
@@ -166,6 +169,11 @@ class GpuSpec:
             raise ValueError(f"{self.key}: board_power_w must be positive")
         if not self.source.url.startswith("https://"):
             raise ValueError(f"{self.key}: source url must be https")
+        # Derived once: the verifier asks for these for every GPU of every attestation.
+        object.__setattr__(self, "_fastest", self._find_fastest_precision())
+        fastest = self.peak_flops_per_s(self._fastest)
+        assert fastest is not None
+        object.__setattr__(self, "_flop_per_joule", Fraction(fastest, self.board_power_w))
 
     def peak_flops_per_s(self, precision: Precision) -> int | None:
         """Dense peak at ``precision`` (operations per second; for int8, integer operations)."""
@@ -188,6 +196,9 @@ class GpuSpec:
     @property
     def fastest_precision(self) -> Precision:
         """The precision with the highest dense peak (the narrower one on a tie)."""
+        return self._fastest
+
+    def _find_fastest_precision(self) -> Precision:
         best = Precision.FP64
         best_peak = 0
         for precision in Precision:
@@ -214,7 +225,7 @@ class GpuSpec:
     @property
     def flop_per_joule_at_peak(self) -> Fraction:
         """Fastest dense peak / board power, exact."""
-        return Fraction(self.fastest_flops_per_s, self.board_power_w)
+        return self._flop_per_joule
 
     def matches_family(self, tokens: frozenset[str]) -> bool:
         return self.nvml_family <= tokens
@@ -679,6 +690,23 @@ def lookup_model(nvml_name: str) -> GpuSpec | None:
     all the family's rows. Among the rows left, the one with the highest fastest peak is returned
     (then the highest FLOP per joule, then the key): never guess low. So "NVIDIA H100" is the SXM.
     """
+    # A name always resolves to the same row of a given table, so cache it (the verifier looks up
+    # every GPU of every attestation); the key names the table, so replacing it starts afresh.
+    key = (id(GPU_TABLE), nvml_name)
+    try:
+        return _LOOKUPS[key]
+    except KeyError:
+        pass
+    if len(_LOOKUPS) > 4096:
+        _LOOKUPS.clear()
+    found = _LOOKUPS[key] = _lookup_uncached(nvml_name)
+    return found
+
+
+_LOOKUPS: dict[tuple[int, str], GpuSpec | None] = {}
+
+
+def _lookup_uncached(nvml_name: str) -> GpuSpec | None:
     tokens = _tokens(nvml_name)
     candidates = [spec for spec in GPU_TABLE if spec.matches_family(tokens)]
     specific_families = {spec.nvml_family for spec in candidates if spec.matches_variant(tokens)}
@@ -700,22 +728,75 @@ def _highest(specs: Iterable[GpuSpec]) -> GpuSpec | None:
 
 def table_max_flops_per_s() -> int:
     """The highest fastest-precision peak in the table: the rate for an unknown model."""
-    return max(spec.fastest_flops_per_s for spec in GPU_TABLE)
+    return _table_maxima(id(GPU_TABLE))[0]
 
 
 def table_max_central_flops_per_s() -> int:
     """The highest bf16 (or fp16) peak in the table: the central rate for an unknown model."""
-    return max(spec.central_flops_per_s for spec in GPU_TABLE)
+    return _table_maxima(id(GPU_TABLE))[1]
 
 
 def table_max_flop_per_joule() -> Fraction:
     """The highest FLOP per joule at peak in the table: the efficiency for an unknown model."""
-    return max(spec.flop_per_joule_at_peak for spec in GPU_TABLE)
+    return _table_maxima(id(GPU_TABLE))[2]
 
 
 def table_max_board_power_w() -> int:
     """The highest board power in the table."""
-    return max(spec.board_power_w for spec in GPU_TABLE)
+    return _table_maxima(id(GPU_TABLE))[3]
+
+
+@functools.lru_cache(maxsize=8)
+def _table_maxima(table_id: int) -> tuple[int, int, Fraction, int]:
+    """The table's maxima, computed once per table (``table_id`` names the table in the key)."""
+    del table_id
+    return (
+        max(spec.fastest_flops_per_s for spec in GPU_TABLE),
+        max(spec.central_flops_per_s for spec in GPU_TABLE),
+        max(spec.flop_per_joule_at_peak for spec in GPU_TABLE),
+        max(spec.board_power_w for spec in GPU_TABLE),
+    )
+
+
+class WindowFlop(NamedTuple):
+    """The three figures of one GPU-window as plain integers and flags: the hot-path form of
+    :class:`WindowCompute` (the verifier computes one for every GPU of every attestation)."""
+
+    upper_bound_flop: int
+    central_estimate_flop: int
+    energy_flop: int
+    """0 when the energy counter was unusable (``energy_known`` is False)."""
+    assumed: bool
+    """The central estimate used the assumed utilisation (no tensor-active reading)."""
+    unknown_model: bool
+    """The model is not in the table: the figures used the table's maxima."""
+    energy_known: bool
+
+
+def window_flop(
+    model_name: str, busy_ms: int, tensor_active_ms: int | None, energy_mj: int | None
+) -> WindowFlop:
+    """The same figures as :func:`compute_window`, for trusted non-negative ints (no argument
+    checks, no methods in words); :func:`compute_window` is built on it."""
+    spec = lookup_model(model_name)
+    if spec is None:
+        peak = table_max_flops_per_s()
+        central_peak = table_max_central_flops_per_s()
+    else:
+        peak = spec.fastest_flops_per_s
+        central_peak = spec.central_flops_per_s
+    if tensor_active_ms is not None:
+        central = central_peak * tensor_active_ms // MS_PER_S
+    else:
+        central = central_peak * busy_ms * ASSUMED_UTILIZATION_PPM // (MS_PER_S * PPM)
+    return WindowFlop(
+        upper_bound_flop=-(-peak * busy_ms // MS_PER_S),
+        central_estimate_flop=central,
+        energy_flop=0 if energy_mj is None else _energy_flop(spec, energy_mj),
+        assumed=tensor_active_ms is None,
+        unknown_model=spec is None,
+        energy_known=energy_mj is not None,
+    )
 
 
 def compute_window(
@@ -753,40 +834,26 @@ def compute_window(
                 f"tensor_active_ms ({tensor_active_ms}) exceeds window_ms ({window_ms})"
             )
 
+    flop = window_flop(model_name, busy_ms, tensor_active_ms, energy_mj)
     spec = lookup_model(model_name)
-    if spec is None:
-        peak = table_max_flops_per_s()
-        central_peak = table_max_central_flops_per_s()
-        upper_method = UpperBoundMethod.UNKNOWN_MODEL_TABLE_MAX
-    else:
-        peak = spec.fastest_flops_per_s
-        central_peak = spec.central_flops_per_s
-        upper_method = UpperBoundMethod.PEAK_TIMES_BUSY
-
-    if tensor_active_ms is not None:
-        central = central_peak * tensor_active_ms // MS_PER_S
-        central_method = CentralEstimateMethod.TENSOR_ACTIVE
-        assumed_ppm = 0
-    else:
-        central = central_peak * busy_ms * ASSUMED_UTILIZATION_PPM // (MS_PER_S * PPM)
-        central_method = CentralEstimateMethod.ASSUMED_UTILIZATION
-        assumed_ppm = ASSUMED_UTILIZATION_PPM
-
-    if energy_mj is None:
-        energy_flop = 0
-        energy_method = EnergyMethod.UNAVAILABLE
-    else:
-        energy_flop = _energy_flop(spec, energy_mj)
-        energy_method = EnergyMethod.FLOP_PER_JOULE_AT_PEAK
-
     return WindowCompute(
-        upper_bound_flop=_ceil_div(peak * busy_ms, MS_PER_S),
-        upper_bound_method=upper_method,
-        central_estimate_flop=central,
-        central_estimate_method=central_method,
-        assumed_utilization_ppm=assumed_ppm,
-        energy_flop=energy_flop,
-        energy_method=energy_method,
+        upper_bound_flop=flop.upper_bound_flop,
+        upper_bound_method=(
+            UpperBoundMethod.UNKNOWN_MODEL_TABLE_MAX
+            if flop.unknown_model
+            else UpperBoundMethod.PEAK_TIMES_BUSY
+        ),
+        central_estimate_flop=flop.central_estimate_flop,
+        central_estimate_method=(
+            CentralEstimateMethod.ASSUMED_UTILIZATION
+            if flop.assumed
+            else CentralEstimateMethod.TENSOR_ACTIVE
+        ),
+        assumed_utilization_ppm=ASSUMED_UTILIZATION_PPM if flop.assumed else 0,
+        energy_flop=flop.energy_flop,
+        energy_method=(
+            EnergyMethod.FLOP_PER_JOULE_AT_PEAK if flop.energy_known else EnergyMethod.UNAVAILABLE
+        ),
         table_model_key="" if spec is None else spec.key,
         table_version=TABLE_VERSION,
     )
@@ -846,7 +913,27 @@ def is_energy_mismatch(
         )
     if bounds.energy_method is EnergyMethod.UNAVAILABLE:
         return False
+    return energy_exceeds(
+        bounds.upper_bound_flop,
+        bounds.energy_flop,
+        window_ms,
+        spec,
+        factor_ppm=factor_ppm,
+        idle_power_fraction_ppm=idle_power_fraction_ppm,
+    )
 
+
+def energy_exceeds(
+    upper_bound_flop: int,
+    energy_flop: int,
+    window_ms: int,
+    spec: GpuSpec | None,
+    *,
+    factor_ppm: int,
+    idle_power_fraction_ppm: int,
+) -> bool:
+    """The comparison of :func:`is_energy_mismatch`, for trusted figures of a known energy
+    reading (the verifier's hot path); see there for the reasoning."""
     if spec is None:
         flop_per_joule = table_max_flop_per_joule()
         power_w = table_max_board_power_w()
@@ -858,9 +945,9 @@ def is_energy_mismatch(
     # energy_flop was rounded up; one FLOP off makes it a lower bound of the exact figure, so
     # rounding alone can never produce a finding.
     num, den = flop_per_joule.numerator, flop_per_joule.denominator
-    energy_scaled = (bounds.energy_flop - 1) * den * PPM * MS_PER_S
+    energy_scaled = (energy_flop - 1) * den * PPM * MS_PER_S
     idle_scaled = idle_power_fraction_ppm * power_w * window_ms * num
-    limit_scaled = factor_ppm * bounds.upper_bound_flop * den * MS_PER_S
+    limit_scaled = factor_ppm * upper_bound_flop * den * MS_PER_S
     return energy_scaled - idle_scaled > limit_scaled
 
 

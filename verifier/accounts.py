@@ -28,12 +28,13 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from itertools import pairwise
+from typing import NamedTuple
 
 from pausewatch.v1 import attestation_pb2 as apb
 from pausewatch.v1 import audit_pb2, findings_pb2
 
 from attest import compute
-from attest.attestation import VerifiedAttestation, window_compute
+from attest.attestation import VerifiedAttestation, window_flop
 from attest.ids import NodeId
 
 NS_PER_MS = 1_000_000
@@ -56,9 +57,10 @@ class Figure(StrEnum):
 # --- figures per GPU-window ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class GpuWindowFigures:
-    """The figures of one GPU over one accepted window (ADR 0001, "Figures per GPU-window")."""
+class GpuWindowFigures(NamedTuple):
+    """The figures of one GPU over one accepted window (ADR 0001, "Figures per GPU-window").
+
+    (A named tuple: the verifier makes one for every GPU of every accepted attestation.)"""
 
     log_index: int
     node_id: NodeId
@@ -107,7 +109,7 @@ def gpu_window_figures(
     window_ms = att.window_ms
     out: list[GpuWindowFigures] = []
     for gpu in body.gpus:
-        figures = window_compute(gpu)
+        figures = window_flop(gpu)
         energy_ok = gpu.energy_counter_state == apb.ENERGY_COUNTER_STATE_OK
         if gpu.presence == apb.GPU_PRESENCE_PRESENT:
             attested_ms = window_ms
@@ -128,10 +130,8 @@ def gpu_window_figures(
                 busy_ms=gpu.busy_ms,
                 attested_ms=attested_ms,
                 declared=gpu.uuid in declared_uuids,
-                assumed=figures.central_estimate_method
-                is compute.CentralEstimateMethod.ASSUMED_UTILIZATION,
-                unknown_model=figures.upper_bound_method
-                is compute.UpperBoundMethod.UNKNOWN_MODEL_TABLE_MAX,
+                assumed=figures.assumed,
+                unknown_model=figures.unknown_model,
             )
         )
     return out
@@ -327,9 +327,10 @@ def _pick(figure: Figure, upper: int, central: int, energy: int) -> int:
 # --- windows and gaps ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class GpuEdge:
-    """What the gap rule needs of one GPU of a window: its identity and energy readings."""
+class GpuEdge(NamedTuple):
+    """What the gap rule needs of one GPU of a window: its identity and energy readings.
+
+    (A named tuple: one is made for every GPU of every accepted attestation.)"""
 
     uuid: str
     model: str

@@ -115,8 +115,9 @@ class WriteContext:
     after_commit: list[Callable[[], None]] = field(default_factory=list)
 
     def append(self, *entries: PendingEntry) -> int:
-        """Append entries to the log; returns the first one's index."""
-        return self.core.log.append(self.tx, entries, self.now_ns)
+        """Append entries to the log (written when the transaction ends); returns the first
+        one's index."""
+        return self.core.log.append(entries)
 
     def node(self, node_id: bytes) -> NodeState | None:
         staged = self.node_updates.get(node_id)
@@ -195,11 +196,18 @@ class VerifierCore:
     def write(self) -> Iterator[WriteContext]:
         """One transaction over the store, the log and the caches; all or nothing."""
         with self._write_lock:
-            self.log.begin()
             try:
                 with self.store.transaction() as tx:
+                    if self.log.begin(tx):
+                        # Another verifier process wrote to the shared store: reload what we cache
+                        # (in place: readers in other threads never see it empty).
+                        fresh = {row.node_id: NodeState.from_row(row) for row in tx.list_nodes()}
+                        self.nodes.update(fresh)
+                        for gone in set(self.nodes) - set(fresh):
+                            del self.nodes[gone]
                     ctx = WriteContext(core=self, tx=tx, now_ns=self.clock_ns())
                     yield ctx
+                    self.log.flush(tx, ctx.now_ns)
             except BaseException:
                 self.log.rollback()
                 raise

@@ -27,7 +27,7 @@ from pausewatch.v1 import attestation_service_pb2 as spb
 from pausewatch.v1 import findings_pb2 as fpb
 
 from attest import compute
-from attest.attestation import VerifiedAttestation, attestation_from_verified, window_compute
+from attest.attestation import VerifiedAttestation, attestation_from_verified
 from attest.chain import ChainHead, Link, classify
 from attest.envelope import PayloadType, parse_envelope, verify_parsed_envelope
 from attest.errors import (
@@ -103,6 +103,8 @@ class _Batch:
     digests: dict[bytes, int] = field(default_factory=dict)
     edges: dict[bytes, accounts.WindowEdge] = field(default_factory=dict)
     stored_at: dict[tuple[bytes, int], bytes] = field(default_factory=dict)
+    claims: dict[str, int] = field(default_factory=dict)
+    heads: dict[bytes, tuple[int, bytes, int, int]] = field(default_factory=dict)
 
 
 def _reject(reason: int, detail: str, **kwargs: object) -> Rejection:
@@ -119,6 +121,9 @@ class Ingestor:
             max_workers=max(1, core.config.ingest.verify_threads), thread_name_prefix="verify"
         )
         self._edges: dict[bytes, accounts.WindowEdge] = {}
+        # Finding rate limits already claimed in the store, so a flood of identical findings is
+        # refused without a database round trip per GPU-window.
+        self._claims: dict[str, int] = {}
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -216,6 +221,10 @@ class Ingestor:
             batch = _Batch()
         else:
             self._edges.update(batch.edges)
+            self._claims.update(batch.claims)
+            if len(self._claims) > 100_000:
+                now = self.core.clock_ns()
+                self._claims = {k: v for k, v in self._claims.items() if v > now}
         final = [r for r in receipts if r is not None]
         assert len(final) == len(raws)
         return SubmitResult(receipts=final, tree_size=self.core.log.size)
@@ -254,6 +263,17 @@ class Ingestor:
                 )
             )
         return self._rejected(raw, spb.REJECT_REASON_BAD_SIGNATURE, outcome.detail)
+
+    def _claim(self, w: WriteContext, batch: _Batch, key: str, period_ns: int) -> bool:
+        """True if a finding keyed ``key`` may be made now (once per ``period_ns``)."""
+        now = w.now_ns
+        if self._claims.get(key, 0) > now or batch.claims.get(key, 0) > now:
+            return False
+        claimed = w.tx.claim_once(key, now + period_ns, now)
+        # Claimed now, or claimed earlier (by us before a restart, or by another process):
+        # either way nothing more is needed until the period is over.
+        batch.claims[key] = now + period_ns
+        return claimed
 
     def _inventory_at(
         self, w: WriteContext, batch: _Batch, lab_id: str, t_ns: int
@@ -470,14 +490,20 @@ class Ingestor:
             )
         batch.edges[node.node_id] = edge
         self._window_findings(
-            w, node=node, att=att, index=index, figures=figures, declared=declared
+            w,
+            batch,
+            node=node,
+            att=att,
+            index=index,
+            figures=figures,
+            declared=declared,
         )
         new_node = self.core.with_head(
             node,
             NodeHead(seq=seq, digest=digest, log_index=index, window_end_ns=body.window_end_ns),
         )
         w.stage_node(new_node)
-        w.tx.set_node_head(node.node_id, seq, digest, index, body.window_end_ns)
+        batch.heads[node.node_id] = (seq, digest, index, body.window_end_ns)
         return spb.Receipt(
             envelope_digest=digest,
             status=spb.RECEIPT_STATUS_ACCEPTED,
@@ -630,6 +656,7 @@ class Ingestor:
     def _window_findings(
         self,
         w: WriteContext,
+        batch: _Batch,
         *,
         node: NodeState,
         att: VerifiedAttestation,
@@ -639,7 +666,6 @@ class Ingestor:
     ) -> None:
         body = att.body
         ingest = self.config.ingest
-        now = w.now_ns
 
         def finding(kind: int, severity: int, summary: str, gpu_uuid: str = "") -> fpb.Finding:
             return fpb.Finding(
@@ -666,8 +692,8 @@ class Ingestor:
                 )
             )
         for event in body.events:
-            if event.kind in _SAMPLER_EVENT_KINDS and w.tx.claim_once(
-                f"event:{node.node_id.hex()}:{event.kind}", now + HOUR_NS, now
+            if event.kind in _SAMPLER_EVENT_KINDS and self._claim(
+                w, batch, f"event:{node.node_id.hex()}:{event.kind}", HOUR_NS
             ):
                 w.add_finding(
                     finding(
@@ -679,8 +705,8 @@ class Ingestor:
                 )
         window_ms = att.window_ms
         for gpu, figure in zip(body.gpus, figures, strict=True):
-            if gpu.uuid not in declared and w.tx.claim_once(
-                f"undeclared:{node.lab_id}:{gpu.uuid}", now + DAY_NS, now
+            if gpu.uuid not in declared and self._claim(
+                w, batch, f"undeclared:{node.lab_id}:{gpu.uuid}", DAY_NS
             ):
                 w.add_finding(
                     finding(
@@ -690,31 +716,31 @@ class Ingestor:
                         gpu.uuid,
                     )
                 )
-            computed = window_compute(gpu)
-            spec = compute.lookup_model(gpu.model)
             if (
-                computed.energy_method == compute.EnergyMethod.FLOP_PER_JOULE_AT_PEAK
-                and compute.is_energy_mismatch(
-                    computed,
+                gpu.energy_counter_state == apb.ENERGY_COUNTER_STATE_OK
+                and compute.energy_exceeds(
+                    figure.upper_bound_flop,
+                    figure.energy_flop,
                     window_ms,
-                    spec,
-                    ingest.energy_mismatch_factor_ppm,
-                    ingest.idle_power_fraction_ppm,
+                    compute.lookup_model(gpu.model),
+                    factor_ppm=ingest.energy_mismatch_factor_ppm,
+                    idle_power_fraction_ppm=ingest.idle_power_fraction_ppm,
                 )
-                and w.tx.claim_once(f"energy:{node.node_id.hex()}:{gpu.uuid}", now + HOUR_NS, now)
+                and self._claim(w, batch, f"energy:{node.node_id.hex()}:{gpu.uuid}", HOUR_NS)
             ):
                 w.add_finding(
                     finding(
                         fpb.FINDING_KIND_ENERGY_MISMATCH,
                         fpb.SEVERITY_CRITICAL,
-                        f"GPU {gpu.uuid} used energy for {computed.energy_flop} FLOP but reports "
-                        f"utilisation bounding it at {computed.upper_bound_flop} FLOP",
+                        f"GPU {gpu.uuid} used energy for {figure.energy_flop} FLOP "
+                        "but reports utilisation bounding it at "
+                        f"{figure.upper_bound_flop} FLOP",
                         gpu.uuid,
                     )
                 )
             claimed = gpu.bounds.upper_bound_flop
-            if claimed < figure.upper_bound_flop and w.tx.claim_once(
-                f"bounds:{node.node_id.hex()}", now + DAY_NS, now
+            if claimed < figure.upper_bound_flop and self._claim(
+                w, batch, f"bounds:{node.node_id.hex()}", DAY_NS
             ):
                 w.add_finding(
                     finding(
@@ -727,6 +753,8 @@ class Ingestor:
                 )
 
     def _flush(self, w: WriteContext, batch: _Batch) -> None:
+        for node_id, (seq, digest, index, window_end_ns) in batch.heads.items():
+            w.tx.set_node_head(node_id, seq, digest, index, window_end_ns)
         w.tx.insert_attestations(batch.attestations)
         w.tx.insert_gaps(batch.gaps)
         for lab_id, new in batch.buckets.items():

@@ -58,6 +58,10 @@ class TransparencyLog:
         size = store.tree_size()
         self._appender = merkle.TreeAppender.from_reader(_StoreReader(store), size)
         self._saved: merkle.TreeAppender | None = None
+        # Appends of the open transaction, written in one statement by flush().
+        self._pending: list[NewEntry] = []
+        self._pending_nodes: list[tuple[int, int, bytes]] = []
+        self._pending_first = 0
         self._checkpoint_lock = threading.Lock()
 
     @property
@@ -76,12 +80,24 @@ class TransparencyLog:
     def size(self) -> int:
         return self._appender.size
 
-    def begin(self) -> None:
-        """Remember the tree's state before a transaction's appends."""
+    def begin(self, tx: Transaction) -> bool:
+        """At the start of a transaction: remember the tree's state, and resynchronise with the
+        store if another process appended since (several verifiers over one PostgreSQL database;
+        the transaction holds the log lock). Returns True if it had to resynchronise."""
+        size = tx.tree_size()
+        moved = size != self._appender.size
+        if moved:
+            self._appender = merkle.TreeAppender.from_reader(_StoreReader(tx), size)
         self._saved = copy.deepcopy(self._appender)
+        self._pending.clear()
+        self._pending_nodes.clear()
+        self._pending_first = size
+        return moved
 
     def rollback(self) -> None:
         """Forget the appends of a transaction that did not commit."""
+        self._pending.clear()
+        self._pending_nodes.clear()
         if self._saved is not None:
             self._appender = self._saved
             self._saved = None
@@ -89,14 +105,16 @@ class TransparencyLog:
     def commit_succeeded(self) -> None:
         self._saved = None
 
-    def append(self, tx: Transaction, entries: Sequence[PendingEntry], now_ns: int) -> int:
-        """Append entries in order inside ``tx``; returns the first one's index."""
-        new_entries: list[NewEntry] = []
-        nodes: list[tuple[int, int, bytes]] = []
+    def append(self, entries: Sequence[PendingEntry]) -> int:
+        """Append entries in order to the open transaction's log; returns the first one's index.
+
+        The rows are written by :meth:`flush` (one statement for a whole batch), so a reader in
+        the same transaction does not see them before that; the index is final at once."""
+        first = self._appender.size
         for item in entries:
             leaf = merkle.leaf_hash(item.entry)
-            nodes.extend(self._appender.append(leaf))
-            new_entries.append(
+            self._pending_nodes.extend(self._appender.append(leaf))
+            self._pending.append(
                 NewEntry(
                     entry=item.entry,
                     leaf_hash=leaf,
@@ -106,11 +124,15 @@ class TransparencyLog:
                     node_id=item.node_id,
                 )
             )
-        first = tx.append_log(new_entries, nodes, now_ns)
-        expected = self._appender.size - len(entries)
-        if first != expected:  # another writer got in: the store is not ours alone
-            raise RuntimeError(f"log position mismatch: store at {first}, tree at {expected}")
         return first
+
+    def flush(self, tx: Transaction, now_ns: int) -> None:
+        """Write the pending appends into ``tx`` (before it commits)."""
+        if self._pending:
+            tx.append_log(self._pending, self._pending_nodes, now_ns, self._pending_first)
+            self._pending_first += len(self._pending)
+            self._pending.clear()
+            self._pending_nodes.clear()
 
     def root(self) -> bytes:
         return self._appender.root()

@@ -238,9 +238,10 @@ class Transaction(ReadView, Protocol):
         entries: Sequence[NewEntry],
         nodes: Sequence[tuple[int, int, bytes]],
         appended_at_ns: int,
+        first_index: int | None = None,
     ) -> int:
-        """Append entries (at the current tree size) and the perfect nodes they complete.
-        Returns the index of the first entry."""
+        """Append entries at the current tree size (or at ``first_index``, which must be it) and
+        the perfect nodes they complete. Returns the index of the first entry."""
         ...
 
     def save_checkpoint(self, row: CheckpointRow) -> None: ...

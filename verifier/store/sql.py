@@ -478,8 +478,11 @@ class SqlTransaction(SqlQueries):
         entries: Sequence[NewEntry],
         nodes: Sequence[tuple[int, int, bytes]],
         appended_at_ns: int,
+        first_index: int | None = None,
     ) -> int:
-        first = self.tree_size()
+        # The caller may know the position (the log keeps the tree's size); a wrong one fails on
+        # the primary key rather than overwrite anything.
+        first = self.tree_size() if first_index is None else first_index
         self._many(
             "INSERT INTO log_entries (idx, leaf_hash, entry, digest, kind, lab_id, node_id, "
             "appended_at_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",

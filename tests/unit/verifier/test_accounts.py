@@ -388,7 +388,7 @@ def test_real_consecutive_attestations_with_a_pause_are_energy_bounded() -> None
 
 def gpus_with(**change: object) -> tuple[GpuEdge, ...]:
     later = edge(5, 300, 360).gpus
-    return (dataclasses.replace(later[0], **change), later[1])  # type: ignore[arg-type]
+    return (later[0]._replace(**change), later[1])  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -412,7 +412,7 @@ def test_gap_is_unbounded_when_the_counters_do_not_span_it(b: WindowEdge) -> Non
 
 def test_gap_unbounded_when_the_earlier_counter_was_unusable() -> None:
     a = edge(1, 0, 60)
-    a = dataclasses.replace(a, gpus=(dataclasses.replace(a.gpus[0], energy_ok=False), a.gpus[1]))
+    a = dataclasses.replace(a, gpus=(a.gpus[0]._replace(energy_ok=False), a.gpus[1]))
     gap = gap_between(NODE_ID, a, edge(5, 300, 360), 0)
     assert gap is not None
     assert not gap.energy_bounded

@@ -20,9 +20,10 @@ def make(tmp_path: Path) -> tuple[SqliteStore, TransparencyLog]:
 
 
 def add(store: SqliteStore, log: TransparencyLog, items: list[bytes]) -> int:
-    log.begin()
     with store.transaction() as tx:
-        first = log.append(tx, [PendingEntry(i, EntryKind.ATTESTATION) for i in items], 5)
+        log.begin(tx)
+        first = log.append([PendingEntry(i, EntryKind.ATTESTATION) for i in items])
+        log.flush(tx, 5)
     log.commit_succeeded()
     return first
 
@@ -52,9 +53,10 @@ def test_rollback_restores_the_tree(tmp_path: Path) -> None:
     store, log = make(tmp_path)
     add(store, log, [b"a", b"b"])
     root = log.root()
-    log.begin()
     with pytest.raises(RuntimeError), store.transaction() as tx:
-        log.append(tx, [PendingEntry(b"c", EntryKind.ATTESTATION)], 5)
+        log.begin(tx)
+        log.append([PendingEntry(b"c", EntryKind.ATTESTATION)])
+        log.flush(tx, 5)
         raise RuntimeError("commit fails")
     log.rollback()
     assert (log.size, log.root()) == (2, root)
