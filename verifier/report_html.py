@@ -1,0 +1,1134 @@
+"""The compliance report as one self-contained HTML page for a regulator, with the lab's compute
+drawn against its declared thresholds (the HTML form of ``pausewatch audit report``).
+
+    from pathlib import Path
+    from verifier.report_html import render_chart, render_html
+
+    page = render_html(report)          # report: a pausewatch.v1.ComplianceReport
+    Path("lab-a-2026-11.html").write_text(page, encoding="utf-8")
+    svg = render_chart(report)          # the chart alone, an inline <svg>
+
+The page shows the header (lab, period, as-of time, policy id, version and digest, log tree size,
+GPU table version), the verdict with its reasons, the chart, each rule's result (measured against
+limit, exact and in scientific notation, with its method, worst stretch and evidence), coverage,
+totals with their methods, and the gaps, findings, nodes and per-bucket accounts as tables.
+
+It is self-contained and inert: inline CSS, the chart as inline SVG drawn here, no script, no
+external reference of any kind (no fonts, images, links or CDNs), and a Content-Security-Policy of
+``default-src 'none'`` that would block one if it slipped in. Every string taken from the report
+(lab ids, node names, finding summaries come from outside) goes through :func:`html.escape`.
+
+The chart (``<svg id="compute-chart">``) plots, over the period in UTC, the upper-bound FLOP per
+bucket as bars (left axis) and the cumulative upper bound from the period's start as a line (right
+axis). Both axes are **logarithmic** (powers of ten), each spanning its data *and* the limits drawn
+on it, so a limit many orders of magnitude above the data is still on the chart and the data still
+readable; zero is drawn on the baseline. Drawn against them: each ``cumulative_flop`` limit as a
+horizontal line on the cumulative axis, each ``sustained_rate`` limit converted to FLOP per bucket
+(FLOP/s x bucket seconds) on the per-bucket axis, every gap shaded (clipped to the period; open gaps
+too), each violated rule's worst stretch highlighted, and the time after ``as_of`` hatched. With
+more buckets than pixel columns, each column draws the largest bucket in it; the exact figures are
+in the accounts table (consecutive buckets summed exactly when there are many). FLOP amounts are
+Python ints; they become floats only as pixel positions, never as displayed numbers.
+
+Stable hooks for tests and tools: ``id="verdict"`` with ``data-verdict``; ``id="plot-area"``;
+``class="series-upper"`` and ``class="series-cumulative"`` paths; ``class="gap"`` rects with
+``data-start-ns``, ``data-end-ns``, ``data-node``; ``class="threshold"`` lines with ``data-rule``,
+``data-limit`` (the rule's limit as reported) and ``data-drawn-flop``; ``class="violation"`` rects
+with ``data-rule``.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from google.protobuf.descriptor import EnumDescriptor
+from pausewatch.v1 import audit_pb2 as pb
+from pausewatch.v1 import findings_pb2
+
+from verifier.evaluation import format_time_ns
+from verifier.policy import format_duration_ns, format_ppm, scientific
+
+NS_PER_MS = 1_000_000
+NS_PER_S = 1_000_000_000
+NS_PER_DAY = 86_400 * NS_PER_S
+
+CHART_WIDTH = 1100
+CHART_HEIGHT = 520
+PLOT_LEFT = 84.0
+PLOT_RIGHT = CHART_WIDTH - 92.0
+PLOT_TOP = 92.0
+PLOT_BOTTOM = CHART_HEIGHT - 60.0
+MAX_DECADES_BELOW_DATA = 12
+"""A FLOP axis reaches at most this many powers of ten below its largest datum, unless a limit is
+lower: smaller buckets are drawn 1 px high."""
+MAX_SERIES_ROWS = 240
+"""The accounts table sums consecutive buckets exactly so that it has at most this many rows."""
+_MAX_DIGITS = 4_000
+"""Longer digit strings are not amounts (and ``int()`` refuses them past 4300 digits)."""
+
+_VERDICT_MEANING = {
+    "COMPLIANT": "Every rule holds and the evidence covers the period.",
+    "VIOLATION": "A rule is broken: see the rules below for the amount, limit and evidence.",
+    "UNACCOUNTED": (
+        "No rule is broken by what was attested, but coverage or gaps leave time unaccounted for."
+    ),
+    "INVALID": (
+        "Evidence failed verification: equivocation, or a bad signature from an enrolled key."
+    ),
+}
+_BADGES = frozenset(
+    {"PASS", "VIOLATION", "UNACCOUNTED", "INFO", "WARNING", "CRITICAL"}
+    | {"OPEN", "CLOSED", "BOUNDED", "UNBOUNDED"}
+)
+"""Words with a badge colour of their own (outcomes, severities, gap states)."""
+_TIME_STEPS_NS = [
+    seconds * NS_PER_S
+    for seconds in (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600)
+] + [hours * 3_600 * NS_PER_S for hours in (12, 24, 48, 168, 336, 672, 1344, 2184, 4368, 8736)]
+_MAX_TIME_TICKS = 8
+_MAX_FLOP_TICKS = 8
+
+_CSS = """
+:root { --ink: #1b1f24; --muted: #5b6470; --line: #d5dae1; --bg-soft: #f5f7fa;
+  --ok: #1e7b34; --bad: #b3261e; --warn: #9a6700; --invalid: #6f42c1; }
+* { box-sizing: border-box; }
+html { -webkit-print-color-adjust: exact; print-color-adjust: exact; }
+body { margin: 0 auto; max-width: 1180px; padding: 24px 28px 48px; color: var(--ink);
+  font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; }
+h1 { font-size: 24px; margin: 2px 0 10px; }
+h2 { font-size: 18px; margin: 28px 0 8px; border-bottom: 1px solid var(--line);
+  padding-bottom: 4px; }
+.kicker { margin: 0; color: var(--muted); text-transform: uppercase; letter-spacing: .06em;
+  font-size: 12px; }
+.mono, .exact, code { font-family: "DejaVu Sans Mono", Menlo, Consolas, monospace;
+  font-size: 12.5px; }
+.exact, .nowrap { white-space: nowrap; }
+td .sci { display: block; }
+.table-wrap { overflow-x: auto; }
+.sci { color: var(--muted); white-space: nowrap; }
+.muted { color: var(--muted); }
+dl.facts { display: grid; grid-template-columns: max-content 1fr; gap: 3px 18px; margin: 0; }
+dl.facts dt { color: var(--muted); }
+dl.facts dd { margin: 0; overflow-wrap: anywhere; }
+.verdict { margin: 20px 0; padding: 14px 18px; border-radius: 6px; border: 2px solid;
+  border-left-width: 12px; break-inside: avoid; }
+.verdict .verdict-label { margin: 0; font-size: 12px; text-transform: uppercase;
+  letter-spacing: .08em; }
+.verdict .verdict-word { margin: 0; font-size: 34px; font-weight: 800; letter-spacing: .03em; }
+.verdict .verdict-meaning { margin: 2px 0 8px; font-weight: 600; }
+.verdict ul { margin: 0; padding-left: 20px; }
+.verdict li { overflow-wrap: anywhere; }
+.verdict-compliant { color: #0f4d20; background: #e6f4ea; border-color: var(--ok); }
+.verdict-violation { color: #7a1610; background: #fdeceb; border-color: var(--bad); }
+.verdict-unaccounted { color: #5c3d00; background: #fff5d6; border-color: var(--warn); }
+.verdict-invalid { color: #3e1f7a; background: #f1eafd; border-color: var(--invalid); }
+.verdict-unknown { color: var(--ink); background: var(--bg-soft); border-color: var(--muted); }
+figure.chart { margin: 8px 0 0; break-inside: avoid; }
+figure.chart svg { display: block; width: 100%; height: auto; border: 1px solid var(--line);
+  border-radius: 4px; background: #fff; }
+figcaption { color: var(--muted); font-size: 12.5px; margin-top: 6px; }
+table { border-collapse: collapse; width: 100%; margin: 6px 0 4px; font-size: 13px; }
+th, td { text-align: left; vertical-align: top; padding: 4px 8px;
+  border-bottom: 1px solid var(--line); }
+th { background: var(--bg-soft); font-weight: 600; }
+td.num, th.num { text-align: right; }
+tr.rule-summary td { color: var(--muted); font-size: 12.5px; border-bottom-width: 2px;
+  overflow-wrap: anywhere; }
+tr.rule-row td { border-bottom: none; }
+.evidence { font-family: "DejaVu Sans Mono", Menlo, monospace; font-size: 12px; color: var(--ink); }
+td.text { overflow-wrap: anywhere; }
+.badge { display: inline-block; padding: 0 7px; border-radius: 10px; font-size: 12px;
+  font-weight: 700; white-space: nowrap; border: 1px solid; }
+.badge-pass, .badge-info, .badge-closed, .badge-bounded { color: var(--ok); background: #e6f4ea; }
+.badge-violation, .badge-critical { color: var(--bad); background: #fdeceb; }
+.badge-unaccounted, .badge-warning, .badge-open, .badge-unbounded {
+  color: var(--warn); background: #fff5d6; }
+.badge-unknown { color: var(--muted); background: var(--bg-soft); }
+.meter { height: 10px; background: #f3d7d4; border-radius: 5px; max-width: 420px; overflow: hidden;
+  margin: 4px 0; }
+.meter span { display: block; height: 100%; background: var(--ok); }
+.empty { color: var(--muted); font-style: italic; }
+footer { margin-top: 32px; color: var(--muted); font-size: 12px; border-top: 1px solid var(--line);
+  padding-top: 8px; }
+@media print {
+  body { max-width: none; padding: 0; font-size: 10pt; }
+  h2 { break-after: avoid; }
+  thead { display: table-header-group; }
+  tr { break-inside: avoid; }
+  figure.chart svg { border: none; }
+  .exact, .nowrap { white-space: normal; overflow-wrap: anywhere; }
+  .table-wrap { overflow: visible; }
+}
+"""
+
+_SVG_CSS = """
+#compute-chart text { font: 12px system-ui, "DejaVu Sans", sans-serif; fill: #1b1f24; }
+#compute-chart .axis-title { font-weight: 600; }
+#compute-chart .tick-label { fill: #3d4550; }
+#compute-chart .tick-label-upper { fill: #2f6aa3; }
+#compute-chart .tick-label-cumulative { fill: #14285e; }
+#compute-chart .grid { stroke: #e6e9ee; stroke-width: 1; }
+#compute-chart .axis { stroke: #6b7480; stroke-width: 1; }
+.series-upper, .swatch-upper { fill: #8db5e2; stroke: none; }
+.series-upper-outline { fill: none; stroke: #3f78b5; stroke-width: 1; }
+.series-cumulative, .swatch-cumulative { fill: none; stroke: #14285e; stroke-width: 2.5;
+  stroke-linejoin: round; }
+.gap, .swatch-gap { fill: #f0a500; fill-opacity: .22; stroke: #c98a00; stroke-opacity: .6;
+  stroke-width: .75; }
+.violation, .swatch-violation { fill: #d7261e; fill-opacity: .12; stroke: #d7261e;
+  stroke-width: 1.5; stroke-dasharray: 5 3; }
+#compute-chart .violation-label { fill: #a1150f; font-weight: 700; paint-order: stroke;
+  stroke: #fff; stroke-width: 3px; }
+.threshold-cumulative, .swatch-threshold-cumulative { stroke: #c0211a; stroke-width: 2;
+  stroke-dasharray: 10 5; fill: none; }
+.threshold-rate, .swatch-threshold-rate { stroke: #d2691e; stroke-width: 2;
+  stroke-dasharray: 3 3; fill: none; }
+#compute-chart .threshold-label { font-weight: 700; paint-order: stroke; stroke: #fff;
+  stroke-width: 3px; }
+#compute-chart .threshold-label-cumulative { fill: #c0211a; }
+#compute-chart .threshold-label-rate { fill: #a9500f; }
+.after-as-of, .swatch-after-as-of { fill: url(#hatch); }
+#compute-chart .as-of { stroke: #5b6470; stroke-width: 1.5; stroke-dasharray: 2 3; }
+#compute-chart .note { fill: #5b6470; font-style: italic; }
+"""
+
+
+# --- small helpers -------------------------------------------------------------------------------
+
+
+def _e(text: object) -> str:
+    """``text`` escaped for HTML text and double-quoted attribute values."""
+    return html.escape(str(text), quote=True)
+
+
+def _int(text: str) -> int | None:
+    """A decimal amount from the report, or ``None`` when the field is not one."""
+    if not text or len(text) > _MAX_DIGITS or not (text.isascii() and text.isdigit()):
+        return None
+    return int(text)
+
+
+def _px(value: float) -> str:
+    """A pixel coordinate as SVG text."""
+    text = f"{value:.2f}".rstrip("0").rstrip(".")
+    return "0" if text in ("", "-0") else text
+
+
+def _enum_word(enum: EnumDescriptor, value: int, prefix: str) -> str:
+    """An enum value's name without its prefix; a value this build does not know says so."""
+    known = enum.values_by_number.get(value)
+    return known.name.removeprefix(prefix) if known is not None else f"UNKNOWN ({value})"
+
+
+def _node_label(name: str, node_id: bytes) -> str:
+    return name or node_id.hex()[:16] or "(unnamed)"
+
+
+def _decade(amount: int) -> int:
+    """The power of ten of the leading digit of a positive ``amount``: floor(log10(amount))."""
+    return len(str(amount)) - 1
+
+
+def _utc(timestamp_ns: int) -> datetime:
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=timestamp_ns // 1_000)
+
+
+# --- cells ---------------------------------------------------------------------------------------
+
+
+def _flop_html(amount: int | None, raw: str = "", unit: str = "FLOP") -> str:
+    """An exact amount and, from 1000 on, its scientific notation (rounded down)."""
+    if amount is None:
+        return f'<span class="exact">{_e(raw or "-")}</span>'
+    exact = f'<span class="exact">{amount}</span>'
+    sci = f' <span class="sci">({_e(scientific(amount))} {unit})</span>' if amount >= 1000 else ""
+    tail = f" {unit}" if amount < 1000 else ""
+    return exact + tail + sci
+
+
+def _amount_html(value: str, unit: str) -> str:
+    """A rule's measured amount or limit, exact, with a reading aid for its unit."""
+    amount = _int(value)
+    if amount is None:
+        return f'<span class="exact">{_e(value or "-")}</span>'
+    match unit:
+        case "flop":
+            return _flop_html(amount)
+        case "flop_per_s":
+            return _flop_html(amount, unit="FLOP/s")
+        case "ppm":
+            return (
+                f'<span class="exact">{amount}</span> ppm '
+                f'<span class="sci">({_e(format_ppm(amount))})</span>'
+            )
+        case "ms":
+            return (
+                f'<span class="exact">{amount}</span> ms '
+                f'<span class="sci">({_e(format_duration_ns(amount * NS_PER_MS))})</span>'
+            )
+        case _:
+            sci = f' <span class="sci">({_e(scientific(amount))})</span>' if amount >= 1000 else ""
+            return f'<span class="exact">{amount}</span> {_e(unit)}{sci}'
+
+
+def _time_html(timestamp_ns: int) -> str:
+    return f'<span class="nowrap">{_e(format_time_ns(timestamp_ns))}</span>'
+
+
+def _badge(word: str) -> str:
+    kind = word.lower() if word in _BADGES else "unknown"
+    return f'<span class="badge badge-{kind}">{_e(word)}</span>'
+
+
+def _table(
+    headers: Sequence[str], rows: Sequence[Sequence[str]], *, numeric: Collection[int] = ()
+) -> str:
+    """A table from pre-escaped cell HTML."""
+    align = [' class="num"' if i in numeric else "" for i in range(len(headers))]
+    head = "".join(f'<th{a} scope="col">{_e(h)}</th>' for a, h in zip(align, headers, strict=True))
+    body = "\n".join(
+        "<tr>"
+        + "".join(f"<td{a}>{cell}</td>" for a, cell in zip(align, row, strict=True))
+        + "</tr>"
+        for row in rows
+    )
+    return (
+        f'<div class="table-wrap"><table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n'
+        "</tbody>\n</table></div>"
+    )
+
+
+# --- chart: scales -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _TimeScale:
+    """Maps ns since the epoch in ``[start_ns, end_ns]`` to x pixels (clamped to the plot)."""
+
+    start_ns: int
+    end_ns: int
+
+    def x(self, timestamp_ns: int) -> float:
+        span = max(1, self.end_ns - self.start_ns)
+        offset = min(max(timestamp_ns - self.start_ns, 0), span)
+        return PLOT_LEFT + offset / span * (PLOT_RIGHT - PLOT_LEFT)
+
+
+@dataclass(frozen=True, slots=True)
+class _LogScale:
+    """Maps FLOP to y pixels on a log10 axis from 10**low to 10**high; 0 sits on the baseline."""
+
+    low: int
+    high: int
+    top: float = PLOT_TOP
+    """The y pixel of 10**high (below the plot's top when a lane for labels is kept above)."""
+    empty: bool = False
+    """Nothing positive to show: the axis has only its baseline, 0."""
+
+    def y(self, amount: int) -> float:
+        if amount <= 0:
+            return PLOT_BOTTOM
+        fraction = (math.log10(amount) - self.low) / (self.high - self.low)
+        fraction = min(max(fraction, 0.0), 1.0)
+        return PLOT_BOTTOM - fraction * (PLOT_BOTTOM - self.top)
+
+    def ticks(self) -> list[tuple[int, str]]:
+        """Tick amounts and their labels: powers of ten (every k-th when there are many), with
+        2x and 5x between them when the axis spans few decades."""
+        if self.empty:
+            return [(0, "0")]
+        span = self.high - self.low
+        step = max(1, math.ceil(span / _MAX_FLOP_TICKS))
+        ticks = [(10**k, f"1e{k}") for k in range(self.low, self.high + 1, step)]
+        if span <= 2:
+            ticks += [(m * 10**k, f"{m}e{k}") for k in range(self.low, self.high) for m in (2, 5)]
+        return sorted(ticks)
+
+
+def _log_scale(data: Sequence[int], limits: Sequence[int], top: float) -> _LogScale:
+    """A log axis that shows the data and every limit: from one power of ten below the smallest
+    positive datum (so that the smallest bar has height; but at most ``MAX_DECADES_BELOW_DATA``
+    below the largest datum, so that one tiny bucket cannot squash the rest) or below the
+    smallest limit, whichever is lower, up to the power of ten above the largest of them all."""
+    positive_data = [amount for amount in data if amount > 0]
+    positive_limits = [amount for amount in limits if amount > 0]
+    if not positive_data and not positive_limits:
+        return _LogScale(0, 1, top, empty=True)
+    high = _decade(max(positive_data + positive_limits)) + 1
+    if positive_data:
+        low = max(
+            _decade(min(positive_data)) - 1, _decade(max(positive_data)) - MAX_DECADES_BELOW_DATA
+        )
+    else:
+        low = high - 3
+    if positive_limits:
+        low = min(low, _decade(min(positive_limits)) - 1)
+    return _LogScale(min(low, high - 1), high, top)
+
+
+def _time_ticks(start_ns: int, end_ns: int) -> tuple[int, list[int]]:
+    """A round step (from 1 s to a year) giving at most ``_MAX_TIME_TICKS`` ticks in the period,
+    and the ticks: multiples of the step since the epoch (so UTC midnights for whole days)."""
+    span = max(1, end_ns - start_ns)
+    step = next((s for s in _TIME_STEPS_NS if span // s <= _MAX_TIME_TICKS), 0)
+    if step == 0:
+        step = math.ceil(span / _MAX_TIME_TICKS / NS_PER_DAY) * NS_PER_DAY
+    first = -(-start_ns // step) * step
+    return step, list(range(first, end_ns + 1, step))
+
+
+# --- chart: drawing ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Column:
+    """One drawn bar: a bucket, or every bucket in one pixel column when there are many."""
+
+    x0: float
+    x1: float
+    upper_flop: int
+    """The largest bucket in the column (max per pixel column)."""
+    end_ns: int
+    cumulative_flop: int
+    """The cumulative upper bound at the end of the column's last bucket."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Threshold:
+    rule_id: str
+    limit: str
+    drawn_flop: int
+    axis: str
+    label: str
+
+
+def _bucket_width_ns(report: pb.ComplianceReport) -> int:
+    if report.bucket_ns > 0:
+        return report.bucket_ns
+    return max(1, (report.period_end_ns - report.period_start_ns) // max(1, len(report.series)))
+
+
+def _columns(report: pb.ComplianceReport, time: _TimeScale) -> list[_Column]:
+    """The series as bars: one per bucket while each gets at least 2 px, else one per pixel column
+    holding the largest bucket in it."""
+    width_ns = _bucket_width_ns(report)
+    points = sorted(
+        (point.bucket_start_ns, _int(point.upper_bound_flop) or 0) for point in report.series
+    )
+    plot_px = int(PLOT_RIGHT - PLOT_LEFT)
+    per_bucket = len(points) * 2 <= plot_px
+    columns: list[_Column] = []
+    cumulative = 0
+    for start_ns, upper in points:
+        cumulative += upper
+        end_ns = start_ns + width_ns
+        x0, x1 = time.x(start_ns), time.x(end_ns)
+        if per_bucket:
+            columns.append(_Column(x0, x1, upper, end_ns, cumulative))
+            continue
+        left = PLOT_LEFT + min(int(x0 - PLOT_LEFT), plot_px - 1)
+        if columns and columns[-1].x0 == left:
+            last = columns[-1]
+            columns[-1] = _Column(left, left + 1, max(last.upper_flop, upper), end_ns, cumulative)
+        else:
+            columns.append(_Column(left, left + 1, upper, end_ns, cumulative))
+    return columns
+
+
+def _thresholds(report: pb.ComplianceReport) -> list[_Threshold]:
+    found: list[_Threshold] = []
+    bucket_ns = _bucket_width_ns(report)
+    for rule in report.rules:
+        limit = _int(rule.limit)
+        if limit is None:
+            continue
+        figure = "" if rule.method in ("", "upper_bound") else f", {rule.method.replace('_', ' ')}"
+        if rule.kind == pb.RULE_KIND_CUMULATIVE_FLOP:
+            label = f"{rule.rule_id} limit {scientific(limit)} FLOP{figure}"
+            found.append(_Threshold(rule.rule_id, rule.limit, limit, "cumulative", label))
+        elif rule.kind == pb.RULE_KIND_SUSTAINED_RATE:
+            per_bucket = limit * bucket_ns // NS_PER_S
+            label = (
+                f"{rule.rule_id} limit {scientific(limit)} FLOP/s = {scientific(per_bucket)} "
+                f"FLOP per {format_duration_ns(bucket_ns)} bucket{figure}"
+            )
+            found.append(_Threshold(rule.rule_id, rule.limit, per_bucket, "rate", label))
+    return found
+
+
+def _legend(items: Sequence[tuple[str, str]]) -> str:
+    """Swatches and words in rows above the plot; ``items`` are (swatch SVG at 0,0, words)."""
+    parts = ['<g class="legend">']
+    x, y = PLOT_LEFT, 18.0
+    for swatch, words in items:
+        width = 30 + len(words) * 6.4 + 22
+        if x + width > CHART_WIDTH - 12 and x > PLOT_LEFT:
+            x, y = PLOT_LEFT, y + 20
+        parts.append(
+            f'<g transform="translate({_px(x)},{_px(y)})">{swatch}'
+            f'<text x="30" y="4">{_e(words)}</text></g>'
+        )
+        x += width
+    parts.append("</g>")
+    return "".join(parts)
+
+
+def _legend_items(has_rate: bool, has_after_as_of: bool) -> list[tuple[str, str]]:
+    items = [
+        ('<rect x="0" y="-6" width="22" height="12" class="swatch-upper"/>',
+         "upper-bound FLOP per bucket (left axis)"),
+        ('<line x1="0" y1="0" x2="22" y2="0" class="swatch-cumulative"/>',
+         "cumulative upper bound from the period's start (right axis)"),
+        ('<line x1="0" y1="0" x2="22" y2="0" class="swatch-threshold-cumulative"/>',
+         "cumulative_flop limit (right axis)"),
+    ]  # fmt: skip
+    if has_rate:
+        items.append(
+            (
+                '<line x1="0" y1="0" x2="22" y2="0" class="swatch-threshold-rate"/>',
+                "sustained_rate limit x bucket seconds (left axis)",
+            )
+        )
+    items += [
+        ('<rect x="0" y="-6" width="22" height="12" class="swatch-gap"/>',
+         "gap: unattested node time (darker where several nodes)"),
+        ('<rect x="0" y="-6" width="22" height="12" class="swatch-violation"/>',
+         "worst stretch of a violated rule"),
+    ]  # fmt: skip
+    if has_after_as_of:
+        items.append(
+            (
+                '<rect x="0" y="-6" width="22" height="12" class="swatch-after-as-of"/>',
+                "after the as-of time: no evidence yet",
+            )
+        )
+    return items
+
+
+def _spread_labels(wanted: Sequence[float], top: float, gap: float = 14.0) -> list[float]:
+    """Label baselines near ``wanted`` (ascending y) at least ``gap`` apart, below ``top``."""
+    placed: list[float] = []
+    for want in wanted:
+        y = max(want, top + 12)
+        if placed and y < placed[-1] + gap:
+            y = placed[-1] + gap
+        placed.append(y)
+    overflow = placed[-1] - (PLOT_BOTTOM - 4) if placed else 0.0
+    if overflow > 0:
+        placed = [y - overflow for y in placed]
+    return placed
+
+
+def render_chart(report: pb.ComplianceReport) -> str:
+    """The chart alone, as an inline ``<svg id="compute-chart">`` (see the module docstring)."""
+    time = _TimeScale(report.period_start_ns, max(report.period_end_ns, report.period_start_ns + 1))
+    columns = _columns(report, time)
+    thresholds = _thresholds(report)
+    violated = [rule for rule in report.rules if rule.outcome == pb.RULE_OUTCOME_VIOLATION]
+    # A lane at the top of the plot for the violated rules' labels, above the data.
+    data_top = PLOT_TOP + 10 + 16 * min(max(len(violated), 1), 4)
+    upper = _log_scale(
+        [c.upper_flop for c in columns],
+        [t.drawn_flop for t in thresholds if t.axis == "rate"],
+        data_top,
+    )
+    cumulative = _log_scale(
+        [c.cumulative_flop for c in columns],
+        [t.drawn_flop for t in thresholds if t.axis == "cumulative"],
+        data_top,
+    )
+    after_as_of = report.period_start_ns <= report.as_of_ns < report.period_end_ns
+    plot_w, plot_h = PLOT_RIGHT - PLOT_LEFT, PLOT_BOTTOM - PLOT_TOP
+    full_height = f'y="{_px(PLOT_TOP)}" height="{_px(plot_h)}"'
+    out: list[str] = [
+        f'<svg id="compute-chart" viewBox="0 0 {CHART_WIDTH} {CHART_HEIGHT}" '
+        f'width="{CHART_WIDTH}" height="{CHART_HEIGHT}" role="img" '
+        'aria-labelledby="chart-title chart-desc" data-y-scale="log10" '
+        f'data-buckets="{len(report.series)}" data-columns="{len(columns)}" '
+        f'data-upper-decades="{upper.low}..{upper.high}" '
+        f'data-cumulative-decades="{cumulative.low}..{cumulative.high}">',
+        '<title id="chart-title">Upper-bound compute over the period against the declared '
+        "limits</title>",
+        f'<desc id="chart-desc">{len(report.series)} buckets of '
+        f"{_e(format_duration_ns(_bucket_width_ns(report)))}, {len(report.gaps)} gaps, "
+        f"{len(thresholds)} limits drawn; logarithmic FLOP axes.</desc>",
+        f"<style>{_SVG_CSS}</style>",
+        '<defs><pattern id="hatch" width="8" height="8" patternUnits="userSpaceOnUse" '
+        'patternTransform="rotate(45)"><rect width="8" height="8" fill="#f2f3f5"/>'
+        '<line x1="0" y1="0" x2="0" y2="8" stroke="#b8bec6" stroke-width="3"/></pattern>'
+        f'<clipPath id="plot-clip"><rect x="{_px(PLOT_LEFT)}" {full_height} '
+        f'width="{_px(plot_w)}"/></clipPath></defs>',
+        _legend(_legend_items(any(t.axis == "rate" for t in thresholds), after_as_of)),
+        f'<rect id="plot-area" x="{_px(PLOT_LEFT)}" {full_height} width="{_px(plot_w)}" '
+        'fill="#fff" stroke="none"/>',
+    ]
+    out += _axes(report, time, upper, cumulative)
+
+    # Behind the data: the time after as-of.
+    if after_as_of:
+        x = time.x(report.as_of_ns)
+        out.append(
+            f'<rect class="after-as-of" x="{_px(x)}" {full_height} width="{_px(PLOT_RIGHT - x)}">'
+            f"<title>after the as-of time {_e(format_time_ns(report.as_of_ns))}: no evidence "
+            "yet, neither attested nor a gap</title></rect>"
+            f'<line class="as-of" x1="{_px(x)}" x2="{_px(x)}" y1="{_px(PLOT_TOP)}" '
+            f'y2="{_px(PLOT_BOTTOM)}"/>'
+        )
+
+    # The per-bucket bars.
+    bars = "".join(
+        f"M{_px(c.x0 + _bar_inset(c))},{_px(PLOT_BOTTOM)}"
+        f"V{_px(min(upper.y(c.upper_flop), PLOT_BOTTOM - 1))}"
+        f"H{_px(max(c.x1 - _bar_inset(c), c.x0 + _bar_inset(c) + 0.5))}V{_px(PLOT_BOTTOM)}Z"
+        for c in columns
+        if c.upper_flop > 0
+    )
+    out.append(f'<path class="series-upper" clip-path="url(#plot-clip)" d="{bars}"/>')
+    if len(columns) < len(report.series):
+        # One-pixel columns are faint: outline their tops so that a lone spike shows.
+        tops = "".join(
+            f"{'M' if i == 0 else 'L'}{_px(c.x0)},{_px(upper.y(c.upper_flop))}H{_px(c.x1)}"
+            for i, c in enumerate(columns)
+        )
+        out.append(f'<path class="series-upper-outline" clip-path="url(#plot-clip)" d="{tops}"/>')
+
+    # Over the bars, translucent: gaps and the violated rules' worst stretches.
+    for item in report.gaps:
+        gap = item.gap
+        x0, x1 = _span_px(time, gap.gap_start_ns, gap.gap_end_ns)
+        name = _node_label(item.node_name, item.node_id)
+        out.append(
+            f'<rect class="gap" data-start-ns="{gap.gap_start_ns}" '
+            f'data-end-ns="{gap.gap_end_ns}" data-node="{_e(name)}" '
+            f'data-open="{"true" if item.open else "false"}" x="{_px(x0)}" {full_height} '
+            f'width="{_px(x1 - x0)}"><title>gap on node {_e(name)}: '
+            f"{_e(format_time_ns(gap.gap_start_ns))} to {_e(format_time_ns(gap.gap_end_ns))} "
+            f"({_e(format_duration_ns(gap.gap_end_ns - gap.gap_start_ns))})"
+            f"{', open' if item.open else ''}</title></rect>"
+        )
+    for index, rule in enumerate(violated):
+        x0, x1 = _span_px(time, rule.worst_start_ns, rule.worst_end_ns)
+        lane_y = PLOT_TOP + 16 + 16 * min(index, 3)
+        anchor, label_x = ("start", x0 + 4) if x0 < PLOT_RIGHT - 260 else ("end", x1 - 4)
+        out.append(
+            f'<rect class="violation" data-rule="{_e(rule.rule_id)}" '
+            f'data-start-ns="{rule.worst_start_ns}" data-end-ns="{rule.worst_end_ns}" '
+            f'x="{_px(x0)}" {full_height} width="{_px(x1 - x0)}">'
+            f"<title>{_e(rule.rule_id)}: worst stretch, "
+            f"{_e(format_time_ns(rule.worst_start_ns))} to "
+            f"{_e(format_time_ns(rule.worst_end_ns))}</title></rect>"
+            f'<text class="violation-label" x="{_px(label_x)}" y="{_px(lane_y)}" '
+            f'text-anchor="{anchor}">VIOLATION {_e(rule.rule_id)}: worst stretch</text>'
+        )
+
+    # The cumulative line over them.
+    line = f"M{_px(columns[0].x0)},{_px(PLOT_BOTTOM)}" if columns else ""
+    line += "".join(f"L{_px(c.x1)},{_px(cumulative.y(c.cumulative_flop))}" for c in columns)
+    out.append(f'<path class="series-cumulative" clip-path="url(#plot-clip)" d="{line}"/>')
+    if not columns:
+        message = "no buckets in the period: nothing attested to draw"
+    elif not any(c.upper_flop for c in columns):
+        message = "every bucket is 0 FLOP"
+    else:
+        message = ""
+    if message:
+        out.append(
+            f'<text class="note" x="{_px((PLOT_LEFT + PLOT_RIGHT) / 2)}" '
+            f'y="{_px((data_top + PLOT_BOTTOM) / 2)}" text-anchor="middle">{message}</text>'
+        )
+
+    # On top: the limits; cumulative ones labelled at the left end of the plot (where the
+    # cumulative line is lowest), rate ones at the right end.
+    for axis, label_x, anchor in (
+        ("cumulative", PLOT_LEFT + 6, "start"),
+        ("rate", PLOT_RIGHT - 6, "end"),
+    ):
+        scale = cumulative if axis == "cumulative" else upper
+        drawn = sorted(
+            ((scale.y(t.drawn_flop), i, t) for i, t in enumerate(thresholds) if t.axis == axis)
+        )
+        label_ys = _spread_labels([y - 5 for y, _, _ in drawn], data_top)
+        for (y, _, threshold), label_y in zip(drawn, label_ys, strict=True):
+            out.append(
+                f'<line class="threshold threshold-{axis}" '
+                f'data-rule="{_e(threshold.rule_id)}" data-limit="{_e(threshold.limit)}" '
+                f'data-drawn-flop="{threshold.drawn_flop}" data-axis="{axis}" '
+                f'x1="{_px(PLOT_LEFT)}" x2="{_px(PLOT_RIGHT)}" y1="{_px(y)}" y2="{_px(y)}">'
+                f"<title>{_e(threshold.label)}</title></line>"
+                f'<text class="threshold-label threshold-label-{axis}" x="{_px(label_x)}" '
+                f'y="{_px(label_y)}" text-anchor="{anchor}">{_e(threshold.label)}</text>'
+            )
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def _axes(
+    report: pb.ComplianceReport, time: _TimeScale, upper: _LogScale, cumulative: _LogScale
+) -> list[str]:
+    """Grid, the three axes with their ticks and titles."""
+    out: list[str] = []
+    for amount, label in upper.ticks():
+        y = upper.y(amount)
+        out.append(
+            f'<line class="grid" x1="{_px(PLOT_LEFT)}" x2="{_px(PLOT_RIGHT)}" '
+            f'y1="{_px(y)}" y2="{_px(y)}"/>'
+            f'<text class="tick-label tick-label-upper" x="{_px(PLOT_LEFT - 8)}" '
+            f'y="{_px(y + 4)}" text-anchor="end">{label}</text>'
+        )
+    for amount, label in cumulative.ticks():
+        y = cumulative.y(amount)
+        out.append(
+            f'<line class="axis" x1="{_px(PLOT_RIGHT)}" x2="{_px(PLOT_RIGHT + 5)}" '
+            f'y1="{_px(y)}" y2="{_px(y)}"/>'
+            f'<text class="tick-label tick-label-cumulative" x="{_px(PLOT_RIGHT + 8)}" '
+            f'y="{_px(y + 4)}">{label}</text>'
+        )
+    step_ns, ticks = _time_ticks(time.start_ns, time.end_ns)
+    previous_date = ""
+    for tick in ticks:
+        x = time.x(tick)
+        moment = _utc(tick)
+        date = moment.strftime("%Y-%m-%d")
+        if step_ns % NS_PER_DAY == 0:
+            first, second = date, ""
+        else:
+            first = moment.strftime("%H:%M" if step_ns % (60 * NS_PER_S) == 0 else "%H:%M:%S")
+            second = date if date != previous_date else ""
+        previous_date = date
+        out.append(
+            f'<line class="axis" x1="{_px(x)}" x2="{_px(x)}" y1="{_px(PLOT_BOTTOM)}" '
+            f'y2="{_px(PLOT_BOTTOM + 5)}"/>'
+            f'<text class="tick-label" x="{_px(x)}" y="{_px(PLOT_BOTTOM + 18)}" '
+            f'text-anchor="middle">{first}</text>'
+        )
+        if second:
+            out.append(
+                f'<text class="tick-label" x="{_px(x)}" y="{_px(PLOT_BOTTOM + 32)}" '
+                f'text-anchor="middle">{second}</text>'
+            )
+    middle_y = _px((PLOT_TOP + PLOT_BOTTOM) / 2)
+    out += [
+        f'<line class="axis" x1="{_px(PLOT_LEFT)}" x2="{_px(PLOT_LEFT)}" y1="{_px(PLOT_TOP)}" '
+        f'y2="{_px(PLOT_BOTTOM)}"/>',
+        f'<line class="axis" x1="{_px(PLOT_RIGHT)}" x2="{_px(PLOT_RIGHT)}" y1="{_px(PLOT_TOP)}" '
+        f'y2="{_px(PLOT_BOTTOM)}"/>',
+        f'<line class="axis" x1="{_px(PLOT_LEFT)}" x2="{_px(PLOT_RIGHT)}" '
+        f'y1="{_px(PLOT_BOTTOM)}" y2="{_px(PLOT_BOTTOM)}"/>',
+        f'<text class="axis-title" x="{_px((PLOT_LEFT + PLOT_RIGHT) / 2)}" '
+        f'y="{CHART_HEIGHT - 8}" text-anchor="middle">time (UTC)</text>',
+        f'<text class="axis-title tick-label-upper" transform="translate(16,{middle_y}) '
+        'rotate(-90)" text-anchor="middle">FLOP per bucket (log scale)</text>',
+        f'<text class="axis-title tick-label-cumulative" transform="translate('
+        f'{CHART_WIDTH - 14},{middle_y}) rotate(90)" text-anchor="middle">'
+        "cumulative FLOP (log scale)</text>",
+    ]
+    return out
+
+
+def _bar_inset(column: _Column) -> float:
+    width = column.x1 - column.x0
+    return width * 0.12 if width >= 4 else 0.0
+
+
+def _span_px(time: _TimeScale, start_ns: int, end_ns: int) -> tuple[float, float]:
+    """``[start_ns, end_ns)`` clipped to the plot, at least 1 px wide so that it shows."""
+    x0, x1 = time.x(start_ns), time.x(max(end_ns, start_ns))
+    if x1 - x0 < 1:
+        x0 = min(x0, PLOT_RIGHT - 1)
+        x1 = x0 + 1
+    return x0, x1
+
+
+# --- page sections -------------------------------------------------------------------------------
+
+
+def _header(report: pb.ComplianceReport) -> str:
+    as_of = _e(format_time_ns(report.as_of_ns))
+    if report.as_of_ns < report.period_end_ns:
+        as_of += (
+            ' <span class="muted">(before the period ends: later time is neither attested nor a '
+            "gap)</span>"
+        )
+    facts = [
+        ("Lab", f'<span class="mono">{_e(report.lab_id)}</span>'),
+        (
+            "Period (UTC)",
+            f"{_e(format_time_ns(report.period_start_ns))} to "
+            f"{_e(format_time_ns(report.period_end_ns))} "
+            f'<span class="muted">('
+            f"{_e(format_duration_ns(report.period_end_ns - report.period_start_ns))}, "
+            "end exclusive)</span>",
+        ),
+        ("Evidence as of", as_of),
+        ("Policy", f"{_e(report.policy_id)} version {report.policy_version}"),
+        ("Policy digest (SHA-256)", f'<span class="mono">{report.policy_digest.hex()}</span>'),
+        (
+            "Log tree size",
+            f'{report.tree_size} <span class="muted">(every entry the report used is below this '
+            "index)</span>",
+        ),
+        ("GPU table version", str(report.table_version)),
+        ("Bucket width", _e(format_duration_ns(report.bucket_ns))),
+    ]
+    rows = "\n".join(f"<dt>{_e(name)}</dt><dd>{value}</dd>" for name, value in facts)
+    return (
+        '<header>\n<p class="kicker">pausewatch compliance report</p>\n'
+        f"<h1>Lab {_e(report.lab_id)}</h1>\n"
+        f'<dl class="facts">\n{rows}\n</dl>\n</header>'
+    )
+
+
+def _verdict(report: pb.ComplianceReport) -> str:
+    word = _enum_word(pb.Verdict.DESCRIPTOR, report.verdict, "VERDICT_")
+    style = word.lower() if word in _VERDICT_MEANING else "unknown"
+    meaning = _VERDICT_MEANING.get(word, "The report carries no verdict this page knows.")
+    reasons = "\n".join(f"<li>{_e(reason)}</li>" for reason in report.reasons)
+    return (
+        f'<section id="verdict" class="verdict verdict-{style}" data-verdict="{_e(word)}" '
+        'aria-label="Verdict">\n'
+        '<p class="verdict-label">Verdict</p>\n'
+        f'<p class="verdict-word">{_e(word)}</p>\n'
+        f'<p class="verdict-meaning">{_e(meaning)}</p>\n'
+        f"<ul>\n{reasons or '<li>(no reasons given)</li>'}\n</ul>\n</section>"
+    )
+
+
+def _chart_section(report: pb.ComplianceReport) -> str:
+    n = len(report.series)
+    columns = _columns(
+        report,
+        _TimeScale(report.period_start_ns, max(report.period_end_ns, report.period_start_ns + 1)),
+    )
+    drawn = (
+        f"{n} buckets are drawn as {len(columns)} pixel columns, each showing the largest bucket "
+        "in it; the exact figures are in the accounts table below."
+        if n > len(columns)
+        else "Exact figures are in the accounts table below."
+    )
+    return (
+        '<section id="chart">\n<h2>Compute over the period against the declared limits</h2>\n'
+        f'<figure class="chart">\n{render_chart(report)}\n<figcaption>'
+        "Both FLOP axes are logarithmic (powers of ten), and each spans its data and the limits "
+        "drawn on it, so a limit far above the data still shows; zero sits on the baseline. "
+        "The cumulative line sums the upper bound from the period's start: a cumulative_flop rule "
+        "whose window is shorter than the period compares its worst window-long run instead "
+        "(highlighted when violated). A sustained_rate limit is drawn per bucket (FLOP/s x bucket "
+        "seconds); the rule compares the average over its interval. Limits on another figure "
+        "than the upper bound say which. "
+        f"{_e(drawn)}</figcaption>\n</figure>\n</section>"
+    )
+
+
+def _index_ranges(indices: Sequence[int]) -> str:
+    """Log indices as sorted runs: [7, 3, 4, 5, 9] -> "3-5, 7, 9"."""
+    ordered = sorted(set(indices))
+    runs: list[str] = []
+    start = 0
+    for i in range(1, len(ordered) + 1):
+        if i == len(ordered) or ordered[i] != ordered[i - 1] + 1:
+            first, last = ordered[start], ordered[i - 1]
+            runs.append(str(first) if first == last else f"{first}\u2013{last}")
+            start = i
+    return ", ".join(runs)
+
+
+def _rules(report: pb.ComplianceReport) -> str:
+    if not report.rules:
+        return '<section id="rules">\n<h2>Rules</h2>\n<p class="empty">No rules.</p>\n</section>'
+    headers = ["Rule", "Kind", "Outcome", "Measured", "Limit", "Unit", "Method", "Worst stretch"]
+    body: list[str] = []
+    for rule in report.rules:
+        outcome = _enum_word(pb.RuleOutcome.DESCRIPTOR, rule.outcome, "RULE_OUTCOME_")
+        kind = _enum_word(pb.RuleKind.DESCRIPTOR, rule.kind, "RULE_KIND_").lower()
+        stretch = (
+            f'<span class="nowrap">{_e(format_time_ns(rule.worst_start_ns))}</span> to<br>'
+            f'<span class="nowrap">{_e(format_time_ns(rule.worst_end_ns))}</span>'
+            if rule.worst_end_ns > rule.worst_start_ns
+            else "-"
+        )
+        cells = [
+            f'<span class="mono nowrap">{_e(rule.rule_id)}</span>',
+            _e(kind),
+            _badge(outcome),
+            _amount_html(rule.measured, rule.unit),
+            _amount_html(rule.limit, rule.unit),
+            _e(rule.unit),
+            _e(rule.method),
+            stretch,
+        ]
+        body.append(
+            f'<tr class="rule-row" data-rule="{_e(rule.rule_id)}" data-outcome="{_e(outcome)}">'
+            + "".join(f"<td>{cell}</td>" for cell in cells)
+            + "</tr>"
+        )
+        indices = list(rule.evidence_log_indices)
+        evidence = (
+            f"<br>Evidence, {len(indices)} log {'index' if len(indices) == 1 else 'indices'}: "
+            f'<span class="evidence" data-evidence="{" ".join(map(str, indices))}">'
+            f"{_index_ranges(indices)}</span>"
+            + (
+                f' <span class="muted">(largest first: {", ".join(map(str, indices[:5]))}'
+                f"{', ...' if len(indices) > 5 else ''})</span>"
+                if len(indices) > 1
+                else ""
+            )
+            if indices
+            else ""
+        )
+        body.append(
+            f'<tr class="rule-summary"><td colspan="{len(headers)}">{_e(rule.summary)}'
+            f"{evidence}</td></tr>"
+        )
+    head = "".join(f'<th scope="col">{_e(h)}</th>' for h in headers)
+    return (
+        f'<section id="rules">\n<h2>Rules ({len(report.rules)})</h2>\n'
+        f'<div class="table-wrap"><table class="rules">\n<thead><tr>{head}</tr></thead>\n<tbody>\n'
+        + "\n".join(body)
+        + "\n</tbody>\n</table></div>\n</section>"
+    )
+
+
+def _coverage_and_totals(report: pb.ComplianceReport) -> str:
+    coverage = report.coverage
+    percent = min(100.0, coverage.ratio_ppm / 10_000)
+    totals = report.totals
+    rows = [
+        [
+            "Upper bound",
+            _flop_html(_int(totals.upper_bound_flop or "0"), totals.upper_bound_flop),
+            _e(totals.upper_bound_method),
+        ],
+        [
+            "Central estimate",
+            _flop_html(_int(totals.central_estimate_flop or "0"), totals.central_estimate_flop),
+            _e(totals.central_estimate_method),
+        ],
+        [
+            "Energy cross-check",
+            _flop_html(_int(totals.energy_flop or "0"), totals.energy_flop),
+            _e(totals.energy_method),
+        ],
+        [
+            "Energy used",
+            f'<span class="exact">{totals.energy_mj}</span> mJ',
+            "energy counters of the attested GPUs",
+        ],
+        [
+            "Busy GPU time",
+            f'<span class="exact">{totals.busy_gpu_ms}</span> ms '
+            f'<span class="sci">({_e(format_duration_ns(totals.busy_gpu_ms * NS_PER_MS))})</span>',
+            "integral of utilisation over the attested windows",
+        ],
+        [
+            "GPU-windows with assumed utilisation",
+            str(totals.assumed_gpu_windows),
+            "their central estimate used the assumed utilisation",
+        ],
+        [
+            "GPU-windows of a model not in the table",
+            str(totals.unknown_model_gpu_windows),
+            "bounded with the table's highest peak",
+        ],
+    ]
+    return (
+        '<section id="coverage">\n<h2>Coverage</h2>\n'
+        f'<p><span class="exact">{coverage.attested_gpu_ms}</span> of '
+        f'<span class="exact">{coverage.declared_gpu_ms}</span> declared GPU-ms attested: '
+        f"<strong>{_e(format_ppm(coverage.ratio_ppm))}</strong> "
+        f'<span class="muted">({coverage.ratio_ppm} ppm)</span></p>\n'
+        f'<div class="meter" role="img" aria-label="coverage {_e(format_ppm(coverage.ratio_ppm))}">'
+        f'<span style="width:{percent:.2f}%"></span></div>\n</section>\n'
+        '<section id="totals">\n<h2>Totals over the period</h2>\n'
+        + _table(["Figure", "Amount", "Method"], rows)
+        + "\n</section>"
+    )
+
+
+def _gaps(report: pb.ComplianceReport) -> str:
+    rows: list[list[str]] = []
+    for item in report.gaps:
+        gap = item.gap
+        if gap.energy_bounded:
+            bound = (
+                f"{_badge('BOUNDED')} {gap.energy_mj} mJ, at most "
+                f"{_flop_html(_int(gap.energy_bound_flop), gap.energy_bound_flop)}"
+            )
+        else:
+            bound = _badge("UNBOUNDED")
+        rows.append(
+            [
+                _e(_node_label(item.node_name, item.node_id)),
+                _time_html(gap.gap_start_ns),
+                _time_html(gap.gap_end_ns),
+                _e(format_duration_ns(gap.gap_end_ns - gap.gap_start_ns)),
+                _badge("OPEN" if item.open else "CLOSED"),
+                bound,
+                _flop_html(_int(gap.time_bound_flop), gap.time_bound_flop),
+                str(item.finding_log_index) if item.has_finding else "-",
+            ]
+        )
+    table = (
+        _table(
+            [
+                "Node",
+                "Start (UTC)",
+                "End (UTC)",
+                "Duration",
+                "State",
+                "Energy bound",
+                "Time bound",
+                "Finding (log index)",
+            ],
+            rows,
+            numeric=(7,),
+        )
+        if rows
+        else '<p class="empty">No gaps: every active node attested the whole period.</p>'
+    )
+    return (
+        f'<section id="gaps">\n<h2>Gaps ({len(report.gaps)})</h2>\n<p class="muted">Unattested '
+        "time on a node counts as unknown, never as paused. A gap is energy-bounded when every "
+        "GPU's energy counter spans it without a reset.</p>\n"
+        f"{table}\n</section>"
+    )
+
+
+def _findings(report: pb.ComplianceReport) -> str:
+    rows = []
+    for item in report.findings:
+        finding = item.finding
+        rows.append(
+            [
+                str(item.log_index),
+                _e(_enum_word(findings_pb2.FindingKind.DESCRIPTOR, finding.kind, "FINDING_KIND_")),
+                _badge(_enum_word(findings_pb2.Severity.DESCRIPTOR, finding.severity, "SEVERITY_")),
+                f"{_time_html(finding.period_start_ns)} to<br>{_time_html(finding.period_end_ns)}",
+                f'<span class="text">{_e(finding.summary or "(no summary)")}</span>',
+            ]
+        )
+    table = (
+        _table(["Log index", "Kind", "Severity", "Period (UTC)", "Summary"], rows, numeric=(0,))
+        if rows
+        else '<p class="empty">No findings in the period.</p>'
+    )
+    return f'<section id="findings">\n<h2>Findings ({len(rows)})</h2>\n{table}\n</section>'
+
+
+def _nodes(report: pb.ComplianceReport) -> str:
+    rows = []
+    for node in report.nodes:
+        state = [word for word, on in (("flagged", node.flagged), ("revoked", node.revoked)) if on]
+        rows.append(
+            [
+                _e(node.node_name or "(unnamed)"),
+                f'<span class="mono" title="{node.node_id.hex()}">{node.node_id.hex()[:16]}</span>',
+                str(node.attestations),
+                f"{node.first_seq}..{node.last_seq}" if node.attestations else "-",
+                _flop_html(_int(node.upper_bound_flop or "0"), node.upper_bound_flop),
+                _e(", ".join(state) or "active"),
+            ]
+        )
+    table = (
+        _table(["Node", "Id", "Attestations", "Seq", "Upper bound", "State"], rows, numeric=(2, 3))
+        if rows
+        else '<p class="empty">No nodes were active in the period.</p>'
+    )
+    return f'<section id="nodes">\n<h2>Nodes ({len(rows)})</h2>\n{table}\n</section>'
+
+
+def _accounts(report: pb.ComplianceReport) -> str:
+    points = sorted(report.series, key=lambda point: point.bucket_start_ns)
+    if not points:
+        return (
+            '<section id="accounts">\n<h2>Accounts by bucket</h2>\n'
+            '<p class="empty">No buckets in the period.</p>\n</section>'
+        )
+    per_row = -(-len(points) // MAX_SERIES_ROWS)
+    width_ns = _bucket_width_ns(report)
+    when = ["Bucket start (UTC)"] if per_row == 1 else ["From (UTC)", "To (UTC)"]
+    rows = []
+    for first in range(0, len(points), per_row):
+        group = points[first : first + per_row]
+        sums = [
+            sum(_int(getattr(p, name)) or 0 for p in group)
+            for name in ("upper_bound_flop", "central_estimate_flop", "energy_flop")
+        ]
+        times = [_time_html(group[0].bucket_start_ns)]
+        if per_row > 1:
+            times.append(_time_html(group[-1].bucket_start_ns + width_ns))
+        rows.append(
+            [
+                *times,
+                *(_flop_html(amount) for amount in sums),
+                str(sum(p.attested_gpu_ms for p in group)),
+                str(sum(p.busy_gpu_ms for p in group)),
+                str(sum(p.energy_mj for p in group)),
+                str(sum(p.unattested_gpu_ms for p in group)),
+            ]
+        )
+    note = (
+        f"Each row sums {per_row} consecutive buckets of "
+        f"{_e(format_duration_ns(width_ns))} exactly ({len(points)} buckets in all)."
+        if per_row > 1
+        else f"One row per bucket of {_e(format_duration_ns(width_ns))}."
+    )
+    headers = [
+        *when,
+        "Upper bound",
+        "Central estimate",
+        "Energy cross-check",
+        "Attested GPU-ms",
+        "Busy GPU-ms",
+        "Energy mJ",
+        "Unattested GPU-ms",
+    ]
+    return (
+        '<section id="accounts">\n<h2>Accounts by bucket</h2>\n'
+        f'<p class="muted">{note}</p>\n'
+        + _table(headers, rows, numeric=range(len(when) + 3, len(headers)))
+        + "\n</section>"
+    )
+
+
+def render_html(report: pb.ComplianceReport, *, title: str | None = None) -> str:
+    """The whole report as one self-contained HTML5 page (see the module docstring).
+
+    ``title`` replaces the default page title, "pausewatch compliance report: <lab>, <period>".
+    """
+    if title is None:
+        title = (
+            f"pausewatch compliance report: {report.lab_id}, "
+            f"{format_time_ns(report.period_start_ns)} to {format_time_ns(report.period_end_ns)}"
+        )
+    sections = [
+        _header(report),
+        "<main>",
+        _verdict(report),
+        _chart_section(report),
+        _rules(report),
+        _coverage_and_totals(report),
+        _gaps(report),
+        _findings(report),
+        _nodes(report),
+        _accounts(report),
+        "</main>",
+        "<footer>Generated by pausewatch from the signed, logged evidence summarised in the "
+        "compliance report. Amounts are exact integers; scientific notation beside them keeps "
+        "three significant digits, rounded down. This page is self-contained: it loads nothing "
+        "and runs no script.</footer>",
+    ]
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
+        "style-src 'unsafe-inline'; img-src data:\">\n"
+        '<meta name="generator" content="pausewatch">\n'
+        f"<title>{_e(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
+        + "\n".join(sections)
+        + "\n</body>\n</html>\n"
+    )
