@@ -251,6 +251,7 @@ class NvmlSampler:
             devices.append(device)
         self._devices = devices
         seen = {d.identity.uuid for d in devices}
+        first_enumeration = not self._known_uuids
         for uuid in sorted(previous - seen):
             self._pending.append(
                 SamplerEvent(
@@ -262,7 +263,7 @@ class NvmlSampler:
             )
         for device in devices:
             uuid = device.identity.uuid
-            if uuid not in self._known_uuids and self._known_uuids:
+            if uuid not in self._known_uuids and not first_enumeration:
                 self._pending.append(
                     SamplerEvent(
                         kind=EventKind.GPU_APPEARED,
