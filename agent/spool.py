@@ -304,27 +304,31 @@ class Spool:
 
         ``sign(seq, prev_digest, verifier_nonce)`` returns the envelope bytes; it runs inside the
         transaction, with the head and nonce as stored. Nothing is stored if it raises.
+        A database failure (disk full, I/O error) raises :class:`SpoolError`.
         """
-        with self._transaction():
-            head = self._head()
-            if head is not None and window.start_ns < head.window_end_ns:
-                raise SpoolError(
-                    f"window starting at {window.start_ns} overlaps the head's window "
-                    f"(ends {head.window_end_ns})"
+        try:
+            with self._transaction():
+                head = self._head()
+                if head is not None and window.start_ns < head.window_end_ns:
+                    raise SpoolError(
+                        f"window starting at {window.start_ns} overlaps the head's window "
+                        f"(ends {head.window_end_ns})"
+                    )
+                seq, prev = next_link(head)
+                nonce = self._meta("nonce") or b""
+                raw = sign(seq, prev, nonce)
+                digest = envelope_digest(raw)
+                self._db.execute(
+                    "INSERT INTO envelopes (seq, digest, envelope, window_start_ns, window_end_ns, "
+                    "created_at_ns, status) VALUES (?, ?, ?, ?, ?, ?, 'pending')",
+                    (seq, digest, raw, window.start_ns, window.end_ns, created_at_ns),
                 )
-            seq, prev = next_link(head)
-            nonce = self._meta("nonce") or b""
-            raw = sign(seq, prev, nonce)
-            digest = envelope_digest(raw)
-            self._db.execute(
-                "INSERT INTO envelopes (seq, digest, envelope, window_start_ns, window_end_ns, "
-                "created_at_ns, status) VALUES (?, ?, ?, ?, ?, ?, 'pending')",
-                (seq, digest, raw, window.start_ns, window.end_ns, created_at_ns),
-            )
-            self._db.execute("INSERT INTO samples (seq, encoded) VALUES (?, ?)", (seq, samples))
-            self._set_meta("head_seq", str(seq).encode())
-            self._set_meta("head_digest", digest)
-            self._set_meta("head_window_end_ns", str(window.end_ns).encode())
+                self._db.execute("INSERT INTO samples (seq, encoded) VALUES (?, ?)", (seq, samples))
+                self._set_meta("head_seq", str(seq).encode())
+                self._set_meta("head_digest", digest)
+                self._set_meta("head_window_end_ns", str(window.end_ns).encode())
+        except sqlite3.Error as exc:
+            raise SpoolError(f"spool write failed: {exc}") from None
         return SpooledEnvelope(
             seq=seq,
             digest=digest,
