@@ -54,12 +54,17 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+class _AgentHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The handler this module installs (so reconfiguring replaces only our own)."""
+
+
 def configure_logging(*, level: str, fmt: str) -> None:
     """Send structured lines to stderr (journald picks them up under systemd)."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _AgentHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else KeyValueFormatter())
     root = logging.getLogger()
     for existing in list(root.handlers):
-        root.removeHandler(existing)
+        if isinstance(existing, _AgentHandler):
+            root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel(_LEVELS.get(level, logging.ERROR))
