@@ -195,16 +195,15 @@ def backend_option(function: F) -> F:
 @click.option(
     "--log-format",
     type=click.Choice(["kv", "json"]),
-    default="kv",
-    show_default=True,
-    help="Log lines as key=value or JSON.",
+    default=None,
+    help="Log lines as key=value or JSON (default: logging.format in the config, else kv).",
 )
 @click.version_option(AGENT_VERSION, prog_name="pausewatch-agent")
 @click.pass_context
-def cli(ctx: click.Context, debug: bool, log_format: str) -> None:
+def cli(ctx: click.Context, debug: bool, log_format: str | None) -> None:
     """pausewatch-agent: attest this node's GPU compute to the regulator's verifier."""
-    configure_logging(level="debug" if debug else "warning", fmt=log_format)
-    ctx.obj = {"debug": debug}
+    configure_logging(level="debug" if debug else "warning", fmt=log_format or "kv")
+    ctx.obj = {"debug": debug, "log_format": log_format}
 
 
 # -- init ---------------------------------------------------------------------------------------
@@ -472,7 +471,7 @@ def run(
     config = _load(config_file, state_dir)
     configure_logging(
         level="debug" if ctx.obj["debug"] else config.logging.level,
-        fmt=ctx.parent.params["log_format"] if ctx.parent else config.logging.format,
+        fmt=ctx.obj["log_format"] or config.logging.format,
     )
     if metrics_port is not None:
         config = replace(config, metrics=replace(config.metrics, port=metrics_port))

@@ -15,6 +15,7 @@ from agent.identity import DIGEST_HEADER, agent_digest, boot_id, digest_text, pa
 from agent.metrics import AgentMetrics
 from agent.sampler.base import Backend
 from attest.errors import ConfigError
+from tests.shared import REPO_ROOT
 
 MINIMAL = '[node]\nlab_id = "lab-a"\n[verifier]\naddress = "v.example:443"\n'
 
@@ -160,3 +161,19 @@ def test_parse_config_is_what_init_writes(tmp_path: Path) -> None:
     assert config.node.name == 'gpu "01"'
     assert config.verifier.ca_cert == tmp_path / "ca.pem"
     assert config.sampling.backend is Backend.SIM
+
+
+def test_the_documented_example_config_is_valid_and_complete() -> None:
+    example = REPO_ROOT / "docs" / "agent.example.toml"
+    data = tomllib.loads(example.read_text())
+    config = parse_config(data, example)
+    effective = config.effective()
+    documented = {f"{section}.{key}" for section, table in data.items() for key in table}
+    # Every setting the agent has is in the example (paths given as commented lines aside).
+    optional = {"verifier.client_cert", "verifier.client_key", "sim.scenario", "replay.file"}
+    expected = {f"{s}.{k}" for s, table in effective.items() for k in table}
+    renamed = {"sampling.window_ns": "sampling.window_s",
+               "verifier.rpc_timeout_ms": "verifier.rpc_timeout_s",
+               "verifier.nonce_refresh_ms": "verifier.nonce_refresh_s"}  # fmt: skip
+    expected = {renamed.get(k, k) for k in expected}
+    assert expected - documented - optional == set()
