@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.clock import NS_PER_MS, NS_PER_S, Clock, align_up
+from agent.clock import NS_PER_MS, NS_PER_S, Clock, SystemClock, align_up
 from agent.config import AgentConfig
 from agent.identity import AGENT_VERSION, agent_digest, boot_id
 from agent.metrics import AgentMetrics
@@ -242,11 +242,14 @@ class Daemon:
         if self._shipper_factory is not None:
             self._shipper = self._shipper_factory(path, self._node_id)
         else:
+            # The shipper gets its own system clock: stopping the daemon wakes the daemon's
+            # sleeps, and the shipper's backoff must not turn into a busy loop meanwhile.
+            clock = SystemClock() if isinstance(self._clock, SystemClock) else self._clock
             self._shipper = Shipper(
                 path,
                 self._node_id,
                 self._config.verifier,
-                clock=self._clock,
+                clock=clock,
                 metrics=self._metrics,
             )
         thread = threading.Thread(target=self._shipper.run, name="shipper", daemon=True)

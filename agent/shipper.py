@@ -183,6 +183,9 @@ class Shipper:
         """Stop after the current exchange; cuts a blocked wait short."""
         self._stop.set()
         self._wake.set()
+        wake = getattr(self._clock, "wake", None)
+        if callable(wake):
+            wake()  # cut a backoff sleep short
         with self._call_lock:
             if self._call is not None:
                 self._call.cancel()

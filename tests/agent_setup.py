@@ -1,13 +1,14 @@
 """Building agent state directories and configs for tests.
 
 config = write_state_dir(tmp_path, address="127.0.0.1:1", window_s="2", interval_ms=200)
+verifier = verifier_config(address="127.0.0.1:50051")
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from agent.config import AgentConfig, load_config
+from agent.config import AgentConfig, VerifierConfig, load_config
 from attest import keys
 from tests.builders import fixed_private_key
 
@@ -66,3 +67,22 @@ scenario = "scenario.toml"
 """
     )
     return load_config(state / "config.toml")
+
+
+def verifier_config(**overrides: object) -> VerifierConfig:
+    values: dict[str, object] = {
+        "address": "127.0.0.1:1",
+        "ca_cert": None,
+        "client_cert": None,
+        "client_key": None,
+        "server_name_override": "",
+        "insecure_no_tls": True,
+        "rpc_timeout_ms": 1000,
+        "nonce_refresh_ms": 60_000,
+        "batch_max_envelopes": 8,
+        "batch_max_bytes": 1 << 20,
+        "backoff_initial_ms": 100,
+        "backoff_max_ms": 1000,
+    }
+    values.update(overrides)
+    return VerifierConfig(**values)  # type: ignore[arg-type]

@@ -20,10 +20,10 @@ from agent.spool import EnvelopeStatus, Spool, WindowTimes
 from attest.attestation import parse_attestation_body
 from attest.envelope import parse_envelope
 from attest.ids import NodeId
+from tests.agent_setup import verifier_config
 from tests.builders import T0_NS, WINDOW_NS, TestNode
 from tests.fake_verifier import FakeVerifier
 from tests.tls import TestPki
-from tests.unit.agent.test_backoff import verifier_config
 
 NODE = TestNode.from_seed(5)
 NODE_ID = NodeId(NODE.node_id)

@@ -11,6 +11,7 @@ from agent.config import VerifierConfig
 from agent.shipper import Backoff, Shipper
 from agent.spool import Spool
 from attest.ids import NodeId
+from tests.agent_setup import verifier_config
 from tests.builders import T0_NS
 from tests.fakes import FakeClock
 
@@ -28,25 +29,6 @@ def test_full_jitter_delays_stay_under_a_doubling_capped_ceiling() -> None:
     backoff.reset()
     assert backoff.attempt == 0
     assert backoff.next_delay_ns() <= 100 * MS
-
-
-def verifier_config(**overrides: object) -> VerifierConfig:
-    values: dict[str, object] = {
-        "address": "127.0.0.1:1",
-        "ca_cert": None,
-        "client_cert": None,
-        "client_key": None,
-        "server_name_override": "",
-        "insecure_no_tls": True,
-        "rpc_timeout_ms": 1000,
-        "nonce_refresh_ms": 60_000,
-        "batch_max_envelopes": 8,
-        "batch_max_bytes": 1 << 20,
-        "backoff_initial_ms": 100,
-        "backoff_max_ms": 1000,
-    }
-    values.update(overrides)
-    return VerifierConfig(**values)  # type: ignore[arg-type]
 
 
 def test_the_shipper_backs_off_between_failed_sessions(tmp_path: Path) -> None:

@@ -259,3 +259,30 @@ def test_operator_keygen_declare_inventory_and_revoke(
     )
     assert code == 2
     assert "--node-id" in err
+
+
+def test_run_with_a_bad_scenario_or_a_readable_key_changes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], verifier: FakeVerifier,
+    operator_keys: tuple[Path, object],
+) -> None:  # fmt: skip
+    config = write_state_dir(tmp_path, address=verifier.address)
+    state = str(config.node.state_dir)
+    assert run_agent_cli(
+        capsys, "enroll", "--state-dir", state, "--operator-key", str(operator_keys[0])
+    )[0] == 0  # fmt: skip
+    spool = Spool.open(spool_path(config))
+    before = (spool.head(), spool.get_text("enrollment"))
+    spool.close()
+    broken = tmp_path / "broken.toml"
+    broken.write_text("gpu_count = 4\n[[fault]]\nat_s = 1\nkind = 'meteor'\n")
+    code, _, err = run_agent_cli(capsys, "run", "--state-dir", state, "--scenario", str(broken))
+    assert code == 2
+    assert "fault[0].kind" in err
+    config.node.key_file.chmod(0o644)
+    code, _, err = run_agent_cli(capsys, "run", "--state-dir", state)
+    assert code == 2
+    assert "others can read it" in err
+    spool = Spool.open(spool_path(config))
+    assert (spool.head(), spool.get_text("enrollment")) == before
+    assert spool.envelopes() == []
+    spool.close()
