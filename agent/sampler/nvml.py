@@ -24,6 +24,8 @@ NVML trouble is recorded, never raised:
 - ``NVMLLibraryMismatchError`` (not an ``NVMLError`` subclass: pynvml raises it when an
   unversioned call finds no function in the loaded library) on a metric: an ERROR failure of that
   metric named ``NVMLLibraryMismatchError`` and one LIBRARY_MISMATCH event per GPU.
+- A device that cannot be identified when NVML enumerates: an NVML_ERROR event naming its index;
+  the other GPUs go on.
 - ``LIBRARY_NOT_FOUND``, ``LIB_RM_VERSION_MISMATCH`` or any other failure to initialise or
   enumerate: the poll has no readings and a LIBRARY_NOT_FOUND / LIBRARY_MISMATCH / NVML_ERROR
   event (the node is alive but blind), and initialisation is retried with exponential backoff.
@@ -241,8 +243,24 @@ class NvmlSampler:
         previous = {d.identity.uuid for d in self._devices}
         devices: list[_Device] = []
         for nvml_index in range(count):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(nvml_index)
-            identity = self._identify(handle, nvml_index)
+            try:
+                handle = pynvml.nvmlDeviceGetHandleByIndex(nvml_index)
+                identity = self._identify(handle, nvml_index)
+            except (pynvml.NVMLError_Uninitialized, pynvml.NVMLError_DriverNotLoaded):
+                raise
+            except pynvml.NVMLError as exc:
+                # One GPU that cannot be identified must not blind the node: record it and go on
+                # (if it was known before, it is also reported lost below).
+                name = nvml_error_name(exc)
+                self._pending.append(
+                    SamplerEvent(
+                        kind=EventKind.NVML_ERROR,
+                        observed_at_ns=now_ns,
+                        detail=f"device {nvml_index} could not be identified: {name}",
+                    )
+                )
+                log.warning("gpu not identified nvml_index=%d error=%s", nvml_index, name)
+                continue
             device = _Device(
                 identity=identity, handle=handle, gpm_supported=self._gpm_supported(handle)
             )

@@ -356,3 +356,16 @@ def test_grpc_status_of_a_refused_connection_is_recorded(tmp_path: Path) -> None
         assert run.spool.stats().last_errors[0][2].startswith(grpc.StatusCode.UNAVAILABLE.name)
     finally:
         run.stop()
+
+
+def test_a_verifier_slower_than_the_timeout_is_retried(
+    running: Running, verifier: FakeVerifier
+) -> None:
+    verifier.delay_s = 1.5  # rpc_timeout_ms is 1000
+    append(running.spool, 2)
+    running.start()
+    wait_until(lambda: bool(running.spool.stats().last_errors))
+    assert running.spool.stats().last_errors[0][2].startswith("CANCELLED")
+    verifier.delay_s = 0.0
+    wait_until(lambda: running.pending() == 0)
+    assert len(verifier.accepted_in_order(NODE_ID)) == 2

@@ -284,3 +284,14 @@ def test_error_names() -> None:
     )
     assert nvml_error_name(pynvml.NVMLLibraryMismatchError("x")) == LIBRARY_MISMATCH_NAME
     assert nvml_error_name(ValueError()) == "ValueError"
+
+
+def test_a_gpu_that_cannot_be_identified_does_not_blind_the_node(fake: FakeNvml) -> None:
+    fake.gpus[0].errors["nvmlDeviceGetUUID"] = pynvml.NVML_ERROR_GPU_IS_LOST
+    s = sampler()
+    s.open(T0_NS)
+    assert [g.uuid for g in s.inventory()] == [fake.gpus[1].uuid]
+    p = poll(s, T0_NS)
+    assert len(p.readings) == 1
+    assert [e.kind for e in p.events] == [EventKind.NVML_ERROR]
+    assert "device 0 could not be identified: NVML_ERROR_GPU_IS_LOST" in p.events[0].detail
