@@ -2,7 +2,7 @@
 chain never forks, no window is lost or duplicated, and every restart is a recorded gap.
 
 The agent runs as ``python -m agent.cli run --backend sim`` with 0.4 s windows and 100 ms samples,
-shipping to a fake verifier in this process. It is killed at least 25 times at random moments
+shipping to a fake verifier in this process. It is killed 30 times at random moments
 (seeded, so a failure can be replayed: PAUSEWATCH_SIGKILL_SEED), then run once more and stopped
 cleanly, after which everything it ever spooled must have been acknowledged.
 """
