@@ -44,6 +44,11 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_envelope.py
+	$(BIN)/python bench/bench_agent.py
+
+## On a machine with an NVIDIA GPU, torch and nvidia-ml-py (see bench/gpu_check.sh).
+gpu-check:
+	bench/gpu_check.sh
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis demo-out
