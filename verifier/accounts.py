@@ -76,8 +76,9 @@ class GpuWindowFigures(NamedTuple):
     """0 when the energy counter was not usable in the window."""
     busy_ms: int
     attested_ms: int
-    """GPU-time the window covers for this GPU: the window if present throughout, else the
-    samples taken x the sample interval, at most the window."""
+    """GPU-time the window covers for this GPU: the window if present throughout with every
+    expected sample taken, else the samples taken x the sample interval, at most the window (so
+    unread utilisation, as under MIG, is never attested)."""
     declared: bool
     """Whether the GPU was in the declared inventory in force at window start."""
     assumed: bool
@@ -111,10 +112,13 @@ def gpu_window_figures(
     for gpu in body.gpus:
         figures = window_flop(gpu)
         energy_ok = gpu.energy_counter_state == apb.ENERGY_COUNTER_STATE_OK
-        if gpu.presence == apb.GPU_PRESENCE_PRESENT:
+        # Fail closed: time whose utilisation was not read (a lost GPU, MIG mode where NVML
+        # reports no device utilisation) is not attested, whatever else the window says.
+        taken = gpu.samples_taken
+        if gpu.presence == apb.GPU_PRESENCE_PRESENT and 0 < gpu.samples_expected <= taken:
             attested_ms = window_ms
         else:
-            attested_ms = min(window_ms, gpu.samples_taken * body.sample_interval_ms)
+            attested_ms = min(window_ms, taken * body.sample_interval_ms)
         out.append(
             GpuWindowFigures(
                 log_index=log_index,

@@ -314,9 +314,16 @@ class Ingestor:
         seq = body.seq
         ingest = self.config.ingest
 
+        node = w.node(att.node_id)
+        if node is None:  # enrolled and then... cannot happen; be safe
+            return self._rejected(
+                raw, spb.REJECT_REASON_UNKNOWN_KEY, "the key is not enrolled", seq
+            )
         # Seen before: an idempotent duplicate, whatever has changed since (nonce age, skew).
+        # Anything on record for this node has a seq at or below its head (a fork beyond the head
+        # is caught in _fork), so only those need a look in the store.
         seen_index = batch.digests.get(digest)
-        if seen_index is None:
+        if seen_index is None and node.head is not None and seq <= node.head.seq:
             seen = w.tx.entry_index_by_digest(digest)
             if seen is not None:
                 if seen[1] == EntryKind.FORK_EVIDENCE:
@@ -331,12 +338,6 @@ class Ingestor:
                 log_index=seen_index,
                 seq=seq,
                 has_seq=True,
-            )
-
-        node = w.node(att.node_id)
-        if node is None:  # enrolled and then... cannot happen; be safe
-            return self._rejected(
-                raw, spb.REJECT_REASON_UNKNOWN_KEY, "the key is not enrolled", seq
             )
         if node.revoked:
             if w.tx.claim_once(f"revoked:{node.node_id.hex()}", w.now_ns + HOUR_NS, w.now_ns):
@@ -438,7 +439,9 @@ class Ingestor:
             return self._fork(w, batch, node, att, stored)
 
         # NEXT or GAP: accept.
-        index = w.append(PendingEntry(raw, EntryKind.ATTESTATION, node.lab_id, node.node_id))
+        index = w.append(
+            PendingEntry(raw, EntryKind.ATTESTATION, node.lab_id, node.node_id, digest)
+        )
         batch.digests[digest] = index
         batch.stored_at[(node.node_id, seq)] = digest
         declared = self._inventory_at(w, batch, node.lab_id, body.window_start_ns) or frozenset()
@@ -523,7 +526,15 @@ class Ingestor:
     ) -> spb.Receipt:
         """Equivocation: keep the envelope as evidence, log a finding, flag the node."""
         seq = att.body.seq
-        index = w.append(PendingEntry(att.raw, EntryKind.FORK_EVIDENCE, node.lab_id, node.node_id))
+        if w.tx.entry_index_by_digest(bytes(att.digest)) is not None:
+            return self._rejected(
+                att.raw, spb.REJECT_REASON_FORK, "already on record as equivocation", seq
+            )
+        index = w.append(
+            PendingEntry(
+                att.raw, EntryKind.FORK_EVIDENCE, node.lab_id, node.node_id, bytes(att.digest)
+            )
+        )
         w.tx.insert_fork_evidence(node.node_id, seq, bytes(att.digest), index)
         batch.digests[bytes(att.digest)] = index
         evidence = [index]

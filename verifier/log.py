@@ -44,6 +44,8 @@ class PendingEntry:
     kind: EntryKind
     lab_id: str = ""
     node_id: bytes = b""
+    digest: bytes = b""
+    """SHA-256 of ``entry`` if the caller has it already (else it is computed)."""
 
 
 class TransparencyLog:
@@ -118,7 +120,7 @@ class TransparencyLog:
                 NewEntry(
                     entry=item.entry,
                     leaf_hash=leaf,
-                    digest=envelope_digest(item.entry),
+                    digest=item.digest or envelope_digest(item.entry),
                     kind=item.kind,
                     lab_id=item.lab_id,
                     node_id=item.node_id,

@@ -110,6 +110,12 @@ def test_a_successor_of_another_predecessor_is_a_fork(tmp_path: Path) -> None:
         wrong = node.sign_body(node.body(2, b"\x42" * 32))
         (receipt,) = client.submit([wrong])
         assert receipt.reason == spb.REJECT_REASON_FORK
+        # Resent while the head is still at seq 1 (its seq is above the head): still a fork, and
+        # the batch it travels in commits (the real seq 2 beside it is accepted).
+        right = node.chain(3)[2]
+        again, accepted = client.submit([wrong, right])
+        assert again.reason == spb.REJECT_REASON_FORK
+        assert accepted.status == spb.RECEIPT_STATUS_ACCEPTED
 
 
 def test_gap_and_rollback(tmp_path: Path) -> None:

@@ -714,3 +714,15 @@ def test_gap_report_wire_form() -> None:
     assert not plain.has_finding
     assert (plain.gap.seq_before, plain.gap.seq_after) == (0, 0)
     assert plain.gap.energy_bound_flop == "0"
+
+
+def test_unread_utilisation_is_not_attested() -> None:
+    """Under MIG NVML reports no device utilisation: samples_taken is 0 and the time is unknown,
+    not idle (fail closed), even though the GPU was present all along."""
+    body = NODE.body(0)
+    body.gpus[0].samples_taken = 0
+    body.gpus[0].busy_ms = 0
+    body.gpus[1].samples_taken = 45  # 45 of 60 one-second samples read
+    out = gpu_window_figures(verified(body), 0, {UUID0, UUID1})
+    assert out[0].attested_ms == 0
+    assert out[1].attested_ms == 45_000
