@@ -138,7 +138,8 @@ def test_unusable_energy_counter_gives_zero_energy() -> None:
 @pytest.mark.parametrize(
     ("presence", "samples_taken", "expected_ms"),
     [
-        (apb.GPU_PRESENCE_PRESENT, 10, 60_000),  # present throughout: the whole window
+        (apb.GPU_PRESENCE_PRESENT, 61, 60_000),  # present, every sample read: the whole window
+        (apb.GPU_PRESENCE_PRESENT, 10, 10_000),  # present but utilisation read 10 times only
         (apb.GPU_PRESENCE_LOST, 20, 20_000),  # lost: 20 samples x 1 s
         (apb.GPU_PRESENCE_APPEARED, 45, 45_000),
         (apb.GPU_PRESENCE_LOST, 61, 60_000),  # never more than the window
