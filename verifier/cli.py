@@ -10,7 +10,6 @@ Exit codes (every command): 0 compliant / success, 1 non-compliant, 2 usage erro
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import threading
@@ -18,21 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import click
+import grpc
 
 from attest import keys, note
 from attest.errors import ConfigError, PausewatchError
 from attest.exitcodes import ExitCode, exit_code_for
 from verifier import policy as policy_file
+from verifier.cli_audit import audit, log_group
+from verifier.cli_common import emit
+from verifier.demo import demo_command
 
 log = logging.getLogger(__name__)
-
-
-def emit(result: dict[str, Any], as_json: bool, text: str) -> None:
-    """Print a command's result as JSON or as text."""
-    if as_json:
-        click.echo(json.dumps(result, indent=2, sort_keys=True))
-    else:
-        click.echo(text)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -201,6 +196,39 @@ def serve(config_path: Path, listen: str | None, port_file: Path | None) -> None
     server.wait()
 
 
+cli.add_command(audit)
+cli.add_command(log_group)
+cli.add_command(demo_command)
+
+# gRPC status codes of a refused request, and the exit code each maps to.
+_USAGE_STATUS = frozenset(
+    {
+        "NOT_FOUND",
+        "INVALID_ARGUMENT",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "FAILED_PRECONDITION",
+        "OUT_OF_RANGE",
+    }
+)
+
+
+def _rpc_exit(exc: grpc.RpcError) -> int:
+    # A failed call's error is also a grpc.Call; the stubs cannot say so.
+    code = getattr(exc, "code", lambda: None)()
+    name = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+    details = str(getattr(exc, "details", lambda: "")() or "")
+    if name in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+        click.echo(f"error: cannot reach the verifier ({name}): {details}", err=True)
+        return ExitCode.INTERNAL
+    click.echo(f"error: the verifier refused the request ({name}): {details}", err=True)
+    if name in _USAGE_STATUS:
+        return ExitCode.USAGE
+    if name == "UNAUTHENTICATED":
+        return ExitCode.VERIFICATION_FAILED
+    return ExitCode.INTERNAL
+
+
 def main() -> None:
     """Entry point: run the CLI and map errors to exit codes in one place."""
     try:
@@ -216,6 +244,8 @@ def main() -> None:
     except PausewatchError as exc:
         click.echo(f"error: {exc.diagnostics()}", err=True)
         sys.exit(exit_code_for(exc))
+    except grpc.RpcError as exc:
+        sys.exit(_rpc_exit(exc))
     except Exception as exc:  # the CLI entry: anything unexpected is an internal error
         log.debug("internal error", exc_info=True)
         click.echo(f"internal error: {type(exc).__name__} (run with --debug for details)", err=True)

@@ -1,0 +1,449 @@
+"""The auditor's commands: ``pausewatch audit ...`` and ``pausewatch log ...``.
+
+    pausewatch audit report --verifier HOST:PORT --lab lab-a --since 2026-11-01 --html report.html
+    pausewatch audit findings --lab lab-a --follow
+    pausewatch audit export --lab lab-a --since -7d --out lab-a.pwbundle
+    pausewatch audit verify-bundle lab-a.pwbundle --log-key 'origin+hash+key'
+    pausewatch log checkpoint --log-key 'origin+hash+key'
+    pausewatch log prove --index 1234
+
+Exit codes: 0 compliant / success, 1 non-compliant, 2 usage error, 3 verification failed,
+4 internal error (an unreachable verifier included).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+from google.protobuf import json_format
+from pausewatch.v1 import audit_pb2 as apb
+from pausewatch.v1 import audit_pb2_grpc as apb_grpc
+from pausewatch.v1 import findings_pb2 as fpb
+
+from attest import merkle
+from attest.checkpoint import Checkpoint, verify_checkpoint
+from attest.errors import KeyFileError, ProofError, VerificationError
+from attest.exitcodes import ExitCode
+from attest.note import Ed25519NoteVerifier, parse_verifier_key
+from verifier.cli_common import TIME, emit, verifier_options
+from verifier.client import VerifierTarget, open_channel
+from verifier.evaluation import format_time_ns, render_text
+
+RPC_TIMEOUT_S = 300
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with tmp.open("wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+    tmp.replace(path)
+
+
+def _verdict_exit(report: apb.ComplianceReport) -> int:
+    return ExitCode.OK if report.verdict == apb.VERDICT_COMPLIANT else ExitCode.NON_COMPLIANT
+
+
+def _report_dict(report: apb.ComplianceReport) -> dict[str, Any]:
+    return json_format.MessageToDict(report, preserving_proto_field_name=True)
+
+
+def _write_html(path: Path, report: apb.ComplianceReport) -> None:
+    from verifier.report_html import render_html
+
+    _write_atomically(path, render_html(report).encode("utf-8"))
+
+
+@click.group()
+def audit() -> None:
+    """Compliance reports, findings and evidence bundles."""
+
+
+@audit.command("report")
+@verifier_options
+@click.option("--lab", required=True, help="The lab to report on.")
+@click.option("--since", type=TIME, default="-30d", show_default=True, help="Period start.")
+@click.option("--until", type=TIME, default="now", show_default=True, help="Period end.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option(
+    "--html",
+    "html_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write a self-contained HTML page with a chart to this file.",
+)
+@click.pass_context
+def report(
+    ctx: click.Context,
+    *,
+    target: VerifierTarget,
+    lab: str,
+    since: int,
+    until: int,
+    as_json: bool,
+    html_path: Path | None,
+) -> None:
+    """The compliance report of a lab for a period. Exit 0 if compliant, 1 if not."""
+    if until <= since:
+        raise click.UsageError("--until must be after --since")
+    with open_channel(target) as channel:
+        response = apb_grpc.AuditServiceStub(channel).GetComplianceReport(
+            apb.GetComplianceReportRequest(lab_id=lab, period_start_ns=since, period_end_ns=until),
+            timeout=RPC_TIMEOUT_S,
+        )
+    result = response.report
+    if html_path is not None:
+        _write_html(html_path, result)
+    text = render_text(result)
+    if html_path is not None:
+        text += f"\nHTML report written to {html_path}"
+    emit(_report_dict(result), as_json, text)
+    ctx.exit(_verdict_exit(result))
+
+
+def _finding_line(item: apb.LoggedFinding) -> str:
+    finding = item.finding
+    kind = fpb.FindingKind.Name(finding.kind).removeprefix("FINDING_KIND_")
+    severity = fpb.Severity.Name(finding.severity).removeprefix("SEVERITY_")
+    node = bytes(finding.node_id).hex()[:16] or "-"
+    when = format_time_ns(finding.period_start_ns)
+    return f"#{item.log_index} {when} {kind} {severity} node {node}: {finding.summary}"
+
+
+@audit.command("findings")
+@verifier_options
+@click.option("--lab", required=True, help="The lab.")
+@click.option("--since", type=TIME, default=None, help="Only findings about time after this.")
+@click.option("--until", type=TIME, default=None, help="Only findings about time before this.")
+@click.option(
+    "--kind",
+    "kinds",
+    multiple=True,
+    type=click.Choice(
+        [n.removeprefix("FINDING_KIND_").lower() for n in fpb.FindingKind.keys()[1:]]
+    ),
+    help="Only this kind (repeatable).",
+)
+@click.option("--follow", is_flag=True, help="Keep streaming new findings until interrupted.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per finding.")
+def findings(
+    *,
+    target: VerifierTarget,
+    lab: str,
+    since: int | None,
+    until: int | None,
+    kinds: tuple[str, ...],
+    follow: bool,
+    as_json: bool,
+) -> None:
+    """List a lab's findings (by log index); with --follow, stream new ones as they come."""
+    kind_values = [fpb.FindingKind.Value("FINDING_KIND_" + k.upper()) for k in kinds]
+
+    def show(item: apb.LoggedFinding) -> None:
+        if kind_values and item.finding.kind not in kind_values:
+            return
+        if as_json:
+            click.echo(
+                json_format.MessageToJson(item, preserving_proto_field_name=True, indent=None)
+            )
+        else:
+            click.echo(_finding_line(item))
+
+    with open_channel(target) as channel:
+        stub = apb_grpc.AuditServiceStub(channel)
+        token = 0
+        last = -1
+        while True:
+            page = stub.ListFindings(
+                apb.ListFindingsRequest(
+                    lab_id=lab,
+                    since_ns=since or 0,
+                    until_ns=until or 0,
+                    kinds=kind_values,
+                    page_size=1000,
+                    page_token=token,
+                ),
+                timeout=RPC_TIMEOUT_S,
+            )
+            for item in page.findings:
+                show(item)
+                last = item.log_index
+            token = page.next_page_token
+            if not token:
+                break
+        if follow:
+            stream = stub.WatchFindings(
+                apb.WatchFindingsRequest(lab_id=lab, from_log_index=last + 1)
+            )
+            try:
+                for item in stream:
+                    show(item)
+            except KeyboardInterrupt:
+                stream.cancel()  # type: ignore[no-untyped-call]
+
+
+@audit.command("export")
+@verifier_options
+@click.option("--lab", required=True, help="The lab.")
+@click.option("--since", type=TIME, default="-30d", show_default=True, help="Period start.")
+@click.option("--until", type=TIME, default="now", show_default=True, help="Period end.")
+@click.option(
+    "--out",
+    "out_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="The bundle file to write.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def export(
+    *, target: VerifierTarget, lab: str, since: int, until: int, out_path: Path, as_json: bool
+) -> None:
+    """Export the evidence bundle of a lab and period (docs/bundle-format.md)."""
+    if until <= since:
+        raise click.UsageError("--until must be after --since")
+    parts: list[bytes] = []
+    total = -1
+    offset = 0
+    with open_channel(target) as channel:
+        for chunk in apb_grpc.AuditServiceStub(channel).ExportBundle(
+            apb.ExportBundleRequest(lab_id=lab, period_start_ns=since, period_end_ns=until),
+            timeout=RPC_TIMEOUT_S,
+        ):
+            if chunk.offset != offset:
+                raise VerificationError("the verifier sent the bundle's pieces out of order")
+            parts.append(chunk.data)
+            offset += len(chunk.data)
+            total = chunk.total_size
+    data = b"".join(parts)
+    if len(data) != total:
+        raise VerificationError(f"the bundle arrived with {len(data)} of {total} bytes")
+    _write_atomically(out_path, data)
+    digest = hashlib.sha256(data).hexdigest()
+    emit(
+        {"path": str(out_path), "bytes": len(data), "sha256": digest},
+        as_json,
+        f"wrote {out_path} ({len(data)} bytes, sha256 {digest})\n"
+        f"check it anywhere with: pausewatch audit verify-bundle {out_path} --log-key '<key>'",
+    )
+
+
+def _log_key(text: str | None, key_file: Path | None) -> str | None:
+    if key_file is not None:
+        return key_file.read_text(encoding="utf-8").strip()
+    return text
+
+
+@audit.command("verify-bundle")
+@click.argument(
+    "path", metavar="FILE", type=click.Path(dir_okay=False, exists=True, path_type=Path)
+)
+@click.option("--log-key", default=None, help="Pin the verifier's log key (signed-note form).")
+@click.option(
+    "--log-key-file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Read the pinned log key from a file.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option(
+    "--html",
+    "html_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the report recomputed offline as an HTML page.",
+)
+@click.pass_context
+def verify_bundle_command(
+    ctx: click.Context,
+    *,
+    path: Path,
+    log_key: str | None,
+    log_key_file: Path | None,
+    as_json: bool,
+    html_path: Path | None,
+) -> None:
+    """Re-verify an evidence bundle offline, trusting nothing but the log key.
+
+    Exit 3 if anything fails or the recomputed report differs from the verifier's (each failure
+    is named); otherwise 0 if the recomputed verdict is compliant, 1 if not."""
+    from verifier.bundle import verify_bundle
+
+    result = verify_bundle(path.read_bytes(), pinned_log_key=_log_key(log_key, log_key_file))
+    offline = result.offline_report
+    if html_path is not None and offline is not None:
+        _write_html(html_path, offline)
+    summary: dict[str, Any] = {
+        "path": str(path),
+        "ok": result.ok,
+        "lab_id": result.lab_id,
+        "entries": result.entries,
+        "attestations": result.attestations,
+        "checkpoint_tree_size": result.checkpoint_size,
+        "log_key": result.log_key,
+        "failures": result.failures,
+        "differences": result.differences,
+        "warnings": result.warnings,
+        "verdict": apb.Verdict.Name(offline.verdict) if offline is not None else None,
+        "agrees_with_server": offline is not None and not result.differences,
+    }
+    lines = [
+        f"bundle {path}: lab {result.lab_id or '?'}, {result.entries} entries "
+        f"({result.attestations} attestations), checkpoint of tree size "
+        f"{result.checkpoint_size}"
+    ]
+    lines += [f"warning: {w}" for w in result.warnings]
+    if result.ok:
+        lines.append(
+            "VERIFIED: signatures, checkpoint, every inclusion proof and every chain check out, "
+            "and the report recomputed offline agrees with the verifier's figure for figure"
+        )
+    else:
+        lines += [f"FAILED: {f}" for f in result.failures]
+        lines += [f"DIFFERS: {d}" for d in result.differences]
+    if offline is not None and not as_json:
+        lines += ["", "report recomputed offline:", render_text(offline)]
+    emit(summary, as_json, "\n".join(lines))
+    if not result.ok:
+        ctx.exit(ExitCode.VERIFICATION_FAILED)
+    assert offline is not None
+    ctx.exit(_verdict_exit(offline))
+
+
+@click.group("log")
+def log_group() -> None:
+    """The verifier's transparency log: checkpoints and proofs."""
+
+
+def _checkpoint(
+    stub: apb_grpc.AuditServiceStub, pinned: str | None
+) -> tuple[Checkpoint, apb.GetCheckpointResponse, Ed25519NoteVerifier, list[str]]:
+    response = stub.GetCheckpoint(apb.GetCheckpointRequest(), timeout=RPC_TIMEOUT_S)
+    warnings: list[str] = []
+    key = pinned
+    if key is None:
+        key = response.verifier_key
+        warnings.append("verified against the key the verifier itself sent; pin it with --log-key")
+    try:
+        verifier = parse_verifier_key(key)
+    except KeyFileError:
+        raise click.BadParameter("not a signed-note verifier key", param_hint="--log-key") from None
+    return verify_checkpoint(response.signed_note, verifier), response, verifier, warnings
+
+
+@log_group.command("checkpoint")
+@verifier_options
+@click.option("--log-key", default=None, help="Pin the log key (signed-note form).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def checkpoint_command(target: VerifierTarget, log_key: str | None, as_json: bool) -> None:
+    """Fetch the latest checkpoint and verify its signature. Exit 3 if it does not verify."""
+    with open_channel(target) as channel:
+        checkpoint, response, _, warnings = _checkpoint(apb_grpc.AuditServiceStub(channel), log_key)
+    emit(
+        {
+            "tree_size": checkpoint.tree_size,
+            "root_hash": checkpoint.root_hash.hex(),
+            "origin": checkpoint.origin,
+            "signed_note": response.signed_note,
+            "verifier_key": response.verifier_key,
+            "verified": True,
+            "warnings": warnings,
+        },
+        as_json,
+        "\n".join(
+            [response.signed_note.rstrip("\n"), ""]
+            + [f"warning: {w}" for w in warnings]
+            + [f"verified: tree size {checkpoint.tree_size}, root {checkpoint.root_hash.hex()}"]
+        ),
+    )
+
+
+@log_group.command("prove")
+@verifier_options
+@click.option("--index", type=click.IntRange(min=0), default=None, help="Prove this entry.")
+@click.option(
+    "--consistency-from",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Prove that the log at this older size is a prefix of the checkpoint's.",
+)
+@click.option("--log-key", default=None, help="Pin the log key (signed-note form).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def prove(
+    target: VerifierTarget,
+    index: int | None,
+    consistency_from: int | None,
+    log_key: str | None,
+    as_json: bool,
+) -> None:
+    """Print an inclusion (--index) or consistency (--consistency-from) proof against the latest
+    signed checkpoint, verified here. Exit 3 if it does not verify."""
+    if (index is None) == (consistency_from is None):
+        raise click.UsageError("give exactly one of --index and --consistency-from")
+    with open_channel(target) as channel:
+        stub = apb_grpc.AuditServiceStub(channel)
+        checkpoint, _, _, warnings = _checkpoint(stub, log_key)
+        size = checkpoint.tree_size
+        if index is not None:
+            if index >= size:
+                raise click.BadParameter(
+                    f"the latest checkpoint has {size} entries", param_hint="--index"
+                )
+            inclusion = stub.GetInclusionProof(
+                apb.GetInclusionProofRequest(leaf_index=index, tree_size=size),
+                timeout=RPC_TIMEOUT_S,
+            )
+            leaf = merkle.leaf_hash(inclusion.entry)
+            if leaf != inclusion.leaf_hash:
+                raise ProofError("the entry does not hash to the leaf hash the verifier sent")
+            proof = list(inclusion.proof)
+            merkle.verify_inclusion(index, size, leaf, proof, checkpoint.root_hash)
+            result: dict[str, Any] = {
+                "kind": "inclusion",
+                "leaf_index": index,
+                "tree_size": size,
+                "leaf_hash": leaf.hex(),
+                "proof": [h.hex() for h in proof],
+                "root_hash": checkpoint.root_hash.hex(),
+                "entry_sha256": hashlib.sha256(inclusion.entry).hexdigest(),
+                "verified": True,
+            }
+            text = (
+                f"entry {index} is in the log of size {size} (root {checkpoint.root_hash.hex()})\n"
+                f"leaf hash {leaf.hex()}\n"
+                + "\n".join(f"  proof[{i}] {h.hex()}" for i, h in enumerate(proof))
+            )
+        else:
+            assert consistency_from is not None
+            if consistency_from > size:
+                raise click.BadParameter(
+                    f"the latest checkpoint has {size} entries", param_hint="--consistency-from"
+                )
+            consistency = stub.GetConsistencyProof(
+                apb.GetConsistencyProofRequest(size1=consistency_from, size2=size),
+                timeout=RPC_TIMEOUT_S,
+            )
+            proof = list(consistency.proof)
+            merkle.verify_consistency(
+                consistency_from, size, proof, consistency.root1, checkpoint.root_hash
+            )
+            result = {
+                "kind": "consistency",
+                "size1": consistency_from,
+                "size2": size,
+                "root1": consistency.root1.hex(),
+                "root2": checkpoint.root_hash.hex(),
+                "proof": [h.hex() for h in proof],
+                "verified": True,
+            }
+            text = (
+                f"the log of size {consistency_from} (root {consistency.root1.hex()}) is a prefix "
+                f"of the log of size {size} (root {checkpoint.root_hash.hex()})\n"
+                + "\n".join(f"  proof[{i}] {h.hex()}" for i, h in enumerate(proof))
+            )
+    result["warnings"] = warnings
+    emit(result, as_json, "\n".join([*(f"warning: {w}" for w in warnings), text, "verified"]))

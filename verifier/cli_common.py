@@ -1,0 +1,112 @@
+"""Pieces every regulator command shares: printing results, and the options that say how to reach
+a verifier.
+
+    @click.command()
+    @verifier_options
+    def cmd(target: VerifierTarget) -> None:
+        with open_channel(target) as channel: ...
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from verifier.client import VerifierTarget, parse_time
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def emit(result: dict[str, Any], as_json: bool, text: str) -> None:
+    """Print a command's result as JSON or as text."""
+    if as_json:
+        click.echo(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        click.echo(text)
+
+
+def verifier_options(command: F) -> F:
+    """``--verifier``, ``--ca-cert``, ``--client-cert``, ``--client-key``, ``--server-name``,
+    ``--insecure-no-tls``, folded into one ``target`` argument."""
+
+    @click.option(
+        "--verifier",
+        "address",
+        default=lambda: os.environ.get("PAUSEWATCH_VERIFIER", ""),
+        help="Verifier address HOST:PORT (default: $PAUSEWATCH_VERIFIER).",
+    )
+    @click.option(
+        "--ca-cert",
+        type=click.Path(dir_okay=False, exists=True, path_type=Path),
+        default=None,
+        help="CA certificate for the verifier's TLS certificate (default: system roots).",
+    )
+    @click.option(
+        "--client-cert",
+        type=click.Path(dir_okay=False, exists=True, path_type=Path),
+        default=None,
+        help="Client certificate, for a verifier that requires mutual TLS.",
+    )
+    @click.option(
+        "--client-key",
+        type=click.Path(dir_okay=False, exists=True, path_type=Path),
+        default=None,
+        help="Private key of the client certificate.",
+    )
+    @click.option("--server-name", default=None, help="Check the TLS certificate for this name.")
+    @click.option(
+        "--insecure-no-tls",
+        is_flag=True,
+        help="Talk to the verifier in plaintext (tests on loopback only).",
+    )
+    @functools.wraps(command)
+    def wrapper(
+        *args: Any,
+        address: str,
+        ca_cert: Path | None,
+        client_cert: Path | None,
+        client_key: Path | None,
+        server_name: str | None,
+        insecure_no_tls: bool,
+        **kwargs: Any,
+    ) -> Any:
+        if not address:
+            raise click.UsageError(
+                "say which verifier: --verifier HOST:PORT or $PAUSEWATCH_VERIFIER"
+            )
+        if (client_cert is None) != (client_key is None):
+            raise click.UsageError("--client-cert and --client-key go together")
+        target = VerifierTarget(
+            address=address,
+            ca_cert=ca_cert,
+            client_cert=client_cert,
+            client_key=client_key,
+            server_name=server_name,
+            insecure_no_tls=insecure_no_tls,
+        )
+        return command(*args, target=target, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+class TimeParam(click.ParamType[int, Any]):
+    """A time on the command line (see :func:`verifier.client.parse_time`), as ns since epoch."""
+
+    name = "time"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_time(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+TIME = TimeParam()

@@ -1,0 +1,81 @@
+"""What the regulator's command line needs to talk to a verifier: channels (TLS by default) and
+times given the way people write them.
+
+    channel = open_channel(VerifierTarget("verifier.example:7443", ca_cert=Path("ca.pem")))
+    start_ns = parse_time("2026-11-01")          # or "2026-11-01T08:00:00Z", "now", "-2h"
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+log = logging.getLogger(__name__)
+
+NS_PER_S = 1_000_000_000
+_RELATIVE = re.compile(r"-(\d+)(s|m|h|d)")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+
+@dataclass(frozen=True, slots=True)
+class VerifierTarget:
+    """Where a verifier is and how to reach it."""
+
+    address: str
+    ca_cert: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    server_name: str | None = None
+    insecure_no_tls: bool = False
+
+
+def open_channel(
+    target: VerifierTarget, *, max_message_bytes: int = 64 * 1024 * 1024
+) -> grpc.Channel:
+    """A channel to the verifier: TLS (mutual if a client certificate is given) unless
+    ``insecure_no_tls``."""
+    options: list[tuple[str, object]] = [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+    ]
+    if target.server_name:
+        options.append(("grpc.ssl_target_name_override", target.server_name))
+    if target.insecure_no_tls:
+        log.warning("talking to the verifier WITHOUT TLS (--insecure-no-tls)")
+        return grpc.insecure_channel(target.address, options=options)
+    root = target.ca_cert.read_bytes() if target.ca_cert is not None else None
+    key = target.client_key.read_bytes() if target.client_key is not None else None
+    cert = target.client_cert.read_bytes() if target.client_cert is not None else None
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=root, private_key=key, certificate_chain=cert
+    )
+    return grpc.secure_channel(target.address, credentials, options=options)
+
+
+def parse_time(text: str, *, now_ns: int | None = None) -> int:
+    """ns since the epoch from ``now``, ``-90s``/``-15m``/``-2h``/``-7d`` (before now), a date
+    (``2026-11-01``, midnight UTC), or an ISO 8601 time (UTC unless it says otherwise).
+    Raises ValueError with a clear message."""
+    value = text.strip()
+    now = time.time_ns() if now_ns is None else now_ns
+    if value == "now":
+        return now
+    relative = _RELATIVE.fullmatch(value)
+    if relative is not None:
+        return now - int(relative.group(1)) * _UNIT_S[relative.group(2)] * NS_PER_S
+    try:
+        parsed = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not a time: use now, -2h, 2026-11-01 or 2026-11-01T08:00:00Z"
+        ) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=datetime.UTC)
+    delta = parsed - datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+    return (delta.days * 86_400 + delta.seconds) * NS_PER_S + delta.microseconds * 1000
