@@ -14,8 +14,10 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP)
 
-## The tests (README's test command; CI runs it through .ci/run).
+## The tests (README's test command; CI runs it through .ci/run). Chromium is installed on the
+## way if missing (Debian, as root) for the browser test of the HTML report.
 test: $(STAMP)
+	@scripts/ensure_chromium.sh || echo "note: no chromium; the HTML browser test will be skipped"
 	$(BIN)/python -m pytest
 
 ## Lint, types, and generated-code drift: what CI checks besides the tests.
@@ -45,6 +47,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bench_envelope.py
 	$(BIN)/python bench/bench_agent.py
+	$(BIN)/python bench/bench_ingest.py
 
 ## On a machine with an NVIDIA GPU, torch and nvidia-ml-py (see bench/gpu_check.sh).
 gpu-check:

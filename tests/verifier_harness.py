@@ -204,7 +204,19 @@ class RunningVerifier:
     process: subprocess.Popen[bytes] | None = None
 
     def channel(self) -> grpc.Channel:
+        ca = self.files.directory / "tls" / "ca.pem"
+        if ca.exists():
+            return grpc.secure_channel(
+                self.address, grpc.ssl_channel_credentials(root_certificates=ca.read_bytes())
+            )
         return grpc.insecure_channel(self.address)
+
+    def cli_target(self) -> list[str]:
+        """The pausewatch CLI's options to reach this verifier."""
+        ca = self.files.directory / "tls" / "ca.pem"
+        if ca.exists():
+            return ["--verifier", self.address, "--ca-cert", str(ca)]
+        return ["--verifier", self.address, "--insecure-no-tls"]
 
     def client(self) -> Client:
         return Client(self.channel(), self.files.operator)

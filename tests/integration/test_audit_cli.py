@@ -1,0 +1,196 @@
+"""The auditor's command line against a real verifier (over TLS): reports and their exit codes,
+findings, bundles exported and re-verified offline, tampered bundles, checkpoints and proofs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from pausewatch.v1 import registry_pb2 as rpb
+
+from attest.envelope import PayloadType, sign_envelope
+from tests.builders import TestNode
+from tests.verifier_harness import REPO, RunningVerifier, running_verifier
+
+S = 10**9
+MINUTE = 60 * S
+
+POLICY = """
+format_version = 1
+policy_id = "cli-test"
+version = 1
+lab_id = "lab-a"
+
+[[rules]]
+id = "five-minutes"
+kind = "cumulative_flop"
+window = "5m"
+limit_flop = "1e18"
+
+[[rules]]
+id = "coverage"
+kind = "coverage"
+min_ratio = "99%"
+
+[[rules]]
+id = "gap"
+kind = "max_gap"
+max_gap = "2m"
+"""
+
+
+@dataclass
+class Lab:
+    verifier: RunningVerifier
+    t0: int
+    directory: Path
+
+
+def pausewatch(*args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "protos")]))
+    return subprocess.run(
+        [sys.executable, "-m", "verifier.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    directory = tmp_path_factory.mktemp("cli")
+    now = time.time_ns()
+    t0 = now - now % MINUTE - 60 * MINUTE
+    with running_verifier(directory / "v", policy=POLICY, tls=True) as v:
+        client = v.client()
+        node = TestNode.from_seed(70, t0_ns=t0)
+        client.enroll(node, created_at_ns=t0 - S)
+        declaration = rpb.InventoryDeclaration(
+            format_version=1,
+            lab_id="lab-a",
+            version=1,
+            gpus=[rpb.GpuIdentity(uuid=node.gpu_uuid(i)) for i in range(2)],
+            effective_from_ns=t0 - MINUTE,
+            created_at_ns=time.time_ns(),
+        )
+        client.registry.DeclareInventory(
+            rpb.DeclareInventoryRequest(
+                declaration_envelope=sign_envelope(
+                    v.files.operator, PayloadType.INVENTORY, declaration.SerializeToString()
+                )
+            )
+        )
+        # Minutes 0-9: half busy (within the limit); minutes 10-19: fully busy (over it).
+        chain: list[bytes] = []
+        prev = None
+        from attest.envelope import envelope_digest
+
+        for seq in range(20):
+            raw = node.sign_body(node.body(seq, prev, busy_ms=30_000 if seq < 10 else 60_000))
+            chain.append(raw)
+            prev = envelope_digest(raw)
+        receipts = client.submit(chain)
+        assert all(r.log_index >= 0 and r.status == 1 for r in receipts)
+        time.sleep(1.5)  # a checkpoint interval
+        yield Lab(v, t0, directory)
+
+
+def period(lab: Lab, start_min: int, end_min: int) -> list[str]:
+    return [
+        "--lab",
+        "lab-a",
+        "--since",
+        time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime((lab.t0 + start_min * MINUTE) // S)),
+        "--until",
+        time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime((lab.t0 + end_min * MINUTE) // S)),
+    ]
+
+
+def test_report_exit_codes_json_and_html(lab: Lab) -> None:
+    target = lab.verifier.cli_target()
+    compliant = pausewatch("audit", "report", *target, *period(lab, 0, 10), "--json")
+    assert compliant.returncode == 0, compliant.stderr
+    assert json.loads(compliant.stdout)["verdict"] == "VERDICT_COMPLIANT"
+    html = lab.directory / "report.html"
+    violation = pausewatch("audit", "report", *target, *period(lab, 10, 20), "--html", str(html))
+    assert violation.returncode == 1
+    assert "VIOLATION" in violation.stdout
+    assert "five-minutes" in violation.stdout
+    assert 'id="compute-chart"' in html.read_text()
+
+
+def test_usage_errors_and_an_unreachable_verifier(lab: Lab) -> None:
+    target = lab.verifier.cli_target()
+    unknown = pausewatch("audit", "report", *target, "--lab", "no-such-lab", "--since", "-1h")
+    assert unknown.returncode == 2
+    assert "NOT_FOUND" in unknown.stderr
+    bad_time = pausewatch("audit", "report", *target, "--lab", "lab-a", "--since", "yesterday-ish")
+    assert bad_time.returncode == 2
+    assert "is not a time" in bad_time.stderr
+    gone = pausewatch(
+        "audit", "report", "--verifier", "127.0.0.1:1", "--insecure-no-tls", "--lab", "lab-a"
+    )
+    assert gone.returncode == 4
+    assert "cannot reach the verifier" in gone.stderr
+    assert "Traceback" not in gone.stderr
+
+
+def test_findings(lab: Lab) -> None:
+    listed = pausewatch("audit", "findings", *lab.verifier.cli_target(), "--lab", "lab-a", "--json")
+    assert listed.returncode == 0, listed.stderr
+    # The fixture's lab is clean: no findings at all (declared GPUs, contiguous chain).
+    assert listed.stdout.strip() == ""
+
+
+def test_export_verify_and_tamper(lab: Lab) -> None:
+    bundle = lab.directory / "lab-a.pwbundle"
+    exported = pausewatch(
+        "audit", "export", *lab.verifier.cli_target(), *period(lab, 0, 20), "--out", str(bundle)
+    )
+    assert exported.returncode == 0, exported.stderr
+    checkpoint = pausewatch("log", "checkpoint", *lab.verifier.cli_target(), "--json")
+    log_key = json.loads(checkpoint.stdout)["verifier_key"]
+    verified = pausewatch("audit", "verify-bundle", str(bundle), "--log-key", log_key, "--json")
+    result = json.loads(verified.stdout)
+    assert verified.returncode == 1  # valid evidence of a violation
+    assert result["ok"] and result["agrees_with_server"]
+    assert result["verdict"] == "VERDICT_VIOLATION"
+    assert result["attestations"] == 20
+    data = bundle.read_bytes()
+    for position in (5, len(data) // 3, len(data) // 2, len(data) - 10):
+        tampered = bytearray(data)
+        tampered[position] ^= 0x40
+        path = lab.directory / f"tampered-{position}.pwbundle"
+        path.write_bytes(bytes(tampered))
+        run = pausewatch("audit", "verify-bundle", str(path), "--log-key", log_key)
+        assert run.returncode == 3, (position, run.stdout[-500:])
+        assert "FAILED" in run.stdout
+    other_key = "example.org/other+0ddcf3f1+AfTVeN8qzYJDhDu8Tjt5QVETp9y8AIYnU+8Q8NOzE0EH"
+    pinned_wrong = pausewatch("audit", "verify-bundle", str(bundle), "--log-key", other_key)
+    assert pinned_wrong.returncode == 3
+
+
+def test_log_checkpoint_and_proofs(lab: Lab) -> None:
+    target = lab.verifier.cli_target()
+    checkpoint = pausewatch("log", "checkpoint", *target, "--json")
+    assert checkpoint.returncode == 0, checkpoint.stderr
+    body = json.loads(checkpoint.stdout)
+    assert body["verified"] and body["tree_size"] >= 20
+    key = body["verifier_key"]
+    inclusion = pausewatch("log", "prove", *target, "--index", "3", "--log-key", key, "--json")
+    assert inclusion.returncode == 0, inclusion.stderr
+    assert json.loads(inclusion.stdout)["verified"]
+    consistency = pausewatch("log", "prove", *target, "--consistency-from", "2", "--log-key", key)
+    assert consistency.returncode == 0, consistency.stderr
+    assert "is a prefix of" in consistency.stdout
+    both = pausewatch("log", "prove", *target)
+    assert both.returncode == 2
