@@ -141,6 +141,114 @@ def gpu_window_figures(
     return out
 
 
+class GpuFold(NamedTuple):
+    """What ingest's findings need of one GPU-window after :func:`fold_attestation`."""
+
+    uuid: str
+    model: str
+    upper_bound_flop: int
+    energy_flop: int
+    energy_ok: bool
+    declared: bool
+
+
+class AttestationFold(NamedTuple):
+    """One accepted attestation, folded into the accounts: its totals, edge and GPUs."""
+
+    log_index: int
+    window_start_ns: int
+    upper_bound_flop: int
+    central_estimate_flop: int
+    energy_flop: int
+    edge: WindowEdge
+    gpus: tuple[GpuFold, ...]
+
+
+def fold_attestation(
+    att: VerifiedAttestation,
+    log_index: int,
+    declared_uuids: Collection[str],
+    buckets: dict[int, Bucket],
+    bucket_ns: int,
+) -> AttestationFold:
+    """Add an accepted attestation's GPU-windows to ``buckets`` and return its totals, its
+    :class:`WindowEdge` and its GPUs, in one pass over the body.
+
+    The same result as ``accumulate(buckets, gpu_window_figures(att, log_index, declared),
+    bucket_ns)`` plus :func:`window_edge` (the tests check they agree), without a figures object
+    per GPU: it is the hot path of ingest and of the offline re-verification alike.
+    """
+    body = att.body
+    start_ns = body.window_start_ns
+    window_ms = (body.window_end_ns - start_ns) // NS_PER_MS
+    interval_ms = body.sample_interval_ms
+    key = bucket_start(start_ns, bucket_ns)
+    bucket: Bucket | None = None
+    tensor_metric = apb.METRIC_GPM_TENSOR_ACTIVE
+    supported = apb.METRIC_STATE_SUPPORTED
+    counter_ok = apb.ENERGY_COUNTER_STATE_OK
+    present = apb.GPU_PRESENCE_PRESENT
+    upper_sum = central_sum = energy_sum = 0
+    edges: list[GpuEdge] = []
+    gpus: list[GpuFold] = []
+    for gpu in body.gpus:
+        uuid = gpu.uuid
+        model = gpu.model
+        busy_ms = gpu.busy_ms
+        tensor_active_ms = None
+        for status in gpu.metric_status:
+            if status.metric == tensor_metric:
+                if status.state == supported:
+                    tensor_active_ms = gpu.tensor_active_ms
+                break
+        energy_start_mj = gpu.energy_start_mj
+        energy_end_mj = gpu.energy_end_mj
+        energy_ok = gpu.energy_counter_state == counter_ok
+        energy_mj = energy_end_mj - energy_start_mj if energy_ok else None
+        flop = compute.window_flop(model, busy_ms, tensor_active_ms, energy_mj)
+        taken = gpu.samples_taken
+        if gpu.presence == present and 0 < gpu.samples_expected <= taken:
+            attested_ms = window_ms
+        else:
+            attested_ms = min(window_ms, taken * interval_ms)
+        declared = uuid in declared_uuids
+        if bucket is None:
+            bucket = buckets.get(key)
+            if bucket is None:
+                bucket = buckets[key] = Bucket(bucket_start_ns=key)
+        bucket.add_values(
+            upper_bound_flop=flop.upper_bound_flop,
+            central_estimate_flop=flop.central_estimate_flop,
+            energy_flop=flop.energy_flop,
+            energy_mj=energy_mj or 0,
+            busy_ms=busy_ms,
+            attested_ms=attested_ms,
+            window_ms=window_ms,
+            declared=declared,
+            assumed=flop.assumed,
+            unknown_model=flop.unknown_model,
+            log_index=log_index,
+        )
+        upper_sum += flop.upper_bound_flop
+        central_sum += flop.central_estimate_flop
+        energy_sum += flop.energy_flop
+        edges.append(GpuEdge(uuid, model, energy_start_mj, energy_end_mj, energy_ok))
+        gpus.append(
+            GpuFold(uuid, model, flop.upper_bound_flop, flop.energy_flop, energy_ok, declared)
+        )
+    edge = WindowEdge(
+        seq=body.seq,
+        window_start_ns=start_ns,
+        window_end_ns=body.window_end_ns,
+        boot_id=body.boot_id,
+        log_index=log_index,
+        gpus=tuple(edges),
+    )
+    return AttestationFold(
+        log_index, start_ns, upper_sum, central_sum, energy_sum, edge, tuple(gpus)
+    )
+
+
 # --- buckets -------------------------------------------------------------------------------------
 
 
@@ -186,26 +294,56 @@ class Bucket:
 
     def add(self, figures: GpuWindowFigures) -> None:
         """Add one GPU-window (whose window must start in this bucket; not checked here)."""
-        self.upper_bound_flop += figures.upper_bound_flop
-        self.central_estimate_flop += figures.central_estimate_flop
-        self.energy_flop += figures.energy_flop
-        self.energy_mj += figures.energy_mj
-        self.busy_gpu_ms += figures.busy_ms
-        if figures.declared:
-            self.attested_gpu_ms += figures.attested_ms
+        self.add_values(
+            upper_bound_flop=figures.upper_bound_flop,
+            central_estimate_flop=figures.central_estimate_flop,
+            energy_flop=figures.energy_flop,
+            energy_mj=figures.energy_mj,
+            busy_ms=figures.busy_ms,
+            attested_ms=figures.attested_ms,
+            window_ms=figures.window_ms,
+            declared=figures.declared,
+            assumed=figures.assumed,
+            unknown_model=figures.unknown_model,
+            log_index=figures.log_index,
+        )
+
+    def add_values(
+        self,
+        *,
+        upper_bound_flop: int,
+        central_estimate_flop: int,
+        energy_flop: int,
+        energy_mj: int,
+        busy_ms: int,
+        attested_ms: int,
+        window_ms: int,
+        declared: bool,
+        assumed: bool,
+        unknown_model: bool,
+        log_index: int,
+    ) -> None:
+        """:meth:`add` from the values themselves (the ingest hot path makes no figures object)."""
+        self.upper_bound_flop += upper_bound_flop
+        self.central_estimate_flop += central_estimate_flop
+        self.energy_flop += energy_flop
+        self.energy_mj += energy_mj
+        self.busy_gpu_ms += busy_ms
+        if declared:
+            self.attested_gpu_ms += attested_ms
         else:
-            self.undeclared_gpu_ms += figures.attested_ms
+            self.undeclared_gpu_ms += attested_ms
         self.gpu_windows += 1
-        self.assumed_gpu_windows += figures.assumed
-        self.unknown_model_gpu_windows += figures.unknown_model
-        # busy/window >= (i+1) x 5 %  <=>  busy x 20 >= (i+1) x window
-        scaled_busy = figures.busy_ms * BUSY_STEPS
-        window_ms = figures.window_ms
-        for i in range(BUSY_STEPS):
-            if scaled_busy < (i + 1) * window_ms:
-                break
-            self.busy_at_least_ms[i] += figures.attested_ms
-        self._note_log_indices(figures.log_index, figures.log_index)
+        self.assumed_gpu_windows += assumed
+        self.unknown_model_gpu_windows += unknown_model
+        # busy/window >= (i+1) x 5 %  <=>  busy x 20 >= (i+1) x window: the first
+        # min(20, busy x 20 // window) steps.
+        if window_ms > 0 and attested_ms:
+            steps = min(BUSY_STEPS, busy_ms * BUSY_STEPS // window_ms)
+            at_least = self.busy_at_least_ms
+            for i in range(steps):
+                at_least[i] += attested_ms
+        self._note_log_indices(log_index, log_index)
 
     def merge(self, other: Bucket) -> None:
         """Add another bucket of the same start (e.g. one transaction's sums to a stored row)."""

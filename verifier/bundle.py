@@ -231,6 +231,7 @@ class _Node:
     revoked_at_ns: int | None = None
     forks: int = 0
     windows: list[WindowEdge] = field(default_factory=list)
+    folds: list[accounts.AttestationFold] = field(default_factory=list)
     head: ChainHead | None = None
     digests_by_seq: dict[int, bytes] = field(default_factory=dict)
 
@@ -249,7 +250,9 @@ class _State:
     nodes: dict[bytes, _Node] = field(default_factory=dict)
     pending_enrollments: dict[bytes, tuple[int, Envelope]] = field(default_factory=dict)
     findings: list[pb.LoggedFinding] = field(default_factory=list)
-    figures: list[accounts.GpuWindowFigures] = field(default_factory=list)
+    buckets: dict[int, Bucket] = field(default_factory=dict)
+    folds: list[accounts.AttestationFold] = field(default_factory=list)
+    bucket_ns: int = 0
     forks_found: set[tuple[bytes, int]] = field(default_factory=set)
 
     def fail(self, message: str) -> None:
@@ -331,8 +334,14 @@ def _verify(data: bytes, pinned_log_key: str | None, result: BundleVerification)
             f"the report was computed at tree size {bundle.server_report.tree_size}, beyond the "
             f"checkpoint's {checkpoint.tree_size}"
         )
+    if bundle.bucket_ns <= 0:
+        raise BodyError("the bundle's bucket width is not positive")
     state = _State(
-        result=result, log_verifier=log_verifier, log_ring=log_ring, lab_id=bundle.lab_id
+        result=result,
+        log_verifier=log_verifier,
+        log_ring=log_ring,
+        lab_id=bundle.lab_id,
+        bucket_ns=bundle.bucket_ns,
     )
     # 5. Every entry: included in the checkpoint, in log order, each verified and folded in.
     previous = -1
@@ -489,10 +498,12 @@ def _fold_attestation(state: _State, index: int, envelope: Envelope) -> None:
         raise VerificationError(f"attestation seq {body.seq} goes back in time")
     node.head = ChainHead(body.seq, Digest(att.digest), body.window_end_ns)
     node.digests_by_seq[body.seq] = att.digest
-    node.windows.append(accounts.window_edge(att, index))
     state.result.attestations += 1
     declared = _declared_at(state, index, body.window_start_ns)
-    state.figures.extend(accounts.gpu_window_figures(att, index, declared))
+    fold = accounts.fold_attestation(att, index, declared, state.buckets, state.bucket_ns)
+    node.windows.append(fold.edge)
+    node.folds.append(fold)
+    state.folds.append(fold)
 
 
 def _declared_at(state: _State, index: int, window_start_ns: int) -> frozenset[str]:
@@ -552,8 +563,7 @@ def _recompute(state: _State, bundle: bpb.EvidenceBundle) -> pb.ComplianceReport
     policy: Policy = load_policy_bytes(
         record.policy_toml, f"policy {record.policy_id} v{record.policy_version}"
     )
-    buckets: dict[int, Bucket] = {}
-    accounts.accumulate(buckets, state.figures, bucket_ns)
+    buckets = state.buckets
     timelines: list[evaluation.NodeTimeline] = []
     for node in state.nodes.values():
         span = accounts.node_active_span(start, as_of, node.enrolled_at_ns, node.revoked_at_ns)
@@ -568,11 +578,7 @@ def _recompute(state: _State, bundle: bpb.EvidenceBundle) -> pb.ComplianceReport
             grace_ns=bundle.open_gap_grace_ns,
         )
         in_period = [w for w in node.windows if start <= w.window_start_ns < as_of]
-        upper = sum(
-            f.upper_bound_flop
-            for f in state.figures
-            if f.node_id == node.node_id and start <= f.window_start_ns < as_of
-        )
+        upper = sum(f.upper_bound_flop for f in node.folds if start <= f.window_start_ns < as_of)
         timelines.append(
             evaluation.NodeTimeline(
                 node_id=node.node_id,
@@ -604,7 +610,16 @@ def _recompute(state: _State, bundle: bpb.EvidenceBundle) -> pb.ComplianceReport
         inventory=[version for _, version in state.inventory],
         nodes=timelines,
         findings=findings,
-        evidence=evaluation.InMemoryEvidenceIndex(state.figures),
+        evidence=evaluation.InMemoryEvidenceIndex.from_totals(
+            (
+                f.log_index,
+                f.window_start_ns,
+                f.upper_bound_flop,
+                f.central_estimate_flop,
+                f.energy_flop,
+            )
+            for f in state.folds
+        ),
         tree_size=server.tree_size,
         table_version=compute.TABLE_VERSION,
     )

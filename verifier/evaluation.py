@@ -131,6 +131,16 @@ class InMemoryEvidenceIndex:
             totals[2] += item.energy_flop
         self._entries = sorted((starts[index], index, *sums[index]) for index in starts)
 
+    @classmethod
+    def from_totals(cls, totals: Iterable[tuple[int, int, int, int, int]]) -> InMemoryEvidenceIndex:
+        """From per-attestation ``(log_index, window_start_ns, upper, central, energy)`` sums."""
+        index = cls(())
+        index._entries = sorted(
+            (start, log_index, upper, central, energy)
+            for log_index, start, upper, central, energy in totals
+        )
+        return index
+
     def top_contributors(self, start_ns: int, end_ns: int, figure: Figure, limit: int) -> list[int]:
         column = {Figure.UPPER_BOUND: 2, Figure.CENTRAL_ESTIMATE: 3, Figure.ENERGY: 4}[figure]
         ranked = sorted(

@@ -445,9 +445,8 @@ class Ingestor:
         batch.digests[digest] = index
         batch.stored_at[(node.node_id, seq)] = digest
         declared = self._inventory_at(w, batch, node.lab_id, body.window_start_ns) or frozenset()
-        figures = accounts.gpu_window_figures(att, index, declared)
         lab_buckets = batch.buckets.setdefault(node.lab_id, {})
-        accounts.accumulate(lab_buckets, figures, ingest.bucket_ns)
+        fold = accounts.fold_attestation(att, index, declared, lab_buckets, ingest.bucket_ns)
         batch.attestations.append(
             AttestationRow(
                 node_id=node.node_id,
@@ -457,12 +456,12 @@ class Ingestor:
                 lab_id=node.lab_id,
                 window_start_ns=body.window_start_ns,
                 window_end_ns=body.window_end_ns,
-                upper_bound_flop=sum(f.upper_bound_flop for f in figures),
-                central_estimate_flop=sum(f.central_estimate_flop for f in figures),
-                energy_flop=sum(f.energy_flop for f in figures),
+                upper_bound_flop=fold.upper_bound_flop,
+                central_estimate_flop=fold.central_estimate_flop,
+                energy_flop=fold.energy_flop,
             )
         )
-        edge = accounts.window_edge(att, index)
+        edge = fold.edge
         previous = self._previous_edge(w, batch, node)
         gap_recorded = False
         if previous is not None:
@@ -498,8 +497,7 @@ class Ingestor:
             node=node,
             att=att,
             index=index,
-            figures=figures,
-            declared=declared,
+            fold=fold,
         )
         new_node = self.core.with_head(
             node,
@@ -672,8 +670,7 @@ class Ingestor:
         node: NodeState,
         att: VerifiedAttestation,
         index: int,
-        figures: Sequence[accounts.GpuWindowFigures],
-        declared: frozenset[str],
+        fold: accounts.AttestationFold,
     ) -> None:
         body = att.body
         ingest = self.config.ingest
@@ -715,51 +712,52 @@ class Ingestor:
                     )
                 )
         window_ms = att.window_ms
-        for gpu, figure in zip(body.gpus, figures, strict=True):
-            if gpu.uuid not in declared and self._claim(
-                w, batch, f"undeclared:{node.lab_id}:{gpu.uuid}", DAY_NS
+        for gpu, folded in zip(body.gpus, fold.gpus, strict=True):
+            uuid = folded.uuid
+            if not folded.declared and self._claim(
+                w, batch, f"undeclared:{node.lab_id}:{uuid}", DAY_NS
             ):
                 w.add_finding(
                     finding(
                         fpb.FINDING_KIND_UNDECLARED_GPU,
                         fpb.SEVERITY_WARNING,
-                        f"GPU {gpu.uuid} is not in lab {node.lab_id}'s declared inventory",
-                        gpu.uuid,
+                        f"GPU {uuid} is not in lab {node.lab_id}'s declared inventory",
+                        uuid,
                     )
                 )
             if (
-                gpu.energy_counter_state == apb.ENERGY_COUNTER_STATE_OK
+                folded.energy_ok
                 and compute.energy_exceeds(
-                    figure.upper_bound_flop,
-                    figure.energy_flop,
+                    folded.upper_bound_flop,
+                    folded.energy_flop,
                     window_ms,
-                    compute.lookup_model(gpu.model),
+                    compute.lookup_model(folded.model),
                     factor_ppm=ingest.energy_mismatch_factor_ppm,
                     idle_power_fraction_ppm=ingest.idle_power_fraction_ppm,
                 )
-                and self._claim(w, batch, f"energy:{node.node_id.hex()}:{gpu.uuid}", HOUR_NS)
+                and self._claim(w, batch, f"energy:{node.node_id.hex()}:{uuid}", HOUR_NS)
             ):
                 w.add_finding(
                     finding(
                         fpb.FINDING_KIND_ENERGY_MISMATCH,
                         fpb.SEVERITY_CRITICAL,
-                        f"GPU {gpu.uuid} used energy for {figure.energy_flop} FLOP "
+                        f"GPU {uuid} used energy for {folded.energy_flop} FLOP "
                         "but reports utilisation bounding it at "
-                        f"{figure.upper_bound_flop} FLOP",
-                        gpu.uuid,
+                        f"{folded.upper_bound_flop} FLOP",
+                        uuid,
                     )
                 )
             claimed = gpu.bounds.upper_bound_flop
-            if claimed < figure.upper_bound_flop and self._claim(
+            if claimed < folded.upper_bound_flop and self._claim(
                 w, batch, f"bounds:{node.node_id.hex()}", DAY_NS
             ):
                 w.add_finding(
                     finding(
                         fpb.FINDING_KIND_BOUNDS_MISMATCH,
                         fpb.SEVERITY_INFO,
-                        f"GPU {gpu.uuid}: the agent claimed an upper bound of {claimed} FLOP; "
-                        f"the verifier computes {figure.upper_bound_flop}",
-                        gpu.uuid,
+                        f"GPU {uuid}: the agent claimed an upper bound of {claimed} FLOP; "
+                        f"the verifier computes {folded.upper_bound_flop}",
+                        uuid,
                     )
                 )
 

@@ -16,13 +16,12 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from pausewatch.v1 import attestation_service_pb2, audit_pb2, registry_pb2
-from pausewatch.v1 import attestation_service_pb2_grpc as spb_grpc
-from pausewatch.v1 import audit_pb2_grpc as apb_grpc
-from pausewatch.v1 import registry_pb2_grpc as rpb_grpc
 
 from attest.errors import ConfigError
 from attest.keys import load_private_key
@@ -31,7 +30,12 @@ from verifier.config import VerifierConfig
 from verifier.core import VerifierCore
 from verifier.ingest import Ingestor
 from verifier.registry import Registry
-from verifier.servicers import AttestationServicer, AuditServicer, RegistryServicer
+from verifier.servicers import (
+    AttestationServicer,
+    AuditServicer,
+    RegistryServicer,
+    add_service,
+)
 from verifier.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -41,6 +45,10 @@ SERVICE_NAMES = (
     registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name,
     audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
 )
+
+
+def _service(module: Any, name: str) -> ServiceDescriptor:
+    return module.DESCRIPTOR.services_by_name[name]  # type: ignore[no-any-return]
 
 
 def open_store(config: VerifierConfig) -> Store:
@@ -118,12 +126,18 @@ class VerifierServer:
         for name in ("", *SERVICE_NAMES):
             self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        spb_grpc.add_AttestationServiceServicer_to_server(
-            AttestationServicer(self.core, self.ingestor), server
+        add_service(
+            server,
+            _service(attestation_service_pb2, "AttestationService"),
+            AttestationServicer(self.core, self.ingestor),
         )
-        rpb_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(self.registry), server)
-        apb_grpc.add_AuditServiceServicer_to_server(
-            AuditServicer(self.core, self.auditor, self._stopping), server
+        add_service(
+            server, _service(registry_pb2, "RegistryService"), RegistryServicer(self.registry)
+        )
+        add_service(
+            server,
+            _service(audit_pb2, "AuditService"),
+            AuditServicer(self.core, self.auditor, self._stopping),
         )
         if server_config.reflection:
             from grpc_reflection.v1alpha import reflection
@@ -132,13 +146,18 @@ class VerifierServer:
                 (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
             )
         credentials = self._credentials()
-        if credentials is None:
-            log.warning("serving WITHOUT TLS (insecure_no_tls): for local tests only")
-            self.port = server.add_insecure_port(server_config.listen)
-        else:
-            self.port = server.add_secure_port(server_config.listen, credentials)
+        try:
+            if credentials is None:
+                log.warning("serving WITHOUT TLS (insecure_no_tls): for local tests only")
+                self.port = server.add_insecure_port(server_config.listen)
+            else:
+                self.port = server.add_secure_port(server_config.listen, credentials)
+        except RuntimeError:
+            self.port = 0
         if self.port == 0:
-            raise ConfigError(f"cannot listen on {server_config.listen}")
+            raise ConfigError(
+                f"cannot listen on {server_config.listen} (in use, or not an address of this host)"
+            )
         server.start()
         self._server = server
         self.core.log.sign_checkpoint()
@@ -170,7 +189,9 @@ class VerifierServer:
         self._stopping.set()
         self.health.enter_graceful_shutdown()
         if self._server is not None:
-            self._server.stop(self.config.server.shutdown_grace_s).wait()
+            grace = self.config.server.shutdown_grace_s
+            if not self._server.stop(grace).wait(timeout=grace + 10):
+                log.warning("some calls did not end within the shutdown grace; closing anyway")
         if self._checkpoints is not None:
             self._checkpoints.join(timeout=5)
         try:

@@ -18,6 +18,9 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import DecodeError
+from google.protobuf.message_factory import GetMessageClass
 from pausewatch.v1 import attestation_service_pb2 as spb
 from pausewatch.v1 import attestation_service_pb2_grpc as spb_grpc
 from pausewatch.v1 import audit_pb2 as apb
@@ -68,6 +71,60 @@ STATUS_FOR_ERROR: tuple[tuple[type[PausewatchError], grpc.StatusCode], ...] = (
 )
 
 
+class _Malformed:
+    """Stands in for a request message that did not parse (see :func:`add_service`)."""
+
+    __slots__ = ()
+
+
+MALFORMED = _Malformed()
+
+
+def _safe_parser(message_class: Any) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        try:
+            return message_class.FromString(data)
+        except DecodeError:
+            return MALFORMED
+
+    return parse
+
+
+def add_service(server: grpc.Server, service: ServiceDescriptor, servicer: object) -> None:
+    """Register ``servicer``'s methods for ``service`` with request parsing that never raises.
+
+    grpcio's own registration raises inside the transport when a request does not parse, and a
+    stream whose message did not parse can then leave its handler waiting for ever (and
+    ``server.stop()`` with it). Here a bad message reaches the handler as :data:`MALFORMED`, which
+    the handler wrappers turn into INVALID_ARGUMENT like any other malformed request.
+    """
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+    for method in service.methods:
+        request_class = GetMessageClass(method.input_type)
+        response_class = GetMessageClass(method.output_type)
+        behaviour = getattr(servicer, method.name)
+        kinds = {
+            (False, False): grpc.unary_unary_rpc_method_handler,
+            (False, True): grpc.unary_stream_rpc_method_handler,
+            (True, False): grpc.stream_unary_rpc_method_handler,
+            (True, True): grpc.stream_stream_rpc_method_handler,
+        }
+        make = kinds[(method.client_streaming, method.server_streaming)]
+        handlers[method.name] = make(
+            behaviour,
+            request_deserializer=_safe_parser(request_class),
+            response_serializer=response_class.SerializeToString,
+        )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+    )
+
+
+def _check_parsed(request: Any) -> None:
+    if request is MALFORMED:
+        raise InvalidRequestError("the request message is malformed")
+
+
 def status_for(exc: PausewatchError) -> grpc.StatusCode:
     for kind, code in STATUS_FOR_ERROR:
         if isinstance(exc, kind):
@@ -94,6 +151,7 @@ def unary(method: F) -> F:
     @functools.wraps(method)
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
         try:
+            _check_parsed(request)
             return method(self, request, context)
         except Exception as exc:
             _abort(context, exc, method.__name__)
@@ -108,6 +166,7 @@ def streaming(method: F) -> F:
     @functools.wraps(method)
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         try:
+            _check_parsed(request)
             yield from method(self, request, context)
         except Exception as exc:  # noqa: BLE001 - the gRPC error-mapping layer
             _abort(context, exc, method.__name__)
@@ -116,6 +175,7 @@ def streaming(method: F) -> F:
 
 
 def _batch(request: spb.SubmitAttestationsRequest, limit: int) -> list[bytes]:
+    _check_parsed(request)
     envelopes = list(request.envelopes)
     if len(envelopes) > limit:
         raise InvalidRequestError(f"a batch holds at most {limit} envelopes; got {len(envelopes)}")

@@ -23,6 +23,7 @@ from verifier.accounts import (
     WindowEdge,
     accumulate,
     bucket_start,
+    fold_attestation,
     gap_between,
     gpu_window_figures,
     node_active_span,
@@ -727,3 +728,36 @@ def test_unread_utilisation_is_not_attested() -> None:
     out = gpu_window_figures(verified(body), 0, {UUID0, UUID1})
     assert out[0].attested_ms == 0
     assert out[1].attested_ms == 45_000
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_fold_attestation_equals_the_reference_functions(data: st.DataObject) -> None:
+    """The ingest hot path (fold_attestation) adds exactly what accumulate(gpu_window_figures)
+    adds, and returns the same edge and totals, for arbitrary GPU measurements."""
+    body = NODE.body(data.draw(st.integers(0, 5)))
+    for gpu in body.gpus:
+        gpu.busy_ms = data.draw(st.integers(0, 61_000))
+        gpu.samples_taken = data.draw(st.integers(0, 60))
+        gpu.presence = data.draw(st.sampled_from([apb.GPU_PRESENCE_PRESENT, apb.GPU_PRESENCE_LOST]))
+        gpu.energy_counter_state = data.draw(
+            st.sampled_from([apb.ENERGY_COUNTER_STATE_OK, apb.ENERGY_COUNTER_STATE_RESET])
+        )
+        gpu.model = data.draw(st.sampled_from([H100, "NVIDIA A100-SXM4-80GB", "Mystery GPU"]))
+        if data.draw(st.booleans()):
+            gpu.tensor_active_ms = data.draw(st.integers(0, 60_000))
+            gpu.metric_status.add(metric=apb.METRIC_GPM_TENSOR_ACTIVE, state=apb.METRIC_STATE_SUPPORTED)
+    att = verified(body)
+    declared = {UUID0} if data.draw(st.booleans()) else set()
+    bucket_ns = data.draw(st.sampled_from([60 * S, 7 * S, 3600 * S]))
+    expected: dict[int, Bucket] = {}
+    figures = gpu_window_figures(att, 9, declared)
+    accumulate(expected, figures, bucket_ns)
+    got: dict[int, Bucket] = {}
+    fold = fold_attestation(att, 9, declared, got, bucket_ns)
+    assert {k: b.to_row() for k, b in got.items()} == {k: b.to_row() for k, b in expected.items()}
+    assert fold.upper_bound_flop == sum(f.upper_bound_flop for f in figures)
+    assert fold.central_estimate_flop == sum(f.central_estimate_flop for f in figures)
+    assert fold.energy_flop == sum(f.energy_flop for f in figures)
+    assert fold.edge == window_edge(att, 9)
+    assert [g.declared for g in fold.gpus] == [f.declared for f in figures]
