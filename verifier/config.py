@@ -65,7 +65,7 @@ class IngestConfig:
     open_gap_grace_ns: int = 150 * S
     energy_mismatch_factor_ppm: int = 3_000_000
     idle_power_fraction_ppm: int = 200_000
-    verify_threads: int = 2
+    verify_threads: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,7 +229,7 @@ def parse_config(data: bytes, *, source: str = "<config>", base: Path = Path()) 
         open_gap_grace_ns=ig.positive("open_gap_grace_ms", 150_000) * 1_000_000,
         energy_mismatch_factor_ppm=ig.positive("energy_mismatch_factor_ppm", 3_000_000),
         idle_power_fraction_ppm=ig.positive("idle_power_fraction_ppm", 200_000),
-        verify_threads=ig.positive("verify_threads", 2),
+        verify_threads=ig.positive("verify_threads", 1),
     )
     if ingest.energy_mismatch_factor_ppm < 1_000_000:
         raise ConfigError(f"{source}: ingest.energy_mismatch_factor_ppm: must be >= 1000000")

@@ -18,6 +18,7 @@ and may be resent.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -93,6 +94,15 @@ class SubmitResult:
 
 
 @dataclass
+class _Job:
+    """One submitted batch on its way through the group commit."""
+
+    raws: Sequence[bytes]
+    checked: list[Rejection | Candidate]
+    result: SubmitResult | None = None
+
+
+@dataclass
 class _Batch:
     """What the serial stage accumulates before writing it in bulk."""
 
@@ -121,6 +131,9 @@ class Ingestor:
             max_workers=max(1, core.config.ingest.verify_threads), thread_name_prefix="verify"
         )
         self._edges: dict[bytes, accounts.WindowEdge] = {}
+        self._pending: list[_Job] = []
+        self._pending_lock = threading.Lock()
+        self._commit_lock = threading.Lock()
         # Finding rate limits already claimed in the store, so a flood of identical findings is
         # refused without a database round trip per GPU-window.
         self._claims: dict[str, int] = {}
@@ -187,47 +200,68 @@ class Ingestor:
     # -- the batch ----------------------------------------------------------------------------
 
     def submit(self, raws: Sequence[bytes]) -> SubmitResult:
-        """Process one batch and return a receipt per envelope, in order."""
-        checked = self._check_all(raws)
-        receipts: list[spb.Receipt | None] = [None] * len(raws)
-        for i, outcome in enumerate(checked):
-            if isinstance(outcome, Rejection) and not outcome.bad_signature:
-                receipts[i] = self._rejected(raws[i], outcome.reason, outcome.detail)
+        """Process one batch and return a receipt per envelope, in order.
+
+        Group commit: batches that finish their stateless checks while another batch is being
+        committed wait for the write path together, and the next committer takes them all into
+        one transaction (one fsync), each keeping its own receipts in order."""
+        job = _Job(raws=raws, checked=self._check_all(raws))
+        with self._pending_lock:
+            self._pending.append(job)
+        with self._commit_lock:
+            if job.result is None:
+                with self._pending_lock:
+                    jobs, self._pending = self._pending, []
+                self._commit(jobs)
+        assert job.result is not None
+        return job.result
+
+    def _commit(self, jobs: list[_Job]) -> None:
+        """Run the serial stage of ``jobs`` in one transaction and give each its receipts."""
+        all_receipts: list[list[spb.Receipt | None]] = []
+        for job in jobs:
+            receipts: list[spb.Receipt | None] = [None] * len(job.raws)
+            for i, outcome in enumerate(job.checked):
+                if isinstance(outcome, Rejection) and not outcome.bad_signature:
+                    receipts[i] = self._rejected(job.raws[i], outcome.reason, outcome.detail)
+            all_receipts.append(receipts)
         batch = _Batch()
         try:
             with self.core.write() as w:
-                for i, outcome in enumerate(checked):
-                    if receipts[i] is not None:
-                        continue
-                    if isinstance(outcome, Rejection):
-                        receipts[i] = self._bad_signature(w, raws[i], outcome)
-                    else:
-                        receipts[i] = self._serial(w, batch, outcome)
+                for job, receipts in zip(jobs, all_receipts, strict=True):
+                    for i, outcome in enumerate(job.checked):
+                        if receipts[i] is not None:
+                            continue
+                        if isinstance(outcome, Rejection):
+                            receipts[i] = self._bad_signature(w, job.raws[i], outcome)
+                        else:
+                            receipts[i] = self._serial(w, batch, outcome)
                 self._flush(w, batch)
         except Exception:
-            log.exception("batch of %d envelopes could not be committed", len(raws))
-            for i, outcome in enumerate(checked):
-                receipt = receipts[i]
-                if (
-                    isinstance(outcome, Candidate)
-                    or (isinstance(outcome, Rejection) and outcome.bad_signature)
-                    or receipt is None
-                ):
-                    receipts[i] = self._rejected(
-                        raws[i],
-                        spb.REJECT_REASON_UNAVAILABLE,
-                        "the verifier could not commit; resend",
-                    )
-            batch = _Batch()
+            log.exception("%d batches could not be committed", len(jobs))
+            for job, receipts in zip(jobs, all_receipts, strict=True):
+                for i, outcome in enumerate(job.checked):
+                    if (
+                        isinstance(outcome, Candidate)
+                        or (isinstance(outcome, Rejection) and outcome.bad_signature)
+                        or receipts[i] is None
+                    ):
+                        receipts[i] = self._rejected(
+                            job.raws[i],
+                            spb.REJECT_REASON_UNAVAILABLE,
+                            "the verifier could not commit; resend",
+                        )
         else:
             self._edges.update(batch.edges)
             self._claims.update(batch.claims)
             if len(self._claims) > 100_000:
                 now = self.core.clock_ns()
                 self._claims = {k: v for k, v in self._claims.items() if v > now}
-        final = [r for r in receipts if r is not None]
-        assert len(final) == len(raws)
-        return SubmitResult(receipts=final, tree_size=self.core.log.size)
+        tree_size = self.core.log.size
+        for job, receipts in zip(jobs, all_receipts, strict=True):
+            final = [r for r in receipts if r is not None]
+            assert len(final) == len(job.raws)
+            job.result = SubmitResult(receipts=final, tree_size=tree_size)
 
     @staticmethod
     def _rejected(raw: bytes, reason: int, detail: str, seq: int | None = None) -> spb.Receipt:
