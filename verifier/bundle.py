@@ -228,7 +228,9 @@ class _Node:
     public_key_raw: bytes
     enrolled_at_ns: int
     enrollment_index: int
+    gpu_uuids: frozenset[str] = frozenset()
     revoked_at_ns: int | None = None
+    revocation_index: int | None = None
     forks: int = 0
     windows: list[WindowEdge] = field(default_factory=list)
     folds: list[accounts.AttestationFold] = field(default_factory=list)
@@ -420,6 +422,8 @@ def _fold_entry(state: _State, index: int, raw: bytes) -> None:
         if kind == PayloadType.INVENTORY:
             declaration = rpb.InventoryDeclaration()
             _parse_message(declaration, verified.payload, "InventoryDeclaration")
+            if declaration.lab_id != state.lab_id:
+                raise VerificationError("an inventory declaration of another lab")
             state.inventory.append(
                 (
                     index,
@@ -433,11 +437,14 @@ def _fold_entry(state: _State, index: int, raw: bytes) -> None:
         else:
             revocation = rpb.NodeRevocation()
             _parse_message(revocation, verified.payload, "NodeRevocation")
+            if revocation.lab_id != state.lab_id:
+                raise VerificationError("a revocation of another lab")
             node = state.nodes.get(bytes(revocation.node_id))
             if node is None:
                 raise VerificationError("a revocation of a node with no enrolment in the bundle")
             if node.revoked_at_ns is None:
                 node.revoked_at_ns = revocation.created_at_ns
+                node.revocation_index = index
         return
     if kind == PayloadType.ATTESTATION:
         _fold_attestation(state, index, envelope)
@@ -473,6 +480,7 @@ def _fold_enrollment(state: _State, index: int, envelope: Envelope) -> None:
         public_key_raw=bytes(enrollment.node_public_key),
         enrolled_at_ns=enrollment.created_at_ns,
         enrollment_index=pending[0],
+        gpu_uuids=frozenset(gpu.uuid for gpu in enrollment.gpus),
     )
 
 
@@ -486,6 +494,15 @@ def _fold_attestation(state: _State, index: int, envelope: Envelope) -> None:
     body = att.body
     if body.lab_id != state.lab_id:
         raise VerificationError("an attestation of another lab")
+    if node.revocation_index is not None and index > node.revocation_index:
+        raise VerificationError(
+            f"attestation seq {body.seq} was logged after the node's revocation"
+        )
+    unknown = [gpu.uuid for gpu in body.gpus if gpu.uuid not in node.gpu_uuids]
+    if unknown:
+        raise VerificationError(
+            f"attestation seq {body.seq} names a GPU not enrolled: {unknown[0]}"
+        )
     stored = node.digests_by_seq.get(body.seq)
     link = classify(node.head, body.seq, body.prev_digest, att.digest, stored)
     if link is Link.FORK:

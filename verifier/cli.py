@@ -32,11 +32,18 @@ log = logging.getLogger(__name__)
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Log debug detail (and tracebacks) to stderr.")
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="warning",
+    show_default=True,
+    help="What to log to stderr (a verifier in service wants info).",
+)
 @click.pass_context
-def cli(ctx: click.Context, debug: bool) -> None:
+def cli(ctx: click.Context, debug: bool, log_level: str) -> None:
     """pausewatch: verify compute attestations during a declared pause on frontier training."""
     logging.basicConfig(
-        level=logging.DEBUG if debug else logging.WARNING,
+        level=logging.DEBUG if debug else getattr(logging, log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     ctx.obj = {"debug": debug}
@@ -61,6 +68,10 @@ def keygen(out_dir: Path, name: str, note_name: str | None, as_json: bool) -> No
     """Write a new Ed25519 key pair. Never overwrites an existing key."""
     if not name or "/" in name or name.startswith("."):
         raise click.BadParameter("must be a plain file name stem", param_hint="--name")
+    if note_name is not None and not note.is_valid_key_name(note_name):
+        raise click.BadParameter(
+            "a key name has no spaces, no '+' and no control characters", param_hint="--note-name"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     private = keys.generate_private_key()
     key_path = out_dir / f"{name}.key"

@@ -158,6 +158,12 @@ def findings(
         stub = apb_grpc.AuditServiceStub(channel)
         token = 0
         last = -1
+        # Anything logged after this size is caught by the watch even if the listing misses it.
+        size_before = (
+            stub.GetCheckpoint(apb.GetCheckpointRequest(), timeout=RPC_TIMEOUT_S).tree_size
+            if follow
+            else 0
+        )
         while True:
             page = stub.ListFindings(
                 apb.ListFindingsRequest(
@@ -177,12 +183,15 @@ def findings(
             if not token:
                 break
         if follow:
-            stream = stub.WatchFindings(
-                apb.WatchFindingsRequest(lab_id=lab, from_log_index=last + 1)
-            )
+            # Continue after the last finding listed, or (none listed) from the log size taken
+            # before listing; skip anything already shown.
+            shown = last
+            start = last + 1 if last >= 0 else max(1, size_before)
+            stream = stub.WatchFindings(apb.WatchFindingsRequest(lab_id=lab, from_log_index=start))
             try:
                 for item in stream:
-                    show(item)
+                    if item.log_index > shown:
+                        show(item)
             except KeyboardInterrupt:
                 stream.cancel()  # type: ignore[no-untyped-call]
 
@@ -273,7 +282,15 @@ def verify_bundle_command(
     is named); otherwise 0 if the recomputed verdict is compliant, 1 if not."""
     from verifier.bundle import verify_bundle
 
-    result = verify_bundle(path.read_bytes(), pinned_log_key=_log_key(log_key, log_key_file))
+    pinned = _log_key(log_key, log_key_file)
+    if pinned is not None:
+        try:
+            parse_verifier_key(pinned)
+        except KeyFileError:
+            raise click.BadParameter(
+                "not a signed-note verifier key (<name>+<hash>+<key>)", param_hint="--log-key"
+            ) from None
+    result = verify_bundle(path.read_bytes(), pinned_log_key=pinned)
     offline = result.offline_report
     if html_path is not None and offline is not None:
         _write_html(html_path, offline)

@@ -35,7 +35,7 @@ class ServerConfig:
     max_message_bytes: int = 8 * 1024 * 1024
     max_envelope_bytes: int = 256 * 1024
     max_batch_envelopes: int = 1024
-    workers: int = 16
+    workers: int = 64
     shutdown_grace_s: int = 10
 
 

@@ -72,7 +72,11 @@ _RULE_KINDS = {
     RuleKind.MAX_GAP: pb.RULE_KIND_MAX_GAP,
     RuleKind.TRAINING_SIGNATURE: pb.RULE_KIND_TRAINING_SIGNATURE,
 }
-_INVALIDATING = (findings_pb2.FINDING_KIND_EQUIVOCATION, findings_pb2.FINDING_KIND_BAD_SIGNATURE)
+# Only evidence the node itself signed can invalidate its lab's record: an equivocation is two
+# valid signatures by the node's key. A bad signature proves nothing about who sent it (anyone who
+# can reach the verifier can name a node's public key id), so BAD_SIGNATURE findings are reported
+# but never decide the verdict; otherwise any outsider could turn any lab's report INVALID.
+_INVALIDATING = (findings_pb2.FINDING_KIND_EQUIVOCATION,)
 
 
 @dataclass(frozen=True, slots=True)

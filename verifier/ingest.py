@@ -5,14 +5,15 @@ receipt for each.
     result = ingestor.submit(raw_envelopes)       # one transaction for the whole batch
     result.receipts[0].status, result.tree_size
 
-Per envelope, in order: size limit, canonical envelope, payload type, enrolled key, revocation,
-signature over the received bytes, body parse and validation — these run in parallel threads
-(Ed25519 verification releases the GIL) — then, in one serial pass under the write lock: seen
-before (an idempotent duplicate), the node's lab, accepted sampler backend, timestamps within the
-clock skew, GPUs in the enrolled inventory, the nonce, and the chain (next, gap, fork, rollback);
-then the log append, the accounts, gaps and findings. All of a batch's effects commit together or
-not at all; if the commit fails every envelope not already rejected gets REJECT_REASON_UNAVAILABLE
-and may be resent.
+Per envelope, in order: size limit, canonical envelope, payload type, enrolled key, signature
+over the received bytes, body parse and validation — stateless, in the submitting stream's thread
+(Ed25519 verification releases the GIL, so concurrent streams verify in parallel) — then, in one
+serial pass under the write lock: seen before (an idempotent duplicate), revocation, the node's
+lab, accepted sampler backend, timestamps within the clock skew, GPUs in the enrolled inventory,
+the nonce, and the chain (next, gap, fork, rollback); then the log append, the accounts, gaps and
+findings. All of a batch's effects commit together or not at all (batches waiting for the write
+path share one transaction: group commit); if the commit fails every envelope not already
+rejected gets REJECT_REASON_UNAVAILABLE and may be resent.
 """
 
 from __future__ import annotations
@@ -287,7 +288,7 @@ class Ingestor:
             w.add_finding(
                 fpb.Finding(
                     kind=fpb.FINDING_KIND_BAD_SIGNATURE,
-                    severity=fpb.SEVERITY_CRITICAL,
+                    severity=fpb.SEVERITY_WARNING,
                     lab_id=node.lab_id,
                     node_id=node.node_id,
                     period_start_ns=w.now_ns,

@@ -35,7 +35,7 @@ from verifier.core import NodeState, VerifierCore, WriteContext
 from verifier.errors import ConflictError, InvalidRequestError, NotFoundError, PermissionDeniedError
 from verifier.log import PendingEntry
 from verifier.nonce import NonceStatus
-from verifier.policy import load_policy
+from verifier.policy import load_policy, validate_for_buckets
 from verifier.store.base import EntryKind, InventoryRow, LabRow, NodeRow, PolicyRow
 
 log = logging.getLogger(__name__)
@@ -95,6 +95,10 @@ class Registry:
                     f"{lab.policy_path}: lab_id is {policy.lab_id!r} but the config registers "
                     f"it for lab {lab.lab_id!r}"
                 )
+            if policy is not None:
+                problems = validate_for_buckets(policy, self.core.config.ingest.bucket_ns)
+                if problems:
+                    raise ConfigError(f"{lab.policy_path}: " + "; ".join(problems))
             with self.core.write() as w:
                 existing = w.tx.get_lab(lab.lab_id)
                 if (

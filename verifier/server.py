@@ -104,10 +104,12 @@ class VerifierServer:
         cert = _read(server.tls_cert, "server.tls_cert")
         key = _read(server.tls_key, "server.tls_key")
         client_ca = _read(server.client_ca, "server.client_ca") if server.client_ca else None
+        # A client CA means mutual TLS: without require_client_auth, gRPC would also accept
+        # clients that present no certificate (or one from another CA).
         return grpc.ssl_server_credentials(
             [(key, cert)],
             root_certificates=client_ca,
-            require_client_auth=server.require_client_cert,
+            require_client_auth=client_ca is not None,
         )
 
     def start(self) -> int:

@@ -174,9 +174,17 @@ def test_export_verify_and_tamper(lab: Lab) -> None:
         run = pausewatch("audit", "verify-bundle", str(path), "--log-key", log_key)
         assert run.returncode == 3, (position, run.stdout[-500:])
         assert "FAILED" in run.stdout
-    other_key = "example.org/other+0ddcf3f1+AfTVeN8qzYJDhDu8Tjt5QVETp9y8AIYnU+8Q8NOzE0EH"
+    from attest.keys import generate_private_key
+    from attest.note import format_verifier_key
+
+    other_key = format_verifier_key(
+        "test.example/verifier", generate_private_key().public_key().public_bytes_raw()
+    )
     pinned_wrong = pausewatch("audit", "verify-bundle", str(bundle), "--log-key", other_key)
     assert pinned_wrong.returncode == 3
+    assert "FAILED" in pinned_wrong.stdout
+    malformed = pausewatch("audit", "verify-bundle", str(bundle), "--log-key", "not+a+key")
+    assert malformed.returncode == 2
 
 
 def test_log_checkpoint_and_proofs(lab: Lab) -> None:

@@ -257,3 +257,40 @@ def test_reflection_only_when_asked_for(tmp_path: Path, enabled: bool) -> None:
                 assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
     finally:
         server.stop()
+
+
+def test_a_policy_that_does_not_fit_the_buckets_is_refused_at_start(tmp_path: Path) -> None:
+    from attest.errors import ConfigError
+    from verifier.config import load_config
+    from verifier.server import VerifierServer
+
+    files = write_verifier_files(
+        tmp_path / "v",
+        policy='format_version = 1\npolicy_id = "p"\nversion = 1\nlab_id = "lab-a"\n'
+        '[[rules]]\nid = "r"\nkind = "cumulative_flop"\nwindow = "90s"\nlimit_flop = 1\n',
+    )
+    with pytest.raises(ConfigError, match=r"90s|bucket"):
+        VerifierServer.from_config(load_config(files.config))
+
+
+def test_a_port_in_use_is_a_clear_configuration_error(tmp_path: Path) -> None:
+    import socket
+
+    from attest.errors import ConfigError
+    from verifier.config import load_config
+    from verifier.server import VerifierServer
+
+    files = write_verifier_files(tmp_path / "v")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        files.config.write_text(
+            files.config.read_text().replace("127.0.0.1:0", f"127.0.0.1:{port}")
+        )
+        server = VerifierServer.from_config(load_config(files.config))
+        try:
+            with pytest.raises(ConfigError, match="cannot listen"):
+                server.start()
+        finally:
+            server.store.close()

@@ -93,7 +93,7 @@ class EvidenceBundle(_message.Message):
     bucket_ns: _builtins.int
     """Width of the accounting buckets the report uses, ns."""
     max_clock_skew_ns: _builtins.int
-    """Verifier settings that affect the report: the accepted clock skew, ns."""
+    """The verifier's accepted clock skew, ns (for information: the offline check does not use it)."""
     gap_tolerance_ns: _builtins.int
     """Verifier setting: unattested stretches shorter than this are not gaps, ns."""
     open_gap_grace_ns: _builtins.int
@@ -102,9 +102,11 @@ class EvidenceBundle(_message.Message):
     """
     @_builtins.property
     def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___BundleEntry]:
-        """The entries: the lab record, the policy records, the lab's enrolments, inventory declarations
-        and revocations up to the period's end, every attestation of the lab's nodes in the period plus
-        the last one before it of each node, and the findings about the lab in the period. By log index.
+        """The entries: the lab records, the policy records, the lab's enrolments, inventory
+        declarations, revocations and equivocation evidence up to the report's tree size, every
+        attestation of the lab's nodes counted in the period's buckets plus each node's last one before
+        the period, and the findings about the lab in the period (with the entries they cite). By log
+        index.
         """
 
     @_builtins.property

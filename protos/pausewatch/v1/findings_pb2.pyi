@@ -41,9 +41,13 @@ class _FindingKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FindingKi
     FINDING_KIND_ENROLLMENT_CONFLICT: _FindingKind.ValueType  # 3
     """An enrolment tried to reuse an enrolled node id or GPU UUID under another key."""
     FINDING_KIND_BAD_SIGNATURE: _FindingKind.ValueType  # 4
-    """An envelope named an enrolled key but its signature did not verify."""
+    """An envelope named an enrolled key but its signature did not verify. Anyone who can reach the
+    verifier can send one, so it is reported but never decides a verdict.
+    """
     FINDING_KIND_TRAINING_SIGNATURE: _FindingKind.ValueType  # 5
-    """At least K GPUs above U busy for at least D: the shape of a training run."""
+    """At least K GPUs above U busy for at least D: the shape of a training run. (Reserved: this
+    verifier reports it as a rule result of the compliance report, not as a logged finding.)
+    """
     FINDING_KIND_ENERGY_MISMATCH: _FindingKind.ValueType  # 6
     """A window's energy implies far more compute than its utilisation allows."""
     FINDING_KIND_DRIVER_RELOAD: _FindingKind.ValueType  # 7
@@ -57,7 +61,9 @@ class _FindingKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FindingKi
     FINDING_KIND_REVOKED_NODE_SUBMISSION: _FindingKind.ValueType  # 11
     """A revoked node kept submitting."""
     FINDING_KIND_THRESHOLD_EXCEEDED: _FindingKind.ValueType  # 12
-    """A policy rule was broken (cumulative compute, sustained rate)."""
+    """A policy rule was broken (cumulative compute, sustained rate). (Reserved: this verifier
+    reports it as a rule result of the compliance report, not as a logged finding.)
+    """
 
 class FindingKind(_FindingKind, metaclass=_FindingKindEnumTypeWrapper):
     """What kind of finding."""
@@ -73,9 +79,13 @@ FINDING_KIND_EQUIVOCATION: FindingKind.ValueType  # 2
 FINDING_KIND_ENROLLMENT_CONFLICT: FindingKind.ValueType  # 3
 """An enrolment tried to reuse an enrolled node id or GPU UUID under another key."""
 FINDING_KIND_BAD_SIGNATURE: FindingKind.ValueType  # 4
-"""An envelope named an enrolled key but its signature did not verify."""
+"""An envelope named an enrolled key but its signature did not verify. Anyone who can reach the
+verifier can send one, so it is reported but never decides a verdict.
+"""
 FINDING_KIND_TRAINING_SIGNATURE: FindingKind.ValueType  # 5
-"""At least K GPUs above U busy for at least D: the shape of a training run."""
+"""At least K GPUs above U busy for at least D: the shape of a training run. (Reserved: this
+verifier reports it as a rule result of the compliance report, not as a logged finding.)
+"""
 FINDING_KIND_ENERGY_MISMATCH: FindingKind.ValueType  # 6
 """A window's energy implies far more compute than its utilisation allows."""
 FINDING_KIND_DRIVER_RELOAD: FindingKind.ValueType  # 7
@@ -89,7 +99,9 @@ FINDING_KIND_SAMPLER_EVENT: FindingKind.ValueType  # 10
 FINDING_KIND_REVOKED_NODE_SUBMISSION: FindingKind.ValueType  # 11
 """A revoked node kept submitting."""
 FINDING_KIND_THRESHOLD_EXCEEDED: FindingKind.ValueType  # 12
-"""A policy rule was broken (cumulative compute, sustained rate)."""
+"""A policy rule was broken (cumulative compute, sustained rate). (Reserved: this verifier
+reports it as a rule result of the compliance report, not as a logged finding.)
+"""
 Global___FindingKind: _TypeAlias = FindingKind  # noqa: Y015
 
 class _Severity:

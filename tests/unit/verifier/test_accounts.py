@@ -746,7 +746,9 @@ def test_fold_attestation_equals_the_reference_functions(data: st.DataObject) ->
         gpu.model = data.draw(st.sampled_from([H100, "NVIDIA A100-SXM4-80GB", "Mystery GPU"]))
         if data.draw(st.booleans()):
             gpu.tensor_active_ms = data.draw(st.integers(0, 60_000))
-            gpu.metric_status.add(metric=apb.METRIC_GPM_TENSOR_ACTIVE, state=apb.METRIC_STATE_SUPPORTED)
+            gpu.metric_status.add(
+                metric=apb.METRIC_GPM_TENSOR_ACTIVE, state=apb.METRIC_STATE_SUPPORTED
+            )
     att = verified(body)
     declared = {UUID0} if data.draw(st.booleans()) else set()
     bucket_ns = data.draw(st.sampled_from([60 * S, 7 * S, 3600 * S]))

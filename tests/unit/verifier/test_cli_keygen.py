@@ -52,3 +52,10 @@ def test_keygen_refuses_to_overwrite_and_exits_2(tmp_path: Path) -> None:
 def test_unknown_command_is_a_usage_error() -> None:
     result = run("no-such-command")
     assert result.returncode == 2
+
+
+def test_keygen_checks_the_note_name_before_writing_anything(tmp_path: Path) -> None:
+    result = run("keygen", "--out", str(tmp_path), "--name", "k", "--note-name", "has space")
+    assert result.returncode == 2
+    assert "--note-name" in result.stderr
+    assert not (tmp_path / "k.key").exists()
