@@ -109,12 +109,12 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--streams", type=int, default=4)
     parser.add_argument("--in-process-clients", action="store_true")
-    parser.add_argument("--verify-threads", type=int, default=2)
+    parser.add_argument(
+        "--verify-threads", type=int, default=1, help="the verifier's ingest.verify_threads"
+    )
     parser.add_argument("--client", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--address", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if os.environ.get("PW_SWITCH"):
-        sys.setswitchinterval(float(os.environ["PW_SWITCH"]))
     if args.client is not None:
         return client_main(args.client, args.address, args.batch)
 
@@ -141,9 +141,12 @@ def main() -> int:
         groups[i % args.streams].append(chain)
     streams = [[c[seq] for seq in range(args.windows) for c in group] for group in groups]
 
-    with tempfile.TemporaryDirectory() as tmp, running_verifier(
-        Path(tmp) / "v", extra_ingest=f"verify_threads = {args.verify_threads}"
-    ) as verifier:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        running_verifier(
+            Path(tmp) / "v", extra_ingest=f"verify_threads = {args.verify_threads}"
+        ) as verifier,
+    ):
         client = verifier.client()
         for node in nodes:
             client.enroll(node, created_at_ns=t0 - S)
