@@ -773,28 +773,83 @@ class WindowFlop(NamedTuple):
     energy_known: bool
 
 
+class ModelRates(NamedTuple):
+    """The rates behind the figures for one product name, resolved once (see :func:`rates_for`)."""
+
+    peak_flops_per_s: int
+    """Fastest dense peak: the upper bound's rate (the table's maximum for an unknown model)."""
+    central_flops_per_s: int
+    """bf16 (or fp16) peak: the central estimate's rate."""
+    flop_per_joule_num: int
+    flop_per_joule_den: int
+    """FLOP per joule at peak, as an exact fraction."""
+    unknown_model: bool
+
+
+_RATES: dict[tuple[int, str], ModelRates] = {}
+
+
+def rates_for(model_name: str) -> ModelRates:
+    """The rates for a product name (cached per table, like :func:`lookup_model`)."""
+    key = (id(GPU_TABLE), model_name)
+    rates = _RATES.get(key)
+    if rates is None:
+        if len(_RATES) > 4096:
+            _RATES.clear()
+        spec = lookup_model(model_name)
+        if spec is None:
+            per_joule = table_max_flop_per_joule()
+            rates = ModelRates(
+                table_max_flops_per_s(),
+                table_max_central_flops_per_s(),
+                per_joule.numerator,
+                per_joule.denominator,
+                True,
+            )
+        else:
+            per_joule = spec.flop_per_joule_at_peak
+            rates = ModelRates(
+                spec.fastest_flops_per_s,
+                spec.central_flops_per_s,
+                per_joule.numerator,
+                per_joule.denominator,
+                False,
+            )
+        _RATES[key] = rates
+    return rates
+
+
+def flop_from_rates(
+    rates: ModelRates, busy_ms: int, tensor_active_ms: int | None, energy_mj: int | None
+) -> tuple[int, int, int]:
+    """``(upper_bound_flop, central_estimate_flop, energy_flop)``: the arithmetic of
+    :func:`compute_window`, in one place (energy_flop is 0 when ``energy_mj`` is None)."""
+    upper = -(-rates.peak_flops_per_s * busy_ms // MS_PER_S)
+    if tensor_active_ms is not None:
+        central = rates.central_flops_per_s * tensor_active_ms // MS_PER_S
+    else:
+        central = rates.central_flops_per_s * busy_ms * ASSUMED_UTILIZATION_PPM // (MS_PER_S * PPM)
+    energy = (
+        0
+        if energy_mj is None
+        else -(-energy_mj * rates.flop_per_joule_num // (rates.flop_per_joule_den * MJ_PER_J))
+    )
+    return upper, central, energy
+
+
 def window_flop(
     model_name: str, busy_ms: int, tensor_active_ms: int | None, energy_mj: int | None
 ) -> WindowFlop:
     """The same figures as :func:`compute_window`, for trusted non-negative ints (no argument
     checks, no methods in words); :func:`compute_window` is built on it."""
-    spec = lookup_model(model_name)
-    if spec is None:
-        peak = table_max_flops_per_s()
-        central_peak = table_max_central_flops_per_s()
-    else:
-        peak = spec.fastest_flops_per_s
-        central_peak = spec.central_flops_per_s
-    if tensor_active_ms is not None:
-        central = central_peak * tensor_active_ms // MS_PER_S
-    else:
-        central = central_peak * busy_ms * ASSUMED_UTILIZATION_PPM // (MS_PER_S * PPM)
+    rates = rates_for(model_name)
+    upper, central, energy = flop_from_rates(rates, busy_ms, tensor_active_ms, energy_mj)
     return WindowFlop(
-        upper_bound_flop=-(-peak * busy_ms // MS_PER_S),
+        upper_bound_flop=upper,
         central_estimate_flop=central,
-        energy_flop=0 if energy_mj is None else _energy_flop(spec, energy_mj),
+        energy_flop=energy,
         assumed=tensor_active_ms is None,
-        unknown_model=spec is None,
+        unknown_model=rates.unknown_model,
         energy_known=energy_mj is not None,
     )
 

@@ -43,6 +43,15 @@ BUSY_STEPS = 100 // BUSY_STEP_PERCENT
 """``Bucket.busy_at_least_ms[i]`` is the GPU-time of GPU-windows at least ``(i + 1) x 5 %`` busy."""
 
 
+def add_busy_steps(steps: list[int], busy_ms: int, window_ms: int, attested_ms: int) -> None:
+    """Add ``attested_ms`` to ``steps[i]`` for every 5 % step the GPU-window reached:
+    busy/window >= (i+1) x 5 %  <=>  busy x 20 >= (i+1) x window, so the first
+    min(20, busy x 20 // window) steps."""
+    if window_ms > 0 and attested_ms:
+        for i in range(min(BUSY_STEPS, busy_ms * BUSY_STEPS // window_ms)):
+            steps[i] += attested_ms
+
+
 class Figure(StrEnum):
     """Which compute figure a rule measures (DESIGN.md, "Compute accounting")."""
 
@@ -162,6 +171,8 @@ class AttestationFold(NamedTuple):
     energy_flop: int
     edge: WindowEdge
     gpus: tuple[GpuFold, ...]
+    counter_reset: bool
+    """Some GPU's energy counter dropped inside the window (a driver reload)."""
 
 
 def fold_attestation(
@@ -183,12 +194,17 @@ def fold_attestation(
     window_ms = (body.window_end_ns - start_ns) // NS_PER_MS
     interval_ms = body.sample_interval_ms
     key = bucket_start(start_ns, bucket_ns)
-    bucket: Bucket | None = None
     tensor_metric = apb.METRIC_GPM_TENSOR_ACTIVE
     supported = apb.METRIC_STATE_SUPPORTED
     counter_ok = apb.ENERGY_COUNTER_STATE_OK
     present = apb.GPU_PRESENCE_PRESENT
-    upper_sum = central_sum = energy_sum = 0
+    rates_for = compute.rates_for
+    flop_from_rates = compute.flop_from_rates
+    upper_sum = central_sum = energy_sum = energy_mj_sum = busy_sum = 0
+    attested_sum = undeclared_sum = assumed_n = unknown_n = 0
+    steps = [0] * BUSY_STEPS
+    counter_reset_state = apb.ENERGY_COUNTER_STATE_RESET
+    counter_reset = False
     edges: list[GpuEdge] = []
     gpus: list[GpuFold] = []
     for gpu in body.gpus:
@@ -203,38 +219,50 @@ def fold_attestation(
                 break
         energy_start_mj = gpu.energy_start_mj
         energy_end_mj = gpu.energy_end_mj
-        energy_ok = gpu.energy_counter_state == counter_ok
+        counter_state = gpu.energy_counter_state
+        energy_ok = counter_state == counter_ok
+        counter_reset = counter_reset or counter_state == counter_reset_state
         energy_mj = energy_end_mj - energy_start_mj if energy_ok else None
-        flop = compute.window_flop(model, busy_ms, tensor_active_ms, energy_mj)
+        rates = rates_for(model)
+        upper, central, energy_flop = flop_from_rates(rates, busy_ms, tensor_active_ms, energy_mj)
         taken = gpu.samples_taken
         if gpu.presence == present and 0 < gpu.samples_expected <= taken:
             attested_ms = window_ms
         else:
             attested_ms = min(window_ms, taken * interval_ms)
         declared = uuid in declared_uuids
-        if bucket is None:
-            bucket = buckets.get(key)
-            if bucket is None:
-                bucket = buckets[key] = Bucket(bucket_start_ns=key)
-        bucket.add_values(
-            upper_bound_flop=flop.upper_bound_flop,
-            central_estimate_flop=flop.central_estimate_flop,
-            energy_flop=flop.energy_flop,
-            energy_mj=energy_mj or 0,
-            busy_ms=busy_ms,
-            attested_ms=attested_ms,
-            window_ms=window_ms,
-            declared=declared,
-            assumed=flop.assumed,
-            unknown_model=flop.unknown_model,
-            log_index=log_index,
-        )
-        upper_sum += flop.upper_bound_flop
-        central_sum += flop.central_estimate_flop
-        energy_sum += flop.energy_flop
+        upper_sum += upper
+        central_sum += central
+        energy_sum += energy_flop
+        if energy_mj is not None:
+            energy_mj_sum += energy_mj
+        busy_sum += busy_ms
+        if declared:
+            attested_sum += attested_ms
+        else:
+            undeclared_sum += attested_ms
+        assumed_n += tensor_active_ms is None
+        unknown_n += rates.unknown_model
+        add_busy_steps(steps, busy_ms, window_ms, attested_ms)
         edges.append(GpuEdge(uuid, model, energy_start_mj, energy_end_mj, energy_ok))
-        gpus.append(
-            GpuFold(uuid, model, flop.upper_bound_flop, flop.energy_flop, energy_ok, declared)
+        gpus.append(GpuFold(uuid, model, upper, energy_flop, energy_ok, declared))
+    if gpus:
+        bucket = buckets.get(key)
+        if bucket is None:
+            bucket = buckets[key] = Bucket(bucket_start_ns=key)
+        bucket.add_sums(
+            upper_bound_flop=upper_sum,
+            central_estimate_flop=central_sum,
+            energy_flop=energy_sum,
+            energy_mj=energy_mj_sum,
+            busy_gpu_ms=busy_sum,
+            attested_gpu_ms=attested_sum,
+            undeclared_gpu_ms=undeclared_sum,
+            gpu_windows=len(gpus),
+            assumed_gpu_windows=assumed_n,
+            unknown_model_gpu_windows=unknown_n,
+            busy_at_least_ms=steps,
+            log_index=log_index,
         )
     edge = WindowEdge(
         seq=body.seq,
@@ -245,7 +273,7 @@ def fold_attestation(
         gpus=tuple(edges),
     )
     return AttestationFold(
-        log_index, start_ns, upper_sum, central_sum, energy_sum, edge, tuple(gpus)
+        log_index, start_ns, upper_sum, central_sum, energy_sum, edge, tuple(gpus), counter_reset
     )
 
 
@@ -323,26 +351,55 @@ class Bucket:
         unknown_model: bool,
         log_index: int,
     ) -> None:
-        """:meth:`add` from the values themselves (the ingest hot path makes no figures object)."""
+        """:meth:`add` from the values themselves."""
+        steps = [0] * BUSY_STEPS
+        add_busy_steps(steps, busy_ms, window_ms, attested_ms)
+        self.add_sums(
+            upper_bound_flop=upper_bound_flop,
+            central_estimate_flop=central_estimate_flop,
+            energy_flop=energy_flop,
+            energy_mj=energy_mj,
+            busy_gpu_ms=busy_ms,
+            attested_gpu_ms=attested_ms if declared else 0,
+            undeclared_gpu_ms=0 if declared else attested_ms,
+            gpu_windows=1,
+            assumed_gpu_windows=int(assumed),
+            unknown_model_gpu_windows=int(unknown_model),
+            busy_at_least_ms=steps,
+            log_index=log_index,
+        )
+
+    def add_sums(
+        self,
+        *,
+        upper_bound_flop: int,
+        central_estimate_flop: int,
+        energy_flop: int,
+        energy_mj: int,
+        busy_gpu_ms: int,
+        attested_gpu_ms: int,
+        undeclared_gpu_ms: int,
+        gpu_windows: int,
+        assumed_gpu_windows: int,
+        unknown_model_gpu_windows: int,
+        busy_at_least_ms: Sequence[int],
+        log_index: int,
+    ) -> None:
+        """Add the sums of several GPU-windows of one attestation (the ingest hot path)."""
         self.upper_bound_flop += upper_bound_flop
         self.central_estimate_flop += central_estimate_flop
         self.energy_flop += energy_flop
         self.energy_mj += energy_mj
-        self.busy_gpu_ms += busy_ms
-        if declared:
-            self.attested_gpu_ms += attested_ms
-        else:
-            self.undeclared_gpu_ms += attested_ms
-        self.gpu_windows += 1
-        self.assumed_gpu_windows += assumed
-        self.unknown_model_gpu_windows += unknown_model
-        # busy/window >= (i+1) x 5 %  <=>  busy x 20 >= (i+1) x window: the first
-        # min(20, busy x 20 // window) steps.
-        if window_ms > 0 and attested_ms:
-            steps = min(BUSY_STEPS, busy_ms * BUSY_STEPS // window_ms)
-            at_least = self.busy_at_least_ms
-            for i in range(steps):
-                at_least[i] += attested_ms
+        self.busy_gpu_ms += busy_gpu_ms
+        self.attested_gpu_ms += attested_gpu_ms
+        self.undeclared_gpu_ms += undeclared_gpu_ms
+        self.gpu_windows += gpu_windows
+        self.assumed_gpu_windows += assumed_gpu_windows
+        self.unknown_model_gpu_windows += unknown_model_gpu_windows
+        at_least = self.busy_at_least_ms
+        for i, value in enumerate(busy_at_least_ms):
+            if value:
+                at_least[i] += value
         self._note_log_indices(log_index, log_index)
 
     def merge(self, other: Bucket) -> None:

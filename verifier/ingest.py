@@ -723,9 +723,8 @@ class Ingestor:
                 summary=summary,
             )
 
-        reloaded = any(e.kind == apb.EVENT_KIND_DRIVER_RELOAD for e in body.events) or any(
-            g.energy_counter_state == apb.ENERGY_COUNTER_STATE_RESET for g in body.gpus
-        )
+        events = body.events
+        reloaded = fold.counter_reset or any(e.kind == apb.EVENT_KIND_DRIVER_RELOAD for e in events)
         if reloaded:
             w.add_finding(
                 finding(
@@ -734,7 +733,7 @@ class Ingestor:
                     f"driver reload in seq {body.seq}: the energy counter restarted",
                 )
             )
-        for event in body.events:
+        for event in events:
             if event.kind in _SAMPLER_EVENT_KINDS and self._claim(
                 w, batch, f"event:{node.node_id.hex()}:{event.kind}", HOUR_NS
             ):
@@ -747,6 +746,9 @@ class Ingestor:
                     )
                 )
         window_ms = att.window_ms
+        # A cheap necessary condition first: the idle allowance only lowers the energy side, so
+        # energy at or below factor x upper bound can never be a mismatch.
+        factor = ingest.energy_mismatch_factor_ppm
         for gpu, folded in zip(body.gpus, fold.gpus, strict=True):
             uuid = folded.uuid
             if not folded.declared and self._claim(
@@ -762,6 +764,7 @@ class Ingestor:
                 )
             if (
                 folded.energy_ok
+                and folded.energy_flop > factor * folded.upper_bound_flop // 1_000_000
                 and compute.energy_exceeds(
                     folded.upper_bound_flop,
                     folded.energy_flop,

@@ -200,3 +200,23 @@ def test_findings_are_paged_and_watched(tmp_path: Path) -> None:
         with pytest.raises(grpc.RpcError) as info:
             client.audit.ListFindings(apb.ListFindingsRequest(lab_id="no-such-lab"))
         assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_energy_that_utilisation_cannot_explain_is_a_finding(tmp_path: Path) -> None:
+    """A sampler that reports idle GPUs while they draw full power: the energy cross-check."""
+    t0 = recent_t0()
+    node = TestNode.from_seed(9, t0_ns=t0)
+    with running_verifier(tmp_path) as v:
+        client = v.client()
+        client.enroll(node, created_at_ns=t0 - S)
+        honest = node.sign_body(node.body(0))
+        body = node.body(1, envelope_digest(honest), busy_ms=0)
+        body.gpus[0].energy_end_mj = body.gpus[0].energy_start_mj + 42_000_000  # 700 W x 60 s
+        body.gpus[1].energy_end_mj = body.gpus[1].energy_start_mj + 4_200_000  # idle: 70 W x 60 s
+        receipts = client.submit([honest, node.sign_body(body)])
+        assert [r.status for r in receipts] == [spb.RECEIPT_STATUS_ACCEPTED] * 2
+        findings = client.audit.ListFindings(
+            apb.ListFindingsRequest(lab_id="lab-a", kinds=[fpb.FINDING_KIND_ENERGY_MISMATCH])
+        ).findings
+        assert [f.finding.gpu_uuid for f in findings] == [node.gpu_uuid(0)]
+        assert findings[0].finding.evidence_log_indices == [receipts[1].log_index]
