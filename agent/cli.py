@@ -15,6 +15,7 @@ error. Every command that prints a result takes ``--json``.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -67,6 +68,7 @@ from agent.spool import Spool
 from attest import keys
 from attest.errors import PausewatchError
 from attest.exitcodes import ExitCode, exit_code_for
+from attest.files import write_new_file
 from attest.ids import NodeId, is_valid_lab_id, parse_hex_id
 
 log = logging.getLogger(__name__)
@@ -653,9 +655,15 @@ def operator() -> None:
 
 
 def verifier_options(function: F) -> F:
+    return _verifier_options(function, address_required=True)
+
+
+def _verifier_options(function: F, *, address_required: bool) -> F:
     for option in reversed(
         [
-            click.option("--verifier", "address", required=True, help="Verifier HOST:PORT."),
+            click.option(
+                "--verifier", "address", required=address_required, help="Verifier HOST:PORT."
+            ),
             click.option("--ca-cert", type=click.Path(dir_okay=False, path_type=Path)),
             click.option("--client-cert", type=click.Path(dir_okay=False, path_type=Path)),
             click.option("--client-key", type=click.Path(dir_okay=False, path_type=Path)),
@@ -749,9 +757,7 @@ def operator_authorize(
     request = request_in.read_bytes()
     verified = verify_enrollment_request(request)
     authorization = authorize_enrollment(signer, request)
-    fd = os.open(authorization_out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(authorization)
+    write_new_file(authorization_out, authorization, mode=0o644)
     enrollment = verified.enrollment
     emit(
         {
@@ -782,7 +788,14 @@ def operator_authorize(
     default=None,
     help="When it applies (default: now).",
 )
-@verifier_options
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the signed declaration to this file instead of sending it (for the verifier's "
+    "inventory_declarations); no --verifier needed.",
+)
+@functools.partial(_verifier_options, address_required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def operator_declare_inventory(
     *,
@@ -791,11 +804,19 @@ def operator_declare_inventory(
     inventory: Path,
     version: int,
     effective_from_unix_s: int | None,
+    out: Path | None,
     as_json: bool,
     **verifier: Any,
 ) -> None:
-    """Sign the lab's GPU inventory (a TOML file of [[gpu]] tables) and declare it."""
-    config = _verifier_config(**verifier)
+    """Sign the lab's GPU inventory (a TOML file of [[gpu]] tables) and declare it to the
+    verifier, or with --out write the signed declaration to a file."""
+    if out is None and not verifier["address"]:
+        raise click.UsageError("--verifier is required (or --out FILE to write the declaration)")
+    if out is not None and verifier["address"]:
+        raise click.UsageError("--out writes a file and sends nothing; leave out --verifier")
+    if out is not None and out.exists():
+        raise click.UsageError(f"{out} already exists; refusing to overwrite it")
+    config = None if out is not None else _verifier_config(**verifier)
     signer = _operator_signer(operator_key)
     gpus = load_inventory(inventory)
     now = time.time_ns()
@@ -809,6 +830,16 @@ def operator_declare_inventory(
         else effective_from_unix_s * NS_PER_S,
         created_at_ns=now,
     )
+    if config is None:
+        assert out is not None
+        write_new_file(out, envelope, mode=0o644)
+        emit(
+            {"version": version, "out": str(out), "gpus": len(gpus)},
+            as_json,
+            f"wrote inventory declaration version {version} ({len(gpus)} GPUs) to {out}; "
+            "list it in the lab's inventory_declarations on the verifier",
+        )
+        return
     channel = open_channel(config)
     try:
         response = declare_inventory(channel, envelope, timeout_s=_timeout_s(config))

@@ -33,6 +33,10 @@ class KeyFileError(PausewatchError):
     """A key file is missing, malformed, or readable by others."""
 
 
+class OutputFileError(PausewatchError):
+    """An output file cannot be written (it exists already, or its directory does not)."""
+
+
 class VerificationError(PausewatchError):
     """Evidence failed a check. Subclasses say which check."""
 

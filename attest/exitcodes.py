@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-from attest.errors import ConfigError, KeyFileError, VerificationError
+from attest.errors import ConfigError, KeyFileError, OutputFileError, VerificationError
 
 
 class ExitCode(IntEnum):
@@ -27,6 +27,6 @@ def exit_code_for(exc: BaseException) -> ExitCode:
     """The exit code for an error that ended a command."""
     if isinstance(exc, VerificationError):
         return ExitCode.VERIFICATION_FAILED
-    if isinstance(exc, ConfigError | KeyFileError):
+    if isinstance(exc, ConfigError | KeyFileError | OutputFileError):
         return ExitCode.USAGE
     return ExitCode.INTERNAL

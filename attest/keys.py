@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,8 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from attest.errors import KeyFileError
+from attest.errors import KeyFileError, OutputFileError
+from attest.files import write_new_file
 from attest.ids import KeyId
 
 PUBLIC_KEY_SIZE = 32
@@ -99,39 +99,11 @@ class Ed25519Signer:
 
 
 def _write_new_file(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to a new file at ``path`` durably; refuse to replace an existing file.
-
-    The bytes go to a temporary file with the final mode, are fsynced, and are then linked into
-    place, so a crash leaves either no file or the whole file, never a truncated key.
-    """
-    path = Path(path)
-    directory = path.parent
-    if path.exists():
-        raise KeyFileError(f"{path} already exists; refusing to overwrite a key")
-    if not directory.is_dir():
-        raise KeyFileError(f"directory {directory} does not exist")
-    tmp = directory / f".{path.name}.tmp-{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    """Write a key file whole or not at all, never replacing one (:func:`write_new_file`)."""
     try:
-        os.fchmod(fd, mode)  # the umask must not widen or narrow what we ask for
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        raise KeyFileError(f"{path} already exists; refusing to overwrite a key") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+        write_new_file(path, data, mode=mode)
+    except OutputFileError as exc:
+        raise KeyFileError(f"{exc}; keys are never overwritten") from None
 
 
 def private_key_pem(private_key: Ed25519PrivateKey) -> bytes:

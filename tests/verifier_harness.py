@@ -76,6 +76,7 @@ def write_verifier_files(
     max_age_s: int = 3_000_000_000,
     bucket_ms: int = 60_000,
     tls: bool = False,
+    extra_lab: str = "",
 ) -> VerifierFiles:
     """Keys, a policy and a config for lab ``lab-a`` (operator key seed 100, log key seed 101).
 
@@ -127,6 +128,7 @@ id = "lab-a"
 name = "Lab A"
 operator_public_key = "{format_public_key(operator.public_key)}"
 policy = "policy.toml"
+{extra_lab}
 """,
         encoding="utf-8",
     )

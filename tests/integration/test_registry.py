@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -243,3 +244,67 @@ def test_inventory_versions_must_increase_and_cannot_be_backdated(
         )
         == grpc.StatusCode.PERMISSION_DENIED
     )
+
+
+def inventory_rows(v_store: Path) -> list[tuple[str, int, list[str]]]:
+    with sqlite3.connect(v_store) as db:
+        return [
+            (str(lab), int(version), json.loads(uuids))
+            for lab, version, uuids in db.execute(
+                "SELECT lab_id, version, gpu_uuids FROM inventory ORDER BY version"
+            )
+        ]
+
+
+def test_inventory_declaration_files_from_the_operator_cli_load_at_start_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from attest.errors import ConfigError
+    from attest.keys import save_private_key
+    from tests.cli_runner import run_agent_cli
+
+    operator_key = tmp_path / "operator.key"
+    save_private_key(operator_key, fixed_private_key(100))  # the harness's lab-a operator
+    inventory = tmp_path / "inventory.toml"
+    inventory.write_text(
+        '[[gpu]]\nuuid = "GPU-A"\nmodel = "NVIDIA H100"\n[[gpu]]\nuuid = "GPU-B"\n'
+    )
+    directory = tmp_path / "v"
+    directory.mkdir()
+    declaration = directory / "inventory-v1.pwenv"
+    args = ["operator", "declare-inventory", "--operator-key", str(operator_key), "--lab",
+            "lab-a", "--inventory", str(inventory), "--version", "1"]  # fmt: skip
+    code, out, err = run_agent_cli(capsys, *args, "--out", str(declaration), "--json")
+    assert code == 0, err
+    assert json.loads(out) == {"version": 1, "out": str(declaration), "gpus": 2}
+    written = declaration.read_bytes()
+    # Never replaced, and the CLI says why; --out and --verifier exclude each other.
+    code, _, err = run_agent_cli(capsys, *args, "--out", str(declaration))
+    assert (code, declaration.read_bytes()) == (2, written)
+    assert "already exists" in err
+    code, _, err = run_agent_cli(capsys, *args, "--out", str(tmp_path / "x"), "--verifier", "v:1")
+    assert code == 2 and "leave out --verifier" in err
+    assert not (tmp_path / "x").exists()
+    code, _, err = run_agent_cli(capsys, *args)
+    assert code == 2 and "--verifier is required" in err
+
+    listed = 'inventory_declarations = ["inventory-v1.pwenv"]'
+    with running_verifier(directory, extra_lab=listed) as v:
+        assert inventory_rows(v.files.store) == [("lab-a", 1, ["GPU-A", "GPU-B"])]
+        size = log_size(v)
+    # A restart with the same file changes nothing: the declaration is on record already.
+    with running_verifier(directory, extra_lab=listed) as v:
+        assert inventory_rows(v.files.store) == [("lab-a", 1, ["GPU-A", "GPU-B"])]
+        assert log_size(v) == size
+
+    # A tampered file stops the start, naming the file, and leaves the store as it was.
+    tampered = directory / "tampered.pwenv"
+    tampered.write_bytes(written[:-1] + bytes([written[-1] ^ 1]))
+    with (
+        pytest.raises(ConfigError, match=r"tampered\.pwenv"),
+        running_verifier(directory, extra_lab='inventory_declarations = ["tampered.pwenv"]'),
+    ):
+        pass  # pragma: no cover - the start fails
+    with running_verifier(directory) as v:
+        assert inventory_rows(v.files.store) == [("lab-a", 1, ["GPU-A", "GPU-B"])]
+        assert log_size(v) == size
