@@ -585,8 +585,9 @@ class Gap:
     the start of the node's timeline), ``seq_after``/``log_index_after`` the one after it (``None``
     for an open gap). ``energy_mj`` and ``energy_bound_flop`` are 0 unless ``energy_bounded``.
     ``time_bound_flop`` is the ceiling from time alone over the GPUs of the window before
-    (``gpu_models_before``, kept so that a part of the gap can be re-bounded); 0 where there is no
-    window before.
+    (``gpu_models_before``, kept so that a part of the gap can be re-bounded); for a gap at the
+    start of the timeline, over the GPUs of the window after it; 0 where the node has no window
+    at all (its GPUs are then known only from its enrolment).
     """
 
     node_id: NodeId
@@ -688,7 +689,9 @@ def node_active_span(
 
 
 def _edge_gap(node_id: NodeId, start_ns: int, end_ns: int, after: WindowEdge | None) -> Gap:
-    """A stretch with no window before it in the node's timeline: unbounded, no time ceiling."""
+    """A stretch with no window before it in the node's timeline: unbounded by energy, and
+    bounded in time by the GPUs of the window after it (none when no window follows)."""
+    models = () if after is None else after.gpu_models
     return Gap(
         node_id=node_id,
         start_ns=start_ns,
@@ -698,10 +701,11 @@ def _edge_gap(node_id: NodeId, start_ns: int, end_ns: int, after: WindowEdge | N
         energy_bounded=False,
         energy_mj=0,
         energy_bound_flop=0,
-        time_bound_flop=0,
+        time_bound_flop=time_bound_for(models, end_ns - start_ns),
         open=after is None,
         log_index_before=None,
         log_index_after=None if after is None else after.log_index,
+        gpu_models_before=models,
     )
 
 

@@ -481,12 +481,14 @@ def test_span_gaps_leading_interior_and_open() -> None:
     full, summary = spans(windows, 0, 1_000, tolerance_s=5, grace_s=30)
     assert full == summary
     assert seconds(full) == [
-        (0, 100, False, False),  # before the first window: nothing to bound it
+        (0, 100, False, False),  # before the first window: no energy reading to bound it
         (220, 280, False, True),  # seq 2 missing, counters span it
         (370, 1_000, True, False),  # open, from the last end + grace
     ]
     leading, interior, open_gap = full
-    assert (leading.seq_before, leading.seq_after, leading.time_bound_flop) == (None, 0, 0)
+    assert (leading.seq_before, leading.seq_after) == (None, 0)
+    # Bounded in time by the GPUs of the window after it, as no window comes before.
+    assert leading.time_bound_flop == 100 * (1_979 + 624) * 10**12
     assert (interior.seq_before, interior.seq_after) == (1, 3)
     assert (open_gap.seq_before, open_gap.seq_after, open_gap.log_index_before) == (3, None, 103)
     assert open_gap.time_bound_flop == 630 * (1_979 + 624) * 10**12
