@@ -77,6 +77,7 @@ def write_verifier_files(
     bucket_ms: int = 60_000,
     tls: bool = False,
     extra_lab: str = "",
+    store: str = 'path = "verifier.db"',
 ) -> VerifierFiles:
     """Keys, a policy and a config for lab ``lab-a`` (operator key seed 100, log key seed 101).
 
@@ -111,7 +112,7 @@ signing_key = "log.key"
 checkpoint_interval_s = 1
 
 [store]
-path = "verifier.db"
+{store}
 
 [ingest]
 accept_backends = ["sim", "nvml", "replay"]

@@ -192,6 +192,19 @@ class VerifierCore:
         self._finding_listeners: list[Callable[[list[int]], None]] = []
         self._listeners_lock = threading.Lock()
 
+    def node_enrolled_elsewhere(self, node_id: bytes) -> NodeState | None:
+        """A node missing from the cache that another verifier process sharing the store has
+        enrolled, now cached; ``None`` if there is none (or the store is not shared).
+
+        Only the key and the revocation state of what this returns are used before the serial
+        stage, whose transaction reloads the cache whenever another process wrote to the log."""
+        if not self.store.shared:
+            return None
+        row = self.store.get_node(node_id)
+        if row is None:
+            return None
+        return self.nodes.setdefault(row.node_id, NodeState.from_row(row))
+
     @contextmanager
     def write(self) -> Iterator[WriteContext]:
         """One transaction over the store, the log and the caches; all or nothing."""

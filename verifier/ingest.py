@@ -161,7 +161,9 @@ class Ingestor:
                 spb.REJECT_REASON_WRONG_PAYLOAD_TYPE,
                 f"payload type {envelope.payload_type!r} is not an attestation",
             )
-        node = self.core.nodes.get(envelope.key_id)
+        node = self.core.nodes.get(envelope.key_id) or self.core.node_enrolled_elsewhere(
+            bytes(envelope.key_id)
+        )
         if node is None:
             return _reject(spb.REJECT_REASON_UNKNOWN_KEY, "the key is not an enrolled node")
         try:

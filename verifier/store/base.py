@@ -287,6 +287,10 @@ class Transaction(ReadView, Protocol):
 class Store(ReadView, Protocol):
     """A storage backend."""
 
+    shared: bool
+    """Whether other verifier processes may write to the same store (then what a process caches
+    can lag behind the store, and a cache miss is worth a look in the store)."""
+
     def transaction(self) -> AbstractContextManager[Transaction]: ...
 
     def snapshot(self) -> AbstractContextManager[ReadView]:

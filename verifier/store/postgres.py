@@ -29,6 +29,8 @@ _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 class PostgresStore(SqlQueries):
     """The PostgreSQL backend."""
 
+    shared = True  # several verifier processes over one database
+
     _placeholder = "%s"
 
     def __init__(

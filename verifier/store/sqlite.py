@@ -26,6 +26,8 @@ SCHEMA = SCHEMA_TEMPLATE.format(blob="BLOB", bigint="INTEGER", without_rowid="WI
 class SqliteStore(SqlQueries):
     """The SQLite backend."""
 
+    shared = False  # one verifier process per file
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self._closed = False
