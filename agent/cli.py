@@ -667,7 +667,13 @@ def _verifier_options(function: F, *, address_required: bool) -> F:
             click.option("--ca-cert", type=click.Path(dir_okay=False, path_type=Path)),
             click.option("--client-cert", type=click.Path(dir_okay=False, path_type=Path)),
             click.option("--client-key", type=click.Path(dir_okay=False, path_type=Path)),
-            click.option("--server-name-override", default=""),
+            click.option(
+                "--server-name",
+                "--server-name-override",
+                "server_name_override",
+                default="",
+                help="Check the TLS certificate for this name (the config's server_name_override).",
+            ),
             click.option("--insecure-no-tls", is_flag=True, help="Plaintext; tests only."),
             click.option("--timeout-s", type=float, default=10.0, show_default=True),
         ]

@@ -59,7 +59,13 @@ def verifier_options(command: F) -> F:
         default=None,
         help="Private key of the client certificate.",
     )
-    @click.option("--server-name", default=None, help="Check the TLS certificate for this name.")
+    @click.option(
+        "--server-name",
+        "--server-name-override",
+        "server_name",
+        default=None,
+        help="Check the TLS certificate for this name.",
+    )
     @click.option(
         "--insecure-no-tls",
         is_flag=True,

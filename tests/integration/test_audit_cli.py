@@ -202,3 +202,14 @@ def test_log_checkpoint_and_proofs(lab: Lab) -> None:
     assert "is a prefix of" in consistency.stdout
     both = pausewatch("log", "prove", *target)
     assert both.returncode == 2
+
+
+def test_server_name_checks_the_certificate_under_either_spelling(lab: Lab) -> None:
+    target = lab.verifier.cli_target()  # TLS, with the test CA
+    for option in ("--server-name", "--server-name-override"):  # the agent's spelling works too
+        good = pausewatch("log", "checkpoint", *target, option, "localhost", "--json")
+        assert good.returncode == 0, good.stderr
+        assert json.loads(good.stdout)["tree_size"] > 0
+    wrong = pausewatch("log", "checkpoint", *target, "--server-name", "wrong.example")
+    assert wrong.returncode == 4
+    assert "Traceback" not in wrong.stderr
