@@ -47,6 +47,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bench_envelope.py
 	$(BIN)/python bench/bench_agent.py
+	$(BIN)/python bench/bench_audit.py
 	$(BIN)/python bench/bench_ingest.py
 
 ## On a machine with an NVIDIA GPU, torch and nvidia-ml-py (see bench/gpu_check.sh).

@@ -7,7 +7,9 @@ evidence bundle, all read from one consistent snapshot of the store.
 
 A report costs time in proportion to the buckets of the period, the lab's nodes and their gaps,
 not to the attestations stored: compute totals and rolling rules come from the buckets written at
-ingest, gaps from the gap rows plus two window look-ups per node (ADR 0001).
+ingest, gaps from the gap rows plus two window look-ups per node (ADR 0001), and each node's
+figures from its hourly rollups plus the rows of the two partial hours at the period's edges
+(``bench/bench_audit.py`` measures it).
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ in-memory tree (:meth:`verifier.log.TransparencyLog.resync`).
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from collections.abc import Iterator
@@ -19,7 +20,15 @@ from typing import Any
 
 import psycopg
 
-from verifier.store.sql import SCHEMA_TEMPLATE, SCHEMA_VERSION, SqlQueries, SqlTransaction
+from verifier.store.sql import (
+    SCHEMA_TEMPLATE,
+    SCHEMA_VERSION,
+    SqlQueries,
+    SqlTransaction,
+    upgrade_schema,
+)
+
+log = logging.getLogger(__name__)
 
 SCHEMA = SCHEMA_TEMPLATE.format(blob="BYTEA", bigint="BIGINT", without_rowid="")
 LOG_LOCK_ID = 0x7077_6C6F_6701  # "pwlog" + version: the advisory lock that sequences the log
@@ -63,10 +72,15 @@ class PostgresStore(SqlQueries):
                         "INSERT INTO meta (key, value) VALUES ('schema_version', %s)",
                         (str(SCHEMA_VERSION).encode(),),
                     )
-                elif int(bytes(row[0])) != SCHEMA_VERSION:
+                elif (found := int(bytes(row[0]))) < SCHEMA_VERSION:
+                    log.info(
+                        "upgrading schema %s from version %d to %d", schema, found, SCHEMA_VERSION
+                    )
+                    upgrade_schema(SqlTransaction(setup, self._placeholder), found)
+                elif found != SCHEMA_VERSION:
                     raise RuntimeError(
-                        f"schema {schema} has version {int(bytes(row[0]))}; "
-                        f"this verifier needs {SCHEMA_VERSION}"
+                        f"schema {schema} has version {found}; this verifier needs "
+                        f"{SCHEMA_VERSION} (a newer verifier wrote it)"
                     )
         finally:
             setup.close()

@@ -11,7 +11,7 @@ that can exceed 64 bits are stored as decimal text.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from verifier.store.base import (
@@ -29,8 +29,13 @@ from verifier.store.base import (
     iter_chunks,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""1: the first release. 2: adds ``node_hours`` (built from the attestations on upgrade)."""
 FLOP_KEY_DIGITS = 40  # zero-padded decimal, so text order is numeric order
+NODE_HOUR_NS = 3_600 * 10**9
+"""The width of a ``node_hours`` rollup: a node's figures for a report come from whole hours
+plus the attestation rows of the two partial hours at the period's edges."""
+_LOW_32 = (1 << 32) - 1
 
 SCHEMA_TEMPLATE = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value {blob} NOT NULL);
@@ -87,6 +92,12 @@ CREATE TABLE IF NOT EXISTS attestations (
 CREATE INDEX IF NOT EXISTS attestations_lab_start ON attestations(lab_id, window_start_ns);
 CREATE INDEX IF NOT EXISTS attestations_node_end ON attestations(node_id, window_end_ns);
 CREATE INDEX IF NOT EXISTS attestations_node_start ON attestations(node_id, window_start_ns);
+CREATE TABLE IF NOT EXISTS node_hours (
+    node_id {blob} NOT NULL, hour_start_ns {bigint} NOT NULL, attestations {bigint} NOT NULL,
+    min_seq {bigint} NOT NULL, max_seq {bigint} NOT NULL,
+    upper_high {bigint} NOT NULL, upper_low {bigint} NOT NULL,
+    PRIMARY KEY (node_id, hour_start_ns)
+) {without_rowid};
 CREATE TABLE IF NOT EXISTS fork_evidence (
     digest {blob} PRIMARY KEY, node_id {blob} NOT NULL, seq {bigint} NOT NULL,
     log_index {bigint} NOT NULL
@@ -362,19 +373,53 @@ class SqlQueries:
     def node_attestation_stats(
         self, node_id: bytes, start_ns: int, end_ns: int
     ) -> tuple[int, int | None, int | None, int]:
+        # Whole hours from the rollups, the partial hours at either edge from the rows: the cost
+        # is the period's hours plus at most two hours of attestations, whatever the period.
+        first_hour = -(-start_ns // NODE_HOUR_NS) * NODE_HOUR_NS
+        last_hour = end_ns - end_ns % NODE_HOUR_NS
+        if first_hour >= last_hour:
+            return self._node_rows_stats(node_id, start_ns, end_ns)
         row = self._one(
-            "SELECT COUNT(*), MIN(seq), MAX(seq) FROM attestations WHERE node_id = ? "
-            "AND window_start_ns >= ? AND window_start_ns < ?",
-            (node_id, start_ns, end_ns),
+            "SELECT SUM(attestations), MIN(min_seq), MAX(max_seq), SUM(upper_high), "
+            "SUM(upper_low) FROM node_hours WHERE node_id = ? AND hour_start_ns >= ? "
+            "AND hour_start_ns < ?",
+            (node_id, first_hour, last_hour),
         )
-        total = 0
-        for (key,) in self._all(
-            "SELECT upper_key FROM attestations WHERE node_id = ? AND window_start_ns >= ? "
+        count = 0 if row[0] is None else int(row[0])
+        hours = (
+            count,
+            None if row[1] is None else int(row[1]),
+            None if row[2] is None else int(row[2]),
+            0 if row[3] is None else (int(row[3]) << 32) + int(row[4]),
+        )
+        parts = [
+            self._node_rows_stats(node_id, start_ns, first_hour),
+            hours,
+            self._node_rows_stats(node_id, last_hour, end_ns),
+        ]
+        lows = [p[1] for p in parts if p[1] is not None]
+        highs = [p[2] for p in parts if p[2] is not None]
+        return (
+            sum(p[0] for p in parts),
+            min(lows) if lows else None,
+            max(highs) if highs else None,
+            sum(p[3] for p in parts),
+        )
+
+    def _node_rows_stats(
+        self, node_id: bytes, start_ns: int, end_ns: int
+    ) -> tuple[int, int | None, int | None, int]:
+        if start_ns >= end_ns:
+            return 0, None, None, 0
+        rows = self._all(
+            "SELECT seq, upper_key FROM attestations WHERE node_id = ? AND window_start_ns >= ? "
             "AND window_start_ns < ?",
             (node_id, start_ns, end_ns),
-        ):
-            total += int(key)
-        return int(row[0]), row[1], row[2], total
+        )
+        if not rows:
+            return 0, None, None, 0
+        seqs = [int(r[0]) for r in rows]
+        return len(rows), min(seqs), max(seqs), sum(int(r[1]) for r in rows)
 
     @staticmethod
     def _gap(r: Any) -> GapRow:
@@ -612,6 +657,40 @@ class SqlTransaction(SqlQueries):
                 for r in rows
             ],
         )
+        self._add_node_hours(
+            (r.node_id, r.seq, r.window_start_ns, r.upper_bound_flop) for r in rows
+        )
+
+    def _add_node_hours(self, rows: Iterable[tuple[bytes, int, int, int]]) -> None:
+        """Add attestations, as (node id, seq, window start, upper bound FLOP), to the
+        ``node_hours`` rollups, in this transaction."""
+        hours: dict[tuple[bytes, int], list[int]] = {}
+        for node_id, seq, window_start_ns, upper in rows:
+            key = (node_id, window_start_ns - window_start_ns % NODE_HOUR_NS)
+            sums = hours.get(key)
+            if sums is None:
+                hours[key] = [1, seq, seq, upper >> 32, upper & _LOW_32]
+            else:
+                sums[0] += 1
+                sums[1] = min(sums[1], seq)
+                sums[2] = max(sums[2], seq)
+                sums[3] += upper >> 32
+                sums[4] += upper & _LOW_32
+        # Each part of the upper bound stays far below 2**63 (an hour holds at most 36,000
+        # windows of a node, each figure below 2**64), so SQL sums of them are exact.
+        self._many(
+            "INSERT INTO node_hours (node_id, hour_start_ns, attestations, min_seq, max_seq, "
+            "upper_high, upper_low) VALUES (?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(node_id, hour_start_ns) DO UPDATE SET "
+            "attestations = node_hours.attestations + excluded.attestations, "
+            "min_seq = CASE WHEN excluded.min_seq < node_hours.min_seq "
+            "THEN excluded.min_seq ELSE node_hours.min_seq END, "
+            "max_seq = CASE WHEN excluded.max_seq > node_hours.max_seq "
+            "THEN excluded.max_seq ELSE node_hours.max_seq END, "
+            "upper_high = node_hours.upper_high + excluded.upper_high, "
+            "upper_low = node_hours.upper_low + excluded.upper_low",
+            [(node, hour, *sums) for (node, hour), sums in hours.items()],
+        )
 
     def insert_fork_evidence(self, node_id: bytes, seq: int, digest: bytes, log_index: int) -> None:
         self._exec(
@@ -687,3 +766,19 @@ class SqlTransaction(SqlQueries):
             (key, until_ns),
         )
         return True
+
+
+def upgrade_schema(tx: SqlTransaction, found: int) -> None:
+    """Bring a store written at schema version ``found`` to :data:`SCHEMA_VERSION`, inside the
+    caller's transaction (the schema's new tables already exist, empty)."""
+    if found == 1:  # node_hours: roll up every attestation already stored
+        cursor = tx._exec("SELECT node_id, seq, window_start_ns, upper_key FROM attestations")
+        while chunk := cursor.fetchmany(10_000):
+            tx._add_node_hours(
+                (bytes(node_id), int(seq), int(start), int(key))
+                for node_id, seq, start, key in chunk
+            )
+        found = 2
+    if found != SCHEMA_VERSION:
+        raise RuntimeError(f"schema version {found} cannot be upgraded to {SCHEMA_VERSION}")
+    tx.set_meta("schema_version", str(SCHEMA_VERSION).encode())

@@ -12,13 +12,22 @@ transaction use a connection per thread and see the last committed state.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from verifier.store.sql import SCHEMA_TEMPLATE, SCHEMA_VERSION, SqlQueries, SqlTransaction
+from verifier.store.sql import (
+    SCHEMA_TEMPLATE,
+    SCHEMA_VERSION,
+    SqlQueries,
+    SqlTransaction,
+    upgrade_schema,
+)
+
+log = logging.getLogger(__name__)
 
 SCHEMA = SCHEMA_TEMPLATE.format(blob="BLOB", bigint="INTEGER", without_rowid="WITHOUT ROWID")
 
@@ -46,10 +55,19 @@ class SqliteStore(SqlQueries):
                     "INSERT INTO meta (key, value) VALUES ('schema_version', ?)",
                     (str(SCHEMA_VERSION).encode(),),
                 )
-            elif int(bytes(version[0])) != SCHEMA_VERSION:
+            elif (found := int(bytes(version[0]))) < SCHEMA_VERSION:
+                log.info("upgrading %s from schema version %d to %d", path, found, SCHEMA_VERSION)
+                self._writer.execute("BEGIN IMMEDIATE")
+                try:
+                    upgrade_schema(SqlTransaction(self._writer), found)
+                except BaseException:
+                    self._writer.execute("ROLLBACK")
+                    raise
+                self._writer.execute("COMMIT")
+            elif found != SCHEMA_VERSION:
                 raise RuntimeError(
-                    f"{path} has schema version {int(bytes(version[0]))}; "
-                    f"this verifier needs {SCHEMA_VERSION}"
+                    f"{path} has schema version {found}; this verifier needs {SCHEMA_VERSION} "
+                    "(a newer verifier wrote it)"
                 )
 
     @classmethod

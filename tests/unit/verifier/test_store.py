@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import random
+import sqlite3
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -193,3 +198,137 @@ def test_stored_bytes_and_snapshot(store: Store) -> None:
         append(store, [entry(100)])  # a commit after the snapshot began
         assert view.tree_size() == size
     assert store.tree_size() == size + 1
+
+
+HOUR_NS = 3_600 * 10**9
+
+
+def _random_rows(seed: int) -> list[AttestationRow]:
+    """Two nodes' chains over about six hours: windows of 10 s to 10 min, some gaps and seq
+    jumps, FLOP figures up to 2**66 (above what one column of SQL integers holds)."""
+    rng = random.Random(seed)
+    rows = []
+    for n, node in enumerate((b"\x01" * 32, b"\x02" * 32)):
+        t = 5 * HOUR_NS + rng.randrange(HOUR_NS)  # not on an hour boundary
+        seq = 0
+        while t < 11 * HOUR_NS:
+            length = rng.randrange(10, 600) * 10**9
+            upper = rng.choice([0, rng.randrange(2**66), 2**64 - 1, rng.randrange(10**15)])
+            rows.append(
+                AttestationRow(
+                    node,
+                    seq,
+                    b"%d-%032d" % (n, seq),
+                    len(rows),
+                    "lab-a",
+                    t,
+                    t + length,
+                    upper,
+                    0,
+                    0,
+                )
+            )
+            t += length + rng.choice([0, 0, 0, rng.randrange(1, 3_000) * 10**9])
+            seq += rng.choice([1, 1, 1, 1, 3])
+    return rows
+
+
+def _brute_stats(
+    rows: list[AttestationRow], node: bytes, start: int, end: int
+) -> tuple[int, int | None, int | None, int]:
+    inside = [r for r in rows if r.node_id == node and start <= r.window_start_ns < end]
+    seqs = [r.seq for r in inside]
+    return (
+        len(inside),
+        min(seqs) if seqs else None,
+        max(seqs) if seqs else None,
+        sum(r.upper_bound_flop for r in inside),
+    )
+
+
+def _insert_in_pieces(store: Store, rows: list[AttestationRow], seed: int) -> None:
+    rng = random.Random(seed)
+    i = 0
+    while i < len(rows):  # several transactions, so hour rollups are merged across them
+        size = rng.randrange(1, 40)
+        with store.transaction() as tx:
+            tx.insert_attestations(rows[i : i + size])
+        i += size
+
+
+def test_node_stats_from_hour_rollups_agree_with_the_rows(store: Store) -> None:
+    rows = _random_rows(7)
+    _insert_in_pieces(store, rows, 8)
+    rng = random.Random(9)
+    periods = [(0, 24 * HOUR_NS), (6 * HOUR_NS, 9 * HOUR_NS), (6 * HOUR_NS, 6 * HOUR_NS + 1)]
+    for _ in range(150):
+        start = rng.randrange(4 * HOUR_NS, 12 * HOUR_NS)
+        periods.append((start, start + rng.choice([1, HOUR_NS, rng.randrange(1, 5 * HOUR_NS)])))
+    for node in (b"\x01" * 32, b"\x02" * 32, b"\x03" * 32):
+        for start, end in periods:
+            expected = _brute_stats(rows, node, start, end)
+            assert store.node_attestation_stats(node, start, end) == expected, (start, end)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_a_schema_1_store_is_upgraded_and_a_newer_one_refused(kind: str, tmp_path: Path) -> None:
+    from tests.stores import POSTGRES_DSN
+    from verifier.store.postgres import PostgresStore
+    from verifier.store.sqlite import SqliteStore
+
+    schema = f"pw_test_{uuid.uuid4().hex[:12]}"
+
+    def open_store() -> Store:
+        if kind == "sqlite":
+            return SqliteStore.open(tmp_path / "old.db")
+        return PostgresStore.open(POSTGRES_DSN, schema=schema)
+
+    rows = _random_rows(11)
+    node = rows[0].node_id
+    try:
+        store = open_store()
+        _insert_in_pieces(store, rows, 12)
+        with store.transaction() as tx:  # as a first-release verifier left it
+            tx.set_meta("schema_version", b"1")
+            tx._exec("DELETE FROM node_hours")  # type: ignore[attr-defined]
+        store.close()
+
+        store = open_store()
+        assert store.get_meta("schema_version") == b"2"
+        assert store.node_attestation_stats(node, 0, 24 * HOUR_NS) == _brute_stats(
+            rows, node, 0, 24 * HOUR_NS
+        )
+        assert store.node_attestation_stats(node, 6 * HOUR_NS, 9 * HOUR_NS) == _brute_stats(
+            rows, node, 6 * HOUR_NS, 9 * HOUR_NS
+        )
+        with store.transaction() as tx:  # as a future verifier would leave it
+            tx.set_meta("schema_version", b"3")
+        store.close()
+        with pytest.raises(RuntimeError, match="newer verifier"):
+            open_store()
+        with store_connection(kind, tmp_path / "old.db", schema) as db:
+            assert db.execute("SELECT COUNT(*) FROM attestations").fetchone()[0] == len(rows)
+            version = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            assert bytes(version[0]) == b"3"
+    finally:
+        if kind == "postgres":
+            import psycopg
+
+            with psycopg.connect(POSTGRES_DSN, autocommit=True) as admin:
+                admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+@contextlib.contextmanager
+def store_connection(kind: str, path: Path, schema: str) -> Iterator[Any]:
+    """A plain connection to a store's tables, past the store's own checks."""
+    if kind == "sqlite":
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            yield db
+        return
+    import psycopg
+
+    from tests.stores import POSTGRES_DSN
+
+    with psycopg.connect(POSTGRES_DSN) as db:
+        db.execute(f"SET search_path TO {schema}")
+        yield db
