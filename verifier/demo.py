@@ -140,6 +140,7 @@ class Demo:
     nodes: list[Node] = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)
     log_key: str = ""
+    verdict: str = ""
     start_ns: int = 0
     end_ns: int = 0
 
@@ -530,7 +531,7 @@ level = "warning"
             report_run.returncode == 1,
             f"exit {report_run.returncode}",
         )
-        verdict = report.get("verdict", "")
+        verdict = self.verdict = report.get("verdict", "")
         self.check("the verdict is VIOLATION", verdict == "VERDICT_VIOLATION", verdict)
         violated = [
             r["rule_id"]
@@ -654,8 +655,37 @@ def _b64hex(value: str) -> str:
         return ""
 
 
+@dataclass(frozen=True)
+class DemoResult:
+    """How the demo came out (``pausewatch demo --json`` prints it)."""
+
+    ok: bool
+    seconds: int
+    directory: Path
+    verdict: str
+    checks: tuple[Check, ...]
+    error: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "seconds": self.seconds,
+            "directory": str(self.directory),
+            "report_html": str(self.directory / "report.html"),
+            "bundle": str(self.directory / f"{LAB}.pwbundle"),
+            "verdict": self.verdict,
+            "checks": [{"what": c.what, "ok": c.ok, "detail": c.detail} for c in self.checks],
+            "error": self.error,
+        }
+
+
 def run_demo(directory: Path, run_seconds: int, say: Callable[[str], None]) -> int:
     """Run the whole demo; returns the process exit code (0: everything as expected)."""
+    return 0 if demo_result(directory, run_seconds, say).ok else 1
+
+
+def demo_result(directory: Path, run_seconds: int, say: Callable[[str], None]) -> DemoResult:
+    """Run the whole demo, telling the story through ``say``; returns how it came out."""
     started = time.monotonic()
     env = dict(os.environ)
     repo = Path(__file__).resolve().parents[1]
@@ -676,21 +706,35 @@ def run_demo(directory: Path, run_seconds: int, say: Callable[[str], None]) -> i
         demo.audit()
     except DemoError as exc:
         say(f"demo failed to run: {exc.diagnostics()}")
-        return 1
+        return DemoResult(
+            ok=False,
+            seconds=round(time.monotonic() - started),
+            directory=demo.directory,
+            verdict=demo.verdict,
+            checks=tuple(demo.checks),
+            error=exc.diagnostics(),
+        )
     finally:
         demo.stop()
     failed = [c.what for c in demo.checks if not c.ok]
-    took = time.monotonic() - started
+    took = round(time.monotonic() - started)
+    result = DemoResult(
+        ok=not failed,
+        seconds=took,
+        directory=demo.directory,
+        verdict=demo.verdict,
+        checks=tuple(demo.checks),
+    )
     say("")
     if failed:
-        say(f"DEMO FAILED ({took:.0f} s): " + "; ".join(failed))
-        return 1
+        say(f"DEMO FAILED ({took} s): " + "; ".join(failed))
+        return result
     say(
-        f"demo complete in {took:.0f} s: every check as expected. Open "
+        f"demo complete in {took} s: every check as expected. Open "
         f"{demo.directory / 'report.html'} in a browser; the bundle is "
-        f"{demo.directory / 'frontier-lab.pwbundle'}."
+        f"{demo.directory / f'{LAB}.pwbundle'}."
     )
-    return 0
+    return result
 
 
 @click.command("demo")
@@ -709,7 +753,17 @@ def run_demo(directory: Path, run_seconds: int, say: Callable[[str], None]) -> i
     show_default=True,
     help="How long the simulated lab runs.",
 )
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the outcome as JSON on stdout (the story goes to stderr).",
+)
 @click.pass_context
-def demo_command(ctx: click.Context, directory: Path, run_seconds: int) -> None:
+def demo_command(ctx: click.Context, directory: Path, run_seconds: int, as_json: bool) -> None:
     """Run a whole simulated lab end to end and audit it (exit 0 if all came out as expected)."""
-    ctx.exit(run_demo(directory, run_seconds, click.echo))
+    if not as_json:
+        ctx.exit(run_demo(directory, run_seconds, click.echo))
+    result = demo_result(directory, run_seconds, lambda line: click.echo(line, err=True))
+    click.echo(json.dumps(result.to_json(), indent=2))
+    ctx.exit(0 if result.ok else 1)
