@@ -78,6 +78,7 @@ def write_verifier_files(
     tls: bool = False,
     extra_lab: str = "",
     store: str = 'path = "verifier.db"',
+    extra_config: str = "",
 ) -> VerifierFiles:
     """Keys, a policy and a config for lab ``lab-a`` (operator key seed 100, log key seed 101).
 
@@ -123,6 +124,8 @@ bucket_ms = {bucket_ms}
 gap_tolerance_ms = 5000
 open_gap_grace_ms = 120000
 {extra_ingest}
+
+{extra_config}
 
 [[labs]]
 id = "lab-a"

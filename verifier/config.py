@@ -69,6 +69,17 @@ class IngestConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MonitorConfig:
+    """The policy monitor (verifier/monitor.py): how often it looks, and how far back."""
+
+    interval_ns: int = 60 * S
+    """0: no monitor (breaches then show only in reports)."""
+    late_ns: int = 3_600 * S
+    """How late evidence may arrive and still be looked at: the monitor evaluates each lab's
+    recent stretch, its longest rule window plus this."""
+
+
+@dataclass(frozen=True, slots=True)
 class LabConfig:
     lab_id: str
     name: str
@@ -83,6 +94,7 @@ class VerifierConfig:
     log: LogConfig = field(default_factory=LogConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
     labs: tuple[LabConfig, ...] = ()
     source: str = "<config>"
 
@@ -154,7 +166,7 @@ def parse_config(data: bytes, *, source: str = "<config>", base: Path = Path()) 
         raise ConfigError(f"{source}: {exc}") from None
     top = _Section(doc, "", source)
     sections = {}
-    for name in ("server", "log", "store", "ingest"):
+    for name in ("server", "log", "store", "ingest", "monitor"):
         table = top.get(name, dict, {})
         sections[name] = _Section(table, f"{name}.", source)
     labs_raw = top.get("labs", list, [])
@@ -235,6 +247,13 @@ def parse_config(data: bytes, *, source: str = "<config>", base: Path = Path()) 
         raise ConfigError(f"{source}: ingest.energy_mismatch_factor_ppm: must be >= 1000000")
     ig.finish()
 
+    mo = sections["monitor"]
+    interval_s = mo.get("interval_s", int, 60)
+    if interval_s < 0:
+        raise ConfigError(f"{source}: monitor.interval_s: must be 0 (off) or positive")
+    monitor = MonitorConfig(interval_ns=interval_s * S, late_ns=mo.positive("late_s", 3_600) * S)
+    mo.finish()
+
     labs: list[LabConfig] = []
     seen: set[str] = set()
     for i, raw in enumerate(labs_raw):
@@ -268,7 +287,13 @@ def parse_config(data: bytes, *, source: str = "<config>", base: Path = Path()) 
         )
         lab.finish()
     return VerifierConfig(
-        server=server, log=log, store=store, ingest=ingest, labs=tuple(labs), source=source
+        server=server,
+        log=log,
+        store=store,
+        ingest=ingest,
+        monitor=monitor,
+        labs=tuple(labs),
+        source=source,
     )
 
 

@@ -29,6 +29,7 @@ from verifier.audit import Auditor
 from verifier.config import VerifierConfig
 from verifier.core import VerifierCore
 from verifier.ingest import Ingestor
+from verifier.monitor import PolicyMonitor
 from verifier.registry import Registry
 from verifier.servicers import (
     AttestationServicer,
@@ -86,6 +87,7 @@ class VerifierServer:
         self.registry.sync_labs(config.labs)
         self.ingestor = Ingestor(self.core)
         self.auditor = Auditor(self.core)
+        self.monitor = PolicyMonitor(self.core, self.auditor)
         self._stopping = threading.Event()
         self._stopped = threading.Event()
         self.health = health.HealthServicer()
@@ -167,6 +169,7 @@ class VerifierServer:
             target=self._checkpoint_loop, name="checkpoints", daemon=True
         )
         self._checkpoints.start()
+        self.monitor.start(self._stopping)
         for name in ("", *SERVICE_NAMES):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("verifier serving on port %d (tls=%s)", self.port, credentials is not None)
@@ -196,6 +199,7 @@ class VerifierServer:
                 log.warning("some calls did not end within the shutdown grace; closing anyway")
         if self._checkpoints is not None:
             self._checkpoints.join(timeout=5)
+        self.monitor.join(timeout_s=30)
         try:
             self.core.log.sign_checkpoint()
         except Exception:

@@ -45,8 +45,8 @@ class _FindingKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FindingKi
     verifier can send one, so it is reported but never decides a verdict.
     """
     FINDING_KIND_TRAINING_SIGNATURE: _FindingKind.ValueType  # 5
-    """At least K GPUs above U busy for at least D: the shape of a training run. (Reserved: this
-    verifier reports it as a rule result of the compliance report, not as a logged finding.)
+    """At least K GPUs above U busy for at least D: the shape of a training run, found by the
+    policy monitor (a training_signature rule detected a run; lab-level, with its evidence).
     """
     FINDING_KIND_ENERGY_MISMATCH: _FindingKind.ValueType  # 6
     """A window's energy implies far more compute than its utilisation allows."""
@@ -61,8 +61,8 @@ class _FindingKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FindingKi
     FINDING_KIND_REVOKED_NODE_SUBMISSION: _FindingKind.ValueType  # 11
     """A revoked node kept submitting."""
     FINDING_KIND_THRESHOLD_EXCEEDED: _FindingKind.ValueType  # 12
-    """A policy rule was broken (cumulative compute, sustained rate). (Reserved: this verifier
-    reports it as a rule result of the compliance report, not as a logged finding.)
+    """A policy rule was broken (cumulative compute, sustained rate), found by the policy monitor
+    (lab-level, with the rule's worst stretch as its period and its evidence).
     """
 
 class FindingKind(_FindingKind, metaclass=_FindingKindEnumTypeWrapper):
@@ -83,8 +83,8 @@ FINDING_KIND_BAD_SIGNATURE: FindingKind.ValueType  # 4
 verifier can send one, so it is reported but never decides a verdict.
 """
 FINDING_KIND_TRAINING_SIGNATURE: FindingKind.ValueType  # 5
-"""At least K GPUs above U busy for at least D: the shape of a training run. (Reserved: this
-verifier reports it as a rule result of the compliance report, not as a logged finding.)
+"""At least K GPUs above U busy for at least D: the shape of a training run, found by the
+policy monitor (a training_signature rule detected a run; lab-level, with its evidence).
 """
 FINDING_KIND_ENERGY_MISMATCH: FindingKind.ValueType  # 6
 """A window's energy implies far more compute than its utilisation allows."""
@@ -99,8 +99,8 @@ FINDING_KIND_SAMPLER_EVENT: FindingKind.ValueType  # 10
 FINDING_KIND_REVOKED_NODE_SUBMISSION: FindingKind.ValueType  # 11
 """A revoked node kept submitting."""
 FINDING_KIND_THRESHOLD_EXCEEDED: FindingKind.ValueType  # 12
-"""A policy rule was broken (cumulative compute, sustained rate). (Reserved: this verifier
-reports it as a rule result of the compliance report, not as a logged finding.)
+"""A policy rule was broken (cumulative compute, sustained rate), found by the policy monitor
+(lab-level, with the rule's worst stretch as its period and its evidence).
 """
 Global___FindingKind: _TypeAlias = FindingKind  # noqa: Y015
 

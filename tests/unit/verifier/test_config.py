@@ -90,3 +90,17 @@ def test_operator_key_from_a_pem_file(tmp_path: Path) -> None:
 def test_errors_name_the_key(text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         parse_config(config(text), source="verifier.toml")
+
+
+def test_monitor_settings_and_their_errors() -> None:
+    base = "[server]\ninsecure_no_tls = true\n"
+    assert parse_config(config(base)).monitor.interval_ns == 60 * 10**9  # on by default
+    off = parse_config(config(base + "[monitor]\ninterval_s = 0\nlate_s = 60\n")).monitor
+    assert (off.interval_ns, off.late_ns) == (0, 60 * 10**9)
+    for text, message in [
+        ("[monitor]\ninterval_s = -1", "monitor.interval_s: must be 0"),
+        ("[monitor]\nlate_s = 0", "monitor.late_s: must be positive"),
+        ("[monitor]\nevery = 5", "monitor.every: is not a known key"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            parse_config(config(base + text), source="verifier.toml")
