@@ -184,7 +184,11 @@ class VerifierServer:
                 log.exception("signing a checkpoint failed")
 
     def wait(self) -> None:
-        self._stopped.wait()
+        """Block until stopped. Wakes four times a second: a signal that the kernel delivers to
+        one of gRPC's threads only runs its Python handler once the main thread runs bytecode,
+        and a main thread asleep in an untimed wait would never get there."""
+        while not self._stopped.wait(0.25):
+            pass
 
     def stop(self) -> None:
         """Graceful shutdown: NOT_SERVING, refuse new calls, let in-flight ones finish, close."""

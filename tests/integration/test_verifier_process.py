@@ -159,7 +159,9 @@ def test_sigterm_drains_in_flight_calls_and_goes_not_serving(tmp_path: Path) -> 
         if status != health_pb2.HealthCheckResponse.SERVING:
             break
         time.sleep(0.02)
-    assert status != health_pb2.HealthCheckResponse.SERVING
+    assert status != health_pb2.HealthCheckResponse.SERVING, (
+        tmp_path / "verifier.log"
+    ).read_text()[-3000:]
     worker.join(timeout=30)
     assert running.process.wait(timeout=30) == 0
     # The batch in flight when SIGTERM came was answered, and everything answered is on record.
