@@ -227,6 +227,10 @@ gap_tolerance_ms = 1000
 open_gap_grace_ms = 6000
 max_clock_skew_s = 60
 
+[monitor]
+interval_s = 5                   # breaches logged as findings within seconds (default 60)
+late_s = 600
+
 [[labs]]
 id = "{LAB}"
 name = "Frontier Lab (simulated)"
@@ -554,6 +558,21 @@ level = "warning"
             "the killed agent's gap is reported",
             bool(gaps),
             f"{len(gaps)} gap(s) of 6 s or more on gpu-node-3",
+        )
+        findings_run = self.run(
+            self.python(
+                "verifier.cli", "audit", "findings", *self.tls_args(), "--lab", LAB,
+                "--kind", "threshold_exceeded", "--kind", "training_signature", "--json",
+            ),
+            check=False,
+        )  # fmt: skip
+        alarms = [json.loads(line) for line in findings_run.stdout.splitlines() if line.strip()]
+        alarmed = sorted({a["finding"]["summary"].split(":")[0] for a in alarms})
+        self.check(
+            "the policy monitor logged the breach as findings while the lab ran",
+            findings_run.returncode == 0
+            and any(a["finding"].get("kind") == "FINDING_KIND_THRESHOLD_EXCEEDED" for a in alarms),
+            ", ".join(alarmed) or "none",
         )
         html = d / "report.html"
         html_text = html.read_text(encoding="utf-8") if html.exists() else ""
