@@ -586,8 +586,8 @@ class Gap:
     for an open gap). ``energy_mj`` and ``energy_bound_flop`` are 0 unless ``energy_bounded``.
     ``time_bound_flop`` is the ceiling from time alone over the GPUs of the window before
     (``gpu_models_before``, kept so that a part of the gap can be re-bounded); for a gap at the
-    start of the timeline, over the GPUs of the window after it; 0 where the node has no window
-    at all (its GPUs are then known only from its enrolment).
+    start of the timeline, over the GPUs of the window after it; for a node with no window at
+    all, over the GPUs it enrolled with (``enrolled_gpu_models`` of the span functions).
     """
 
     node_id: NodeId
@@ -688,10 +688,17 @@ def node_active_span(
     return start, max(start, end)
 
 
-def _edge_gap(node_id: NodeId, start_ns: int, end_ns: int, after: WindowEdge | None) -> Gap:
+def _edge_gap(
+    node_id: NodeId,
+    start_ns: int,
+    end_ns: int,
+    after: WindowEdge | None,
+    enrolled_gpu_models: Sequence[str],
+) -> Gap:
     """A stretch with no window before it in the node's timeline: unbounded by energy, and
-    bounded in time by the GPUs of the window after it (none when no window follows)."""
-    models = () if after is None else after.gpu_models
+    bounded in time by the GPUs of the window after it, or with no window at all by the GPUs the
+    node enrolled with."""
+    models = tuple(enrolled_gpu_models) if after is None else after.gpu_models
     return Gap(
         node_id=node_id,
         start_ns=start_ns,
@@ -765,6 +772,7 @@ def node_gaps_from_windows(
     *,
     tolerance_ns: int,
     grace_ns: int,
+    enrolled_gpu_models: Sequence[str],
 ) -> list[Gap]:
     """A node's gaps in its active span ``[span_start_ns, span_end_ns)``, from its windows in seq
     order (the offline auditor's form). By time.
@@ -792,7 +800,15 @@ def node_gaps_from_windows(
         if window.window_end_ns > span_start_ns:
             if previous is None:
                 if window.window_start_ns - span_start_ns > tolerance_ns:
-                    gaps.append(_edge_gap(node_id, span_start_ns, window.window_start_ns, window))
+                    gaps.append(
+                        _edge_gap(
+                            node_id,
+                            span_start_ns,
+                            window.window_start_ns,
+                            window,
+                            enrolled_gpu_models,
+                        )
+                    )
             else:
                 start_ns = max(span_start_ns, previous.window_end_ns)
                 if window.window_start_ns - start_ns > tolerance_ns:
@@ -802,7 +818,7 @@ def node_gaps_from_windows(
         previous = window
     if previous is None:
         if span_end_ns - span_start_ns > tolerance_ns:
-            gaps.append(_edge_gap(node_id, span_start_ns, span_end_ns, None))
+            gaps.append(_edge_gap(node_id, span_start_ns, span_end_ns, None, enrolled_gpu_models))
     else:
         start_ns = max(span_start_ns, previous.window_end_ns + grace_ns)
         if span_end_ns - start_ns > tolerance_ns:
@@ -821,6 +837,7 @@ def node_gaps_from_summary(
     last_window_starting_before_end: WindowEdge | None,
     tolerance_ns: int,
     grace_ns: int,
+    enrolled_gpu_models: Sequence[str],
 ) -> list[Gap]:
     """The same gaps as :func:`node_gaps_from_windows`, from what the server keeps (its form).
 
@@ -861,10 +878,12 @@ def node_gaps_from_summary(
         and not first_has_gap_before
         and first.window_start_ns - span_start_ns > tolerance_ns
     ):
-        gaps.append(_edge_gap(node_id, span_start_ns, first.window_start_ns, first))
+        gaps.append(
+            _edge_gap(node_id, span_start_ns, first.window_start_ns, first, enrolled_gpu_models)
+        )
     if last is None:
         if span_end_ns - span_start_ns > tolerance_ns:
-            gaps.append(_edge_gap(node_id, span_start_ns, span_end_ns, None))
+            gaps.append(_edge_gap(node_id, span_start_ns, span_end_ns, None, enrolled_gpu_models))
     else:
         start_ns = max(span_start_ns, last.window_end_ns + grace_ns)
         if span_end_ns - start_ns > tolerance_ns:

@@ -70,6 +70,11 @@ def gap_from_row(row: GapRow) -> Gap:
     )
 
 
+def enrolled_gpu_models(enrollment_payload: bytes) -> tuple[str, ...]:
+    """The GPU models a node enrolled with (its ``NodeEnrollment``, as logged)."""
+    return tuple(g.model for g in rpb.NodeEnrollment.FromString(enrollment_payload).gpus)
+
+
 def check_period(period_start_ns: int, period_end_ns: int) -> None:
     if period_start_ns <= 0 or period_end_ns <= period_start_ns:
         raise InvalidRequestError("the period must have a positive start and end after its start")
@@ -194,6 +199,7 @@ class Auditor:
             ),
             tolerance_ns=ingest.gap_tolerance_ns,
             grace_ns=ingest.open_gap_grace_ns,
+            enrolled_gpu_models=enrolled_gpu_models(node.enrollment_payload),
         )
         count, first_seq, last_seq, upper = view.node_attestation_stats(
             node.node_id, period_start_ns, as_of_ns

@@ -229,6 +229,7 @@ class _Node:
     enrolled_at_ns: int
     enrollment_index: int
     gpu_uuids: frozenset[str] = frozenset()
+    gpu_models: tuple[str, ...] = ()
     revoked_at_ns: int | None = None
     revocation_index: int | None = None
     forks: int = 0
@@ -481,6 +482,7 @@ def _fold_enrollment(state: _State, index: int, envelope: Envelope) -> None:
         enrolled_at_ns=enrollment.created_at_ns,
         enrollment_index=pending[0],
         gpu_uuids=frozenset(gpu.uuid for gpu in enrollment.gpus),
+        gpu_models=tuple(gpu.model for gpu in enrollment.gpus),
     )
 
 
@@ -593,6 +595,7 @@ def _recompute(state: _State, bundle: bpb.EvidenceBundle) -> pb.ComplianceReport
             node.windows,
             tolerance_ns=bundle.gap_tolerance_ns,
             grace_ns=bundle.open_gap_grace_ns,
+            enrolled_gpu_models=node.gpu_models,
         )
         in_period = [w for w in node.windows if start <= w.window_start_ns < as_of]
         upper = sum(f.upper_bound_flop for f in node.folds if start <= f.window_start_ns < as_of)

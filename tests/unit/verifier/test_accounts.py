@@ -445,12 +445,23 @@ def test_gap_invariants() -> None:
 
 
 def spans(
-    windows: list[WindowEdge], start_s: int, end_s: int, tolerance_s: int = 0, grace_s: int = 0
+    windows: list[WindowEdge],
+    start_s: int,
+    end_s: int,
+    tolerance_s: int = 0,
+    grace_s: int = 0,
+    enrolled: tuple[str, ...] = (),
 ) -> tuple[list[Gap], list[Gap]]:
     """Both forms of the span rule, the server's fed as the server would be."""
     start_ns, end_ns = T0_NS + start_s * S, T0_NS + end_s * S
     full = node_gaps_from_windows(
-        NODE_ID, start_ns, end_ns, windows, tolerance_ns=tolerance_s * S, grace_ns=grace_s * S
+        NODE_ID,
+        start_ns,
+        end_ns,
+        windows,
+        tolerance_ns=tolerance_s * S,
+        grace_ns=grace_s * S,
+        enrolled_gpu_models=enrolled,
     )
     interior = [
         g for a, b in pairwise(windows) if (g := gap_between(NODE_ID, a, b, tolerance_s * S))
@@ -466,6 +477,7 @@ def spans(
         last_window_starting_before_end=last,
         tolerance_ns=tolerance_s * S,
         grace_ns=grace_s * S,
+        enrolled_gpu_models=enrolled,
     )
     return full, summary
 
@@ -516,7 +528,22 @@ def test_node_without_windows_is_one_open_gap() -> None:
     full, summary = spans([], 10, 50)
     assert full == summary
     assert seconds(full) == [(10, 50, True, False)]
-    assert full[0].time_bound_flop == 0
+    assert full[0].time_bound_flop == 0  # no GPU known: no ceiling to give
+    # Bounded in time by the GPUs the node enrolled with, in both forms alike.
+    full, summary = spans([], 10, 50, enrolled=(H100, "NVIDIA A100-SXM4-80GB"))
+    assert full == summary
+    assert full[0].time_bound_flop == 40 * (1_979 + 624) * 10**12
+    assert full[0].gpu_models_before == (H100, "NVIDIA A100-SXM4-80GB")
+
+
+def test_enrolled_models_do_not_bound_a_node_that_has_windows() -> None:
+    windows = [edge(0, 100, 160)]
+    enrolled = ("NVIDIA B200",) * 4  # what the window says wins over the enrolment
+    full, summary = spans(windows, 0, 1_000, grace_s=30, enrolled=enrolled)
+    assert full == summary
+    leading, open_gap = full
+    assert leading.time_bound_flop == 100 * (1_979 + 624) * 10**12
+    assert open_gap.time_bound_flop == 810 * (1_979 + 624) * 10**12
 
 
 def test_tolerance_and_grace_boundaries() -> None:
@@ -535,10 +562,18 @@ def test_empty_span_has_no_gaps_and_arguments_are_checked() -> None:
     assert spans([edge(0, 0, 60)], 50, 50) == ([], [])
     with pytest.raises(ValueError, match="seq order"):
         node_gaps_from_windows(
-            NODE_ID, 0, 10, [edge(1, 0, 60), edge(1, 60, 120)], tolerance_ns=0, grace_ns=0
+            NODE_ID,
+            0,
+            10,
+            [edge(1, 0, 60), edge(1, 60, 120)],
+            tolerance_ns=0,
+            grace_ns=0,
+            enrolled_gpu_models=(),
         )
     with pytest.raises(ValueError, match="tolerance_ns"):
-        node_gaps_from_windows(NODE_ID, 0, 10, [], tolerance_ns=-1, grace_ns=0)
+        node_gaps_from_windows(
+            NODE_ID, 0, 10, [], tolerance_ns=-1, grace_ns=0, enrolled_gpu_models=()
+        )
     with pytest.raises(ValueError, match="grace_ns"):
         node_gaps_from_summary(
             NODE_ID,
@@ -549,6 +584,7 @@ def test_empty_span_has_no_gaps_and_arguments_are_checked() -> None:
             last_window_starting_before_end=None,
             tolerance_ns=0,
             grace_ns=-1,
+            enrolled_gpu_models=(),
         )
 
 
@@ -566,6 +602,7 @@ def test_summary_form_refuses_inconsistent_inputs() -> None:
             last_window_starting_before_end=None,
             tolerance_ns=0,
             grace_ns=0,
+            enrolled_gpu_models=(),
         )
     with pytest.raises(ValueError, match="starts at or after"):
         node_gaps_from_summary(
@@ -577,6 +614,7 @@ def test_summary_form_refuses_inconsistent_inputs() -> None:
             last_window_starting_before_end=edge(2, 120, 180),
             tolerance_ns=0,
             grace_ns=0,
+            enrolled_gpu_models=(),
         )
 
 
@@ -667,6 +705,7 @@ def test_server_and_auditor_forms_of_the_span_rule_agree(
             bundle,
             tolerance_ns=tolerance_s * S,
             grace_ns=grace_s * S,
+            enrolled_gpu_models=(),
         )
         == full
     )
@@ -711,7 +750,7 @@ def test_gap_report_wire_form() -> None:
     assert int(report.gap.energy_bound_flop) == gap.energy_bound_flop
     assert int(report.gap.time_bound_flop) == gap.time_bound_flop
     open_gap = node_gaps_from_windows(
-        NODE_ID, T0_NS, T0_NS + 100 * S, [], tolerance_ns=0, grace_ns=0
+        NODE_ID, T0_NS, T0_NS + 100 * S, [], tolerance_ns=0, grace_ns=0, enrolled_gpu_models=()
     )[0]
     plain = accounts.gap_report(open_gap, "node-b")
     assert plain.open

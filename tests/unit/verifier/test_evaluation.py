@@ -384,7 +384,13 @@ def windows_then_silence(node_id: NodeId, until_s: int, grace_s: int = 0) -> Nod
         for i in range(5)
     ]
     gaps = node_gaps_from_windows(
-        node_id, P0, P0 + until_s * S, edges, tolerance_ns=0, grace_ns=grace_s * S
+        node_id,
+        P0,
+        P0 + until_s * S,
+        edges,
+        tolerance_ns=0,
+        grace_ns=grace_s * S,
+        enrolled_gpu_models=(),
     )
     return timeline(node_id, gaps=tuple(gaps))
 
@@ -618,7 +624,9 @@ def test_gap_reports_point_to_their_logged_finding() -> None:
         WindowEdge(0, P0, P0 + BUCKET, "b", 10, ()),
         WindowEdge(3, P0 + 4 * BUCKET, P0 + 10 * BUCKET, "b", 11, ()),
     ]
-    gaps = node_gaps_from_windows(NODE_A, P0, P0 + 10 * BUCKET, edges, tolerance_ns=0, grace_ns=0)
+    gaps = node_gaps_from_windows(
+        NODE_A, P0, P0 + 10 * BUCKET, edges, tolerance_ns=0, grace_ns=0, enrolled_gpu_models=()
+    )
     findings = [
         logged(
             31,
