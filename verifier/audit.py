@@ -105,9 +105,20 @@ class Auditor:
             return self.report_from(view, lab_id, period_start_ns, period_end_ns, now)
 
     def report_from(
-        self, view: ReadView, lab_id: str, period_start_ns: int, period_end_ns: int, now_ns: int
+        self,
+        view: ReadView,
+        lab_id: str,
+        period_start_ns: int,
+        period_end_ns: int,
+        now_ns: int,
+        *,
+        compute_rules_only: bool = False,
     ) -> pb.ComplianceReport:
-        """The report computed from one read view (the bundle export uses the same view)."""
+        """The report computed from one read view (the bundle export uses the same view).
+
+        ``compute_rules_only`` leaves out the nodes and the findings, which only the coverage and
+        max-gap rules and the verdict need: the policy monitor's cheaper form, whose compute-rule
+        results are the full report's."""
         ingest = self.core.config.ingest
         as_of = max(period_start_ns, min(period_end_ns, now_ns))
         if as_of == period_start_ns:
@@ -127,13 +138,19 @@ class Auditor:
             )
             for row in view.inventory(lab_id)
         ]
-        nodes = [
-            timeline
-            for node in view.list_nodes(lab_id)
-            if (timeline := self._timeline(view, node, period_start_ns, as_of)) is not None
-        ]
-        findings = self.findings_from(
-            view, lab_id, since_ns=period_start_ns, until_ns=period_end_ns
+        nodes = (
+            []
+            if compute_rules_only
+            else [
+                timeline
+                for node in view.list_nodes(lab_id)
+                if (timeline := self._timeline(view, node, period_start_ns, as_of)) is not None
+            ]
+        )
+        findings = (
+            []
+            if compute_rules_only
+            else self.findings_from(view, lab_id, since_ns=period_start_ns, until_ns=period_end_ns)
         )
         return evaluation.evaluate(
             policy,

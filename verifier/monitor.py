@@ -119,7 +119,9 @@ class PolicyMonitor:
             if lookback == 0:
                 return []
             start = now - lookback - self.core.config.monitor.late_ns
-            report = self.auditor.report_from(view, lab_id, start, now, now)
+            report = self.auditor.report_from(
+                view, lab_id, start, now, now, compute_rules_only=True
+            )
         found = self._findings(policy, report, lab_id)
         if not found:
             return []
