@@ -130,6 +130,15 @@ def test_two_processes_share_one_log_and_one_chain_per_node(
         (spb.RECEIPT_STATUS_DUPLICATE, r.log_index) for r in receipts[0][:3]
     ]
 
+    # A key enrolled nowhere is still unknown after the look in the shared database, and leaves
+    # nothing behind (the look caches only what it finds).
+    stranger = TestNode.from_seed(499, t0_ns=t0)
+    [refused] = client_b.submit(stranger.chain(1))
+    assert (refused.status, refused.reason) == (
+        spb.RECEIPT_STATUS_REJECTED,
+        spb.REJECT_REASON_UNKNOWN_KEY,
+    )
+
     # One log: indices 0..N-1 without a hole, each envelope once; the signed checkpoints of both
     # processes commit to the root recomputed from the stored leaves.
     with psycopg.connect(database) as db:
