@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup test test-fast check lint format typecheck proto proto-check demo bench gpu-check clean
+.PHONY: setup test test-fast check lint format typecheck proto proto-check demo bench gpu-check wheel-check clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ proto: $(STAMP)
 
 proto-check: $(STAMP)
 	$(BIN)/python scripts/gen_protos.py --check
+
+## The wheel: builds, installs in a fresh venv, both commands start, demo data in, no tests.
+wheel-check: $(STAMP)
+	PYTHON=$(BIN)/python scripts/check_wheel.sh
 
 ## The demo of a whole simulated lab (README's main command).
 demo: $(STAMP)

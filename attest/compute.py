@@ -1,5 +1,5 @@
-"""Compute figures for one GPU and one window: the rule a regulator relies on (DESIGN.md, "Compute
-accounting"), and the versioned table of GPU peaks it rests on. Pure integer arithmetic, no I/O.
+"""Compute figures for one GPU and one window: the rule a regulator relies on (ADR 0001, "Figures
+per GPU-window"), and the versioned table of GPU peaks it rests on. Pure integer arithmetic, no I/O.
 
     >>> figures = compute_window("NVIDIA H100 80GB HBM3", busy_ms=30_000,
     ...                          tensor_active_ms=None, energy_mj=21_000_000)

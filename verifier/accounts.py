@@ -53,7 +53,7 @@ def add_busy_steps(steps: list[int], busy_ms: int, window_ms: int, attested_ms: 
 
 
 class Figure(StrEnum):
-    """Which compute figure a rule measures (DESIGN.md, "Compute accounting")."""
+    """Which compute figure a rule measures (ADR 0001, "Figures per GPU-window")."""
 
     UPPER_BOUND = "upper_bound"
     """Peak dense FLOP/s at the fastest precision x busy seconds: sound, and the default."""

@@ -6,7 +6,7 @@
         print(describe_rule(rule))                           # one line in words
     validate_for_buckets(policy, bucket_ns=60_000_000_000)   # [] when every window fits
 
-A policy is the lab's declared thresholds (DESIGN.md, "Declared thresholds"; ADR 0001, "Rules"):
+A policy is the lab's declared thresholds (ADR 0001, "Rules"; docs/policy.md):
 
     format_version = 1
     policy_id = "eu-ai-act"

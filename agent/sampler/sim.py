@@ -29,7 +29,7 @@ over time (``[[phase]]`` tables, or a cluster trace in ``[trace]``), and faults 
     busy_gpus = 8                       # or utilization_pct = 40 for every GPU
 
     [trace]                             # instead of phases: a cluster trace (e.g. Helios)
-    file = "/work/shared/traces/helios/vc6YE_cluster_sequence_vc.csv"
+    file = "helios_trace.csv"           # relative paths are read beside the scenario file
     running_column = "running_gpu_num"  # busy GPUs = gpu_count x running / total, rounded
     total_column = "total_gpu_num"      # (or busy_fraction_column = "gpu_utilization")
     seconds_per_row = 1.0               # row = start_row + floor(t / seconds_per_row), wrapping

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.shared import REPO_ROOT
+from tests.testdata import REPO_ROOT
 
 ARGS = ["--self-test", "--seconds", "1.5", "--interval-ms", "100", "--window-s", "1",
         "--lead-s", "0.3", "--tail-s", "0.5"]  # fmt: skip

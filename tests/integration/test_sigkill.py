@@ -31,7 +31,7 @@ from attest.envelope import envelope_digest, parse_envelope
 from tests.agent_setup import write_state_dir
 from tests.cli_runner import run_agent_cli
 from tests.fake_verifier import FakeVerifier
-from tests.shared import REPO_ROOT
+from tests.testdata import REPO_ROOT
 
 KILLS = 30
 GAP_EVENTS = (pb.EVENT_KIND_AGENT_START, pb.EVENT_KIND_SPOOL_FULL, pb.EVENT_KIND_CLOCK_JUMP)

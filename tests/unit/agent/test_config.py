@@ -15,7 +15,7 @@ from agent.identity import DIGEST_HEADER, agent_digest, boot_id, digest_text, pa
 from agent.metrics import AgentMetrics
 from agent.sampler.base import Backend
 from attest.errors import ConfigError
-from tests.shared import REPO_ROOT
+from tests.testdata import REPO_ROOT
 
 MINIMAL = '[node]\nlab_id = "lab-a"\n[verifier]\naddress = "v.example:443"\n'
 

@@ -12,7 +12,7 @@ from agent.sampler.sim import SimSampler, load_scenario
 from agent.windows import ClosedWindow, Windower, WindowSettings
 from attest.errors import ConfigError
 from tests.builders import T0_NS
-from tests.shared import shared_dir
+from tests.testdata import TRACES
 
 S = 1_000_000_000
 MS = 1_000_000
@@ -132,7 +132,7 @@ seconds_per_row = 10
 
 
 def test_real_helios_trace_excerpt_loads(tmp_path: Path) -> None:
-    trace = shared_dir() / "traces" / "helios" / "vc6YE_cluster_sequence_vc.csv"
+    trace = TRACES / "helios" / "vc6YE_cluster_sequence_vc_excerpt.csv"
     text = f"""
 seed = 3
 gpu_count = 8

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from attest import merkle
 from attest.errors import ProofError
-from tests.shared import TLOG
+from tests.testdata import TLOG
 
 PROBES = TLOG / "transparency-dev-merkle" / "testdata"
 CT8 = json.loads((TLOG / "ct-leaves-8" / "ct_leaves_8.json").read_text())

@@ -18,7 +18,7 @@ from attest.errors import (
     NoteSignatureError,
     NoVerifiedSignatureError,
 )
-from tests.shared import TLOG
+from tests.testdata import TLOG
 
 VECTORS = json.loads((TLOG / "signed-note" / "signed_note_vectors.json").read_text())
 SIGN_CASE = VECTORS["sign_case"]

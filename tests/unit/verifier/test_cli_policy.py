@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.shared import REPO_ROOT
+from tests.testdata import REPO_ROOT
 
 EU = REPO_ROOT / "docs" / "policies" / "eu-ai-act.toml"
 

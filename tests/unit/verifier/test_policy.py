@@ -7,7 +7,7 @@ import pytest
 
 from attest import compute
 from attest.errors import ConfigError
-from tests.shared import REPO_ROOT
+from tests.testdata import REPO_ROOT
 from verifier.accounts import Figure
 from verifier.policy import (
     CoverageRule,
