@@ -105,13 +105,19 @@ def select_entries(
         entry.index for entry in view.entries_of_kind_for_lab(lab_id, _LAB_KINDS, size)
     }
     # Equivocation evidence needs the accepted envelopes it conflicts with, and the one before.
+    forks: set[int] = set()
     for entry in view.entries(sorted(indices)):
         if entry.kind is EntryKind.FORK_EVIDENCE:
+            forks.add(entry.index)
             body = apb.AttestationBody.FromString(parse_envelope(entry.entry).payload)
             for seq in (body.seq - 1, body.seq):
                 at = _attestation_at(view, entry.node_id, seq)
                 if at is not None:
                     indices.add(at)
+    # Every fork evidence entry is in the bundle, whatever the period, so its EQUIVOCATION finding
+    # must be too: the offline check fails a bundle whose equivocation is not reported.
+    if forks:
+        indices.update(_equivocation_findings(view, lab_id, forks, size))
     # Every attestation counted in a bucket of the report (a window counts where it starts).
     first_bucket = accounts.bucket_start(period_start_ns, bucket_ns)
     for row in view.attestations_in(lab_id, first_bucket, period_end_ns):
@@ -126,6 +132,27 @@ def select_entries(
         indices.add(finding.log_index)
         indices.update(i for i in finding.finding.evidence_log_indices if i < size)
     return sorted(indices)
+
+
+def _equivocation_findings(view: ReadView, lab_id: str, forks: set[int], size: int) -> set[int]:
+    """The log indices of the EQUIVOCATION findings that cite any of ``forks``, and their
+    evidence."""
+    out: set[int] = set()
+    after = -1
+    while True:
+        rows = view.findings(
+            lab_id, after_index=after, kinds=(fpb.FINDING_KIND_EQUIVOCATION,), limit=1000
+        )
+        for row in rows:
+            if row.log_index >= size:
+                return out
+            finding = fpb.Finding.FromString(row.finding)
+            if forks.intersection(finding.evidence_log_indices):
+                out.add(row.log_index)
+                out.update(i for i in finding.evidence_log_indices if i < size)
+        if len(rows) < 1000:
+            return out
+        after = rows[-1].log_index
 
 
 def _attestation_at(view: ReadView, node_id: bytes, seq: int) -> int | None:

@@ -5,9 +5,10 @@ inventory declarations and revocations of lab operators.
     registry.sync_labs(config.labs)                        # at start: log new labs and policies
     node_id, again, index = registry.enroll(enrollment_raw, authorization_raw)
 
-Every accepted change is appended to the log. A node identity, once enrolled, is immutable: the
-same node id with other content, or a GPU already enrolled under another (not revoked) key, is
-refused, and the attempt is recorded as an ENROLLMENT_CONFLICT finding.
+Every accepted change is appended to the log. A node identity, once enrolled, is immutable: a
+retry of its enrolment (new creation time and nonce, nothing else changed) is answered as already
+enrolled; the same node id with other content, or a GPU already enrolled under another (not
+revoked) key, is refused, and the attempt is recorded as an ENROLLMENT_CONFLICT finding.
 """
 
 from __future__ import annotations
@@ -74,6 +75,27 @@ def _validate_gpus(gpus: Sequence[registry_pb2.GpuIdentity], limit: int) -> list
     if len(set(uuids)) != len(uuids):
         raise InvalidRequestError("a GPU uuid appears twice")
     return uuids
+
+
+def _is_retry(stored_payload: bytes, enrollment: registry_pb2.NodeEnrollment) -> bool:
+    """Whether ``enrollment`` repeats the stored enrolment but for its creation time and nonce:
+    an agent retrying ``enroll`` (after a lost answer, say) with the same key, lab, name, agent
+    and GPUs. The retry is answered as already enrolled; nothing about it is logged, and the node
+    keeps its first enrolment (and its enrolment time)."""
+    stored = registry_pb2.NodeEnrollment()
+    try:
+        stored.ParseFromString(stored_payload)
+    except DecodeError:
+        return False
+    stored.ClearField("created_at_ns")
+    stored.ClearField("verifier_nonce")
+    again = registry_pb2.NodeEnrollment()
+    again.CopyFrom(enrollment)
+    again.ClearField("created_at_ns")
+    again.ClearField("verifier_nonce")
+    return stored.SerializeToString(deterministic=True) == again.SerializeToString(
+        deterministic=True
+    )
 
 
 class Registry:
@@ -275,7 +297,9 @@ class Registry:
         with self.core.write() as w:
             existing = w.tx.get_node(node_id)
             if existing is not None:
-                if existing.enrollment_digest == pop.digest:
+                if existing.enrollment_digest == pop.digest or _is_retry(
+                    existing.enrollment_payload, enrollment
+                ):
                     return EnrollResult(node_id, True, existing.enrollment_log_index)
                 conflict = "this node key is already enrolled with other content"
             else:

@@ -60,7 +60,6 @@ def open_store(config: VerifierConfig) -> Store:
         return PostgresStore.open(config.store.dsn)
     from verifier.store.sqlite import SqliteStore
 
-    config.store.path.parent.mkdir(parents=True, exist_ok=True)
     return SqliteStore.open(config.store.path)
 
 

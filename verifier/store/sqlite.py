@@ -5,6 +5,11 @@
         tx.append_log(entries, nodes, now_ns)
     store.close()
 
+The database holds the nonce secret and every lab's data: it is created 0600 in a directory made
+0700 (SQLite gives its -wal and -shm files the database's mode). An existing store that others can
+read is tightened, with a warning; one in a directory others can write (or a shared, sticky one
+such as /tmp), or one owned by another user, is refused with a ConfigError that says what to do.
+
 A committed transaction is on disk (the WAL is fsynced at commit), so nothing a receipt reported
 as accepted can be lost by a crash. Writes go through one connection under a lock; reads outside a
 transaction use a connection per thread and see the last committed state.
@@ -13,12 +18,15 @@ transaction use a connection per thread and see the last committed state.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
+import stat
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from attest.errors import ConfigError
 from verifier.store.sql import (
     SCHEMA_TEMPLATE,
     SCHEMA_VERSION,
@@ -31,6 +39,53 @@ log = logging.getLogger(__name__)
 
 SCHEMA = SCHEMA_TEMPLATE.format(blob="BLOB", bigint="INTEGER", without_rowid="WITHOUT ROWID")
 
+DIRECTORY_MODE = 0o700
+FILE_MODE = 0o600
+_SIDE_FILES = ("", "-wal", "-shm", "-journal")
+
+
+def _tighten(path: Path, mode: int, what: str) -> None:
+    """Make ``path`` (ours) exactly ``mode``, warning when it was more open; refuse another
+    user's file rather than change it."""
+    found = stat.S_IMODE(path.stat().st_mode)
+    if found & 0o077 == 0:
+        return
+    if path.stat().st_uid != os.geteuid():
+        raise ConfigError(
+            f"the store {what} {path} is mode {found:04o} and owned by another user: other local "
+            f"users could read the nonce secret and every lab's data; chown it to the verifier's "
+            f"user and chmod {mode:o} it"
+        )
+    os.chmod(path, mode)
+    log.warning("the store %s %s was mode %04o; set to %04o", what, path, found, mode)
+
+
+def secure_store_files(path: Path) -> None:
+    """Create or tighten the store's directory (0700) and files (0600) before SQLite opens them.
+
+    Raises :class:`ConfigError` for a directory that other users may write to (they could swap the
+    database) or that belongs to another user."""
+    directory = path.parent
+    if not directory.exists():
+        directory.mkdir(parents=True, mode=DIRECTORY_MODE)
+        os.chmod(directory, DIRECTORY_MODE)  # mkdir's mode is masked by the umask
+    info = directory.stat()
+    found = stat.S_IMODE(info.st_mode)
+    if found & (stat.S_IWGRP | stat.S_IWOTH | stat.S_ISVTX):
+        raise ConfigError(
+            f"the store directory {directory} is mode {found:04o}: other users can replace the "
+            "database there; give the store a directory of its own (mkdir -m 700) and set "
+            "store.path to a file in it"
+        )
+    _tighten(directory, DIRECTORY_MODE, "directory")
+    if not path.exists():
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, FILE_MODE)
+        os.close(fd)
+    for suffix in _SIDE_FILES:
+        candidate = Path(str(path) + suffix)
+        if candidate.exists():
+            _tighten(candidate, FILE_MODE, "file")
+
 
 class SqliteStore(SqlQueries):
     """The SQLite backend."""
@@ -38,6 +93,7 @@ class SqliteStore(SqlQueries):
     shared = False  # one verifier process per file
 
     def __init__(self, path: Path) -> None:
+        secure_store_files(path)
         self.path = path
         self._closed = False
         self._write_lock = threading.Lock()
