@@ -87,3 +87,7 @@ class NoteSignatureError(NoteError):
 
 class NoVerifiedSignatureError(NoteError):
     """None of the note's signatures is from a known key."""
+
+
+class TpmError(VerificationError):
+    """A TPM structure (key, quote, signature, credential, IMA log) is malformed or fails."""
