@@ -502,7 +502,7 @@ def run(
         sampler,
         signer,
         clock=clock,
-        metrics=AgentMetrics(),
+        metrics=AgentMetrics(backend=sampler.backend.value),
         options=DaemonOptions(ship=not no_ship),
     )
 

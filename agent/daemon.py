@@ -133,6 +133,7 @@ class Daemon:
         self._signer = signer
         self._clock = clock
         self._metrics = metrics or AgentMetrics()
+        self._metrics.build_info.info({"version": AGENT_VERSION, "backend": sampler.backend.value})
         self._options = options or DaemonOptions()
         self._shipper_factory = shipper_factory
         self._stop = threading.Event()
@@ -189,6 +190,7 @@ class Daemon:
         )
         windower = Windower(settings, not_before_ns=self._previous_end_ns or 0)
         self._metrics.head_seq.set(-1 if head is None else head.seq)
+        self._metrics.observe_backlog(spool.backlog())
         thread = self._start_shipper()
         server = None
         if self._config.metrics.port:
@@ -267,7 +269,7 @@ class Daemon:
         next_prune = self._clock.monotonic_ns()
         while not self._stop.is_set():
             if realtime:
-                self._clock.sleep(next_tick - self._clock.time_ns())
+                next_tick = self._wait_for_tick(next_tick, interval_ns)
                 if self._stop.is_set():
                     break
             try:
@@ -309,8 +311,33 @@ class Daemon:
                 next_tick += interval_ns
                 now = self._clock.time_ns()
                 if next_tick <= now:  # we fell behind: skip the ticks we missed
+                    skipped = (now - next_tick) // interval_ns + 1
                     next_tick = align_up(now + 1, interval_ns)
+                    if skipped > 1:
+                        log.warning(
+                            "polls skipped count=%d: the loop fell behind (a slow NVML call, "
+                            "a suspended host, or the wall clock stepped forward)",
+                            skipped,
+                        )
         return last_ns
+
+    def _wait_for_tick(self, next_tick_ns: int, interval_ns: int) -> int:
+        """Sleep until the next tick; returns the tick actually waited for. If the wall clock
+        stepped back, the old tick is far ahead: wait for the next tick on the new time instead
+        (with a log line) rather than stall for the size of the step."""
+        wait_ns = next_tick_ns - self._clock.time_ns()
+        if wait_ns > 2 * interval_ns:
+            now = self._clock.time_ns()
+            realigned = align_up(now + 1, interval_ns)
+            log.warning(
+                "wall clock stepped back step_ms=%d: polling on the new time at once instead "
+                "of waiting (a CLOCK_JUMP event records it)",
+                (next_tick_ns - interval_ns - now) // NS_PER_MS,
+            )
+            next_tick_ns = realigned
+            wait_ns = next_tick_ns - now
+        self._clock.sleep(wait_ns)
+        return next_tick_ns
 
     def _event(self, windower: Windower, event: SamplerEvent) -> None:
         self._metrics.sampler_events.labels(kind=event.kind.value).inc()
@@ -409,11 +436,20 @@ class Daemon:
             self._unattested(window, exc.diagnostics()[:200])
             return
         self._start_event_pending = False
+        if self._unattested_since_ns is not None:
+            log.warning(
+                "spool writable again seq=%d: signing resumed; the gap since start_ns=%d is "
+                "recorded as a SPOOL_FULL event",
+                stored.seq,
+                self._unattested_since_ns,
+            )
         self._unattested_since_ns = None
         self._previous_end_ns = window.end_ns
         self.windows_signed += 1
         self._metrics.windows.inc()
         self._metrics.head_seq.set(stored.seq)
+        self._metrics.last_signed.set(self._clock.time_ns() / NS_PER_S)
+        self._metrics.observe_backlog(spool.backlog())
         for event in extra:
             self._metrics.sampler_events.labels(kind=event.kind.value).inc()
         log.info(

@@ -35,6 +35,7 @@ from pausewatch.v1 import attestation_service_pb2_grpc as api_grpc
 
 from agent.clock import NS_PER_MS, NS_PER_S, Clock
 from agent.config import VerifierConfig
+from agent.failures import FailureKind, classify_rpc_error, rpc_error_text
 from agent.metrics import AgentMetrics
 from agent.spool import EnvelopeStatus, Nonce, ReceiptRecord, Spool, SpooledEnvelope
 from attest.errors import ConfigError, PausewatchError
@@ -49,7 +50,7 @@ IDLE_WAIT_NS = 1 * NS_PER_S
 class ShipError(PausewatchError):
     """A shipping session failed (the stream dropped, a receipt did not match, a timeout)."""
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: FailureKind, message: str) -> None:
         super().__init__(message)
         self.kind = kind
 
@@ -94,15 +95,6 @@ def open_channel(config: VerifierConfig) -> grpc.Channel:
         certificate_chain=_read_file(config.client_cert, "client_cert"),
     )
     return grpc.secure_channel(config.address, credentials, options=options)
-
-
-def _rpc_error_text(exc: grpc.RpcError) -> tuple[str, str]:
-    """(status code name, details) of a failed call; grpc's own errors carry both."""
-    code = getattr(exc, "code", None)
-    details = getattr(exc, "details", None)
-    name = code().name if callable(code) else "UNKNOWN"
-    text = details() if callable(details) else ""
-    return str(name), str(text or "")
 
 
 class Backoff:
@@ -172,6 +164,8 @@ class Shipper:
         self._call_lock = threading.Lock()
         self._call: _Cancellable | None = None
         self._nonce_due_ns = 0
+        self._failures_in_a_row = 0
+        self._failing_since_ns: int | None = None
         self.connected = threading.Event()
         """Set while a session is up (for status and tests)."""
 
@@ -200,10 +194,11 @@ class Shipper:
                 except ShipError as exc:
                     self._failed(spool, exc.kind, exc.diagnostics())
                 except grpc.RpcError as exc:
-                    name, details = _rpc_error_text(exc)
-                    self._failed(spool, name.lower(), f"{name}: {details[:200]}")
+                    name, details = rpc_error_text(exc)
+                    kind = classify_rpc_error(name, details)
+                    self._failed(spool, kind, f"{name}: {details[:300]}")
                 except ConfigError as exc:
-                    self._failed(spool, "config", exc.diagnostics())
+                    self._failed(spool, FailureKind.CONFIG, exc.diagnostics())
                 if self._stop.is_set():
                     break
                 delay_ns = self._backoff.next_delay_ns()
@@ -216,13 +211,25 @@ class Shipper:
         finally:
             spool.close()
 
-    def _failed(self, spool: Spool, kind: str, message: str) -> None:
+    def _failed(self, spool: Spool, kind: FailureKind, message: str) -> None:
         self.connected.clear()
+        self._metrics.connected.set(0)
         if self._stop.is_set():
             return
-        self._metrics.ship_errors.labels(kind=kind).inc()
-        log.warning("shipping failed kind=%s error=%r", kind, message)
-        spool.record_error("ship", message, at_ns=self._clock.time_ns())
+        self._failures_in_a_row += 1
+        if self._failing_since_ns is None:
+            self._failing_since_ns = self._clock.time_ns()
+        self._metrics.ship_errors.labels(kind=kind.value).inc()
+        log.log(
+            kind.log_level,
+            "shipping failed kind=%s heals=%s attempt=%d error=%r fix=%r",
+            kind.value,
+            "yes" if kind.heals else "no",
+            self._failures_in_a_row,
+            message,
+            kind.fix,
+        )
+        spool.record_error("ship", f"{kind.value}: {message}", at_ns=self._clock.time_ns())
 
     def _refresh_nonce(self, stub: api_grpc.AttestationServiceStub, spool: Spool) -> None:
         response = stub.GetChallenge(
@@ -254,7 +261,22 @@ class Shipper:
             if self._stop.is_set():
                 return
             self.connected.set()
-            log.info("attestation stream open address=%s", self._config.address)
+            self._metrics.connected.set(1)
+            if self._failures_in_a_row:
+                backlog = spool.backlog()
+                down_ms = (self._clock.time_ns() - (self._failing_since_ns or 0)) // NS_PER_MS
+                log.warning(
+                    "reconnected to the verifier address=%s failed_attempts=%d outage_ms=%d "
+                    "pending=%d",
+                    self._config.address,
+                    self._failures_in_a_row,
+                    down_ms,
+                    backlog.count,
+                )
+            else:
+                log.info("attestation stream open address=%s", self._config.address)
+            self._failures_in_a_row = 0
+            self._failing_since_ns = None
             self._stream(stub, spool, requests, iter(call))
         finally:
             requests.put(None)
@@ -265,6 +287,7 @@ class Shipper:
                 current.cancel()
             channel.close()
             self.connected.clear()
+            self._metrics.connected.set(0)
 
     def _stream(
         self,
@@ -301,7 +324,7 @@ class Shipper:
         try:
             return next(responses)
         except StopIteration:
-            raise ShipError("stream_closed", "the verifier closed the stream") from None
+            raise ShipError(FailureKind.STREAM_CLOSED, "the verifier closed the stream") from None
         finally:
             timer.cancel()
 
@@ -314,14 +337,17 @@ class Shipper:
         receipts = list(response.receipts)
         if len(receipts) != len(batch):
             raise ShipError(
-                "protocol",
+                FailureKind.PROTOCOL,
                 f"{len(receipts)} receipts for a batch of {len(batch)} envelopes",
             )
         for sent, receipt in zip(batch, receipts, strict=True):
             if receipt.envelope_digest != sent.digest:
-                raise ShipError("protocol", f"receipt for seq {sent.seq} names another envelope")
+                raise ShipError(
+                    FailureKind.PROTOCOL, f"receipt for seq {sent.seq} names another envelope"
+                )
         records = [receipt_record(r) for r in receipts]
         spool.record_receipts(records, at_ns=self._clock.time_ns())
+        self._metrics.last_receipt.set(self._clock.time_ns() / NS_PER_S)
         retry = False
         for sent, record in zip(batch, records, strict=True):
             label = "unavailable" if record.retry else record.status.value
@@ -348,10 +374,10 @@ class Shipper:
             )
         self._report_depth(spool)
         if retry:
-            raise ShipError("unavailable", "the verifier could not commit the batch; resending")
+            raise ShipError(
+                FailureKind.UNAVAILABLE, "the verifier could not commit the batch; resending"
+            )
         self._backoff.reset()
 
     def _report_depth(self, spool: Spool) -> None:
-        stats = spool.stats()
-        self._metrics.spool_depth.set(stats.pending_count)
-        self._metrics.spool_bytes.set(stats.pending_bytes)
+        self._metrics.observe_backlog(spool.backlog())

@@ -148,6 +148,15 @@ class LastReceipt:
 
 
 @dataclass(frozen=True, slots=True)
+class SpoolBacklog:
+    """What is not yet acknowledged: the spool's own count, bytes and oldest window."""
+
+    count: int
+    size_bytes: int
+    oldest_window_start_ns: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class SpoolStats:
     """What ``status`` shows."""
 
@@ -286,6 +295,19 @@ class Spool:
             "WHERE status = 'pending'"
         ).fetchone()
         return int(row[0]), int(row[1])
+
+    def backlog(self) -> SpoolBacklog:
+        """What is not yet acknowledged: count, bytes, and the oldest window's start."""
+        with self._transaction(immediate=False):
+            row = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(LENGTH(envelope)), 0), MIN(window_start_ns) "
+                "FROM envelopes WHERE status = 'pending'"
+            ).fetchone()
+        return SpoolBacklog(
+            count=int(row[0]),
+            size_bytes=int(row[1]),
+            oldest_window_start_ns=None if row[2] is None else int(row[2]),
+        )
 
     def has_room(self, max_unacked_envelopes: int, max_unacked_bytes: int) -> bool:
         """Whether another envelope fits under the bound on unacknowledged envelopes."""

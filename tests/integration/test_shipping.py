@@ -353,7 +353,11 @@ def test_grpc_status_of_a_refused_connection_is_recorded(tmp_path: Path) -> None
     run.start()
     try:
         wait_until(lambda: bool(run.spool.stats().last_errors))
-        assert run.spool.stats().last_errors[0][2].startswith(grpc.StatusCode.UNAVAILABLE.name)
+        assert (
+            run.spool.stats()
+            .last_errors[0][2]
+            .startswith("refused: " + grpc.StatusCode.UNAVAILABLE.name)
+        )
     finally:
         run.stop()
 
@@ -365,7 +369,7 @@ def test_a_verifier_slower_than_the_timeout_is_retried(
     append(running.spool, 2)
     running.start()
     wait_until(lambda: bool(running.spool.stats().last_errors))
-    assert running.spool.stats().last_errors[0][2].startswith("CANCELLED")
+    assert running.spool.stats().last_errors[0][2].startswith("timeout: CANCELLED")
     verifier.delay_s = 0.0
     wait_until(lambda: running.pending() == 0)
     assert len(verifier.accepted_in_order(NODE_ID)) == 2

@@ -10,6 +10,7 @@ from pausewatch.v1 import attestation_pb2 as pb
 
 from agent.config import AgentConfig
 from agent.daemon import AgentLockedError, Daemon, DaemonOptions, StateLock, spool_path
+from agent.metrics import AgentMetrics
 from agent.sampler.base import GpuIdentity, Poll
 from agent.sampler.replay import ReplaySampler, parse_recording
 from agent.sampler.sim import SimSampler, load_scenario
@@ -22,6 +23,7 @@ from attest.samples import SAMPLE_SIZE, decode_sample, samples_root
 from tests.agent_setup import write_state_dir
 from tests.builders import T0_NS
 from tests.fakes import FakeClock
+from tests.prom_rules import parse_exposition
 from tests.unit.agent.test_replay import HAND_CSV
 
 S = 1_000_000_000
@@ -251,3 +253,52 @@ def test_one_agent_per_state_directory(tmp_path: Path) -> None:
     finally:
         lock.release()
     assert not StateLock(config.node.state_dir).held_by_other()
+
+
+def test_a_clock_step_back_does_not_stall_polling_and_is_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = write_state_dir(tmp_path, window_s="10")
+    clock = FakeClock(T0_NS)
+
+    def step_back(count: int) -> None:
+        if count == 12:
+            clock.jump_wall(-96 * S)
+
+    caplog.set_level("WARNING", logger="agent.daemon")
+    run_daemon(config, clock, polls=30, on_poll=step_back)
+    # The loop never waits for the old time to come back: no sleep longer than two intervals.
+    assert max(clock.sleeps) <= 2 * S
+    assert any("wall clock stepped back" in r.getMessage() for r in caplog.records)
+    jumps = [e for b in bodies(config) for e in events(b, pb.EVENT_KIND_CLOCK_JUMP)]
+    assert jumps
+    assert "-96" in jumps[0].detail
+
+
+def test_the_signing_loop_sets_the_spool_gauges_without_a_shipper(tmp_path: Path) -> None:
+    config = write_state_dir(tmp_path, window_s="2")
+    clock = FakeClock(T0_NS)
+    metrics = AgentMetrics(process=False)
+    sim = SimSampler(
+        load_scenario(config.sim.scenario),  # type: ignore[arg-type]
+        sample_interval_ms=1000,
+        boot_time_ns=T0_NS - 3600 * S,
+    )
+    sampler = StopAfter(sim, 9)
+    daemon = Daemon(
+        config, sampler, signer(config), clock=clock, metrics=metrics,
+        options=DaemonOptions(ship=False),
+    )  # fmt: skip
+    sampler.daemon = daemon
+    daemon.run()
+    spool = Spool.open(spool_path(config))
+    backlog = spool.backlog()
+    spool.close()
+    assert backlog.count == daemon.windows_signed >= 3
+    values = parse_exposition(metrics.render().decode())
+    assert values[("pausewatch_agent_spool_depth", ())] == backlog.count
+    assert values[("pausewatch_agent_spool_bytes", ())] == backlog.size_bytes
+    assert values[("pausewatch_agent_last_signed_timestamp_seconds", ())] > T0_NS / S
+    assert values[("pausewatch_agent_chain_head_seq", ())] == backlog.count - 1
+    build = [k for k in values if k[0] == "pausewatch_agent_build_info"]
+    assert build and ("backend", "sim") in build[0][1]
