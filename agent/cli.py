@@ -141,8 +141,13 @@ def make_sampler(
     replay: Path | None = None,
     replay_realtime: bool | None = None,
     replay_columns: tuple[str, ...] = (),
+    replay_gpus: int | None = None,
+    replay_gpu_model: str | None = None,
 ) -> Sampler:
-    """The sampler for ``backend``, from the command line or the config file."""
+    """The sampler for ``backend``, from the command line or the config file.
+
+    A replay's unnamed GPUs get UUIDs derived from this node's key id, so that two nodes
+    replaying similar files never claim the same GPUs."""
     interval_ms = config.sampling.sample_interval_ms
     if backend is Backend.NVML:
         from agent.sampler.nvml import NvmlSampler
@@ -164,12 +169,31 @@ def make_sampler(
     path = replay or config.replay.file
     if path is None:
         raise click.UsageError("the replay backend needs --replay FILE (or replay.file)")
-    recording = load_recording(path, columns=replay_columns or config.replay.columns)
+    recording = load_recording(
+        path,
+        columns=replay_columns or config.replay.columns,
+        gpus=replay_gpus if replay_gpus is not None else config.replay.gpus,
+        gpu_model=replay_gpu_model if replay_gpu_model is not None else config.replay.gpu_model,
+    )
     realtime = config.replay.realtime if replay_realtime is None else replay_realtime
-    return ReplaySampler(recording, realtime=realtime)
+    node_id = _node_signer(config).key_id.hex()
+    return ReplaySampler(recording, realtime=realtime, node_id=node_id)
 
 
 def backend_option(function: F) -> F:
+    function = click.option(
+        "--gpu-model",
+        "replay_gpu_model",
+        default=None,
+        help="Replay: the GPUs' model, for a recording without a name column.",
+    )(function)
+    function = click.option(
+        "--gpus",
+        "replay_gpus",
+        type=click.IntRange(min=1, max=4096),
+        default=None,
+        help="Replay: GPUs per poll, for a recording without index or uuid column.",
+    )(function)
     function = click.option(
         "--replay",
         "replay_file",
@@ -303,9 +327,22 @@ def init(
 
 
 def _inventory(
-    config: AgentConfig, backend: Backend, scenario: Path | None, replay: Path | None
+    config: AgentConfig,
+    backend: Backend,
+    scenario: Path | None,
+    replay: Path | None,
+    *,
+    replay_gpus: int | None,
+    replay_gpu_model: str | None,
 ) -> tuple[GpuIdentity, ...]:
-    sampler = make_sampler(config, backend, scenario=scenario, replay=replay)
+    sampler = make_sampler(
+        config,
+        backend,
+        scenario=scenario,
+        replay=replay,
+        replay_gpus=replay_gpus,
+        replay_gpu_model=replay_gpu_model,
+    )
     sampler.open(time.time_ns())
     try:
         gpus = sampler.inventory()
@@ -365,6 +402,8 @@ def enroll(
     backend: str | None,
     scenario: Path | None,
     replay_file: Path | None,
+    replay_gpus: int | None,
+    replay_gpu_model: str | None,
     operator_key: Path | None,
     prepare_out: Path | None,
     authorization: Path | None,
@@ -399,7 +438,14 @@ def enroll(
     if operator_key is not None:
         operator = keys.Ed25519Signer.from_private_key(keys.load_private_key(operator_key))
     chosen_backend = Backend(backend) if backend else config.sampling.backend
-    gpus = _inventory(config, chosen_backend, scenario, replay_file)
+    gpus = _inventory(
+        config,
+        chosen_backend,
+        scenario,
+        replay_file,
+        replay_gpus=replay_gpus,
+        replay_gpu_model=replay_gpu_model,
+    )
     channel = open_channel(config.verifier)
     try:
         nonce = get_challenge(channel, node_id, timeout_s=timeout)
@@ -464,6 +510,8 @@ def run(
     backend: str | None,
     scenario: Path | None,
     replay_file: Path | None,
+    replay_gpus: int | None,
+    replay_gpu_model: str | None,
     replay_realtime: bool | None,
     replay_columns: str | None,
     no_ship: bool,
@@ -495,6 +543,8 @@ def run(
         replay=replay_file,
         replay_realtime=replay_realtime,
         replay_columns=columns,
+        replay_gpus=replay_gpus,
+        replay_gpu_model=replay_gpu_model,
     )
     clock = SystemClock()
     daemon = Daemon(

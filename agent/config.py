@@ -236,6 +236,10 @@ class ReplayConfig:
     file: Path | None
     realtime: bool
     columns: tuple[str, ...]
+    gpus: int | None = None
+    """GPUs per poll of a recording without index or uuid column (None: read from the rows)."""
+    gpu_model: str = ""
+    """The GPU model of a recording without a name column."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -418,6 +422,8 @@ def parse_config(data: Mapping[str, Any], source: Path) -> AgentConfig:
         file=_optional_path(replay_t, "file", base),
         realtime=replay_t.boolean("realtime", False),
         columns=replay_t.strings("columns", ()),
+        gpus=replay_t.integer("gpus", None, minimum=1, maximum=4096),
+        gpu_model=replay_t.string("gpu_model", "", max_len=96),
     )
     replay_t.finish()
 

@@ -16,6 +16,9 @@ stamped before the end of the last closed window (the clock went back) is droppe
 - ``busy_ms`` = ceil(sum(utilization_pct x interval_ms) / 100) over the window's samples. Rounding
   up means the upper bound never loses a fraction of a millisecond of busy time.
 - ``tensor_active_ms`` and ``sm_active_ms`` = ceil(sum(ppm x interval_ms) / 10^6), likewise.
+- Each of these is at most the window plus one sample interval (what a verifier accepts). Only a
+  replay, whose samples are credited up to 1.5 x its cadence, can reach that cap: the first sample
+  of a window may be credited time since a poll in the window before.
 - Energy is read at the window's edges: ``energy_start_mj`` is the window's first counter reading,
   ``energy_end_mj`` the reading of the poll that closed the window (the next window's first one),
   or the window's last reading where no later poll exists (shutdown, GPU lost, end of a replay).
@@ -294,7 +297,7 @@ class _GpuAccumulator:
         else:
             self.energy_end = sample.energy_mj
 
-    def to_proto(self, samples_expected: int, appeared: bool) -> pb.GpuWindow:
+    def to_proto(self, samples_expected: int, appeared: bool, limit_ms: int) -> pb.GpuWindow:
         ident = self.identity
         energy_tally = self.tallies.get(Metric.ENERGY)
         start = self.energy_first or 0
@@ -324,14 +327,14 @@ class _GpuAccumulator:
             presence=presence,
             samples_expected=max(samples_expected, self.samples_taken),
             samples_taken=self.samples_taken,
-            busy_ms=_ceil_div(self.busy_pct_ms, 100),
+            busy_ms=min(limit_ms, _ceil_div(self.busy_pct_ms, 100)),
             energy_start_mj=start,
             energy_end_mj=end,
             energy_counter_state=energy_state,
             max_power_mw=self.max_power,
             mean_power_mw=self.power_sum // self.power_count if self.power_count else 0,
-            tensor_active_ms=_ceil_div(self.tensor_ppm_ms, 1_000_000),
-            sm_active_ms=_ceil_div(self.sm_ppm_ms, 1_000_000),
+            tensor_active_ms=min(limit_ms, _ceil_div(self.tensor_ppm_ms, 1_000_000)),
+            sm_active_ms=min(limit_ms, _ceil_div(self.sm_ppm_ms, 1_000_000)),
             max_memory_used_bytes=self.max_memory,
             max_compute_processes=self.max_processes,
         )
@@ -397,6 +400,7 @@ class _OpenWindow:
         )
         appeared = {e.gpu_uuid for e in self.events.values() if e.kind is EventKind.GPU_APPEARED}
         expected = _ceil_div(self.end_ns - self.start_ns, settings.sample_interval_ns)
+        limit_ms = (self.end_ns - self.start_ns) // NS_PER_MS + settings.sample_interval_ms
         gpus: list[pb.GpuWindow] = []
         for uuid, acc in self.gpus.items():
             acc.close_edge(closing_by_uuid.get(uuid))
@@ -410,7 +414,7 @@ class _OpenWindow:
                         detail=f"energy counter dropped from {before} mJ to {after} mJ",
                     )
                 )
-            gpus.append(acc.to_proto(expected, uuid in appeared))
+            gpus.append(acc.to_proto(expected, uuid in appeared, limit_ms))
         gpus.sort(key=lambda g: (g.index, g.uuid))
         _dedupe_indices(gpus)
         self.samples.sort(key=lambda s: (s.timestamp_ns, s.gpu_index))

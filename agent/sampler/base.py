@@ -188,12 +188,14 @@ class Sampler(Protocol):
 
 class IntervalTracker:
     """Per-GPU sample intervals: time since the GPU's previous sample, capped at the configured
-    interval; the configured interval for a GPU's first sample."""
+    interval (or at ``credit_cap_ms``: replay credits its measured cadence up to a bound); the
+    configured interval for a GPU's first sample."""
 
-    __slots__ = ("_interval_ms", "_last_ns")
+    __slots__ = ("_cap_ms", "_interval_ms", "_last_ns")
 
-    def __init__(self, sample_interval_ms: int) -> None:
+    def __init__(self, sample_interval_ms: int, *, credit_cap_ms: int | None = None) -> None:
         self._interval_ms = sample_interval_ms
+        self._cap_ms = sample_interval_ms if credit_cap_ms is None else credit_cap_ms
         self._last_ns: dict[str, int] = {}
 
     def interval_ms(self, gpu_uuid: str, timestamp_ns: int) -> int:
@@ -203,7 +205,7 @@ class IntervalTracker:
         if last is None:
             return self._interval_ms
         elapsed_ms = max(0, (timestamp_ns - last) // NS_PER_MS)
-        return min(elapsed_ms, self._interval_ms)
+        return min(elapsed_ms, self._cap_ms)
 
     def forget(self, gpu_uuid: str) -> None:
         """Treat the GPU's next sample as its first (after it was lost, or after a reload)."""

@@ -18,9 +18,19 @@ similar cells mean the metric was not supported for that row. Without a header, 
 names (``columns=``, in ``--query-gpu`` order).
 
 **GPUs.** With an ``index`` or ``uuid`` column a row belongs to that GPU, and a new poll starts when
-a GPU repeats. Without either, rows of one poll are those within 200 ms of the poll's first row
-(nvidia-smi prints every GPU at each loop), and GPUs are told apart by their order in the poll:
-the n-th row is GPU n. Every row of a poll gets the poll's first timestamp.
+a GPU repeats. Without either (``nvidia-smi --query-gpu=timestamp,power.draw,utilization.gpu,...``
+prints every GPU at each loop, one row each, in a fixed order), the GPU count is read from the
+row cycle: rows less than 25 ms after a poll's first row belong to that poll, every poll but the
+last must then have the same number of rows, and polls must lie at least 50 ms apart; the n-th row
+of a poll is GPU n. A file where that does not hold is refused (:class:`RecordingError`) with the
+fix: ``gpus=N`` (``--gpus N``), which cuts the rows into polls of N in order and checks that each
+poll's rows lie closer together than the next poll. A file never yields a guessed GPU count. Every
+row of a poll gets the poll's first timestamp.
+
+**Names.** Without a ``name`` column every GPU's model is ``gpu_model`` (``--gpu-model NAME``), or
+``unknown`` (bounded at the compute table's highest peak, and reported so). Without a ``uuid``
+column, GPU n's UUID is derived from the node id (:func:`replay_gpu_uuid`), so two nodes replaying
+the same kind of file never claim the same GPUs.
 
 **Energy.** From the energy column where there is one. Otherwise the counter is integrated from
 ``power.draw``: each row's power is held over the time since the GPU's previous row (the same rule
@@ -28,13 +38,20 @@ as utilisation), the counter starts at 0 mJ at the GPU's first row, and it is ke
 mW x ms (= microjoules) and reported rounded down to mJ. Such a window's METRIC_ENERGY status says
 ``integrated from power.draw`` in its ``last_error`` field.
 
-**Interval.** Unless given, the sample interval is the median time between consecutive polls.
+**Cadence.** Unless given, the sample interval is the measured cadence: the mean time between
+consecutive polls, leaving out stalls (more than 1.5 x the median). A sample is credited the time
+since the GPU's previous sample, up to 1.5 x that interval (:data:`CREDIT_BOUND_NUM` /
+:data:`CREDIT_BOUND_DEN`); so nvidia-smi's real ~102 ms loop at ``-lms 100`` with its jitter
+reads as fully covered, while a stall of seconds stays a gap (samples taken fall short of those
+expected). With an explicit ``sample_interval_ms`` the credit is capped at that interval (as NVML).
 """
 
 from __future__ import annotations
 
 import calendar
+import collections
 import csv
+import hashlib
 import io
 import itertools
 import logging
@@ -61,7 +78,12 @@ from attest.samples import Sample, SampleFlags
 
 log = logging.getLogger(__name__)
 
-GROUP_TOLERANCE_NS = 200 * NS_PER_MS
+POLL_SPREAD_NS = 25 * NS_PER_MS
+"""Rows of one poll follow each other by less than this (a row later than that starts a poll)."""
+MIN_POLL_SPACING_NS = 2 * POLL_SPREAD_NS
+"""Without --gpus, polls must lie at least this far apart to be told from the rows within them."""
+CREDIT_BOUND_NUM, CREDIT_BOUND_DEN = 3, 2
+"""A sample's credit is bounded by 3/2 of the measured cadence; longer is a stall (a gap)."""
 ENERGY_INTEGRATED_NOTE = "integrated from power.draw"
 MAX_ROWS = 10_000_000
 
@@ -140,6 +162,22 @@ class Recording:
     has_memory: bool
     has_energy: bool
     inferred_interval_ms: int
+    """The measured cadence (module docs), or the interval given to the parser."""
+    gpu_count: int = 0
+    """GPUs per poll: the first poll's rows."""
+    gpu_count_source: str = "identity"
+    """How polls were told apart: ``identity`` (index/uuid column), ``row cycle`` (inferred from
+    the timestamps) or ``--gpus`` (given)."""
+    gpu_model: str = ""
+    """The model given for a file without a name column ("" if none was given)."""
+    stalls: int = 0
+    """Times between polls longer than the credit bound: gaps in the recording."""
+    credit_cap_ms: int = 0
+    """The most a sample is credited (module docs, "Cadence"); 0 means the interval."""
+
+    @property
+    def has_names(self) -> bool:
+        return any(row.name for poll in self.polls[:1] for row in poll.rows)
 
 
 def _split_header(cell: str) -> tuple[str, str]:
@@ -197,7 +235,12 @@ def _parse_utilization(text: str, header_unit: str) -> Cell:
 
 
 def load_recording(
-    path: Path, *, columns: tuple[str, ...] = (), sample_interval_ms: int | None = None
+    path: Path,
+    *,
+    columns: tuple[str, ...] = (),
+    sample_interval_ms: int | None = None,
+    gpus: int | None = None,
+    gpu_model: str = "",
 ) -> Recording:
     """Parse a whole recording; raises RecordingError naming the line on bad input."""
     try:
@@ -206,7 +249,14 @@ def load_recording(
         raise RecordingError(f"recording {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise RecordingError(f"cannot read recording {path}: {exc}") from None
-    return parse_recording(text, str(path), columns=columns, sample_interval_ms=sample_interval_ms)
+    return parse_recording(
+        text,
+        str(path),
+        columns=columns,
+        sample_interval_ms=sample_interval_ms,
+        gpus=gpus,
+        gpu_model=gpu_model,
+    )
 
 
 def parse_recording(
@@ -215,8 +265,20 @@ def parse_recording(
     *,
     columns: tuple[str, ...] = (),
     sample_interval_ms: int | None = None,
+    gpus: int | None = None,
+    gpu_model: str = "",
 ) -> Recording:
-    """Parse recording text (see the module docs)."""
+    """Parse recording text (see the module docs).
+
+    ``gpus`` is the number of GPUs per poll of a file without index or uuid column (checked
+    against the file where it has one); ``gpu_model`` names the GPUs of a file without a name
+    column.
+    """
+    if gpus is not None and gpus < 1:
+        raise RecordingError(f"{source}: --gpus must be at least 1, got {gpus}")
+    gpu_model = gpu_model.strip()
+    if len(gpu_model) > 96:
+        raise RecordingError(f"{source}: --gpu-model is longer than 96 characters")
     lines = list(csv.reader(io.StringIO(text), skipinitialspace=True))
     numbered = [(n, row) for n, row in enumerate(lines, start=1) if any(c.strip() for c in row)]
     if not numbered:
@@ -292,52 +354,187 @@ def parse_recording(
             )
         except ValueError as exc:
             raise RecordingError(f"{source}: line {line}: {exc}") from None
-    polls = _group(rows, has_identity, source)
-    if sample_interval_ms is None:
-        deltas = [
-            (b.timestamp_ns - a.timestamp_ns) // NS_PER_MS for a, b in itertools.pairwise(polls)
-        ]
-        positive = [d for d in deltas if d > 0]
-        inferred = int(statistics.median(positive)) if positive else 1000
+    if has_identity:
+        polls = _group_by_identity(rows, source)
+        count_source = "identity"
+        if gpus is not None and polls and len(polls[0].rows) != gpus:
+            raise RecordingError(
+                f"{source}: --gpus {gpus} given, but the index/uuid column names "
+                f"{len(polls[0].rows)} GPUs in the first poll (line {polls[0].rows[0].line}); "
+                "leave --gpus out for a file with an index or uuid column"
+            )
+    elif gpus is not None:
+        polls = _group_by_count(rows, gpus, source)
+        count_source = "--gpus"
     else:
-        inferred = sample_interval_ms
+        polls = _group_by_cycle(rows, source)
+        count_source = "row cycle"
+    if "name" in position and gpu_model:
+        raise RecordingError(
+            f"{source}: --gpu-model given, but the file has a name column; leave --gpu-model out"
+        )
+    deltas_ns = [b.timestamp_ns - a.timestamp_ns for a, b in itertools.pairwise(polls)]
+    interval_ms, stalls = _cadence(deltas_ns, sample_interval_ms)
+    credit_cap_ms = (
+        interval_ms
+        if sample_interval_ms is not None
+        else interval_ms * CREDIT_BOUND_NUM // CREDIT_BOUND_DEN
+    )
+    if gpu_model:
+        polls = [
+            RecordedPoll(p.timestamp_ns, tuple(_named(r, gpu_model) for r in p.rows)) for p in polls
+        ]
     return Recording(
         polls=tuple(polls),
         has_power=power_col is not None,
         has_memory="memory.used" in position,
         has_energy=energy_col is not None,
-        inferred_interval_ms=max(1, inferred),
+        inferred_interval_ms=interval_ms,
+        gpu_count=len(polls[0].rows) if polls else 0,
+        gpu_count_source=count_source,
+        gpu_model=gpu_model,
+        stalls=stalls,
+        credit_cap_ms=credit_cap_ms,
     )
 
 
-def _group(rows: list[Row], has_identity: bool, source: str) -> list[RecordedPoll]:
+def _named(row: Row, model: str) -> Row:
+    return Row(
+        line=row.line,
+        timestamp_ns=row.timestamp_ns,
+        index=row.index,
+        uuid=row.uuid,
+        name=model,
+        pci_bus_id=row.pci_bus_id,
+        serial=row.serial,
+        utilization_pct=row.utilization_pct,
+        power_mw=row.power_mw,
+        memory_used_bytes=row.memory_used_bytes,
+        energy_mj=row.energy_mj,
+    )
+
+
+def _cadence(deltas_ns: list[int], given_ms: int | None) -> tuple[int, int]:
+    """The sample interval (given, or the mean time between polls leaving out stalls) and the
+    number of stalls (times between polls longer than the credit bound)."""
+    positive = [d for d in deltas_ns if d > 0]
+    if given_ms is not None:
+        interval_ms = given_ms
+    elif not positive:
+        interval_ms = 1000
+    else:
+        median_ns = statistics.median(positive)
+        steady = [d for d in positive if d * CREDIT_BOUND_DEN <= median_ns * CREDIT_BOUND_NUM]
+        interval_ms = (2 * sum(steady) + len(steady) * NS_PER_MS) // (2 * len(steady) * NS_PER_MS)
+    interval_ms = max(1, interval_ms)
+    bound_ns = interval_ms * NS_PER_MS * CREDIT_BOUND_NUM // CREDIT_BOUND_DEN
+    return interval_ms, sum(1 for d in positive if d > bound_ns)
+
+
+def _check_order(polls: list[RecordedPoll], row: Row, source: str) -> None:
+    if polls and row.timestamp_ns < polls[-1].rows[-1].timestamp_ns:
+        raise RecordingError(f"{source}: line {row.line}: timestamps go backwards")
+
+
+def _group_by_identity(rows: list[Row], source: str) -> list[RecordedPoll]:
+    """A new poll starts when a GPU (index or uuid) repeats."""
     polls: list[RecordedPoll] = []
     current: list[Row] = []
     seen: set[object] = set()
-
-    def flush() -> None:
-        if current:
-            polls.append(RecordedPoll(timestamp_ns=current[0].timestamp_ns, rows=tuple(current)))
-
     for row in rows:
         key: object = row.uuid or row.index
-        if current:
-            if has_identity:
-                starts_new = key in seen
-            else:
-                starts_new = row.timestamp_ns - current[0].timestamp_ns >= GROUP_TOLERANCE_NS
-            if starts_new:
-                flush()
-                current = []
-                seen = set()
-        if current and row.timestamp_ns < current[0].timestamp_ns - GROUP_TOLERANCE_NS:
+        if current and key in seen:
+            polls.append(RecordedPoll(current[0].timestamp_ns, tuple(current)))
+            current, seen = [], set()
+        if current and row.timestamp_ns < current[-1].timestamp_ns:
             raise RecordingError(f"{source}: line {row.line}: timestamps go backwards")
-        if polls and row.timestamp_ns < polls[-1].timestamp_ns:
-            raise RecordingError(f"{source}: line {row.line}: timestamps go backwards")
+        _check_order(polls, row, source)
         current.append(row)
         seen.add(key)
-    flush()
+    if current:
+        polls.append(RecordedPoll(current[0].timestamp_ns, tuple(current)))
     return polls
+
+
+def _bursts(rows: list[Row], source: str) -> list[list[Row]]:
+    """Rows split into bursts: a row POLL_SPREAD_NS or more after its burst's first starts one."""
+    bursts: list[list[Row]] = []
+    for row in rows:
+        if bursts and row.timestamp_ns < bursts[-1][-1].timestamp_ns:
+            raise RecordingError(f"{source}: line {row.line}: timestamps go backwards")
+        if bursts and row.timestamp_ns - bursts[-1][0].timestamp_ns < POLL_SPREAD_NS:
+            bursts[-1].append(row)
+        else:
+            bursts.append([row])
+    return bursts
+
+
+_FIX = (
+    "the file has no index or uuid column, so pass the node's GPU count with --gpus N "
+    "(or record with --query-gpu=timestamp,index,...)"
+)
+
+
+def _group_by_cycle(rows: list[Row], source: str) -> list[RecordedPoll]:
+    """Polls from the row cycle (module docs), or a RecordingError naming the fix."""
+    bursts = _bursts(rows, source)
+    sizes = collections.Counter(len(b) for b in bursts[:-1])
+    if not sizes:
+        count = len(bursts[0])
+    else:
+        count = sizes.most_common(1)[0][0]
+        odd = next((b for b in bursts[:-1] if len(b) != count), None)
+        if odd is not None:
+            shown = ", ".join(f"{n} rows x{k}" for n, k in sorted(sizes.items()))
+            raise RecordingError(
+                f"{source}: cannot group rows into polls: rows come in bursts of different sizes "
+                f"({shown}; line {odd[0].line} starts one of {len(odd)}); {_FIX}"
+            )
+    if len(bursts[-1]) > count:
+        raise RecordingError(
+            f"{source}: cannot group rows into polls: the last {len(bursts[-1])} rows (from line "
+            f"{bursts[-1][0].line}) are one burst, the others have {count} rows; {_FIX}"
+        )
+    for before, after in itertools.pairwise(bursts):
+        if after[0].timestamp_ns - before[-1].timestamp_ns < MIN_POLL_SPACING_NS:
+            raise RecordingError(
+                f"{source}: cannot group rows into polls: line {after[0].line} follows the row "
+                f"before by less than {MIN_POLL_SPACING_NS // NS_PER_MS} ms, too close to tell "
+                f"a new poll from the next GPU of the same poll; {_FIX}"
+            )
+    return [RecordedPoll(b[0].timestamp_ns, tuple(b)) for b in bursts]
+
+
+def _group_by_count(rows: list[Row], gpus: int, source: str) -> list[RecordedPoll]:
+    """Polls of ``gpus`` rows in order; each poll's rows must lie closer together than the gap to
+    the next poll, and a clean row cycle of another size is refused."""
+    bursts = _bursts(rows, source)
+    sizes = {len(b) for b in bursts[:-1]}
+    if len(sizes) == 1 and gpus not in sizes:
+        (cycle,) = sizes
+        spaced = all(
+            b[0].timestamp_ns - a[-1].timestamp_ns >= MIN_POLL_SPACING_NS
+            for a, b in itertools.pairwise(bursts)
+        )
+        if spaced:
+            raise RecordingError(
+                f"{source}: --gpus {gpus} given, but every poll in the file has {cycle} "
+                f"row{'s' if cycle != 1 else ''} "
+                f"(polls start at line {bursts[0][0].line}, {bursts[1][0].line}, ...); "
+                f"pass --gpus {cycle}, or leave it out"
+            )
+    chunks = [rows[i : i + gpus] for i in range(0, len(rows), gpus)]
+    for chunk, following in itertools.pairwise(chunks):
+        spread = chunk[-1].timestamp_ns - chunk[0].timestamp_ns
+        gap = following[0].timestamp_ns - chunk[-1].timestamp_ns
+        if gap <= spread:
+            raise RecordingError(
+                f"{source}: cannot group rows into polls of {gpus}: the rows of lines "
+                f"{chunk[0].line}-{chunk[-1].line} span {spread // NS_PER_MS} ms but the next "
+                f"poll (line {following[0].line}) follows {gap // NS_PER_MS} ms later; is "
+                f"--gpus {gpus} the node's GPU count?"
+            )
+    return [RecordedPoll(c[0].timestamp_ns, tuple(c)) for c in chunks]
 
 
 def _take(metric: Metric, cell: Cell | None, failures: list[MetricFailure]) -> int | None:
@@ -349,6 +546,13 @@ def _take(metric: Metric, cell: Cell | None, failures: list[MetricFailure]) -> i
     return cell.value
 
 
+def replay_gpu_uuid(node_id: str, index: int) -> str:
+    """The UUID of GPU ``index`` of a recording without a uuid column, replayed as ``node_id``:
+    ``GPU-`` and a UUID-shaped hex string from SHA-256 of both, so that nodes never collide."""
+    digest = hashlib.sha256(f"pausewatch replay gpu\x00{node_id}\x00{index}".encode()).hexdigest()
+    return f"GPU-{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:32]}"
+
+
 class ReplaySampler:
     """A :class:`~agent.sampler.base.Sampler` over a :class:`Recording`.
 
@@ -356,6 +560,9 @@ class ReplaySampler:
     timestamp, ignoring the clock; the daemon then runs as fast as it can. With ``realtime=True``
     the recording is laid out from the moment of ``open`` on, each poll returns the latest
     recorded poll that is due, stamped with the current time.
+
+    ``node_id`` (the node's key id, hex) seeds the UUIDs of GPUs the file does not name
+    (:func:`replay_gpu_uuid`); without it they are ``REPLAY-GPU-n``, fit only for one node.
     """
 
     def __init__(
@@ -364,11 +571,16 @@ class ReplaySampler:
         *,
         sample_interval_ms: int | None = None,
         realtime: bool = False,
+        node_id: str = "",
     ) -> None:
         self._recording = recording
         self._interval_ms = sample_interval_ms or recording.inferred_interval_ms
         self._realtime = realtime
-        self._intervals = IntervalTracker(self._interval_ms)
+        self._node_id = node_id
+        cap_ms = self._interval_ms
+        if sample_interval_ms is None and recording.credit_cap_ms:
+            cap_ms = recording.credit_cap_ms
+        self._intervals = IntervalTracker(self._interval_ms, credit_cap_ms=cap_ms)
         self._next = 0
         self._offset_ns = 0
         self._energy_uj: dict[str, int] = {}
@@ -409,7 +621,12 @@ class ReplaySampler:
 
     def _identity(self, row: Row, position: int) -> GpuIdentity:
         index = row.index if row.index is not None else position
-        uuid = row.uuid or f"REPLAY-GPU-{index}"
+        if row.uuid:
+            uuid = row.uuid
+        elif self._node_id:
+            uuid = replay_gpu_uuid(self._node_id, index)
+        else:
+            uuid = f"REPLAY-GPU-{index}"
         known = self._identities.get(uuid)
         if known is not None and known.index == index and (row.name in ("", known.model)):
             return known

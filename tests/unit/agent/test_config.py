@@ -170,7 +170,8 @@ def test_the_documented_example_config_is_valid_and_complete() -> None:
     effective = config.effective()
     documented = {f"{section}.{key}" for section, table in data.items() for key in table}
     # Every setting the agent has is in the example (paths given as commented lines aside).
-    optional = {"verifier.client_cert", "verifier.client_key", "sim.scenario", "replay.file"}
+    optional = {"verifier.client_cert", "verifier.client_key", "sim.scenario", "replay.file",
+                "replay.gpus"}  # fmt: skip
     expected = {f"{s}.{k}" for s, table in effective.items() for k in table}
     renamed = {"sampling.window_ns": "sampling.window_s",
                "verifier.rpc_timeout_ms": "verifier.rpc_timeout_s",
