@@ -584,28 +584,37 @@ def _max_gap(rule: MaxGapRule, context: _Context) -> pb.RuleResult:
 
 
 def _training_signature(rule: TrainingSignatureRule, context: _Context) -> pb.RuleResult:
+    """Runs of buckets with at least ``min_gpus`` GPUs counted busy (TrainingSignatureRule): a
+    GPU counts for ``100 - tolerance_percent`` % of the bucket's GPU-time at the busy level, so
+    sampling loss of a few percent (a late poll, a lost sample) never hides a GPU."""
     step = rule.min_busy_percent // BUSY_STEP_PERCENT - 1
-    needed_ns = rule.min_gpus * context.bucket_ns
+    share = 100 - rule.tolerance_percent
+    per_gpu_ns = context.bucket_ns * share  # x 1/100: the GPU-time that counts as one GPU
     best = _Run(0, 0, 0)
     current = 0
+    fewest = 0
+    run_fewest = 0
     for i, bucket in enumerate(context.buckets):
-        if bucket.busy_at_least_ms[step] * NS_PER_MS >= needed_ns:
+        counted_gpus = bucket.busy_at_least_ms[step] * NS_PER_MS * 100 // per_gpu_ns
+        if counted_gpus >= rule.min_gpus:
             current += 1
+            run_fewest = counted_gpus if current == 1 else min(run_fewest, counted_gpus)
             if current > best.count:
                 best = _Run(current * context.bucket_ns, i - current + 1, current)
+                fewest = run_fewest
         else:
             current = 0
     start, end = context.stretch(best)
     detected = best.count > 0 and best.amount >= rule.min_duration_ns
     counted = detected and rule.on_detect is OnDetect.VIOLATION
-    what = (
-        f"{rule.min_gpus} GPUs' worth of GPU-time at least {rule.min_busy_percent}% busy in "
-        "every bucket"
-    )
+    what = f"{rule.min_gpus} or more GPUs at least {rule.min_busy_percent}% busy in every bucket"
     if best.count == 0:
         summary = f"no bucket had {what.replace(' in every bucket', '')}"
     else:
-        summary = f"longest run with {what}: {format_duration_ns(best.amount)}, {_span(start, end)}"
+        summary = (
+            f"longest run with {what}: {format_duration_ns(best.amount)}, {_span(start, end)} "
+            f"(at least {fewest} GPUs counted in each bucket)"
+        )
     if detected:
         effect = "a violation" if counted else "reported as a finding, not counted (on_detect)"
         summary += (
@@ -621,8 +630,9 @@ def _training_signature(rule: TrainingSignatureRule, context: _Context) -> pb.Ru
         limit=rule.min_duration_ns // NS_PER_MS,
         unit="ms",
         method=(
-            f"buckets with at least {rule.min_gpus} x bucket GPU-ms at >= "
-            f"{rule.min_busy_percent}% busy"
+            f"buckets with at least {rule.min_gpus} GPUs at >= {rule.min_busy_percent}% busy; a "
+            f"GPU counts for {share}% of the bucket's GPU-time at that level (tolerance "
+            f"{rule.tolerance_percent}%)"
         ),
         stretch=(start, end),
         evidence=context.top(start, end, Figure.UPPER_BOUND) if best.count else [],

@@ -137,7 +137,12 @@ class MaxGapRule:
 
 @dataclass(frozen=True, slots=True)
 class TrainingSignatureRule:
-    """At least ``min_gpus`` GPUs at ``min_busy_percent`` busy or more for ``min_duration_ns``."""
+    """At least ``min_gpus`` GPUs at ``min_busy_percent`` busy or more for ``min_duration_ns``.
+
+    GPUs are counted per bucket: a GPU counts when its attested time at that busy level covers at
+    least ``100 - tolerance_percent`` % of the bucket (so a few lost samples never hide a GPU),
+    i.e. the bucket's GPU-time at the level / ((100 - tolerance) % x bucket), rounded down.
+    """
 
     kind: ClassVar[RuleKind] = RuleKind.TRAINING_SIGNATURE
     rule_id: str
@@ -145,6 +150,7 @@ class TrainingSignatureRule:
     min_busy_percent: int
     min_duration_ns: int
     on_detect: OnDetect
+    tolerance_percent: int = 10
 
 
 Rule = CumulativeFlopRule | SustainedRateRule | CoverageRule | MaxGapRule | TrainingSignatureRule
@@ -328,8 +334,15 @@ class _Parser:
                     at,
                     table,
                     ("id", "kind", "min_gpus", "min_busy_percent", "min_duration"),
-                    ("on_detect",),
+                    ("on_detect", "tolerance_percent"),
                 )
+                tolerance = self.integer(
+                    at + "tolerance_percent", table.get("tolerance_percent", 10)
+                )
+                if not 0 <= tolerance <= 50:
+                    raise self.error(
+                        at + "tolerance_percent", f"is {tolerance}; it must be from 0 to 50"
+                    )
                 min_gpus = self.integer(at + "min_gpus", table["min_gpus"])
                 if min_gpus < 1:
                     raise self.error(at + "min_gpus", f"must be at least 1, got {min_gpus}")
@@ -356,6 +369,7 @@ class _Parser:
                     min_busy_percent=busy,
                     min_duration_ns=self.duration(at + "min_duration", table["min_duration"]),
                     on_detect=on_detect,
+                    tolerance_percent=tolerance,
                 )
 
     # --- keys and values --------------------------------------------------------------------------
@@ -589,7 +603,9 @@ def describe_rule(rule: Rule) -> str:
             )
             return (
                 f"{rule.min_gpus} or more GPUs at least {rule.min_busy_percent}% busy for "
-                f"{format_duration_ns(rule.min_duration_ns)} or longer is {effect}"
+                f"{format_duration_ns(rule.min_duration_ns)} or longer is {effect} (a GPU counts "
+                f"in a bucket when attested at that level for {100 - rule.tolerance_percent}% "
+                "of it or more)"
             )
 
 
@@ -619,6 +635,7 @@ def rule_to_dict(rule: Rule) -> dict[str, object]:
                 "min_busy_percent": rule.min_busy_percent,
                 "min_duration_ns": rule.min_duration_ns,
                 "on_detect": rule.on_detect.value,
+                "tolerance_percent": rule.tolerance_percent,
             }
     data["description"] = describe_rule(rule)
     return data

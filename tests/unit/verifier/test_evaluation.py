@@ -481,6 +481,47 @@ def test_training_signature_not_detected(buckets: list[int], gpus: int, busy_ms:
     assert "not detected" in rule.summary
 
 
+def busy_buckets_attested(
+    buckets: Sequence[int], gpus: int, attested_ms: int
+) -> list[GpuWindowFigures]:
+    """GPUs 95 % busy whose windows attest ``attested_ms`` of the 60 s bucket (lost samples)."""
+    return [
+        fig(100 * b + g, b, busy_ms=57_000, attested_ms=attested_ms, uuid=f"GPU-{g}")
+        for b in buckets
+        for g in range(gpus)
+    ]
+
+
+def test_training_signature_counts_gpus_despite_a_few_lost_samples() -> None:
+    # 8 GPUs at 95 % busy whose windows attest 97.8 % of each bucket (nvidia-smi's late polls):
+    # 8 GPUs' worth of GPU-time is just missed, yet 8 GPUs are busy: within the 10 % tolerance.
+    figures = busy_buckets_attested([2, 3, 4], gpus=8, attested_ms=58_680)
+    rule = only_rule(report(policy(signature(8, 90, "3m")), figures))
+    assert rule.outcome == pb.RULE_OUTCOME_VIOLATION
+    assert "at least 8 GPUs counted" in rule.summary
+    assert "tolerance 10%" in rule.method
+
+
+@pytest.mark.parametrize(
+    ("gpus", "attested_ms", "tolerance", "detected"),
+    [
+        (8, 54_000, 10, True),  # exactly 90 % of the bucket still counts
+        (8, 53_999, 10, False),  # less than 90 % of the bucket: not a whole GPU
+        (8, 58_680, 0, False),  # no tolerance: exact GPU-time again
+        (7, 60_000, 10, False),  # 7 GPUs flat out are not 8, whatever the tolerance
+        (9, 50_000, 10, True),  # 9 GPUs at 83 % coverage: 8.3 GPUs counted
+    ],
+)
+def test_training_signature_tolerance_is_stated_and_bounded(
+    gpus: int, attested_ms: int, tolerance: int, detected: bool
+) -> None:
+    text = signature(8, 90, "3m") + f"tolerance_percent = {tolerance}\n"
+    figures = busy_buckets_attested([2, 3, 4], gpus=gpus, attested_ms=attested_ms)
+    rule = only_rule(report(policy(text), figures))
+    assert (rule.outcome == pb.RULE_OUTCOME_VIOLATION) is detected
+    assert f"tolerance {tolerance}%" in rule.method
+
+
 # --- verdict -------------------------------------------------------------------------------------
 
 VERDICT_POLICY = cumulative("10m", "1000") + coverage("99%")

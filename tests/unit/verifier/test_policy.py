@@ -213,6 +213,10 @@ BAD = {
         replace_rule_line("min_busy_percent = 55", "min_busy_percent = 52"),
         "policy.toml: rules[4].min_busy_percent: is 52; it must be a multiple of 5 from 5 to 100",
     ),
+    "tolerance over 50": (
+        replace_rule_line("min_busy_percent = 55", "min_busy_percent = 55\ntolerance_percent = 60"),
+        "rules[4].tolerance_percent: is 60; it must be from 0 to 50",
+    ),
     "busy percent zero": (
         replace_rule_line("min_busy_percent = 55", "min_busy_percent = 0"),
         "rules[4].min_busy_percent: is 0",
@@ -396,7 +400,8 @@ def test_rules_in_words() -> None:
         "attested GPU-time at least 99.5% of declared GPU-time (unattested time is unknown, "
         "never paused)",
         "no node unattested for longer than 15m",
-        "8 or more GPUs at least 55% busy for 2h or longer is a violation",
+        "8 or more GPUs at least 55% busy for 2h or longer is a violation (a GPU counts in a "
+        "bucket when attested at that level for 90% of it or more)",
     ]
     data = rule_to_dict(policy.rules[0])
     assert data["limit_flop"] == "10000000000000000000000000"
