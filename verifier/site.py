@@ -1,0 +1,253 @@
+"""Site accounting: a facility's metered energy against the GPU energy its nodes attested.
+
+    site = SiteParameters(site_id="dc1", lab_id="lab-a", name="DC 1", pue_ppm=1_300_000,
+                          non_gpu_load_mw=40_000_000, tolerance_ppm=100_000,
+                          node_ids=frozenset({node}), meter_ids=("main-1",))
+    buckets = site_buckets(site, {"main-1": readings}, gpu_energy,
+                           start_ns=t0, end_ns=t1, bucket_ns=3_600 * 10**9)
+    [b.excess_mj for b in buckets]          # IT energy no attested GPU explains, past the slack
+
+The one piece of evidence that does not come from the lab's nodes is the electricity its sites
+draw. Per site and time bucket (pure integer arithmetic, no I/O; the verifier and the offline
+auditor run the same code):
+
+- **metered**: the site's meters' interval energy, pro-rated evenly over each interval (all an
+  interval total says), summed over the site's meters. A bucket is *metered* only if every meter of
+  the site has readings across all of it; otherwise its energy is unknown (a meter gap, reported),
+  and no bound is drawn from it (a partial sum would under-state the site).
+- **IT energy**: metered x 1,000,000 / declared PUE (ppm), less the declared non-GPU IT load x
+  time; rounded so that the unexplained energy is never under-stated (IT up, non-GPU down).
+- **attested GPU energy**: the GPU energy the site's nodes attested (window energy, and energy
+  their counters show between windows), pro-rated into the bucket, rounded down.
+- **unexplained** = IT - attested (at least 0); the **allowance** = tolerance (ppm) x IT is slack
+  for the declared figures' error; the **excess** beyond it is a finding and bounds compute that no
+  agent reported: excess (J) x the highest FLOP per joule of the GPU table, rounded up (an unknown
+  GPU could be the most efficient one there is).
+
+What it cannot see: compute within the allowance; GPUs at another, undeclared site; a site whose
+declared PUE or non-GPU load is inflated to hide GPU energy (declarations are logged, so they can
+be challenged, and a PUE far from the industry's 1.1-1.6 is itself a red flag).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+
+from attest import compute
+from attest.meter import MeterReading, overlap_ns, prorated_mj
+
+PPM = 1_000_000
+NS_PER_MS = 1_000_000
+MW_MS_PER_MJ = 1_000
+"""mW x ms = uJ: divide by 1,000 for mJ."""
+MJ_PER_J = 1_000
+
+
+@dataclass(frozen=True, slots=True)
+class SiteParameters:
+    """A site as the regulator declared it (pausewatch.v1.SiteDeclaration, in force)."""
+
+    site_id: str
+    lab_id: str
+    name: str
+    pue_ppm: int
+    non_gpu_load_mw: int
+    tolerance_ppm: int
+    node_ids: frozenset[bytes]
+    meter_ids: tuple[str, ...]
+    effective_from_ns: int = 0
+    log_index: int = -1
+
+    def __post_init__(self) -> None:
+        if self.pue_ppm < PPM:
+            raise ValueError(f"site {self.site_id}: pue_ppm {self.pue_ppm} is below 1,000,000")
+        if not 0 <= self.tolerance_ppm <= PPM:
+            raise ValueError(f"site {self.site_id}: tolerance_ppm must be 0 to 1,000,000")
+        if self.non_gpu_load_mw < 0:
+            raise ValueError(f"site {self.site_id}: non_gpu_load_mw is negative")
+        if not self.meter_ids:
+            raise ValueError(f"site {self.site_id} has no meter")
+
+
+@dataclass(frozen=True, slots=True)
+class EnergySpan:
+    """GPU energy attested over [start_ns, end_ns) by one of the site's nodes."""
+
+    start_ns: int
+    end_ns: int
+    energy_mj: int
+
+
+@dataclass(frozen=True, slots=True)
+class SiteBucket:
+    """One site's figures over one bucket."""
+
+    start_ns: int
+    end_ns: int
+    metered: bool
+    """Every meter of the site has readings across the whole bucket."""
+    metered_mj: int
+    it_mj: int
+    non_gpu_mj: int
+    attested_gpu_mj: int
+    unexplained_mj: int
+    allowance_mj: int
+    excess_mj: int
+    bound_flop: int
+    """Compute the excess energy could have done: excess (J) x the table's best FLOP per joule."""
+
+
+@dataclass(frozen=True, slots=True)
+class UnmeteredStretch:
+    """A stretch in which a meter of the site has no reading: the site's energy is unknown."""
+
+    meter_id: str
+    start_ns: int
+    end_ns: int
+
+
+def _ceil_div(numerator: int, denominator: int) -> int:
+    return -(-numerator // denominator)
+
+
+def bound_flop_for_mj(energy_mj: int, flop_per_joule: Fraction | None = None) -> int:
+    """FLOP that ``energy_mj`` could have done on the most efficient GPU of the table (rounded up).
+    ``flop_per_joule`` overrides the table's best (for tests)."""
+    if energy_mj <= 0:
+        return 0
+    best = compute.table_max_flop_per_joule() if flop_per_joule is None else flop_per_joule
+    return _ceil_div(energy_mj * best.numerator, MJ_PER_J * best.denominator)
+
+
+def covered_ns(readings: Iterable[MeterReading], lo_ns: int, hi_ns: int) -> int:
+    """Time of [lo, hi) that ``readings`` (one meter's, without overlaps) cover."""
+    return sum(overlap_ns(r.interval_start_ns, r.interval_end_ns, lo_ns, hi_ns) for r in readings)
+
+
+def unmetered_stretches(
+    site: SiteParameters,
+    readings_by_meter: Mapping[str, Sequence[MeterReading]],
+    start_ns: int,
+    end_ns: int,
+) -> list[UnmeteredStretch]:
+    """For each meter of the site, the parts of [start, end) its readings do not cover."""
+    out: list[UnmeteredStretch] = []
+    for meter_id in site.meter_ids:
+        cursor = start_ns
+        ordered = sorted(readings_by_meter.get(meter_id, ()), key=lambda r: r.interval_start_ns)
+        for reading in ordered:
+            if reading.interval_end_ns <= cursor:
+                continue
+            if reading.interval_start_ns >= end_ns:
+                break
+            if reading.interval_start_ns > cursor:
+                out.append(UnmeteredStretch(meter_id, cursor, reading.interval_start_ns))
+            cursor = max(cursor, reading.interval_end_ns)
+        if cursor < end_ns:
+            out.append(UnmeteredStretch(meter_id, cursor, end_ns))
+    return out
+
+
+def site_bucket(
+    site: SiteParameters,
+    readings_by_meter: Mapping[str, Sequence[MeterReading]],
+    gpu_energy: Sequence[EnergySpan],
+    lo_ns: int,
+    hi_ns: int,
+    *,
+    flop_per_joule: Fraction | None = None,
+) -> SiteBucket:
+    """The site's figures over [lo, hi)."""
+    length_ns = hi_ns - lo_ns
+    if length_ns <= 0:
+        raise ValueError("a bucket must have a positive length")
+    metered = all(
+        covered_ns(readings_by_meter.get(m, ()), lo_ns, hi_ns) == length_ns for m in site.meter_ids
+    )
+    metered_mj = sum(
+        prorated_mj(r.energy_mj, r.interval_start_ns, r.interval_end_ns, lo_ns, hi_ns)
+        for m in site.meter_ids
+        for r in readings_by_meter.get(m, ())
+    )
+    attested_mj = sum(
+        prorated_mj(s.energy_mj, s.start_ns, s.end_ns, lo_ns, hi_ns) for s in gpu_energy
+    )
+    non_gpu_mj = site.non_gpu_load_mw * length_ns // NS_PER_MS // MW_MS_PER_MJ
+    it_mj = max(0, _ceil_div(metered_mj * PPM, site.pue_ppm) - non_gpu_mj)
+    unexplained_mj = max(0, it_mj - attested_mj)
+    allowance_mj = site.tolerance_ppm * it_mj // PPM
+    excess_mj = max(0, unexplained_mj - allowance_mj) if metered else 0
+    return SiteBucket(
+        start_ns=lo_ns,
+        end_ns=hi_ns,
+        metered=metered,
+        metered_mj=metered_mj,
+        it_mj=it_mj,
+        non_gpu_mj=non_gpu_mj,
+        attested_gpu_mj=attested_mj,
+        unexplained_mj=unexplained_mj,
+        allowance_mj=allowance_mj,
+        excess_mj=excess_mj,
+        bound_flop=bound_flop_for_mj(excess_mj, flop_per_joule),
+    )
+
+
+def site_buckets(
+    site: SiteParameters,
+    readings_by_meter: Mapping[str, Sequence[MeterReading]],
+    gpu_energy: Sequence[EnergySpan],
+    *,
+    start_ns: int,
+    end_ns: int,
+    bucket_ns: int,
+    flop_per_joule: Fraction | None = None,
+) -> list[SiteBucket]:
+    """The site's figures per bucket of ``bucket_ns`` from ``start_ns`` (bucket-aligned by the
+    caller) to ``end_ns``; the last bucket may be shorter."""
+    if bucket_ns <= 0:
+        raise ValueError("bucket_ns must be positive")
+    out: list[SiteBucket] = []
+    lo = start_ns
+    while lo < end_ns:
+        hi = min(lo + bucket_ns, end_ns)
+        out.append(
+            site_bucket(site, readings_by_meter, gpu_energy, lo, hi, flop_per_joule=flop_per_joule)
+        )
+        lo = hi
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class SiteTotals:
+    """A site's figures summed over a period."""
+
+    metered_mj: int
+    it_mj: int
+    attested_gpu_mj: int
+    unexplained_mj: int
+    excess_mj: int
+    bound_flop: int
+    metered_ns: int
+    unmetered_ns: int
+
+    @property
+    def unexplained_ppm(self) -> int:
+        """Unexplained IT energy as a share of IT energy (ppm; 0 when nothing was metered)."""
+        return self.unexplained_mj * PPM // self.it_mj if self.it_mj else 0
+
+
+def site_totals(buckets: Sequence[SiteBucket]) -> SiteTotals:
+    """Sums over metered buckets (unmetered ones count only as unmetered time)."""
+    metered = [b for b in buckets if b.metered]
+    return SiteTotals(
+        metered_mj=sum(b.metered_mj for b in metered),
+        it_mj=sum(b.it_mj for b in metered),
+        attested_gpu_mj=sum(b.attested_gpu_mj for b in metered),
+        unexplained_mj=sum(b.unexplained_mj for b in metered),
+        excess_mj=sum(b.excess_mj for b in metered),
+        bound_flop=sum(b.bound_flop for b in metered),
+        metered_ns=sum(b.end_ns - b.start_ns for b in metered),
+        unmetered_ns=sum(b.end_ns - b.start_ns for b in buckets if not b.metered),
+    )
