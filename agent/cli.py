@@ -52,6 +52,7 @@ from agent.enroll import (
     submit_enrollment,
     verify_enrollment_request,
 )
+from agent.health import HealthFacts, HealthLimits, assess_health
 from agent.identity import AGENT_VERSION
 from agent.logformat import configure_logging
 from agent.metrics import AgentMetrics
@@ -62,11 +63,18 @@ from agent.operator import (
     sign_inventory,
     sign_revocation,
 )
+from agent.preflight import (
+    CheckResult,
+    CheckStatus,
+    first_failure,
+    local_checks,
+    verifier_check,
+)
 from agent.sampler.base import Backend, GpuIdentity, Sampler
 from agent.shipper import open_channel
 from agent.spool import Spool
 from attest import keys
-from attest.errors import PausewatchError
+from attest.errors import ConfigError, PausewatchError
 from attest.exitcodes import ExitCode, exit_code_for
 from attest.files import write_new_file
 from attest.ids import NodeId, is_valid_lab_id, parse_hex_id
@@ -525,11 +533,21 @@ def run(
     )
     if metrics_port is not None:
         config = replace(config, metrics=replace(config.metrics, port=metrics_port))
-    spool = Spool.open(spool_path(config), create=False) if spool_path(config).exists() else None
-    enrolled = spool.get_text(ENROLLMENT_KEY) if spool is not None else None
-    if spool is not None:
-        spool.close()
-    if enrolled is None:
+    chosen = Backend(backend) if backend else config.sampling.backend
+    if not no_ship:
+        checks = local_checks(
+            config,
+            chosen,
+            enrolled=_is_enrolled,
+            sampler_file_given=bool(scenario or replay_file),
+        )
+        failed = first_failure(checks)
+        if failed is not None:
+            raise ConfigError(
+                f"start-up check '{failed.name}' failed: {failed.detail}; fix: {failed.fix} "
+                "(pausewatch-agent check lists every problem)"
+            )
+    elif not _is_enrolled(config):
         raise click.UsageError(
             "this node is not enrolled; run 'pausewatch-agent enroll' first "
             "(its windows would be rejected as from an unknown key)"
@@ -538,7 +556,7 @@ def run(
     columns = tuple(c.strip() for c in replay_columns.split(",")) if replay_columns else ()
     sampler = make_sampler(
         config,
-        Backend(backend) if backend else config.sampling.backend,
+        chosen,
         scenario=scenario,
         replay=replay_file,
         replay_realtime=replay_realtime,
@@ -565,14 +583,113 @@ def run(
     daemon.run()
 
 
+def _is_enrolled(config: AgentConfig) -> bool:
+    path = spool_path(config)
+    if not path.exists():
+        return False
+    spool = Spool.open(path, create=False)
+    try:
+        return spool.get_text(ENROLLMENT_KEY) is not None
+    finally:
+        spool.close()
+
+
+# -- check --------------------------------------------------------------------------------------
+
+
+@cli.command()
+@config_options
+@backend_option
+@click.option("--no-verifier", is_flag=True, help="Skip the check that reaches the verifier.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def check(
+    *,
+    config_file: Path | None,
+    state_dir: Path | None,
+    backend: str | None,
+    scenario: Path | None,
+    replay_file: Path | None,
+    no_verifier: bool,
+    as_json: bool,
+) -> None:
+    """Check this node's set-up (files, key modes, enrolment, the verifier over the TLS the agent
+    will use) and say what to fix. Exit 0 when all pass, 2 when something must be fixed, 4 when
+    only the verifier cannot be reached (an outage: the agent would spool and retry)."""
+    path = _config_path(config_file, state_dir)
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        results = [
+            CheckResult(
+                "config",
+                CheckStatus.FAIL,
+                exc.diagnostics(),
+                "correct the file; docs/agent.example.toml documents every key",
+            )
+        ]
+    else:
+        results = [CheckResult("config", CheckStatus.OK, str(config.source))]
+        chosen = Backend(backend) if backend else config.sampling.backend
+        if chosen is Backend.SIM and scenario is not None:
+            config = replace(config, sim=replace(config.sim, scenario=scenario))
+        if chosen is Backend.REPLAY and replay_file is not None:
+            config = replace(config, replay=replace(config.replay, file=replay_file))
+        results += local_checks(config, chosen, enrolled=_is_enrolled)
+        if not no_verifier:
+            node = next((r for r in results if r.name == "node key"), None)
+            if node is not None and node.status is CheckStatus.OK:
+                node_id = NodeId(_node_signer(config).key_id)
+                results.append(verifier_check(config.verifier, node_id, open_channel))
+    failures = [r for r in results if r.status is CheckStatus.FAIL]
+    code = ExitCode.OK
+    if failures:
+        code = ExitCode.INTERNAL if all(r.heals for r in failures) else ExitCode.USAGE
+    emit(
+        {
+            "ok": not failures,
+            "checks": [
+                {"name": r.name, "status": r.status.value, "detail": r.detail, "fix": r.fix}
+                for r in results
+            ],
+        },
+        as_json,
+        "\n".join(r.line() for r in results)
+        + ("\n" + f"{len(failures)} problem(s) to fix" if failures else "\nall checks passed"),
+    )
+    if code:
+        sys.exit(code)
+
+
 # -- status -------------------------------------------------------------------------------------
 
 
 @cli.command()
 @config_options
+@click.option(
+    "--max-signing-age-s",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Unhealthy when the newest window ended longer ago (default: 3 windows + 60 s).",
+)
+@click.option(
+    "--max-unshipped-age-s",
+    type=click.IntRange(min=1),
+    default=900,
+    show_default=True,
+    help="Unhealthy when a window this old is still unacknowledged.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def status(*, config_file: Path | None, state_dir: Path | None, as_json: bool) -> None:
-    """Chain head, spool depth, last receipt, rejections, nonce age and recent errors."""
+def status(
+    *,
+    config_file: Path | None,
+    state_dir: Path | None,
+    max_signing_age_s: int | None,
+    max_unshipped_age_s: int,
+    as_json: bool,
+) -> None:
+    """Chain head, spool depth, last receipt, rejections, nonce age and recent errors. Exits 0
+    when healthy, else 10 not enrolled, 11 not running, 12 nothing signed for too long, 13
+    nothing shipped for too long (the first that holds)."""
     config = _load(config_file, state_dir)
     public = keys.load_public_key(config.node.key_file.with_suffix(".pub"))
     node_id = keys.key_id(public)
@@ -641,7 +758,29 @@ def status(*, config_file: Path | None, state_dir: Path | None, as_json: bool) -
             {"at": _iso(at), "source": source, "message": message}
             for at, source, message in stats.last_errors
         ]
+    head = result["head"]
+    findings = assess_health(
+        HealthFacts(
+            enrolled=result["enrolled"],
+            running=running,
+            head_window_end_age_s=None
+            if head is None
+            else (now - head["window_end_ns"]) // NS_PER_S,
+            oldest_unshipped_age_s=result["spool"]["oldest_pending_age_s"],
+        ),
+        HealthLimits(
+            max_signing_age_s=max_signing_age_s or 3 * config.sampling.window_ns // NS_PER_S + 60,
+            max_unshipped_age_s=max_unshipped_age_s,
+        ),
+    )
+    result["healthy"] = not findings
+    result["problems"] = [
+        {"code": f.exit_code, "problem": f.problem.name.lower(), "detail": f.detail}
+        for f in findings
+    ]
     emit(result, as_json, _status_text(result))
+    if findings:
+        sys.exit(findings[0].exit_code)
 
 
 def _status_text(r: dict[str, Any]) -> str:
@@ -689,6 +828,12 @@ def _status_text(r: dict[str, Any]) -> str:
         f"nonce         {nonce['age_s']} s old, expires in {nonce['expires_in_s']} s"
         if nonce
         else "nonce         none yet"
+    )
+    lines.append(
+        "health        ok"
+        if r["healthy"]
+        else "health        "
+        + "; ".join(f"{p['problem']} (exit {p['code']}): {p['detail']}" for p in r["problems"])
     )
     if r["last_errors"]:
         lines.append("last errors")

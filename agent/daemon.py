@@ -45,7 +45,7 @@ from agent.spool import Spool, SpoolError, WindowTimes
 from agent.windows import BodyContext, ClosedWindow, Windower, WindowSettings, build_body
 from attest.attestation import validate_body
 from attest.envelope import PayloadType, sign_envelope
-from attest.errors import BodyError, PausewatchError
+from attest.errors import BodyError, ConfigError
 from attest.ids import NodeId
 from attest.keys import Signer
 from attest.samples import encode_sample
@@ -60,8 +60,9 @@ DRAIN_STEPS = 150
 DRAIN_STEP_S = 0.02
 
 
-class AgentLockedError(PausewatchError):
-    """Another agent holds the state directory."""
+class AgentLockedError(ConfigError):
+    """Another agent holds the state directory: a usage error (exit 2), like a bad config, and one
+    systemd must not restart into (RestartPreventExitStatus=2)."""
 
 
 def spool_path(config: AgentConfig) -> Path:

@@ -98,8 +98,9 @@ def test_one_step_enrolment_run_refusal_and_status(
     assert len(node.gpus) == 2
     assert result["gpus"] == node.gpus
     code, out, _ = run_agent_cli(capsys, "status", "--state-dir", state, "--json")
-    assert code == 0
+    assert code == 11  # enrolled, but no agent runs: unhealthy (docs/agent.md)
     status = json.loads(out)
+    assert [p["problem"] for p in status["problems"]] == ["not_running", "not_signing"]
     assert status["enrolled"] is True
     assert status["enrollment"]["log_index"] == node.log_index
     assert status["head"] is None

@@ -1,0 +1,189 @@
+"""Operating the real agent: start-up checks, ``check``, ``status`` exit codes, one agent per state
+directory; each played against real processes and a real TLS verifier on loopback."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.config import AgentConfig, load_config
+from agent.daemon import spool_path
+from agent.spool import Spool
+from attest import keys
+from tests.agent_process import AgentProcess, wait_until
+from tests.agent_setup import write_state_dir
+from tests.cli_runner import run_agent_cli
+from tests.fake_verifier import FakeVerifier
+from tests.tls import TestPki
+
+
+@pytest.fixture(scope="module")
+def pki() -> TestPki:
+    return TestPki.create()
+
+
+@pytest.fixture
+def operator(tmp_path: Path) -> tuple[Path, keys.Ed25519PublicKey]:  # type: ignore[name-defined]
+    private = keys.generate_private_key()
+    path = tmp_path / "operator.key"
+    keys.save_private_key(path, private)
+    return path, private.public_key()
+
+
+@pytest.fixture
+def tls_verifier(pki: TestPki, operator: tuple[Path, object]) -> Iterator[FakeVerifier]:
+    server = FakeVerifier(
+        operator_keys={"lab-a": operator[1]},  # type: ignore[dict-item]
+        tls=(pki.server_key_pem, pki.server_cert_pem),
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
+def tls_state_dir(tmp_path: Path, pki: TestPki, port: int, window_s: str = "0.4") -> AgentConfig:
+    config = write_state_dir(
+        tmp_path, address=f"localhost:{port}", window_s=window_s, interval_ms=100,
+        extra="[logging]\nlevel = 'info'\n",
+    )  # fmt: skip
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(pki.ca_pem)
+    path = config.node.state_dir / "config.toml"
+    path.write_text(path.read_text().replace("insecure_no_tls = true", f'ca_cert = "{ca}"'))
+    return load_config(path)
+
+
+def enrol(capsys: pytest.CaptureFixture[str], config: AgentConfig, operator_key: Path) -> None:
+    code, out, err = run_agent_cli(
+        capsys, "enroll", "--state-dir", str(config.node.state_dir),
+        "--operator-key", str(operator_key),
+    )  # fmt: skip
+    assert code == 0, out + err
+
+
+def spool_snapshot(config: AgentConfig) -> tuple[object, ...]:
+    spool = Spool.open(spool_path(config))
+    try:
+        return (spool.head(), len(spool.envelopes()), spool.get_text("enrollment"))
+    finally:
+        spool.close()
+
+
+@pytest.mark.slow
+def test_a_missing_ca_file_fails_at_start_with_exit_2_and_the_fix(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    pki: TestPki,
+    tls_verifier: FakeVerifier,
+    operator: tuple[Path, object],
+) -> None:
+    config = tls_state_dir(tmp_path, pki, tls_verifier.port)
+    enrol(capsys, config, operator[0])
+    before = spool_snapshot(config)
+    ca = config.verifier.ca_cert
+    assert ca is not None
+    ca.unlink()
+    agent = AgentProcess.start(config.node.state_dir, tmp_path / "agent.log")
+    assert agent.process.wait(timeout=60) == 2, agent.log()
+    log = agent.log()
+    assert f"verifier.ca_cert {ca} does not exist" in log
+    assert "fix: put the PEM certificate at" in log
+    assert spool_snapshot(config) == before  # nothing signed, nothing half-written
+    # check says the same, and names every problem at once
+    config.node.key_file.chmod(0o640)
+    code, out, _ = run_agent_cli(capsys, "check", "--state-dir", str(config.node.state_dir))
+    assert code == 2
+    assert "fail  verifier.ca_cert" in out
+    assert "fail  node key" in out and f"fix: chmod 600 {config.node.key_file}" in out
+    # The honest control: the file restored, the same agent starts and ships over TLS.
+    config.node.key_file.chmod(0o600)
+    ca.write_bytes(pki.ca_pem)
+    code, out, _ = run_agent_cli(capsys, "check", "--state-dir", str(config.node.state_dir))
+    assert code == 0, out
+    assert "answered a challenge over TLS" in out
+    agent = AgentProcess.start(config.node.state_dir, tmp_path / "agent2.log")
+    try:
+        wait_until(lambda: tls_verifier.batches > 0, 30, "the agent ships")
+    finally:
+        assert agent.stop() == 0, agent.log()
+
+
+def test_check_tells_a_wrong_ca_from_an_outage(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    pki: TestPki,
+    tls_verifier: FakeVerifier,
+    operator: tuple[Path, object],
+) -> None:
+    config = tls_state_dir(tmp_path, pki, tls_verifier.port)
+    enrol(capsys, config, operator[0])
+    state = str(config.node.state_dir)
+    assert config.verifier.ca_cert is not None
+    config.verifier.ca_cert.write_bytes(TestPki.create().ca_pem)  # a CA that did not sign it
+    code, out, _ = run_agent_cli(capsys, "check", "--state-dir", state, "--json")
+    assert code == 2
+    verdict = {c["name"]: c for c in json.loads(out)["checks"]}["verifier"]
+    assert verdict["status"] == "fail"
+    assert ": tls: " in verdict["detail"]
+    assert "verifier.ca_cert" in verdict["fix"]
+    config.verifier.ca_cert.write_bytes(pki.ca_pem)
+    tls_verifier.stop()  # an outage: not a mistake, exit 4
+    code, out, _ = run_agent_cli(capsys, "check", "--state-dir", state, "--json")
+    assert code == 4
+    verdict = {c["name"]: c for c in json.loads(out)["checks"]}["verifier"]
+    assert ": refused: " in verdict["detail"]
+
+
+def test_check_before_enrolment_names_enroll(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], pki: TestPki, tls_verifier: FakeVerifier
+) -> None:
+    config = tls_state_dir(tmp_path, pki, tls_verifier.port)
+    code, out, _ = run_agent_cli(
+        capsys, "check", "--state-dir", str(config.node.state_dir), "--no-verifier"
+    )
+    assert code == 2
+    assert "fail  enrolment" in out
+    assert "pausewatch-agent enroll" in out
+    code, _, err = run_agent_cli(capsys, "status", "--state-dir", str(config.node.state_dir))
+    assert code == 10  # not enrolled
+
+
+@pytest.mark.slow
+def test_status_exit_codes_and_a_second_agent_exits_2(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    pki: TestPki,
+    tls_verifier: FakeVerifier,
+    operator: tuple[Path, object],
+) -> None:
+    config = tls_state_dir(tmp_path, pki, tls_verifier.port)
+    enrol(capsys, config, operator[0])
+    state = str(config.node.state_dir)
+    agent = AgentProcess.start(config.node.state_dir, tmp_path / "agent.log")
+    try:
+
+        def status() -> tuple[int, dict[str, object]]:
+            code, out, _ = run_agent_cli(capsys, "status", "--state-dir", state, "--json")
+            return code, json.loads(out)
+
+        wait_until(lambda: status()[0] == 0, 30, "a healthy status")
+        assert status()[1]["problems"] == []
+        second = AgentProcess.start(config.node.state_dir, tmp_path / "second.log")
+        assert second.process.wait(timeout=60) == 2, second.log()
+        assert "another pausewatch-agent is running" in second.log()
+        tls_verifier.stop()  # nothing ships from now on
+        wait_until(
+            lambda: run_agent_cli(
+                capsys, "status", "--state-dir", state, "--max-unshipped-age-s", "1"
+            )[0] == 13,
+            30,
+            "status reports not shipping",
+        )  # fmt: skip
+    finally:
+        assert agent.stop() == 0, agent.log()
+    code, result = status()
+    assert code == 11  # stopped
+    assert result["problems"][0]["problem"] == "not_running"
