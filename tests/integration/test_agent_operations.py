@@ -147,7 +147,7 @@ def test_check_before_enrolment_names_enroll(
     assert code == 2
     assert "fail  enrolment" in out
     assert "pausewatch-agent enroll" in out
-    code, _, err = run_agent_cli(capsys, "status", "--state-dir", str(config.node.state_dir))
+    code, _, _ = run_agent_cli(capsys, "status", "--state-dir", str(config.node.state_dir))
     assert code == 10  # not enrolled
 
 
