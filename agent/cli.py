@@ -611,6 +611,7 @@ def check(
     replay_file: Path | None,
     no_verifier: bool,
     as_json: bool,
+    **_replay_shape: object,
 ) -> None:
     """Check this node's set-up (files, key modes, enrolment, the verifier over the TLS the agent
     will use) and say what to fix. Exit 0 when all pass, 2 when something must be fixed, 4 when

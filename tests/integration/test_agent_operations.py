@@ -94,8 +94,8 @@ def test_a_missing_ca_file_fails_at_start_with_exit_2_and_the_fix(
     assert spool_snapshot(config) == before  # nothing signed, nothing half-written
     # check says the same, and names every problem at once
     config.node.key_file.chmod(0o640)
-    code, out, _ = run_agent_cli(capsys, "check", "--state-dir", str(config.node.state_dir))
-    assert code == 2
+    code, out, err = run_agent_cli(capsys, "check", "--state-dir", str(config.node.state_dir))
+    assert code == 2, out + err
     assert "fail  verifier.ca_cert" in out
     assert "fail  node key" in out and f"fix: chmod 600 {config.node.key_file}" in out
     # The honest control: the file restored, the same agent starts and ships over TLS.
