@@ -66,6 +66,7 @@ class PayloadType(StrEnum):
     POLICY = "application/vnd.pausewatch.policy.v1+protobuf"
     BUNDLE = "application/vnd.pausewatch.bundle.v1+protobuf"
     METER_READING = "application/vnd.pausewatch.meter-reading.v1+protobuf"
+    SITE = "application/vnd.pausewatch.site.v1+protobuf"
 
 
 def pae(payload_type: bytes, payload: bytes) -> bytes:

@@ -86,6 +86,8 @@ class LabConfig:
     operator_public_key: bytes
     policy_path: Path | None = None
     inventory_declarations: tuple[Path, ...] = ()
+    site_files: tuple[Path, ...] = ()
+    """The lab's sites and their meters (docs/site-power.md), one TOML file a site."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,6 +278,7 @@ def parse_config(data: bytes, *, source: str = "<config>", base: Path = Path()) 
                 "(PEM file path, or 32 bytes in base64 or hex)"
             ) from None
         declarations = lab.get("inventory_declarations", list, [])
+        site_files = lab.get("sites", list, [])
         labs.append(
             LabConfig(
                 lab_id=lab_id,
@@ -283,6 +286,7 @@ def parse_config(data: bytes, *, source: str = "<config>", base: Path = Path()) 
                 operator_public_key=key.public_bytes_raw(),
                 policy_path=lab.path("policy", base, None),
                 inventory_declarations=tuple(base / Path(str(p)) for p in declarations),
+                site_files=tuple(base / Path(str(p)) for p in site_files),
             )
         )
         lab.finish()

@@ -31,6 +31,8 @@ class EntryKind(StrEnum):
     LAB = "lab"
     POLICY = "policy"
     FINDING = "finding"
+    SITE = "site"
+    METER_READING = "meter_reading"
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +159,33 @@ class GapRow:
     """Models of the GPUs of the window before the gap (to re-bound a part of it by time)."""
 
 
+@dataclass(frozen=True, slots=True)
+class SiteRow:
+    """One version of a site's declaration (a serialized pausewatch.v1.SiteDeclaration)."""
+
+    lab_id: str
+    site_id: str
+    version: int
+    effective_from_ns: int
+    declaration: bytes
+    log_index: int
+
+
+@dataclass(frozen=True, slots=True)
+class MeterReadingRow:
+    """An accepted meter reading; its envelope is the log entry at ``log_index``."""
+
+    lab_id: str
+    meter_id: str
+    seq: int
+    digest: bytes
+    log_index: int
+    site_id: str
+    interval_start_ns: int
+    interval_end_ns: int
+    energy_mj: int
+
+
 class ReadView(Protocol):
     """Queries, inside or outside a transaction."""
 
@@ -229,6 +258,22 @@ class ReadView(Protocol):
 
     def get_meta(self, key: str) -> bytes | None: ...
 
+    def sites(self, lab_id: str) -> list[SiteRow]:
+        """Every version of every site of the lab, by site and version."""
+        ...
+
+    def meter_readings(
+        self, lab_id: str, meter_id: str, start_ns: int, end_ns: int
+    ) -> list[MeterReadingRow]:
+        """The meter's readings whose interval overlaps [start, end), by seq."""
+        ...
+
+    def meter_reading_at(self, lab_id: str, meter_id: str, seq: int) -> MeterReadingRow | None: ...
+
+    def meter_head(self, lab_id: str, meter_id: str) -> MeterReadingRow | None:
+        """The meter's accepted reading with the highest seq."""
+        ...
+
 
 class Transaction(ReadView, Protocol):
     """Writes; only valid inside ``Store.transaction()``."""
@@ -277,6 +322,10 @@ class Transaction(ReadView, Protocol):
     def put_buckets(self, lab_id: str, rows: dict[int, dict[str, object]]) -> None: ...
 
     def set_meta(self, key: str, value: bytes) -> None: ...
+
+    def put_site(self, row: SiteRow) -> None: ...
+
+    def insert_meter_reading(self, row: MeterReadingRow) -> None: ...
 
     def claim_once(self, key: str, until_ns: int, now_ns: int) -> bool:
         """True the first time ``key`` is claimed, or when its last claim has expired; used to

@@ -23,9 +23,11 @@ from verifier.store.base import (
     InventoryRow,
     LabRow,
     LogEntry,
+    MeterReadingRow,
     NewEntry,
     NodeRow,
     PolicyRow,
+    SiteRow,
     iter_chunks,
 )
 
@@ -123,6 +125,18 @@ CREATE TABLE IF NOT EXISTS buckets (
     PRIMARY KEY (lab_id, start_ns)
 ) {without_rowid};
 CREATE TABLE IF NOT EXISTS claims (key TEXT PRIMARY KEY, until_ns {bigint} NOT NULL);
+CREATE TABLE IF NOT EXISTS sites (
+    lab_id TEXT NOT NULL, site_id TEXT NOT NULL, version {bigint} NOT NULL,
+    effective_from_ns {bigint} NOT NULL, declaration {blob} NOT NULL, log_index {bigint} NOT NULL,
+    PRIMARY KEY (lab_id, site_id, version)
+);
+CREATE TABLE IF NOT EXISTS meter_readings (
+    lab_id TEXT NOT NULL, meter_id TEXT NOT NULL, seq {bigint} NOT NULL, digest {blob} NOT NULL,
+    log_index {bigint} NOT NULL, site_id TEXT NOT NULL, interval_start_ns {bigint} NOT NULL,
+    interval_end_ns {bigint} NOT NULL, energy_mj {bigint} NOT NULL,
+    PRIMARY KEY (lab_id, meter_id, seq)
+) {without_rowid};
+CREATE INDEX IF NOT EXISTS meter_readings_end ON meter_readings(lab_id, meter_id, interval_end_ns);
 """
 
 
@@ -507,6 +521,51 @@ class SqlQueries:
         row = self._one("SELECT value FROM meta WHERE key = ?", (key,))
         return None if row is None else bytes(row[0])
 
+    def sites(self, lab_id: str) -> list[SiteRow]:
+        rows = self._all(
+            "SELECT lab_id, site_id, version, effective_from_ns, declaration, log_index FROM sites "
+            "WHERE lab_id = ? ORDER BY site_id, version",
+            (lab_id,),
+        )
+        return [SiteRow(r[0], r[1], int(r[2]), int(r[3]), bytes(r[4]), int(r[5])) for r in rows]
+
+    _METER_COLUMNS = (
+        "lab_id, meter_id, seq, digest, log_index, site_id, interval_start_ns, interval_end_ns, "
+        "energy_mj"
+    )
+
+    @staticmethod
+    def _meter_row(r: Any) -> MeterReadingRow:
+        return MeterReadingRow(
+            r[0], r[1], int(r[2]), bytes(r[3]), int(r[4]), r[5], int(r[6]), int(r[7]), int(r[8])
+        )
+
+    def meter_readings(
+        self, lab_id: str, meter_id: str, start_ns: int, end_ns: int
+    ) -> list[MeterReadingRow]:
+        rows = self._all(
+            f"SELECT {self._METER_COLUMNS} FROM meter_readings WHERE lab_id = ? AND meter_id = ? "
+            "AND interval_end_ns > ? AND interval_start_ns < ? ORDER BY seq",
+            (lab_id, meter_id, start_ns, end_ns),
+        )
+        return [self._meter_row(r) for r in rows]
+
+    def meter_reading_at(self, lab_id: str, meter_id: str, seq: int) -> MeterReadingRow | None:
+        row = self._one(
+            f"SELECT {self._METER_COLUMNS} FROM meter_readings "
+            "WHERE lab_id = ? AND meter_id = ? AND seq = ?",
+            (lab_id, meter_id, seq),
+        )
+        return None if row is None else self._meter_row(row)
+
+    def meter_head(self, lab_id: str, meter_id: str) -> MeterReadingRow | None:
+        row = self._one(
+            f"SELECT {self._METER_COLUMNS} FROM meter_readings WHERE lab_id = ? AND meter_id = ? "
+            "ORDER BY seq DESC LIMIT 1",
+            (lab_id, meter_id),
+        )
+        return None if row is None else self._meter_row(row)
+
 
 class SqlTransaction(SqlQueries):
     """Writes (and reads) through one connection inside an open database transaction."""
@@ -754,6 +813,37 @@ class SqlTransaction(SqlQueries):
             "INSERT INTO meta (key, value) VALUES (?, ?) "
             "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             (key, value),
+        )
+
+    def put_site(self, row: SiteRow) -> None:
+        self._exec(
+            "INSERT INTO sites (lab_id, site_id, version, effective_from_ns, declaration, "
+            "log_index) VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                row.lab_id,
+                row.site_id,
+                row.version,
+                row.effective_from_ns,
+                row.declaration,
+                row.log_index,
+            ),
+        )
+
+    def insert_meter_reading(self, row: MeterReadingRow) -> None:
+        self._exec(
+            f"INSERT INTO meter_readings ({self._METER_COLUMNS}) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                row.lab_id,
+                row.meter_id,
+                row.seq,
+                row.digest,
+                row.log_index,
+                row.site_id,
+                row.interval_start_ns,
+                row.interval_end_ns,
+                row.energy_mj,
+            ),
         )
 
     def claim_once(self, key: str, until_ns: int, now_ns: int) -> bool:

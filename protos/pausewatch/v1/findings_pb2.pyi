@@ -64,6 +64,17 @@ class _FindingKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FindingKi
     """A policy rule was broken (cumulative compute, sustained rate), found by the policy monitor
     (lab-level, with the rule's worst stretch as its period and its evidence).
     """
+    FINDING_KIND_SITE_ENERGY_UNEXPLAINED: _FindingKind.ValueType  # 40
+    """(40 and up: site power.) A site's metered IT energy exceeds what its nodes' attested GPU
+    energy and its declared non-GPU load explain, beyond the declared tolerance: energy that can
+    have done compute no agent reported (lab-level; node_id empty; the site named in the detail).
+    """
+    FINDING_KIND_METER_GAP: _FindingKind.ValueType  # 41
+    """A site meter has no reading for a stretch (a missing seq or a time between readings): the
+    site's energy there is unknown.
+    """
+    FINDING_KIND_METER_FORK: _FindingKind.ValueType  # 42
+    """A meter's key signed two different readings for one seq (or broke its chain)."""
 
 class FindingKind(_FindingKind, metaclass=_FindingKindEnumTypeWrapper):
     """What kind of finding."""
@@ -102,6 +113,17 @@ FINDING_KIND_THRESHOLD_EXCEEDED: FindingKind.ValueType  # 12
 """A policy rule was broken (cumulative compute, sustained rate), found by the policy monitor
 (lab-level, with the rule's worst stretch as its period and its evidence).
 """
+FINDING_KIND_SITE_ENERGY_UNEXPLAINED: FindingKind.ValueType  # 40
+"""(40 and up: site power.) A site's metered IT energy exceeds what its nodes' attested GPU
+energy and its declared non-GPU load explain, beyond the declared tolerance: energy that can
+have done compute no agent reported (lab-level; node_id empty; the site named in the detail).
+"""
+FINDING_KIND_METER_GAP: FindingKind.ValueType  # 41
+"""A site meter has no reading for a stretch (a missing seq or a time between readings): the
+site's energy there is unknown.
+"""
+FINDING_KIND_METER_FORK: FindingKind.ValueType  # 42
+"""A meter's key signed two different readings for one seq (or broke its chain)."""
 Global___FindingKind: _TypeAlias = FindingKind  # noqa: Y015
 
 class _Severity:

@@ -24,39 +24,33 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18pausewatch/v1/site.proto\x12\rpausewatch.v1\"\x8c\x02\n\x10MeterReadingBody\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\x0e\n\x06lab_id\x18\x02 \x01(\t\x12\x0f\n\x07site_id\x18\x03 \x01(\t\x12\x10\n\x08meter_id\x18\x04 \x01(\t\x12\x0b\n\x03seq\x18\x05 \x01(\x04\x12\x13\n\x0bprev_digest\x18\x06 \x01(\x0c\x12\x19\n\x11interval_start_ns\x18\x07 \x01(\x03\x12\x17\n\x0finterval_end_ns\x18\x08 \x01(\x03\x12\x11\n\tenergy_mj\x18\t \x01(\x04\x12*\n\x06source\x18\n \x01(\x0e\x32\x1a.pausewatch.v1.MeterSource\x12\x18\n\x10import_reference\x18\x0b \x01(\t\"l\n\x10MeterDeclaration\x12\x10\n\x08meter_id\x18\x01 \x01(\t\x12*\n\x06source\x18\x02 \x01(\x0e\x32\x1a.pausewatch.v1.MeterSource\x12\x1a\n\x12gateway_public_key\x18\x03 \x01(\x0c\"\xf7\x01\n\x0fSiteDeclaration\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\x0e\n\x06lab_id\x18\x02 \x01(\t\x12\x0f\n\x07site_id\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x0f\n\x07pue_ppm\x18\x05 \x01(\x04\x12\x17\n\x0fnon_gpu_load_mw\x18\x06 \x01(\x04\x12\x15\n\rtolerance_ppm\x18\x07 \x01(\x04\x12\x10\n\x08node_ids\x18\x08 \x03(\x0c\x12/\n\x06meters\x18\t \x03(\x0b\x32\x1f.pausewatch.v1.MeterDeclaration\x12\x19\n\x11\x65\x66\x66\x65\x63tive_from_ns\x18\n \x01(\x03\"B\n\x12\x44\x65\x63lareSiteRequest\x12,\n\x04site\x18\x01 \x01(\x0b\x32\x1e.pausewatch.v1.SiteDeclaration\"9\n\x13\x44\x65\x63lareSiteResponse\x12\x11\n\tlog_index\x18\x01 \x01(\x04\x12\x0f\n\x07version\x18\x02 \x01(\r\"\x85\x01\n\x0cMeterReceipt\x12\x0e\n\x06\x64igest\x18\x01 \x01(\x0c\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\x12\x11\n\tlog_index\x18\x03 \x01(\x04\x12\x30\n\x06reason\x18\x04 \x01(\x0e\x32 .pausewatch.v1.MeterRejectReason\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\"/\n\x1aSubmitMeterReadingsRequest\x12\x11\n\tenvelopes\x18\x01 \x03(\x0c\"L\n\x1bSubmitMeterReadingsResponse\x12-\n\x08receipts\x18\x01 \x03(\x0b\x32\x1b.pausewatch.v1.MeterReceipt\"s\n\x10ImportedInterval\x12\x19\n\x11interval_start_ns\x18\x01 \x01(\x03\x12\x17\n\x0finterval_end_ns\x18\x02 \x01(\x03\x12\x11\n\tenergy_mj\x18\x03 \x01(\x04\x12\x18\n\x10import_reference\x18\x04 \x01(\t\"r\n\x1aImportMeterReadingsRequest\x12\x0e\n\x06lab_id\x18\x01 \x01(\t\x12\x10\n\x08meter_id\x18\x02 \x01(\t\x12\x32\n\tintervals\x18\x03 \x03(\x0b\x32\x1f.pausewatch.v1.ImportedInterval\"L\n\x1bImportMeterReadingsResponse\x12-\n\x08receipts\x18\x01 \x03(\x0b\x32\x1b.pausewatch.v1.MeterReceipt*h\n\x0bMeterSource\x12\x1c\n\x18METER_SOURCE_UNSPECIFIED\x10\x00\x12\x18\n\x14METER_SOURCE_GATEWAY\x10\x01\x12!\n\x1dMETER_SOURCE_REGULATOR_IMPORT\x10\x02*\xac\x02\n\x11MeterRejectReason\x12#\n\x1fMETER_REJECT_REASON_UNSPECIFIED\x10\x00\x12!\n\x1dMETER_REJECT_REASON_MALFORMED\x10\x01\x12%\n!METER_REJECT_REASON_UNKNOWN_METER\x10\x02\x12%\n!METER_REJECT_REASON_BAD_SIGNATURE\x10\x03\x12\x1d\n\x19METER_REJECT_REASON_CHAIN\x10\x04\x12\x1f\n\x1bMETER_REJECT_REASON_OVERLAP\x10\x05\x12\x1c\n\x18METER_REJECT_REASON_TIME\x10\x06\x12#\n\x1fMETER_REJECT_REASON_UNAVAILABLE\x10\x07\x32\xbf\x02\n\x0bSiteService\x12T\n\x0b\x44\x65\x63lareSite\x12!.pausewatch.v1.DeclareSiteRequest\x1a\".pausewatch.v1.DeclareSiteResponse\x12l\n\x13SubmitMeterReadings\x12).pausewatch.v1.SubmitMeterReadingsRequest\x1a*.pausewatch.v1.SubmitMeterReadingsResponse\x12l\n\x13ImportMeterReadings\x12).pausewatch.v1.ImportMeterReadingsRequest\x1a*.pausewatch.v1.ImportMeterReadingsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18pausewatch/v1/site.proto\x12\rpausewatch.v1\"\x8c\x02\n\x10MeterReadingBody\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\x0e\n\x06lab_id\x18\x02 \x01(\t\x12\x0f\n\x07site_id\x18\x03 \x01(\t\x12\x10\n\x08meter_id\x18\x04 \x01(\t\x12\x0b\n\x03seq\x18\x05 \x01(\x04\x12\x13\n\x0bprev_digest\x18\x06 \x01(\x0c\x12\x19\n\x11interval_start_ns\x18\x07 \x01(\x03\x12\x17\n\x0finterval_end_ns\x18\x08 \x01(\x03\x12\x11\n\tenergy_mj\x18\t \x01(\x04\x12*\n\x06source\x18\n \x01(\x0e\x32\x1a.pausewatch.v1.MeterSource\x12\x18\n\x10import_reference\x18\x0b \x01(\t\"d\n\x10MeterDeclaration\x12\x10\n\x08meter_id\x18\x01 \x01(\t\x12*\n\x06source\x18\x02 \x01(\x0e\x32\x1a.pausewatch.v1.MeterSource\x12\x12\n\npublic_key\x18\x03 \x01(\x0c\"\x9b\x02\n\x0fSiteDeclaration\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\x0e\n\x06lab_id\x18\x02 \x01(\t\x12\x0f\n\x07site_id\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x0f\n\x07pue_ppm\x18\x05 \x01(\x04\x12\x17\n\x0fnon_gpu_load_mw\x18\x06 \x01(\x04\x12\x15\n\rtolerance_ppm\x18\x07 \x01(\x04\x12\x10\n\x08node_ids\x18\x08 \x03(\x0c\x12/\n\x06meters\x18\t \x03(\x0b\x32\x1f.pausewatch.v1.MeterDeclaration\x12\x19\n\x11\x65\x66\x66\x65\x63tive_from_ns\x18\n \x01(\x03\x12\x0f\n\x07version\x18\x0b \x01(\r\x12\x11\n\tall_nodes\x18\x0c \x01(\x08\"\x85\x01\n\x0cMeterReceipt\x12\x0e\n\x06\x64igest\x18\x01 \x01(\x0c\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\x12\x11\n\tlog_index\x18\x03 \x01(\x04\x12\x30\n\x06reason\x18\x04 \x01(\x0e\x32 .pausewatch.v1.MeterRejectReason\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\"/\n\x1aSubmitMeterReadingsRequest\x12\x11\n\tenvelopes\x18\x01 \x03(\x0c\"L\n\x1bSubmitMeterReadingsResponse\x12-\n\x08receipts\x18\x01 \x03(\x0b\x32\x1b.pausewatch.v1.MeterReceipt\"7\n\x13GetMeterHeadRequest\x12\x0e\n\x06lab_id\x18\x01 \x01(\t\x12\x10\n\x08meter_id\x18\x02 \x01(\t\"^\n\x14GetMeterHeadResponse\x12\x10\n\x08has_head\x18\x01 \x01(\x08\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x03 \x01(\x0c\x12\x17\n\x0finterval_end_ns\x18\x04 \x01(\x03*h\n\x0bMeterSource\x12\x1c\n\x18METER_SOURCE_UNSPECIFIED\x10\x00\x12\x18\n\x14METER_SOURCE_GATEWAY\x10\x01\x12!\n\x1dMETER_SOURCE_REGULATOR_IMPORT\x10\x02*\xac\x02\n\x11MeterRejectReason\x12#\n\x1fMETER_REJECT_REASON_UNSPECIFIED\x10\x00\x12!\n\x1dMETER_REJECT_REASON_MALFORMED\x10\x01\x12%\n!METER_REJECT_REASON_UNKNOWN_METER\x10\x02\x12%\n!METER_REJECT_REASON_BAD_SIGNATURE\x10\x03\x12\x1d\n\x19METER_REJECT_REASON_CHAIN\x10\x04\x12\x1f\n\x1bMETER_REJECT_REASON_OVERLAP\x10\x05\x12\x1c\n\x18METER_REJECT_REASON_TIME\x10\x06\x12#\n\x1fMETER_REJECT_REASON_UNAVAILABLE\x10\x07\x32\xd4\x01\n\x0bSiteService\x12l\n\x13SubmitMeterReadings\x12).pausewatch.v1.SubmitMeterReadingsRequest\x1a*.pausewatch.v1.SubmitMeterReadingsResponse\x12W\n\x0cGetMeterHead\x12\".pausewatch.v1.GetMeterHeadRequest\x1a#.pausewatch.v1.GetMeterHeadResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pausewatch.v1.site_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_METERSOURCE']._serialized_start=1375
-  _globals['_METERSOURCE']._serialized_end=1479
-  _globals['_METERREJECTREASON']._serialized_start=1482
-  _globals['_METERREJECTREASON']._serialized_end=1782
+  _globals['_METERSOURCE']._serialized_start=1118
+  _globals['_METERSOURCE']._serialized_end=1222
+  _globals['_METERREJECTREASON']._serialized_start=1225
+  _globals['_METERREJECTREASON']._serialized_end=1525
   _globals['_METERREADINGBODY']._serialized_start=44
   _globals['_METERREADINGBODY']._serialized_end=312
   _globals['_METERDECLARATION']._serialized_start=314
-  _globals['_METERDECLARATION']._serialized_end=422
-  _globals['_SITEDECLARATION']._serialized_start=425
-  _globals['_SITEDECLARATION']._serialized_end=672
-  _globals['_DECLARESITEREQUEST']._serialized_start=674
-  _globals['_DECLARESITEREQUEST']._serialized_end=740
-  _globals['_DECLARESITERESPONSE']._serialized_start=742
-  _globals['_DECLARESITERESPONSE']._serialized_end=799
-  _globals['_METERRECEIPT']._serialized_start=802
-  _globals['_METERRECEIPT']._serialized_end=935
-  _globals['_SUBMITMETERREADINGSREQUEST']._serialized_start=937
-  _globals['_SUBMITMETERREADINGSREQUEST']._serialized_end=984
-  _globals['_SUBMITMETERREADINGSRESPONSE']._serialized_start=986
-  _globals['_SUBMITMETERREADINGSRESPONSE']._serialized_end=1062
-  _globals['_IMPORTEDINTERVAL']._serialized_start=1064
-  _globals['_IMPORTEDINTERVAL']._serialized_end=1179
-  _globals['_IMPORTMETERREADINGSREQUEST']._serialized_start=1181
-  _globals['_IMPORTMETERREADINGSREQUEST']._serialized_end=1295
-  _globals['_IMPORTMETERREADINGSRESPONSE']._serialized_start=1297
-  _globals['_IMPORTMETERREADINGSRESPONSE']._serialized_end=1373
-  _globals['_SITESERVICE']._serialized_start=1785
-  _globals['_SITESERVICE']._serialized_end=2104
+  _globals['_METERDECLARATION']._serialized_end=414
+  _globals['_SITEDECLARATION']._serialized_start=417
+  _globals['_SITEDECLARATION']._serialized_end=700
+  _globals['_METERRECEIPT']._serialized_start=703
+  _globals['_METERRECEIPT']._serialized_end=836
+  _globals['_SUBMITMETERREADINGSREQUEST']._serialized_start=838
+  _globals['_SUBMITMETERREADINGSREQUEST']._serialized_end=885
+  _globals['_SUBMITMETERREADINGSRESPONSE']._serialized_start=887
+  _globals['_SUBMITMETERREADINGSRESPONSE']._serialized_end=963
+  _globals['_GETMETERHEADREQUEST']._serialized_start=965
+  _globals['_GETMETERHEADREQUEST']._serialized_end=1020
+  _globals['_GETMETERHEADRESPONSE']._serialized_start=1022
+  _globals['_GETMETERHEADRESPONSE']._serialized_end=1116
+  _globals['_SITESERVICE']._serialized_start=1528
+  _globals['_SITESERVICE']._serialized_end=1740
 # @@protoc_insertion_point(module_scope)

@@ -5,10 +5,10 @@ Site power: a lab's sites, their utility meters, and the meters' interval readin
 
 A facility's electricity is evidence that does not come from the lab's nodes: a cluster cannot do
 frontier-scale training without drawing it. The regulator declares each site (its nodes, its
-declared facility overhead and non-GPU load) and its meters; readings arrive either signed by the
-meter gateway's own key (payload type "application/vnd.pausewatch.meter-reading.v1+protobuf") or
-as the regulator's own interval files, which the verifier signs with its log key as
-regulator-provided evidence. Every quantity is an integer in the unit its name states.
+declared facility overhead and non-GPU load) and its meters; readings (payload type
+"application/vnd.pausewatch.meter-reading.v1+protobuf") are signed either by the meter gateway's
+own key or, for interval data the regulator imports from its own files, by the regulator's
+import key. Every quantity is an integer in the unit its name states.
 """
 
 from collections import abc as _abc
@@ -68,7 +68,7 @@ class _MeterRejectReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Met
     METER_REJECT_REASON_UNKNOWN_METER: _MeterRejectReason.ValueType  # 2
     """The meter is not declared for any site, or its source is not the one declared."""
     METER_REJECT_REASON_BAD_SIGNATURE: _MeterRejectReason.ValueType  # 3
-    """The signature does not verify under the meter's gateway key."""
+    """The signature does not verify under the meter's declared key."""
     METER_REJECT_REASON_CHAIN: _MeterRejectReason.ValueType  # 4
     """The reading does not extend the meter's chain (wrong seq or prev_digest); a different
     reading was accepted at this seq, or seq goes backwards.
@@ -90,7 +90,7 @@ METER_REJECT_REASON_MALFORMED: MeterRejectReason.ValueType  # 1
 METER_REJECT_REASON_UNKNOWN_METER: MeterRejectReason.ValueType  # 2
 """The meter is not declared for any site, or its source is not the one declared."""
 METER_REJECT_REASON_BAD_SIGNATURE: MeterRejectReason.ValueType  # 3
-"""The signature does not verify under the meter's gateway key."""
+"""The signature does not verify under the meter's declared key."""
 METER_REJECT_REASON_CHAIN: MeterRejectReason.ValueType  # 4
 """The reading does not extend the meter's chain (wrong seq or prev_digest); a different
 reading was accepted at this seq, or seq goes backwards.
@@ -176,23 +176,25 @@ class MeterDeclaration(_message.Message):
 
     METER_ID_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
-    GATEWAY_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    PUBLIC_KEY_FIELD_NUMBER: _builtins.int
     meter_id: _builtins.str
     """The meter's id, unique within the lab: 1-64 characters of [A-Za-z0-9._-]."""
     source: Global___MeterSource.ValueType
     """Where its readings come from."""
-    gateway_public_key: _builtins.bytes
-    """For METER_SOURCE_GATEWAY: the gateway's raw 32-byte Ed25519 public key; empty otherwise."""
+    public_key: _builtins.bytes
+    """The raw 32-byte Ed25519 public key that signs this meter's readings: the meter gateway's
+    (METER_SOURCE_GATEWAY), or the regulator's import key (METER_SOURCE_REGULATOR_IMPORT).
+    """
     def __init__(
         self,
         *,
         meter_id: _builtins.str = ...,
         source: Global___MeterSource.ValueType = ...,
-        gateway_public_key: _builtins.bytes = ...,
+        public_key: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["gateway_public_key", b"gateway_public_key", "meter_id", b"meter_id", "source", b"source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["meter_id", b"meter_id", "public_key", b"public_key", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -200,8 +202,10 @@ Global___MeterDeclaration: _TypeAlias = MeterDeclaration  # noqa: Y015
 
 @_typing.final
 class SiteDeclaration(_message.Message):
-    """A site of a lab, as the regulator declares it. Logged, signed by the log key. A later
-    declaration of the same site replaces it from its effective time on.
+    """A site of a lab, as the regulator declares it in the verifier's configuration (a site file per
+    site). Logged, signed by the log key (payload type
+    "application/vnd.pausewatch.site.v1+protobuf"). A later declaration of the same site, with a
+    higher version, replaces it from its effective time on.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -216,6 +220,8 @@ class SiteDeclaration(_message.Message):
     NODE_IDS_FIELD_NUMBER: _builtins.int
     METERS_FIELD_NUMBER: _builtins.int
     EFFECTIVE_FROM_NS_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    ALL_NODES_FIELD_NUMBER: _builtins.int
     format_version: _builtins.int
     """Format version of this message; 1."""
     lab_id: _builtins.str
@@ -236,6 +242,10 @@ class SiteDeclaration(_message.Message):
     """
     effective_from_ns: _builtins.int
     """From when this declaration applies, ns since the Unix epoch."""
+    version: _builtins.int
+    """The declaration's version for this site, from 1; a changed declaration has a higher one."""
+    all_nodes: _builtins.bool
+    """True: every node of the lab is at this site (node_ids is then empty)."""
     @_builtins.property
     def node_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
         """The enrolled nodes at the site (node ids, 32 bytes each)."""
@@ -257,64 +267,16 @@ class SiteDeclaration(_message.Message):
         node_ids: _abc.Iterable[_builtins.bytes] | None = ...,
         meters: _abc.Iterable[Global___MeterDeclaration] | None = ...,
         effective_from_ns: _builtins.int = ...,
+        version: _builtins.int = ...,
+        all_nodes: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["effective_from_ns", b"effective_from_ns", "format_version", b"format_version", "lab_id", b"lab_id", "meters", b"meters", "name", b"name", "node_ids", b"node_ids", "non_gpu_load_mw", b"non_gpu_load_mw", "pue_ppm", b"pue_ppm", "site_id", b"site_id", "tolerance_ppm", b"tolerance_ppm"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_nodes", b"all_nodes", "effective_from_ns", b"effective_from_ns", "format_version", b"format_version", "lab_id", b"lab_id", "meters", b"meters", "name", b"name", "node_ids", b"node_ids", "non_gpu_load_mw", b"non_gpu_load_mw", "pue_ppm", b"pue_ppm", "site_id", b"site_id", "tolerance_ppm", b"tolerance_ppm", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SiteDeclaration: _TypeAlias = SiteDeclaration  # noqa: Y015
-
-@_typing.final
-class DeclareSiteRequest(_message.Message):
-    """DeclareSite: the regulator declares or re-declares a site."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    SITE_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def site(self) -> Global___SiteDeclaration:
-        """The declaration; effective_from_ns 0 means now."""
-
-    def __init__(
-        self,
-        *,
-        site: Global___SiteDeclaration | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["site", b"site"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["site", b"site"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___DeclareSiteRequest: _TypeAlias = DeclareSiteRequest  # noqa: Y015
-
-@_typing.final
-class DeclareSiteResponse(_message.Message):
-    """DeclareSite's answer."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    LOG_INDEX_FIELD_NUMBER: _builtins.int
-    VERSION_FIELD_NUMBER: _builtins.int
-    log_index: _builtins.int
-    """Log index of the declaration."""
-    version: _builtins.int
-    """The version of the site's declaration (1 for the first)."""
-    def __init__(
-        self,
-        *,
-        log_index: _builtins.int = ...,
-        version: _builtins.int = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["log_index", b"log_index", "version", b"version"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___DeclareSiteResponse: _TypeAlias = DeclareSiteResponse  # noqa: Y015
 
 @_typing.final
 class MeterReceipt(_message.Message):
@@ -328,7 +290,7 @@ class MeterReceipt(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     DETAIL_FIELD_NUMBER: _builtins.int
     digest: _builtins.bytes
-    """SHA-256 of the reading's envelope (for imports: of the envelope the verifier signed)."""
+    """SHA-256 of the reading's envelope."""
     accepted: _builtins.bool
     """True when accepted now or before (a resend of an accepted reading is accepted again)."""
     log_index: _builtins.int
@@ -356,7 +318,9 @@ Global___MeterReceipt: _TypeAlias = MeterReceipt  # noqa: Y015
 
 @_typing.final
 class SubmitMeterReadingsRequest(_message.Message):
-    """SubmitMeterReadings: a meter gateway sends signed readings, oldest first."""
+    """SubmitMeterReadings: a meter gateway, or the regulator's import command, sends signed
+    readings, oldest first.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -403,93 +367,61 @@ class SubmitMeterReadingsResponse(_message.Message):
 Global___SubmitMeterReadingsResponse: _TypeAlias = SubmitMeterReadingsResponse  # noqa: Y015
 
 @_typing.final
-class ImportedInterval(_message.Message):
-    """One interval of regulator-provided meter data, before the verifier signs it."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    INTERVAL_START_NS_FIELD_NUMBER: _builtins.int
-    INTERVAL_END_NS_FIELD_NUMBER: _builtins.int
-    ENERGY_MJ_FIELD_NUMBER: _builtins.int
-    IMPORT_REFERENCE_FIELD_NUMBER: _builtins.int
-    interval_start_ns: _builtins.int
-    """Start of the interval, ns since the Unix epoch."""
-    interval_end_ns: _builtins.int
-    """End of the interval, ns since the Unix epoch."""
-    energy_mj: _builtins.int
-    """Energy delivered in the interval, mJ."""
-    import_reference: _builtins.str
-    """Where it was read from (file and line)."""
-    def __init__(
-        self,
-        *,
-        interval_start_ns: _builtins.int = ...,
-        interval_end_ns: _builtins.int = ...,
-        energy_mj: _builtins.int = ...,
-        import_reference: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["energy_mj", b"energy_mj", "import_reference", b"import_reference", "interval_end_ns", b"interval_end_ns", "interval_start_ns", b"interval_start_ns"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___ImportedInterval: _TypeAlias = ImportedInterval  # noqa: Y015
-
-@_typing.final
-class ImportMeterReadingsRequest(_message.Message):
-    """ImportMeterReadings: the regulator imports interval data for a meter whose source is
-    METER_SOURCE_REGULATOR_IMPORT; the verifier chains each interval and signs it with its log key.
-    """
+class GetMeterHeadRequest(_message.Message):
+    """GetMeterHead: where a meter's chain stands, so that a gateway or an import continues it."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     LAB_ID_FIELD_NUMBER: _builtins.int
     METER_ID_FIELD_NUMBER: _builtins.int
-    INTERVALS_FIELD_NUMBER: _builtins.int
     lab_id: _builtins.str
     """The lab."""
     meter_id: _builtins.str
     """The meter."""
-    @_builtins.property
-    def intervals(self) -> _containers.RepeatedCompositeFieldContainer[Global___ImportedInterval]:
-        """The intervals, oldest first."""
-
     def __init__(
         self,
         *,
         lab_id: _builtins.str = ...,
         meter_id: _builtins.str = ...,
-        intervals: _abc.Iterable[Global___ImportedInterval] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["intervals", b"intervals", "lab_id", b"lab_id", "meter_id", b"meter_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lab_id", b"lab_id", "meter_id", b"meter_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ImportMeterReadingsRequest: _TypeAlias = ImportMeterReadingsRequest  # noqa: Y015
+Global___GetMeterHeadRequest: _TypeAlias = GetMeterHeadRequest  # noqa: Y015
 
 @_typing.final
-class ImportMeterReadingsResponse(_message.Message):
-    """ImportMeterReadings's answer: one receipt per interval, in order."""
+class GetMeterHeadResponse(_message.Message):
+    """GetMeterHead's answer."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    RECEIPTS_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def receipts(self) -> _containers.RepeatedCompositeFieldContainer[Global___MeterReceipt]:
-        """The receipts."""
-
+    HAS_HEAD_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    INTERVAL_END_NS_FIELD_NUMBER: _builtins.int
+    has_head: _builtins.bool
+    """False when no reading of the meter has been accepted yet (then start at seq 0)."""
+    seq: _builtins.int
+    """The latest accepted reading's seq."""
+    digest: _builtins.bytes
+    """SHA-256 of its envelope: the next reading's prev_digest."""
+    interval_end_ns: _builtins.int
+    """Its interval's end: the next reading's interval starts there (or later, leaving a gap)."""
     def __init__(
         self,
         *,
-        receipts: _abc.Iterable[Global___MeterReceipt] | None = ...,
+        has_head: _builtins.bool = ...,
+        seq: _builtins.int = ...,
+        digest: _builtins.bytes = ...,
+        interval_end_ns: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["receipts", b"receipts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "has_head", b"has_head", "interval_end_ns", b"interval_end_ns", "seq", b"seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ImportMeterReadingsResponse: _TypeAlias = ImportMeterReadingsResponse  # noqa: Y015
+Global___GetMeterHeadResponse: _TypeAlias = GetMeterHeadResponse  # noqa: Y015

@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class SiteServiceStub:
-    """The regulator's site registry and the meters' readings.
+    """Meter readings in; where a meter's chain stands out. Sites are declared in the verifier's
+    configuration, not over the network: a reading is authorised by the key declared for its meter.
     """
 
     def __init__(self, channel):
@@ -35,43 +36,32 @@ class SiteServiceStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.DeclareSite = channel.unary_unary(
-                '/pausewatch.v1.SiteService/DeclareSite',
-                request_serializer=pausewatch_dot_v1_dot_site__pb2.DeclareSiteRequest.SerializeToString,
-                response_deserializer=pausewatch_dot_v1_dot_site__pb2.DeclareSiteResponse.FromString,
-                _registered_method=True)
         self.SubmitMeterReadings = channel.unary_unary(
                 '/pausewatch.v1.SiteService/SubmitMeterReadings',
                 request_serializer=pausewatch_dot_v1_dot_site__pb2.SubmitMeterReadingsRequest.SerializeToString,
                 response_deserializer=pausewatch_dot_v1_dot_site__pb2.SubmitMeterReadingsResponse.FromString,
                 _registered_method=True)
-        self.ImportMeterReadings = channel.unary_unary(
-                '/pausewatch.v1.SiteService/ImportMeterReadings',
-                request_serializer=pausewatch_dot_v1_dot_site__pb2.ImportMeterReadingsRequest.SerializeToString,
-                response_deserializer=pausewatch_dot_v1_dot_site__pb2.ImportMeterReadingsResponse.FromString,
+        self.GetMeterHead = channel.unary_unary(
+                '/pausewatch.v1.SiteService/GetMeterHead',
+                request_serializer=pausewatch_dot_v1_dot_site__pb2.GetMeterHeadRequest.SerializeToString,
+                response_deserializer=pausewatch_dot_v1_dot_site__pb2.GetMeterHeadResponse.FromString,
                 _registered_method=True)
 
 
 class SiteServiceServicer:
-    """The regulator's site registry and the meters' readings.
+    """Meter readings in; where a meter's chain stands out. Sites are declared in the verifier's
+    configuration, not over the network: a reading is authorised by the key declared for its meter.
     """
 
-    def DeclareSite(self, request, context):
-        """Declare or re-declare a site of a lab (regulator).
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
     def SubmitMeterReadings(self, request, context):
-        """Signed readings from a meter gateway.
+        """Signed readings from a meter gateway or the regulator's import command.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def ImportMeterReadings(self, request, context):
-        """Regulator-provided interval data, signed by the verifier's log key as it is logged.
+    def GetMeterHead(self, request, context):
+        """Where a meter's chain stands.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -80,20 +70,15 @@ class SiteServiceServicer:
 
 def add_SiteServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'DeclareSite': grpc.unary_unary_rpc_method_handler(
-                    servicer.DeclareSite,
-                    request_deserializer=pausewatch_dot_v1_dot_site__pb2.DeclareSiteRequest.FromString,
-                    response_serializer=pausewatch_dot_v1_dot_site__pb2.DeclareSiteResponse.SerializeToString,
-            ),
             'SubmitMeterReadings': grpc.unary_unary_rpc_method_handler(
                     servicer.SubmitMeterReadings,
                     request_deserializer=pausewatch_dot_v1_dot_site__pb2.SubmitMeterReadingsRequest.FromString,
                     response_serializer=pausewatch_dot_v1_dot_site__pb2.SubmitMeterReadingsResponse.SerializeToString,
             ),
-            'ImportMeterReadings': grpc.unary_unary_rpc_method_handler(
-                    servicer.ImportMeterReadings,
-                    request_deserializer=pausewatch_dot_v1_dot_site__pb2.ImportMeterReadingsRequest.FromString,
-                    response_serializer=pausewatch_dot_v1_dot_site__pb2.ImportMeterReadingsResponse.SerializeToString,
+            'GetMeterHead': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMeterHead,
+                    request_deserializer=pausewatch_dot_v1_dot_site__pb2.GetMeterHeadRequest.FromString,
+                    response_serializer=pausewatch_dot_v1_dot_site__pb2.GetMeterHeadResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -104,35 +89,9 @@ def add_SiteServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class SiteService:
-    """The regulator's site registry and the meters' readings.
+    """Meter readings in; where a meter's chain stands out. Sites are declared in the verifier's
+    configuration, not over the network: a reading is authorised by the key declared for its meter.
     """
-
-    @staticmethod
-    def DeclareSite(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/pausewatch.v1.SiteService/DeclareSite',
-            pausewatch_dot_v1_dot_site__pb2.DeclareSiteRequest.SerializeToString,
-            pausewatch_dot_v1_dot_site__pb2.DeclareSiteResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
 
     @staticmethod
     def SubmitMeterReadings(request,
@@ -162,7 +121,7 @@ class SiteService:
             _registered_method=True)
 
     @staticmethod
-    def ImportMeterReadings(request,
+    def GetMeterHead(request,
             target,
             options=(),
             channel_credentials=None,
@@ -175,9 +134,9 @@ class SiteService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/pausewatch.v1.SiteService/ImportMeterReadings',
-            pausewatch_dot_v1_dot_site__pb2.ImportMeterReadingsRequest.SerializeToString,
-            pausewatch_dot_v1_dot_site__pb2.ImportMeterReadingsResponse.FromString,
+            '/pausewatch.v1.SiteService/GetMeterHead',
+            pausewatch_dot_v1_dot_site__pb2.GetMeterHeadRequest.SerializeToString,
+            pausewatch_dot_v1_dot_site__pb2.GetMeterHeadResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -5,10 +5,10 @@ Site power: a lab's sites, their utility meters, and the meters' interval readin
 
 A facility's electricity is evidence that does not come from the lab's nodes: a cluster cannot do
 frontier-scale training without drawing it. The regulator declares each site (its nodes, its
-declared facility overhead and non-GPU load) and its meters; readings arrive either signed by the
-meter gateway's own key (payload type "application/vnd.pausewatch.meter-reading.v1+protobuf") or
-as the regulator's own interval files, which the verifier signs with its log key as
-regulator-provided evidence. Every quantity is an integer in the unit its name states.
+declared facility overhead and non-GPU load) and its meters; readings (payload type
+"application/vnd.pausewatch.meter-reading.v1+protobuf") are signed either by the meter gateway's
+own key or, for interval data the regulator imports from its own files, by the regulator's
+import key. Every quantity is an integer in the unit its name states.
 """
 
 from collections import abc as _abc
@@ -35,41 +35,35 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class SiteServiceStub:
-    """The regulator's site registry and the meters' readings."""
+    """Meter readings in; where a meter's chain stands out. Sites are declared in the verifier's
+    configuration, not over the network: a reading is authorised by the key declared for its meter.
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> SiteServiceAsyncStub: ...
-    DeclareSite: _grpc.UnaryUnaryMultiCallable[_site_pb2.DeclareSiteRequest, _site_pb2.DeclareSiteResponse]
-    """Declare or re-declare a site of a lab (regulator)."""
     SubmitMeterReadings: _grpc.UnaryUnaryMultiCallable[_site_pb2.SubmitMeterReadingsRequest, _site_pb2.SubmitMeterReadingsResponse]
-    """Signed readings from a meter gateway."""
-    ImportMeterReadings: _grpc.UnaryUnaryMultiCallable[_site_pb2.ImportMeterReadingsRequest, _site_pb2.ImportMeterReadingsResponse]
-    """Regulator-provided interval data, signed by the verifier's log key as it is logged."""
+    """Signed readings from a meter gateway or the regulator's import command."""
+    GetMeterHead: _grpc.UnaryUnaryMultiCallable[_site_pb2.GetMeterHeadRequest, _site_pb2.GetMeterHeadResponse]
+    """Where a meter's chain stands."""
 
 @_typing.type_check_only
 class SiteServiceAsyncStub(SiteServiceStub):
-    """The regulator's site registry and the meters' readings."""
+    """Meter readings in; where a meter's chain stands out. Sites are declared in the verifier's
+    configuration, not over the network: a reading is authorised by the key declared for its meter.
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
-    DeclareSite: _aio.UnaryUnaryMultiCallable[_site_pb2.DeclareSiteRequest, _site_pb2.DeclareSiteResponse]  # type: ignore[assignment]
-    """Declare or re-declare a site of a lab (regulator)."""
     SubmitMeterReadings: _aio.UnaryUnaryMultiCallable[_site_pb2.SubmitMeterReadingsRequest, _site_pb2.SubmitMeterReadingsResponse]  # type: ignore[assignment]
-    """Signed readings from a meter gateway."""
-    ImportMeterReadings: _aio.UnaryUnaryMultiCallable[_site_pb2.ImportMeterReadingsRequest, _site_pb2.ImportMeterReadingsResponse]  # type: ignore[assignment]
-    """Regulator-provided interval data, signed by the verifier's log key as it is logged."""
+    """Signed readings from a meter gateway or the regulator's import command."""
+    GetMeterHead: _aio.UnaryUnaryMultiCallable[_site_pb2.GetMeterHeadRequest, _site_pb2.GetMeterHeadResponse]  # type: ignore[assignment]
+    """Where a meter's chain stands."""
 
 class SiteServiceServicer(metaclass=_abc_1.ABCMeta):
-    """The regulator's site registry and the meters' readings."""
-
-    @_abc_1.abstractmethod
-    def DeclareSite(
-        self,
-        request: _site_pb2.DeclareSiteRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_site_pb2.DeclareSiteResponse, _abc.Awaitable[_site_pb2.DeclareSiteResponse]]:
-        """Declare or re-declare a site of a lab (regulator)."""
+    """Meter readings in; where a meter's chain stands out. Sites are declared in the verifier's
+    configuration, not over the network: a reading is authorised by the key declared for its meter.
+    """
 
     @_abc_1.abstractmethod
     def SubmitMeterReadings(
@@ -77,14 +71,14 @@ class SiteServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _site_pb2.SubmitMeterReadingsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_site_pb2.SubmitMeterReadingsResponse, _abc.Awaitable[_site_pb2.SubmitMeterReadingsResponse]]:
-        """Signed readings from a meter gateway."""
+        """Signed readings from a meter gateway or the regulator's import command."""
 
     @_abc_1.abstractmethod
-    def ImportMeterReadings(
+    def GetMeterHead(
         self,
-        request: _site_pb2.ImportMeterReadingsRequest,
+        request: _site_pb2.GetMeterHeadRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_site_pb2.ImportMeterReadingsResponse, _abc.Awaitable[_site_pb2.ImportMeterReadingsResponse]]:
-        """Regulator-provided interval data, signed by the verifier's log key as it is logged."""
+    ) -> _typing.Union[_site_pb2.GetMeterHeadResponse, _abc.Awaitable[_site_pb2.GetMeterHeadResponse]]:
+        """Where a meter's chain stands."""
 
 def add_SiteServiceServicer_to_server(servicer: SiteServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
