@@ -32,7 +32,7 @@ from enum import IntEnum
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.decrepit.ciphers.modes import CFB
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
@@ -558,3 +558,29 @@ def replay_ima_log(
     for entry in entries:
         value = hashlib.new(name, value + ima_extend_digest(entry, hash_alg)).digest()
     return value
+
+
+# --- what pausewatch binds into qualifying data ---------------------------------------------
+
+ENROLL_QUOTE_DOMAIN = b"pausewatch-tpm-enroll-v1\x00"
+WINDOW_QUOTE_DOMAIN = b"pausewatch-tpm-quote-v1\x00"
+
+
+def enrollment_qualifying_data(node_public_key: bytes, verifier_nonce: bytes) -> bytes:
+    """extraData of the enrolment quote: binds the node key to the verifier's nonce."""
+    return hashlib.sha256(ENROLL_QUOTE_DOMAIN + node_public_key + verifier_nonce).digest()
+
+
+def window_qualifying_data(verifier_nonce: bytes, prev_digest: bytes, seq: int) -> bytes:
+    """extraData of a window's quote: binds the nonce, the chain so far and the window's seq."""
+    return hashlib.sha256(
+        WINDOW_QUOTE_DOMAIN + verifier_nonce + prev_digest + struct.pack(">Q", seq)
+    ).digest()
+
+
+def tpm_id_of(ek_public_key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey) -> bytes:
+    """A TPM's id: SHA-256 of its EK's SubjectPublicKeyInfo (DER)."""
+    spki = ek_public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(spki).digest()

@@ -80,6 +80,20 @@ class MonitorConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TpmConfig:
+    """TPM-rooted nodes (verifier/tpm.py): whose EK certificates to trust, how fresh quotes are."""
+
+    manufacturer_cas: tuple[Path, ...] = ()
+    """PEM files of the TPM manufacturers' CAs whose EK certificates are accepted; none: no TPM
+    enrolment is possible."""
+    quote_nonce_max_age_ns: int = 600 * S
+    """A window's quote must bind a nonce issued at most this long before the window ended."""
+    max_windows_without_quote: int = 1
+    """A TPM node's window more than this many windows after its last good quote, without a quote
+    of its own, is a missing quote (1: every window must carry one)."""
+
+
+@dataclass(frozen=True, slots=True)
 class LabConfig:
     lab_id: str
     name: str
@@ -88,6 +102,8 @@ class LabConfig:
     inventory_declarations: tuple[Path, ...] = ()
     site_files: tuple[Path, ...] = ()
     """The lab's sites and their meters (docs/site-power.md), one TOML file a site."""
+    ima_allowlist: Path | None = None
+    """sha256sum-format list of the files the lab's TPM nodes may measure (IMA); None: no check."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +113,7 @@ class VerifierConfig:
     store: StoreConfig = field(default_factory=StoreConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    tpm: TpmConfig = field(default_factory=TpmConfig)
     labs: tuple[LabConfig, ...] = ()
     source: str = "<config>"
 
@@ -168,7 +185,7 @@ def parse_config(data: bytes, *, source: str = "<config>", base: Path = Path()) 
         raise ConfigError(f"{source}: {exc}") from None
     top = _Section(doc, "", source)
     sections = {}
-    for name in ("server", "log", "store", "ingest", "monitor"):
+    for name in ("server", "log", "store", "ingest", "monitor", "tpm"):
         table = top.get(name, dict, {})
         sections[name] = _Section(table, f"{name}.", source)
     labs_raw = top.get("labs", list, [])
@@ -256,6 +273,17 @@ def parse_config(data: bytes, *, source: str = "<config>", base: Path = Path()) 
     monitor = MonitorConfig(interval_ns=interval_s * S, late_ns=mo.positive("late_s", 3_600) * S)
     mo.finish()
 
+    tp = sections["tpm"]
+    cas = tp.get("manufacturer_cas", list, [])
+    if any(not isinstance(c, str) or not c for c in cas):
+        raise ConfigError(f"{source}: tpm.manufacturer_cas: must be a list of PEM file paths")
+    tpm = TpmConfig(
+        manufacturer_cas=tuple(base / Path(c) for c in cas),
+        quote_nonce_max_age_ns=tp.positive("quote_nonce_max_age_s", 600) * S,
+        max_windows_without_quote=tp.positive("max_windows_without_quote", 1),
+    )
+    tp.finish()
+
     labs: list[LabConfig] = []
     seen: set[str] = set()
     for i, raw in enumerate(labs_raw):
@@ -287,6 +315,7 @@ def parse_config(data: bytes, *, source: str = "<config>", base: Path = Path()) 
                 policy_path=lab.path("policy", base, None),
                 inventory_declarations=tuple(base / Path(str(p)) for p in declarations),
                 site_files=tuple(base / Path(str(p)) for p in site_files),
+                ima_allowlist=lab.path("ima_allowlist", base, None),
             )
         )
         lab.finish()
@@ -296,6 +325,7 @@ def parse_config(data: bytes, *, source: str = "<config>", base: Path = Path()) 
         store=store,
         ingest=ingest,
         monitor=monitor,
+        tpm=tpm,
         labs=tuple(labs),
         source=source,
     )

@@ -32,6 +32,13 @@ from verifier.config import VerifierConfig
 from verifier.log import PendingEntry, TransparencyLog
 from verifier.nonce import NonceIssuer
 from verifier.store.base import EntryKind, FindingRow, NodeRow, Store, Transaction
+from verifier.tpm import (
+    TpmIdentity,
+    TpmSettings,
+    load_manufacturer_cas,
+    read_ima_allowlist,
+    tpm_identity,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +68,8 @@ class NodeState:
     enrolled_at_ns: int
     revoked_at_ns: int | None
     head: NodeHead | None
+    tpm: TpmIdentity | None = None
+    """The node's TPM, for a TPM-rooted node (its enrolment carried TpmEnrollment)."""
 
     @property
     def revoked(self) -> bool:
@@ -89,6 +98,7 @@ class NodeState:
             enrolled_at_ns=row.enrolled_at_ns,
             revoked_at_ns=row.revoked_at_ns,
             head=head,
+            tpm=tpm_identity(enrollment),
         )
 
 
@@ -189,6 +199,16 @@ class VerifierCore:
                     secret = secrets.token_bytes(32)
                     tx.set_meta(NONCE_SECRET_KEY, secret)
         self.nonces = NonceIssuer(secret, clock_ns, config.ingest.nonce_lifetime_ns)
+        self.tpm_settings = TpmSettings(
+            manufacturer_cas=load_manufacturer_cas(config.tpm.manufacturer_cas),
+            quote_nonce_max_age_ns=config.tpm.quote_nonce_max_age_ns,
+            max_windows_without_quote=config.tpm.max_windows_without_quote,
+        )
+        self.ima_allowlists: dict[str, frozenset[tuple[str, bytes]]] = {
+            lab.lab_id: read_ima_allowlist(lab.ima_allowlist)
+            for lab in config.labs
+            if lab.ima_allowlist is not None
+        }
         self._finding_listeners: list[Callable[[list[int]], None]] = []
         self._listeners_lock = threading.Lock()
 

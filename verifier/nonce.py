@@ -43,6 +43,14 @@ class NonceIssuer:
             :_TAG_SIZE
         ]
 
+    def derive(self, label: bytes, *parts: bytes) -> bytes:
+        """A 32-byte value only this issuer can compute, for ``label`` and ``parts`` (each
+        length-prefixed): how a TPM credential's secret is bound to its nonce without a table."""
+        message = bytearray(_DOMAIN + b"/" + label)
+        for part in parts:
+            message += struct.pack(">I", len(part)) + part
+        return hmac.new(self._secret, bytes(message), hashlib.sha256).digest()
+
     def issue(self, node_id: bytes) -> tuple[bytes, int]:
         """A fresh nonce for ``node_id`` and its issue time."""
         now = self._clock_ns()

@@ -38,6 +38,7 @@ from verifier.log import PendingEntry
 from verifier.nonce import NonceStatus
 from verifier.policy import load_policy, validate_for_buckets
 from verifier.store.base import EntryKind, InventoryRow, LabRow, NodeRow, PolicyRow
+from verifier.tpm import TpmIdentity, tpm_identity, verify_tpm_enrollment
 
 log = logging.getLogger(__name__)
 
@@ -284,6 +285,11 @@ class Registry:
         now = self.core.clock_ns()
         self._check_time(enrollment.created_at_ns, "NodeEnrollment", now)
         ingest = self.core.config.ingest
+        identity: TpmIdentity | None = None
+        if enrollment.HasField("tpm"):
+            identity = verify_tpm_enrollment(
+                self.core.nonces, self.core.tpm_settings, enrollment, now, ingest.max_clock_skew_ns
+            )
         if ingest.require_nonce or enrollment.verifier_nonce:
             status = self.core.nonces.check(
                 enrollment.verifier_nonce, node_id, now, ingest.max_clock_skew_ns
@@ -303,7 +309,8 @@ class Registry:
                     return EnrollResult(node_id, True, existing.enrollment_log_index)
                 conflict = "this node key is already enrolled with other content"
             else:
-                for uuid in uuids:
+                conflict = _tpm_conflict(w, identity, node_id)
+                for uuid in uuids if conflict is None else ():
                     owner = w.tx.gpu_owner(uuid)
                     if owner is None or owner == node_id:
                         continue
@@ -352,6 +359,8 @@ class Registry:
                     head_window_end_ns=None,
                 )
                 w.tx.insert_node(row, uuids)
+                if identity is not None:
+                    w.tx.set_meta(_tpm_owner_key(identity.tpm_id), node_id)
                 w.stage_node(NodeState.from_row(row))
                 log.info(
                     "enrolled node=%s lab=%s gpus=%d", node_id.hex()[:16], lab.lab_id, len(uuids)
@@ -456,6 +465,23 @@ class Registry:
         return [_node_info(row) for row in self.core.store.list_nodes(lab_id)]
 
 
+def _tpm_owner_key(tpm_id: bytes) -> str:
+    return f"tpm-owner:{tpm_id.hex()}"
+
+
+def _tpm_conflict(w: WriteContext, identity: TpmIdentity | None, node_id: bytes) -> str | None:
+    """One TPM backs at most one live node: a TPM already backing a node not revoked is refused."""
+    if identity is None:
+        return None
+    owner = w.tx.get_meta(_tpm_owner_key(identity.tpm_id))
+    if owner is None or owner == node_id:
+        return None
+    owner_row = w.tx.get_node(owner)
+    if owner_row is not None and owner_row.state == registry_pb2.NODE_STATE_REVOKED:
+        return None
+    return f"TPM {identity.tpm_id.hex()[:16]} already backs another live node"
+
+
 def _node_info(row: NodeRow) -> registry_pb2.NodeInfo:
     enrollment = registry_pb2.NodeEnrollment.FromString(row.enrollment_payload)
     info = registry_pb2.NodeInfo(
@@ -466,6 +492,9 @@ def _node_info(row: NodeRow) -> registry_pb2.NodeInfo:
         gpus=list(enrollment.gpus),
         enrollment_log_index=row.enrollment_log_index,
     )
+    identity = tpm_identity(enrollment)
+    if identity is not None:
+        info.tpm_id = identity.tpm_id
     if row.head_seq is not None:
         info.has_head = True
         info.head_seq = row.head_seq

@@ -37,8 +37,10 @@ from attest.errors import (
     PayloadTypeError,
     ProofError,
     SignatureError,
+    TpmError,
     UnknownKeyError,
 )
+from verifier import tpm
 from verifier.audit import Auditor
 from verifier.core import VerifierCore
 from verifier.errors import (
@@ -62,6 +64,7 @@ STATUS_FOR_ERROR: tuple[tuple[type[PausewatchError], grpc.StatusCode], ...] = (
     (ChainError, grpc.StatusCode.INVALID_ARGUMENT),
     (ProofError, grpc.StatusCode.INVALID_ARGUMENT),
     (SignatureError, grpc.StatusCode.UNAUTHENTICATED),
+    (TpmError, grpc.StatusCode.UNAUTHENTICATED),
     (UnknownKeyError, grpc.StatusCode.UNAUTHENTICATED),
     (PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),
     (NotFoundError, grpc.StatusCode.NOT_FOUND),
@@ -204,6 +207,17 @@ class AttestationServicer(spb_grpc.AttestationServiceServicer):
             issued_at_ns=issued,
             expires_at_ns=issued + self.core.nonces.lifetime_ns,
             verifier_time_ns=self.core.clock_ns(),
+        )
+
+    @unary
+    def GetTpmCredential(
+        self, request: spb.GetTpmCredentialRequest, context: grpc.ServicerContext
+    ) -> spb.GetTpmCredentialResponse:
+        return tpm.issue_credential(
+            self.core.nonces,
+            self.core.tpm_settings,
+            request,
+            self.core.clock_ns(),
         )
 
     def SubmitAttestations(

@@ -608,6 +608,7 @@ class AttestationBody(_message.Message):
     SAMPLES_MERKLE_ROOT_FIELD_NUMBER: _builtins.int
     SAMPLES_COUNT_FIELD_NUMBER: _builtins.int
     EVENTS_FIELD_NUMBER: _builtins.int
+    TPM_QUOTE_FIELD_NUMBER: _builtins.int
     format_version: _builtins.int
     """Format version of this message; 1."""
     lab_id: _builtins.str
@@ -652,6 +653,12 @@ class AttestationBody(_message.Message):
     def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___SamplerEvent]:
         """Events observed during the window (driver reloads, lost GPUs, spool overflow, restarts)."""
 
+    @_builtins.property
+    def tpm_quote(self) -> Global___TpmQuote:
+        """A TPM quote binding this window to the node's measured machine; only TPM-enrolled nodes send
+        one, every window or every N (docs/wire-format.md, "TPM quotes").
+        """
+
     def __init__(
         self,
         *,
@@ -674,11 +681,60 @@ class AttestationBody(_message.Message):
         samples_merkle_root: _builtins.bytes = ...,
         samples_count: _builtins.int = ...,
         events: _abc.Iterable[Global___SamplerEvent] | None = ...,
+        tpm_quote: Global___TpmQuote | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["tpm_quote", b"tpm_quote"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_digest", b"agent_digest", "agent_version", b"agent_version", "boot_id", b"boot_id", "driver_version", b"driver_version", "events", b"events", "format_version", b"format_version", "gpus", b"gpus", "lab_id", b"lab_id", "node_id", b"node_id", "nvml_version", b"nvml_version", "prev_digest", b"prev_digest", "sample_interval_ms", b"sample_interval_ms", "sampler_backend", b"sampler_backend", "samples_count", b"samples_count", "samples_merkle_root", b"samples_merkle_root", "seq", b"seq", "verifier_nonce", b"verifier_nonce", "window_end_ns", b"window_end_ns", "window_start_ns", b"window_start_ns"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_digest", b"agent_digest", "agent_version", b"agent_version", "boot_id", b"boot_id", "driver_version", b"driver_version", "events", b"events", "format_version", b"format_version", "gpus", b"gpus", "lab_id", b"lab_id", "node_id", b"node_id", "nvml_version", b"nvml_version", "prev_digest", b"prev_digest", "sample_interval_ms", b"sample_interval_ms", "sampler_backend", b"sampler_backend", "samples_count", b"samples_count", "samples_merkle_root", b"samples_merkle_root", "seq", b"seq", "tpm_quote", b"tpm_quote", "verifier_nonce", b"verifier_nonce", "window_end_ns", b"window_end_ns", "window_start_ns", b"window_start_ns"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AttestationBody: _TypeAlias = AttestationBody  # noqa: Y015
+
+@_typing.final
+class TpmQuote(_message.Message):
+    """A quote by the node's enrolled attestation key (AK) over the SHA-256 bank of the boot and IMA
+    PCRs. Its qualifying data (TPMS_ATTEST.extraData) is SHA-256("pausewatch-tpm-quote-v1" 0x00 ||
+    verifier_nonce || prev_digest || seq as 8 bytes big-endian) of the body that carries it, so a
+    quote cannot be moved to another window, node or verifier challenge.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ATTEST_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    PCR_VALUES_FIELD_NUMBER: _builtins.int
+    IMA_LOG_FIELD_NUMBER: _builtins.int
+    IMA_LOG_START_FIELD_NUMBER: _builtins.int
+    attest: _builtins.bytes
+    """TPMS_ATTEST exactly as the TPM produced it (the signed bytes)."""
+    signature: _builtins.bytes
+    """TPMT_SIGNATURE over attest by the AK."""
+    ima_log: _builtins.str
+    """IMA measurement-list lines (the kernel's ascii_runtime_measurements, template ima-ng) added
+    since the previous quote, one per line, in order.
+    """
+    ima_log_start: _builtins.int
+    """How many IMA entries came before the first line of ima_log since boot; 0 sends the list from
+    the start (the first quote after boot, or after the agent lost its place).
+    """
+    @_builtins.property
+    def pcr_values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """The quoted PCR values (32 bytes each), in the order of the quote's PCR selection."""
+
+    def __init__(
+        self,
+        *,
+        attest: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
+        pcr_values: _abc.Iterable[_builtins.bytes] | None = ...,
+        ima_log: _builtins.str = ...,
+        ima_log_start: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attest", b"attest", "ima_log", b"ima_log", "ima_log_start", b"ima_log_start", "pcr_values", b"pcr_values", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TpmQuote: _TypeAlias = TpmQuote  # noqa: Y015

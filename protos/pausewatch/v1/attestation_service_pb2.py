@@ -22,29 +22,34 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from pausewatch.v1 import findings_pb2 as pausewatch_dot_v1_dot_findings__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'pausewatch/v1/attestation_service.proto\x12\rpausewatch.v1\"&\n\x13GetChallengeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\x0c\"l\n\x14GetChallengeResponse\x12\r\n\x05nonce\x18\x01 \x01(\x0c\x12\x14\n\x0cissued_at_ns\x18\x02 \x01(\x03\x12\x15\n\rexpires_at_ns\x18\x03 \x01(\x03\x12\x18\n\x10verifier_time_ns\x18\x04 \x01(\x03\".\n\x19SubmitAttestationsRequest\x12\x11\n\tenvelopes\x18\x01 \x03(\x0c\"\xd4\x01\n\x07Receipt\x12\x17\n\x0f\x65nvelope_digest\x18\x01 \x01(\x0c\x12,\n\x06status\x18\x02 \x01(\x0e\x32\x1c.pausewatch.v1.ReceiptStatus\x12\x11\n\tlog_index\x18\x03 \x01(\x04\x12+\n\x06reason\x18\x04 \x01(\x0e\x32\x1b.pausewatch.v1.RejectReason\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\x12\x0b\n\x03seq\x18\x06 \x01(\x04\x12\x0f\n\x07has_seq\x18\x07 \x01(\x08\x12\x14\n\x0cgap_recorded\x18\x08 \x01(\x08\"Y\n\x1aSubmitAttestationsResponse\x12(\n\x08receipts\x18\x01 \x03(\x0b\x32\x16.pausewatch.v1.Receipt\x12\x11\n\ttree_size\x18\x02 \x01(\x04*\x87\x01\n\rReceiptStatus\x12\x1e\n\x1aRECEIPT_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17RECEIPT_STATUS_ACCEPTED\x10\x01\x12\x1c\n\x18RECEIPT_STATUS_DUPLICATE\x10\x02\x12\x1b\n\x17RECEIPT_STATUS_REJECTED\x10\x03*\x91\x04\n\x0cRejectReason\x12\x1d\n\x19REJECT_REASON_UNSPECIFIED\x10\x00\x12\x1b\n\x17REJECT_REASON_TOO_LARGE\x10\x01\x12$\n REJECT_REASON_MALFORMED_ENVELOPE\x10\x02\x12$\n REJECT_REASON_WRONG_PAYLOAD_TYPE\x10\x03\x12\x1d\n\x19REJECT_REASON_UNKNOWN_KEY\x10\x04\x12\x1d\n\x19REJECT_REASON_REVOKED_KEY\x10\x05\x12\x1f\n\x1bREJECT_REASON_BAD_SIGNATURE\x10\x06\x12 \n\x1cREJECT_REASON_MALFORMED_BODY\x10\x07\x12\x1e\n\x1aREJECT_REASON_INVALID_BODY\x10\x08\x12(\n$REJECT_REASON_TIMESTAMP_OUT_OF_RANGE\x10\t\x12\x1d\n\x19REJECT_REASON_UNKNOWN_GPU\x10\n\x12\x1b\n\x17REJECT_REASON_BAD_NONCE\x10\x0b\x12\x1f\n\x1bREJECT_REASON_EXPIRED_NONCE\x10\x0c\x12\x16\n\x12REJECT_REASON_FORK\x10\r\x12\x1a\n\x16REJECT_REASON_ROLLBACK\x10\x0e\x12\x1d\n\x19REJECT_REASON_UNAVAILABLE\x10\x0f\x32\xdc\x01\n\x12\x41ttestationService\x12W\n\x0cGetChallenge\x12\".pausewatch.v1.GetChallengeRequest\x1a#.pausewatch.v1.GetChallengeResponse\x12m\n\x12SubmitAttestations\x12(.pausewatch.v1.SubmitAttestationsRequest\x1a).pausewatch.v1.SubmitAttestationsResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'pausewatch/v1/attestation_service.proto\x12\rpausewatch.v1\x1a\x1cpausewatch/v1/findings.proto\"&\n\x13GetChallengeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\x0c\"]\n\x17GetTpmCredentialRequest\x12\x17\n\x0fnode_public_key\x18\x01 \x01(\x0c\x12\x16\n\x0e\x65k_certificate\x18\x02 \x01(\x0c\x12\x11\n\tak_public\x18\x03 \x01(\x0c\"s\n\x18GetTpmCredentialResponse\x12\r\n\x05nonce\x18\x01 \x01(\x0c\x12\x17\n\x0f\x63redential_blob\x18\x02 \x01(\x0c\x12\x18\n\x10\x65ncrypted_secret\x18\x03 \x01(\x0c\x12\x15\n\rexpires_at_ns\x18\x04 \x01(\x03\"l\n\x14GetChallengeResponse\x12\r\n\x05nonce\x18\x01 \x01(\x0c\x12\x14\n\x0cissued_at_ns\x18\x02 \x01(\x03\x12\x15\n\rexpires_at_ns\x18\x03 \x01(\x03\x12\x18\n\x10verifier_time_ns\x18\x04 \x01(\x03\".\n\x19SubmitAttestationsRequest\x12\x11\n\tenvelopes\x18\x01 \x03(\x0c\"\x86\x02\n\x07Receipt\x12\x17\n\x0f\x65nvelope_digest\x18\x01 \x01(\x0c\x12,\n\x06status\x18\x02 \x01(\x0e\x32\x1c.pausewatch.v1.ReceiptStatus\x12\x11\n\tlog_index\x18\x03 \x01(\x04\x12+\n\x06reason\x18\x04 \x01(\x0e\x32\x1b.pausewatch.v1.RejectReason\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\x12\x0b\n\x03seq\x18\x06 \x01(\x04\x12\x0f\n\x07has_seq\x18\x07 \x01(\x08\x12\x14\n\x0cgap_recorded\x18\x08 \x01(\x08\x12\x30\n\ttpm_quote\x18\t \x01(\x0e\x32\x1d.pausewatch.v1.TpmQuoteStatus\"Y\n\x1aSubmitAttestationsResponse\x12(\n\x08receipts\x18\x01 \x03(\x0b\x32\x16.pausewatch.v1.Receipt\x12\x11\n\ttree_size\x18\x02 \x01(\x04*\x87\x01\n\rReceiptStatus\x12\x1e\n\x1aRECEIPT_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17RECEIPT_STATUS_ACCEPTED\x10\x01\x12\x1c\n\x18RECEIPT_STATUS_DUPLICATE\x10\x02\x12\x1b\n\x17RECEIPT_STATUS_REJECTED\x10\x03*\x91\x04\n\x0cRejectReason\x12\x1d\n\x19REJECT_REASON_UNSPECIFIED\x10\x00\x12\x1b\n\x17REJECT_REASON_TOO_LARGE\x10\x01\x12$\n REJECT_REASON_MALFORMED_ENVELOPE\x10\x02\x12$\n REJECT_REASON_WRONG_PAYLOAD_TYPE\x10\x03\x12\x1d\n\x19REJECT_REASON_UNKNOWN_KEY\x10\x04\x12\x1d\n\x19REJECT_REASON_REVOKED_KEY\x10\x05\x12\x1f\n\x1bREJECT_REASON_BAD_SIGNATURE\x10\x06\x12 \n\x1cREJECT_REASON_MALFORMED_BODY\x10\x07\x12\x1e\n\x1aREJECT_REASON_INVALID_BODY\x10\x08\x12(\n$REJECT_REASON_TIMESTAMP_OUT_OF_RANGE\x10\t\x12\x1d\n\x19REJECT_REASON_UNKNOWN_GPU\x10\n\x12\x1b\n\x17REJECT_REASON_BAD_NONCE\x10\x0b\x12\x1f\n\x1bREJECT_REASON_EXPIRED_NONCE\x10\x0c\x12\x16\n\x12REJECT_REASON_FORK\x10\r\x12\x1a\n\x16REJECT_REASON_ROLLBACK\x10\x0e\x12\x1d\n\x19REJECT_REASON_UNAVAILABLE\x10\x0f\x32\xc1\x02\n\x12\x41ttestationService\x12W\n\x0cGetChallenge\x12\".pausewatch.v1.GetChallengeRequest\x1a#.pausewatch.v1.GetChallengeResponse\x12\x63\n\x10GetTpmCredential\x12&.pausewatch.v1.GetTpmCredentialRequest\x1a\'.pausewatch.v1.GetTpmCredentialResponse\x12m\n\x12SubmitAttestations\x12(.pausewatch.v1.SubmitAttestationsRequest\x1a).pausewatch.v1.SubmitAttestationsResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pausewatch.v1.attestation_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RECEIPTSTATUS']._serialized_start=563
-  _globals['_RECEIPTSTATUS']._serialized_end=698
-  _globals['_REJECTREASON']._serialized_start=701
-  _globals['_REJECTREASON']._serialized_end=1230
-  _globals['_GETCHALLENGEREQUEST']._serialized_start=58
-  _globals['_GETCHALLENGEREQUEST']._serialized_end=96
-  _globals['_GETCHALLENGERESPONSE']._serialized_start=98
-  _globals['_GETCHALLENGERESPONSE']._serialized_end=206
-  _globals['_SUBMITATTESTATIONSREQUEST']._serialized_start=208
-  _globals['_SUBMITATTESTATIONSREQUEST']._serialized_end=254
-  _globals['_RECEIPT']._serialized_start=257
-  _globals['_RECEIPT']._serialized_end=469
-  _globals['_SUBMITATTESTATIONSRESPONSE']._serialized_start=471
-  _globals['_SUBMITATTESTATIONSRESPONSE']._serialized_end=560
-  _globals['_ATTESTATIONSERVICE']._serialized_start=1233
-  _globals['_ATTESTATIONSERVICE']._serialized_end=1453
+  _globals['_RECEIPTSTATUS']._serialized_start=855
+  _globals['_RECEIPTSTATUS']._serialized_end=990
+  _globals['_REJECTREASON']._serialized_start=993
+  _globals['_REJECTREASON']._serialized_end=1522
+  _globals['_GETCHALLENGEREQUEST']._serialized_start=88
+  _globals['_GETCHALLENGEREQUEST']._serialized_end=126
+  _globals['_GETTPMCREDENTIALREQUEST']._serialized_start=128
+  _globals['_GETTPMCREDENTIALREQUEST']._serialized_end=221
+  _globals['_GETTPMCREDENTIALRESPONSE']._serialized_start=223
+  _globals['_GETTPMCREDENTIALRESPONSE']._serialized_end=338
+  _globals['_GETCHALLENGERESPONSE']._serialized_start=340
+  _globals['_GETCHALLENGERESPONSE']._serialized_end=448
+  _globals['_SUBMITATTESTATIONSREQUEST']._serialized_start=450
+  _globals['_SUBMITATTESTATIONSREQUEST']._serialized_end=496
+  _globals['_RECEIPT']._serialized_start=499
+  _globals['_RECEIPT']._serialized_end=761
+  _globals['_SUBMITATTESTATIONSRESPONSE']._serialized_start=763
+  _globals['_SUBMITATTESTATIONSRESPONSE']._serialized_end=852
+  _globals['_ATTESTATIONSERVICE']._serialized_start=1525
+  _globals['_ATTESTATIONSERVICE']._serialized_end=1846
 # @@protoc_insertion_point(module_scope)

@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from pausewatch.v1 import findings_pb2 as _findings_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -152,9 +153,73 @@ class GetChallengeRequest(_message.Message):
 Global___GetChallengeRequest: _TypeAlias = GetChallengeRequest  # noqa: Y015
 
 @_typing.final
-class GetChallengeResponse(_message.Message):
-    """GetChallenge response."""
+class GetTpmCredentialRequest(_message.Message):
+    """GetChallenge response.
+    GetTpmCredential request: the first step of enrolling a node rooted in a TPM.
+    """
 
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    EK_CERTIFICATE_FIELD_NUMBER: _builtins.int
+    AK_PUBLIC_FIELD_NUMBER: _builtins.int
+    node_public_key: _builtins.bytes
+    """The node key (raw 32-byte Ed25519 public key) that the TPM enrolment will carry."""
+    ek_certificate: _builtins.bytes
+    """The TPM's RSA endorsement key certificate (DER)."""
+    ak_public: _builtins.bytes
+    """The attestation key's TPMT_PUBLIC."""
+    def __init__(
+        self,
+        *,
+        node_public_key: _builtins.bytes = ...,
+        ek_certificate: _builtins.bytes = ...,
+        ak_public: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ak_public", b"ak_public", "ek_certificate", b"ek_certificate", "node_public_key", b"node_public_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTpmCredentialRequest: _TypeAlias = GetTpmCredentialRequest  # noqa: Y015
+
+@_typing.final
+class GetTpmCredentialResponse(_message.Message):
+    """GetTpmCredential response: a credential only the TPM of the EK, holding the AK, can open."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NONCE_FIELD_NUMBER: _builtins.int
+    CREDENTIAL_BLOB_FIELD_NUMBER: _builtins.int
+    ENCRYPTED_SECRET_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_NS_FIELD_NUMBER: _builtins.int
+    nonce: _builtins.bytes
+    """The nonce to put in NodeEnrollment.verifier_nonce (it is also what the credential is bound to)."""
+    credential_blob: _builtins.bytes
+    """TPM2B_ID_OBJECT from MakeCredential (for TPM2_ActivateCredential's credentialBlob)."""
+    encrypted_secret: _builtins.bytes
+    """TPM2B_ENCRYPTED_SECRET from MakeCredential (for TPM2_ActivateCredential's secret)."""
+    expires_at_ns: _builtins.int
+    """After this the nonce, and so the credential, is no longer accepted, ns since the epoch."""
+    def __init__(
+        self,
+        *,
+        nonce: _builtins.bytes = ...,
+        credential_blob: _builtins.bytes = ...,
+        encrypted_secret: _builtins.bytes = ...,
+        expires_at_ns: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["credential_blob", b"credential_blob", "encrypted_secret", b"encrypted_secret", "expires_at_ns", b"expires_at_ns", "nonce", b"nonce"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTpmCredentialResponse: _TypeAlias = GetTpmCredentialResponse  # noqa: Y015
+
+@_typing.final
+class GetChallengeResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NONCE_FIELD_NUMBER: _builtins.int
@@ -225,6 +290,7 @@ class Receipt(_message.Message):
     SEQ_FIELD_NUMBER: _builtins.int
     HAS_SEQ_FIELD_NUMBER: _builtins.int
     GAP_RECORDED_FIELD_NUMBER: _builtins.int
+    TPM_QUOTE_FIELD_NUMBER: _builtins.int
     envelope_digest: _builtins.bytes
     """SHA-256 of the envelope bytes (32 bytes), so the agent can match receipt to envelope."""
     status: Global___ReceiptStatus.ValueType
@@ -241,6 +307,11 @@ class Receipt(_message.Message):
     """Whether seq is set."""
     gap_recorded: _builtins.bool
     """True if accepting this envelope opened a gap in the node's chain (a seq jump)."""
+    tpm_quote: _findings_pb2.TpmQuoteStatus.ValueType
+    """For an accepted envelope of a TPM-enrolled node: what the verifier made of its TPM quote
+    (TPM_QUOTE_STATUS_OK, the reason it was refused, or MISSING). The window itself is accepted
+    either way; a refused or missing quote is a finding and leaves the window software-rooted.
+    """
     def __init__(
         self,
         *,
@@ -252,10 +323,11 @@ class Receipt(_message.Message):
         seq: _builtins.int = ...,
         has_seq: _builtins.bool = ...,
         gap_recorded: _builtins.bool = ...,
+        tpm_quote: _findings_pb2.TpmQuoteStatus.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "envelope_digest", b"envelope_digest", "gap_recorded", b"gap_recorded", "has_seq", b"has_seq", "log_index", b"log_index", "reason", b"reason", "seq", b"seq", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "envelope_digest", b"envelope_digest", "gap_recorded", b"gap_recorded", "has_seq", b"has_seq", "log_index", b"log_index", "reason", b"reason", "seq", b"seq", "status", b"status", "tpm_quote", b"tpm_quote"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

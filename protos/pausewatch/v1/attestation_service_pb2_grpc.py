@@ -40,6 +40,11 @@ class AttestationServiceStub:
                 request_serializer=pausewatch_dot_v1_dot_attestation__service__pb2.GetChallengeRequest.SerializeToString,
                 response_deserializer=pausewatch_dot_v1_dot_attestation__service__pb2.GetChallengeResponse.FromString,
                 _registered_method=True)
+        self.GetTpmCredential = channel.unary_unary(
+                '/pausewatch.v1.AttestationService/GetTpmCredential',
+                request_serializer=pausewatch_dot_v1_dot_attestation__service__pb2.GetTpmCredentialRequest.SerializeToString,
+                response_deserializer=pausewatch_dot_v1_dot_attestation__service__pb2.GetTpmCredentialResponse.FromString,
+                _registered_method=True)
         self.SubmitAttestations = channel.stream_stream(
                 '/pausewatch.v1.AttestationService/SubmitAttestations',
                 request_serializer=pausewatch_dot_v1_dot_attestation__service__pb2.SubmitAttestationsRequest.SerializeToString,
@@ -53,6 +58,17 @@ class AttestationServiceServicer:
 
     def GetChallenge(self, request, context):
         """Issues a fresh nonce for a node. The nonce is bound to the node id and to the issue time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTpmCredential(self, request, context):
+        """Starts a TPM enrolment: checks the EK certificate against the configured manufacturer CAs and
+        the AK's attributes, and returns a credential (TPM2_MakeCredential, made without a TPM) whose
+        secret the enrolment must carry. Stateless: the secret is derived from the nonce.
+        Errors: INVALID_ARGUMENT (malformed), FAILED_PRECONDITION (no manufacturer CA configured),
+        UNAUTHENTICATED (the EK certificate does not chain to one).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -72,6 +88,11 @@ def add_AttestationServiceServicer_to_server(servicer, server):
                     servicer.GetChallenge,
                     request_deserializer=pausewatch_dot_v1_dot_attestation__service__pb2.GetChallengeRequest.FromString,
                     response_serializer=pausewatch_dot_v1_dot_attestation__service__pb2.GetChallengeResponse.SerializeToString,
+            ),
+            'GetTpmCredential': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTpmCredential,
+                    request_deserializer=pausewatch_dot_v1_dot_attestation__service__pb2.GetTpmCredentialRequest.FromString,
+                    response_serializer=pausewatch_dot_v1_dot_attestation__service__pb2.GetTpmCredentialResponse.SerializeToString,
             ),
             'SubmitAttestations': grpc.stream_stream_rpc_method_handler(
                     servicer.SubmitAttestations,
@@ -107,6 +128,33 @@ class AttestationService:
             '/pausewatch.v1.AttestationService/GetChallenge',
             pausewatch_dot_v1_dot_attestation__service__pb2.GetChallengeRequest.SerializeToString,
             pausewatch_dot_v1_dot_attestation__service__pb2.GetChallengeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTpmCredential(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pausewatch.v1.AttestationService/GetTpmCredential',
+            pausewatch_dot_v1_dot_attestation__service__pb2.GetTpmCredentialRequest.SerializeToString,
+            pausewatch_dot_v1_dot_attestation__service__pb2.GetTpmCredentialResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -35,6 +35,13 @@ class AttestationServiceStub:
     def __new__(cls, channel: _aio.Channel) -> AttestationServiceAsyncStub: ...
     GetChallenge: _grpc.UnaryUnaryMultiCallable[_attestation_service_pb2.GetChallengeRequest, _attestation_service_pb2.GetChallengeResponse]
     """Issues a fresh nonce for a node. The nonce is bound to the node id and to the issue time."""
+    GetTpmCredential: _grpc.UnaryUnaryMultiCallable[_attestation_service_pb2.GetTpmCredentialRequest, _attestation_service_pb2.GetTpmCredentialResponse]
+    """Starts a TPM enrolment: checks the EK certificate against the configured manufacturer CAs and
+    the AK's attributes, and returns a credential (TPM2_MakeCredential, made without a TPM) whose
+    secret the enrolment must carry. Stateless: the secret is derived from the nonce.
+    Errors: INVALID_ARGUMENT (malformed), FAILED_PRECONDITION (no manufacturer CA configured),
+    UNAUTHENTICATED (the EK certificate does not chain to one).
+    """
     SubmitAttestations: _grpc.StreamStreamMultiCallable[_attestation_service_pb2.SubmitAttestationsRequest, _attestation_service_pb2.SubmitAttestationsResponse]
     """The attestation stream: batches in, one response of receipts per batch out, in order."""
 
@@ -45,6 +52,13 @@ class AttestationServiceAsyncStub(AttestationServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetChallenge: _aio.UnaryUnaryMultiCallable[_attestation_service_pb2.GetChallengeRequest, _attestation_service_pb2.GetChallengeResponse]  # type: ignore[assignment]
     """Issues a fresh nonce for a node. The nonce is bound to the node id and to the issue time."""
+    GetTpmCredential: _aio.UnaryUnaryMultiCallable[_attestation_service_pb2.GetTpmCredentialRequest, _attestation_service_pb2.GetTpmCredentialResponse]  # type: ignore[assignment]
+    """Starts a TPM enrolment: checks the EK certificate against the configured manufacturer CAs and
+    the AK's attributes, and returns a credential (TPM2_MakeCredential, made without a TPM) whose
+    secret the enrolment must carry. Stateless: the secret is derived from the nonce.
+    Errors: INVALID_ARGUMENT (malformed), FAILED_PRECONDITION (no manufacturer CA configured),
+    UNAUTHENTICATED (the EK certificate does not chain to one).
+    """
     SubmitAttestations: _aio.StreamStreamMultiCallable[_attestation_service_pb2.SubmitAttestationsRequest, _attestation_service_pb2.SubmitAttestationsResponse]  # type: ignore[assignment]
     """The attestation stream: batches in, one response of receipts per batch out, in order."""
 
@@ -58,6 +72,19 @@ class AttestationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_attestation_service_pb2.GetChallengeResponse, _abc.Awaitable[_attestation_service_pb2.GetChallengeResponse]]:
         """Issues a fresh nonce for a node. The nonce is bound to the node id and to the issue time."""
+
+    @_abc_1.abstractmethod
+    def GetTpmCredential(
+        self,
+        request: _attestation_service_pb2.GetTpmCredentialRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_attestation_service_pb2.GetTpmCredentialResponse, _abc.Awaitable[_attestation_service_pb2.GetTpmCredentialResponse]]:
+        """Starts a TPM enrolment: checks the EK certificate against the configured manufacturer CAs and
+        the AK's attributes, and returns a credential (TPM2_MakeCredential, made without a TPM) whose
+        secret the enrolment must carry. Stateless: the secret is derived from the nonce.
+        Errors: INVALID_ARGUMENT (malformed), FAILED_PRECONDITION (no manufacturer CA configured),
+        UNAUTHENTICATED (the EK certificate does not chain to one).
+        """
 
     @_abc_1.abstractmethod
     def SubmitAttestations(

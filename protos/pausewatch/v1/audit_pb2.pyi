@@ -75,6 +75,10 @@ class _RuleKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RuleKind.Val
     """Longest gap on any node at most a duration."""
     RULE_KIND_TRAINING_SIGNATURE: _RuleKind.ValueType  # 5
     """At least K GPUs above U busy for at least D (reported as a finding)."""
+    RULE_KIND_TPM_ROOTED: _RuleKind.ValueType  # 6
+    """Every node's GPU-time in the period is covered by valid TPM quotes (policy require_tpm); the
+    rest counts as unattested.
+    """
 
 class RuleKind(_RuleKind, metaclass=_RuleKindEnumTypeWrapper):
     """The kind of a policy rule."""
@@ -91,7 +95,39 @@ RULE_KIND_MAX_GAP: RuleKind.ValueType  # 4
 """Longest gap on any node at most a duration."""
 RULE_KIND_TRAINING_SIGNATURE: RuleKind.ValueType  # 5
 """At least K GPUs above U busy for at least D (reported as a finding)."""
+RULE_KIND_TPM_ROOTED: RuleKind.ValueType  # 6
+"""Every node's GPU-time in the period is covered by valid TPM quotes (policy require_tpm); the
+rest counts as unattested.
+"""
 Global___RuleKind: _TypeAlias = RuleKind  # noqa: Y015
+
+class _EvidenceRooting:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EvidenceRootingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EvidenceRooting.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EVIDENCE_ROOTING_UNSPECIFIED: _EvidenceRooting.ValueType  # 0
+    """Not reported."""
+    EVIDENCE_ROOTING_SOFTWARE: _EvidenceRooting.ValueType  # 1
+    """The node key on disk only: whoever has root on the node can sign anything."""
+    EVIDENCE_ROOTING_TPM: _EvidenceRooting.ValueType  # 2
+    """Every window in the period is covered by a valid quote of the node's enrolled TPM."""
+    EVIDENCE_ROOTING_TPM_PARTIAL: _EvidenceRooting.ValueType  # 3
+    """A TPM-enrolled node with some windows in the period not covered by a valid quote."""
+
+class EvidenceRooting(_EvidenceRooting, metaclass=_EvidenceRootingEnumTypeWrapper):
+    """How a node's evidence in a period is rooted."""
+
+EVIDENCE_ROOTING_UNSPECIFIED: EvidenceRooting.ValueType  # 0
+"""Not reported."""
+EVIDENCE_ROOTING_SOFTWARE: EvidenceRooting.ValueType  # 1
+"""The node key on disk only: whoever has root on the node can sign anything."""
+EVIDENCE_ROOTING_TPM: EvidenceRooting.ValueType  # 2
+"""Every window in the period is covered by a valid quote of the node's enrolled TPM."""
+EVIDENCE_ROOTING_TPM_PARTIAL: EvidenceRooting.ValueType  # 3
+"""A TPM-enrolled node with some windows in the period not covered by a valid quote."""
+Global___EvidenceRooting: _TypeAlias = EvidenceRooting  # noqa: Y015
 
 class _RuleOutcome:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -411,6 +447,9 @@ class NodeSummary(_message.Message):
     UPPER_BOUND_FLOP_FIELD_NUMBER: _builtins.int
     FLAGGED_FIELD_NUMBER: _builtins.int
     REVOKED_FIELD_NUMBER: _builtins.int
+    ROOTING_FIELD_NUMBER: _builtins.int
+    TPM_ROOTED_WINDOWS_FIELD_NUMBER: _builtins.int
+    TPM_ID_FIELD_NUMBER: _builtins.int
     node_id: _builtins.bytes
     """The node (32 bytes)."""
     node_name: _builtins.str
@@ -427,6 +466,12 @@ class NodeSummary(_message.Message):
     """Whether the node equivocated."""
     revoked: _builtins.bool
     """Whether the node is revoked."""
+    rooting: Global___EvidenceRooting.ValueType
+    """How its evidence in the period is rooted."""
+    tpm_rooted_windows: _builtins.int
+    """Accepted windows in the period covered by a valid TPM quote."""
+    tpm_id: _builtins.bytes
+    """For a TPM-enrolled node, the TPM's id (SHA-256 of its EK's SubjectPublicKeyInfo)."""
     def __init__(
         self,
         *,
@@ -438,10 +483,13 @@ class NodeSummary(_message.Message):
         upper_bound_flop: _builtins.str = ...,
         flagged: _builtins.bool = ...,
         revoked: _builtins.bool = ...,
+        rooting: Global___EvidenceRooting.ValueType = ...,
+        tpm_rooted_windows: _builtins.int = ...,
+        tpm_id: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attestations", b"attestations", "first_seq", b"first_seq", "flagged", b"flagged", "last_seq", b"last_seq", "node_id", b"node_id", "node_name", b"node_name", "revoked", b"revoked", "upper_bound_flop", b"upper_bound_flop"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attestations", b"attestations", "first_seq", b"first_seq", "flagged", b"flagged", "last_seq", b"last_seq", "node_id", b"node_id", "node_name", b"node_name", "revoked", b"revoked", "rooting", b"rooting", "tpm_id", b"tpm_id", "tpm_rooted_windows", b"tpm_rooted_windows", "upper_bound_flop", b"upper_bound_flop"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -75,6 +75,16 @@ class _FindingKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FindingKi
     """
     FINDING_KIND_METER_FORK: _FindingKind.ValueType  # 42
     """A meter's key signed two different readings for one seq (or broke its chain)."""
+    FINDING_KIND_TPM_QUOTE_REFUSED: _FindingKind.ValueType  # 50
+    """(50 and up: TPM-rooted nodes.) A TPM-enrolled node's window carried a quote that was
+    refused (tpm_quote_status says why).
+    """
+    FINDING_KIND_TPM_QUOTE_MISSING: _FindingKind.ValueType  # 51
+    """A TPM-enrolled node went longer than its quote cadence without a quote."""
+    FINDING_KIND_UNKNOWN_MEASUREMENT: _FindingKind.ValueType  # 52
+    """A quote's IMA log measured a file whose digest is not in the lab's allowlist (measured says
+    which path and digest).
+    """
 
 class FindingKind(_FindingKind, metaclass=_FindingKindEnumTypeWrapper):
     """What kind of finding."""
@@ -124,7 +134,69 @@ site's energy there is unknown.
 """
 FINDING_KIND_METER_FORK: FindingKind.ValueType  # 42
 """A meter's key signed two different readings for one seq (or broke its chain)."""
+FINDING_KIND_TPM_QUOTE_REFUSED: FindingKind.ValueType  # 50
+"""(50 and up: TPM-rooted nodes.) A TPM-enrolled node's window carried a quote that was
+refused (tpm_quote_status says why).
+"""
+FINDING_KIND_TPM_QUOTE_MISSING: FindingKind.ValueType  # 51
+"""A TPM-enrolled node went longer than its quote cadence without a quote."""
+FINDING_KIND_UNKNOWN_MEASUREMENT: FindingKind.ValueType  # 52
+"""A quote's IMA log measured a file whose digest is not in the lab's allowlist (measured says
+which path and digest).
+"""
 Global___FindingKind: _TypeAlias = FindingKind  # noqa: Y015
+
+class _TpmQuoteStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TpmQuoteStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TpmQuoteStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TPM_QUOTE_STATUS_UNSPECIFIED: _TpmQuoteStatus.ValueType  # 0
+    """Not a TPM-enrolled node, or not checked."""
+    TPM_QUOTE_STATUS_OK: _TpmQuoteStatus.ValueType  # 1
+    """Signature, binding, PCR digest and IMA replay all verified."""
+    TPM_QUOTE_STATUS_MISSING: _TpmQuoteStatus.ValueType  # 2
+    """No quote where the node's cadence required one."""
+    TPM_QUOTE_STATUS_MALFORMED: _TpmQuoteStatus.ValueType  # 3
+    """The quote's structures are malformed."""
+    TPM_QUOTE_STATUS_OTHER_TPM: _TpmQuoteStatus.ValueType  # 4
+    """The signature does not verify under the node's enrolled AK: another TPM (or no TPM) made it."""
+    TPM_QUOTE_STATUS_REPLAYED: _TpmQuoteStatus.ValueType  # 5
+    """The qualifying data binds another window (prev_digest, seq) or the TPM's clock went backwards:
+    a quote replayed from earlier.
+    """
+    TPM_QUOTE_STATUS_STALE_NONCE: _TpmQuoteStatus.ValueType  # 6
+    """The quote binds a verifier nonce that is older than the configured freshness bound."""
+    TPM_QUOTE_STATUS_PCR_MISMATCH: _TpmQuoteStatus.ValueType  # 7
+    """The PCR values sent do not hash to the quoted PCR digest."""
+    TPM_QUOTE_STATUS_IMA_LOG_MISMATCH: _TpmQuoteStatus.ValueType  # 8
+    """Replaying the IMA log does not reach the quoted PCR 10, or it does not continue the last one."""
+
+class TpmQuoteStatus(_TpmQuoteStatus, metaclass=_TpmQuoteStatusEnumTypeWrapper):
+    """What the verifier made of a TPM quote."""
+
+TPM_QUOTE_STATUS_UNSPECIFIED: TpmQuoteStatus.ValueType  # 0
+"""Not a TPM-enrolled node, or not checked."""
+TPM_QUOTE_STATUS_OK: TpmQuoteStatus.ValueType  # 1
+"""Signature, binding, PCR digest and IMA replay all verified."""
+TPM_QUOTE_STATUS_MISSING: TpmQuoteStatus.ValueType  # 2
+"""No quote where the node's cadence required one."""
+TPM_QUOTE_STATUS_MALFORMED: TpmQuoteStatus.ValueType  # 3
+"""The quote's structures are malformed."""
+TPM_QUOTE_STATUS_OTHER_TPM: TpmQuoteStatus.ValueType  # 4
+"""The signature does not verify under the node's enrolled AK: another TPM (or no TPM) made it."""
+TPM_QUOTE_STATUS_REPLAYED: TpmQuoteStatus.ValueType  # 5
+"""The qualifying data binds another window (prev_digest, seq) or the TPM's clock went backwards:
+a quote replayed from earlier.
+"""
+TPM_QUOTE_STATUS_STALE_NONCE: TpmQuoteStatus.ValueType  # 6
+"""The quote binds a verifier nonce that is older than the configured freshness bound."""
+TPM_QUOTE_STATUS_PCR_MISMATCH: TpmQuoteStatus.ValueType  # 7
+"""The PCR values sent do not hash to the quoted PCR digest."""
+TPM_QUOTE_STATUS_IMA_LOG_MISMATCH: TpmQuoteStatus.ValueType  # 8
+"""Replaying the IMA log does not reach the quoted PCR 10, or it does not continue the last one."""
+Global___TpmQuoteStatus: _TypeAlias = TpmQuoteStatus  # noqa: Y015
 
 class _Severity:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -228,6 +300,7 @@ class Finding(_message.Message):
     UNIT_FIELD_NUMBER: _builtins.int
     REJECTED_ENVELOPE_FIELD_NUMBER: _builtins.int
     GPU_UUID_FIELD_NUMBER: _builtins.int
+    TPM_QUOTE_STATUS_FIELD_NUMBER: _builtins.int
     format_version: _builtins.int
     """Format version; 1."""
     kind: Global___FindingKind.ValueType
@@ -256,6 +329,8 @@ class Finding(_message.Message):
     """For evidence that never entered the log (an envelope whose signature failed): its bytes."""
     gpu_uuid: _builtins.str
     """The GPU concerned, if any."""
+    tpm_quote_status: Global___TpmQuoteStatus.ValueType
+    """For the TPM kinds: the quote's status (the reason a quote was refused)."""
     @_builtins.property
     def evidence_log_indices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Log indices of the entries that are the evidence."""
@@ -283,10 +358,11 @@ class Finding(_message.Message):
         unit: _builtins.str = ...,
         rejected_envelope: _builtins.bytes = ...,
         gpu_uuid: _builtins.str = ...,
+        tpm_quote_status: Global___TpmQuoteStatus.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["gap", b"gap"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["detected_at_ns", b"detected_at_ns", "evidence_log_indices", b"evidence_log_indices", "format_version", b"format_version", "gap", b"gap", "gpu_uuid", b"gpu_uuid", "kind", b"kind", "lab_id", b"lab_id", "limit", b"limit", "measured", b"measured", "node_id", b"node_id", "period_end_ns", b"period_end_ns", "period_start_ns", b"period_start_ns", "rejected_envelope", b"rejected_envelope", "severity", b"severity", "summary", b"summary", "unit", b"unit"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detected_at_ns", b"detected_at_ns", "evidence_log_indices", b"evidence_log_indices", "format_version", b"format_version", "gap", b"gap", "gpu_uuid", b"gpu_uuid", "kind", b"kind", "lab_id", b"lab_id", "limit", b"limit", "measured", b"measured", "node_id", b"node_id", "period_end_ns", b"period_end_ns", "period_start_ns", b"period_start_ns", "rejected_envelope", b"rejected_envelope", "severity", b"severity", "summary", b"summary", "tpm_quote_status", b"tpm_quote_status", "unit", b"unit"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -24,45 +24,47 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cpausewatch/v1/registry.proto\x12\rpausewatch.v1\"i\n\x0bGpuIdentity\x12\x0c\n\x04uuid\x18\x01 \x01(\t\x12\x0e\n\x06serial\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x12\n\npci_bus_id\x18\x04 \x01(\t\x12\x19\n\x11\x62oard_part_number\x18\x05 \x01(\t\"\xd4\x01\n\x0eNodeEnrollment\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\x0e\n\x06lab_id\x18\x02 \x01(\t\x12\x17\n\x0fnode_public_key\x18\x03 \x01(\x0c\x12(\n\x04gpus\x18\x04 \x03(\x0b\x32\x1a.pausewatch.v1.GpuIdentity\x12\x11\n\tnode_name\x18\x05 \x01(\t\x12\x15\n\ragent_version\x18\x06 \x01(\t\x12\x15\n\rcreated_at_ns\x18\x07 \x01(\x03\x12\x16\n\x0everifier_nonce\x18\x08 \x01(\x0c\"\xab\x01\n\x14InventoryDeclaration\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\x0e\n\x06lab_id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12(\n\x04gpus\x18\x04 \x03(\x0b\x32\x1a.pausewatch.v1.GpuIdentity\x12\x19\n\x11\x65\x66\x66\x65\x63tive_from_ns\x18\x05 \x01(\x03\x12\x15\n\rcreated_at_ns\x18\x06 \x01(\x03\"p\n\x0eNodeRevocation\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\x0e\n\x06lab_id\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\x0c\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x15\n\rcreated_at_ns\x18\x05 \x01(\x03\"P\n\x11\x45nrollNodeRequest\x12\x1b\n\x13\x65nrollment_envelope\x18\x01 \x01(\x0c\x12\x1e\n\x16\x61uthorization_envelope\x18\x02 \x01(\x0c\"R\n\x12\x45nrollNodeResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\x0c\x12\x18\n\x10\x61lready_enrolled\x18\x02 \x01(\x08\x12\x11\n\tlog_index\x18\x03 \x01(\x04\"7\n\x17\x44\x65\x63lareInventoryRequest\x12\x1c\n\x14\x64\x65\x63laration_envelope\x18\x01 \x01(\x0c\">\n\x18\x44\x65\x63lareInventoryResponse\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x11\n\tlog_index\x18\x02 \x01(\x04\"0\n\x11RevokeNodeRequest\x12\x1b\n\x13revocation_envelope\x18\x01 \x01(\x0c\"@\n\x12RevokeNodeResponse\x12\x11\n\tlog_index\x18\x01 \x01(\x04\x12\x17\n\x0f\x61lready_revoked\x18\x02 \x01(\x08\"!\n\x0eGetNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\x0c\"\x84\x02\n\x08NodeInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\x0c\x12\x0e\n\x06lab_id\x18\x02 \x01(\t\x12\x11\n\tnode_name\x18\x03 \x01(\t\x12\'\n\x05state\x18\x04 \x01(\x0e\x32\x18.pausewatch.v1.NodeState\x12(\n\x04gpus\x18\x05 \x03(\x0b\x32\x1a.pausewatch.v1.GpuIdentity\x12\x10\n\x08head_seq\x18\x06 \x01(\x04\x12\x13\n\x0bhead_digest\x18\x07 \x01(\x0c\x12\x10\n\x08has_head\x18\x08 \x01(\x08\x12\x1a\n\x12head_window_end_ns\x18\t \x01(\x03\x12\x1c\n\x14\x65nrollment_log_index\x18\n \x01(\x04\"8\n\x0fGetNodeResponse\x12%\n\x04node\x18\x01 \x01(\x0b\x32\x17.pausewatch.v1.NodeInfo\"\"\n\x10ListNodesRequest\x12\x0e\n\x06lab_id\x18\x01 \x01(\t\";\n\x11ListNodesResponse\x12&\n\x05nodes\x18\x01 \x03(\x0b\x32\x17.pausewatch.v1.NodeInfo*n\n\tNodeState\x12\x1a\n\x16NODE_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11NODE_STATE_ACTIVE\x10\x01\x12\x16\n\x12NODE_STATE_REVOKED\x10\x02\x12\x16\n\x12NODE_STATE_FLAGGED\x10\x03\x32\xb6\x03\n\x0fRegistryService\x12Q\n\nEnrollNode\x12 .pausewatch.v1.EnrollNodeRequest\x1a!.pausewatch.v1.EnrollNodeResponse\x12\x63\n\x10\x44\x65\x63lareInventory\x12&.pausewatch.v1.DeclareInventoryRequest\x1a\'.pausewatch.v1.DeclareInventoryResponse\x12Q\n\nRevokeNode\x12 .pausewatch.v1.RevokeNodeRequest\x1a!.pausewatch.v1.RevokeNodeResponse\x12H\n\x07GetNode\x12\x1d.pausewatch.v1.GetNodeRequest\x1a\x1e.pausewatch.v1.GetNodeResponse\x12N\n\tListNodes\x12\x1f.pausewatch.v1.ListNodesRequest\x1a .pausewatch.v1.ListNodesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cpausewatch/v1/registry.proto\x12\rpausewatch.v1\"i\n\x0bGpuIdentity\x12\x0c\n\x04uuid\x18\x01 \x01(\t\x12\x0e\n\x06serial\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x12\n\npci_bus_id\x18\x04 \x01(\t\x12\x19\n\x11\x62oard_part_number\x18\x05 \x01(\t\"\xff\x01\n\x0eNodeEnrollment\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\x0e\n\x06lab_id\x18\x02 \x01(\t\x12\x17\n\x0fnode_public_key\x18\x03 \x01(\x0c\x12(\n\x04gpus\x18\x04 \x03(\x0b\x32\x1a.pausewatch.v1.GpuIdentity\x12\x11\n\tnode_name\x18\x05 \x01(\t\x12\x15\n\ragent_version\x18\x06 \x01(\t\x12\x15\n\rcreated_at_ns\x18\x07 \x01(\x03\x12\x16\n\x0everifier_nonce\x18\x08 \x01(\x0c\x12)\n\x03tpm\x18\t \x01(\x0b\x32\x1c.pausewatch.v1.TpmEnrollment\"\x97\x01\n\rTpmEnrollment\x12\x16\n\x0e\x65k_certificate\x18\x01 \x01(\x0c\x12\x11\n\tak_public\x18\x02 \x01(\x0c\x12\x18\n\x10\x61\x63tivated_secret\x18\x03 \x01(\x0c\x12\x14\n\x0cquote_attest\x18\x04 \x01(\x0c\x12\x17\n\x0fquote_signature\x18\x05 \x01(\x0c\x12\x12\n\npcr_values\x18\x06 \x03(\x0c\"\xab\x01\n\x14InventoryDeclaration\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\x0e\n\x06lab_id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12(\n\x04gpus\x18\x04 \x03(\x0b\x32\x1a.pausewatch.v1.GpuIdentity\x12\x19\n\x11\x65\x66\x66\x65\x63tive_from_ns\x18\x05 \x01(\x03\x12\x15\n\rcreated_at_ns\x18\x06 \x01(\x03\"p\n\x0eNodeRevocation\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\x0e\n\x06lab_id\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\x0c\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x15\n\rcreated_at_ns\x18\x05 \x01(\x03\"P\n\x11\x45nrollNodeRequest\x12\x1b\n\x13\x65nrollment_envelope\x18\x01 \x01(\x0c\x12\x1e\n\x16\x61uthorization_envelope\x18\x02 \x01(\x0c\"R\n\x12\x45nrollNodeResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\x0c\x12\x18\n\x10\x61lready_enrolled\x18\x02 \x01(\x08\x12\x11\n\tlog_index\x18\x03 \x01(\x04\"7\n\x17\x44\x65\x63lareInventoryRequest\x12\x1c\n\x14\x64\x65\x63laration_envelope\x18\x01 \x01(\x0c\">\n\x18\x44\x65\x63lareInventoryResponse\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x11\n\tlog_index\x18\x02 \x01(\x04\"0\n\x11RevokeNodeRequest\x12\x1b\n\x13revocation_envelope\x18\x01 \x01(\x0c\"@\n\x12RevokeNodeResponse\x12\x11\n\tlog_index\x18\x01 \x01(\x04\x12\x17\n\x0f\x61lready_revoked\x18\x02 \x01(\x08\"!\n\x0eGetNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\x0c\"\x94\x02\n\x08NodeInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\x0c\x12\x0e\n\x06lab_id\x18\x02 \x01(\t\x12\x11\n\tnode_name\x18\x03 \x01(\t\x12\'\n\x05state\x18\x04 \x01(\x0e\x32\x18.pausewatch.v1.NodeState\x12(\n\x04gpus\x18\x05 \x03(\x0b\x32\x1a.pausewatch.v1.GpuIdentity\x12\x10\n\x08head_seq\x18\x06 \x01(\x04\x12\x13\n\x0bhead_digest\x18\x07 \x01(\x0c\x12\x10\n\x08has_head\x18\x08 \x01(\x08\x12\x1a\n\x12head_window_end_ns\x18\t \x01(\x03\x12\x1c\n\x14\x65nrollment_log_index\x18\n \x01(\x04\x12\x0e\n\x06tpm_id\x18\x0b \x01(\x0c\"8\n\x0fGetNodeResponse\x12%\n\x04node\x18\x01 \x01(\x0b\x32\x17.pausewatch.v1.NodeInfo\"\"\n\x10ListNodesRequest\x12\x0e\n\x06lab_id\x18\x01 \x01(\t\";\n\x11ListNodesResponse\x12&\n\x05nodes\x18\x01 \x03(\x0b\x32\x17.pausewatch.v1.NodeInfo*n\n\tNodeState\x12\x1a\n\x16NODE_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11NODE_STATE_ACTIVE\x10\x01\x12\x16\n\x12NODE_STATE_REVOKED\x10\x02\x12\x16\n\x12NODE_STATE_FLAGGED\x10\x03\x32\xb6\x03\n\x0fRegistryService\x12Q\n\nEnrollNode\x12 .pausewatch.v1.EnrollNodeRequest\x1a!.pausewatch.v1.EnrollNodeResponse\x12\x63\n\x10\x44\x65\x63lareInventory\x12&.pausewatch.v1.DeclareInventoryRequest\x1a\'.pausewatch.v1.DeclareInventoryResponse\x12Q\n\nRevokeNode\x12 .pausewatch.v1.RevokeNodeRequest\x1a!.pausewatch.v1.RevokeNodeResponse\x12H\n\x07GetNode\x12\x1d.pausewatch.v1.GetNodeRequest\x1a\x1e.pausewatch.v1.GetNodeResponse\x12N\n\tListNodes\x12\x1f.pausewatch.v1.ListNodesRequest\x1a .pausewatch.v1.ListNodesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pausewatch.v1.registry_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_NODESTATE']._serialized_start=1513
-  _globals['_NODESTATE']._serialized_end=1623
+  _globals['_NODESTATE']._serialized_start=1726
+  _globals['_NODESTATE']._serialized_end=1836
   _globals['_GPUIDENTITY']._serialized_start=47
   _globals['_GPUIDENTITY']._serialized_end=152
   _globals['_NODEENROLLMENT']._serialized_start=155
-  _globals['_NODEENROLLMENT']._serialized_end=367
-  _globals['_INVENTORYDECLARATION']._serialized_start=370
-  _globals['_INVENTORYDECLARATION']._serialized_end=541
-  _globals['_NODEREVOCATION']._serialized_start=543
-  _globals['_NODEREVOCATION']._serialized_end=655
-  _globals['_ENROLLNODEREQUEST']._serialized_start=657
-  _globals['_ENROLLNODEREQUEST']._serialized_end=737
-  _globals['_ENROLLNODERESPONSE']._serialized_start=739
-  _globals['_ENROLLNODERESPONSE']._serialized_end=821
-  _globals['_DECLAREINVENTORYREQUEST']._serialized_start=823
-  _globals['_DECLAREINVENTORYREQUEST']._serialized_end=878
-  _globals['_DECLAREINVENTORYRESPONSE']._serialized_start=880
-  _globals['_DECLAREINVENTORYRESPONSE']._serialized_end=942
-  _globals['_REVOKENODEREQUEST']._serialized_start=944
-  _globals['_REVOKENODEREQUEST']._serialized_end=992
-  _globals['_REVOKENODERESPONSE']._serialized_start=994
-  _globals['_REVOKENODERESPONSE']._serialized_end=1058
-  _globals['_GETNODEREQUEST']._serialized_start=1060
-  _globals['_GETNODEREQUEST']._serialized_end=1093
-  _globals['_NODEINFO']._serialized_start=1096
-  _globals['_NODEINFO']._serialized_end=1356
-  _globals['_GETNODERESPONSE']._serialized_start=1358
-  _globals['_GETNODERESPONSE']._serialized_end=1414
-  _globals['_LISTNODESREQUEST']._serialized_start=1416
-  _globals['_LISTNODESREQUEST']._serialized_end=1450
-  _globals['_LISTNODESRESPONSE']._serialized_start=1452
-  _globals['_LISTNODESRESPONSE']._serialized_end=1511
-  _globals['_REGISTRYSERVICE']._serialized_start=1626
-  _globals['_REGISTRYSERVICE']._serialized_end=2064
+  _globals['_NODEENROLLMENT']._serialized_end=410
+  _globals['_TPMENROLLMENT']._serialized_start=413
+  _globals['_TPMENROLLMENT']._serialized_end=564
+  _globals['_INVENTORYDECLARATION']._serialized_start=567
+  _globals['_INVENTORYDECLARATION']._serialized_end=738
+  _globals['_NODEREVOCATION']._serialized_start=740
+  _globals['_NODEREVOCATION']._serialized_end=852
+  _globals['_ENROLLNODEREQUEST']._serialized_start=854
+  _globals['_ENROLLNODEREQUEST']._serialized_end=934
+  _globals['_ENROLLNODERESPONSE']._serialized_start=936
+  _globals['_ENROLLNODERESPONSE']._serialized_end=1018
+  _globals['_DECLAREINVENTORYREQUEST']._serialized_start=1020
+  _globals['_DECLAREINVENTORYREQUEST']._serialized_end=1075
+  _globals['_DECLAREINVENTORYRESPONSE']._serialized_start=1077
+  _globals['_DECLAREINVENTORYRESPONSE']._serialized_end=1139
+  _globals['_REVOKENODEREQUEST']._serialized_start=1141
+  _globals['_REVOKENODEREQUEST']._serialized_end=1189
+  _globals['_REVOKENODERESPONSE']._serialized_start=1191
+  _globals['_REVOKENODERESPONSE']._serialized_end=1255
+  _globals['_GETNODEREQUEST']._serialized_start=1257
+  _globals['_GETNODEREQUEST']._serialized_end=1290
+  _globals['_NODEINFO']._serialized_start=1293
+  _globals['_NODEINFO']._serialized_end=1569
+  _globals['_GETNODERESPONSE']._serialized_start=1571
+  _globals['_GETNODERESPONSE']._serialized_end=1627
+  _globals['_LISTNODESREQUEST']._serialized_start=1629
+  _globals['_LISTNODESREQUEST']._serialized_end=1663
+  _globals['_LISTNODESRESPONSE']._serialized_start=1665
+  _globals['_LISTNODESRESPONSE']._serialized_end=1724
+  _globals['_REGISTRYSERVICE']._serialized_start=1839
+  _globals['_REGISTRYSERVICE']._serialized_end=2277
 # @@protoc_insertion_point(module_scope)

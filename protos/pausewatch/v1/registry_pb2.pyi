@@ -107,6 +107,7 @@ class NodeEnrollment(_message.Message):
     AGENT_VERSION_FIELD_NUMBER: _builtins.int
     CREATED_AT_NS_FIELD_NUMBER: _builtins.int
     VERIFIER_NONCE_FIELD_NUMBER: _builtins.int
+    TPM_FIELD_NUMBER: _builtins.int
     format_version: _builtins.int
     """Format version; 1."""
     lab_id: _builtins.str
@@ -120,10 +121,18 @@ class NodeEnrollment(_message.Message):
     created_at_ns: _builtins.int
     """When the enrolment was created, ns since the epoch."""
     verifier_nonce: _builtins.bytes
-    """A challenge nonce from AttestationService.GetChallenge, binding the enrolment to this verifier."""
+    """A challenge nonce from AttestationService.GetChallenge, binding the enrolment to this verifier.
+    For a TPM enrolment, the nonce GetTpmCredential returned.
+    """
     @_builtins.property
     def gpus(self) -> _containers.RepeatedCompositeFieldContainer[Global___GpuIdentity]:
         """The GPUs on the node."""
+
+    @_builtins.property
+    def tpm(self) -> Global___TpmEnrollment:
+        """Present when the node is rooted in a TPM: the TPM's identity and the proof that the node key
+        and the attestation key are on that machine.
+        """
 
     def __init__(
         self,
@@ -136,14 +145,65 @@ class NodeEnrollment(_message.Message):
         agent_version: _builtins.str = ...,
         created_at_ns: _builtins.int = ...,
         verifier_nonce: _builtins.bytes = ...,
+        tpm: Global___TpmEnrollment | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["tpm", b"tpm"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "created_at_ns", b"created_at_ns", "format_version", b"format_version", "gpus", b"gpus", "lab_id", b"lab_id", "node_name", b"node_name", "node_public_key", b"node_public_key", "verifier_nonce", b"verifier_nonce"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "created_at_ns", b"created_at_ns", "format_version", b"format_version", "gpus", b"gpus", "lab_id", b"lab_id", "node_name", b"node_name", "node_public_key", b"node_public_key", "tpm", b"tpm", "verifier_nonce", b"verifier_nonce"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___NodeEnrollment: _TypeAlias = NodeEnrollment  # noqa: Y015
+
+@_typing.final
+class TpmEnrollment(_message.Message):
+    """The TPM evidence of an enrolment (docs/verifier.md, "TPM-rooted nodes")."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EK_CERTIFICATE_FIELD_NUMBER: _builtins.int
+    AK_PUBLIC_FIELD_NUMBER: _builtins.int
+    ACTIVATED_SECRET_FIELD_NUMBER: _builtins.int
+    QUOTE_ATTEST_FIELD_NUMBER: _builtins.int
+    QUOTE_SIGNATURE_FIELD_NUMBER: _builtins.int
+    PCR_VALUES_FIELD_NUMBER: _builtins.int
+    ek_certificate: _builtins.bytes
+    """The TPM's RSA endorsement key certificate (DER), which must chain to a configured
+    manufacturer CA. The TPM's id is the SHA-256 of its SubjectPublicKeyInfo (DER).
+    """
+    ak_public: _builtins.bytes
+    """The attestation key's TPMT_PUBLIC: a restricted, fixedTPM signing key."""
+    activated_secret: _builtins.bytes
+    """The secret TPM2_ActivateCredential recovered from GetTpmCredential's credential: only the
+    TPM holding the EK's private key, with this AK loaded, could recover it.
+    """
+    quote_attest: _builtins.bytes
+    """TPMS_ATTEST of a quote by the AK with qualifying data SHA-256("pausewatch-tpm-enroll-v1" 0x00
+    || node_public_key || verifier_nonce).
+    """
+    quote_signature: _builtins.bytes
+    """TPMT_SIGNATURE over quote_attest."""
+    @_builtins.property
+    def pcr_values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """The quoted PCR values, in selection order."""
+
+    def __init__(
+        self,
+        *,
+        ek_certificate: _builtins.bytes = ...,
+        ak_public: _builtins.bytes = ...,
+        activated_secret: _builtins.bytes = ...,
+        quote_attest: _builtins.bytes = ...,
+        quote_signature: _builtins.bytes = ...,
+        pcr_values: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activated_secret", b"activated_secret", "ak_public", b"ak_public", "ek_certificate", b"ek_certificate", "pcr_values", b"pcr_values", "quote_attest", b"quote_attest", "quote_signature", b"quote_signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TpmEnrollment: _TypeAlias = TpmEnrollment  # noqa: Y015
 
 @_typing.final
 class InventoryDeclaration(_message.Message):
@@ -423,6 +483,7 @@ class NodeInfo(_message.Message):
     HAS_HEAD_FIELD_NUMBER: _builtins.int
     HEAD_WINDOW_END_NS_FIELD_NUMBER: _builtins.int
     ENROLLMENT_LOG_INDEX_FIELD_NUMBER: _builtins.int
+    TPM_ID_FIELD_NUMBER: _builtins.int
     node_id: _builtins.bytes
     """The node id (32 bytes)."""
     lab_id: _builtins.str
@@ -441,6 +502,8 @@ class NodeInfo(_message.Message):
     """Window end of the head attestation, ns since the epoch."""
     enrollment_log_index: _builtins.int
     """Log index of the enrolment record."""
+    tpm_id: _builtins.bytes
+    """For a TPM-rooted node, the TPM's id: SHA-256 of its EK's SubjectPublicKeyInfo; empty otherwise."""
     @_builtins.property
     def gpus(self) -> _containers.RepeatedCompositeFieldContainer[Global___GpuIdentity]:
         """GPUs enrolled with the node."""
@@ -458,10 +521,11 @@ class NodeInfo(_message.Message):
         has_head: _builtins.bool = ...,
         head_window_end_ns: _builtins.int = ...,
         enrollment_log_index: _builtins.int = ...,
+        tpm_id: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["enrollment_log_index", b"enrollment_log_index", "gpus", b"gpus", "has_head", b"has_head", "head_digest", b"head_digest", "head_seq", b"head_seq", "head_window_end_ns", b"head_window_end_ns", "lab_id", b"lab_id", "node_id", b"node_id", "node_name", b"node_name", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enrollment_log_index", b"enrollment_log_index", "gpus", b"gpus", "has_head", b"has_head", "head_digest", b"head_digest", "head_seq", b"head_seq", "head_window_end_ns", b"head_window_end_ns", "lab_id", b"lab_id", "node_id", b"node_id", "node_name", b"node_name", "state", b"state", "tpm_id", b"tpm_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

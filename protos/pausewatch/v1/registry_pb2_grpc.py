@@ -69,7 +69,9 @@ class RegistryServiceServicer:
     def EnrollNode(self, request, context):
         """Enrols a node: both envelopes must verify over the same payload, the lab must exist, the
         operator key must be the lab's, and neither the node id nor any GPU UUID may be enrolled under
-        another key. Errors: INVALID_ARGUMENT (malformed), UNAUTHENTICATED (a signature fails),
+        another key; with a TPM, the EK certificate must chain to a configured manufacturer CA, the
+        activated secret and the quote must verify, and the TPM may back no other live node.
+        Errors: INVALID_ARGUMENT (malformed), UNAUTHENTICATED (a signature or TPM proof fails),
         PERMISSION_DENIED (wrong operator), NOT_FOUND (unknown lab), ALREADY_EXISTS (conflict).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -41,7 +41,9 @@ class RegistryServiceStub:
     EnrollNode: _grpc.UnaryUnaryMultiCallable[_registry_pb2.EnrollNodeRequest, _registry_pb2.EnrollNodeResponse]
     """Enrols a node: both envelopes must verify over the same payload, the lab must exist, the
     operator key must be the lab's, and neither the node id nor any GPU UUID may be enrolled under
-    another key. Errors: INVALID_ARGUMENT (malformed), UNAUTHENTICATED (a signature fails),
+    another key; with a TPM, the EK certificate must chain to a configured manufacturer CA, the
+    activated secret and the quote must verify, and the TPM may back no other live node.
+    Errors: INVALID_ARGUMENT (malformed), UNAUTHENTICATED (a signature or TPM proof fails),
     PERMISSION_DENIED (wrong operator), NOT_FOUND (unknown lab), ALREADY_EXISTS (conflict).
     """
     DeclareInventory: _grpc.UnaryUnaryMultiCallable[_registry_pb2.DeclareInventoryRequest, _registry_pb2.DeclareInventoryResponse]
@@ -61,7 +63,9 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     EnrollNode: _aio.UnaryUnaryMultiCallable[_registry_pb2.EnrollNodeRequest, _registry_pb2.EnrollNodeResponse]  # type: ignore[assignment]
     """Enrols a node: both envelopes must verify over the same payload, the lab must exist, the
     operator key must be the lab's, and neither the node id nor any GPU UUID may be enrolled under
-    another key. Errors: INVALID_ARGUMENT (malformed), UNAUTHENTICATED (a signature fails),
+    another key; with a TPM, the EK certificate must chain to a configured manufacturer CA, the
+    activated secret and the quote must verify, and the TPM may back no other live node.
+    Errors: INVALID_ARGUMENT (malformed), UNAUTHENTICATED (a signature or TPM proof fails),
     PERMISSION_DENIED (wrong operator), NOT_FOUND (unknown lab), ALREADY_EXISTS (conflict).
     """
     DeclareInventory: _aio.UnaryUnaryMultiCallable[_registry_pb2.DeclareInventoryRequest, _registry_pb2.DeclareInventoryResponse]  # type: ignore[assignment]
@@ -84,7 +88,9 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_registry_pb2.EnrollNodeResponse, _abc.Awaitable[_registry_pb2.EnrollNodeResponse]]:
         """Enrols a node: both envelopes must verify over the same payload, the lab must exist, the
         operator key must be the lab's, and neither the node id nor any GPU UUID may be enrolled under
-        another key. Errors: INVALID_ARGUMENT (malformed), UNAUTHENTICATED (a signature fails),
+        another key; with a TPM, the EK certificate must chain to a configured manufacturer CA, the
+        activated secret and the quote must verify, and the TPM may back no other live node.
+        Errors: INVALID_ARGUMENT (malformed), UNAUTHENTICATED (a signature or TPM proof fails),
         PERMISSION_DENIED (wrong operator), NOT_FOUND (unknown lab), ALREADY_EXISTS (conflict).
         """
 
