@@ -96,7 +96,7 @@ class Tpm2Tools:
             lines = [
                 ln for ln in done.stderr.decode(errors="replace").splitlines() if "ERROR" in ln
             ]
-            detail = lines[-1] if lines else f"exit status {done.returncode}"
+            detail = lines[0] if lines else f"exit status {done.returncode}"
             raise TpmDeviceError(f"{args[0]} failed: {detail}")
         return done.stdout
 

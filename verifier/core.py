@@ -287,4 +287,5 @@ class VerifierCore:
             node.enrolled_at_ns,
             node.revoked_at_ns,
             head,
+            node.tpm,
         )

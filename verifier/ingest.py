@@ -46,6 +46,7 @@ from verifier.log import PendingEntry
 from verifier.nonce import NonceStatus
 from verifier.registry import flag_node
 from verifier.store.base import AttestationRow, EntryKind, GapRow, InventoryRow
+from verifier.tpm import QuoteState, check_window_quote, status_name, tpm_state_key
 
 log = logging.getLogger(__name__)
 
@@ -536,6 +537,7 @@ class Ingestor:
             index=index,
             fold=fold,
         )
+        tpm_status = self._check_tpm_quote(w, node, att, index)
         new_node = self.core.with_head(
             node,
             NodeHead(seq=seq, digest=digest, log_index=index, window_end_ns=body.window_end_ns),
@@ -549,7 +551,69 @@ class Ingestor:
             seq=seq,
             has_seq=True,
             gap_recorded=gap_recorded,
+            tpm_quote=tpm_status,  # type: ignore[arg-type]
         )
+
+    def _check_tpm_quote(
+        self, w: WriteContext, node: NodeState, att: VerifiedAttestation, index: int
+    ) -> int:
+        """A TPM node's quote (verifier/tpm.py); a refused or missing one, or a measurement not
+        in the lab's allowlist, is a finding. The window is accepted either way."""
+        if node.tpm is None:
+            return fpb.TPM_QUOTE_STATUS_UNSPECIFIED
+        body = att.body
+        key = tpm_state_key(node.node_id)
+        stored = w.tx.get_meta(key)
+        state = QuoteState.from_bytes(stored) if stored is not None else None
+        outcome = check_window_quote(
+            node.tpm.ak,
+            body,
+            state,
+            self.core.tpm_settings,
+            self.core.ima_allowlists.get(node.lab_id),
+        )
+        if outcome.state is not None and outcome.state != state:
+            w.tx.set_meta(key, outcome.state.to_bytes())
+
+        def finding(kind: int, severity: int, summary: str, measured: str = "") -> None:
+            w.add_finding(
+                fpb.Finding(
+                    kind=kind,  # type: ignore[arg-type]
+                    severity=severity,  # type: ignore[arg-type]
+                    lab_id=node.lab_id,
+                    node_id=node.node_id,
+                    period_start_ns=body.window_start_ns,
+                    period_end_ns=body.window_end_ns,
+                    evidence_log_indices=[index],
+                    summary=summary,
+                    measured=measured,
+                    tpm_quote_status=outcome.status,  # type: ignore[arg-type]
+                )
+            )
+
+        if outcome.status == fpb.TPM_QUOTE_STATUS_MISSING:
+            finding(
+                fpb.FINDING_KIND_TPM_QUOTE_MISSING,
+                fpb.SEVERITY_WARNING,
+                f"seq {body.seq}: no TPM quote where one was due; the window is software-rooted",
+            )
+        elif outcome.refused:
+            finding(
+                fpb.FINDING_KIND_TPM_QUOTE_REFUSED,
+                fpb.SEVERITY_WARNING,
+                f"seq {body.seq}: TPM quote refused ({status_name(outcome.status)}): "
+                f"{outcome.detail}; the window is software-rooted",
+            )
+        if outcome.unknown:
+            shown = outcome.unknown[:8]
+            finding(
+                fpb.FINDING_KIND_UNKNOWN_MEASUREMENT,
+                fpb.SEVERITY_CRITICAL,
+                f"seq {body.seq}: {len(outcome.unknown)} IMA measurement(s) not in the lab's "
+                f"allowlist, first {shown[0].path}",
+                "; ".join(f"{e.path} {e.file_hash_alg}:{e.file_digest.hex()}" for e in shown),
+            )
+        return outcome.status
 
     def _fork(
         self,

@@ -290,6 +290,11 @@ class QuoteOutcome:
         return self.status not in (fpb.TPM_QUOTE_STATUS_OK, fpb.TPM_QUOTE_STATUS_UNSPECIFIED)
 
 
+def tpm_state_key(node_id: bytes) -> str:
+    """The store's meta row holding a TPM node's :class:`QuoteState`."""
+    return f"tpm-quote-state:{node_id.hex()}"
+
+
 def nonce_issued_at_ns(nonce: bytes) -> int | None:
     """The issue time written in a verifier nonce (its first 8 bytes; docs/wire-format.md §3)."""
     if len(nonce) < 8:

@@ -1,0 +1,305 @@
+"""TPM-rooted nodes against a real verifier process and software TPMs (swtpm with its own CA).
+
+The lab has root on its nodes: it can run any agent, sign anything with the node key, drive the
+TPM as it likes, and replay old quotes. What it cannot do is make another TPM's AK sign, make the
+TPM quote PCRs it does not hold, or open a credential made for another TPM. Each test plays the
+lab doing one of those things and checks what the verifier then says, next to an honest node.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography import x509
+from pausewatch.v1 import attestation_pb2 as apb
+from pausewatch.v1 import attestation_service_pb2 as spb
+from pausewatch.v1 import audit_pb2 as audpb
+from pausewatch.v1 import findings_pb2 as fpb
+from pausewatch.v1 import registry_pb2 as rpb
+
+from agent.tpm_quotes import ImaLog, WindowQuoter, tpm_enrollment
+from attest import tpm
+from attest.envelope import envelope_digest
+from attest.ids import ZERO_DIGEST
+from tests.builders import TestNode
+from tests.tpm_setup import RunningSwtpm, SwtpmCa, require_swtpm, start_swtpm
+from tests.verifier_harness import (
+    RunningVerifier,
+    enroll_request,
+    enrollment_for,
+    start_verifier_process,
+    stop_process,
+    write_verifier_files,
+)
+
+AGENT = "/usr/bin/pausewatch-agent"
+DRIVER = "/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1"
+AGENT_V1 = hashlib.sha256(b"pausewatch-agent v1").digest()
+DRIVER_V1 = hashlib.sha256(b"libnvidia-ml 550").digest()
+S = 10**9
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> SwtpmCa:
+    require_swtpm()
+    return SwtpmCa.create(tmp_path_factory.mktemp("tpm-ca"))
+
+
+@pytest.fixture(scope="module")
+def verifier(ca: SwtpmCa, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningVerifier]:
+    directory = tmp_path_factory.mktemp("verifier")
+    # swtpm-localca makes its CA with the first EK certificate it signs.
+    with start_swtpm(ca, tmp_path_factory.mktemp("first-tpm")):
+        pass
+    (directory / "ek-cas.pem").write_bytes(ca.root_pem + ca.intermediate_pem)
+    (directory / "allowlist.txt").write_text(
+        f"# the lab's measured files\n{AGENT_V1.hex()}  {AGENT}\n{DRIVER_V1.hex()}  {DRIVER}\n"
+    )
+    files = write_verifier_files(
+        directory,
+        extra_config='[tpm]\nmanufacturer_cas = ["ek-cas.pem"]\nquote_nonce_max_age_s = 600\n',
+        extra_lab='ima_allowlist = "allowlist.txt"',
+    )
+    running = start_verifier_process(files, directory / "verifier.log")
+    try:
+        yield running
+    finally:
+        stop_process(running)
+
+
+@pytest.fixture
+def tpm_a(ca: SwtpmCa, tmp_path: Path) -> Iterator[RunningSwtpm]:
+    with start_swtpm(ca, tmp_path / "tpm-a") as running:
+        yield running
+
+
+@pytest.fixture
+def tpm_b(ca: SwtpmCa, tmp_path: Path) -> Iterator[RunningSwtpm]:
+    with start_swtpm(ca, tmp_path / "tpm-b") as running:
+        yield running
+
+
+def _node(seed: int) -> TestNode:
+    # Windows from now on: after the enrolment, and live for the nonce checks.
+    return TestNode.from_seed(seed, t0_ns=time.time_ns() + 5 * 10**9)
+
+
+def _enroll(
+    verifier: RunningVerifier, node: TestNode, device: RunningSwtpm
+) -> rpb.EnrollNodeResponse:
+    client = verifier.client()
+    evidence = tpm_enrollment(
+        client.channel, device.tools(), node.signer.public_key.public_bytes_raw(), timeout_s=10
+    )
+    enrollment = enrollment_for(node, nonce=evidence.nonce)
+    enrollment.tpm.CopyFrom(evidence.enrollment)
+    return client.registry.EnrollNode(
+        enroll_request(enrollment, node, verifier.files.operator), timeout=10
+    )
+
+
+def _tpm_id(device: RunningSwtpm) -> bytes:
+    key = x509.load_der_x509_certificate(device.tools().ek_certificate()).public_key()
+    assert isinstance(key, tpm.rsa.RSAPublicKey)
+    return tpm.tpm_id_of(key)
+
+
+def _measure(device: RunningSwtpm, log_file: Path, path: str, digest: bytes) -> None:
+    """What the kernel does when IMA measures a file: log it and extend PCR 10."""
+    entry = tpm.ima_entry(path, digest)
+    device.tools().extend_pcr(tpm.IMA_PCR, tpm.ima_extend_digest(entry))
+    with log_file.open("a") as f:
+        f.write(entry.line() + "\n")
+
+
+class Chain:
+    """An agent's chain: bodies with the verifier's nonce, quoted by the real WindowQuoter."""
+
+    def __init__(self, verifier: RunningVerifier, node: TestNode, quoter: WindowQuoter | None):
+        self.verifier = verifier
+        self.node = node
+        self.quoter = quoter
+        self.seq = 0
+        self.prev = bytes(ZERO_DIGEST)
+
+    def body(self, nonce: bytes | None = None) -> apb.AttestationBody:
+        if nonce is None:
+            nonce = self.verifier.client().nonce(self.node)
+        body = self.node.body(self.seq, self.prev, nonce=nonce)
+        if self.quoter is not None:
+            self.quoter.attach(body)
+        return body
+
+    def send(self, body: apb.AttestationBody) -> spb.Receipt:
+        raw = self.node.sign_body(body)
+        (receipt,) = self.verifier.client().submit([raw])
+        assert receipt.status == spb.RECEIPT_STATUS_ACCEPTED, receipt
+        self.seq += 1
+        self.prev = envelope_digest(raw)
+        return receipt
+
+
+def _findings(verifier: RunningVerifier, node: TestNode, kind: int) -> list[fpb.Finding]:
+    response = verifier.client().audit.ListFindings(
+        audpb.ListFindingsRequest(lab_id="lab-a", kinds=[kind], page_size=1000), timeout=10
+    )  # type: ignore[list-item]
+    return [f.finding for f in response.findings if f.finding.node_id == node.node_id]
+
+
+def test_enrolment_with_ek_certificate_and_activated_ak(
+    verifier: RunningVerifier, tpm_a: RunningSwtpm
+) -> None:
+    node = _node(1501)
+    response = _enroll(verifier, node, tpm_a)
+    assert not response.already_enrolled
+    info = verifier.client().registry.GetNode(rpb.GetNodeRequest(node_id=node.node_id)).node
+    assert info.tpm_id == _tpm_id(tpm_a)
+    assert info.state == rpb.NODE_STATE_ACTIVE
+
+
+def test_one_tpm_cannot_back_two_live_nodes(
+    verifier: RunningVerifier, tpm_a: RunningSwtpm, tpm_b: RunningSwtpm
+) -> None:
+    first, second, honest = _node(1502), _node(1503), _node(1504)
+    _enroll(verifier, first, tpm_a)
+    with pytest.raises(grpc.RpcError) as info:
+        _enroll(verifier, second, tpm_a)
+    assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert "already backs another live node" in (info.value.details() or "")
+    with pytest.raises(grpc.RpcError) as missing:
+        verifier.client().registry.GetNode(rpb.GetNodeRequest(node_id=second.node_id))
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    _enroll(verifier, honest, tpm_b)  # the control: another TPM enrols
+
+
+def test_a_secret_not_activated_by_the_tpm_is_refused(
+    verifier: RunningVerifier, tpm_a: RunningSwtpm
+) -> None:
+    # Root on the node skips ActivateCredential (say the AK is a software key) and guesses.
+    node = _node(1505)
+    client = verifier.client()
+    evidence = tpm_enrollment(
+        client.channel, tpm_a.tools(), node.signer.public_key.public_bytes_raw(), timeout_s=10
+    )
+    enrollment = enrollment_for(node, nonce=evidence.nonce)
+    enrollment.tpm.CopyFrom(evidence.enrollment)
+    enrollment.tpm.activated_secret = bytes(32)
+    with pytest.raises(grpc.RpcError) as info:
+        client.registry.EnrollNode(enroll_request(enrollment, node, verifier.files.operator))
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "activated secret" in (info.value.details() or "")
+    with pytest.raises(grpc.RpcError) as missing:
+        client.registry.GetNode(rpb.GetNodeRequest(node_id=node.node_id))
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    # The honest enrolment of the same node and TPM goes through afterwards.
+    _enroll(verifier, node, tpm_a)
+
+
+def test_an_ek_certificate_from_another_manufacturer_is_refused(
+    verifier: RunningVerifier, tmp_path: Path
+) -> None:
+    other_ca = SwtpmCa.create(tmp_path / "other-ca")
+    with (
+        start_swtpm(other_ca, tmp_path / "tpm-x") as foreign,
+        pytest.raises(grpc.RpcError) as info,
+    ):
+        _enroll(verifier, _node(1506), foreign)
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "manufacturer CA" in (info.value.details() or "")
+
+
+def test_quotes_verify_on_a_real_stream_and_an_unknown_measurement_is_a_finding(
+    verifier: RunningVerifier, tpm_a: RunningSwtpm, tmp_path: Path
+) -> None:
+    node = _node(1510)
+    _enroll(verifier, node, tpm_a)
+    ima_file = tmp_path / "ascii_runtime_measurements"
+    _measure(tpm_a, ima_file, "boot_aggregate", hashlib.sha256(b"boot").digest())
+    _measure(tpm_a, ima_file, AGENT, AGENT_V1)
+    _measure(tpm_a, ima_file, DRIVER, DRIVER_V1)
+    chain = Chain(verifier, node, WindowQuoter(tpm_a.tools(), ImaLog(ima_file)))
+    for _ in range(3):
+        receipt = chain.send(chain.body())
+        assert receipt.tpm_quote == fpb.TPM_QUOTE_STATUS_OK
+    assert _findings(verifier, node, fpb.FINDING_KIND_TPM_QUOTE_REFUSED) == []
+    # "boot_aggregate" is not in the allowlist either: one finding for the first quote.
+    first = _findings(verifier, node, fpb.FINDING_KIND_UNKNOWN_MEASUREMENT)
+    assert len(first) == 1 and "boot_aggregate" in first[0].measured
+
+    # The lab swaps in a modified agent binary: IMA measures its new digest.
+    modified = hashlib.sha256(b"pausewatch-agent v1, patched to under-report").digest()
+    _measure(tpm_a, ima_file, AGENT, modified)
+    receipt = chain.send(chain.body())
+    assert receipt.tpm_quote == fpb.TPM_QUOTE_STATUS_OK  # the quote is true: it shows the swap
+    unknown = _findings(verifier, node, fpb.FINDING_KIND_UNKNOWN_MEASUREMENT)
+    assert len(unknown) == 2
+    assert f"{AGENT} sha256:{modified.hex()}" in unknown[-1].measured
+    assert unknown[-1].severity == fpb.SEVERITY_CRITICAL
+
+    # Hiding the swap: drop the line from the log. The replay no longer reaches PCR 10.
+    _measure(tpm_a, ima_file, AGENT, modified)
+    lines = ima_file.read_text().splitlines()
+    ima_file.write_text("\n".join(lines[:-1]) + "\n")
+    receipt = chain.send(chain.body())
+    assert receipt.tpm_quote == fpb.TPM_QUOTE_STATUS_IMA_LOG_MISMATCH
+    refused = _findings(verifier, node, fpb.FINDING_KIND_TPM_QUOTE_REFUSED)
+    assert [f.tpm_quote_status for f in refused] == [fpb.TPM_QUOTE_STATUS_IMA_LOG_MISMATCH]
+
+
+def test_stale_nonce_other_tpm_and_replayed_quotes_are_refused_by_name(
+    verifier: RunningVerifier, tpm_a: RunningSwtpm, tpm_b: RunningSwtpm, tmp_path: Path
+) -> None:
+    node = _node(1520)
+    _enroll(verifier, node, tpm_a)
+    ima_file = tmp_path / "ima"
+    _measure(tpm_a, ima_file, AGENT, AGENT_V1)
+    honest = WindowQuoter(tpm_a.tools(), ImaLog(ima_file))
+    chain = Chain(verifier, node, honest)
+    good = chain.body()
+    assert chain.send(good).tpm_quote == fpb.TPM_QUOTE_STATUS_OK
+
+    # Another TPM: the lab quotes on a machine it did not enrol (TPM B), correctly bound.
+    foreign = chain.body()
+    foreign.ClearField("tpm_quote")
+    tpm_b.tools().ensure_attestation_key()
+    WindowQuoter(tpm_b.tools(), ImaLog(tmp_path / "none")).attach(foreign)
+    assert chain.send(foreign).tpm_quote == fpb.TPM_QUOTE_STATUS_OTHER_TPM
+
+    # Replayed: the good quote of seq 0 copied into a later window.
+    replay = chain.body()
+    replay.tpm_quote.CopyFrom(good.tpm_quote)
+    assert chain.send(replay).tpm_quote == fpb.TPM_QUOTE_STATUS_REPLAYED
+
+    # The honest agent carries on: its next quote verifies.
+    assert chain.send(chain.body()).tpm_quote == fpb.TPM_QUOTE_STATUS_OK
+
+    # Stale nonce: a nonce fetched long before the window ends (700 s > the 600 s bound).
+    old_nonce = verifier.client().nonce(node)
+    stale = node.body(chain.seq, chain.prev, nonce=old_nonce, start_ns=time.time_ns() + 700 * S)
+    honest.attach(stale)
+    assert chain.send(stale).tpm_quote == fpb.TPM_QUOTE_STATUS_STALE_NONCE
+
+    refused = _findings(verifier, node, fpb.FINDING_KIND_TPM_QUOTE_REFUSED)
+    assert [f.tpm_quote_status for f in refused] == [
+        fpb.TPM_QUOTE_STATUS_OTHER_TPM,
+        fpb.TPM_QUOTE_STATUS_REPLAYED,
+        fpb.TPM_QUOTE_STATUS_STALE_NONCE,
+    ]
+    assert "STALE_NONCE" in refused[-1].summary
+
+
+def test_a_tpm_node_without_quotes_gets_missing_quote_findings(
+    verifier: RunningVerifier, tpm_a: RunningSwtpm
+) -> None:
+    node = _node(1530)
+    _enroll(verifier, node, tpm_a)
+    chain = Chain(verifier, node, None)  # the lab runs an agent that never quotes
+    for _ in range(2):
+        assert chain.send(chain.body()).tpm_quote == fpb.TPM_QUOTE_STATUS_MISSING
+    missing = _findings(verifier, node, fpb.FINDING_KIND_TPM_QUOTE_MISSING)
+    assert len(missing) == 2
