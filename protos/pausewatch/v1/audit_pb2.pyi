@@ -75,7 +75,7 @@ class _RuleKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RuleKind.Val
     """Longest gap on any node at most a duration."""
     RULE_KIND_TRAINING_SIGNATURE: _RuleKind.ValueType  # 5
     """At least K GPUs above U busy for at least D (reported as a finding)."""
-    RULE_KIND_TPM_ROOTED: _RuleKind.ValueType  # 6
+    RULE_KIND_TPM_ROOTED: _RuleKind.ValueType  # 50
     """Every node's GPU-time in the period is covered by valid TPM quotes (policy require_tpm); the
     rest counts as unattested.
     """
@@ -95,7 +95,7 @@ RULE_KIND_MAX_GAP: RuleKind.ValueType  # 4
 """Longest gap on any node at most a duration."""
 RULE_KIND_TRAINING_SIGNATURE: RuleKind.ValueType  # 5
 """At least K GPUs above U busy for at least D (reported as a finding)."""
-RULE_KIND_TPM_ROOTED: RuleKind.ValueType  # 6
+RULE_KIND_TPM_ROOTED: RuleKind.ValueType  # 50
 """Every node's GPU-time in the period is covered by valid TPM quotes (policy require_tpm); the
 rest counts as unattested.
 """
