@@ -54,7 +54,7 @@ from agent.enroll import (
 )
 from agent.health import HealthFacts, HealthLimits, assess_health
 from agent.identity import AGENT_VERSION
-from agent.logformat import configure_logging
+from agent.logformat import configure_logging, route_native_stderr, set_log_context
 from agent.metrics import AgentMetrics
 from agent.operator import (
     declare_inventory,
@@ -553,6 +553,7 @@ def run(
             "(its windows would be rejected as from an unknown key)"
         )
     signer = _node_signer(config)
+    set_log_context(node_id=bytes(signer.key_id).hex())
     columns = tuple(c.strip() for c in replay_columns.split(",")) if replay_columns else ()
     sampler = make_sampler(
         config,
@@ -580,7 +581,11 @@ def run(
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    daemon.run()
+    restore_stderr = route_native_stderr()
+    try:
+        daemon.run()
+    finally:
+        restore_stderr()
 
 
 def _is_enrolled(config: AgentConfig) -> bool:

@@ -201,7 +201,7 @@ class Daemon:
         log.info(
             "agent started node_id=%s lab=%s backend=%s version=%s head_seq=%s window_ms=%d "
             "interval_ms=%d",
-            bytes(self._node_id).hex()[:16],
+            bytes(self._node_id).hex(),
             self._config.node.lab_id,
             self._sampler.backend.value,
             AGENT_VERSION,
@@ -393,7 +393,8 @@ class Daemon:
             self._unattested_since_ns = window.start_ns
             self._unattested_reason = reason
             log.error(
-                "window not attested: %s start_ns=%d; sampling goes on, the gap will be recorded",
+                "window not attested reason=%r start_ns=%d; sampling goes on, the gap will "
+                "be recorded",
                 reason,
                 window.start_ns,
             )

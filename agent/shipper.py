@@ -367,7 +367,7 @@ class Shipper:
         acknowledged = [s.seq for s, r in zip(batch, records, strict=True) if r.status.acknowledged]
         if acknowledged:
             log.info(
-                "receipts seqs=%d..%d tree_size=%d",
+                "receipts first_seq=%d last_seq=%d tree_size=%d",
                 acknowledged[0],
                 acknowledged[-1],
                 response.tree_size,

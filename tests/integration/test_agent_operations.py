@@ -4,6 +4,7 @@ directory; each played against real processes and a real TLS verifier on loopbac
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from agent.config import AgentConfig, load_config
 from agent.daemon import spool_path
 from agent.spool import Spool
 from attest import keys
-from tests.agent_process import AgentProcess, wait_until
+from tests.agent_process import AgentProcess, agent_env, wait_until
 from tests.agent_setup import write_state_dir
 from tests.cli_runner import run_agent_cli
 from tests.fake_verifier import FakeVerifier
@@ -187,3 +188,47 @@ def test_status_exit_codes_and_a_second_agent_exits_2(
     code, result = status()
     assert code == 11  # stopped
     assert result["problems"][0]["problem"] == "not_running"
+
+
+@pytest.mark.slow
+def test_json_log_of_a_real_agent_has_keys_journald_priorities_and_no_raw_grpc_lines(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    pki: TestPki,
+    tls_verifier: FakeVerifier,
+    operator: tuple[Path, object],
+) -> None:
+    config = tls_state_dir(tmp_path, pki, tls_verifier.port)
+    enrol(capsys, config, operator[0])
+    assert config.verifier.ca_cert is not None
+    config.verifier.ca_cert.write_bytes(TestPki.create().ca_pem)  # gRPC core logs the handshake
+    log_path = tmp_path / "agent.log"
+    log_path.touch()
+    info = os.stat(log_path)
+    env = agent_env(JOURNAL_STREAM=f"{info.st_dev}:{info.st_ino}", GRPC_VERBOSITY="INFO")
+    agent = AgentProcess.start(config.node.state_dir, log_path, log_format="json", env=env)
+    try:
+        wait_until(lambda: "grpc.core" in agent.log() and "window signed" in agent.log(), 30)
+        wait_until(lambda: agent.log().count('"kind": "tls"') >= 2, 30)
+    finally:
+        assert agent.stop() == 0, agent.log()[-3000:]
+    entries = []
+    for line in agent.log().splitlines():
+        assert line[0] == "<" and line[2] == ">", line  # a priority journald understands
+        entry = json.loads(line[3:])  # every line is JSON: no raw "I1206 ..." line
+        entries.append((int(line[1]), entry))
+    node_id = config_node_id(config)
+    assert all(e["node_id"] == node_id for _, e in entries)
+    signed = [e for _, e in entries if e["event"] == "window signed"]
+    assert signed and all(isinstance(e["seq"], int) for e in signed)
+    failures = [(p, e) for p, e in entries if e["event"] == "shipping failed"]
+    assert failures and all(p == 3 and e["kind"] == "tls" for p, e in failures)
+    assert all("verifier.ca_cert" in e["fix"] for _, e in failures)
+    native = [e for _, e in entries if e["logger"] == "grpc.core"]
+    assert all(e["event"] == "grpc core log" for e in native)
+    assert any("ssl_transport_security" in e["source"] for e in native)
+
+
+def config_node_id(config: AgentConfig) -> str:
+    public = keys.load_public_key(config.node.key_file.with_suffix(".pub"))
+    return bytes(keys.key_id(public)).hex()

@@ -163,7 +163,8 @@ def test_a_full_spool_becomes_a_recorded_gap_and_nothing_is_dropped(tmp_path: Pa
     assert full == []  # the full spool was in the previous run: the restart gap covers it
 
 
-def test_spool_full_within_one_run(tmp_path: Path) -> None:
+def test_spool_full_within_one_run(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="agent.daemon")
     config = write_state_dir(tmp_path, window_s="10", extra="[spool]\nmax_unacked_envelopes = 1\n")
     clock = FakeClock(T0_NS)
     path = spool_path(config)
@@ -186,6 +187,14 @@ def test_spool_full_within_one_run(tmp_path: Path) -> None:
     full = events(all_bodies[1], pb.EVENT_KIND_SPOOL_FULL)
     assert len(full) == 1
     assert (full[0].gap_start_ns, full[0].gap_end_ns) == (T0_NS + 10 * S, T0_NS + 40 * S)
+    messages = [r.getMessage() for r in caplog.records]
+    stopped = [m for m in messages if m.startswith("window not attested")]
+    resumed = [m for m in messages if m.startswith("spool writable again")]
+    assert len(stopped) == 2  # once per gap, not once per window
+    assert resumed == [
+        f"spool writable again seq=1: signing resumed; the gap since "
+        f"start_ns={T0_NS + 10 * S} is recorded as a SPOOL_FULL event"
+    ]
 
 
 def test_the_latest_nonce_goes_into_every_window(tmp_path: Path) -> None:
