@@ -71,6 +71,7 @@ from agent.preflight import (
     verifier_check,
 )
 from agent.sampler.base import Backend, GpuIdentity, Sampler
+from agent.sdnotify import Notifier
 from agent.shipper import open_channel
 from agent.spool import Spool
 from attest import keys
@@ -572,6 +573,7 @@ def run(
         signer,
         clock=clock,
         metrics=AgentMetrics(backend=sampler.backend.value),
+        notifier=Notifier.from_environment(),
         options=DaemonOptions(ship=not no_ship),
     )
 

@@ -40,6 +40,7 @@ from agent.config import AgentConfig
 from agent.identity import AGENT_VERSION, agent_digest, boot_id
 from agent.metrics import AgentMetrics
 from agent.sampler.base import EventKind, Sampler, SamplerEvent
+from agent.sdnotify import Notifier
 from agent.shipper import Shipper
 from agent.spool import Spool, SpoolError, WindowTimes
 from agent.windows import BodyContext, ClosedWindow, Windower, WindowSettings, build_body
@@ -128,6 +129,7 @@ class Daemon:
         metrics: AgentMetrics | None = None,
         options: DaemonOptions | None = None,
         shipper_factory: Callable[[Path, NodeId], Shipper] | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self._config = config
         self._sampler = sampler
@@ -137,6 +139,7 @@ class Daemon:
         self._metrics.build_info.info({"version": AGENT_VERSION, "backend": sampler.backend.value})
         self._options = options or DaemonOptions()
         self._shipper_factory = shipper_factory
+        self._notifier = notifier
         self._stop = threading.Event()
         self._node_id = NodeId(signer.key_id)
         self._context = BodyContext(
@@ -211,7 +214,14 @@ class Daemon:
         )
         try:
             self._sampler.open(self._clock.time_ns())
+            if self._notifier is not None:
+                self._notifier.ready(
+                    f"sampling {self._sampler.backend.value}, head seq "
+                    f"{'none' if head is None else head.seq}"
+                )
             last_ns = self._loop(spool, windower, settings)
+            if self._notifier is not None:
+                self._notifier.stopping()
             final = windower.flush(last_ns + settings.sample_interval_ns)
             if final is not None:
                 self._sign(spool, final)
@@ -294,6 +304,8 @@ class Daemon:
                     log.info("sampler exhausted (end of replay)")
                     break
                 last_ns = poll.timestamp_ns
+                if self._notifier is not None:
+                    self._notifier.watchdog_due(mono)
                 self._metrics.polls.inc()
                 self._metrics.samples.inc(sum(1 for r in poll.readings if r.sample is not None))
                 for event in poll.events:

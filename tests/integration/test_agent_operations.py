@@ -19,6 +19,7 @@ from tests.agent_setup import write_state_dir
 from tests.cli_runner import run_agent_cli
 from tests.fake_verifier import FakeVerifier
 from tests.tls import TestPki
+from tests.unit.agent.test_systemd_unit import NotifySocket
 
 
 @pytest.fixture(scope="module")
@@ -232,3 +233,25 @@ def test_json_log_of_a_real_agent_has_keys_journald_priorities_and_no_raw_grpc_l
 def config_node_id(config: AgentConfig) -> str:
     public = keys.load_public_key(config.node.key_file.with_suffix(".pub"))
     return bytes(keys.key_id(public)).hex()
+
+
+@pytest.mark.slow
+def test_a_real_agent_notifies_systemd(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    pki: TestPki,
+    tls_verifier: FakeVerifier,
+    operator: tuple[Path, object],
+) -> None:
+    config = tls_state_dir(tmp_path, pki, tls_verifier.port)
+    enrol(capsys, config, operator[0])
+    listener = NotifySocket(tmp_path / "notify")
+    env = agent_env(NOTIFY_SOCKET=str(tmp_path / "notify"), WATCHDOG_USEC="1000000")
+    agent = AgentProcess.start(config.node.state_dir, tmp_path / "agent.log", env=env)
+    try:
+        wait_until(lambda: listener.messages.count("WATCHDOG=1") >= 3, 30, "watchdog pings")
+    finally:
+        assert agent.stop() == 0, agent.log()
+    messages = listener.close()
+    assert messages[0].startswith("READY=1\n")
+    assert any(m.startswith("STOPPING=1") for m in messages)
