@@ -23,8 +23,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from pausewatch.v1 import attestation_pb2 as apb
+from pausewatch.v1 import attestation_service_pb2 as spb
+from pausewatch.v1 import registry_pb2 as rpb
 
 from agent.tpm import Tpm2Tools, tpm2_tools_available
+from agent.tpm_quotes import WindowQuoter, tpm_enrollment
+from attest import tpm
+from attest.envelope import envelope_digest
+from attest.ids import ZERO_DIGEST
+from tests.builders import TestNode
+from tests.verifier_harness import RunningVerifier, enroll_request, enrollment_for
 
 _TOOLS = ("swtpm", "swtpm_setup", "swtpm_localca")
 
@@ -152,3 +161,55 @@ def start_swtpm(ca: SwtpmCa, state: Path, *, manufactured: bool = False) -> Iter
             proc.wait(5)
         if proc.stderr:
             proc.stderr.close()
+
+
+# --- a TPM node's side, for tests ---------------------------------------------------------
+
+
+def enroll_with_tpm(
+    verifier: RunningVerifier, node: TestNode, device: RunningSwtpm
+) -> rpb.EnrollNodeResponse:
+    client = verifier.client()
+    evidence = tpm_enrollment(
+        client.channel, device.tools(), node.signer.public_key.public_bytes_raw(), timeout_s=10
+    )
+    enrollment = enrollment_for(node, nonce=evidence.nonce)
+    enrollment.tpm.CopyFrom(evidence.enrollment)
+    return client.registry.EnrollNode(
+        enroll_request(enrollment, node, verifier.files.operator), timeout=10
+    )
+
+
+def measure(device: RunningSwtpm, log_file: Path, path: str, digest: bytes) -> None:
+    """What the kernel does when IMA measures a file: log it and extend PCR 10."""
+    entry = tpm.ima_entry(path, digest)
+    device.tools().extend_pcr(tpm.IMA_PCR, tpm.ima_extend_digest(entry))
+    with log_file.open("a") as f:
+        f.write(entry.line() + "\n")
+
+
+class Chain:
+    """An agent's chain: bodies with the verifier's nonce, quoted by the real WindowQuoter."""
+
+    def __init__(self, verifier: RunningVerifier, node: TestNode, quoter: WindowQuoter | None):
+        self.verifier = verifier
+        self.node = node
+        self.quoter = quoter
+        self.seq = 0
+        self.prev = bytes(ZERO_DIGEST)
+
+    def body(self, nonce: bytes | None = None) -> apb.AttestationBody:
+        if nonce is None:
+            nonce = self.verifier.client().nonce(self.node)
+        body = self.node.body(self.seq, self.prev, nonce=nonce)
+        if self.quoter is not None:
+            self.quoter.attach(body)
+        return body
+
+    def send(self, body: apb.AttestationBody) -> spb.Receipt:
+        raw = self.node.sign_body(body)
+        (receipt,) = self.verifier.client().submit([raw])
+        assert receipt.status == spb.RECEIPT_STATUS_ACCEPTED, receipt
+        self.seq += 1
+        self.prev = envelope_digest(raw)
+        return receipt

@@ -33,6 +33,7 @@ from verifier.core import VerifierCore
 from verifier.errors import InvalidRequestError, NotFoundError
 from verifier.policy import Policy, load_policy_bytes, record_in_force
 from verifier.store.base import AttestationRow, GapRow, LabRow, NodeRow, ReadView
+from verifier.tpm import tpm_identity
 
 log = logging.getLogger(__name__)
 
@@ -234,6 +235,7 @@ class Auditor:
             last_seq=last_seq or 0,
             upper_bound_flop=upper,
             gaps=tuple(gaps),
+            tpm_id=_tpm_id(node.enrollment_payload),
         )
 
     def findings(
@@ -295,3 +297,8 @@ class Auditor:
         self.require_lab(lab_id)
         check_period(period_start_ns, period_end_ns)
         return export_bundle(self, lab_id, period_start_ns, period_end_ns)
+
+
+def _tpm_id(enrollment_payload: bytes) -> bytes:
+    identity = tpm_identity(rpb.NodeEnrollment.FromString(enrollment_payload))
+    return identity.tpm_id if identity is not None else b""

@@ -23,6 +23,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 from pausewatch.v1 import attestation_pb2 as apb
@@ -33,6 +35,7 @@ from pausewatch.v1 import policy_pb2 as ppb
 from pausewatch.v1 import registry_pb2 as rpb
 
 from attest import compute, merkle
+from attest import tpm as attest_tpm
 from attest.attestation import attestation_from_verified
 from attest.chain import ChainHead, Link, classify
 from attest.checkpoint import Checkpoint, sign_checkpoint, verify_checkpoint
@@ -53,12 +56,14 @@ from attest.errors import (
     PausewatchError,
     ProofError,
     SignatureError,
+    TpmError,
     VerificationError,
 )
 from attest.ids import Digest, NodeId
 from attest.keys import key_id_from_raw, public_key_from_raw
 from attest.note import Ed25519NoteVerifier, parse_verifier_key
 from verifier import accounts, evaluation
+from verifier import tpm as tpm_checks
 from verifier.accounts import Bucket, WindowEdge
 from verifier.policy import Policy, load_policy_bytes, record_in_force
 from verifier.store.base import EntryKind, ReadView
@@ -195,7 +200,19 @@ def export_bundle(auditor: object, lab_id: str, period_start_ns: int, period_end
             max_clock_skew_ns=ingest.max_clock_skew_ns,
             gap_tolerance_ns=ingest.gap_tolerance_ns,
             open_gap_grace_ns=ingest.open_gap_grace_ns,
+            tpm_manufacturer_cas_pem=b"".join(
+                cert.public_bytes(serialization.Encoding.PEM)
+                for cert in core.tpm_settings.manufacturer_cas
+            ),
+            tpm_quote_nonce_max_age_ns=core.tpm_settings.quote_nonce_max_age_ns,
+            tpm_max_windows_without_quote=core.tpm_settings.max_windows_without_quote,
         )
+        allowlist = core.ima_allowlists.get(lab_id)
+        if allowlist is not None:
+            bundle.has_ima_allowlist = True
+            bundle.ima_allowlist = "".join(
+                f"{digest.hex()}  {path}\n" for path, digest in sorted(allowlist)
+            )
         for entry in view.entries(
             select_entries(
                 view,
@@ -264,6 +281,11 @@ class _Node:
     folds: list[accounts.AttestationFold] = field(default_factory=list)
     head: ChainHead | None = None
     digests_by_seq: dict[int, bytes] = field(default_factory=dict)
+    tpm: tpm_checks.TpmIdentity | None = None
+    quote_state: tpm_checks.QuoteState | None = None
+    quote_outcomes: dict[int, tuple[apb.AttestationBody, tpm_checks.QuoteOutcome]] = field(
+        default_factory=dict
+    )
 
 
 @dataclass
@@ -284,6 +306,8 @@ class _State:
     folds: list[accounts.AttestationFold] = field(default_factory=list)
     bucket_ns: int = 0
     forks_found: set[tuple[bytes, int]] = field(default_factory=set)
+    tpm_settings: tpm_checks.TpmSettings = field(default_factory=tpm_checks.TpmSettings)
+    ima_allowlist: frozenset[tuple[str, bytes]] | None = None
 
     def fail(self, message: str) -> None:
         self.result.failures.append(message)
@@ -373,6 +397,7 @@ def _verify(data: bytes, pinned_log_key: str | None, result: BundleVerification)
         lab_id=bundle.lab_id,
         bucket_ns=bundle.bucket_ns,
     )
+    _tpm_settings_from(state, bundle)
     # 5. Every entry: included in the checkpoint, in log order, each verified and folded in.
     previous = -1
     for position, item in enumerate(bundle.entries):
@@ -403,6 +428,7 @@ def _verify(data: bytes, pinned_log_key: str | None, result: BundleVerification)
         for index, _ in state.pending_enrollments.values():
             state.fail(f"log index {index}: an enrolment without its operator authorisation")
     _check_findings(state)
+    _check_tpm_findings(state, bundle)
     # 6. Recompute the report and compare it with the server's.
     try:
         offline = _recompute(state, bundle)
@@ -502,6 +528,9 @@ def _fold_enrollment(state: _State, index: int, envelope: Envelope) -> None:
     if enrollment.lab_id != state.lab_id:
         return
     node_id = key_id_from_raw(enrollment.node_public_key)
+    identity = None
+    if enrollment.HasField("tpm"):
+        identity = _check_tpm_enrollment(state, pending[0], enrollment)
     state.nodes[node_id] = _Node(
         node_id=NodeId(node_id),
         name=enrollment.node_name,
@@ -510,6 +539,7 @@ def _fold_enrollment(state: _State, index: int, envelope: Envelope) -> None:
         enrollment_index=pending[0],
         gpu_uuids=frozenset(gpu.uuid for gpu in enrollment.gpus),
         gpu_models=tuple(gpu.model for gpu in enrollment.gpus),
+        tpm=identity,
     )
 
 
@@ -550,6 +580,120 @@ def _fold_attestation(state: _State, index: int, envelope: Envelope) -> None:
     node.windows.append(fold.edge)
     node.folds.append(fold)
     state.folds.append(fold)
+    if node.tpm is not None:
+        outcome = tpm_checks.check_window_quote(
+            node.tpm.ak,
+            body,
+            node.quote_state,
+            state.tpm_settings,
+            state.ima_allowlist,
+            history_known=body.seq == 0 or node.quote_state is not None,
+        )
+        node.quote_state = outcome.state
+        node.quote_outcomes[index] = (body, outcome)
+
+
+# --- TPM evidence, offline -----------------------------------------------------------------------
+
+
+def _tpm_settings_from(state: _State, bundle: bpb.EvidenceBundle) -> None:
+    cas: tuple[x509.Certificate, ...] = ()
+    if bundle.tpm_manufacturer_cas_pem:
+        try:
+            cas = tuple(x509.load_pem_x509_certificates(bundle.tpm_manufacturer_cas_pem))
+        except ValueError:
+            state.fail("the bundle's TPM manufacturer CAs are not PEM certificates")
+    state.tpm_settings = tpm_checks.TpmSettings(
+        manufacturer_cas=cas,
+        quote_nonce_max_age_ns=bundle.tpm_quote_nonce_max_age_ns,
+        max_windows_without_quote=max(1, bundle.tpm_max_windows_without_quote),
+    )
+    if bundle.has_ima_allowlist:
+        try:
+            state.ima_allowlist = tpm_checks.load_ima_allowlist(
+                bundle.ima_allowlist, "the bundle's IMA allowlist"
+            )
+        except ConfigError as exc:
+            state.fail(exc.diagnostics())
+
+
+def _check_tpm_enrollment(
+    state: _State, index: int, enrollment: rpb.NodeEnrollment
+) -> tpm_checks.TpmIdentity | None:
+    """What of a TPM enrolment can be re-checked without the verifier's secret: the EK certificate
+    against the bundle's manufacturer CAs, the AK, and the enrolment quote's signature, PCR
+    digest and binding (the credential's secret is the verifier's to check)."""
+    evidence = enrollment.tpm
+    try:
+        tpm_checks.verify_ek_certificate(
+            evidence.ek_certificate, state.tpm_settings.manufacturer_cas, enrollment.created_at_ns
+        )
+        ak = attest_tpm.load_tpm_public(evidence.ak_public)
+        attest_tpm.verify_attestation_key(ak)
+        quote = attest_tpm.verify_quote(ak, evidence.quote_attest, evidence.quote_signature)
+        attest_tpm.verify_pcr_digest(quote, list(evidence.pcr_values))
+        expected = attest_tpm.enrollment_qualifying_data(
+            enrollment.node_public_key, enrollment.verifier_nonce
+        )
+        if quote.extra_data != expected:
+            raise TpmError("the enrolment quote does not bind the node key and nonce")
+        return tpm_checks.tpm_identity(enrollment)
+    except PausewatchError as exc:
+        state.fail(f"log index {index}: TPM enrolment: {exc.diagnostics()}")
+        return None
+
+
+_TPM_FINDING_KINDS = frozenset(
+    {fpb.FINDING_KIND_TPM_QUOTE_REFUSED, fpb.FINDING_KIND_TPM_QUOTE_MISSING}
+)
+
+
+def _check_tpm_findings(state: _State, bundle: bpb.EvidenceBundle) -> None:
+    """Re-check every quote of the period and hold the server's TPM findings to it: a window whose
+    quote fails offline must have its finding with the same reason, and a finding must not accuse
+    a quote that verifies; with an allowlist, unknown measurements likewise."""
+    start, end = bundle.period_start_ns, bundle.period_end_ns
+    refused: dict[tuple[bytes, int], pb.LoggedFinding] = {}
+    unknown: dict[tuple[bytes, int], pb.LoggedFinding] = {}
+    for item in state.findings:
+        finding = item.finding
+        target = (
+            refused
+            if finding.kind in _TPM_FINDING_KINDS
+            else unknown
+            if finding.kind == fpb.FINDING_KIND_UNKNOWN_MEASUREMENT
+            else None
+        )
+        if target is not None:
+            for i in finding.evidence_log_indices:
+                target[(bytes(finding.node_id), i)] = item
+    for node in state.nodes.values():
+        for index, (body, outcome) in sorted(node.quote_outcomes.items()):
+            if body.window_end_ns < start or body.window_start_ns >= end:
+                continue  # outside the period: its findings are not in the bundle
+            if outcome.status == tpm_checks.UNCHECKED:
+                continue
+            key = (bytes(node.node_id), index)
+            name = tpm_checks.status_name
+            logged = refused.get(key)
+            if outcome.refused and (
+                logged is None or logged.finding.tpm_quote_status != outcome.status
+            ):
+                state.fail(
+                    f"log index {index}: the TPM quote of seq {body.seq} fails offline "
+                    f"({name(outcome.status)}: {outcome.detail}) but no finding says so"
+                )
+            elif not outcome.refused and logged is not None:
+                state.fail(
+                    f"finding at log index {logged.log_index}: it refuses the TPM quote of seq "
+                    f"{body.seq}, which verifies offline"
+                )
+            if state.ima_allowlist is not None and bool(outcome.unknown) != (key in unknown):
+                state.fail(
+                    f"log index {index}: seq {body.seq} measures "
+                    f"{len(outcome.unknown)} file(s) not in the allowlist offline, which the "
+                    "findings do not match"
+                )
 
 
 def _declared_at(state: _State, index: int, window_start_ns: int) -> frozenset[str]:
@@ -639,6 +783,7 @@ def _recompute(state: _State, bundle: bpb.EvidenceBundle) -> pb.ComplianceReport
                 last_seq=max((w.seq for w in in_period), default=0),
                 upper_bound_flop=upper,
                 gaps=tuple(gaps),
+                tpm_id=node.tpm.tpm_id if node.tpm is not None else b"",
             )
         )
     findings = [

@@ -52,6 +52,7 @@ from verifier.policy import (
     Rule,
     RuleKind,
     SustainedRateRule,
+    TpmRootedRule,
     TrainingSignatureRule,
     format_duration_ns,
     format_flop,
@@ -71,6 +72,7 @@ _RULE_KINDS = {
     RuleKind.COVERAGE: pb.RULE_KIND_COVERAGE,
     RuleKind.MAX_GAP: pb.RULE_KIND_MAX_GAP,
     RuleKind.TRAINING_SIGNATURE: pb.RULE_KIND_TRAINING_SIGNATURE,
+    RuleKind.TPM_ROOTED: pb.RULE_KIND_TPM_ROOTED,
 }
 # Only evidence the node itself signed can invalidate its lab's record: an equivocation is two
 # valid signatures by the node's key. A bad signature proves nothing about who sent it (anyone who
@@ -107,6 +109,9 @@ class NodeTimeline:
     last_seq: int
     upper_bound_flop: int
     gaps: tuple[Gap, ...]
+    tpm_id: bytes = b""
+    """The node's TPM (SHA-256 of its EK's SubjectPublicKeyInfo); empty for a software-rooted
+    node."""
 
 
 class EvidenceIndex(Protocol):
@@ -229,6 +234,7 @@ class _Context:
     coverage: pb.Coverage
     gaps: tuple[tuple[Gap, str], ...]
     evidence: EvidenceIndex
+    rooting: tuple[NodeRooting, ...] = ()
 
     def stretch(self, run: _Run) -> tuple[int, int]:
         if run.count == 0:
@@ -239,6 +245,37 @@ class _Context:
     def top(self, start_ns: int, end_ns: int, figure: Figure) -> list[int]:
         found = self.evidence.top_contributors(start_ns, end_ns, figure, MAX_EVIDENCE)
         return list(found[:MAX_EVIDENCE])
+
+
+_UNROOTED_KINDS = frozenset(
+    {findings_pb2.FINDING_KIND_TPM_QUOTE_REFUSED, findings_pb2.FINDING_KIND_TPM_QUOTE_MISSING}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRooting:
+    """How one node's evidence in the period is rooted."""
+
+    node: NodeTimeline
+    rooting: pb.EvidenceRooting.ValueType
+    tpm_rooted_windows: int
+    unrooted_findings: tuple[int, ...]
+    """Log indices of the TPM_QUOTE_REFUSED / _MISSING findings (one per window) in the period."""
+
+
+def node_rooting(node: NodeTimeline, findings: Sequence[pb.LoggedFinding]) -> NodeRooting:
+    """A TPM node's windows are TPM-rooted except those with a refused or missing quote (the
+    verifier logs one finding per such window); a node without a TPM is software-rooted."""
+    if not node.tpm_id:
+        return NodeRooting(node, pb.EVIDENCE_ROOTING_SOFTWARE, 0, ())
+    unrooted = tuple(
+        item.log_index
+        for item in findings
+        if item.finding.kind in _UNROOTED_KINDS and item.finding.node_id == bytes(node.node_id)
+    )
+    rooted = max(0, node.attestations - len(unrooted))
+    rooting = pb.EVIDENCE_ROOTING_TPM if not unrooted else pb.EVIDENCE_ROOTING_TPM_PARTIAL
+    return NodeRooting(node, rooting, rooted, unrooted)
 
 
 def evaluate(
@@ -315,6 +352,7 @@ def evaluate(
         coverage=coverage,
         gaps=gaps,
         evidence=evidence,
+        rooting=tuple(node_rooting(node, logged) for node in active),
     )
 
     report = pb.ComplianceReport(
@@ -364,7 +402,7 @@ def evaluate(
                 unattested_gpu_ms=max(0, declared_bucket_ms - bucket.attested_gpu_ms),
             )
         )
-    for node in active:
+    for node, rooted in zip(active, context.rooting, strict=True):
         report.nodes.append(
             pb.NodeSummary(
                 node_id=bytes(node.node_id),
@@ -375,6 +413,9 @@ def evaluate(
                 upper_bound_flop=str(node.upper_bound_flop),
                 flagged=node.flagged,
                 revoked=node.revoked,
+                rooting=rooted.rooting,
+                tpm_rooted_windows=rooted.tpm_rooted_windows,
+                tpm_id=node.tpm_id,
             )
         )
     report.verdict, reasons = _verdict(results, logged)
@@ -430,6 +471,8 @@ def _evaluate_rule(rule: Rule, context: _Context) -> pb.RuleResult:
             return _max_gap(rule, context)
         case TrainingSignatureRule():
             return _training_signature(rule, context)
+        case TpmRootedRule():
+            return _tpm_rooted(rule, context)
 
 
 def _result(
@@ -543,6 +586,33 @@ def _coverage(rule: CoverageRule, context: _Context) -> pb.RuleResult:
         method="attested GPU-time of declared GPUs / declared GPUs x time in force",
         stretch=(context.period_start_ns, context.as_of_ns),
         summary=summary,
+    )
+
+
+def _tpm_rooted(rule: TpmRootedRule, context: _Context) -> pb.RuleResult:
+    windows = sum(r.node.attestations for r in context.rooting)
+    rooted = sum(r.tpm_rooted_windows for r in context.rooting)
+    software = [
+        r.node.node_name for r in context.rooting if r.node.attestations and not r.node.tpm_id
+    ]
+    evidence = sorted(i for r in context.rooting for i in r.unrooted_findings)
+    ok = rooted == windows
+    parts = [f"{rooted} of {windows} windows covered by a valid TPM quote"]
+    if software:
+        parts.append(f"software-rooted nodes: {', '.join(sorted(software)[:5])}")
+    if evidence:
+        parts.append(f"{len(evidence)} windows with a refused or missing quote")
+    return _result(
+        rule,
+        pb.RULE_OUTCOME_PASS if ok else pb.RULE_OUTCOME_UNACCOUNTED,
+        measured=rooted,
+        limit=windows,
+        unit="windows",
+        method="windows of TPM-enrolled nodes less those with a TPM_QUOTE_REFUSED or "
+        "TPM_QUOTE_MISSING finding",
+        stretch=(context.period_start_ns, context.as_of_ns),
+        summary="; ".join(parts),
+        evidence=evidence[:MAX_EVIDENCE],
     )
 
 

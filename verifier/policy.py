@@ -84,6 +84,7 @@ class RuleKind(StrEnum):
     COVERAGE = "coverage"
     MAX_GAP = "max_gap"
     TRAINING_SIGNATURE = "training_signature"
+    TPM_ROOTED = "tpm_rooted"
 
 
 class OnDetect(StrEnum):
@@ -153,7 +154,23 @@ class TrainingSignatureRule:
     tolerance_percent: int = 10
 
 
-Rule = CumulativeFlopRule | SustainedRateRule | CoverageRule | MaxGapRule | TrainingSignatureRule
+@dataclass(frozen=True, slots=True)
+class TpmRootedRule:
+    """Every window of every node is covered by a valid TPM quote (verifier/tpm.py): a node that
+    is not TPM-enrolled, or a window whose quote was refused or missing, is unattested evidence."""
+
+    kind: ClassVar[RuleKind] = RuleKind.TPM_ROOTED
+    rule_id: str
+
+
+Rule = (
+    CumulativeFlopRule
+    | SustainedRateRule
+    | CoverageRule
+    | MaxGapRule
+    | TrainingSignatureRule
+    | TpmRootedRule
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,6 +339,9 @@ class _Parser:
                     rule_id=self.identifier(at + "id", table["id"]),
                     min_ratio_ppm=self.ratio(path, table),
                 )
+            case RuleKind.TPM_ROOTED:
+                self.keys(f"a {kind} rule", at, table, ("id", "kind"), ())
+                return TpmRootedRule(rule_id=self.identifier(at + "id", table["id"]))
             case RuleKind.MAX_GAP:
                 self.keys(f"a {kind} rule", at, table, ("id", "kind", "max_gap"), ())
                 return MaxGapRule(
@@ -555,7 +575,7 @@ def validate_for_buckets(policy: Policy, bucket_ns: int) -> list[str]:
                 checks.append(("interval", rule.interval_ns))
             case TrainingSignatureRule():
                 checks.append(("min_duration", rule.min_duration_ns))
-            case CoverageRule() | MaxGapRule():
+            case CoverageRule() | MaxGapRule() | TpmRootedRule():
                 pass
         for key, value_ns in checks:
             if value_ns % bucket_ns != 0:
@@ -597,6 +617,11 @@ def describe_rule(rule: Rule) -> str:
             )
         case MaxGapRule():
             return f"no node unattested for longer than {format_duration_ns(rule.max_gap_ns)}"
+        case TpmRootedRule():
+            return (
+                "every node TPM-rooted: each window covered by a valid TPM quote (software-rooted "
+                "evidence counts as unattested)"
+            )
         case TrainingSignatureRule():
             effect = (
                 "a violation" if rule.on_detect is OnDetect.VIOLATION else "a finding, not counted"
@@ -629,6 +654,8 @@ def rule_to_dict(rule: Rule) -> dict[str, object]:
             data |= {"min_ratio_ppm": rule.min_ratio_ppm}
         case MaxGapRule():
             data |= {"max_gap_ns": rule.max_gap_ns}
+        case TpmRootedRule():
+            pass
         case TrainingSignatureRule():
             data |= {
                 "min_gpus": rule.min_gpus,

@@ -287,7 +287,16 @@ class QuoteOutcome:
 
     @property
     def refused(self) -> bool:
-        return self.status not in (fpb.TPM_QUOTE_STATUS_OK, fpb.TPM_QUOTE_STATUS_UNSPECIFIED)
+        return self.status not in (
+            fpb.TPM_QUOTE_STATUS_OK,
+            fpb.TPM_QUOTE_STATUS_UNSPECIFIED,
+            UNCHECKED,
+        )
+
+
+UNCHECKED = -1
+"""A :class:`QuoteOutcome` status outside the wire enum: offline, not decidable (see
+:func:`check_window_quote`)."""
 
 
 def tpm_state_key(node_id: bytes) -> str:
@@ -308,9 +317,19 @@ def check_window_quote(
     state: QuoteState | None,
     settings: TpmSettings,
     allowlist: frozenset[tuple[str, bytes]] | None,
+    *,
+    history_known: bool = True,
 ) -> QuoteOutcome:
-    """Check a TPM node's window (see the module docstring); never raises on bad evidence."""
+    """Check a TPM node's window (see the module docstring); never raises on bad evidence.
+
+    ``history_known`` False (an offline auditor starting mid-chain, with no earlier quote): the
+    first quote that continues an IMA log from before cannot be replayed, and a first window
+    without a quote cannot be called missing; both come back UNCHECKED with what could be checked
+    (signature, binding, nonce, PCR digest) done."""
+    unchecked = state is None and not history_known
     if not body.HasField("tpm_quote"):
+        if unchecked:
+            return QuoteOutcome(UNCHECKED, "whether a quote was due is not known here", state)
         due = state is None or body.seq - state.last_ok_seq >= settings.max_windows_without_quote
         if due:
             return QuoteOutcome(
@@ -366,6 +385,18 @@ def check_window_quote(
         return refuse(fpb.TPM_QUOTE_STATUS_IMA_LOG_MISMATCH, exc.diagnostics())
     if q.ima_log_start == 0:
         start = bytes(32)
+    elif unchecked:
+        return QuoteOutcome(
+            UNCHECKED,
+            "the IMA log continues one from before what is here",
+            QuoteState(
+                reset_count=quote.reset_count,
+                clock_ms=quote.clock_ms,
+                pcr10=pcr10,
+                ima_count=q.ima_log_start + len(entries),
+                last_ok_seq=body.seq,
+            ),
+        )
     elif (
         state is not None
         and state.reset_count == quote.reset_count

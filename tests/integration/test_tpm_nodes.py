@@ -16,18 +16,22 @@ from pathlib import Path
 import grpc
 import pytest
 from cryptography import x509
-from pausewatch.v1 import attestation_pb2 as apb
-from pausewatch.v1 import attestation_service_pb2 as spb
 from pausewatch.v1 import audit_pb2 as audpb
 from pausewatch.v1 import findings_pb2 as fpb
 from pausewatch.v1 import registry_pb2 as rpb
 
 from agent.tpm_quotes import ImaLog, WindowQuoter, tpm_enrollment
 from attest import tpm
-from attest.envelope import envelope_digest
-from attest.ids import ZERO_DIGEST
 from tests.builders import TestNode
-from tests.tpm_setup import RunningSwtpm, SwtpmCa, require_swtpm, start_swtpm
+from tests.tpm_setup import (
+    Chain,
+    RunningSwtpm,
+    SwtpmCa,
+    enroll_with_tpm,
+    measure,
+    require_swtpm,
+    start_swtpm,
+)
 from tests.verifier_harness import (
     RunningVerifier,
     enroll_request,
@@ -89,59 +93,10 @@ def _node(seed: int) -> TestNode:
     return TestNode.from_seed(seed, t0_ns=time.time_ns() + 5 * 10**9)
 
 
-def _enroll(
-    verifier: RunningVerifier, node: TestNode, device: RunningSwtpm
-) -> rpb.EnrollNodeResponse:
-    client = verifier.client()
-    evidence = tpm_enrollment(
-        client.channel, device.tools(), node.signer.public_key.public_bytes_raw(), timeout_s=10
-    )
-    enrollment = enrollment_for(node, nonce=evidence.nonce)
-    enrollment.tpm.CopyFrom(evidence.enrollment)
-    return client.registry.EnrollNode(
-        enroll_request(enrollment, node, verifier.files.operator), timeout=10
-    )
-
-
 def _tpm_id(device: RunningSwtpm) -> bytes:
     key = x509.load_der_x509_certificate(device.tools().ek_certificate()).public_key()
     assert isinstance(key, tpm.rsa.RSAPublicKey)
     return tpm.tpm_id_of(key)
-
-
-def _measure(device: RunningSwtpm, log_file: Path, path: str, digest: bytes) -> None:
-    """What the kernel does when IMA measures a file: log it and extend PCR 10."""
-    entry = tpm.ima_entry(path, digest)
-    device.tools().extend_pcr(tpm.IMA_PCR, tpm.ima_extend_digest(entry))
-    with log_file.open("a") as f:
-        f.write(entry.line() + "\n")
-
-
-class Chain:
-    """An agent's chain: bodies with the verifier's nonce, quoted by the real WindowQuoter."""
-
-    def __init__(self, verifier: RunningVerifier, node: TestNode, quoter: WindowQuoter | None):
-        self.verifier = verifier
-        self.node = node
-        self.quoter = quoter
-        self.seq = 0
-        self.prev = bytes(ZERO_DIGEST)
-
-    def body(self, nonce: bytes | None = None) -> apb.AttestationBody:
-        if nonce is None:
-            nonce = self.verifier.client().nonce(self.node)
-        body = self.node.body(self.seq, self.prev, nonce=nonce)
-        if self.quoter is not None:
-            self.quoter.attach(body)
-        return body
-
-    def send(self, body: apb.AttestationBody) -> spb.Receipt:
-        raw = self.node.sign_body(body)
-        (receipt,) = self.verifier.client().submit([raw])
-        assert receipt.status == spb.RECEIPT_STATUS_ACCEPTED, receipt
-        self.seq += 1
-        self.prev = envelope_digest(raw)
-        return receipt
 
 
 def _findings(verifier: RunningVerifier, node: TestNode, kind: int) -> list[fpb.Finding]:
@@ -155,7 +110,7 @@ def test_enrolment_with_ek_certificate_and_activated_ak(
     verifier: RunningVerifier, tpm_a: RunningSwtpm
 ) -> None:
     node = _node(1501)
-    response = _enroll(verifier, node, tpm_a)
+    response = enroll_with_tpm(verifier, node, tpm_a)
     assert not response.already_enrolled
     info = verifier.client().registry.GetNode(rpb.GetNodeRequest(node_id=node.node_id)).node
     assert info.tpm_id == _tpm_id(tpm_a)
@@ -166,15 +121,15 @@ def test_one_tpm_cannot_back_two_live_nodes(
     verifier: RunningVerifier, tpm_a: RunningSwtpm, tpm_b: RunningSwtpm
 ) -> None:
     first, second, honest = _node(1502), _node(1503), _node(1504)
-    _enroll(verifier, first, tpm_a)
+    enroll_with_tpm(verifier, first, tpm_a)
     with pytest.raises(grpc.RpcError) as info:
-        _enroll(verifier, second, tpm_a)
+        enroll_with_tpm(verifier, second, tpm_a)
     assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS
     assert "already backs another live node" in (info.value.details() or "")
     with pytest.raises(grpc.RpcError) as missing:
         verifier.client().registry.GetNode(rpb.GetNodeRequest(node_id=second.node_id))
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
-    _enroll(verifier, honest, tpm_b)  # the control: another TPM enrols
+    enroll_with_tpm(verifier, honest, tpm_b)  # the control: another TPM enrols
 
 
 def test_a_secret_not_activated_by_the_tpm_is_refused(
@@ -197,7 +152,7 @@ def test_a_secret_not_activated_by_the_tpm_is_refused(
         client.registry.GetNode(rpb.GetNodeRequest(node_id=node.node_id))
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
     # The honest enrolment of the same node and TPM goes through afterwards.
-    _enroll(verifier, node, tpm_a)
+    enroll_with_tpm(verifier, node, tpm_a)
 
 
 def test_an_ek_certificate_from_another_manufacturer_is_refused(
@@ -208,7 +163,7 @@ def test_an_ek_certificate_from_another_manufacturer_is_refused(
         start_swtpm(other_ca, tmp_path / "tpm-x") as foreign,
         pytest.raises(grpc.RpcError) as info,
     ):
-        _enroll(verifier, _node(1506), foreign)
+        enroll_with_tpm(verifier, _node(1506), foreign)
     assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert "manufacturer CA" in (info.value.details() or "")
 
@@ -217,11 +172,11 @@ def test_quotes_verify_on_a_real_stream_and_an_unknown_measurement_is_a_finding(
     verifier: RunningVerifier, tpm_a: RunningSwtpm, tmp_path: Path
 ) -> None:
     node = _node(1510)
-    _enroll(verifier, node, tpm_a)
+    enroll_with_tpm(verifier, node, tpm_a)
     ima_file = tmp_path / "ascii_runtime_measurements"
-    _measure(tpm_a, ima_file, "boot_aggregate", hashlib.sha256(b"boot").digest())
-    _measure(tpm_a, ima_file, AGENT, AGENT_V1)
-    _measure(tpm_a, ima_file, DRIVER, DRIVER_V1)
+    measure(tpm_a, ima_file, "boot_aggregate", hashlib.sha256(b"boot").digest())
+    measure(tpm_a, ima_file, AGENT, AGENT_V1)
+    measure(tpm_a, ima_file, DRIVER, DRIVER_V1)
     chain = Chain(verifier, node, WindowQuoter(tpm_a.tools(), ImaLog(ima_file)))
     for _ in range(3):
         receipt = chain.send(chain.body())
@@ -233,7 +188,7 @@ def test_quotes_verify_on_a_real_stream_and_an_unknown_measurement_is_a_finding(
 
     # The lab swaps in a modified agent binary: IMA measures its new digest.
     modified = hashlib.sha256(b"pausewatch-agent v1, patched to under-report").digest()
-    _measure(tpm_a, ima_file, AGENT, modified)
+    measure(tpm_a, ima_file, AGENT, modified)
     receipt = chain.send(chain.body())
     assert receipt.tpm_quote == fpb.TPM_QUOTE_STATUS_OK  # the quote is true: it shows the swap
     unknown = _findings(verifier, node, fpb.FINDING_KIND_UNKNOWN_MEASUREMENT)
@@ -242,7 +197,7 @@ def test_quotes_verify_on_a_real_stream_and_an_unknown_measurement_is_a_finding(
     assert unknown[-1].severity == fpb.SEVERITY_CRITICAL
 
     # Hiding the swap: drop the line from the log. The replay no longer reaches PCR 10.
-    _measure(tpm_a, ima_file, AGENT, modified)
+    measure(tpm_a, ima_file, AGENT, modified)
     lines = ima_file.read_text().splitlines()
     ima_file.write_text("\n".join(lines[:-1]) + "\n")
     receipt = chain.send(chain.body())
@@ -255,9 +210,9 @@ def test_stale_nonce_other_tpm_and_replayed_quotes_are_refused_by_name(
     verifier: RunningVerifier, tpm_a: RunningSwtpm, tpm_b: RunningSwtpm, tmp_path: Path
 ) -> None:
     node = _node(1520)
-    _enroll(verifier, node, tpm_a)
+    enroll_with_tpm(verifier, node, tpm_a)
     ima_file = tmp_path / "ima"
-    _measure(tpm_a, ima_file, AGENT, AGENT_V1)
+    measure(tpm_a, ima_file, AGENT, AGENT_V1)
     honest = WindowQuoter(tpm_a.tools(), ImaLog(ima_file))
     chain = Chain(verifier, node, honest)
     good = chain.body()
@@ -297,7 +252,7 @@ def test_a_tpm_node_without_quotes_gets_missing_quote_findings(
     verifier: RunningVerifier, tpm_a: RunningSwtpm
 ) -> None:
     node = _node(1530)
-    _enroll(verifier, node, tpm_a)
+    enroll_with_tpm(verifier, node, tpm_a)
     chain = Chain(verifier, node, None)  # the lab runs an agent that never quotes
     for _ in range(2):
         assert chain.send(chain.body()).tpm_quote == fpb.TPM_QUOTE_STATUS_MISSING

@@ -76,6 +76,11 @@ class EvidenceBundle(_message.Message):
     MAX_CLOCK_SKEW_NS_FIELD_NUMBER: _builtins.int
     GAP_TOLERANCE_NS_FIELD_NUMBER: _builtins.int
     OPEN_GAP_GRACE_NS_FIELD_NUMBER: _builtins.int
+    TPM_MANUFACTURER_CAS_PEM_FIELD_NUMBER: _builtins.int
+    TPM_QUOTE_NONCE_MAX_AGE_NS_FIELD_NUMBER: _builtins.int
+    TPM_MAX_WINDOWS_WITHOUT_QUOTE_FIELD_NUMBER: _builtins.int
+    IMA_ALLOWLIST_FIELD_NUMBER: _builtins.int
+    HAS_IMA_ALLOWLIST_FIELD_NUMBER: _builtins.int
     format_version: _builtins.int
     """Format version; 1."""
     lab_id: _builtins.str
@@ -100,6 +105,18 @@ class EvidenceBundle(_message.Message):
     """Verifier setting: how long after a node's last window ends before the time since counts as an
     open gap (a window in progress is not a gap), ns.
     """
+    tpm_manufacturer_cas_pem: _builtins.bytes
+    """(50 and up: TPM-rooted nodes.) Verifier setting: the TPM manufacturer CAs (PEM) that EK
+    certificates must chain to, so an offline auditor can re-check TPM enrolments.
+    """
+    tpm_quote_nonce_max_age_ns: _builtins.int
+    """Verifier setting: the oldest a quote's nonce may be at its window's end, ns."""
+    tpm_max_windows_without_quote: _builtins.int
+    """Verifier setting: windows a TPM node may go after a good quote without one of its own."""
+    ima_allowlist: _builtins.str
+    """The lab's IMA allowlist in force (sha256sum format, sorted); empty if the lab has none."""
+    has_ima_allowlist: _builtins.bool
+    """Whether the lab has an IMA allowlist (an empty one allows nothing)."""
     @_builtins.property
     def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___BundleEntry]:
         """The entries: the lab records, the policy records, the lab's enrolments, inventory
@@ -129,10 +146,15 @@ class EvidenceBundle(_message.Message):
         max_clock_skew_ns: _builtins.int = ...,
         gap_tolerance_ns: _builtins.int = ...,
         open_gap_grace_ns: _builtins.int = ...,
+        tpm_manufacturer_cas_pem: _builtins.bytes = ...,
+        tpm_quote_nonce_max_age_ns: _builtins.int = ...,
+        tpm_max_windows_without_quote: _builtins.int = ...,
+        ima_allowlist: _builtins.str = ...,
+        has_ima_allowlist: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["server_report", b"server_report"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket_ns", b"bucket_ns", "checkpoint_note", b"checkpoint_note", "created_at_ns", b"created_at_ns", "entries", b"entries", "format_version", b"format_version", "gap_tolerance_ns", b"gap_tolerance_ns", "lab_id", b"lab_id", "log_verifier_key", b"log_verifier_key", "max_clock_skew_ns", b"max_clock_skew_ns", "open_gap_grace_ns", b"open_gap_grace_ns", "period_end_ns", b"period_end_ns", "period_start_ns", b"period_start_ns", "server_report", b"server_report"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket_ns", b"bucket_ns", "checkpoint_note", b"checkpoint_note", "created_at_ns", b"created_at_ns", "entries", b"entries", "format_version", b"format_version", "gap_tolerance_ns", b"gap_tolerance_ns", "has_ima_allowlist", b"has_ima_allowlist", "ima_allowlist", b"ima_allowlist", "lab_id", b"lab_id", "log_verifier_key", b"log_verifier_key", "max_clock_skew_ns", b"max_clock_skew_ns", "open_gap_grace_ns", b"open_gap_grace_ns", "period_end_ns", b"period_end_ns", "period_start_ns", b"period_start_ns", "server_report", b"server_report", "tpm_manufacturer_cas_pem", b"tpm_manufacturer_cas_pem", "tpm_max_windows_without_quote", b"tpm_max_windows_without_quote", "tpm_quote_nonce_max_age_ns", b"tpm_quote_nonce_max_age_ns"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
