@@ -75,6 +75,7 @@ def write_verifier_files(
     max_clock_skew_s: int = 3_000_000_000,
     max_age_s: int = 3_000_000_000,
     bucket_ms: int = 60_000,
+    open_gap_grace_ms: int = 120_000,
     tls: bool = False,
     extra_lab: str = "",
     store: str = 'path = "verifier.db"',
@@ -122,7 +123,7 @@ max_clock_skew_s = {max_clock_skew_s}
 max_age_s = {max_age_s}
 bucket_ms = {bucket_ms}
 gap_tolerance_ms = 5000
-open_gap_grace_ms = 120000
+open_gap_grace_ms = {open_gap_grace_ms}
 {extra_ingest}
 
 {extra_config}

@@ -167,6 +167,8 @@ class Auditor:
             evidence=StoreEvidence(view, lab_id),
             tree_size=view.tree_size(),
             table_version=compute.TABLE_VERSION,
+            evaluated_at_ns=max(now_ns, as_of),
+            open_gap_grace_ns=ingest.open_gap_grace_ns,
         )
 
     def policy(self, view: ReadView, lab_id: str, at_ns: int) -> Policy:

@@ -814,6 +814,8 @@ def _recompute(state: _State, bundle: bpb.EvidenceBundle) -> pb.ComplianceReport
         ),
         tree_size=server.tree_size,
         table_version=compute.TABLE_VERSION,
+        evaluated_at_ns=max(server.evaluated_at_ns, as_of),
+        open_gap_grace_ns=bundle.open_gap_grace_ns,
     )
 
 

@@ -228,6 +228,9 @@ class _Context:
 
     period_start_ns: int
     as_of_ns: int
+    coverage_from_ns: int
+    coverage_until_ns: int
+    provisional: bool
     bucket_ns: int
     starts: tuple[int, ...]
     buckets: tuple[Bucket, ...]
@@ -293,9 +296,15 @@ def evaluate(
     evidence: EvidenceIndex,
     tree_size: int,
     table_version: int,
+    evaluated_at_ns: int | None = None,
+    open_gap_grace_ns: int = 0,
 ) -> pb.ComplianceReport:
     """The compliance report of ``lab_id`` over ``[period_start_ns, period_end_ns)`` as of
     ``as_of_ns``, under ``policy``.
+
+    ``evaluated_at_ns`` (the clock reading the report was made at; ``as_of_ns`` when None) and
+    ``open_gap_grace_ns`` decide whether the report is provisional, and how far coverage counts:
+    see :func:`coverage_horizon`.
 
     ``buckets`` maps bucket start to bucket (others than the report's are ignored, missing ones are
     zero); ``nodes`` are the lab's nodes (those enrolled at or after ``as_of`` or revoked before the
@@ -315,14 +324,31 @@ def evaluate(
         raise ValueError(f"tree_size must not be negative, got {tree_size}")
     if table_version < 0:
         raise ValueError(f"table_version must not be negative, got {table_version}")
+    if open_gap_grace_ns < 0:
+        raise ValueError(f"open_gap_grace_ns must not be negative, got {open_gap_grace_ns}")
+    evaluated_at = as_of_ns if evaluated_at_ns is None else evaluated_at_ns
+    if evaluated_at < as_of_ns:
+        raise ValueError(f"evaluated_at_ns ({evaluated_at}) is before as_of_ns ({as_of_ns})")
+    provisional, until = coverage_horizon(
+        period_start_ns, period_end_ns, as_of_ns, evaluated_at, open_gap_grace_ns
+    )
     logged = sorted(findings, key=lambda item: item.log_index)
 
     first_start = _ceil_div(period_start_ns, bucket_ns) * bucket_ns
     starts = tuple(range(first_start, as_of_ns, bucket_ns))
     series_buckets = tuple(buckets.get(start) or Bucket(bucket_start_ns=start) for start in starts)
+    # Coverage counts whole buckets, from the first that starts in the period to the last that
+    # ends by the horizon: agents align their windows to multiples of their length, so for
+    # buckets a multiple of the window an honest lab's count is exact at both edges.
+    horizon = max(first_start, until - until % bucket_ns)
 
-    attested_ms = sum(bucket.attested_gpu_ms for bucket in series_buckets)
-    declared_ms = _ceil_div(declared_gpu_ns(inventory, period_start_ns, as_of_ns), NS_PER_MS)
+    # The window in progress (and one still on its way) is neither attested nor missing.
+    attested_ms = sum(
+        bucket.attested_gpu_ms
+        for start, bucket in zip(starts, series_buckets, strict=True)
+        if start < horizon
+    )
+    declared_ms = _ceil_div(declared_gpu_ns(inventory, first_start, horizon), NS_PER_MS)
     coverage = pb.Coverage(
         attested_gpu_ms=attested_ms,
         declared_gpu_ms=declared_ms,
@@ -346,6 +372,9 @@ def evaluate(
     context = _Context(
         period_start_ns=period_start_ns,
         as_of_ns=as_of_ns,
+        coverage_from_ns=first_start,
+        coverage_until_ns=horizon,
+        provisional=provisional,
         bucket_ns=bucket_ns,
         starts=starts,
         buckets=series_buckets,
@@ -367,6 +396,10 @@ def evaluate(
         tree_size=tree_size,
         table_version=table_version,
         coverage=coverage,
+        evaluated_at_ns=evaluated_at,
+        provisional=provisional,
+        coverage_until_ns=horizon,
+        coverage_from_ns=first_start,
     )
     results = [_evaluate_rule(rule, context) for rule in policy.rules]
     report.rules.extend(results)
@@ -388,7 +421,7 @@ def evaluate(
     report.totals.CopyFrom(_totals(series_buckets, table_version))
     for start, bucket in zip(starts, series_buckets, strict=True):
         declared_bucket_ms = _ceil_div(
-            declared_gpu_ns(inventory, start, min(start + bucket_ns, as_of_ns)), NS_PER_MS
+            declared_gpu_ns(inventory, start, min(start + bucket_ns, horizon)), NS_PER_MS
         )
         report.series.append(
             pb.SeriesPoint(
@@ -420,7 +453,36 @@ def evaluate(
         )
     report.verdict, reasons = _verdict(results, logged)
     report.reasons.extend(reasons)
+    if provisional:
+        report.reasons.append(
+            f"PROVISIONAL: evidence up to {format_time_ns(as_of_ns)}; the verdict may change "
+            f"until {format_time_ns(period_end_ns + open_gap_grace_ns)} (the period's end plus "
+            f"the {format_duration_ns(open_gap_grace_ns)} grace for windows still on their way); "
+            f"coverage counted from {format_time_ns(first_start)} to {format_time_ns(horizon)}"
+        )
     return report
+
+
+def coverage_horizon(
+    period_start_ns: int,
+    period_end_ns: int,
+    as_of_ns: int,
+    evaluated_at_ns: int,
+    open_gap_grace_ns: int,
+) -> tuple[bool, int]:
+    """Whether a report made at ``evaluated_at_ns`` is provisional, and the time coverage counts
+    up to (before :func:`evaluate` rounds it down to a bucket start).
+
+    A report is final once ``evaluated_at_ns`` reaches the period's end plus the open-gap grace:
+    every window of the period has then had the time the open-gap rule allows it to arrive, and
+    coverage counts the whole period. Before that, the report is provisional and coverage counts
+    up to ``evaluated_at_ns - open_gap_grace_ns`` (the same grace an open gap gets), never before
+    the period's start nor after ``as_of_ns``: the window in progress is not unattested time.
+    """
+    if evaluated_at_ns >= period_end_ns + open_gap_grace_ns:
+        return False, period_end_ns
+    horizon = max(period_start_ns, min(as_of_ns, evaluated_at_ns - open_gap_grace_ns))
+    return True, horizon
 
 
 def _check_arguments(
@@ -563,7 +625,13 @@ def _sustained(rule: SustainedRateRule, context: _Context) -> pb.RuleResult:
 
 def _coverage(rule: CoverageRule, context: _Context) -> pb.RuleResult:
     coverage = context.coverage
-    if coverage.declared_gpu_ms == 0:
+    if context.provisional and context.coverage_until_ns <= context.coverage_from_ns:
+        outcome = pb.RULE_OUTCOME_PASS
+        summary = (
+            "the period began less than the open-gap grace ago: no stretch of it is old enough "
+            "to count yet (provisional)"
+        )
+    elif coverage.declared_gpu_ms == 0:
         outcome = pb.RULE_OUTCOME_UNACCOUNTED
         summary = (
             "no declared GPU-time in the period (no inventory declaration in force): coverage "
@@ -584,7 +652,7 @@ def _coverage(rule: CoverageRule, context: _Context) -> pb.RuleResult:
         limit=rule.min_ratio_ppm,
         unit="ppm",
         method="attested GPU-time of declared GPUs / declared GPUs x time in force",
-        stretch=(context.period_start_ns, context.as_of_ns),
+        stretch=(context.coverage_from_ns, context.coverage_until_ns),
         summary=summary,
     )
 
@@ -819,6 +887,12 @@ def _table(rows: Sequence[Sequence[str]], indent: str = "  ") -> list[str]:
     ]
 
 
+def _finality(report: pb.ComplianceReport) -> str:
+    if report.provisional:
+        return "PROVISIONAL: the period is open or its last evidence may still arrive"
+    return "final: the period has closed and its evidence had the grace to arrive"
+
+
 def render_text(report: pb.ComplianceReport) -> str:
     """The report as a terminal table: verdict and reasons, each rule (measured against limit,
     outcome, evidence), coverage, gaps, totals with their methods, findings and nodes. FLOP
@@ -833,7 +907,7 @@ def render_text(report: pb.ComplianceReport) -> str:
         f"log size  {report.tree_size}; GPU table version {report.table_version}; buckets of "
         f"{format_duration_ns(report.bucket_ns)}",
         "",
-        f"VERDICT   {verdict}",
+        f"VERDICT   {verdict} ({_finality(report)})",
     ]
     lines += [f"  - {reason}" for reason in report.reasons]
 

@@ -520,6 +520,10 @@ class ComplianceReport(_message.Message):
     TABLE_VERSION_FIELD_NUMBER: _builtins.int
     REASONS_FIELD_NUMBER: _builtins.int
     AS_OF_NS_FIELD_NUMBER: _builtins.int
+    EVALUATED_AT_NS_FIELD_NUMBER: _builtins.int
+    PROVISIONAL_FIELD_NUMBER: _builtins.int
+    COVERAGE_UNTIL_NS_FIELD_NUMBER: _builtins.int
+    COVERAGE_FROM_NS_FIELD_NUMBER: _builtins.int
     lab_id: _builtins.str
     """The lab."""
     period_start_ns: _builtins.int
@@ -543,6 +547,22 @@ class ComplianceReport(_message.Message):
     as_of_ns: _builtins.int
     """The report covers evidence up to this time: min(period_end_ns, the verifier's clock when it
     made the report), ns since the epoch. Time after it is neither attested nor a gap.
+    """
+    evaluated_at_ns: _builtins.int
+    """The verifier's clock when it made the report, ns since the epoch."""
+    provisional: _builtins.bool
+    """True while the period is open or its last windows may still arrive (evaluated_at_ns is before
+    period_end_ns + the open-gap grace): the verdict may still change. False: the verdict is final.
+    """
+    coverage_until_ns: _builtins.int
+    """Coverage counts declared GPU-time up to this time, ns since the epoch: the last bucket start
+    at or before period_end_ns for a final report, or at or before evaluated_at_ns minus the
+    open-gap grace for a provisional one (so that the window in progress never counts as
+    unattested); never before coverage_from_ns.
+    """
+    coverage_from_ns: _builtins.int
+    """Coverage counts whole buckets: from this time (the first bucket that starts in the period)
+    up to coverage_until_ns (rounded down to a bucket start), ns since the epoch.
     """
     @_builtins.property
     def rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___RuleResult]:
@@ -598,10 +618,14 @@ class ComplianceReport(_message.Message):
         table_version: _builtins.int = ...,
         reasons: _abc.Iterable[_builtins.str] | None = ...,
         as_of_ns: _builtins.int = ...,
+        evaluated_at_ns: _builtins.int = ...,
+        provisional: _builtins.bool = ...,
+        coverage_until_ns: _builtins.int = ...,
+        coverage_from_ns: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["coverage", b"coverage", "totals", b"totals"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of_ns", b"as_of_ns", "bucket_ns", b"bucket_ns", "coverage", b"coverage", "findings", b"findings", "gaps", b"gaps", "lab_id", b"lab_id", "nodes", b"nodes", "period_end_ns", b"period_end_ns", "period_start_ns", b"period_start_ns", "policy_digest", b"policy_digest", "policy_id", b"policy_id", "policy_version", b"policy_version", "reasons", b"reasons", "rules", b"rules", "series", b"series", "table_version", b"table_version", "totals", b"totals", "tree_size", b"tree_size", "verdict", b"verdict"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of_ns", b"as_of_ns", "bucket_ns", b"bucket_ns", "coverage", b"coverage", "coverage_from_ns", b"coverage_from_ns", "coverage_until_ns", b"coverage_until_ns", "evaluated_at_ns", b"evaluated_at_ns", "findings", b"findings", "gaps", b"gaps", "lab_id", b"lab_id", "nodes", b"nodes", "period_end_ns", b"period_end_ns", "period_start_ns", b"period_start_ns", "policy_digest", b"policy_digest", "policy_id", b"policy_id", "policy_version", b"policy_version", "provisional", b"provisional", "reasons", b"reasons", "rules", b"rules", "series", b"series", "table_version", b"table_version", "totals", b"totals", "tree_size", b"tree_size", "verdict", b"verdict"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -706,8 +706,9 @@ def test_series_has_one_point_per_bucket_up_to_as_of() -> None:
     assert (one.attested_gpu_ms, one.busy_gpu_ms, one.unattested_gpu_ms) == (120_000, 20_000, 0)
     assert one.energy_mj == 14
     assert two.unattested_gpu_ms == 0
-    # The last bucket is cut at as_of: 2 GPUs x 1 ns declared, rounded up to 1 ms.
-    assert last.unattested_gpu_ms == 1
+    # The last bucket is not whole at as_of: coverage does not judge it yet (provisional).
+    assert last.unattested_gpu_ms == 0
+    assert result.provisional and result.coverage_until_ns == P0 + 3 * BUCKET
 
 
 def test_an_unaligned_period_start_skips_the_bucket_that_starts_before_it() -> None:
@@ -802,12 +803,130 @@ def test_contradictory_arguments_raise_naming_the_argument(
         evaluate(policy(cumulative("1m", "1")), **arguments)  # type: ignore[arg-type]
 
 
-def test_as_of_at_the_period_start_gives_an_empty_report() -> None:
+def test_as_of_at_the_period_start_gives_an_empty_provisional_report() -> None:
     result = report(policy(cumulative("1m", "1") + coverage("99%")), as_of_ns=P0)
     assert list(result.series) == []
     assert result.rules[0].measured == "0"
     assert result.rules[0].outcome == pb.RULE_OUTCOME_PASS
-    assert result.rules[1].outcome == pb.RULE_OUTCOME_UNACCOUNTED
+    # Nothing of the period is old enough to judge: not missing, and said to be provisional.
+    assert result.rules[1].outcome == pb.RULE_OUTCOME_PASS
+    assert "provisional" in result.rules[1].summary
+    assert result.provisional and result.coverage_until_ns == P0
+
+
+def test_coverage_counts_whole_buckets_from_the_first_that_starts_in_the_period() -> None:
+    # A period that starts 20 s into a bucket: the partial bucket is judged by neither side.
+    figures = [f for f in honest_figures(10) if f.window_start_ns >= P0 + BUCKET]
+    result = report(policy(coverage("99%")), figures, period_start_ns=P0 + 20 * S)
+    assert result.coverage_from_ns == P0 + BUCKET
+    assert result.coverage.declared_gpu_ms == result.coverage.attested_gpu_ms == 2 * 9 * 60_000
+    assert result.rules[0].outcome == pb.RULE_OUTCOME_PASS
+
+
+# --- open periods --------------------------------------------------------------------------------
+
+GRACE = 120 * S
+
+
+def open_report(
+    the_policy: Policy,
+    figures: Sequence[GpuWindowFigures],
+    evaluated_at_ns: int,
+    as_of_ns: int | None = None,
+) -> pb.ComplianceReport:
+    accounts: dict[int, Bucket] = {}
+    accumulate(accounts, figures, BUCKET)
+    end = P0 + 10 * BUCKET
+    return evaluate(
+        the_policy,
+        lab_id="lab-a",
+        period_start_ns=P0,
+        period_end_ns=end,
+        as_of_ns=min(end, evaluated_at_ns) if as_of_ns is None else as_of_ns,
+        bucket_ns=BUCKET,
+        buckets=accounts,
+        inventory=[InventoryVersion(1, P0 - BUCKET, GPUS)],
+        nodes=(),
+        findings=(),
+        evidence=InMemoryEvidenceIndex(figures),
+        tree_size=5,
+        table_version=1,
+        evaluated_at_ns=evaluated_at_ns,
+        open_gap_grace_ns=GRACE,
+    )
+
+
+def honest_figures(minutes: int) -> list[GpuWindowFigures]:
+    return [
+        fig(m * 2 + i, m, uuid=uuid, busy_ms=1)
+        for m in range(minutes)
+        for i, uuid in enumerate(sorted(GPUS))
+    ]
+
+
+@pytest.mark.parametrize("seconds_into_minute", [0, 1, 30, 59])
+def test_an_open_period_never_counts_the_window_in_progress_as_missing(
+    seconds_into_minute: int,
+) -> None:
+    # Both GPUs attested every whole minute that has ended; the minute in progress has no window.
+    for minutes in range(1, 10):
+        now = P0 + minutes * BUCKET + seconds_into_minute * S
+        result = open_report(policy(coverage("99%")), honest_figures(minutes), now)
+        assert result.provisional
+        horizon = now - GRACE
+        assert result.coverage_until_ns == max(P0, horizon - horizon % BUCKET)
+        assert result.coverage_from_ns == P0
+        assert result.rules[0].outcome == pb.RULE_OUTCOME_PASS, result.rules[0].summary
+        assert result.verdict == pb.VERDICT_COMPLIANT
+        assert any(reason.startswith("PROVISIONAL: ") for reason in result.reasons)
+        assert "PROVISIONAL" in render_text(result)
+
+
+def test_an_open_period_still_counts_a_node_silent_for_longer_than_the_grace() -> None:
+    # The GPUs attested minutes 0-3 only; at minute 9 minutes 4-6 are past the grace: missing.
+    now = P0 + 9 * BUCKET
+    result = open_report(policy(coverage("99%")), honest_figures(4), now)
+    assert result.provisional
+    assert result.rules[0].outcome == pb.RULE_OUTCOME_UNACCOUNTED
+    assert result.coverage.declared_gpu_ms == 2 * (7 * 60_000)
+    assert result.coverage.attested_gpu_ms == 2 * (4 * 60_000)
+    assert result.verdict == pb.VERDICT_UNACCOUNTED
+
+
+def test_a_window_attested_after_the_horizon_does_not_cover_time_before_it() -> None:
+    # Minutes 0-3 are old enough to count and none was attested; only the last minutes were.
+    late = [f for f in honest_figures(6) if f.window_start_ns >= P0 + 4 * BUCKET]
+    result = open_report(policy(coverage("50%")), late, P0 + 6 * BUCKET)
+    assert result.coverage_until_ns == P0 + 4 * BUCKET
+    assert result.coverage.attested_gpu_ms == 0
+    assert result.rules[0].outcome == pb.RULE_OUTCOME_UNACCOUNTED
+
+
+def test_a_closed_period_is_final_once_the_grace_has_passed_and_counts_all_of_it() -> None:
+    end = P0 + 10 * BUCKET
+    figures = honest_figures(10)
+    just_closed = open_report(policy(coverage("99%")), figures, end + S)
+    assert just_closed.provisional  # the last windows may still be on their way
+    final = open_report(policy(coverage("99%")), figures, end + GRACE)
+    later = open_report(policy(coverage("99%")), figures, end + 10 * GRACE)
+    assert not final.provisional and final.coverage_until_ns == end
+    assert final.coverage.declared_gpu_ms == 2 * 600_000
+    assert final.verdict == pb.VERDICT_COMPLIANT
+    assert "final" in render_text(final)
+    assert not any(reason.startswith("PROVISIONAL") for reason in final.reasons)
+    # Reproducible: the same evidence gives the same report, whenever asked but for the clock.
+    later.evaluated_at_ns = final.evaluated_at_ns
+    assert later.SerializeToString(deterministic=True) == final.SerializeToString(
+        deterministic=True
+    )
+    # And a final report does count a missing last minute.
+    short = open_report(policy(coverage("99%")), honest_figures(9), end + GRACE)
+    assert short.verdict == pb.VERDICT_UNACCOUNTED
+
+
+def test_evaluated_at_before_as_of_is_refused() -> None:
+    with pytest.raises(ValueError, match="evaluated_at_ns"):
+        open_report(policy(coverage("99%")), [], P0 + S, as_of_ns=P0 + 2 * S)
 
 
 # --- text ----------------------------------------------------------------------------------------
