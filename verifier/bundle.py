@@ -245,6 +245,18 @@ def export_bundle(auditor: object, lab_id: str, period_start_ns: int, period_end
 # --- offline verification ------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class BundleExpectations:
+    """What the auditor expects a bundle to be about (chain of custody): a bundle that verifies
+    but is about another lab, another period or under another policy fails. None: not checked."""
+
+    lab_id: str | None = None
+    period: tuple[int, int] | None = None
+    """``(period_start_ns, period_end_ns)``, exactly as exported."""
+    policy_sha256: bytes | None = None
+    """SHA-256 of the policy file in force for the report (32 bytes)."""
+
+
 @dataclass
 class BundleVerification:
     """What offline verification found. ``ok`` only if nothing failed and nothing differs."""
@@ -253,6 +265,7 @@ class BundleVerification:
     differences: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     lab_id: str = ""
+    period: tuple[int, int] | None = None
     entries: int = 0
     attestations: int = 0
     log_key: str = ""
@@ -327,14 +340,64 @@ def _parse_message(message: Message, data: bytes, what: str) -> None:
         raise BodyError(f"{what} is not a valid message") from None
 
 
-def verify_bundle(data: bytes, *, pinned_log_key: str | None = None) -> BundleVerification:
-    """Re-verify a bundle offline. Never raises for bad evidence: every problem is reported."""
+def verify_bundle(
+    data: bytes,
+    *,
+    pinned_log_key: str | None = None,
+    expect: BundleExpectations | None = None,
+) -> BundleVerification:
+    """Re-verify a bundle offline. Never raises for bad evidence: every problem is reported.
+
+    ``expect`` adds the chain-of-custody checks: the bundle must be about that lab, period and
+    policy, or it fails however well it verifies otherwise."""
     result = BundleVerification()
     try:
         _verify(data, pinned_log_key, result)
     except PausewatchError as exc:
         result.failures.append(exc.diagnostics())
+    if expect is not None:
+        result.failures.extend(check_expectations(result, expect))
     return result
+
+
+def check_expectations(result: BundleVerification, expect: BundleExpectations) -> list[str]:
+    """How a verified bundle differs from what the auditor expected it to be about."""
+    problems: list[str] = []
+    server = result.server_report
+    if expect.lab_id is not None:
+        labs = {result.lab_id} | ({server.lab_id} if server is not None else set())
+        if labs != {expect.lab_id}:
+            found = " / ".join(sorted(repr(lab) for lab in labs))
+            problems.append(f"the bundle is about lab {found}, not the expected {expect.lab_id!r}")
+    if expect.period is not None:
+        if server is None:
+            problems.append("the bundle's period could not be read")
+        else:
+            found_period = (server.period_start_ns, server.period_end_ns)
+            if found_period != expect.period or result.period != expect.period:
+                problems.append(
+                    f"the bundle covers {_period_words(result.period or found_period)}, not the "
+                    f"expected {_period_words(expect.period)}"
+                )
+    if expect.policy_sha256 is not None:
+        digests = {
+            bytes(report.policy_digest)
+            for report in (server, result.offline_report)
+            if report is not None
+        }
+        if result.offline_report is None:
+            problems.append("the policy in force could not be recomputed from the bundle")
+        elif digests != {expect.policy_sha256}:
+            found = " / ".join(sorted(d.hex() for d in digests))
+            problems.append(
+                f"the report is under policy sha256 {found}, not the expected "
+                f"{expect.policy_sha256.hex()}"
+            )
+    return problems
+
+
+def _period_words(period: tuple[int, int]) -> str:
+    return f"{evaluation.format_time_ns(period[0])} to {evaluation.format_time_ns(period[1])}"
 
 
 def _verify(data: bytes, pinned_log_key: str | None, result: BundleVerification) -> None:
@@ -375,6 +438,7 @@ def _verify(data: bytes, pinned_log_key: str | None, result: BundleVerification)
     if bundle.format_version != FORMAT_VERSION:
         raise BodyError(f"bundle format_version {bundle.format_version} is not {FORMAT_VERSION}")
     result.lab_id = bundle.lab_id
+    result.period = (bundle.period_start_ns, bundle.period_end_ns)
     result.entries = len(bundle.entries)
     result.server_report = bundle.server_report
     # 4. The checkpoint.

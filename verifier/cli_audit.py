@@ -26,7 +26,7 @@ from pausewatch.v1 import findings_pb2 as fpb
 
 from attest import merkle
 from attest.checkpoint import Checkpoint, verify_checkpoint
-from attest.errors import KeyFileError, ProofError, VerificationError
+from attest.errors import KeyFileError, OutputFileError, ProofError, VerificationError
 from attest.exitcodes import ExitCode
 from attest.note import Ed25519NoteVerifier, parse_verifier_key
 from verifier.cli_common import TIME, emit, verifier_options
@@ -36,13 +36,26 @@ from verifier.evaluation import format_time_ns, render_text
 RPC_TIMEOUT_S = 300
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
+def _write_atomically(path: Path, data: bytes, *, overwrite: bool = True) -> None:
+    """Write ``data`` to ``path`` whole or not at all; with ``overwrite=False`` an existing file
+    (even one that appears while writing) is left alone and :class:`OutputFileError` raised."""
+    if not overwrite and path.exists():
+        raise OutputFileError(f"{path} already exists; refusing to overwrite it")
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-    tmp.replace(path)
+    try:
+        with tmp.open("wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        if overwrite:
+            tmp.replace(path)
+        else:
+            try:
+                os.link(tmp, path)  # fails if path exists: never replaces it
+            except FileExistsError:
+                raise OutputFileError(f"{path} already exists; refusing to overwrite it") from None
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _verdict_exit(report: apb.ComplianceReport) -> int:
@@ -206,15 +219,18 @@ def findings(
     "out_path",
     type=click.Path(dir_okay=False, path_type=Path),
     required=True,
-    help="The bundle file to write.",
+    help="The bundle file to write (never overwritten).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def export(
     *, target: VerifierTarget, lab: str, since: int, until: int, out_path: Path, as_json: bool
 ) -> None:
-    """Export the evidence bundle of a lab and period (docs/bundle-format.md)."""
+    """Export the evidence bundle of a lab and period (docs/bundle-format.md). Refuses to
+    overwrite an existing file (exit 2)."""
     if until <= since:
         raise click.UsageError("--until must be after --since")
+    if out_path.exists():
+        raise OutputFileError(f"{out_path} already exists; refusing to overwrite it")
     parts: list[bytes] = []
     total = -1
     offset = 0
@@ -231,20 +247,43 @@ def export(
     data = b"".join(parts)
     if len(data) != total:
         raise VerificationError(f"the bundle arrived with {len(data)} of {total} bytes")
-    _write_atomically(out_path, data)
+    _write_atomically(out_path, data, overwrite=False)
     digest = hashlib.sha256(data).hexdigest()
     emit(
         {"path": str(out_path), "bytes": len(data), "sha256": digest},
         as_json,
         f"wrote {out_path} ({len(data)} bytes, sha256 {digest})\n"
-        f"check it anywhere with: pausewatch audit verify-bundle {out_path} --log-key '<key>'",
+        f"check it anywhere with: pausewatch audit verify-bundle {out_path} --log-key '<key>' "
+        f"--expect-lab {lab} --expect-period {format_time_ns(since)} {format_time_ns(until)}",
     )
 
 
 def _log_key(text: str | None, key_file: Path | None) -> str | None:
-    if key_file is not None:
-        return key_file.read_text(encoding="utf-8").strip()
-    return text
+    """The pinned log key from ``--log-key`` or ``--log-key-file``; both only if they agree."""
+    if key_file is None:
+        return text
+    try:
+        from_file = key_file.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.BadParameter(
+            f"cannot read {key_file}: {type(exc).__name__}", param_hint="--log-key-file"
+        ) from None
+    if text is not None and text.strip() != from_file:
+        raise click.UsageError(
+            f"--log-key and --log-key-file ({key_file}) name different keys; give one"
+        )
+    return from_file
+
+
+def _sha256_hex(text: str | None) -> bytes | None:
+    if text is None:
+        return None
+    value = text.strip().lower()
+    if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        raise click.BadParameter(
+            "a SHA-256 is 64 hexadecimal digits", param_hint="--expect-policy-sha256"
+        )
+    return bytes.fromhex(value)
 
 
 @audit.command("verify-bundle")
@@ -257,6 +296,20 @@ def _log_key(text: str | None, key_file: Path | None) -> str | None:
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
     default=None,
     help="Read the pinned log key from a file.",
+)
+@click.option("--expect-lab", default=None, help="Fail unless the bundle is about this lab.")
+@click.option(
+    "--expect-period",
+    type=(TIME, TIME),
+    default=None,
+    metavar="START END",
+    help="Fail unless the bundle covers exactly this period (as given to audit export).",
+)
+@click.option(
+    "--expect-policy-sha256",
+    default=None,
+    metavar="HEX",
+    help="Fail unless the report is under the policy file with this SHA-256.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option(
@@ -273,15 +326,24 @@ def verify_bundle_command(
     path: Path,
     log_key: str | None,
     log_key_file: Path | None,
+    expect_lab: str | None,
+    expect_period: tuple[int, int] | None,
+    expect_policy_sha256: str | None,
     as_json: bool,
     html_path: Path | None,
 ) -> None:
     """Re-verify an evidence bundle offline, trusting nothing but the log key.
 
-    Exit 3 if anything fails or the recomputed report differs from the verifier's (each failure
-    is named); otherwise 0 if the recomputed verdict is compliant, 1 if not."""
-    from verifier.bundle import verify_bundle
+    Exit 3 if anything fails, the bundle is not about what --expect-* says, or the recomputed
+    report differs from the verifier's (each failure is named); otherwise 0 if the recomputed
+    verdict is compliant, 1 if not."""
+    from verifier.bundle import BundleExpectations, verify_bundle
 
+    if expect_period is not None and expect_period[1] <= expect_period[0]:
+        raise click.BadParameter("END must be after START", param_hint="--expect-period")
+    expect = BundleExpectations(
+        lab_id=expect_lab, period=expect_period, policy_sha256=_sha256_hex(expect_policy_sha256)
+    )
     pinned = _log_key(log_key, log_key_file)
     if pinned is not None:
         try:
@@ -290,7 +352,7 @@ def verify_bundle_command(
             raise click.BadParameter(
                 "not a signed-note verifier key (<name>+<hash>+<key>)", param_hint="--log-key"
             ) from None
-    result = verify_bundle(path.read_bytes(), pinned_log_key=pinned)
+    result = verify_bundle(path.read_bytes(), pinned_log_key=pinned, expect=expect)
     offline = result.offline_report
     if html_path is not None and offline is not None:
         _write_html(html_path, offline)
@@ -305,6 +367,11 @@ def verify_bundle_command(
         "failures": result.failures,
         "differences": result.differences,
         "warnings": result.warnings,
+        "expected": {
+            "lab_id": expect_lab,
+            "period": list(expect_period) if expect_period is not None else None,
+            "policy_sha256": expect_policy_sha256,
+        },
         "verdict": apb.Verdict.Name(offline.verdict) if offline is not None else None,
         "agrees_with_server": offline is not None and not result.differences,
     }

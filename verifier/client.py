@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 NS_PER_S = 1_000_000_000
 _RELATIVE = re.compile(r"-(\d+)(s|m|h|d)")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+_FRACTION = re.compile(r"(.*T\d\d:\d\d:\d\d)\.(\d+)(Z|[+-]\d\d:\d\d)?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,8 +61,8 @@ def open_channel(
 
 def parse_time(text: str, *, now_ns: int | None = None) -> int:
     """ns since the epoch from ``now``, ``-90s``/``-15m``/``-2h``/``-7d`` (before now), a date
-    (``2026-11-01``, midnight UTC), or an ISO 8601 time (UTC unless it says otherwise).
-    Raises ValueError with a clear message."""
+    (``2026-11-01``, midnight UTC), or an ISO 8601 time (UTC unless it says otherwise) with up to
+    nine digits of a second, as reports print it. Raises ValueError with a clear message."""
     value = text.strip()
     now = time.time_ns() if now_ns is None else now_ns
     if value == "now":
@@ -69,6 +70,12 @@ def parse_time(text: str, *, now_ns: int | None = None) -> int:
     relative = _RELATIVE.fullmatch(value)
     if relative is not None:
         return now - int(relative.group(1)) * _UNIT_S[relative.group(2)] * NS_PER_S
+    fraction = _FRACTION.fullmatch(value)
+    if fraction is not None:
+        if len(fraction.group(2)) > 9:
+            raise ValueError(f"{text!r} is not a time: at most nine digits of a second")
+        whole = parse_time(fraction.group(1) + (fraction.group(3) or ""), now_ns=now)
+        return whole + int(fraction.group(2).ljust(9, "0"))
     try:
         parsed = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:

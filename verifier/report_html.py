@@ -787,10 +787,15 @@ def _verdict(report: pb.ComplianceReport) -> str:
     style = word.lower() if word in _VERDICT_MEANING else "unknown"
     meaning = _VERDICT_MEANING.get(word, "The report carries no verdict this page knows.")
     reasons = "\n".join(f"<li>{_e(reason)}</li>" for reason in report.reasons)
+    finality = (
+        "provisional: the period is open or its last evidence may still arrive"
+        if report.provisional
+        else "final"
+    )
     return (
         f'<section id="verdict" class="verdict verdict-{style}" data-verdict="{_e(word)}" '
-        'aria-label="Verdict">\n'
-        '<p class="verdict-label">Verdict</p>\n'
+        f'data-provisional="{"true" if report.provisional else "false"}" aria-label="Verdict">\n'
+        f'<p class="verdict-label">Verdict ({_e(finality)})</p>\n'
         f'<p class="verdict-word">{_e(word)}</p>\n'
         f'<p class="verdict-meaning">{_e(meaning)}</p>\n'
         f"<ul>\n{reasons or '<li>(no reasons given)</li>'}\n</ul>\n</section>"

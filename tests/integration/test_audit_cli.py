@@ -213,3 +213,71 @@ def test_server_name_checks_the_certificate_under_either_spelling(lab: Lab) -> N
     wrong = pausewatch("log", "checkpoint", *target, "--server-name", "wrong.example")
     assert wrong.returncode == 4
     assert "Traceback" not in wrong.stderr
+
+
+def test_chain_of_custody_expectations_and_log_key_conflicts(lab: Lab) -> None:
+    import hashlib
+
+    target = lab.verifier.cli_target()
+    bundle = lab.directory / "custody.pwbundle"
+    exported = pausewatch("audit", "export", *target, *period(lab, 0, 10), "--out", str(bundle))
+    assert exported.returncode == 0, exported.stderr
+    log_key = json.loads(pausewatch("log", "checkpoint", *target, "--json").stdout)["verifier_key"]
+    since, until = period(lab, 0, 10)[3], period(lab, 0, 10)[5]
+    policy_sha = hashlib.sha256(POLICY.encode()).hexdigest()
+
+    def verify(*extra: str) -> subprocess.CompletedProcess[str]:
+        return pausewatch("audit", "verify-bundle", str(bundle), "--log-key", log_key, *extra)
+
+    # The honest control: every expectation met, the verdict's exit code (compliant: 0).
+    honest = verify(
+        "--expect-lab",
+        "lab-a",
+        "--expect-period",
+        since,
+        until,
+        "--expect-policy-sha256",
+        policy_sha,
+        "--json",
+    )
+    assert honest.returncode == 0, honest.stdout
+    assert json.loads(honest.stdout)["ok"]
+    # Lab A's bundle checked as lab B, another period, another policy: each fails, named.
+    for extra, words in (
+        (("--expect-lab", "lab-b"), "not the expected 'lab-b'"),
+        (("--expect-period", since, period(lab, 0, 11)[5]), "not the expected"),
+        (("--expect-policy-sha256", "ab" * 32), "not the expected " + "ab" * 32),
+    ):
+        run = verify(*extra)
+        assert run.returncode == 3, (extra, run.stdout[-800:])
+        assert "FAILED: " in run.stdout and words in run.stdout, run.stdout[-800:]
+        assert "VERIFIED" not in run.stdout
+    malformed = verify("--expect-policy-sha256", "xyz")
+    assert malformed.returncode == 2 and "64 hexadecimal digits" in malformed.stderr
+
+    # --log-key and --log-key-file: the same key is fine, two different keys are refused.
+    key_file = lab.directory / "log.pub.note"
+    key_file.write_text(log_key + "\n", encoding="utf-8")
+    same = verify("--log-key-file", str(key_file))
+    assert same.returncode == 0, same.stdout[-500:] + same.stderr
+    from attest.keys import generate_private_key
+    from attest.note import format_verifier_key
+
+    other = lab.directory / "other.note"
+    other.write_text(
+        format_verifier_key(
+            "test.example/verifier", generate_private_key().public_key().public_bytes_raw()
+        ),
+        encoding="utf-8",
+    )
+    conflict = verify("--log-key-file", str(other))
+    assert conflict.returncode == 2
+    assert "name different keys" in conflict.stderr
+
+    # Export never overwrites: the first bundle is left as it was.
+    before = bundle.read_bytes()
+    again = pausewatch("audit", "export", *target, *period(lab, 0, 20), "--out", str(bundle))
+    assert again.returncode == 2
+    assert "already exists; refusing to overwrite" in again.stderr
+    assert bundle.read_bytes() == before
+    assert not [p for p in lab.directory.iterdir() if p.name.startswith(".custody")]

@@ -543,3 +543,12 @@ def test_a_report_from_evaluate_renders_its_violation() -> None:
     assert int(cum["data-start-ns"]) == P0 + 3 * BUCKET  # the worst 3-minute run: buckets 3-5
     left, _, right, _ = plot_box(parsed)
     assert float(cum["x"]) == pytest.approx(left + 3 * (right - left) / 10, abs=0.01)
+
+
+@pytest.mark.parametrize(("provisional", "words"), [(True, "provisional"), (False, "final")])
+def test_the_verdict_says_whether_it_is_provisional_or_final(provisional: bool, words: str) -> None:
+    report = make_report()
+    report.provisional = provisional
+    parsed = parse(render_html(report))
+    assert parsed.by_id("verdict")["data-provisional"] == ("true" if provisional else "false")
+    assert f"Verdict ({words}" in "".join(parsed.text)
