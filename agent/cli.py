@@ -16,6 +16,7 @@ error. Every command that prints a result takes ``--json``.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -666,6 +667,85 @@ def check(
     )
     if code:
         sys.exit(code)
+
+
+# -- export-windows -----------------------------------------------------------------------------
+
+
+@cli.command("export-windows")
+@click.option(
+    "--replay",
+    "replay_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="An nvidia-smi CSV recording to replay into windows (signed by a throwaway key).",
+)
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Or: a node's state directory, whose spooled windows are exported as they are.",
+)
+@click.option("--lab", "lab_id", default=None, help="The lab the windows are for (with --replay).")
+@click.option("--node-name", default=None, help="Node name (with --replay; default: file stem).")
+@click.option("--gpus", type=click.IntRange(min=1, max=4096), default=None, help="GPUs per poll.")
+@click.option("--gpu-model", default="", help="GPU model, for a recording without a name column.")
+@click.option("--replay-columns", default=None, help="Column names of a header-less recording.")
+@click.option("--window-s", type=click.IntRange(min=1, max=3600), default=60, show_default=True)
+@click.option(
+    "--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Output file."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def export_windows(
+    *,
+    replay_file: Path | None,
+    state_dir: Path | None,
+    lab_id: str | None,
+    node_name: str | None,
+    gpus: int | None,
+    gpu_model: str,
+    replay_columns: str | None,
+    window_s: int,
+    out: Path,
+    as_json: bool,
+) -> None:
+    """Windows for an offline what-if analysis ('pausewatch audit analyse' runs this).
+
+    With --replay, the recording is replayed offline into windows exactly as a running agent
+    makes them, signed by a throwaway key derived from the file (never a node's attestation).
+    With --state-dir, the node's spooled windows are exported as signed."""
+    from agent.offline import sign_recording, spool_export, write_export
+    from agent.sampler.replay import load_recording
+
+    if (replay_file is None) == (state_dir is None):
+        raise click.UsageError("give exactly one of --replay FILE and --state-dir DIR")
+    if replay_file is not None:
+        if lab_id is None or not is_valid_lab_id(lab_id):
+            raise click.UsageError("--replay needs --lab LAB (a valid lab id)")
+        columns = tuple(c.strip() for c in replay_columns.split(",")) if replay_columns else ()
+        recording = load_recording(replay_file, columns=columns, gpus=gpus, gpu_model=gpu_model)
+        try:
+            digest = hashlib.sha256(replay_file.read_bytes()).digest()
+        except OSError as exc:
+            raise click.UsageError(f"cannot read {replay_file}: {exc.strerror}") from None
+        name = node_name or replay_file.stem
+        export = sign_recording(
+            recording,
+            lab_id=lab_id,
+            node_name=name,
+            key_seed=digest + name.encode(),
+            window_ns=window_s * NS_PER_S,
+        )
+    else:
+        assert state_dir is not None
+        export = spool_export(_load(None, state_dir))
+    write_export(export, out)
+    emit(
+        {"out": str(out), "source": export.source, "windows": len(export.envelopes)}
+        | {"recording": export.recording},
+        as_json,
+        f"wrote {len(export.envelopes)} windows ({export.source}) to {out}",
+    )
 
 
 # -- status -------------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ from agent.config import AgentConfig
 from agent.identity import AGENT_VERSION, agent_digest, boot_id
 from agent.metrics import AgentMetrics
 from agent.sampler.base import EventKind, Sampler, SamplerEvent
+from agent.sampler.replay import ReplaySampler
 from agent.sdnotify import Notifier
 from agent.shipper import Shipper
 from agent.spool import Spool, SpoolError, WindowTimes
@@ -188,9 +189,11 @@ class Daemon:
     def _run(self, spool: Spool) -> None:
         head = spool.head()
         self._previous_end_ns = None if head is None else head.window_end_ns
+        sampler = self._sampler
         settings = WindowSettings(
             window_ns=self._config.sampling.window_ns,
-            sample_interval_ms=self._sampler.sample_interval_ms,
+            sample_interval_ms=sampler.sample_interval_ms,
+            cadence_ns=sampler.cadence_ns if isinstance(sampler, ReplaySampler) else 0,
         )
         windower = Windower(settings, not_before_ns=self._previous_end_ns or 0)
         self._metrics.head_seq.set(-1 if head is None else head.seq)

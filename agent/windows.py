@@ -77,10 +77,16 @@ _MIG_PB = {mode: pb.MigMode.Value("MIG_MODE_" + mode.name) for mode in MigMode}
 
 @dataclass(frozen=True, slots=True)
 class WindowSettings:
-    """Window length and sampling interval."""
+    """Window length and sampling interval.
+
+    ``cadence_ns`` is a replay's measured cadence, exactly (the interval is that in whole ms,
+    rounded down): a window then expects floor(length / cadence) samples, the polls the recording
+    holds for that time, so a complete recording is never short of samples by rounding.
+    """
 
     window_ns: int
     sample_interval_ms: int
+    cadence_ns: int = 0
 
     def __post_init__(self) -> None:
         if self.window_ns < MIN_WINDOW_NS:
@@ -399,7 +405,10 @@ class _OpenWindow:
             {r.identity.uuid: r for r in closing.readings} if closing is not None else {}
         )
         appeared = {e.gpu_uuid for e in self.events.values() if e.kind is EventKind.GPU_APPEARED}
-        expected = _ceil_div(self.end_ns - self.start_ns, settings.sample_interval_ns)
+        if settings.cadence_ns:
+            expected = max(1, (self.end_ns - self.start_ns) // settings.cadence_ns)
+        else:
+            expected = _ceil_div(self.end_ns - self.start_ns, settings.sample_interval_ns)
         limit_ms = (self.end_ns - self.start_ns) // NS_PER_MS + settings.sample_interval_ms
         gpus: list[pb.GpuWindow] = []
         for uuid, acc in self.gpus.items():

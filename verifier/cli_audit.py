@@ -4,6 +4,7 @@
     pausewatch audit findings --lab lab-a --follow
     pausewatch audit export --lab lab-a --since -7d --out lab-a.pwbundle
     pausewatch audit verify-bundle lab-a.pwbundle --log-key 'origin+hash+key'
+    pausewatch audit analyse node1.csv node2.csv --policy pause.toml --gpu-model "NVIDIA H100 ..."
     pausewatch log checkpoint --log-key 'origin+hash+key'
     pausewatch log prove --index 1234
 
@@ -117,6 +118,92 @@ def report(
         text += f"\nHTML report written to {html_path}"
     emit(_report_dict(result), as_json, text)
     ctx.exit(_verdict_exit(result))
+
+
+@audit.command("analyse")
+@click.argument(
+    "inputs",
+    metavar="FILE_OR_STATE_DIR...",
+    nargs=-1,
+    required=True,
+    type=click.Path(exists=True, path_type=Path),
+)
+@click.option(
+    "--policy",
+    "policy_path",
+    required=True,
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="The policy to evaluate (its lab id names the lab).",
+)
+@click.option(
+    "--gpus",
+    type=click.IntRange(min=1, max=4096),
+    default=None,
+    help="GPUs per node, for recordings without index or uuid column (default: from the rows).",
+)
+@click.option(
+    "--gpu-model",
+    default="",
+    help='GPU model of recordings without a name column, e.g. "NVIDIA H100 80GB HBM3".',
+)
+@click.option(
+    "--window-s",
+    type=click.IntRange(min=1, max=3600),
+    default=60,
+    show_default=True,
+    help="Window length a recording is cut into.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the analysis as JSON.")
+@click.option(
+    "--html",
+    "html_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write a self-contained HTML page with a chart to this file.",
+)
+@click.pass_context
+def analyse_command(
+    ctx: click.Context,
+    *,
+    inputs: tuple[Path, ...],
+    policy_path: Path,
+    gpus: int | None,
+    gpu_model: str,
+    window_s: int,
+    as_json: bool,
+    html_path: Path | None,
+) -> None:
+    """What-if audit of recorded nvidia-smi CSV logs or nodes' state directories (spools).
+
+    The same evaluation and report as 'audit report', over data no verifier received: an
+    UNATTESTED analysis, for sizing a policy or checking a lab's history before a pause. Each
+    FILE is one node. Exit 0 if it would be compliant, 1 if not."""
+    from verifier.analysis import UNATTESTED, AnalysisSource, analyse
+    from verifier.policy import load_policy
+
+    policy = load_policy(policy_path)
+    sources = [AnalysisSource.for_path(path) for path in inputs]
+    names = [source.node_name for source in sources]
+    if len(set(names)) != len(names):
+        raise click.UsageError("two inputs have the same name; rename one (a node per file)")
+    result = analyse(sources, policy, gpus=gpus, gpu_model=gpu_model, window_s=window_s)
+    if html_path is not None:
+        from verifier.report_html import render_html
+
+        page = render_html(
+            result.report,
+            title=f"pausewatch what-if analysis: {result.report.lab_id}",
+            analysis_notice=UNATTESTED,
+            notes=result.notes,
+        )
+        _write_atomically(html_path, page.encode("utf-8"))
+    lines = [f"*** {UNATTESTED} ***", ""]
+    lines += [f"  {note}" for note in result.notes]
+    lines += ["", render_text(result.report)]
+    if html_path is not None:
+        lines.append(f"\nHTML report written to {html_path}")
+    emit(result.to_dict(), as_json, "\n".join(lines))
+    ctx.exit(_verdict_exit(result.report))
 
 
 def _finding_line(item: apb.LoggedFinding) -> str:

@@ -42,6 +42,7 @@ from verifier.accounts import (
     gap_report,
     node_active_span,
 )
+from verifier.data_quality import data_quality_warnings
 from verifier.policy import (
     FIGURE_WORDS,
     CoverageRule,
@@ -910,6 +911,9 @@ def render_text(report: pb.ComplianceReport) -> str:
         f"VERDICT   {verdict} ({_finality(report)})",
     ]
     lines += [f"  - {reason}" for reason in report.reasons]
+    warnings = data_quality_warnings(report)
+    if warnings:
+        lines += ["", "DATA QUALITY"] + [f"  ! {warning}" for warning in warnings]
 
     lines += ["", f"rules ({len(report.rules)})"]
     if report.rules:

@@ -49,6 +49,7 @@ from google.protobuf.descriptor import EnumDescriptor
 from pausewatch.v1 import audit_pb2 as pb
 from pausewatch.v1 import findings_pb2
 
+from verifier.data_quality import data_quality_warnings
 from verifier.evaluation import format_time_ns
 from verifier.policy import format_duration_ns, format_ppm, scientific
 
@@ -65,6 +66,11 @@ PLOT_BOTTOM = CHART_HEIGHT - 60.0
 MAX_DECADES_BELOW_DATA = 12
 """A FLOP axis reaches at most this many powers of ten below its largest datum, unless a limit is
 lower: smaller buckets are drawn 1 px high."""
+MAX_VIOLATION_LANES = 5
+"""Violated rules get a lane each at the top of the plot, up to this many (then "and N more")."""
+LANE_HEIGHT = 16
+LANE_TOP = 8
+"""The lanes start this far below the plot's top edge (gaps stay visible along it)."""
 MAX_SERIES_ROWS = 240
 """The accounts table sums consecutive buckets exactly so that it has at most this many rows."""
 _MAX_DIGITS = 4_000
@@ -107,6 +113,22 @@ h2 { font-size: 18px; margin: 28px 0 8px; border-bottom: 1px solid var(--line);
 .mono, .exact, code { font-family: "DejaVu Sans Mono", Menlo, Consolas, monospace;
   font-size: 12.5px; }
 .exact, .nowrap { white-space: nowrap; }
+.amount { font-weight: 600; white-space: nowrap; border-bottom: 1px dotted var(--muted);
+  cursor: help; }
+td { overflow-wrap: anywhere; }
+table.rules { table-layout: fixed; }
+table.rules .stamp { white-space: nowrap; font-size: 12px; }
+table.rules .exact { white-space: normal; overflow-wrap: anywhere; }
+.analysis-notice { margin: 0 0 14px; padding: 10px 14px; border: 2px dashed #6f42c1;
+  border-radius: 6px; background: #f5f0fe; color: #3e1f7a; font-weight: 700; }
+.analysis-notice small { display: block; font-weight: 400; }
+.quality { margin: -8px 0 20px; padding: 10px 16px; border-radius: 6px; border: 1px solid;
+  break-inside: avoid; }
+.quality h2 { margin: 0 0 4px; padding: 0; border: none; font-size: 15px; }
+.quality ul { margin: 0; padding-left: 20px; }
+.quality li { overflow-wrap: anywhere; margin: 2px 0; }
+.quality-warn { background: #fff5d6; border-color: var(--warn); color: #4a3200; }
+.quality-ok { background: var(--bg-soft); border-color: var(--line); color: var(--muted); }
 td .sci { display: block; }
 .table-wrap { overflow-x: auto; }
 .sci { color: var(--muted); white-space: nowrap; }
@@ -179,8 +201,9 @@ _SVG_CSS = """
   stroke-linejoin: round; }
 .gap, .swatch-gap { fill: #f0a500; fill-opacity: .22; stroke: #c98a00; stroke-opacity: .6;
   stroke-width: .75; }
-.violation, .swatch-violation { fill: #d7261e; fill-opacity: .12; stroke: #d7261e;
-  stroke-width: 1.5; stroke-dasharray: 5 3; }
+.violation { fill: none; stroke: #d7261e; stroke-width: 1.25; stroke-dasharray: 5 3; }
+.violation-lane, .swatch-violation { fill: #d7261e; fill-opacity: .22; stroke: #d7261e;
+  stroke-width: 1; }
 #compute-chart .violation-label { fill: #a1150f; font-weight: 700; paint-order: stroke;
   stroke: #fff; stroke-width: 3px; }
 .threshold-cumulative, .swatch-threshold-cumulative { stroke: #c0211a; stroke-width: 2;
@@ -241,13 +264,16 @@ def _utc(timestamp_ns: int) -> datetime:
 
 
 def _flop_html(amount: int | None, raw: str = "", unit: str = "FLOP") -> str:
-    """An exact amount and, from 1000 on, its scientific notation (rounded down)."""
+    """An amount in scientific notation first (three significant digits, rounded down), the exact
+    integer on hover (``title``) and in ``data-exact``; below 1000, the exact integer alone."""
     if amount is None:
         return f'<span class="exact">{_e(raw or "-")}</span>'
-    exact = f'<span class="exact">{amount}</span>'
-    sci = f' <span class="sci">({_e(scientific(amount))} {unit})</span>' if amount >= 1000 else ""
-    tail = f" {unit}" if amount < 1000 else ""
-    return exact + tail + sci
+    if amount < 1000:
+        return f'<span class="exact" data-exact="{amount}">{amount}</span> {unit}'
+    return (
+        f'<span class="amount" data-exact="{amount}" title="exactly {amount} {unit}">'
+        f"{_e(scientific(amount))} {unit}</span>"
+    )
 
 
 def _amount_html(value: str, unit: str) -> str:
@@ -497,7 +523,7 @@ def _legend_items(has_rate: bool, has_after_as_of: bool) -> list[tuple[str, str]
         ('<rect x="0" y="-6" width="22" height="12" class="swatch-gap"/>',
          "gap: unattested node time (darker where several nodes)"),
         ('<rect x="0" y="-6" width="22" height="12" class="swatch-violation"/>',
-         "worst stretch of a violated rule"),
+         "violated rule: worst stretch (its lane at the top, dashed edges)"),
     ]  # fmt: skip
     if has_after_as_of:
         items.append(
@@ -529,8 +555,10 @@ def render_chart(report: pb.ComplianceReport) -> str:
     columns = _columns(report, time)
     thresholds = _thresholds(report)
     violated = [rule for rule in report.rules if rule.outcome == pb.RULE_OUTCOME_VIOLATION]
-    # A lane at the top of the plot for the violated rules' labels, above the data.
-    data_top = PLOT_TOP + 10 + 16 * min(max(len(violated), 1), 4)
+    # A lane per violated rule at the top of the plot, above the data (a last one says how many
+    # more there are when they do not all fit).
+    lanes = min(len(violated), MAX_VIOLATION_LANES) + (len(violated) > MAX_VIOLATION_LANES)
+    data_top = PLOT_TOP + LANE_TOP + 6 + LANE_HEIGHT * max(lanes, 1)
     upper = _log_scale(
         [c.upper_flop for c in columns],
         [t.drawn_flop for t in thresholds if t.axis == "rate"],
@@ -612,8 +640,8 @@ def render_chart(report: pb.ComplianceReport) -> str:
         )
     for index, rule in enumerate(violated):
         x0, x1 = _span_px(time, rule.worst_start_ns, rule.worst_end_ns)
-        lane_y = PLOT_TOP + 16 + 16 * min(index, 3)
-        anchor, label_x = ("start", x0 + 4) if x0 < PLOT_RIGHT - 260 else ("end", x1 - 4)
+        # The stretch's edges, dashed, across the plot (no fill: several never tint the chart);
+        # a band and the rule's label in its own lane.
         out.append(
             f'<rect class="violation" data-rule="{_e(rule.rule_id)}" '
             f'data-start-ns="{rule.worst_start_ns}" data-end-ns="{rule.worst_end_ns}" '
@@ -621,8 +649,31 @@ def render_chart(report: pb.ComplianceReport) -> str:
             f"<title>{_e(rule.rule_id)}: worst stretch, "
             f"{_e(format_time_ns(rule.worst_start_ns))} to "
             f"{_e(format_time_ns(rule.worst_end_ns))}</title></rect>"
-            f'<text class="violation-label" x="{_px(label_x)}" y="{_px(lane_y)}" '
-            f'text-anchor="{anchor}">VIOLATION {_e(rule.rule_id)}: worst stretch</text>'
+        )
+        if index >= MAX_VIOLATION_LANES:
+            continue
+        band_y = PLOT_TOP + LANE_TOP + LANE_HEIGHT * index
+        text = f"VIOLATION {rule.rule_id}"
+        width = 7.2 * len(text)
+        if x1 + 6 + width <= PLOT_RIGHT:
+            anchor, label_x = "start", x1 + 6
+        elif x0 - 6 - width >= PLOT_LEFT:
+            anchor, label_x = "end", x0 - 6
+        else:
+            anchor, label_x = "start", max(PLOT_LEFT + 4, x0 + 4)
+        out.append(
+            f'<rect class="violation-lane" data-rule="{_e(rule.rule_id)}" x="{_px(x0)}" '
+            f'y="{_px(band_y)}" width="{_px(max(x1 - x0, 2.0))}" height="{_px(LANE_HEIGHT - 5)}">'
+            f"<title>{_e(rule.rule_id)}: worst stretch</title></rect>"
+            f'<text class="violation-label" data-rule="{_e(rule.rule_id)}" x="{_px(label_x)}" '
+            f'y="{_px(band_y + LANE_HEIGHT - 7)}" text-anchor="{anchor}">{_e(text)}</text>'
+        )
+    if len(violated) > MAX_VIOLATION_LANES:
+        more = len(violated) - MAX_VIOLATION_LANES
+        out.append(
+            f'<text class="violation-label" x="{_px(PLOT_LEFT + 4)}" '
+            f'y="{_px(PLOT_TOP + LANE_TOP + LANE_HEIGHT * (MAX_VIOLATION_LANES + 1) - 7)}">'
+            f"and {more} more violated rule{'s' if more > 1 else ''}: see the rules table</text>"
         )
 
     # The cumulative line over them.
@@ -746,7 +797,7 @@ def _span_px(time: _TimeScale, start_ns: int, end_ns: int) -> tuple[float, float
 # --- page sections -------------------------------------------------------------------------------
 
 
-def _header(report: pb.ComplianceReport) -> str:
+def _header(report: pb.ComplianceReport, kicker: str = "") -> str:
     as_of = _e(format_time_ns(report.as_of_ns))
     if report.as_of_ns < report.period_end_ns:
         as_of += (
@@ -776,7 +827,7 @@ def _header(report: pb.ComplianceReport) -> str:
     ]
     rows = "\n".join(f"<dt>{_e(name)}</dt><dd>{value}</dd>" for name, value in facts)
     return (
-        '<header>\n<p class="kicker">pausewatch compliance report</p>\n'
+        f'<header>\n<p class="kicker">{_e(kicker or "pausewatch compliance report")}</p>\n'
         f"<h1>Lab {_e(report.lab_id)}</h1>\n"
         f'<dl class="facts">\n{rows}\n</dl>\n</header>'
     )
@@ -799,6 +850,34 @@ def _verdict(report: pb.ComplianceReport) -> str:
         f'<p class="verdict-word">{_e(word)}</p>\n'
         f'<p class="verdict-meaning">{_e(meaning)}</p>\n'
         f"<ul>\n{reasons or '<li>(no reasons given)</li>'}\n</ul>\n</section>"
+    )
+
+
+def _data_quality(report: pb.ComplianceReport, notes: Sequence[str]) -> str:
+    """The data-quality banner, right under the verdict: what the figures rest on."""
+    warnings = data_quality_warnings(report)
+    items = [*warnings, *notes]
+    style = "quality-warn" if warnings else "quality-ok"
+    heading = (
+        f"Data quality: {len(warnings)} warning{'s' if len(warnings) != 1 else ''}"
+        if warnings
+        else "Data quality: no warnings"
+    )
+    listed = "\n".join(f"<li>{_e(item)}</li>" for item in items) or (
+        "<li>Every GPU model is in the compute table, the energy drawn supports the upper bound, "
+        "and tensor activity was measured.</li>"
+    )
+    return (
+        f'<aside id="data-quality" class="quality {style}" data-warnings="{len(warnings)}" '
+        f'aria-label="Data quality">\n<h2>{_e(heading)}</h2>\n<ul>\n{listed}\n</ul>\n</aside>'
+    )
+
+
+def _analysis_notice(notice: str) -> str:
+    return (
+        f'<div id="analysis-notice" class="analysis-notice" role="note">{_e(notice)}'
+        "<small>The verdict below is what the policy would say of this data, had it been "
+        "attested; it is not a finding about the lab.</small></div>"
     )
 
 
@@ -841,6 +920,10 @@ def _index_ranges(indices: Sequence[int]) -> str:
     return ", ".join(runs)
 
 
+_RULE_COLUMN_PERCENT = (13, 14, 10, 11, 11, 6, 19, 16)
+"""Rule, kind, outcome, measured, limit, unit, method, worst stretch."""
+
+
 def _rules(report: pb.ComplianceReport) -> str:
     if not report.rules:
         return '<section id="rules">\n<h2>Rules</h2>\n<p class="empty">No rules.</p>\n</section>'
@@ -850,13 +933,13 @@ def _rules(report: pb.ComplianceReport) -> str:
         outcome = _enum_word(pb.RuleOutcome.DESCRIPTOR, rule.outcome, "RULE_OUTCOME_")
         kind = _enum_word(pb.RuleKind.DESCRIPTOR, rule.kind, "RULE_KIND_").lower()
         stretch = (
-            f'<span class="nowrap">{_e(format_time_ns(rule.worst_start_ns))}</span> to<br>'
-            f'<span class="nowrap">{_e(format_time_ns(rule.worst_end_ns))}</span>'
+            f'<span class="stamp">{_e(format_time_ns(rule.worst_start_ns))}</span> to<br>'
+            f'<span class="stamp">{_e(format_time_ns(rule.worst_end_ns))}</span>'
             if rule.worst_end_ns > rule.worst_start_ns
             else "-"
         )
         cells = [
-            f'<span class="mono nowrap">{_e(rule.rule_id)}</span>',
+            f'<span class="mono">{_e(rule.rule_id)}</span>',
             _e(kind),
             _badge(outcome),
             _amount_html(rule.measured, rule.unit),
@@ -889,9 +972,13 @@ def _rules(report: pb.ComplianceReport) -> str:
             f"{evidence}</td></tr>"
         )
     head = "".join(f'<th scope="col">{_e(h)}</th>' for h in headers)
+    # Fixed column widths (percent of the page): long ids, methods and times wrap, never widen
+    # the table past the page.
+    cols = "".join(f'<col style="width:{w}%">' for w in _RULE_COLUMN_PERCENT)
     return (
         f'<section id="rules">\n<h2>Rules ({len(report.rules)})</h2>\n'
-        f'<div class="table-wrap"><table class="rules">\n<thead><tr>{head}</tr></thead>\n<tbody>\n'
+        f'<div class="table-wrap"><table class="rules">\n<colgroup>{cols}</colgroup>\n'
+        f"<thead><tr>{head}</tr></thead>\n<tbody>\n"
         + "\n".join(body)
         + "\n</tbody>\n</table></div>\n</section>"
     )
@@ -1099,10 +1186,18 @@ def _accounts(report: pb.ComplianceReport) -> str:
     )
 
 
-def render_html(report: pb.ComplianceReport, *, title: str | None = None) -> str:
+def render_html(
+    report: pb.ComplianceReport,
+    *,
+    title: str | None = None,
+    analysis_notice: str = "",
+    notes: Sequence[str] = (),
+) -> str:
     """The whole report as one self-contained HTML5 page (see the module docstring).
 
     ``title`` replaces the default page title, "pausewatch compliance report: <lab>, <period>".
+    ``analysis_notice`` marks the page as an unattested what-if analysis (a banner above all
+    else); ``notes`` join the data-quality banner under the verdict.
     """
     if title is None:
         title = (
@@ -1110,9 +1205,11 @@ def render_html(report: pb.ComplianceReport, *, title: str | None = None) -> str
             f"{format_time_ns(report.period_start_ns)} to {format_time_ns(report.period_end_ns)}"
         )
     sections = [
-        _header(report),
+        _analysis_notice(analysis_notice) if analysis_notice else "",
+        _header(report, "pausewatch what-if analysis (unattested)" if analysis_notice else ""),
         "<main>",
         _verdict(report),
+        _data_quality(report, notes),
         _chart_section(report),
         _rules(report),
         _coverage_and_totals(report),
@@ -1121,10 +1218,15 @@ def render_html(report: pb.ComplianceReport, *, title: str | None = None) -> str
         _nodes(report),
         _accounts(report),
         "</main>",
-        "<footer>Generated by pausewatch from the signed, logged evidence summarised in the "
-        "compliance report. Amounts are exact integers; scientific notation beside them keeps "
-        "three significant digits, rounded down. This page is self-contained: it loads nothing "
-        "and runs no script.</footer>",
+        "<footer>Generated by pausewatch from "
+        + (
+            "recorded data that no verifier received (an unattested analysis). "
+            if analysis_notice
+            else "the signed, logged evidence summarised in the compliance report. "
+        )
+        + "Amounts show in scientific notation with three significant digits, rounded down; "
+        "hover over one for the exact integer (the JSON report carries them all). This page is "
+        "self-contained: it loads nothing and runs no script.</footer>",
     ]
     return (
         "<!DOCTYPE html>\n"

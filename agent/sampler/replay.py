@@ -39,11 +39,13 @@ mW x ms (= microjoules) and reported rounded down to mJ. Such a window's METRIC_
 ``integrated from power.draw`` in its ``last_error`` field.
 
 **Cadence.** Unless given, the sample interval is the measured cadence: the mean time between
-consecutive polls, leaving out stalls (more than 1.5 x the median). A sample is credited the time
-since the GPU's previous sample, up to 1.5 x that interval (:data:`CREDIT_BOUND_NUM` /
-:data:`CREDIT_BOUND_DEN`); so nvidia-smi's real ~102 ms loop at ``-lms 100`` with its jitter
-reads as fully covered, while a stall of seconds stays a gap (samples taken fall short of those
-expected). With an explicit ``sample_interval_ms`` the credit is capped at that interval (as NVML).
+consecutive polls, leaving out stalls (more than 1.5 x the median), in whole ms rounded down; a
+window expects floor(length / cadence) samples (``WindowSettings.cadence_ns``). A sample is
+credited the time since the GPU's previous sample, up to 1.5 x that interval
+(:data:`CREDIT_BOUND_NUM` / :data:`CREDIT_BOUND_DEN`); so nvidia-smi's real ~102 ms loop at
+``-lms 100`` with its jitter reads as fully covered, while a stall of seconds stays a gap (samples
+taken fall short of those expected). With an explicit ``sample_interval_ms`` the credit is capped
+at that interval (as NVML).
 """
 
 from __future__ import annotations
@@ -174,6 +176,8 @@ class Recording:
     """Times between polls longer than the credit bound: gaps in the recording."""
     credit_cap_ms: int = 0
     """The most a sample is credited (module docs, "Cadence"); 0 means the interval."""
+    cadence_ns: int = 0
+    """The measured cadence exactly (0 when the interval was given)."""
 
     @property
     def has_names(self) -> bool:
@@ -374,7 +378,7 @@ def parse_recording(
             f"{source}: --gpu-model given, but the file has a name column; leave --gpu-model out"
         )
     deltas_ns = [b.timestamp_ns - a.timestamp_ns for a, b in itertools.pairwise(polls)]
-    interval_ms, stalls = _cadence(deltas_ns, sample_interval_ms)
+    interval_ms, cadence_ns, stalls = _cadence(deltas_ns, sample_interval_ms)
     credit_cap_ms = (
         interval_ms
         if sample_interval_ms is not None
@@ -395,6 +399,7 @@ def parse_recording(
         gpu_model=gpu_model,
         stalls=stalls,
         credit_cap_ms=credit_cap_ms,
+        cadence_ns=cadence_ns,
     )
 
 
@@ -414,10 +419,12 @@ def _named(row: Row, model: str) -> Row:
     )
 
 
-def _cadence(deltas_ns: list[int], given_ms: int | None) -> tuple[int, int]:
-    """The sample interval (given, or the mean time between polls leaving out stalls) and the
-    number of stalls (times between polls longer than the credit bound)."""
+def _cadence(deltas_ns: list[int], given_ms: int | None) -> tuple[int, int, int]:
+    """The sample interval in ms (given, or the measured cadence rounded down), the cadence in ns
+    (the mean time between polls leaving out stalls; 0 when given), and the number of stalls
+    (times between polls longer than the credit bound)."""
     positive = [d for d in deltas_ns if d > 0]
+    cadence_ns = 0
     if given_ms is not None:
         interval_ms = given_ms
     elif not positive:
@@ -425,10 +432,11 @@ def _cadence(deltas_ns: list[int], given_ms: int | None) -> tuple[int, int]:
     else:
         median_ns = statistics.median(positive)
         steady = [d for d in positive if d * CREDIT_BOUND_DEN <= median_ns * CREDIT_BOUND_NUM]
-        interval_ms = (2 * sum(steady) + len(steady) * NS_PER_MS) // (2 * len(steady) * NS_PER_MS)
+        cadence_ns = max(NS_PER_MS, sum(steady) // len(steady))
+        interval_ms = cadence_ns // NS_PER_MS
     interval_ms = max(1, interval_ms)
     bound_ns = interval_ms * NS_PER_MS * CREDIT_BOUND_NUM // CREDIT_BOUND_DEN
-    return interval_ms, sum(1 for d in positive if d > bound_ns)
+    return interval_ms, cadence_ns, sum(1 for d in positive if d > bound_ns)
 
 
 def _check_order(polls: list[RecordedPoll], row: Row, source: str) -> None:
@@ -594,6 +602,16 @@ class ReplaySampler:
     @property
     def sample_interval_ms(self) -> int:
         return self._interval_ms
+
+    @property
+    def cadence_ns(self) -> int:
+        """The measured cadence exactly, for :class:`~agent.windows.WindowSettings` (0 when the
+        interval was given)."""
+        return (
+            0
+            if self._interval_ms != self._recording.inferred_interval_ms
+            else (self._recording.cadence_ns)
+        )
 
     @property
     def realtime(self) -> bool:

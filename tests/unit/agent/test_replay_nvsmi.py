@@ -32,7 +32,11 @@ def replay(text: str, *, node_id: str = NODE_A, **parse: object) -> list[ClosedW
     sampler = ReplaySampler(recording, node_id=node_id)
     sampler.open(0)
     windower = Windower(
-        WindowSettings(window_ns=60 * S, sample_interval_ms=sampler.sample_interval_ms)
+        WindowSettings(
+            window_ns=60 * S,
+            sample_interval_ms=sampler.sample_interval_ms,
+            cadence_ns=sampler.cadence_ns,
+        )
     )
     windows: list[ClosedWindow] = []
     last_ns = 0

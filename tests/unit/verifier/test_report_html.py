@@ -261,9 +261,12 @@ def test_every_rule_is_shown_with_exact_and_scientific_amounts() -> None:
     parsed = parse(page)
     rows = [a for tag, a in parsed.elements if tag == "tr" and "data-rule" in a]
     assert [r["data-rule"] for r in rows] == ["cum", "rate", "cov", "gap"]
-    assert "10000000000000000000000001" in page  # exact: 1e25 + 1 is no float
-    assert "(1.00e25 FLOP)" in page
-    assert "(2.00e15 FLOP/s)" in page
+    # Scientific notation first; the exact integer (1e25 + 1 is no float) on hover and in data.
+    assert (
+        '<span class="amount" data-exact="10000000000000000000000001" '
+        'title="exactly 10000000000000000000000001 FLOP">1.00e25 FLOP</span>'
+    ) in page
+    assert 'title="exactly 2000000000000000 FLOP/s">2.00e15 FLOP/s</span>' in page
     assert "937500</span> ppm" in page and "(93.75%)" in page
     assert "3600000</span> ms" in page and "(1h)" in page
     assert "3\u20135, 7" in page  # evidence log indices as runs

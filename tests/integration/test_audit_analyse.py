@@ -1,0 +1,238 @@
+"""``pausewatch audit analyse``: a what-if audit of recorded nvidia-smi logs, as real processes.
+
+The regulator's CLI runs the agent's ``export-windows`` as a process for each file (no import
+between the two packages), verifies and folds the windows with the verifier's own code and prints
+the same report as ``audit report``, marked as unattested. The files are generated in exactly the
+shape operators keep (tests/nvsmi_logs.py): eight GPUs interleaved without index, uuid or name
+column, ~102 ms polls with jitter and a stall, units in every value. Figures are checked against
+the generator's own ground truth, computed independently of the replay.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.nvsmi_logs import HEADER, START_NS, generate_log, nvsmi_timestamp
+
+H100 = "NVIDIA H100 80GB HBM3"
+H100_SXM_PEAK_FLOPS = 1_979 * 10**12
+"""H100 SXM datasheet: FP8 Tensor Core 3,958 TFLOPS with sparsity, so 1,979 dense: its fastest."""
+
+POLICY = """\
+format_version = 1
+policy_id = "pause-what-if"
+version = 1
+lab_id = "lab-a"
+description = "What would the pause policy have said of last month's logs?"
+
+[[rules]]
+id = "cumulative-1h"
+kind = "cumulative_flop"
+window = "1h"
+limit_flop = "{limit}"
+
+[[rules]]
+id = "coverage"
+kind = "coverage"
+min_ratio = "98%"
+
+[[rules]]
+id = "training-signature"
+kind = "training_signature"
+min_gpus = 8
+min_busy_percent = 90
+min_duration = "5m"
+"""
+
+
+def pausewatch(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "verifier.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=cwd,
+    )
+
+
+def write_policy(tmp_path: Path, limit: str = "10^19") -> Path:
+    path = tmp_path / "policy.toml"
+    path.write_text(POLICY.format(limit=limit), encoding="utf-8")
+    return path
+
+
+def rule(report: dict[str, Any], rule_id: str) -> dict[str, Any]:
+    found: dict[str, Any] = next(r for r in report["rules"] if r["rule_id"] == rule_id)
+    return found
+
+
+def within(measured: float, truth: float, tolerance: float = 0.02) -> bool:
+    return abs(measured - truth) <= tolerance * truth
+
+
+def test_a_training_run_in_an_nvidia_smi_log_is_reported_with_its_signature(
+    tmp_path: Path,
+) -> None:
+    # 9 minutes of one 8-GPU node at 86-100 % busy (~93 %), with a 3 s stall after 200 s.
+    log = generate_log(gpus=8, seconds=540, busy_pct=(86, 100), stall_at_s=200, stall_s=3)
+    recording = tmp_path / "node7.csv"
+    recording.write_text(log.text, encoding="utf-8")
+    html_path = tmp_path / "what-if.html"
+    done = pausewatch(
+        "audit",
+        "analyse",
+        str(recording),
+        "--policy",
+        str(write_policy(tmp_path)),
+        "--gpu-model",
+        H100,
+        "--html",
+        str(html_path),
+        "--json",
+    )
+    assert done.returncode == 1, done.stderr  # a violation: the training signature
+    out = json.loads(done.stdout)
+    assert out["analysis"]["unattested"] is True
+    assert "UNATTESTED ANALYSIS" in out["analysis"]["notice"]
+    (node,) = out["nodes"]
+    assert node["gpus"] == 8  # not 16: polls 100 ms apart are not merged
+    assert node["models"] == [H100]
+    assert node["recording"]["gpu_count_source"] == "row cycle"
+    assert node["recording"]["stalls"] == 1
+    report = out["report"]
+    assert report["verdict"] == "VERDICT_VIOLATION"
+    signature = rule(report, "training-signature")
+    assert signature["outcome"] == "RULE_OUTCOME_VIOLATION"
+    assert "at least 8 GPUs counted" in signature["summary"]
+
+    # The figures against the generator's ground truth, within 2 %.
+    totals = report["totals"]
+    busy_ms = int(totals["busy_gpu_ms"])
+    assert within(busy_ms, log.busy_gpu_ms()), (busy_ms, log.busy_gpu_ms())
+    assert within(int(totals["energy_mj"]), log.energy_mj())
+    upper = int(totals["upper_bound_flop"])
+    truth_upper = log.busy_gpu_ms() / 1000 * H100_SXM_PEAK_FLOPS
+    assert within(upper, truth_upper), (upper, truth_upper)
+    assert int(totals.get("unknown_model_gpu_windows", 0)) == 0
+    # Coverage: all recorded time but the stall, against the 8 GPUs over the period.
+    coverage = report["coverage"]
+    span_ms = (int(report["period_end_ns"]) - int(report["period_start_ns"])) // 1_000_000
+    assert int(coverage["declared_gpu_ms"]) == 8 * span_ms
+    assert within(int(coverage["attested_gpu_ms"]), 8 * log.observed_ms())
+    assert rule(report, "coverage")["outcome"] == "RULE_OUTCOME_PASS"
+
+    # The HTML says what it is, beside the verdict.
+    page = html_path.read_text(encoding="utf-8")
+    assert 'id="analysis-notice"' in page and "UNATTESTED ANALYSIS" in page
+    assert 'id="data-quality"' in page
+    assert page.index('id="verdict"') < page.index('id="data-quality"') < page.index('id="chart"')
+
+
+def test_the_terminal_report_is_marked_and_warns_of_unknown_models(tmp_path: Path) -> None:
+    log = generate_log(gpus=8, seconds=120, busy_pct=(86, 100))
+    recording = tmp_path / "node7.csv"
+    recording.write_text(log.text, encoding="utf-8")
+    html_path = tmp_path / "out.html"
+    done = pausewatch(
+        "audit",
+        "analyse",
+        str(recording),
+        "--policy",
+        str(write_policy(tmp_path, limit="10^30")),
+        "--html",
+        str(html_path),
+    )
+    assert done.returncode == 0, done.stderr  # 2 minutes: no signature, far under the limit
+    text = done.stdout
+    assert text.startswith("*** UNATTESTED ANALYSIS")
+    assert "8 GPUs read from the rows' cycle" in text
+    assert "VERDICT   COMPLIANT" in text
+    verdict_at = text.index("VERDICT")
+    warning_at = text.index("DATA QUALITY")
+    assert verdict_at < warning_at < text.index("rules (")  # the warning sits by the verdict
+    assert "not in the compute table" in text[warning_at:]
+    assert html_path.exists()
+    assert "Data quality: " in html_path.read_text(encoding="utf-8")
+
+
+def test_two_nodes_recorded_alike_never_share_gpus(tmp_path: Path) -> None:
+    for name, seed in (("node1", 1), ("node2", 2)):
+        log = generate_log(gpus=8, seconds=90, seed=seed)
+        (tmp_path / f"{name}.csv").write_text(log.text, encoding="utf-8")
+    done = pausewatch(
+        "audit",
+        "analyse",
+        str(tmp_path / "node1.csv"),
+        str(tmp_path / "node2.csv"),
+        "--policy",
+        str(write_policy(tmp_path, limit="10^30")),
+        "--gpu-model",
+        H100,
+        "--json",
+    )
+    assert done.returncode in (0, 1), done.stderr
+    out = json.loads(done.stdout)
+    assert [n["gpus"] for n in out["nodes"]] == [8, 8]
+    assert len({n["node_id"] for n in out["nodes"]}) == 2
+    assert len(out["report"]["nodes"]) == 2
+    # 16 GPUs declared (the recorded ones), none counted twice.
+    span_ms = (int(out["report"]["period_end_ns"]) - int(out["report"]["period_start_ns"])) // (
+        1_000_000
+    )
+    assert int(out["report"]["coverage"]["declared_gpu_ms"]) == 16 * span_ms
+
+
+def _slow_query_log(polls: int) -> str:
+    """Each of 4 GPUs' rows 13 ms after the previous one: no burst shows where a poll starts."""
+    lines = [HEADER]
+    for poll in range(polls):
+        for gpu in range(4):
+            at_ns = START_NS + (poll * 140 + gpu * 13) * 1_000_000
+            lines.append(f"{nvsmi_timestamp(at_ns)}, 70.00 W, 5 %, 100 MiB")
+    return "\n".join(lines) + "\n"
+
+
+def test_an_ambiguous_file_is_refused_naming_the_fix_and_writes_nothing(tmp_path: Path) -> None:
+    recording = tmp_path / "slow.csv"
+    recording.write_text(_slow_query_log(50), encoding="utf-8")
+    html_path = tmp_path / "never.html"
+    policy = write_policy(tmp_path, limit="10^30")
+    done = pausewatch(
+        "audit", "analyse", str(recording), "--policy", str(policy), "--html", str(html_path)
+    )
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert "cannot group rows into polls" in done.stderr
+    assert "--gpus N" in done.stderr
+    assert str(recording) in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not html_path.exists()
+    assert done.stdout == ""
+    # With the fix the message names, the same file is analysed.
+    fixed = pausewatch("audit", "analyse", str(recording), "--policy", str(policy), "--gpus", "4")
+    assert fixed.returncode in (0, 1), fixed.stderr  # 7 s in a 1-minute bucket: unaccounted
+    assert "4 GPUs as given with --gpus" in fixed.stdout
+    assert "VERDICT" in fixed.stdout
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("timestamp, power.draw [W]\n2026/12/06 01:00:00.000, 70 W\n", "no utilization.gpu"),
+        ("not,a,recording\n", "not a header"),
+    ],
+)
+def test_bad_recordings_are_refused_with_the_file_and_line(
+    tmp_path: Path, content: str, message: str
+) -> None:
+    recording = tmp_path / "bad.csv"
+    recording.write_text(content, encoding="utf-8")
+    done = pausewatch("audit", "analyse", str(recording), "--policy", str(write_policy(tmp_path)))
+    assert done.returncode == 2
+    assert message in done.stderr and "bad.csv" in done.stderr
