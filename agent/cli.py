@@ -75,6 +75,8 @@ from agent.sampler.base import Backend, GpuIdentity, Sampler
 from agent.sdnotify import Notifier
 from agent.shipper import open_channel
 from agent.spool import Spool
+from agent.tpm import Tpm2Tools
+from agent.tpm_quotes import tpm_enrollment
 from attest import keys
 from attest.errors import ConfigError, PausewatchError
 from attest.exitcodes import ExitCode, exit_code_for
@@ -458,7 +460,18 @@ def enroll(
     )
     channel = open_channel(config.verifier)
     try:
-        nonce = get_challenge(channel, node_id, timeout_s=timeout)
+        tpm_evidence = None
+        if config.tpm.tcti:
+            # The TPM's proof replaces the plain challenge: its nonce is bound to the credential.
+            tpm_evidence = tpm_enrollment(
+                channel,
+                Tpm2Tools(config.tpm.tcti),
+                keys.raw_public_key(signer.public_key),
+                timeout_s=timeout,
+            )
+            nonce = tpm_evidence.nonce
+        else:
+            nonce = get_challenge(channel, node_id, timeout_s=timeout)
         payload = build_enrollment(
             lab_id=config.node.lab_id,
             node_public_key=keys.raw_public_key(signer.public_key),
@@ -467,6 +480,7 @@ def enroll(
             agent_version=AGENT_VERSION,
             created_at_ns=time.time_ns(),
             verifier_nonce=nonce,
+            tpm=tpm_evidence.enrollment if tpm_evidence is not None else None,
         )
         request = sign_enrollment_request(signer, payload)
         if operator is None:

@@ -30,6 +30,7 @@ MAX_WINDOW_MS = 300_000
 """Windows up to 5 min: a partial first window can reach twice that, the verifier's 10 min limit."""
 DEFAULT_STATE_DIR = Path("/var/lib/pausewatch-agent")
 CONFIG_FILE_NAME = "config.toml"
+DEFAULT_IMA_LOG = Path("/sys/kernel/security/ima/ascii_runtime_measurements")
 
 _MISSING: Any = object()
 
@@ -249,6 +250,18 @@ class NvmlConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TpmConfig:
+    """The node's TPM (agent/tpm.py); an empty ``tcti`` means none: software-rooted evidence."""
+
+    tcti: str = ""
+    """tpm2-tools TCTI, for example "device:/dev/tpmrm0"; empty: no TPM."""
+    quote_every_windows: int = 1
+    """Quote every Nth window (by seq); the verifier's max_windows_without_quote must allow N."""
+    ima_log: Path = DEFAULT_IMA_LOG
+    """The IMA measurement list (ascii_runtime_measurements format)."""
+
+
+@dataclass(frozen=True, slots=True)
 class LoggingConfig:
     level: str
     format: str
@@ -268,6 +281,7 @@ class AgentConfig:
     sim: SimConfig
     replay: ReplayConfig
     logging: LoggingConfig
+    tpm: TpmConfig = TpmConfig()
 
     def effective(self) -> dict[str, Any]:
         """The configuration as plain JSON values (no floats), for the agent digest and status."""
@@ -289,6 +303,7 @@ class AgentConfig:
             "sim": self.sim,
             "replay": self.replay,
             "logging": self.logging,
+            "tpm": self.tpm,
         }
         return {
             name: {f.name: plain(getattr(section, f.name)) for f in fields(section)}
@@ -433,6 +448,14 @@ def parse_config(data: Mapping[str, Any], source: Path) -> AgentConfig:
         format=logging_t.choice("format", ("kv", "json"), "kv"),
     )
     logging_t.finish()
+
+    tpm_t = root.table("tpm")
+    tpm = TpmConfig(
+        tcti=tpm_t.string("tcti", "", max_len=256),
+        quote_every_windows=tpm_t.integer("quote_every_windows", 1, minimum=1, maximum=1440),
+        ima_log=tpm_t.path("ima_log", base, DEFAULT_IMA_LOG),
+    )
+    tpm_t.finish()
     root.finish()
     return AgentConfig(
         source=source,
@@ -445,6 +468,7 @@ def parse_config(data: Mapping[str, Any], source: Path) -> AgentConfig:
         sim=sim,
         replay=replay,
         logging=logging_c,
+        tpm=tpm,
     )
 
 

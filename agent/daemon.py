@@ -44,6 +44,8 @@ from agent.sampler.replay import ReplaySampler
 from agent.sdnotify import Notifier
 from agent.shipper import Shipper
 from agent.spool import Spool, SpoolError, WindowTimes
+from agent.tpm import Tpm2Tools
+from agent.tpm_quotes import ImaLog, WindowQuoter
 from agent.windows import BodyContext, ClosedWindow, Windower, WindowSettings, build_body
 from attest.attestation import validate_body
 from attest.envelope import PayloadType, sign_envelope
@@ -142,6 +144,13 @@ class Daemon:
         self._shipper_factory = shipper_factory
         self._notifier = notifier
         self._stop = threading.Event()
+        self._quoter: WindowQuoter | None = None
+        if config.tpm.tcti:
+            self._quoter = WindowQuoter(
+                Tpm2Tools(config.tpm.tcti),
+                ImaLog(config.tpm.ima_log),
+                every_windows=config.tpm.quote_every_windows,
+            )
         self._node_id = NodeId(signer.key_id)
         self._context = BodyContext(
             lab_id=config.node.lab_id,
@@ -431,6 +440,8 @@ class Daemon:
                 verifier_nonce=nonce,
                 extra_events=extra,
             )
+            if self._quoter is not None:
+                self._quoter.attach(body)
             problem = ""
             try:
                 validate_body(body, self._signer.key_id)

@@ -71,6 +71,7 @@ def build_enrollment(
     agent_version: str,
     created_at_ns: int,
     verifier_nonce: bytes,
+    tpm: reg.TpmEnrollment | None = None,
 ) -> bytes:
     """The NodeEnrollment payload bytes (deterministic serialization)."""
     message = reg.NodeEnrollment(
@@ -83,6 +84,8 @@ def build_enrollment(
         created_at_ns=created_at_ns,
         verifier_nonce=verifier_nonce,
     )
+    if tpm is not None:
+        message.tpm.CopyFrom(tpm)
     return message.SerializeToString(deterministic=True)
 
 

@@ -29,8 +29,6 @@ from attest.errors import TpmError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_IMA_LOG = Path("/sys/kernel/security/ima/ascii_runtime_measurements")
-
 
 @dataclass(frozen=True, slots=True)
 class TpmEvidence:
