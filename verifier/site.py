@@ -35,6 +35,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
+from pausewatch.v1 import site_pb2
+
 from attest import compute
 from attest.meter import MeterReading, overlap_ns, prorated_mj
 
@@ -251,3 +253,93 @@ def site_totals(buckets: Sequence[SiteBucket]) -> SiteTotals:
         metered_ns=sum(b.end_ns - b.start_ns for b in metered),
         unmetered_ns=sum(b.end_ns - b.start_ns for b in buckets if not b.metered),
     )
+
+
+def summarize_site(
+    site: SiteParameters,
+    readings_by_meter: Mapping[str, Sequence[MeterReading]],
+    gpu_energy: Sequence[EnergySpan],
+    *,
+    starts: Sequence[int],
+    bucket_ns: int,
+    as_of_ns: int,
+    declaration_version: int,
+    reading_log_index: Mapping[bytes, int],
+) -> site_pb2.SiteSummary:
+    """A site's summary over the report's buckets (``starts``, each ``bucket_ns`` long, the last
+    cut at ``as_of_ns``): the one computation the server and the offline auditor both run.
+    ``reading_log_index`` maps a reading's digest to its log index (the evidence cited)."""
+    buckets = [
+        site_bucket(site, readings_by_meter, gpu_energy, start, min(start + bucket_ns, as_of_ns))
+        for start in starts
+        if start < as_of_ns
+    ]
+    totals = site_totals(buckets)
+    summary = site_pb2.SiteSummary(
+        site_id=site.site_id,
+        name=site.name,
+        declaration_version=declaration_version,
+        declaration_log_index=max(site.log_index, 0),
+        pue_ppm=site.pue_ppm,
+        non_gpu_load_mw=site.non_gpu_load_mw,
+        tolerance_ppm=site.tolerance_ppm,
+        node_ids=sorted(site.node_ids),
+        meter_ids=list(site.meter_ids),
+        metered_mj=totals.metered_mj,
+        it_mj=totals.it_mj,
+        attested_gpu_mj=totals.attested_gpu_mj,
+        unexplained_mj=totals.unexplained_mj,
+        excess_mj=totals.excess_mj,
+        bound_flop=str(totals.bound_flop),
+        unexplained_ppm=totals.unexplained_ppm,
+        metered_ns=totals.metered_ns,
+        unmetered_ns=totals.unmetered_ns,
+    )
+    for b in buckets:
+        summary.series.append(
+            site_pb2.SiteSeriesPoint(
+                bucket_start_ns=b.start_ns,
+                bucket_end_ns=b.end_ns,
+                metered=b.metered,
+                metered_mj=b.metered_mj,
+                it_mj=b.it_mj,
+                attested_gpu_mj=b.attested_gpu_mj,
+                unexplained_mj=b.unexplained_mj,
+                allowance_mj=b.allowance_mj,
+                excess_mj=b.excess_mj,
+                bound_flop=str(b.bound_flop),
+            )
+        )
+    if buckets:
+        for stretch in unmetered_stretches(
+            site, readings_by_meter, buckets[0].start_ns, buckets[-1].end_ns
+        ):
+            summary.unmetered.append(
+                site_pb2.SiteUnmetered(
+                    meter_id=stretch.meter_id, start_ns=stretch.start_ns, end_ns=stretch.end_ns
+                )
+            )
+        lo, hi = buckets[0].start_ns, buckets[-1].end_ns
+        summary.reading_log_indices.extend(
+            sorted(
+                {
+                    reading_log_index[reading.digest]
+                    for meter_id in site.meter_ids
+                    for reading in readings_by_meter.get(meter_id, ())
+                    if overlap_ns(reading.interval_start_ns, reading.interval_end_ns, lo, hi) > 0
+                    and reading.digest in reading_log_index
+                }
+            )
+        )
+    return summary
+
+
+def site_bound_by_bucket(summaries: Sequence[site_pb2.SiteSummary]) -> dict[int, int]:
+    """The sites' compute bounds summed per bucket start: what upper-bound rules add."""
+    out: dict[int, int] = {}
+    for summary in summaries:
+        for point in summary.series:
+            bound = int(point.bound_flop or "0")
+            if bound:
+                out[point.bucket_start_ns] = out.get(point.bucket_start_ns, 0) + bound
+    return out

@@ -14,6 +14,7 @@ from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from pausewatch.v1 import findings_pb2 as _findings_pb2
+from pausewatch.v1 import site_pb2 as _site_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -524,6 +525,7 @@ class ComplianceReport(_message.Message):
     PROVISIONAL_FIELD_NUMBER: _builtins.int
     COVERAGE_UNTIL_NS_FIELD_NUMBER: _builtins.int
     COVERAGE_FROM_NS_FIELD_NUMBER: _builtins.int
+    SITES_FIELD_NUMBER: _builtins.int
     lab_id: _builtins.str
     """The lab."""
     period_start_ns: _builtins.int
@@ -596,6 +598,12 @@ class ComplianceReport(_message.Message):
     def reasons(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Human-readable reasons for the verdict, one per line."""
 
+    @_builtins.property
+    def sites(self) -> _containers.RepeatedCompositeFieldContainer[_site_pb2.SiteSummary]:
+        """(40 and up: site power.) The lab's sites: metered energy against attested GPU energy, and the
+        compute bound of energy nothing attested explains (docs/site-power.md).
+        """
+
     def __init__(
         self,
         *,
@@ -622,10 +630,11 @@ class ComplianceReport(_message.Message):
         provisional: _builtins.bool = ...,
         coverage_until_ns: _builtins.int = ...,
         coverage_from_ns: _builtins.int = ...,
+        sites: _abc.Iterable[_site_pb2.SiteSummary] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["coverage", b"coverage", "totals", b"totals"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of_ns", b"as_of_ns", "bucket_ns", b"bucket_ns", "coverage", b"coverage", "coverage_from_ns", b"coverage_from_ns", "coverage_until_ns", b"coverage_until_ns", "evaluated_at_ns", b"evaluated_at_ns", "findings", b"findings", "gaps", b"gaps", "lab_id", b"lab_id", "nodes", b"nodes", "period_end_ns", b"period_end_ns", "period_start_ns", b"period_start_ns", "policy_digest", b"policy_digest", "policy_id", b"policy_id", "policy_version", b"policy_version", "provisional", b"provisional", "reasons", b"reasons", "rules", b"rules", "series", b"series", "table_version", b"table_version", "totals", b"totals", "tree_size", b"tree_size", "verdict", b"verdict"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of_ns", b"as_of_ns", "bucket_ns", b"bucket_ns", "coverage", b"coverage", "coverage_from_ns", b"coverage_from_ns", "coverage_until_ns", b"coverage_until_ns", "evaluated_at_ns", b"evaluated_at_ns", "findings", b"findings", "gaps", b"gaps", "lab_id", b"lab_id", "nodes", b"nodes", "period_end_ns", b"period_end_ns", "period_start_ns", b"period_start_ns", "policy_digest", b"policy_digest", "policy_id", b"policy_id", "policy_version", b"policy_version", "provisional", b"provisional", "reasons", b"reasons", "rules", b"rules", "series", b"series", "sites", b"sites", "table_version", b"table_version", "totals", b"totals", "tree_size", b"tree_size", "verdict", b"verdict"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

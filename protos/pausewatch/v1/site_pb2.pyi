@@ -425,3 +425,205 @@ class GetMeterHeadResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetMeterHeadResponse: _TypeAlias = GetMeterHeadResponse  # noqa: Y015
+
+@_typing.final
+class SiteSeriesPoint(_message.Message):
+    """One bucket of a site's accounts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUCKET_START_NS_FIELD_NUMBER: _builtins.int
+    BUCKET_END_NS_FIELD_NUMBER: _builtins.int
+    METERED_FIELD_NUMBER: _builtins.int
+    METERED_MJ_FIELD_NUMBER: _builtins.int
+    IT_MJ_FIELD_NUMBER: _builtins.int
+    ATTESTED_GPU_MJ_FIELD_NUMBER: _builtins.int
+    UNEXPLAINED_MJ_FIELD_NUMBER: _builtins.int
+    ALLOWANCE_MJ_FIELD_NUMBER: _builtins.int
+    EXCESS_MJ_FIELD_NUMBER: _builtins.int
+    BOUND_FLOP_FIELD_NUMBER: _builtins.int
+    bucket_start_ns: _builtins.int
+    """Bucket start, ns since the epoch."""
+    bucket_end_ns: _builtins.int
+    """Bucket end, ns since the epoch (the last bucket of a report may be shorter)."""
+    metered: _builtins.bool
+    """True when every meter of the site has readings across the whole bucket; otherwise the site's
+    energy there is unknown and no bound is drawn from it.
+    """
+    metered_mj: _builtins.int
+    """The meters' energy pro-rated into the bucket, mJ."""
+    it_mj: _builtins.int
+    """Metered energy / declared PUE less the declared non-GPU load, mJ."""
+    attested_gpu_mj: _builtins.int
+    """GPU energy the site's nodes attested in the bucket (windows and energy-bounded gaps), mJ."""
+    unexplained_mj: _builtins.int
+    """IT energy less attested GPU energy (at least 0), mJ."""
+    allowance_mj: _builtins.int
+    """Declared tolerance x IT energy, mJ."""
+    excess_mj: _builtins.int
+    """Unexplained energy beyond the allowance (0 when not metered), mJ."""
+    bound_flop: _builtins.str
+    """What the excess could have computed at the GPU table's best FLOP per joule. Decimal integer."""
+    def __init__(
+        self,
+        *,
+        bucket_start_ns: _builtins.int = ...,
+        bucket_end_ns: _builtins.int = ...,
+        metered: _builtins.bool = ...,
+        metered_mj: _builtins.int = ...,
+        it_mj: _builtins.int = ...,
+        attested_gpu_mj: _builtins.int = ...,
+        unexplained_mj: _builtins.int = ...,
+        allowance_mj: _builtins.int = ...,
+        excess_mj: _builtins.int = ...,
+        bound_flop: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowance_mj", b"allowance_mj", "attested_gpu_mj", b"attested_gpu_mj", "bound_flop", b"bound_flop", "bucket_end_ns", b"bucket_end_ns", "bucket_start_ns", b"bucket_start_ns", "excess_mj", b"excess_mj", "it_mj", b"it_mj", "metered", b"metered", "metered_mj", b"metered_mj", "unexplained_mj", b"unexplained_mj"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SiteSeriesPoint: _TypeAlias = SiteSeriesPoint  # noqa: Y015
+
+@_typing.final
+class SiteUnmetered(_message.Message):
+    """A stretch in which one of a site's meters has no reading."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METER_ID_FIELD_NUMBER: _builtins.int
+    START_NS_FIELD_NUMBER: _builtins.int
+    END_NS_FIELD_NUMBER: _builtins.int
+    meter_id: _builtins.str
+    """The meter."""
+    start_ns: _builtins.int
+    """Start, ns since the epoch."""
+    end_ns: _builtins.int
+    """End, ns since the epoch."""
+    def __init__(
+        self,
+        *,
+        meter_id: _builtins.str = ...,
+        start_ns: _builtins.int = ...,
+        end_ns: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_ns", b"end_ns", "meter_id", b"meter_id", "start_ns", b"start_ns"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SiteUnmetered: _TypeAlias = SiteUnmetered  # noqa: Y015
+
+@_typing.final
+class SiteSummary(_message.Message):
+    """One site's metered energy against the GPU energy its nodes attested, over a report's period."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SITE_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    DECLARATION_VERSION_FIELD_NUMBER: _builtins.int
+    DECLARATION_LOG_INDEX_FIELD_NUMBER: _builtins.int
+    PUE_PPM_FIELD_NUMBER: _builtins.int
+    NON_GPU_LOAD_MW_FIELD_NUMBER: _builtins.int
+    TOLERANCE_PPM_FIELD_NUMBER: _builtins.int
+    NODE_IDS_FIELD_NUMBER: _builtins.int
+    METER_IDS_FIELD_NUMBER: _builtins.int
+    METERED_MJ_FIELD_NUMBER: _builtins.int
+    IT_MJ_FIELD_NUMBER: _builtins.int
+    ATTESTED_GPU_MJ_FIELD_NUMBER: _builtins.int
+    UNEXPLAINED_MJ_FIELD_NUMBER: _builtins.int
+    EXCESS_MJ_FIELD_NUMBER: _builtins.int
+    BOUND_FLOP_FIELD_NUMBER: _builtins.int
+    UNEXPLAINED_PPM_FIELD_NUMBER: _builtins.int
+    METERED_NS_FIELD_NUMBER: _builtins.int
+    UNMETERED_NS_FIELD_NUMBER: _builtins.int
+    SERIES_FIELD_NUMBER: _builtins.int
+    UNMETERED_FIELD_NUMBER: _builtins.int
+    READING_LOG_INDICES_FIELD_NUMBER: _builtins.int
+    site_id: _builtins.str
+    """The site."""
+    name: _builtins.str
+    """Its name."""
+    declaration_version: _builtins.int
+    """The declaration in force at the report's as_of: its version and log index."""
+    declaration_log_index: _builtins.int
+    """Log index of that declaration."""
+    pue_ppm: _builtins.int
+    """Declared PUE x 1,000,000."""
+    non_gpu_load_mw: _builtins.int
+    """Declared non-GPU IT load, mW."""
+    tolerance_ppm: _builtins.int
+    """Declared tolerance, ppm of IT energy."""
+    metered_mj: _builtins.int
+    """Sums over the metered buckets, mJ."""
+    it_mj: _builtins.int
+    """IT energy, mJ."""
+    attested_gpu_mj: _builtins.int
+    """Attested GPU energy, mJ."""
+    unexplained_mj: _builtins.int
+    """Unexplained IT energy, mJ."""
+    excess_mj: _builtins.int
+    """Unexplained energy beyond the allowance, mJ."""
+    bound_flop: _builtins.str
+    """The compute bound of the excess, FLOP. Decimal integer."""
+    unexplained_ppm: _builtins.int
+    """Unexplained energy as a share of IT energy, ppm."""
+    metered_ns: _builtins.int
+    """Time of the period with every meter read, ns."""
+    unmetered_ns: _builtins.int
+    """Time of the period some meter did not cover, ns."""
+    @_builtins.property
+    def node_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """The site's nodes, sorted."""
+
+    @_builtins.property
+    def meter_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The site's meters."""
+
+    @_builtins.property
+    def series(self) -> _containers.RepeatedCompositeFieldContainer[Global___SiteSeriesPoint]:
+        """The buckets, oldest first."""
+
+    @_builtins.property
+    def unmetered(self) -> _containers.RepeatedCompositeFieldContainer[Global___SiteUnmetered]:
+        """Stretches without a reading, by meter then time."""
+
+    @_builtins.property
+    def reading_log_indices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Log indices of the readings used, ascending: the evidence."""
+
+    def __init__(
+        self,
+        *,
+        site_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        declaration_version: _builtins.int = ...,
+        declaration_log_index: _builtins.int = ...,
+        pue_ppm: _builtins.int = ...,
+        non_gpu_load_mw: _builtins.int = ...,
+        tolerance_ppm: _builtins.int = ...,
+        node_ids: _abc.Iterable[_builtins.bytes] | None = ...,
+        meter_ids: _abc.Iterable[_builtins.str] | None = ...,
+        metered_mj: _builtins.int = ...,
+        it_mj: _builtins.int = ...,
+        attested_gpu_mj: _builtins.int = ...,
+        unexplained_mj: _builtins.int = ...,
+        excess_mj: _builtins.int = ...,
+        bound_flop: _builtins.str = ...,
+        unexplained_ppm: _builtins.int = ...,
+        metered_ns: _builtins.int = ...,
+        unmetered_ns: _builtins.int = ...,
+        series: _abc.Iterable[Global___SiteSeriesPoint] | None = ...,
+        unmetered: _abc.Iterable[Global___SiteUnmetered] | None = ...,
+        reading_log_indices: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attested_gpu_mj", b"attested_gpu_mj", "bound_flop", b"bound_flop", "declaration_log_index", b"declaration_log_index", "declaration_version", b"declaration_version", "excess_mj", b"excess_mj", "it_mj", b"it_mj", "meter_ids", b"meter_ids", "metered_mj", b"metered_mj", "metered_ns", b"metered_ns", "name", b"name", "node_ids", b"node_ids", "non_gpu_load_mw", b"non_gpu_load_mw", "pue_ppm", b"pue_ppm", "reading_log_indices", b"reading_log_indices", "series", b"series", "site_id", b"site_id", "tolerance_ppm", b"tolerance_ppm", "unexplained_mj", b"unexplained_mj", "unexplained_ppm", b"unexplained_ppm", "unmetered", b"unmetered", "unmetered_ns", b"unmetered_ns"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SiteSummary: _TypeAlias = SiteSummary  # noqa: Y015

@@ -164,3 +164,45 @@ def test_bad_site_parameters_are_refused(field: str, value: object, message: str
     args[field] = value
     with pytest.raises(ValueError, match=message):
         site.SiteParameters(**args)  # type: ignore[arg-type]
+
+
+def test_summary_cites_its_readings_and_lists_unmetered_time() -> None:
+    metered = readings([300, 300, 300, 300])
+    without_last = metered[:3]
+    gpu = [site.EnergySpan(T0_NS, T0_NS + HOUR_NS, 880 * KWH_MJ)]
+    index = {r.digest: 100 + r.seq for r in metered}
+    summary = site.summarize_site(
+        SITE,
+        {"main-1": without_last},
+        gpu,
+        starts=[T0_NS + i * 15 * MIN_NS for i in range(4)],
+        bucket_ns=15 * MIN_NS,
+        as_of_ns=T0_NS + HOUR_NS,
+        declaration_version=2,
+        reading_log_index=index,
+    )
+    assert list(summary.reading_log_indices) == [100, 101, 102]
+    assert [p.metered for p in summary.series] == [True, True, True, False]
+    assert [(u.meter_id, u.start_ns, u.end_ns) for u in summary.unmetered] == [
+        ("main-1", T0_NS + 45 * MIN_NS, T0_NS + HOUR_NS)
+    ]
+    assert summary.metered_ns == 45 * MIN_NS
+    assert summary.declaration_version == 2
+    assert summary.metered_mj == 900 * KWH_MJ
+    assert int(summary.bound_flop) == sum(int(p.bound_flop) for p in summary.series)
+
+
+def test_site_bounds_add_up_per_bucket() -> None:
+    metered = readings([437] * 4)
+    gpu = [site.EnergySpan(T0_NS, T0_NS + HOUR_NS, 880 * KWH_MJ)]
+    args = {
+        "starts": [T0_NS, T0_NS + 30 * MIN_NS],
+        "bucket_ns": 30 * MIN_NS,
+        "as_of_ns": T0_NS + HOUR_NS,
+        "declaration_version": 1,
+        "reading_log_index": {},
+    }
+    one = site.summarize_site(SITE, {"main-1": metered}, gpu, **args)  # type: ignore[arg-type]
+    per_bucket = site.site_bound_by_bucket([one, one])
+    assert set(per_bucket) == {T0_NS, T0_NS + 30 * MIN_NS}
+    assert per_bucket[T0_NS] == 2 * int(one.series[0].bound_flop) > 0
