@@ -8,6 +8,7 @@ lab doing one of those things and checks what the verifier then says, next to an
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import time
 from collections.abc import Iterator
@@ -16,12 +17,16 @@ from pathlib import Path
 import grpc
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from pausewatch.v1 import attestation_service_pb2 as spb
 from pausewatch.v1 import audit_pb2 as audpb
 from pausewatch.v1 import findings_pb2 as fpb
 from pausewatch.v1 import registry_pb2 as rpb
 
 from agent.tpm_quotes import ImaLog, WindowQuoter, tpm_enrollment
 from attest import tpm
+from attest.envelope import PayloadType, sign_envelope
 from tests.builders import TestNode
 from tests.tpm_setup import (
     Chain,
@@ -258,3 +263,131 @@ def test_a_tpm_node_without_quotes_gets_missing_quote_findings(
         assert chain.send(chain.body()).tpm_quote == fpb.TPM_QUOTE_STATUS_MISSING
     missing = _findings(verifier, node, fpb.FINDING_KIND_TPM_QUOTE_MISSING)
     assert len(missing) == 2
+
+
+def _self_signed_der() -> bytes:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "not a TPM")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def _unrestricted(ak_public: bytes) -> bytes:
+    attributes = int.from_bytes(ak_public[4:8], "big") & ~tpm.TPMA_RESTRICTED
+    return ak_public[:4] + attributes.to_bytes(4, "big") + ak_public[8:]
+
+
+@pytest.mark.parametrize(
+    ("case", "code", "message"),
+    [
+        ("empty EK certificate", grpc.StatusCode.INVALID_ARGUMENT, "ek_certificate must be"),
+        ("garbage EK certificate", grpc.StatusCode.INVALID_ARGUMENT, "not a DER X.509"),
+        ("oversized EK certificate", grpc.StatusCode.INVALID_ARGUMENT, "ek_certificate must be"),
+        ("self-signed EK certificate", grpc.StatusCode.UNAUTHENTICATED, "manufacturer CA"),
+        ("short node key", grpc.StatusCode.INVALID_ARGUMENT, "node_public_key"),
+        ("garbage AK", grpc.StatusCode.INVALID_ARGUMENT, "ak_public"),
+        ("unrestricted AK", grpc.StatusCode.UNAUTHENTICATED, "restricted"),
+    ],
+)
+def test_hostile_credential_requests_get_clear_errors_and_change_nothing(
+    verifier: RunningVerifier, tpm_a: RunningSwtpm, case: str, code: grpc.StatusCode, message: str
+) -> None:
+    tools = tpm_a.tools()
+    node = _node(1540)
+    request = spb.GetTpmCredentialRequest(
+        node_public_key=node.signer.public_key.public_bytes_raw(),
+        ek_certificate=tools.ek_certificate(),
+        ak_public=tools.ensure_attestation_key(),
+    )
+    match case:
+        case "empty EK certificate":
+            request.ek_certificate = b""
+        case "garbage EK certificate":
+            request.ek_certificate = b"\x30\x03\x02\x01\x01garbage"
+        case "oversized EK certificate":
+            request.ek_certificate = b"\x30" * 5000
+        case "self-signed EK certificate":
+            request.ek_certificate = _self_signed_der()
+        case "short node key":
+            request.node_public_key = b"\x01" * 31
+        case "garbage AK":
+            request.ak_public = b"\x00\x01\x00"
+        case "unrestricted AK":
+            request.ak_public = _unrestricted(request.ak_public)
+    client = verifier.client()
+    before = client.registry.ListNodes(rpb.ListNodesRequest(lab_id="lab-a")).nodes
+    with pytest.raises(grpc.RpcError) as info:
+        client.attestation.GetTpmCredential(request, timeout=10)
+    assert info.value.code() == code
+    assert message in (info.value.details() or "")
+    assert "Traceback" not in (info.value.details() or "")
+    assert client.registry.ListNodes(rpb.ListNodesRequest(lab_id="lab-a")).nodes == before
+
+
+@pytest.mark.parametrize("forgery", ["quote binds another key", "PCR values", "AK swapped"])
+def test_forged_tpm_enrolments_are_refused_and_nothing_is_stored(
+    verifier: RunningVerifier, tpm_a: RunningSwtpm, tpm_b: RunningSwtpm, forgery: str
+) -> None:
+    node = _node(1550)
+    client = verifier.client()
+    evidence = tpm_enrollment(
+        client.channel, tpm_a.tools(), node.signer.public_key.public_bytes_raw(), timeout_s=10
+    )
+    enrollment = enrollment_for(node, nonce=evidence.nonce)
+    enrollment.tpm.CopyFrom(evidence.enrollment)
+    match forgery:
+        case "quote binds another key":
+            other = tpm_a.tools().quote(
+                tpm.enrollment_qualifying_data(b"\x02" * 32, evidence.nonce)
+            )
+            enrollment.tpm.quote_attest = other.attest
+            enrollment.tpm.quote_signature = other.signature
+            expected = "does not bind"
+        case "PCR values":
+            enrollment.tpm.pcr_values[0] = b"\x01" * 32
+            expected = "PCR digest"
+        case "AK swapped":  # the credential was opened with TPM A's AK; claim TPM B's AK
+            enrollment.tpm.ak_public = tpm_b.tools().ensure_attestation_key()
+            expected = "activated secret"
+    with pytest.raises(grpc.RpcError) as info:
+        client.registry.EnrollNode(enroll_request(enrollment, node, verifier.files.operator))
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert expected in (info.value.details() or "")
+    with pytest.raises(grpc.RpcError) as missing:
+        client.registry.GetNode(rpb.GetNodeRequest(node_id=node.node_id))
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_revoked_node_frees_its_tpm_for_a_new_node(
+    verifier: RunningVerifier, tpm_a: RunningSwtpm
+) -> None:
+    old, new = _node(1560), _node(1561)
+    enroll_with_tpm(verifier, old, tpm_a)
+    revocation = rpb.NodeRevocation(
+        format_version=1,
+        lab_id="lab-a",
+        node_id=old.node_id,
+        reason="machine reinstalled",
+        created_at_ns=time.time_ns(),
+    )
+    verifier.client().registry.RevokeNode(
+        rpb.RevokeNodeRequest(
+            revocation_envelope=sign_envelope(
+                verifier.files.operator,
+                PayloadType.REVOCATION,
+                revocation.SerializeToString(deterministic=True),
+            )
+        )
+    )
+    response = enroll_with_tpm(verifier, new, tpm_a)
+    assert not response.already_enrolled
