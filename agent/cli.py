@@ -59,7 +59,10 @@ from agent.logformat import configure_logging, route_native_stderr, set_log_cont
 from agent.metrics import AgentMetrics
 from agent.operator import (
     declare_inventory,
+    enrolled_gpus,
     load_inventory,
+    merge_inventories,
+    render_inventory,
     revoke_node,
     sign_inventory,
     sign_revocation,
@@ -1153,6 +1156,70 @@ def operator_declare_inventory(
         as_json,
         f"declared inventory version {response.version} ({len(gpus)} GPUs), "
         f"log index {response.log_index}",
+    )
+
+
+@operator.command("inventory-from-enrolled")
+@click.option("--lab", "lab_id", required=True)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="The inventory file to write (never overwritten).",
+)
+@click.option(
+    "--merge",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="An existing inventory file: keep its GPUs and add the enrolled ones it lacks.",
+)
+@verifier_options
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def operator_inventory_from_enrolled(
+    *, lab_id: str, out: Path, merge: Path | None, as_json: bool, **verifier: Any
+) -> None:
+    """Write the lab's inventory file from the GPUs its live nodes enrolled with (as the verifier
+    holds them); then sign it with 'operator declare-inventory --inventory FILE'."""
+    if out.exists():
+        raise click.UsageError(f"{out} already exists; refusing to overwrite it")
+    existing = load_inventory(merge) if merge is not None else []
+    config = _verifier_config(**verifier)
+    channel = open_channel(config)
+    try:
+        found = enrolled_gpus(channel, lab_id, timeout_s=_timeout_s(config))
+    finally:
+        channel.close()
+    if not found.gpus and not existing:
+        raise click.UsageError(
+            f"lab {lab_id} has no enrolled GPUs on the verifier; nothing to write"
+        )
+    gpus = merge_inventories(existing, found.gpus)
+    added = len(gpus) - len(existing)
+    text = render_inventory(
+        gpus,
+        header=f"GPU inventory of lab {lab_id}: {found.nodes} enrolled node(s) on the verifier "
+        f"at {config.address}, {_iso(time.time_ns())}"
+        + (f"; merged with {merge}" if merge is not None else "")
+        + "\nReview it, then: pausewatch-agent operator declare-inventory --inventory THIS_FILE",
+    )
+    write_new_file(out, text.encode(), mode=0o644)
+    emit(
+        {
+            "out": str(out),
+            "gpus": len(gpus),
+            "added_from_enrolled": added,
+            "nodes": found.nodes,
+            "revoked_nodes_skipped": found.revoked_nodes_skipped,
+        },
+        as_json,
+        f"wrote {out}: {len(gpus)} GPUs ({added} from {found.nodes} enrolled node(s)"
+        + (
+            f", {found.revoked_nodes_skipped} revoked node(s) left out"
+            if found.revoked_nodes_skipped
+            else ""
+        )
+        + ")\nnext: pausewatch-agent operator declare-inventory --inventory "
+        f"{out} --lab {lab_id} --version N ...",
     )
 
 

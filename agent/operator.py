@@ -20,7 +20,9 @@ request file, and the other commands only need the verifier's address.
 
 from __future__ import annotations
 
+import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -67,6 +69,55 @@ def load_inventory(path: Path) -> list[reg.GpuIdentity]:
     if len(gpus) > MAX_INVENTORY_GPUS:
         raise ConfigError(f"{path}: more than {MAX_INVENTORY_GPUS} GPUs")
     return gpus
+
+
+@dataclass(frozen=True, slots=True)
+class EnrolledGpus:
+    """The GPUs the verifier holds for a lab's live (not revoked) nodes."""
+
+    gpus: list[reg.GpuIdentity]
+    nodes: int
+    revoked_nodes_skipped: int
+
+
+def enrolled_gpus(channel: grpc.Channel, lab_id: str, *, timeout_s: float) -> EnrolledGpus:
+    """Every GPU enrolled with the lab's live nodes (``RegistryService.ListNodes``), each once,
+    in enrolment order. Enrolment needed the operator's signature, so this is the set of GPUs
+    the operator has already authorised; revoked nodes are left out."""
+    stub = reg_grpc.RegistryServiceStub(channel)
+    response = stub.ListNodes(reg.ListNodesRequest(lab_id=lab_id), timeout=timeout_s)
+    gpus: dict[str, reg.GpuIdentity] = {}
+    live = revoked = 0
+    for node in response.nodes:
+        if node.lab_id != lab_id:
+            raise ConfigError(f"the verifier listed a node of lab {node.lab_id!r} for {lab_id!r}")
+        if node.state == reg.NODE_STATE_REVOKED:
+            revoked += 1
+            continue
+        live += 1
+        for gpu in node.gpus:
+            gpus.setdefault(gpu.uuid, gpu)
+    return EnrolledGpus(list(gpus.values()), live, revoked)
+
+
+def render_inventory(gpus: list[reg.GpuIdentity], *, header: str) -> str:
+    """An inventory file (what :func:`load_inventory` reads) for these GPUs."""
+    lines = [f"# {line}" for line in header.splitlines()]
+    for gpu in gpus:
+        lines += ["", "[[gpu]]", f"uuid = {json.dumps(gpu.uuid)}"]
+        for key in ("model", "serial", "pci_bus_id", "board_part_number"):
+            value = getattr(gpu, key)
+            if value:
+                lines.append(f"{key} = {json.dumps(value, ensure_ascii=False)}")
+    return "\n".join(lines) + "\n"
+
+
+def merge_inventories(
+    existing: list[reg.GpuIdentity], enrolled: list[reg.GpuIdentity]
+) -> list[reg.GpuIdentity]:
+    """The existing inventory, then every enrolled GPU it does not list (the file wins)."""
+    known = {g.uuid for g in existing}
+    return [*existing, *(g for g in enrolled if g.uuid not in known)]
 
 
 def sign_inventory(
