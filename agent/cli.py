@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.resources
 import json
 import logging
 import os
@@ -89,6 +90,18 @@ from attest.ids import NodeId, is_valid_lab_id, parse_hex_id
 log = logging.getLogger(__name__)
 
 ENROLLMENT_REQUEST_FILE = "enrollment-request.env"
+SIM_SCENARIO_FILE = "scenario.toml"
+EXAMPLE_SCENARIO = "example-8xh100.toml"
+
+
+def example_scenario() -> Path:
+    """The example sim scenario installed with the package."""
+    path = Path(str(importlib.resources.files("agent") / "scenarios" / EXAMPLE_SCENARIO))
+    if not path.is_file():
+        raise ConfigError(f"the example scenario {path} is not installed with this agent")
+    return path
+
+
 ENROLLMENT_KEY = "enrollment"
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -300,7 +313,9 @@ def init(
     key_path = state_dir / "node.key"
     pub_path = state_dir / "node.pub"
     config_path = state_dir / CONFIG_FILE_NAME
-    for existing in (key_path, pub_path, config_path):
+    scenario_path = state_dir / SIM_SCENARIO_FILE
+    sim = Backend(backend) is Backend.SIM
+    for existing in (key_path, pub_path, config_path, *([scenario_path] if sim else [])):
         if existing.exists():
             raise click.UsageError(f"{existing} already exists; refusing to overwrite it")
     text = render_config(
@@ -311,9 +326,12 @@ def init(
         ca_cert=ca_cert.resolve() if ca_cert is not None else None,
         insecure_no_tls=insecure_no_tls,
         backend=Backend(backend),
+        sim_scenario=SIM_SCENARIO_FILE if sim else None,
     )
     parse_config(tomllib.loads(text), config_path)  # validate before writing anything
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if sim:
+        write_new_file(scenario_path, example_scenario().read_bytes(), mode=0o644)
     private = keys.generate_private_key()
     keys.save_private_key(key_path, private)
     keys.save_public_key(pub_path, private.public_key())

@@ -487,6 +487,7 @@ def render_config(
     ca_cert: Path | None,
     insecure_no_tls: bool,
     backend: Backend,
+    sim_scenario: str | None = None,
 ) -> str:
     """The config file ``pausewatch-agent init`` writes (every other key keeps its default)."""
     lines = [
@@ -512,6 +513,13 @@ def render_config(
         lines.append("# Plaintext gRPC: only for tests on loopback. Never in production.")
         lines.append("insecure_no_tls = true")
     lines += ["", "[spool]", "max_unacked_envelopes = 100000", ""]
+    if sim_scenario is not None:
+        lines += [
+            "[sim]",
+            "# The example scenario shipped with the agent, copied here to edit.",
+            f"scenario = {_toml_str(sim_scenario)}",
+            "",
+        ]
     return "\n".join(lines)
 
 

@@ -10,10 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from agent.cli import example_scenario
 from agent.config import AgentConfig, load_config
 from agent.daemon import spool_path
 from agent.spool import Spool
 from attest import keys
+from attest.attestation import parse_attestation_body
+from attest.envelope import parse_envelope
 from tests.agent_process import AgentProcess, agent_env, wait_until
 from tests.agent_setup import write_state_dir
 from tests.cli_runner import run_agent_cli
@@ -255,3 +258,49 @@ def test_a_real_agent_notifies_systemd(
     messages = listener.close()
     assert messages[0].startswith("READY=1\n")
     assert any(m.startswith("STOPPING=1") for m in messages)
+
+
+@pytest.mark.slow
+def test_init_with_the_sim_backend_uses_the_shipped_example_scenario(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], operator: tuple[Path, object]
+) -> None:
+    server = FakeVerifier(operator_keys={"lab-a": operator[1]})  # type: ignore[dict-item]
+    server.start()
+    state = tmp_path / "state"
+    try:
+        code, out, err = run_agent_cli(
+            capsys, "init", "--state-dir", str(state), "--lab", "lab-a", "--verifier",
+            server.address, "--insecure-no-tls", "--backend", "sim",
+        )  # fmt: skip
+        assert code == 0, err
+        config = load_config(state / "config.toml")
+        assert config.sim.scenario == state / "scenario.toml"
+        assert config.sim.scenario.read_bytes() == example_scenario().read_bytes()
+        assert "example-8xh100.toml" in str(example_scenario())  # installed in the package
+        code, out, err = run_agent_cli(
+            capsys, "enroll", "--state-dir", str(state), "--operator-key", str(operator[0]),
+            "--json",
+        )  # fmt: skip
+        assert code == 0, err
+        assert len(json.loads(out)["gpus"]) == 8  # the example node's eight H100s
+        code, out, _ = run_agent_cli(capsys, "check", "--state-dir", str(state))
+        assert code == 0, out
+        assert "ok    sim.scenario" in out
+        # Short windows so that the test sees one soon (the operator's file, edited).
+        path = state / "config.toml"
+        path.write_text(path.read_text().replace("window_s = 60", "window_s = 2"))
+        agent = AgentProcess.start(state, tmp_path / "agent.log")
+        try:
+            wait_until(lambda: "window signed" in agent.log(), 30, "a window is signed")
+        finally:
+            assert agent.stop() == 0, agent.log()
+        spool = Spool.open(spool_path(config))
+        try:
+            envelopes = spool.envelopes()
+        finally:
+            spool.close()
+        assert envelopes, agent.log()
+        body = parse_attestation_body(parse_envelope(envelopes[0].envelope).payload)
+        assert len(body.gpus) == 8
+    finally:
+        server.stop()
