@@ -816,6 +816,19 @@ def _totals(buckets: Sequence[Bucket], table_version: int) -> pb.ComputeTotals:
     )
 
 
+def rooting_text(node: pb.NodeSummary) -> str:
+    """How a node's evidence is rooted, in words: "software", "TPM 3/3", "TPM 1/3 (partial)"."""
+    match node.rooting:
+        case pb.EVIDENCE_ROOTING_TPM:
+            return f"TPM {node.tpm_rooted_windows}/{node.attestations}"
+        case pb.EVIDENCE_ROOTING_TPM_PARTIAL:
+            return f"TPM {node.tpm_rooted_windows}/{node.attestations} (partial)"
+        case pb.EVIDENCE_ROOTING_SOFTWARE:
+            return "software"
+        case _:
+            return "-"
+
+
 def _verdict(
     results: Sequence[pb.RuleResult], logged: Sequence[pb.LoggedFinding]
 ) -> tuple[pb.Verdict.ValueType, list[str]]:
@@ -991,7 +1004,7 @@ def render_text(report: pb.ComplianceReport) -> str:
 
     lines += ["", f"nodes ({len(report.nodes)})"]
     if report.nodes:
-        rows = [["NODE", "ID", "ATTESTATIONS", "SEQ", "UPPER BOUND", "STATE"]]
+        rows = [["NODE", "ID", "ATTESTATIONS", "SEQ", "UPPER BOUND", "ROOTED", "STATE"]]
         for node in report.nodes:
             state = ", ".join(
                 word for word, on in (("flagged", node.flagged), ("revoked", node.revoked)) if on
@@ -1003,6 +1016,7 @@ def render_text(report: pb.ComplianceReport) -> str:
                     str(node.attestations),
                     f"{node.first_seq}..{node.last_seq}" if node.attestations else "-",
                     f"{format_flop(int(node.upper_bound_flop or '0'))} FLOP",
+                    rooting_text(node),
                     state or "active",
                 ]
             )

@@ -50,7 +50,7 @@ from pausewatch.v1 import audit_pb2 as pb
 from pausewatch.v1 import findings_pb2
 
 from verifier.data_quality import data_quality_warnings
-from verifier.evaluation import format_time_ns
+from verifier.evaluation import format_time_ns, rooting_text
 from verifier.policy import format_duration_ns, format_ppm, scientific
 
 NS_PER_MS = 1_000_000
@@ -1121,11 +1121,16 @@ def _nodes(report: pb.ComplianceReport) -> str:
                 str(node.attestations),
                 f"{node.first_seq}..{node.last_seq}" if node.attestations else "-",
                 _flop_html(_int(node.upper_bound_flop or "0"), node.upper_bound_flop),
+                _e(rooting_text(node)),
                 _e(", ".join(state) or "active"),
             ]
         )
     table = (
-        _table(["Node", "Id", "Attestations", "Seq", "Upper bound", "State"], rows, numeric=(2, 3))
+        _table(
+            ["Node", "Id", "Attestations", "Seq", "Upper bound", "Rooted", "State"],
+            rows,
+            numeric=(2, 3),
+        )
         if rows
         else '<p class="empty">No nodes were active in the period.</p>'
     )

@@ -39,6 +39,8 @@ from tests.verifier_harness import (
     write_verifier_files,
 )
 from verifier.bundle import verify_bundle
+from verifier.evaluation import render_text
+from verifier.report_html import render_html
 
 S = 10**9
 MINUTE = 60 * S
@@ -157,6 +159,9 @@ def test_tpm_required_policy_bundles_and_offline_recheck(
     assert rooting[silent.node_id].rooting == apb.EVIDENCE_ROOTING_TPM_PARTIAL
     assert rooting[silent.node_id].tpm_rooted_windows == 0
     assert rooting[quoting.node_id].rooting == apb.EVIDENCE_ROOTING_TPM
+    text = render_text(report)
+    assert "TPM 3/3" in text and "TPM 0/2 (partial)" in text
+    assert ">Rooted<" in render_html(report)
 
     # The bundle re-verifies offline, quotes included, and agrees with the server.
     data = _bundle(verifier, start, time.time_ns())
@@ -211,3 +216,4 @@ def test_a_software_node_fails_a_tpm_required_policy(verifier: RunningVerifier) 
     assert not summary.tpm_id
     [rule] = report.rules
     assert "software-rooted nodes" in rule.summary
+    assert " software " in render_text(report)
