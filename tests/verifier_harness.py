@@ -80,11 +80,14 @@ def write_verifier_files(
     extra_lab: str = "",
     store: str = 'path = "verifier.db"',
     extra_config: str = "",
+    access: str = 'unauthenticated_role = "regulator"',
 ) -> VerifierFiles:
     """Keys, a policy and a config for lab ``lab-a`` (operator key seed 100, log key seed 101).
 
     Clock skew and age limits default to very wide so that the fixed test timestamps of
-    ``tests.builders`` are accepted; tests of those limits pass their own values.
+    ``tests.builders`` are accepted; tests of those limits pass their own values. Clients
+    without a certificate get the regulator role (``access``), as a local test setup may;
+    the role tests (tests/integration/test_roles.py) pass their own ``[access]``.
     """
     directory.mkdir(parents=True, exist_ok=True)
     operator = Ed25519Signer.from_private_key(fixed_private_key(100))
@@ -125,6 +128,9 @@ bucket_ms = {bucket_ms}
 gap_tolerance_ms = 5000
 open_gap_grace_ms = {open_gap_grace_ms}
 {extra_ingest}
+
+[access]
+{access}
 
 {extra_config}
 

@@ -19,6 +19,7 @@ from typing import Any
 from attest.errors import ConfigError
 from attest.ids import is_valid_lab_id
 from attest.keys import parse_public_key
+from verifier.access import AccessConfig, IdentityRule, Role, make_rule
 
 S = 1_000_000_000
 
@@ -35,8 +36,38 @@ class ServerConfig:
     max_message_bytes: int = 8 * 1024 * 1024
     max_envelope_bytes: int = 256 * 1024
     max_batch_envelopes: int = 1024
-    workers: int = 64
+    workers: int = 16
+    """Threads for blocking work (verification, storage, audits). Streams do not hold one: an
+    open stream costs memory only, so this is sized to the machine, not to the fleet."""
     shutdown_grace_s: int = 10
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """What one client may hold (docs/verifier.md, "Limits"). Identity limits apply to clients
+    with a mapped certificate; peer-address limits to every connection from one address."""
+
+    max_streams_per_identity: int = 8
+    max_streams_per_peer: int = 4_096
+    max_inflight_per_identity: int = 4
+    """Messages (batches, unary calls) of one identity being processed at once; more wait."""
+    max_inflight_per_peer: int = 64
+    max_inflight_bytes_per_identity: int = 16 * 1024 * 1024
+    max_inflight_bytes_per_peer: int = 64 * 1024 * 1024
+    stream_idle_timeout_s: int = 600
+    """A SubmitAttestations stream that sends nothing for this long is closed (UNAVAILABLE)."""
+    keepalive_time_s: int = 120
+    keepalive_timeout_s: int = 20
+    min_client_ping_interval_s: int = 20
+    max_connection_idle_s: int = 900
+    max_streams_per_connection: int = 1_024
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """Prometheus /metrics on its own address; empty: no metrics endpoint."""
+
+    listen: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +145,9 @@ class VerifierConfig:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     tpm: TpmConfig = field(default_factory=TpmConfig)
+    access: AccessConfig = field(default_factory=AccessConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     labs: tuple[LabConfig, ...] = ()
     source: str = "<config>"
 
@@ -122,6 +156,7 @@ _BACKENDS = ("nvml", "sim", "replay")
 _SERVER = ServerConfig()
 _LOG = LogConfig()
 _STORE = StoreConfig()
+_LIMITS = LimitsConfig()
 
 
 class _Section:
@@ -185,7 +220,17 @@ def parse_config(data: bytes, *, source: str = "<config>", base: Path = Path()) 
         raise ConfigError(f"{source}: {exc}") from None
     top = _Section(doc, "", source)
     sections = {}
-    for name in ("server", "log", "store", "ingest", "monitor", "tpm"):
+    for name in (
+        "server",
+        "log",
+        "store",
+        "ingest",
+        "monitor",
+        "tpm",
+        "access",
+        "limits",
+        "metrics",
+    ):
         table = top.get(name, dict, {})
         sections[name] = _Section(table, f"{name}.", source)
     labs_raw = top.get("labs", list, [])
@@ -283,6 +328,20 @@ def parse_config(data: bytes, *, source: str = "<config>", base: Path = Path()) 
         max_windows_without_quote=tp.positive("max_windows_without_quote", 1),
     )
     tp.finish()
+    access = _access(sections["access"], source)
+    li = sections["limits"]
+    limits = LimitsConfig(
+        **{name: li.positive(name, getattr(_LIMITS, name)) for name in _LIMIT_KEYS}
+    )
+    if limits.max_inflight_bytes_per_identity < server.max_message_bytes:
+        raise ConfigError(
+            f"{source}: limits.max_inflight_bytes_per_identity: must be at least "
+            "server.max_message_bytes"
+        )
+    li.finish()
+    me = sections["metrics"]
+    metrics = MetricsConfig(listen=me.get("listen", str, ""))
+    me.finish()
 
     labs: list[LabConfig] = []
     seen: set[str] = set()
@@ -326,9 +385,48 @@ def parse_config(data: bytes, *, source: str = "<config>", base: Path = Path()) 
         ingest=ingest,
         monitor=monitor,
         tpm=tpm,
+        access=access,
+        limits=limits,
+        metrics=metrics,
         labs=tuple(labs),
         source=source,
     )
+
+
+_LIMIT_KEYS = tuple(LimitsConfig.__dataclass_fields__)
+
+
+def _access(ac: _Section, source: str) -> AccessConfig:
+    role_text = ac.get("unauthenticated_role", str, Role.PUBLIC.value)
+    try:
+        unauthenticated = Role(role_text)
+    except ValueError:
+        raise ac._err(
+            "unauthenticated_role",
+            f"{role_text!r} is not one of {', '.join(r.value for r in Role)}",
+        ) from None
+    if unauthenticated in (Role.LAB_OPERATOR, Role.NODE_AGENT):
+        raise ac._err("unauthenticated_role", "must be public, auditor or regulator")
+    rules: list[IdentityRule] = []
+    for i, raw in enumerate(ac.get("identities", list, [])):
+        where = f"access.identities[{i}]."
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source}: access.identities[{i}]: must be a table")
+        entry = _Section(raw, where, source)
+        rules.append(
+            make_rule(
+                role=entry.get("role", str, ""),
+                uri=entry.get("uri", str, ""),
+                uri_prefix=entry.get("uri_prefix", str, ""),
+                fingerprint_sha256=entry.get("fingerprint_sha256", str, ""),
+                lab_id=entry.get("lab", str, ""),
+                node_id=entry.get("node_id", str, ""),
+                where=f"{source}: {where}",
+            )
+        )
+        entry.finish()
+    ac.finish()
+    return AccessConfig(unauthenticated_role=unauthenticated, identities=tuple(rules))
 
 
 def _read_key_text(text: str, base: Path) -> str:

@@ -170,6 +170,10 @@ class WriteContext:
         return index
 
 
+def _ignore_duration(_seconds: float) -> None:
+    return None
+
+
 class VerifierCore:
     """Shared state: store, log, nonces, node cache, settings."""
 
@@ -210,6 +214,8 @@ class VerifierCore:
             if lab.ima_allowlist is not None
         }
         self._finding_listeners: list[Callable[[list[int]], None]] = []
+        self.observe_commit_s: Callable[[float], None] = _ignore_duration
+        """Told how long each write's log flush and store commit took (the server's metrics)."""
         self._listeners_lock = threading.Lock()
 
     def node_enrolled_elsewhere(self, node_id: bytes) -> NodeState | None:
@@ -240,10 +246,12 @@ class VerifierCore:
                             del self.nodes[gone]
                     ctx = WriteContext(core=self, tx=tx, now_ns=self.clock_ns())
                     yield ctx
+                    commit_started = time.perf_counter()
                     self.log.flush(tx, ctx.now_ns)
             except BaseException:
                 self.log.rollback()
                 raise
+            self.observe_commit_s(time.perf_counter() - commit_started)
             self.log.commit_succeeded()
             self.nodes.update(ctx.node_updates)
         for callback in ctx.after_commit:

@@ -45,10 +45,11 @@ from pausewatch.v1 import registry_pb2_grpc as rpb_grpc
 
 from attest import keys
 from attest.errors import PausewatchError
-from verifier.tlsgen import write_self_signed
+from verifier.tlsgen import issue_client_cert, write_self_signed
 
 S = 1_000_000_000
 LAB = "frontier-lab"
+SPIFFE = "spiffe://demo.pausewatch"
 MARKER = ".pausewatch-demo"
 WINDOW_S = 2
 SAMPLE_MS = 200
@@ -171,11 +172,28 @@ class Demo:
         return result
 
     def channel(self) -> grpc.Channel:
-        ca = (self.directory / "tls" / "ca.pem").read_bytes()
-        return grpc.secure_channel(self.address, grpc.ssl_channel_credentials(root_certificates=ca))
+        """A channel as the regulator."""
+        tls = self.directory / "tls"
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=(tls / "ca.pem").read_bytes(),
+            private_key=(tls / "regulator.key").read_bytes(),
+            certificate_chain=(tls / "regulator.pem").read_bytes(),
+        )
+        return grpc.secure_channel(self.address, credentials)
 
-    def tls_args(self) -> list[str]:
+    def ca_args(self) -> list[str]:
         return ["--verifier", self.address, "--ca-cert", str(self.directory / "tls" / "ca.pem")]
+
+    def tls_args(self, who: str = "regulator") -> list[str]:
+        """The CLI options to reach the verifier as ``who`` (regulator or operator)."""
+        tls = self.directory / "tls"
+        return [
+            *self.ca_args(),
+            "--client-cert",
+            str(tls / f"{who}.pem"),
+            "--client-key",
+            str(tls / f"{who}.key"),
+        ]
 
     def check(self, what: str, ok: bool, detail: str = "") -> None:
         self.checks.append(Check(what, ok, detail))
@@ -198,7 +216,11 @@ class Demo:
         operator = keys.generate_private_key()
         keys.save_private_key(keys_dir / "operator.key", operator)
         keys.save_public_key(keys_dir / "operator.pub", operator.public_key())
-        write_self_signed(d / "tls", ["127.0.0.1", "localhost"])
+        write_self_signed(d / "tls", ["127.0.0.1", "localhost"], keep_ca_key=True)
+        # Roles on, as in production: the regulator's CLI, the lab operator's tool and each
+        # node agent connect with a certificate whose SAN URI names who they are.
+        issue_client_cert(d / "tls", "regulator", uri=f"{SPIFFE}/regulator")
+        issue_client_cert(d / "tls", "operator", uri=f"{SPIFFE}/lab/{LAB}/operator")
         (d / "policy.toml").write_text(POLICY, encoding="utf-8")
         trace = d / "helios_vchbv_excerpt.csv"
         data = resources.files("verifier").joinpath("demo_data")
@@ -210,6 +232,7 @@ class Demo:
 listen = "127.0.0.1:0"
 tls_cert = "tls/server.pem"
 tls_key = "tls/server.key"
+client_ca = "tls/ca.pem"          # mutual TLS: the client certificate decides the role
 shutdown_grace_s = 5
 
 [log]
@@ -230,6 +253,23 @@ max_clock_skew_s = 60
 [monitor]
 interval_s = 5                   # breaches logged as findings within seconds (default 60)
 late_s = 600
+
+[access]                          # who may call what (docs/verifier.md, "Roles")
+unauthenticated_role = "public"
+
+[[access.identities]]
+uri = "{SPIFFE}/regulator"
+role = "regulator"
+
+[[access.identities]]
+uri = "{SPIFFE}/lab/{LAB}/operator"
+role = "lab_operator"
+lab = "{LAB}"
+
+[[access.identities]]
+uri_prefix = "{SPIFFE}/lab/{LAB}/node/"   # followed by the node id
+role = "node_agent"
+lab = "{LAB}"
 
 [[labs]]
 id = "{LAB}"
@@ -323,7 +363,7 @@ start_row = 0
             name = f"gpu-node-{i}"
             state = d / "nodes" / name
             node = Node(name, state, state / "scenario.toml", d / "nodes" / f"{name}.log")
-            self.run(
+            init = self.run(
                 self.python(
                     "agent.cli",
                     "init",
@@ -331,12 +371,17 @@ start_row = 0
                     str(state),
                     "--lab",
                     LAB,
-                    *self.tls_args(),
+                    *self.ca_args(),
                     "--node-name",
                     name,
                     "--backend",
                     "sim",
+                    "--json",
                 )
+            )
+            node_hex = json.loads(init.stdout)["node_id"]
+            cert, key = issue_client_cert(
+                d / "tls", f"node-{i}", uri=f"{SPIFFE}/lab/{LAB}/node/{node_hex}"
             )
             node.scenario.write_text(self.scenario(i, origin_s), encoding="utf-8")
             (state / "config.toml").write_text(
@@ -352,6 +397,8 @@ window_s = {WINDOW_S}
 [verifier]
 address = "{self.address}"
 ca_cert = "{d / "tls" / "ca.pem"}"
+client_cert = "{cert}"
+client_key = "{key}"
 backoff_initial_ms = 200
 backoff_max_ms = 2000
 
@@ -400,7 +447,7 @@ level = "warning"
                 str(inventory),
                 "--version",
                 "1",
-                *self.tls_args(),
+                *self.tls_args("operator"),
             )
         )
         self.say(f"4 nodes enrolled, {len(uuids)} GPUs declared by the lab operator")

@@ -31,3 +31,11 @@ class PermissionDeniedError(RequestError):
 
 class UnavailableError(RequestError):
     """A transient failure: the request may be retried."""
+
+
+class ResourceExhaustedError(RequestError):
+    """The caller holds as many streams as its limits allow (docs/verifier.md, "Limits")."""
+
+
+class IdleStreamError(UnavailableError):
+    """A stream sent nothing for the idle timeout; the client may reconnect."""

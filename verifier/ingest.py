@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -119,6 +120,10 @@ class _Batch:
     heads: dict[bytes, tuple[int, bytes, int, int]] = field(default_factory=dict)
 
 
+def _ignore_stage(_stage: str, _seconds: float) -> None:
+    return None
+
+
 def _reject(reason: int, detail: str, **kwargs: object) -> Rejection:
     return Rejection(reason=reason, detail=detail, **kwargs)  # type: ignore[arg-type]
 
@@ -139,6 +144,9 @@ class Ingestor:
         # Finding rate limits already claimed in the store, so a flood of identical findings is
         # refused without a database round trip per GPU-window.
         self._claims: dict[str, int] = {}
+        self.observe_stage_s: Callable[[str, float], None] = _ignore_stage
+        """Told each stage's duration: "verify" (a batch's stateless checks) and "commit" (the
+        serial stage and the transaction of a group of batches). The server's metrics."""
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -209,14 +217,18 @@ class Ingestor:
         Group commit: batches that finish their stateless checks while another batch is being
         committed wait for the write path together, and the next committer takes them all into
         one transaction (one fsync), each keeping its own receipts in order."""
+        started = time.perf_counter()
         job = _Job(raws=raws, checked=self._check_all(raws))
+        self.observe_stage_s("verify", time.perf_counter() - started)
         with self._pending_lock:
             self._pending.append(job)
         with self._commit_lock:
             if job.result is None:
                 with self._pending_lock:
                     jobs, self._pending = self._pending, []
+                started = time.perf_counter()
                 self._commit(jobs)
+                self.observe_stage_s("commit", time.perf_counter() - started)
         assert job.result is not None
         return job.result
 

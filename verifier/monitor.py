@@ -97,6 +97,9 @@ class PolicyMonitor:
         self.core = core
         self.auditor = auditor
         self._thread: threading.Thread | None = None
+        self.started_ns = 0
+        self.last_pass_ns = 0
+        """When the loop last finished a pass (0: none yet); the server's monitor-lag metric."""
 
     def check_all(self) -> list[int]:
         """One pass over every registered lab; returns the log indices of new findings."""
@@ -157,6 +160,7 @@ class PolicyMonitor:
         if interval_ns <= 0:
             log.info("policy monitor off (monitor.interval_s = 0)")
             return
+        self.started_ns = self.core.clock_ns()
 
         def loop() -> None:
             wait_s = interval_ns / 1e9
@@ -166,11 +170,18 @@ class PolicyMonitor:
                     self.check_all()
                 except Exception:  # keep monitoring later; a failure must not stop the server
                     log.exception("policy monitor pass failed")
+                else:
+                    self.last_pass_ns = self.core.clock_ns()
                 # Long rule windows make long passes: never spend more than 1/20 of a core here.
                 wait_s = max(interval_ns / 1e9, (time.monotonic() - started) * MAX_BUSY_FACTOR)
 
         self._thread = threading.Thread(target=loop, name="policy-monitor", daemon=True)
         self._thread.start()
+
+    def lag_ns(self) -> int:
+        """How long since the last finished pass (since start if none); 0 when off."""
+        since = self.last_pass_ns or self.started_ns
+        return max(0, self.core.clock_ns() - since) if since else 0
 
     def join(self, timeout_s: float) -> None:
         if self._thread is not None:

@@ -1,22 +1,27 @@
-"""The verifier's gRPC server: lifecycle, TLS, health, reflection, checkpoints, shutdown.
+"""The verifier's gRPC server: lifecycle, TLS, health, reflection, checkpoints, metrics, shutdown.
 
     server = VerifierServer.from_config(config)
     port = server.start()          # health turns SERVING only once everything is ready
     server.wait()                  # until stop() (SIGTERM/SIGINT in the CLI)
     server.stop()                  # NOT_SERVING, in-flight calls finish, then storage closes
 
-TLS is on unless the config says ``insecure_no_tls``; mutual TLS when a client CA is given.
+It serves with grpc.aio on an event loop in a thread of its own: an open stream is a coroutine
+and costs memory, not a thread; blocking work runs in a pool of ``server.workers`` threads that
+does not grow with the number of clients. TLS is on unless the config says ``insecure_no_tls``;
+mutual TLS when a client CA is given, and the client certificate then decides the caller's role
+(verifier/access.py). Prometheus metrics on ``metrics.listen`` when set (verifier/metrics.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
@@ -25,19 +30,25 @@ from pausewatch.v1 import attestation_service_pb2, audit_pb2, registry_pb2
 
 from attest.errors import ConfigError
 from attest.keys import load_private_key
+from verifier.access import Access
 from verifier.audit import Auditor
 from verifier.config import VerifierConfig
 from verifier.core import VerifierCore
 from verifier.ingest import Ingestor
+from verifier.limits import Limiter
+from verifier.metrics import VerifierMetrics
 from verifier.monitor import PolicyMonitor
 from verifier.registry import Registry
 from verifier.servicers import (
     AttestationServicer,
     AuditServicer,
     RegistryServicer,
+    Runtime,
     add_service,
 )
 from verifier.store.base import Store
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +98,23 @@ class VerifierServer:
         self.ingestor = Ingestor(self.core)
         self.auditor = Auditor(self.core)
         self.monitor = PolicyMonitor(self.core, self.auditor)
+        self.access = Access(config.access)
+        self.limiter = Limiter(config.limits)
+        self.metrics = VerifierMetrics(self._live_figures)
+        self.ingestor.observe_stage_s = self.metrics.observe_stage
+        self.core.observe_commit_s = self.metrics.observe_commit
+        self.pool = ThreadPoolExecutor(
+            max_workers=config.server.workers, thread_name_prefix="verifier-work"
+        )
         self._stopping = threading.Event()
         self._stopped = threading.Event()
-        self.health = health.HealthServicer()
-        self._server: grpc.Server | None = None
+        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: threading.Thread | None = None
+        self._server: grpc.aio.Server | None = None
         self._checkpoints: threading.Thread | None = None
         self.port = 0
+        self.metrics_port = 0
 
     @classmethod
     def from_config(cls, config: VerifierConfig) -> VerifierServer:
@@ -113,34 +135,51 @@ class VerifierServer:
             require_client_auth=client_ca is not None,
         )
 
-    def start(self) -> int:
-        """Bind, start serving, and turn health to SERVING. Returns the bound port."""
-        server_config = self.config.server
-        options = [
-            ("grpc.max_receive_message_length", server_config.max_message_bytes),
-            ("grpc.max_send_message_length", server_config.max_message_bytes),
+    def _options(self) -> list[tuple[str, Any]]:
+        server, limits = self.config.server, self.config.limits
+        return [
+            ("grpc.max_receive_message_length", server.max_message_bytes),
+            ("grpc.max_send_message_length", server.max_message_bytes),
             ("grpc.so_reuseport", 0),
+            # Keepalive: the server pings a silent connection and drops it if the ping goes
+            # unanswered; clients may ping no more often than min_client_ping_interval_s.
+            ("grpc.keepalive_time_ms", limits.keepalive_time_s * 1000),
+            ("grpc.keepalive_timeout_ms", limits.keepalive_timeout_s * 1000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            (
+                "grpc.http2.min_ping_interval_without_data_ms",
+                limits.min_client_ping_interval_s * 1000,
+            ),
+            ("grpc.http2.max_ping_strikes", 2),
+            ("grpc.max_connection_idle_ms", limits.max_connection_idle_s * 1000),
+            ("grpc.max_concurrent_streams", limits.max_streams_per_connection),
         ]
-        server = grpc.server(
-            ThreadPoolExecutor(max_workers=server_config.workers, thread_name_prefix="grpc"),
-            options=options,
-            maximum_concurrent_rpcs=server_config.workers * 8,
-        )
+
+    def _on_loop(self, coroutine: Coroutine[Any, Any, T], timeout_s: float | None = None) -> T:
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout_s)
+
+    async def _serve(self) -> int:
+        server_config = self.config.server
+        server = grpc.aio.server(options=self._options())
         for name in ("", *SERVICE_NAMES):
-            self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        runtime = Runtime(self.pool, self.access, self.limiter, self.metrics, self._stopping)
         add_service(
             server,
             _service(attestation_service_pb2, "AttestationService"),
-            AttestationServicer(self.core, self.ingestor),
+            AttestationServicer(self.core, self.ingestor, runtime),
         )
         add_service(
-            server, _service(registry_pb2, "RegistryService"), RegistryServicer(self.registry)
+            server,
+            _service(registry_pb2, "RegistryService"),
+            RegistryServicer(self.registry, runtime),
         )
         add_service(
             server,
             _service(audit_pb2, "AuditService"),
-            AuditServicer(self.core, self.auditor, self._stopping),
+            AuditServicer(self.core, self.auditor, runtime),
         )
         if server_config.reflection:
             from grpc_reflection.v1alpha import reflection
@@ -152,27 +191,63 @@ class VerifierServer:
         try:
             if credentials is None:
                 log.warning("serving WITHOUT TLS (insecure_no_tls): for local tests only")
-                self.port = server.add_insecure_port(server_config.listen)
+                port = server.add_insecure_port(server_config.listen)
             else:
-                self.port = server.add_secure_port(server_config.listen, credentials)
+                port = server.add_secure_port(server_config.listen, credentials)
         except RuntimeError:
-            self.port = 0
-        if self.port == 0:
+            port = 0
+        if port == 0:
             raise ConfigError(
                 f"cannot listen on {server_config.listen} (in use, or not an address of this host)"
             )
-        server.start()
+        await server.start()
         self._server = server
+        return port
+
+    async def _set_health(self, status: Any) -> None:
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, status)
+
+    def start(self) -> int:
+        """Bind, start serving, and turn health to SERVING. Returns the bound port."""
+        if self.config.access.unauthenticated_role.value != "public":
+            log.warning(
+                "clients without a mapped certificate get the %s role "
+                "(access.unauthenticated_role): for local tests only",
+                self.config.access.unauthenticated_role.value,
+            )
+        self._loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(
+            target=self._loop.run_forever, name="grpc-aio", daemon=True
+        )
+        self._loop_thread.start()
+        try:
+            self.port = self._on_loop(self._serve())
+            if self.config.metrics.listen:
+                self.metrics_port = self.metrics.serve(self.config.metrics.listen)
+        except BaseException:
+            self._close_loop()
+            raise
         self.core.log.sign_checkpoint()
         self._checkpoints = threading.Thread(
             target=self._checkpoint_loop, name="checkpoints", daemon=True
         )
         self._checkpoints.start()
         self.monitor.start(self._stopping)
-        for name in ("", *SERVICE_NAMES):
-            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("verifier serving on port %d (tls=%s)", self.port, credentials is not None)
+        self._on_loop(self._set_health(health_pb2.HealthCheckResponse.SERVING))
+        tls = self._server is not None and not self.config.server.insecure_no_tls
+        log.info("verifier serving on port %d (tls=%s)", self.port, tls)
         return self.port
+
+    def _live_figures(self) -> dict[str, float]:
+        latest = self.store.latest_checkpoint()
+        now_ns = self.core.clock_ns()
+        return {
+            "log_size": float(self.core.log.size),
+            "checkpoint_age": max(0, now_ns - latest.signed_at_ns) / 1e9 if latest else 0.0,
+            "monitor_lag": self.monitor.lag_ns() / 1e9,
+            "refused_streams": float(self.limiter.refused_streams),
+        }
 
     def _checkpoint_loop(self) -> None:
         interval = self.config.log.checkpoint_interval_s
@@ -189,17 +264,38 @@ class VerifierServer:
         while not self._stopped.wait(0.25):
             pass
 
+    async def _drain(self, grace_s: float) -> None:
+        await self.health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(grace_s)
+
+    def _close_loop(self) -> None:
+        if self._loop is None:
+            return
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._loop_thread is not None:
+            self._loop_thread.join(timeout=10)
+        if not self._loop.is_running():
+            self._loop.close()
+        self._loop = None
+
     def stop(self) -> None:
-        """Graceful shutdown: NOT_SERVING, refuse new calls, let in-flight ones finish, close."""
+        """Graceful shutdown: NOT_SERVING, refuse new calls, let in-flight ones finish (a batch
+        being ingested commits and gets its receipts), then close storage."""
         if self._stopping.is_set():
             self._stopped.wait()
             return
         self._stopping.set()
-        self.health.enter_graceful_shutdown()
-        if self._server is not None:
+        if self._loop is not None:
             grace = self.config.server.shutdown_grace_s
-            if not self._server.stop(grace).wait(timeout=grace + 10):
+            try:
+                self._on_loop(self._drain(grace), timeout_s=grace + 10)
+            except TimeoutError:
                 log.warning("some calls did not end within the shutdown grace; closing anyway")
+        # Work a cancelled call left on the pool still finishes (and commits) before storage
+        # closes.
+        self.pool.shutdown(wait=True)
+        self._close_loop()
         if self._checkpoints is not None:
             self._checkpoints.join(timeout=5)
         self.monitor.join(timeout_s=30)
@@ -207,6 +303,7 @@ class VerifierServer:
             self.core.log.sign_checkpoint()
         except Exception:
             log.exception("final checkpoint failed")
+        self.metrics.close()
         self.ingestor.close()
         self.store.close()
         self._stopped.set()

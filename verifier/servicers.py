@@ -1,7 +1,15 @@
-"""Thin gRPC servicers over the verifier's domain layer, and the one table from errors to status.
+"""Thin asynchronous gRPC servicers over the verifier's domain layer: who may call, how much a
+caller may hold, and the one table from errors to status.
 
-    server.add_generic_rpc_handlers(...)  # see verifier/server.py
-    AttestationServicer(core, ingestor).SubmitAttestations(requests, context)
+    runtime = Runtime(pool, Access(config.access), Limiter(config.limits), metrics, stopping)
+    add_service(server, descriptor, AttestationServicer(core, ingestor, runtime))
+
+Servicers run on the server's event loop (grpc.aio): an open stream is a coroutine waiting for
+its next message and holds no thread. Blocking work (verification, storage, audits) runs in the
+runtime's thread pool, one message at a time per stream. Every call first resolves the caller's
+principal from its client certificate (verifier/access.py) and is refused PERMISSION_DENIED
+outside its role; streams and in-flight messages are counted per identity and per peer
+(verifier/limits.py).
 
 Servicers translate messages and nothing else. Every error a handler raises on purpose is a
 :class:`~attest.errors.PausewatchError` whose ``diagnostics()`` is safe to send; anything else is
@@ -10,11 +18,15 @@ logged here with its traceback and the peer sees only ``INTERNAL: internal error
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import logging
-import queue
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
@@ -22,12 +34,10 @@ from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError
 from google.protobuf.message_factory import GetMessageClass
 from pausewatch.v1 import attestation_service_pb2 as spb
-from pausewatch.v1 import attestation_service_pb2_grpc as spb_grpc
 from pausewatch.v1 import audit_pb2 as apb
-from pausewatch.v1 import audit_pb2_grpc as apb_grpc
 from pausewatch.v1 import registry_pb2 as rpb
-from pausewatch.v1 import registry_pb2_grpc as rpb_grpc
 
+from attest.envelope import PayloadType, parse_envelope
 from attest.errors import (
     BodyError,
     ChainError,
@@ -40,17 +50,23 @@ from attest.errors import (
     TpmError,
     UnknownKeyError,
 )
+from attest.keys import key_id_from_raw
 from verifier import tpm
+from verifier.access import Access, Principal, Role
 from verifier.audit import Auditor
 from verifier.core import VerifierCore
 from verifier.errors import (
     ConflictError,
+    IdleStreamError,
     InvalidRequestError,
     NotFoundError,
     PermissionDeniedError,
+    ResourceExhaustedError,
     UnavailableError,
 )
 from verifier.ingest import Ingestor
+from verifier.limits import Limiter
+from verifier.metrics import VerifierMetrics
 from verifier.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -69,6 +85,7 @@ STATUS_FOR_ERROR: tuple[tuple[type[PausewatchError], grpc.StatusCode], ...] = (
     (PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),
     (NotFoundError, grpc.StatusCode.NOT_FOUND),
     (ConflictError, grpc.StatusCode.ALREADY_EXISTS),
+    (ResourceExhaustedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (UnavailableError, grpc.StatusCode.UNAVAILABLE),
     (ConfigError, grpc.StatusCode.FAILED_PRECONDITION),
 )
@@ -93,7 +110,7 @@ def _safe_parser(message_class: Any) -> Callable[[bytes], Any]:
     return parse
 
 
-def add_service(server: grpc.Server, service: ServiceDescriptor, servicer: object) -> None:
+def add_service(server: grpc.aio.Server, service: ServiceDescriptor, servicer: object) -> None:
     """Register ``servicer``'s methods for ``service`` with request parsing that never raises.
 
     grpcio's own registration raises inside the transport when a request does not parse, and a
@@ -135,44 +152,92 @@ def status_for(exc: PausewatchError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _abort(context: grpc.ServicerContext, exc: BaseException, method: str) -> None:
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """What every servicer shares: the pool for blocking work, access rules, limits, metrics."""
+
+    pool: ThreadPoolExecutor
+    access: Access
+    limiter: Limiter
+    metrics: VerifierMetrics
+    stopping: threading.Event
+
+    async def run(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``function(*args, **kwargs)`` on the pool, without blocking the event loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.pool, functools.partial(function, *args, **kwargs))
+
+    def caller(self, context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
+        pem = context.auth_context().get("x509_pem_cert")
+        return self.access.principal(next(iter(pem), None) if pem else None)
+
+
+async def _abort(
+    context: grpc.aio.ServicerContext[Any, Any], exc: BaseException, method: str
+) -> None:
     if isinstance(exc, PausewatchError):
         code = status_for(exc)
         if code is grpc.StatusCode.INTERNAL:
             log.error("%s failed: %s", method, exc.diagnostics())
-        context.abort(code, exc.diagnostics())
+        await context.abort(code, exc.diagnostics())
     log.error("%s failed with an unexpected error", method, exc_info=exc)
-    context.abort(grpc.StatusCode.INTERNAL, "internal error")
+    await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+
+def _size(request: Any) -> int:
+    return 0 if request is MALFORMED else int(request.ByteSize())
 
 
 def unary(method: F) -> F:
-    """Map errors of a unary handler to gRPC status codes."""
+    """A unary handler: the caller resolved, its in-flight share held, errors mapped."""
 
     @functools.wraps(method)
-    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        runtime: Runtime = self.runtime
+        started = time.perf_counter()
         try:
+            caller = runtime.caller(context)
             _check_parsed(request)
-            return method(self, request, context)
-        except Exception as exc:
-            _abort(context, exc, method.__name__)
-            raise  # unreachable: abort raises
+            async with runtime.limiter.admit(caller.identity, context.peer(), _size(request)):
+                return await method(self, request, caller)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the gRPC error-mapping layer
+            await _abort(context, exc, method.__name__)
+        finally:
+            runtime.metrics.observe_call(method.__name__, time.perf_counter() - started)
 
     return wrapper  # type: ignore[return-value]
 
 
 def streaming(method: F) -> F:
-    """Map errors of a response-streaming handler to gRPC status codes."""
+    """A response-streaming handler: counted as an open stream of its caller, errors mapped."""
 
     @functools.wraps(method)
-    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+    async def wrapper(
+        self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        runtime: Runtime = self.runtime
+        release: Callable[[], None] | None = None
         try:
+            caller = runtime.caller(context)
             _check_parsed(request)
-            yield from method(self, request, context)
+            release = runtime.limiter.open_stream(caller.identity, context.peer())
+            runtime.metrics.stream_opened(method.__name__)
+            async for item in method(self, request, caller):
+                yield item
+        except grpc.aio.AbortError:
+            raise
         except Exception as exc:  # noqa: BLE001 - the gRPC error-mapping layer
-            _abort(context, exc, method.__name__)
+            await _abort(context, exc, method.__name__)
+        finally:
+            if release is not None:
+                release()
+                runtime.metrics.stream_closed(method.__name__)
 
     return wrapper  # type: ignore[return-value]
 
@@ -191,16 +256,49 @@ def _node_id(raw: bytes) -> bytes:
     return raw
 
 
-class AttestationServicer(spb_grpc.AttestationServiceServicer):
-    def __init__(self, core: VerifierCore, ingestor: Ingestor) -> None:
+def _require_own_envelopes(caller: Principal, envelopes: list[bytes], max_size: int) -> None:
+    """A node agent submits its own node's envelopes only. One that does not parse is left to
+    ingest, which rejects it with a receipt (the same parser decides there)."""
+    if caller.role is Role.REGULATOR:
+        return
+    for raw in envelopes:
+        try:
+            key_id = parse_envelope(raw, max_size=max_size).key_id
+        except EnvelopeError:
+            continue
+        caller.require_node(bytes(key_id), "submit attestations")
+
+
+def _signed_payload(raw: bytes, payload_type: PayloadType, what: str, max_size: int) -> Any:
+    try:
+        envelope = parse_envelope(raw, max_size=max_size)
+    except EnvelopeError as exc:
+        raise InvalidRequestError(f"{what}: {exc.diagnostics()}") from None
+    if envelope.payload_type != payload_type:
+        raise InvalidRequestError(f"{what} payload type is not {payload_type}")
+    return envelope
+
+
+def _parse_payload(message: Any, payload: bytes, what: str) -> Any:
+    try:
+        return message.FromString(payload)
+    except DecodeError:
+        raise InvalidRequestError(f"the payload is not a valid {what}") from None
+
+
+class AttestationServicer:
+    def __init__(self, core: VerifierCore, ingestor: Ingestor, runtime: Runtime) -> None:
         self.core = core
         self.ingestor = ingestor
+        self.runtime = runtime
 
     @unary
-    def GetChallenge(
-        self, request: spb.GetChallengeRequest, context: grpc.ServicerContext
+    async def GetChallenge(
+        self, request: spb.GetChallengeRequest, caller: Principal
     ) -> spb.GetChallengeResponse:
         node_id = _node_id(request.node_id)
+        if caller.role is not Role.LAB_OPERATOR:  # an operator enrols its lab's new nodes
+            caller.require_node(node_id, "get a challenge")
         nonce, issued = self.core.nonces.issue(node_id)
         return spb.GetChallengeResponse(
             nonce=nonce,
@@ -210,44 +308,96 @@ class AttestationServicer(spb_grpc.AttestationServiceServicer):
         )
 
     @unary
-    def GetTpmCredential(
-        self, request: spb.GetTpmCredentialRequest, context: grpc.ServicerContext
+    async def GetTpmCredential(
+        self, request: spb.GetTpmCredentialRequest, caller: Principal
     ) -> spb.GetTpmCredentialResponse:
-        return tpm.issue_credential(
+        if caller.role is not Role.LAB_OPERATOR:  # as GetChallenge: enrolment of a new node
+            if len(request.node_public_key) != 32:
+                raise InvalidRequestError("node_public_key must be 32 bytes")
+            caller.require_node(key_id_from_raw(request.node_public_key), "get a TPM credential")
+        return await self.runtime.run(
+            tpm.issue_credential,
             self.core.nonces,
             self.core.tpm_settings,
             request,
             self.core.clock_ns(),
         )
 
-    def SubmitAttestations(
+    async def SubmitAttestations(
         self,
-        request_iterator: Iterator[spb.SubmitAttestationsRequest],
-        context: grpc.ServicerContext,
-    ) -> Iterator[spb.SubmitAttestationsResponse]:
-        limit = self.core.config.server.max_batch_envelopes
+        request_iterator: AsyncIterator[spb.SubmitAttestationsRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[spb.SubmitAttestationsResponse]:
+        """One batch at a time: read, check the caller may submit it, ingest on the pool (group
+        commit with the other streams' batches), answer with the receipts after the commit."""
+        runtime = self.runtime
+        server = self.core.config.server
+        idle_s = self.core.config.limits.stream_idle_timeout_s
+        release: Callable[[], None] | None = None
         try:
-            for request in request_iterator:
-                envelopes = _batch(request, limit)
-                result = self.ingestor.submit(envelopes)
+            caller = runtime.caller(context)
+            caller.require(Role.NODE_AGENT, what="submit attestations")
+            peer = context.peer()
+            release = runtime.limiter.open_stream(caller.identity, peer)
+            runtime.metrics.stream_opened("SubmitAttestations")
+            while True:
+                try:
+                    request = await asyncio.wait_for(context.read(), idle_s)
+                except TimeoutError:
+                    raise IdleStreamError(
+                        f"the stream sent nothing for {idle_s} s; reconnect when there is more"
+                    ) from None
+                if request is grpc.aio.EOF:  # type: ignore[attr-defined]
+                    return
+                envelopes = _batch(request, server.max_batch_envelopes)
+                _require_own_envelopes(caller, envelopes, server.max_envelope_bytes)
+                size = sum(len(raw) for raw in envelopes)
+                started = time.perf_counter()
+                async with runtime.limiter.admit(caller.identity, peer, size):
+                    result = await runtime.run(self.ingestor.submit, envelopes)
+                runtime.metrics.observe_batch(result.receipts, time.perf_counter() - started)
                 yield spb.SubmitAttestationsResponse(
                     receipts=result.receipts, tree_size=result.tree_size
                 )
-        except grpc.RpcError:
-            return  # the client went away mid-stream
+        except grpc.aio.AbortError:
+            raise
         except Exception as exc:  # noqa: BLE001 - the gRPC error-mapping layer
-            _abort(context, exc, "SubmitAttestations")
+            await _abort(context, exc, "SubmitAttestations")
+        finally:
+            if release is not None:
+                release()
+                runtime.metrics.stream_closed("SubmitAttestations")
 
 
-class RegistryServicer(rpb_grpc.RegistryServiceServicer):
-    def __init__(self, registry: Registry) -> None:
+class RegistryServicer:
+    def __init__(self, registry: Registry, runtime: Runtime) -> None:
         self.registry = registry
+        self.runtime = runtime
+        self.max_size = registry.core.config.server.max_envelope_bytes
 
     @unary
-    def EnrollNode(
-        self, request: rpb.EnrollNodeRequest, context: grpc.ServicerContext
+    async def EnrollNode(
+        self, request: rpb.EnrollNodeRequest, caller: Principal
     ) -> rpb.EnrollNodeResponse:
-        result = self.registry.enroll(request.enrollment_envelope, request.authorization_envelope)
+        if caller.role is not Role.REGULATOR:
+            envelope = _signed_payload(
+                request.enrollment_envelope,
+                PayloadType.ENROLLMENT,
+                "enrollment_envelope",
+                self.max_size,
+            )
+            enrollment = _parse_payload(rpb.NodeEnrollment, envelope.payload, "NodeEnrollment")
+            if caller.role is Role.NODE_AGENT:
+                caller.require_node(key_id_from_raw(enrollment.node_public_key), "enrol")
+                if enrollment.lab_id != caller.lab_id:
+                    raise PermissionDeniedError(
+                        f"this node agent belongs to lab {caller.lab_id}, not {enrollment.lab_id}"
+                    )
+            else:
+                caller.require_lab_write(enrollment.lab_id)
+        result = await self.runtime.run(
+            self.registry.enroll, request.enrollment_envelope, request.authorization_envelope
+        )
         return rpb.EnrollNodeResponse(
             node_id=result.node_id,
             already_enrolled=result.already_enrolled,
@@ -255,53 +405,88 @@ class RegistryServicer(rpb_grpc.RegistryServiceServicer):
         )
 
     @unary
-    def DeclareInventory(
-        self, request: rpb.DeclareInventoryRequest, context: grpc.ServicerContext
+    async def DeclareInventory(
+        self, request: rpb.DeclareInventoryRequest, caller: Principal
     ) -> rpb.DeclareInventoryResponse:
-        version, index = self.registry.declare_inventory(request.declaration_envelope)
+        if caller.role is not Role.REGULATOR:
+            envelope = _signed_payload(
+                request.declaration_envelope,
+                PayloadType.INVENTORY,
+                "declaration_envelope",
+                self.max_size,
+            )
+            declaration = _parse_payload(
+                rpb.InventoryDeclaration, envelope.payload, "InventoryDeclaration"
+            )
+            caller.require_lab_write(declaration.lab_id)
+        version, index = await self.runtime.run(
+            self.registry.declare_inventory, request.declaration_envelope
+        )
         return rpb.DeclareInventoryResponse(version=version, log_index=index)
 
     @unary
-    def RevokeNode(
-        self, request: rpb.RevokeNodeRequest, context: grpc.ServicerContext
+    async def RevokeNode(
+        self, request: rpb.RevokeNodeRequest, caller: Principal
     ) -> rpb.RevokeNodeResponse:
-        index, already = self.registry.revoke(request.revocation_envelope)
+        if caller.role is not Role.REGULATOR:
+            envelope = _signed_payload(
+                request.revocation_envelope,
+                PayloadType.REVOCATION,
+                "revocation_envelope",
+                self.max_size,
+            )
+            revocation = _parse_payload(rpb.NodeRevocation, envelope.payload, "NodeRevocation")
+            caller.require_lab_write(revocation.lab_id)
+        index, already = await self.runtime.run(self.registry.revoke, request.revocation_envelope)
         return rpb.RevokeNodeResponse(log_index=index, already_revoked=already)
 
     @unary
-    def GetNode(
-        self, request: rpb.GetNodeRequest, context: grpc.ServicerContext
-    ) -> rpb.GetNodeResponse:
-        return rpb.GetNodeResponse(node=self.registry.node_info(_node_id(request.node_id)))
+    async def GetNode(self, request: rpb.GetNodeRequest, caller: Principal) -> rpb.GetNodeResponse:
+        node_id = _node_id(request.node_id)
+        if caller.role is Role.NODE_AGENT:
+            caller.require_node(node_id, "read the registry")
+        else:
+            caller.require(Role.AUDITOR, Role.LAB_OPERATOR, what="read the registry")
+        node = await self.runtime.run(self.registry.node_info, node_id)
+        if caller.role is Role.LAB_OPERATOR:
+            caller.require_lab_read(node.lab_id)
+        return rpb.GetNodeResponse(node=node)
 
     @unary
-    def ListNodes(
-        self, request: rpb.ListNodesRequest, context: grpc.ServicerContext
+    async def ListNodes(
+        self, request: rpb.ListNodesRequest, caller: Principal
     ) -> rpb.ListNodesResponse:
-        return rpb.ListNodesResponse(nodes=self.registry.list_nodes(request.lab_id))
+        caller.require_lab_read(request.lab_id)
+        nodes = await self.runtime.run(self.registry.list_nodes, request.lab_id)
+        return rpb.ListNodesResponse(nodes=nodes)
 
 
-class AuditServicer(apb_grpc.AuditServiceServicer):
-    def __init__(self, core: VerifierCore, auditor: Auditor, stopping: threading.Event) -> None:
+class AuditServicer:
+    def __init__(self, core: VerifierCore, auditor: Auditor, runtime: Runtime) -> None:
         self.core = core
         self.auditor = auditor
-        self.stopping = stopping
+        self.runtime = runtime
 
     @unary
-    def GetComplianceReport(
-        self, request: apb.GetComplianceReportRequest, context: grpc.ServicerContext
+    async def GetComplianceReport(
+        self, request: apb.GetComplianceReportRequest, caller: Principal
     ) -> apb.GetComplianceReportResponse:
-        report = self.auditor.report(request.lab_id, request.period_start_ns, request.period_end_ns)
+        caller.require_lab_read(request.lab_id)
+        report = await self.runtime.run(
+            self.auditor.report, request.lab_id, request.period_start_ns, request.period_end_ns
+        )
         return apb.GetComplianceReportResponse(report=report)
 
     @unary
-    def ListFindings(
-        self, request: apb.ListFindingsRequest, context: grpc.ServicerContext
+    async def ListFindings(
+        self, request: apb.ListFindingsRequest, caller: Principal
     ) -> apb.ListFindingsResponse:
+        caller.require_lab_read(request.lab_id)
         page_size = request.page_size or 100
         if page_size > 1000:
             raise InvalidRequestError("page_size is at most 1000")
-        findings = self.auditor.findings(
+        findings = await self.runtime.run(
+            self.auditor.findings,
             request.lab_id,
             after_index=request.page_token - 1 if request.page_token else -1,
             kinds=list(request.kinds),
@@ -316,34 +501,51 @@ class AuditServicer(apb_grpc.AuditServiceServicer):
         return apb.ListFindingsResponse(findings=findings, next_page_token=next_token)
 
     @streaming
-    def WatchFindings(
-        self, request: apb.WatchFindingsRequest, context: grpc.ServicerContext
-    ) -> Iterator[apb.LoggedFinding]:
+    async def WatchFindings(
+        self, request: apb.WatchFindingsRequest, caller: Principal
+    ) -> AsyncIterator[apb.LoggedFinding]:
         lab_id = request.lab_id
-        self.auditor.require_lab(lab_id)
-        wake: queue.Queue[list[int]] = queue.Queue()
-        remove = self.core.on_findings(wake.put)
+        caller.require_lab_read(lab_id)
+        await self.runtime.run(self.auditor.require_lab, lab_id)
+        loop = asyncio.get_running_loop()
+        wake = asyncio.Event()
+
+        def on_findings(_indices: list[int]) -> None:
+            with contextlib.suppress(RuntimeError):  # a closed loop: the server is gone
+                loop.call_soon_threadsafe(wake.set)
+
+        remove = self.core.on_findings(on_findings)
         try:
             cursor = (
                 request.from_log_index - 1 if request.from_log_index else self.core.log.size - 1
             )
-            while context.is_active() and not self.stopping.is_set():
-                for finding in self.auditor.findings(lab_id, after_index=cursor, limit=500):
+            while not self.runtime.stopping.is_set():
+                wake.clear()
+                found = await self.runtime.run(
+                    self.auditor.findings, lab_id, after_index=cursor, limit=500
+                )
+                for finding in found:
                     cursor = finding.log_index
                     yield finding
+                if len(found) == 500:
+                    continue
                 try:
-                    wake.get(timeout=1.0)
-                except queue.Empty:
+                    await asyncio.wait_for(wake.wait(), 1.0)
+                except TimeoutError:
                     continue
         finally:
             remove()
 
     @streaming
-    def ExportBundle(
-        self, request: apb.ExportBundleRequest, context: grpc.ServicerContext
-    ) -> Iterator[apb.ExportBundleChunk]:
-        data = self.auditor.export_bundle(
-            request.lab_id, request.period_start_ns, request.period_end_ns
+    async def ExportBundle(
+        self, request: apb.ExportBundleRequest, caller: Principal
+    ) -> AsyncIterator[apb.ExportBundleChunk]:
+        caller.require_lab_read(request.lab_id)
+        data = await self.runtime.run(
+            self.auditor.export_bundle,
+            request.lab_id,
+            request.period_start_ns,
+            request.period_end_ns,
         )
         chunk = 1024 * 1024
         for offset in range(0, max(len(data), 1), chunk):
@@ -352,10 +554,10 @@ class AuditServicer(apb_grpc.AuditServiceServicer):
             )
 
     @unary
-    def GetCheckpoint(
-        self, request: apb.GetCheckpointRequest, context: grpc.ServicerContext
+    async def GetCheckpoint(
+        self, request: apb.GetCheckpointRequest, caller: Principal
     ) -> apb.GetCheckpointResponse:
-        row = self.core.log.latest_checkpoint()
+        row = await self.runtime.run(self.core.log.latest_checkpoint)
         return apb.GetCheckpointResponse(
             signed_note=row.note,
             tree_size=row.tree_size,
@@ -373,9 +575,12 @@ class AuditServicer(apb_grpc.AuditServiceServicer):
         return size
 
     @unary
-    def GetInclusionProof(
-        self, request: apb.GetInclusionProofRequest, context: grpc.ServicerContext
+    async def GetInclusionProof(
+        self, request: apb.GetInclusionProofRequest, caller: Principal
     ) -> apb.GetInclusionProofResponse:
+        return await self.runtime.run(self._inclusion, request)
+
+    def _inclusion(self, request: apb.GetInclusionProofRequest) -> apb.GetInclusionProofResponse:
         size = self._size(request.tree_size)
         if request.leaf_index >= size:
             raise InvalidRequestError(
@@ -394,8 +599,13 @@ class AuditServicer(apb_grpc.AuditServiceServicer):
         )
 
     @unary
-    def GetConsistencyProof(
-        self, request: apb.GetConsistencyProofRequest, context: grpc.ServicerContext
+    async def GetConsistencyProof(
+        self, request: apb.GetConsistencyProofRequest, caller: Principal
+    ) -> apb.GetConsistencyProofResponse:
+        return await self.runtime.run(self._consistency, request)
+
+    def _consistency(
+        self, request: apb.GetConsistencyProofRequest
     ) -> apb.GetConsistencyProofResponse:
         size2 = self._size(request.size2)
         if not 1 <= request.size1 <= size2:
@@ -409,10 +619,11 @@ class AuditServicer(apb_grpc.AuditServiceServicer):
         )
 
     @unary
-    def GetLogEntry(
-        self, request: apb.GetLogEntryRequest, context: grpc.ServicerContext
+    async def GetLogEntry(
+        self, request: apb.GetLogEntryRequest, caller: Principal
     ) -> apb.GetLogEntryResponse:
-        entry = self.core.store.get_entry(request.index)
+        caller.require(Role.AUDITOR, what="read log entries")
+        entry = await self.runtime.run(self.core.store.get_entry, request.index)
         if entry is None:
             raise NotFoundError(f"no entry at index {request.index}")
         return apb.GetLogEntryResponse(

@@ -1,7 +1,8 @@
 """Throwaway TLS material for a local verifier: a private CA and a server certificate.
 
-    files = write_self_signed(Path("tls"), hosts=["127.0.0.1", "localhost"])
+    files = write_self_signed(Path("tls"), hosts=["127.0.0.1", "localhost"], keep_ca_key=True)
     files.ca_cert, files.server_cert, files.server_key
+    cert, key = issue_client_cert(Path("tls"), "auditor", uri="spiffe://example/auditor")
 
 For demos, tests and first deployments on one machine. A regulator's production verifier should
 use certificates from its own PKI; nothing here is meant to replace that.
@@ -54,10 +55,11 @@ def _issue(
     hosts: list[str],
     usage: x509.ObjectIdentifier,
     days: int,
+    uris: tuple[str, ...] = (),
 ) -> tuple[bytes, bytes]:
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
-    alt_names: list[x509.GeneralName] = []
+    alt_names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(u) for u in uris]
     for host in hosts:
         try:
             alt_names.append(x509.IPAddress(ipaddress.ip_address(host)))
@@ -86,8 +88,10 @@ def write_self_signed(
     *,
     client_name: str | None = None,
     days: int = 30,
+    keep_ca_key: bool = False,
 ) -> TlsFiles:
-    """Write ca.pem, server.pem, server.key (and client.pem/client.key if ``client_name``)."""
+    """Write ca.pem, server.pem, server.key (and client.pem/client.key if ``client_name``; and
+    ca.key, mode 0600, if ``keep_ca_key``, for :func:`issue_client_cert` later)."""
     directory.mkdir(parents=True, exist_ok=True)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = _name("pausewatch local CA")
@@ -123,6 +127,10 @@ def write_self_signed(
         server_key=directory / "server.key",
     )
     files.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    if keep_ca_key:
+        ca_key_path = directory / "ca.key"
+        ca_key_path.touch(mode=0o600)
+        ca_key_path.write_bytes(_pem_key(ca_key))
     cert, key = _issue(
         ca_key,
         ca_name,
@@ -152,3 +160,27 @@ def write_self_signed(
             files.ca_cert, files.server_cert, files.server_key, client_cert, client_key
         )
     return files
+
+
+def issue_client_cert(directory: Path, name: str, *, uri: str, days: int = 30) -> tuple[Path, Path]:
+    """A client certificate with SAN URI ``uri`` (a SPIFFE-style identity the verifier's
+    ``[[access.identities]]`` map to a role), signed by the CA that :func:`write_self_signed`
+    kept in ``directory``. Writes and returns ``<name>.pem`` and ``<name>.key`` (mode 0600)."""
+    ca_cert = x509.load_pem_x509_certificate((directory / "ca.pem").read_bytes())
+    loaded = serialization.load_pem_private_key((directory / "ca.key").read_bytes(), None)
+    if not isinstance(loaded, ec.EllipticCurvePrivateKey):
+        raise TypeError(f"{directory / 'ca.key'} is not an EC private key")
+    cert, key = _issue(
+        loaded,
+        ca_cert.subject,
+        common_name=name,
+        hosts=[],
+        usage=ExtendedKeyUsageOID.CLIENT_AUTH,
+        days=days,
+        uris=(uri,),
+    )
+    cert_path, key_path = directory / f"{name}.pem", directory / f"{name}.key"
+    cert_path.write_bytes(cert)
+    key_path.touch(mode=0o600)
+    key_path.write_bytes(key)
+    return cert_path, key_path

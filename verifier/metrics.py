@@ -1,0 +1,177 @@
+"""The verifier's own metrics, for Prometheus, on a listen address of their own.
+
+    metrics = VerifierMetrics(core, limiter, monitor)
+    port = metrics.serve("127.0.0.1:9464")      # GET /metrics
+    metrics.observe_batch(receipts, seconds)
+
+Names follow Prometheus conventions (``pausewatch_verifier_`` prefix, base units, ``_total`` for
+counters, ``_seconds`` for durations); docs/verifier.md lists each one and the test that checks
+it (tests/integration/test_verifier_metrics.py). The endpoint carries no lab's figures and no
+identities: counts, sizes and latencies only.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from http.server import ThreadingHTTPServer
+from threading import Thread
+from typing import Any
+
+from pausewatch.v1 import attestation_service_pb2 as spb
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import MetricsHandler
+from prometheus_client.registry import Collector
+
+from attest.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+PREFIX = "pausewatch_verifier"
+_LATENCY_BUCKETS_S = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
+)  # fmt: skip
+
+
+def _label(enum_name: str, prefix: str) -> str:
+    return enum_name.removeprefix(prefix).lower()
+
+
+_STATUS: dict[int, str] = {
+    int(value): _label(name, "RECEIPT_STATUS_") for name, value in spb.ReceiptStatus.items()
+}
+_REASON: dict[int, str] = {
+    int(value): _label(name, "REJECT_REASON_") for name, value in spb.RejectReason.items()
+}
+
+
+class _Live(Collector):
+    """Figures read when scraped: log size, checkpoint age, monitor lag, refused streams."""
+
+    def __init__(self, read: Callable[[], dict[str, float]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Any]:
+        values = self._read()
+        yield GaugeMetricFamily(
+            f"{PREFIX}_log_size_entries",
+            "Entries in the transparency log (committed tree size).",
+            value=values["log_size"],
+        )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_checkpoint_age_seconds",
+            "Seconds since the latest signed checkpoint was signed.",
+            value=values["checkpoint_age"],
+        )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_monitor_lag_seconds",
+            "Seconds since the policy monitor last finished a pass (since start if none yet; "
+            "0 when the monitor is off).",
+            value=values["monitor_lag"],
+        )
+        yield CounterMetricFamily(
+            f"{PREFIX}_streams_refused_total",
+            "Streams refused because the identity or peer address held its limit.",
+            value=values["refused_streams"],
+        )
+
+
+class VerifierMetrics:
+    """Counters, gauges and histograms of one verifier process, in a registry of its own."""
+
+    def __init__(self, live: Callable[[], dict[str, float]] | None = None) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.envelopes = Counter(
+            f"{PREFIX}_envelopes_received", "Envelopes received in SubmitAttestations batches.",
+            registry=r,
+        )  # fmt: skip
+        self.batches = Counter(
+            f"{PREFIX}_batches", "SubmitAttestations batches answered.", registry=r
+        )
+        self.receipts = Counter(
+            f"{PREFIX}_receipts",
+            "Receipts sent, by status and reject reason (reason 'unspecified' unless rejected).",
+            ["status", "reason"],
+            registry=r,
+        )
+        self.open_streams = Gauge(
+            f"{PREFIX}_open_streams", "Streams open now, by method.", ["method"], registry=r
+        )
+        self.stage = Histogram(
+            f"{PREFIX}_stage_duration_seconds",
+            "Ingest stages: batch (received to receipts, as the stream sees it), verify (a "
+            "batch's stateless checks), commit (the serial stage and transaction of a group).",
+            ["stage"],
+            buckets=_LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.store_commit = Histogram(
+            f"{PREFIX}_store_commit_duration_seconds",
+            "Log flush and store transaction commit of each write.",
+            buckets=_LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.rpc = Histogram(
+            f"{PREFIX}_rpc_duration_seconds",
+            "Unary calls, by method, admission and errors included.",
+            ["method"],
+            buckets=_LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        if live is not None:
+            r.register(_Live(live))
+        self._http: ThreadingHTTPServer | None = None
+
+    # -- observations (thread-safe: prometheus_client locks its own values) --------------------
+
+    def observe_batch(self, receipts: Sequence[spb.Receipt], seconds: float) -> None:
+        self.batches.inc()
+        self.envelopes.inc(len(receipts))
+        self.stage.labels("batch").observe(seconds)
+        counts: dict[tuple[int, int], int] = {}
+        for receipt in receipts:
+            key = (receipt.status, receipt.reason)
+            counts[key] = counts.get(key, 0) + 1
+        for (status, reason), count in counts.items():
+            self.receipts.labels(
+                _STATUS.get(status, str(status)), _REASON.get(reason, str(reason))
+            ).inc(count)
+
+    def observe_stage(self, stage: str, seconds: float) -> None:
+        self.stage.labels(stage).observe(seconds)
+
+    def observe_commit(self, seconds: float) -> None:
+        self.store_commit.observe(seconds)
+
+    def observe_call(self, method: str, seconds: float) -> None:
+        self.rpc.labels(method).observe(seconds)
+
+    def stream_opened(self, method: str) -> None:
+        self.open_streams.labels(method).inc()
+
+    def stream_closed(self, method: str) -> None:
+        self.open_streams.labels(method).dec()
+
+    # -- the endpoint -------------------------------------------------------------------------
+
+    def serve(self, listen: str) -> int:
+        """Serve GET /metrics on ``listen`` (HOST:PORT; port 0 picks one); returns the port."""
+        host, _, port_text = listen.rpartition(":")
+        try:
+            port = int(port_text)
+            handler = MetricsHandler.factory(self.registry)
+            self._http = ThreadingHTTPServer((host.strip("[]"), port), handler)
+        except (ValueError, OSError) as exc:
+            raise ConfigError(f"metrics.listen: cannot listen on {listen!r}: {exc}") from None
+        self._http.daemon_threads = True
+        Thread(target=self._http.serve_forever, name="metrics", daemon=True).start()
+        bound = int(self._http.server_address[1])
+        log.info("metrics on %s:%d/metrics", host, bound)
+        return bound
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
