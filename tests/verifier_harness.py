@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -235,9 +235,13 @@ class RunningVerifier:
         return Client(self.channel(), self.files.operator)
 
 
-def wait_serving(address: str, timeout_s: float = 30.0) -> None:
+def wait_serving(
+    address: str,
+    timeout_s: float = 30.0,
+    channel_for: Callable[[str], grpc.Channel] = grpc.insecure_channel,
+) -> None:
     deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(address) as channel:
+    with channel_for(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while True:
             try:
@@ -266,8 +270,13 @@ def running_verifier(directory: Path, **kwargs: object) -> Iterator[RunningVerif
         server.stop()
 
 
-def start_verifier_process(files: VerifierFiles, log_path: Path) -> RunningVerifier:
-    """The verifier as a real process (for SIGKILL and shutdown tests)."""
+def start_verifier_process(
+    files: VerifierFiles,
+    log_path: Path,
+    channel_for: Callable[[str], grpc.Channel] = grpc.insecure_channel,
+) -> RunningVerifier:
+    """The verifier as a real process (for SIGKILL and shutdown tests); ``channel_for`` opens
+    the channel its health is polled on (TLS servers need their own)."""
     port_file = files.directory / "port"
     port_file.unlink(missing_ok=True)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "protos")]))
@@ -300,7 +309,7 @@ def start_verifier_process(files: VerifierFiles, log_path: Path) -> RunningVerif
             raise TimeoutError("verifier did not start")
         time.sleep(0.05)
     address = f"127.0.0.1:{int(port_file.read_text())}"
-    wait_serving(address)
+    wait_serving(address, channel_for=channel_for)
     return RunningVerifier(files, address, process)
 
 
