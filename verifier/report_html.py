@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -299,6 +300,19 @@ def _amount_html(value: str, unit: str) -> str:
         case _:
             sci = f' <span class="sci">({_e(scientific(amount))})</span>' if amount >= 1000 else ""
             return f'<span class="exact">{amount}</span> {_e(unit)}{sci}'
+
+
+_EXACT_THEN_SCIENTIFIC = re.compile(r"\b(\d{4,}) \((\d\.\d\de\d+)\)")
+"""An exact amount followed by its scientific notation, as the evaluation's prose writes them."""
+
+
+def _prose_html(text: str) -> str:
+    """Reasons and summaries escaped, with each "<exact> (<scientific>)" amount shown the page's
+    way: scientific first, the exact integer on hover."""
+    return _EXACT_THEN_SCIENTIFIC.sub(
+        lambda m: f'<span class="amount" data-exact="{m[1]}" title="exactly {m[1]}">{m[2]}</span>',
+        _e(text),
+    )
 
 
 def _time_html(timestamp_ns: int) -> str:
@@ -837,7 +851,7 @@ def _verdict(report: pb.ComplianceReport) -> str:
     word = _enum_word(pb.Verdict.DESCRIPTOR, report.verdict, "VERDICT_")
     style = word.lower() if word in _VERDICT_MEANING else "unknown"
     meaning = _VERDICT_MEANING.get(word, "The report carries no verdict this page knows.")
-    reasons = "\n".join(f"<li>{_e(reason)}</li>" for reason in report.reasons)
+    reasons = "\n".join(f"<li>{_prose_html(reason)}</li>" for reason in report.reasons)
     finality = (
         "provisional: the period is open or its last evidence may still arrive"
         if report.provisional
@@ -968,7 +982,7 @@ def _rules(report: pb.ComplianceReport) -> str:
             else ""
         )
         body.append(
-            f'<tr class="rule-summary"><td colspan="{len(headers)}">{_e(rule.summary)}'
+            f'<tr class="rule-summary"><td colspan="{len(headers)}">{_prose_html(rule.summary)}'
             f"{evidence}</td></tr>"
         )
     head = "".join(f'<th scope="col">{_e(h)}</th>' for h in headers)

@@ -166,6 +166,7 @@ def _find_chromium() -> str | None:
 class Browser:
     executable: str
     profile: Path
+    window: tuple[int, int] = WINDOW
 
     def run(self, *arguments: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
         """One headless run with no network, in its own process group (killed on timeout)."""
@@ -184,7 +185,7 @@ class Browser:
             "--mute-audio",
             "--host-resolver-rules=MAP * ~NOTFOUND",
             f"--user-data-dir={self.profile}",
-            f"--window-size={WINDOW[0]},{WINDOW[1]}",
+            f"--window-size={self.window[0]},{self.window[1]}",
             *arguments,
         ]
         process = subprocess.Popen(
@@ -205,6 +206,13 @@ class Browser:
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Browser:
+    return start_browser(tmp_path_factory)
+
+
+def start_browser(
+    tmp_path_factory: pytest.TempPathFactory, window: tuple[int, int] = WINDOW
+) -> Browser:
+    """A Browser that starts on this machine, or a pytest skip saying why not."""
     executable = _find_chromium()
     if executable is None:
         try:
@@ -224,7 +232,7 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Browser:
                 f"chromium is not installed and scripts/ensure_chromium.sh could not install it: "
                 f"{why}"
             )
-    browser = Browser(executable, tmp_path_factory.mktemp("chromium-profile"))
+    browser = Browser(executable, tmp_path_factory.mktemp("chromium-profile"), window)
     probe = tmp_path_factory.mktemp("probe") / "probe.html"
     probe.write_text('<!DOCTYPE html><p id="probe">ok</p>', encoding="utf-8")
     try:

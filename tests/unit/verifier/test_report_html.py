@@ -555,3 +555,47 @@ def test_the_verdict_says_whether_it_is_provisional_or_final(provisional: bool, 
     parsed = parse(render_html(report))
     assert parsed.by_id("verdict")["data-provisional"] == ("true" if provisional else "false")
     assert f"Verdict ({words}" in "".join(parsed.text)
+
+
+# --- data quality and amounts in prose ------------------------------------------------------------
+
+
+def test_amounts_in_reasons_and_summaries_show_scientific_first_exact_on_hover() -> None:
+    rules = [rule("cum", pb.RULE_KIND_CUMULATIVE_FLOP, 10**19, measured=12345678901234567890)]
+    report = make_report(rules=rules)
+    report.reasons[:] = ["VIOLATION: over the limit of 10000000000000000000 (1.00e19) FLOP <b>"]
+    report.rules[0].summary = "12345678901234567890 (1.23e19) FLOP in the worst run"
+    page = render_html(report)
+    assert 'title="exactly 10000000000000000000">1.00e19</span> FLOP &lt;b&gt;' in page
+    assert 'title="exactly 12345678901234567890">1.23e19</span> FLOP in the worst run' in page
+    assert "10000000000000000000 (1.00e19)" not in page
+
+
+def test_the_data_quality_banner_sits_under_the_verdict_with_the_warnings() -> None:
+    report = make_report()
+    report.totals.unknown_model_gpu_windows = 3
+    page = render_html(report, notes=("node7: 8 GPUs read from the rows' cycle",))
+    parsed = parse(page)
+    banner = parsed.by_id("data-quality")
+    assert banner["data-warnings"] == "1"
+    assert "quality-warn" in banner["class"].split()
+    assert page.index('id="verdict"') < page.index('id="data-quality"') < page.index('id="chart"')
+    assert "3 GPU-windows name a GPU model not in the compute table" in page
+    assert "node7: 8 GPUs read from the rows&#x27; cycle" in page
+    assert 'id="analysis-notice"' not in page  # only an analysis is marked so
+
+
+def test_without_warnings_the_banner_says_so_quietly() -> None:
+    report = make_report()
+    report.totals.central_estimate_flop = "1"
+    parsed = parse(render_html(report))
+    banner = parsed.by_id("data-quality")
+    assert banner["data-warnings"] == "0"
+    assert "quality-ok" in banner["class"].split()
+
+
+def test_an_analysis_page_is_marked_unattested_above_all_else() -> None:
+    page = render_html(make_report(), analysis_notice="UNATTESTED ANALYSIS: not evidence")
+    assert page.index('id="analysis-notice"') < page.index("<header>")
+    assert "pausewatch what-if analysis (unattested)" in page
+    assert "recorded data that no verifier received" in page
