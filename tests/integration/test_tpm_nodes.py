@@ -134,6 +134,8 @@ def test_one_tpm_cannot_back_two_live_nodes(
     with pytest.raises(grpc.RpcError) as missing:
         verifier.client().registry.GetNode(rpb.GetNodeRequest(node_id=second.node_id))
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    [conflict] = _findings(verifier, second, fpb.FINDING_KIND_ENROLLMENT_CONFLICT)
+    assert "already backs another live node" in conflict.summary
     enroll_with_tpm(verifier, honest, tpm_b)  # the control: another TPM enrols
 
 
