@@ -43,7 +43,7 @@ from agent.sampler.base import EventKind, Sampler, SamplerEvent
 from agent.sampler.replay import ReplaySampler
 from agent.sdnotify import Notifier
 from agent.shipper import Shipper
-from agent.spool import Spool, SpoolError, WindowTimes
+from agent.spool import Spool, SpoolBacklog, SpoolError, WindowTimes
 from agent.tpm import Tpm2Tools
 from agent.tpm_quotes import ImaLog, WindowQuoter
 from agent.windows import BodyContext, ClosedWindow, Windower, WindowSettings, build_body
@@ -426,7 +426,12 @@ class Daemon:
 
     def _sign(self, spool: Spool, window: ClosedWindow) -> None:
         spool_config = self._config.spool
-        if not spool.has_room(spool_config.max_unacked_envelopes, spool_config.max_unacked_bytes):
+        backlog = spool.backlog()  # one query for the bound and the gauges
+        if (
+            backlog.count >= spool_config.max_unacked_envelopes
+            or backlog.size_bytes >= spool_config.max_unacked_bytes
+        ):
+            self._metrics.observe_backlog(backlog)
             self._unattested(window, "spool full")
             return
         extra = self._daemon_events(window)
@@ -477,7 +482,15 @@ class Daemon:
         self._metrics.windows.inc()
         self._metrics.head_seq.set(stored.seq)
         self._metrics.last_signed.set(self._clock.time_ns() / NS_PER_S)
-        self._metrics.observe_backlog(spool.backlog())
+        self._metrics.observe_backlog(
+            SpoolBacklog(
+                count=backlog.count + 1,
+                size_bytes=backlog.size_bytes + len(stored.envelope),
+                oldest_window_start_ns=stored.window_start_ns
+                if backlog.oldest_window_start_ns is None
+                else backlog.oldest_window_start_ns,
+            )
+        )
         for event in extra:
             self._metrics.sampler_events.labels(kind=event.kind.value).inc()
         log.info(

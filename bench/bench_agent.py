@@ -2,6 +2,9 @@
 
     python bench/bench_agent.py [--gpus 8] [--windows 5] [--rounds 5]
 
+Both sampler backends are measured: NVML (over a fake NVML) and sim (the scenario backend that
+``init --backend sim`` sets up), each with the same signing cost per window.
+
 What is measured, in CPU time of this process (``time.process_time``), median over rounds:
 
 - **per GPU-sample**: ``NvmlSampler.poll`` through the real pynvml binding (the fake library is
@@ -9,9 +12,9 @@ What is measured, in CPU time of this process (``time.process_time``), median ov
   windows (integrals, metric status, compute bounds): everything the agent does for one reading
   of one GPU, the window's closing amortised over its samples.
 - **per signed window** (8 GPUs x 60 samples by default): the RFC 6962 root over the raw
-  samples, building and serialising the body, the Ed25519 signature, encoding the samples and the
-  SQLite transaction that stores it all (WAL, synchronous=FULL; the fsync wait is I/O, not CPU,
-  and is not counted).
+  samples, building and serialising the body, the Ed25519 signature, encoding the samples, the
+  backlog query (the spool bound and the metrics) and the SQLite transaction that stores it all
+  (WAL, synchronous=FULL; the fsync wait is I/O, not CPU, and is not counted).
 
 From these: the agent's share of one core at N GPUs x 1 Hz with 60 s windows (goal < 1 %), and
 each cost as a ratio to a baseline measured in the same run, one raw Ed25519 signature, so the
@@ -35,6 +38,7 @@ sys.path[:0] = [
 
 from agent.sampler.base import Backend  # noqa: E402
 from agent.sampler.nvml import NvmlSampler  # noqa: E402
+from agent.sampler.sim import SimSampler, load_scenario  # noqa: E402
 from agent.spool import Spool, WindowTimes  # noqa: E402
 from agent.windows import (  # noqa: E402
     BodyContext,
@@ -105,6 +109,28 @@ def main() -> int:
             clock["t"] += S
 
     sample_s = cpu(sampling_round, args.rounds) / (polls_per_round * args.gpus)
+
+    with tempfile.TemporaryDirectory() as scratch:
+        scenario = Path(scratch) / "scenario.toml"
+        scenario.write_text(
+            f'seed = 1\ngpu_model = "NVIDIA H100 80GB HBM3"\ngpu_count = {args.gpus}\n'
+            "gpm = true\n[[phase]]\nfrom_s = 0\nbusy_gpus = 2\n"
+        )
+        sim = SimSampler(
+            load_scenario(scenario), sample_interval_ms=1000, boot_time_ns=T0_NS - 3600 * S
+        )
+    sim.open(T0_NS)
+    sim_clock = {"t": T0_NS}
+
+    def sim_round() -> None:
+        windower = Windower(settings)
+        for _ in range(polls_per_round):
+            poll = sim.poll(sim_clock["t"])
+            assert poll is not None
+            windower.add(poll)
+            sim_clock["t"] += S
+
+    sim_sample_s = cpu(sim_round, args.rounds) / (polls_per_round * args.gpus)
     windows = [w for w in closed if len(w.samples) == WINDOW_S * args.gpus]
     assert windows, "no full window was produced"
     gpu_samples_per_window = len(windows[0].samples)
@@ -127,6 +153,7 @@ def main() -> int:
 
                 samples = b"".join(encode_sample(s) for s in window.samples)
                 start_ns[0] += WINDOW_S * S
+                spool.backlog()  # the daemon reads the backlog once per window (bound, gauges)
                 spool.append(
                     sign,
                     WindowTimes(start_ns[0], start_ns[0] + WINDOW_S * S),
@@ -147,6 +174,7 @@ def main() -> int:
 
     per_second = args.gpus * sample_s + window_s / WINDOW_S
     fraction = per_second / 1.0
+    sim_fraction = args.gpus * sim_sample_s + window_s / WINDOW_S
     print(f"fake NVML, {args.gpus} GPUs, 1 Hz, {WINDOW_S} s windows, {args.rounds} rounds (median)")
     print(f"baseline: one raw Ed25519 signature            {sign_s * 1e6:9.1f} us CPU")
     print(
@@ -158,10 +186,18 @@ def main() -> int:
         f"{window_s * 1e3:9.2f} ms CPU  = {window_s / sign_s:6.1f} x Ed25519 sign"
     )
     print(
-        f"agent share of one core at {args.gpus} GPUs x 1 Hz:      {fraction * 100:9.3f} %"
+        f"per GPU-sample, sim backend (poll + fold):     {sim_sample_s * 1e6:9.1f} us CPU"
+        f"  = {sim_sample_s / sign_s:6.2f} x Ed25519 sign"
+    )
+    print(
+        f"agent share of one core at {args.gpus} GPUs x 1 Hz, NVML: {fraction * 100:9.3f} %"
         f"  (goal < {GOAL_FRACTION * 100:.0f} %)"
     )
-    return 0 if fraction < GOAL_FRACTION else 1
+    print(
+        f"agent share of one core at {args.gpus} GPUs x 1 Hz, sim:  {sim_fraction * 100:9.3f} %"
+        f"  (goal < {GOAL_FRACTION * 100:.0f} %)"
+    )
+    return 0 if max(fraction, sim_fraction) < GOAL_FRACTION else 1
 
 
 if __name__ == "__main__":

@@ -311,3 +311,21 @@ def test_the_signing_loop_sets_the_spool_gauges_without_a_shipper(tmp_path: Path
     assert values[("pausewatch_agent_chain_head_seq", ())] == backlog.count - 1
     build = [k for k in values if k[0] == "pausewatch_agent_build_info"]
     assert build and ("backend", "sim") in build[0][1]
+
+
+def test_spool_bytes_per_window_and_gpu_match_the_sizing_guidance(tmp_path: Path) -> None:
+    """docs/agent.md, 'Disk sizing': raw samples are 51 B per GPU per sample, and the samples,
+    not the envelope, dominate (bench/bench_spool_size.py measures the whole file)."""
+    config = write_state_dir(tmp_path, window_s="10")
+    run_daemon(config, FakeClock(T0_NS), polls=61)
+    spool = Spool.open(spool_path(config))
+    try:
+        full = [e for e in spool.envelopes() if e.seq > 0][:-1]  # whole 10 s windows
+        samples = [spool.samples(e.seq) for e in full]
+    finally:
+        spool.close()
+    assert len(full) >= 4
+    gpus = 2
+    assert all(s is not None and len(s) == SAMPLE_SIZE * 10 * gpus for s in samples)
+    sizes = [len(e.envelope) for e in full]
+    assert all(600 < size < 1024 for size in sizes), sizes  # ~2.3 KB for 8 GPUs
