@@ -10,6 +10,12 @@ The database holds the nonce secret and every lab's data: it is created 0600 in 
 read is tightened, with a warning; one in a directory others can write (or a shared, sticky one
 such as /tmp), or one owned by another user, is refused with a ConfigError that says what to do.
 
+One verifier process writes a store: it holds an exclusive lock on ``<store>.lock`` (``flock``,
+released by the kernel when the process ends, however it ends) and writes its pid, host and start
+time there. A second process that opens the same store is refused with a ConfigError that names
+the first. (Two writers would each keep their own log size and chain heads in memory and assign
+the same log index twice.)
+
 A committed transaction is on disk (the WAL is fsynced at commit), so nothing a receipt reported
 as accepted can be lost by a crash. Writes go through one connection under a lock; reads outside a
 transaction use a connection per thread and see the last committed state.
@@ -17,11 +23,14 @@ transaction use a connection per thread and see the last committed state.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
+import socket
 import sqlite3
 import stat
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,7 +50,7 @@ SCHEMA = SCHEMA_TEMPLATE.format(blob="BLOB", bigint="INTEGER", without_rowid="WI
 
 DIRECTORY_MODE = 0o700
 FILE_MODE = 0o600
-_SIDE_FILES = ("", "-wal", "-shm", "-journal")
+_SIDE_FILES = ("", "-wal", "-shm", "-journal", ".lock")
 
 
 def _tighten(path: Path, mode: int, what: str) -> None:
@@ -87,13 +96,57 @@ def secure_store_files(path: Path) -> None:
             _tighten(candidate, FILE_MODE, "file")
 
 
+def lock_path(path: Path) -> Path:
+    """The lock file of the store at ``path``."""
+    return Path(str(path) + ".lock")
+
+
+def acquire_writer_lock(path: Path) -> int:
+    """Take the store's writer lock; the open file descriptor holds it until closed.
+
+    Raises :class:`ConfigError` naming the process that holds it."""
+    where = lock_path(path)
+    fd = os.open(where, os.O_RDWR | os.O_CREAT, FILE_MODE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "a process"
+        os.close(fd)
+        raise ConfigError(
+            f"the store {path} is in use by another verifier ({holder}; lock {where}): one "
+            "process writes a SQLite store. Stop that verifier, or give this one its own "
+            "store.path (several verifiers can share a PostgreSQL store)"
+        ) from None
+    except OSError:
+        os.close(fd)
+        raise
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    text = f"pid {os.getpid()} on {socket.gethostname()}, since {started}\n".encode()
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, text, 0)
+    return fd
+
+
 class SqliteStore(SqlQueries):
     """The SQLite backend."""
 
-    shared = False  # one verifier process per file
+    shared = False  # one verifier process per file (held by the writer lock)
 
     def __init__(self, path: Path) -> None:
         secure_store_files(path)
+        self._lock_fd: int | None = acquire_writer_lock(path)
+        try:
+            self._open(path)
+        except BaseException:
+            self._release_lock()
+            raise
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
+
+    def _open(self, path: Path) -> None:
         self.path = path
         self._closed = False
         self._write_lock = threading.Lock()
@@ -180,6 +233,7 @@ class SqliteStore(SqlQueries):
                 for conn in self._all_conns:
                     conn.close()
                 self._all_conns.clear()
+            self._release_lock()
 
     def stored_bytes(self) -> int:
         total = 0
