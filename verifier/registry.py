@@ -120,8 +120,11 @@ class Registry:
                 )
             if policy is not None:
                 problems = validate_for_buckets(policy, self.core.config.ingest.bucket_ns)
-                if problems:
-                    raise ConfigError(f"{lab.policy_path}: " + "; ".join(problems))
+                if problems:  # each names the policy file already
+                    raise ConfigError(
+                        "; ".join(problems) + f" (lab {lab.lab_id}; set by ingest.bucket_ms): "
+                        "the verifier does not start with a policy it cannot evaluate"
+                    )
             with self.core.write() as w:
                 existing = w.tx.get_lab(lab.lab_id)
                 if (
