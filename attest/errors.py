@@ -37,6 +37,14 @@ class OutputFileError(PausewatchError):
     """An output file cannot be written (it exists already, or its directory does not)."""
 
 
+class CertificateRefusedError(PausewatchError):
+    """The peer refused our TLS client certificate (none given, from another CA, expired)."""
+
+
+class PeerCertificateError(PausewatchError):
+    """The peer's TLS certificate did not verify (another CA, another name, expired)."""
+
+
 class VerificationError(PausewatchError):
     """Evidence failed a check. Subclasses say which check."""
 

@@ -38,9 +38,19 @@ class TestPki:
     server_cert_pem: bytes
     client_key_pem: bytes
     client_cert_pem: bytes
+    expired_client_key_pem: bytes
+    expired_client_cert_pem: bytes
+    """A client certificate from the same CA that expired a day ago."""
 
     @classmethod
-    def create(cls, server_name: str = "localhost") -> TestPki:
+    def create(
+        cls,
+        server_name: str = "localhost",
+        *,
+        server_valid_days: float = 1,
+        client_valid_days: float = 1,
+    ) -> TestPki:
+        """A negative ``*_valid_days`` makes that certificate expired that long ago."""
         now = datetime.datetime.now(datetime.UTC)
         ca_key = ec.generate_private_key(ec.SECP256R1())
         ca = (
@@ -49,15 +59,19 @@ class TestPki:
             .issuer_name(_name("pausewatch test CA"))
             .public_key(ca_key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
+            .not_valid_before(now - datetime.timedelta(days=30))
+            .not_valid_after(now + datetime.timedelta(days=30))
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .sign(ca_key, hashes.SHA256())
         )
 
         def leaf(
-            common_name: str, usage: x509.ObjectIdentifier, sans: list[x509.GeneralName]
+            common_name: str,
+            usage: x509.ObjectIdentifier,
+            sans: list[x509.GeneralName],
+            valid_days: float,
         ) -> tuple[bytes, bytes]:
+            not_after = now + datetime.timedelta(days=valid_days)
             key = ec.generate_private_key(ec.SECP256R1())
             builder = (
                 x509.CertificateBuilder()
@@ -65,8 +79,8 @@ class TestPki:
                 .issuer_name(ca.subject)
                 .public_key(key.public_key())
                 .serial_number(x509.random_serial_number())
-                .not_valid_before(now - datetime.timedelta(minutes=5))
-                .not_valid_after(now + datetime.timedelta(days=1))
+                .not_valid_before(min(now, not_after) - datetime.timedelta(days=1))
+                .not_valid_after(not_after)
                 .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
                 .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
             )
@@ -79,9 +93,15 @@ class TestPki:
             server_name,
             ExtendedKeyUsageOID.SERVER_AUTH,
             [x509.DNSName(server_name), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
+            server_valid_days,
         )
-        client_key, client_cert = leaf("node-1", ExtendedKeyUsageOID.CLIENT_AUTH, [])
+        client_key, client_cert = leaf(
+            "node-1", ExtendedKeyUsageOID.CLIENT_AUTH, [], client_valid_days
+        )
+        expired_key, expired_cert = leaf("node-old", ExtendedKeyUsageOID.CLIENT_AUTH, [], -1)
         return cls(
+            expired_client_key_pem=expired_key,
+            expired_client_cert_pem=expired_cert,
             ca_pem=ca.public_bytes(serialization.Encoding.PEM),
             server_key_pem=server_key,
             server_cert_pem=server_cert,

@@ -274,9 +274,12 @@ def start_verifier_process(
     files: VerifierFiles,
     log_path: Path,
     channel_for: Callable[[str], grpc.Channel] = grpc.insecure_channel,
+    *,
+    wait_health: bool = True,
 ) -> RunningVerifier:
     """The verifier as a real process (for SIGKILL and shutdown tests); ``channel_for`` opens
-    the channel its health is polled on (TLS servers need their own)."""
+    the channel its health is polled on (TLS servers need their own); ``wait_health=False``
+    waits for the port file only."""
     port_file = files.directory / "port"
     port_file.unlink(missing_ok=True)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "protos")]))
@@ -309,7 +312,8 @@ def start_verifier_process(
             raise TimeoutError("verifier did not start")
         time.sleep(0.05)
     address = f"127.0.0.1:{int(port_file.read_text())}"
-    wait_serving(address, channel_for=channel_for)
+    if wait_health:
+        wait_serving(address, channel_for=channel_for)
     return RunningVerifier(files, address, process)
 
 

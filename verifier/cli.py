@@ -5,7 +5,8 @@
     pausewatch audit report --lab lab-a --since 2026-11-01 --until 2026-12-01
 
 Exit codes (every command): 0 compliant / success, 1 non-compliant, 2 usage error,
-3 verification failed, 4 internal error. Every command that prints a result takes ``--json``.
+3 verification failed, 4 internal error (an unreachable verifier included), 5 the verifier refused
+our TLS client certificate. Every command that prints a result takes ``--json``.
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@
     pausewatch log prove --index 1234
 
 Exit codes: 0 compliant / success, 1 non-compliant, 2 usage error, 3 verification failed,
-4 internal error (an unreachable verifier included).
+4 internal error (an unreachable verifier included), 5 the verifier refused our TLS client
+certificate.
 """
 
 from __future__ import annotations

@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+import grpc
 
-from verifier.client import VerifierTarget, parse_time
+from attest.errors import CertificateRefusedError, PausewatchError, PeerCertificateError
+from verifier.client import TlsDiagnosis, VerifierTarget, diagnose_tls, parse_time
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -96,9 +98,34 @@ def verifier_options(command: F) -> F:
             server_name=server_name,
             insecure_no_tls=insecure_no_tls,
         )
-        return command(*args, target=target, **kwargs)
+        try:
+            return command(*args, target=target, **kwargs)
+        except grpc.RpcError as exc:
+            raise _tls_error(target, exc) or exc from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _tls_error(target: VerifierTarget, exc: grpc.RpcError) -> PausewatchError | None:
+    """gRPC says UNAVAILABLE for every failed TLS handshake; say which side refused which
+    certificate, when a probe handshake can tell."""
+    code = getattr(exc, "code", lambda: None)()
+    if code != grpc.StatusCode.UNAVAILABLE or target.insecure_no_tls:
+        return None
+    diagnosis, reason = diagnose_tls(target)
+    if diagnosis is TlsDiagnosis.CLIENT_CERTIFICATE_REFUSED:
+        return CertificateRefusedError(
+            f"the verifier at {target.address} refused this client's TLS certificate: {reason}"
+        )
+    if diagnosis is TlsDiagnosis.SERVER_CERTIFICATE_UNTRUSTED:
+        against = f"--ca-cert {target.ca_cert}" if target.ca_cert else "the system's CAs"
+        return PeerCertificateError(
+            f"the TLS certificate of the verifier at {target.address} did not verify against "
+            f"{against}"
+            + (f" for the name {target.server_name}" if target.server_name else "")
+            + f": {reason}"
+        )
+    return None
 
 
 class TimeParam(click.ParamType[int, Any]):

@@ -10,8 +10,11 @@ from __future__ import annotations
 import datetime
 import logging
 import re
+import socket
+import ssl
 import time
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 import grpc
@@ -86,3 +89,87 @@ def parse_time(text: str, *, now_ns: int | None = None) -> int:
         parsed = parsed.replace(tzinfo=datetime.UTC)
     delta = parsed - datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
     return (delta.days * 86_400 + delta.seconds) * NS_PER_S + delta.microseconds * 1000
+
+
+class TlsDiagnosis(StrEnum):
+    """Why a TLS connection to the verifier failed, as a probe handshake tells it."""
+
+    CLIENT_CERTIFICATE_REFUSED = "client_certificate_refused"
+    SERVER_CERTIFICATE_UNTRUSTED = "server_certificate_untrusted"
+    NOT_TLS = "not_tls"
+    UNREACHABLE = "unreachable"
+    HANDSHAKE_OK = "handshake_ok"
+
+
+# TLS alerts a server sends when it refuses the client's certificate (OpenSSL's reason names).
+_CLIENT_REFUSALS = (
+    "CERTIFICATE_REQUIRED",
+    "BAD_CERTIFICATE",
+    "UNKNOWN_CA",
+    "CERTIFICATE_EXPIRED",
+    "CERTIFICATE_UNKNOWN",
+    "CERTIFICATE_REVOKED",
+    "UNSUPPORTED_CERTIFICATE",
+    "ACCESS_DENIED",
+    "HANDSHAKE_FAILURE",
+)
+
+
+def diagnose_tls(target: VerifierTarget, *, timeout_s: float = 5.0) -> tuple[TlsDiagnosis, str]:
+    """Probe the verifier with one TLS handshake as ``target`` would make it, to say why gRPC
+    could not connect: gRPC reports every TLS refusal as UNAVAILABLE, and under TLS 1.3 a server
+    refuses a client certificate only after the handshake, so the client sees a closed socket.
+    The probe reads the server's alert. Returns the diagnosis and the TLS library's reason."""
+    host, _, port_text = target.address.rpartition(":")
+    host = host.strip("[]")
+    try:
+        port = int(port_text)
+    except ValueError:
+        return TlsDiagnosis.UNREACHABLE, "not a HOST:PORT address"
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    if target.ca_cert is not None:
+        context.load_verify_locations(cafile=str(target.ca_cert))
+    if target.client_cert is not None and target.client_key is not None:
+        context.load_cert_chain(str(target.client_cert), str(target.client_key))
+    context.set_alpn_protocols(["h2"])
+    try:
+        raw = socket.create_connection((host, port), timeout=timeout_s)
+    except OSError as exc:
+        return TlsDiagnosis.UNREACHABLE, exc.strerror or type(exc).__name__
+    try:
+        with context.wrap_socket(raw, server_hostname=target.server_name or host) as tls:
+            # A gRPC server answers the HTTP/2 preface with its settings. Under TLS 1.3 a server
+            # that refuses the client's certificate does so after the handshake: it closes the
+            # connection instead (with an alert, or with none).
+            tls.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            try:
+                answer = tls.recv(1)
+            except TimeoutError:
+                return TlsDiagnosis.HANDSHAKE_OK, ""
+            except (ssl.SSLError, ConnectionError) as exc:
+                return TlsDiagnosis.CLIENT_CERTIFICATE_REFUSED, _refusal(target, exc)
+            if not answer:
+                return TlsDiagnosis.CLIENT_CERTIFICATE_REFUSED, _refusal(target, None)
+            return TlsDiagnosis.HANDSHAKE_OK, ""
+    except ssl.SSLCertVerificationError as exc:
+        return TlsDiagnosis.SERVER_CERTIFICATE_UNTRUSTED, exc.verify_message or exc.reason or ""
+    except ssl.SSLError as exc:
+        reason = exc.reason or ""
+        if any(name in reason.upper() for name in _CLIENT_REFUSALS):
+            return TlsDiagnosis.CLIENT_CERTIFICATE_REFUSED, _refusal(target, exc)
+        if "WRONG_VERSION_NUMBER" in reason.upper() or "RECORD_LAYER" in reason.upper():
+            return TlsDiagnosis.NOT_TLS, reason
+        return TlsDiagnosis.HANDSHAKE_OK, reason
+    except OSError as exc:
+        return TlsDiagnosis.UNREACHABLE, exc.strerror or type(exc).__name__
+
+
+def _refusal(target: VerifierTarget, exc: BaseException | None) -> str:
+    reason = exc.reason if isinstance(exc, ssl.SSLError) and exc.reason else ""
+    if target.client_cert is None:
+        what = "no client certificate was given (--client-cert and --client-key)"
+    else:
+        what = (
+            f"it did not accept {target.client_cert} (not from its client CA, expired, or revoked)"
+        )
+    return what + (f"; TLS says {reason}" if reason else "")

@@ -20,7 +20,6 @@ import threading
 import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -39,6 +38,7 @@ from verifier.limits import Limiter
 from verifier.metrics import VerifierMetrics
 from verifier.monitor import PolicyMonitor
 from verifier.registry import Registry
+from verifier.server_tls import load_server_tls
 from verifier.servicers import (
     AttestationServicer,
     AuditServicer,
@@ -72,15 +72,6 @@ def open_store(config: VerifierConfig) -> Store:
     from verifier.store.sqlite import SqliteStore
 
     return SqliteStore.open(config.store.path)
-
-
-def _read(path: Path | None, what: str) -> bytes:
-    if path is None:
-        raise ConfigError(f"{what} is not configured")
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from exc
 
 
 class VerifierServer:
@@ -124,15 +115,17 @@ class VerifierServer:
         server = self.config.server
         if server.insecure_no_tls:
             return None
-        cert = _read(server.tls_cert, "server.tls_cert")
-        key = _read(server.tls_key, "server.tls_key")
-        client_ca = _read(server.client_ca, "server.client_ca") if server.client_ca else None
+        if server.tls_cert is None or server.tls_key is None:
+            raise ConfigError("server.tls_cert and server.tls_key are not configured")
+        material = load_server_tls(
+            server.tls_cert, server.tls_key, server.client_ca, now_ns=self.core.clock_ns()
+        )
         # A client CA means mutual TLS: without require_client_auth, gRPC would also accept
         # clients that present no certificate (or one from another CA).
         return grpc.ssl_server_credentials(
-            [(key, cert)],
-            root_certificates=client_ca,
-            require_client_auth=client_ca is not None,
+            [(material.key_pem, material.cert_pem)],
+            root_certificates=material.client_ca_pem,
+            require_client_auth=material.client_ca_pem is not None,
         )
 
     def _options(self) -> list[tuple[str, Any]]:
