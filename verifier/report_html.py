@@ -9,9 +9,15 @@ drawn against its declared thresholds (the HTML form of ``pausewatch audit repor
     svg = render_chart(report)          # the chart alone, an inline <svg>
 
 The page shows the header (lab, period, as-of time, policy id, version and digest, log tree size,
-GPU table version), the verdict with its reasons, the chart, each rule's result (measured against
-limit, exact and in scientific notation, with its method, worst stretch and evidence), coverage,
-totals with their methods, and the gaps, findings, nodes and per-bucket accounts as tables.
+GPU table version), the verdict with its reasons, the data-quality banner right under it
+(:mod:`verifier.data_quality`, and any notes the caller adds), the chart, each rule's result
+(measured against limit, with its method, worst stretch and evidence), coverage, totals with their
+methods, and the gaps, findings, nodes and per-bucket accounts as tables. Amounts show in
+scientific notation (three significant digits, rounded down) with the exact integer on hover
+(``title``) and in ``data-exact``, in the tables and in the reasons' and summaries' prose alike.
+The rules table has fixed column widths, so long ids and methods wrap rather than widen the page.
+An unattested what-if analysis (``pausewatch audit analyse``) passes ``analysis_notice``: a
+banner above everything says so.
 
 It is self-contained and inert: inline CSS, the chart as inline SVG drawn here, no script, no
 external reference of any kind (no fonts, images, links or CDNs), and a Content-Security-Policy of
@@ -25,7 +31,9 @@ on it, so a limit many orders of magnitude above the data is still on the chart 
 readable; zero is drawn on the baseline. Drawn against them: each ``cumulative_flop`` limit as a
 horizontal line on the cumulative axis, each ``sustained_rate`` limit converted to FLOP per bucket
 (FLOP/s x bucket seconds) on the per-bucket axis, every gap shaded (clipped to the period; open gaps
-too), each violated rule's worst stretch highlighted, and the time after ``as_of`` hatched. With
+too), each violated rule's worst stretch marked (dashed edges across the plot, unfilled, and a band
+with the rule's label in a lane of its own at the top, up to five lanes and then "and N more"), and
+the time after ``as_of`` hatched. With
 more buckets than pixel columns, each column draws the largest bucket in it; the exact figures are
 in the accounts table (consecutive buckets summed exactly when there are many). FLOP amounts are
 Python ints; they become floats only as pixel positions, never as displayed numbers.
@@ -34,7 +42,8 @@ Stable hooks for tests and tools: ``id="verdict"`` with ``data-verdict``; ``id="
 ``class="series-upper"`` and ``class="series-cumulative"`` paths; ``class="gap"`` rects with
 ``data-start-ns``, ``data-end-ns``, ``data-node``; ``class="threshold"`` lines with ``data-rule``,
 ``data-limit`` (the rule's limit as reported) and ``data-drawn-flop``; ``class="violation"`` rects
-with ``data-rule``.
+with ``data-rule`` (and ``violation-lane`` rects and ``violation-label`` texts with it);
+``id="data-quality"`` with ``data-warnings``; ``id="analysis-notice"`` on an analysis.
 """
 
 from __future__ import annotations

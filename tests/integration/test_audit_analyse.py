@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -236,3 +237,101 @@ def test_bad_recordings_are_refused_with_the_file_and_line(
     done = pausewatch("audit", "analyse", str(recording), "--policy", str(write_policy(tmp_path)))
     assert done.returncode == 2
     assert message in done.stderr and "bad.csv" in done.stderr
+
+
+# --- a node's spool ------------------------------------------------------------------------------
+
+
+def _spooled_state_dir(tmp_path: Path) -> Path:
+    """A node state directory whose spool holds 4 minutes of an 8-GPU replay, signed by the node
+    key, never shipped (the daemon run offline, as a lab would before enrolling)."""
+    from agent.daemon import Daemon, DaemonOptions
+    from agent.sampler.replay import ReplaySampler, parse_recording
+    from attest import keys
+    from tests.agent_setup import write_state_dir
+    from tests.fakes import FakeClock
+
+    config = write_state_dir(tmp_path, window_s="60")
+    log = generate_log(gpus=8, seconds=240, busy_pct=(86, 100))
+    recording = parse_recording(log.text, gpu_model=H100)
+    signer = keys.Ed25519Signer.from_private_key(keys.load_private_key(config.node.key_file))
+    sampler = ReplaySampler(recording, node_id=signer.key_id.hex())
+    daemon = Daemon(
+        config,
+        sampler,
+        signer,
+        clock=FakeClock(START_NS + 10**6 * 10**9),
+        options=DaemonOptions(ship=False),
+    )
+    daemon.run()
+    assert daemon.windows_signed >= 4
+    return config.node.state_dir
+
+
+def test_a_nodes_spool_is_analysed_with_its_own_key(tmp_path: Path) -> None:
+    state_dir = _spooled_state_dir(tmp_path)
+    done = pausewatch(
+        "audit",
+        "analyse",
+        str(state_dir),
+        "--policy",
+        str(write_policy(tmp_path, limit="10^30")),
+        "--json",
+    )
+    assert done.returncode in (0, 1), done.stderr
+    out = json.loads(done.stdout)
+    (node,) = out["nodes"]
+    assert node["attested"] is True  # signed by the node key (but never received by a verifier)
+    assert node["gpus"] == 8 and node["models"] == [H100]
+    assert node["windows"] >= 4
+    assert out["analysis"]["unattested"] is True
+    assert any("never received by a verifier" in note for note in out["analysis"]["notes"])
+    assert int(out["report"]["totals"]["busy_gpu_ms"]) > 8 * 200_000  # ~93 % of 4 minutes
+
+
+def _flip_a_byte(state_dir: Path) -> None:
+    """The operator lowers a window's figures by editing the stored envelope's bytes."""
+    import sqlite3
+
+    from agent.daemon import SPOOL_FILE
+
+    with sqlite3.connect(state_dir / SPOOL_FILE) as connection:
+        (blob,) = connection.execute("SELECT envelope FROM envelopes WHERE seq = 2").fetchone()
+        edited = bytearray(blob)
+        edited[len(edited) // 2] ^= 0x01
+        connection.execute("UPDATE envelopes SET envelope = ? WHERE seq = 2", (bytes(edited),))
+
+
+def _drop_a_window(state_dir: Path) -> None:
+    """... or drops a busy window from the middle of the chain."""
+    import sqlite3
+
+    from agent.daemon import SPOOL_FILE
+
+    with sqlite3.connect(state_dir / SPOOL_FILE) as connection:
+        connection.execute("DELETE FROM envelopes WHERE seq = 2")
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [(_flip_a_byte, "fails verification"), (_drop_a_window, "does not follow the chain")],
+)
+def test_an_edited_spool_is_refused_naming_it(
+    tmp_path: Path, edit: Callable[[Path], None], message: str
+) -> None:
+    state_dir = _spooled_state_dir(tmp_path)
+    edit(state_dir)
+    html_path = tmp_path / "never.html"
+    done = pausewatch(
+        "audit",
+        "analyse",
+        str(state_dir),
+        "--policy",
+        str(write_policy(tmp_path, limit="10^30")),
+        "--html",
+        str(html_path),
+    )
+    assert done.returncode in (2, 3), (done.stdout, done.stderr)
+    assert message in done.stderr and str(state_dir) in done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stdout == "" and not html_path.exists()
