@@ -585,10 +585,8 @@ def run(
                 "(pausewatch-agent check lists every problem)"
             )
     elif not _is_enrolled(config):
-        raise click.UsageError(
-            "this node is not enrolled; run 'pausewatch-agent enroll' first "
-            "(its windows would be rejected as from an unknown key)"
-        )
+        # Nothing is shipped, so nothing can be rejected: the spool is for 'audit analyse'.
+        log.warning("node not enrolled: windows are spooled, never shipped (--no-ship)")
     signer = _node_signer(config)
     set_log_context(node_id=bytes(signer.key_id).hex())
     columns = tuple(c.strip() for c in replay_columns.split(",")) if replay_columns else ()

@@ -335,3 +335,39 @@ def test_an_edited_spool_is_refused_naming_it(
     assert message in done.stderr and str(state_dir) in done.stderr
     assert "Traceback" not in done.stderr
     assert done.stdout == "" and not html_path.exists()
+
+
+def test_an_unenrolled_node_spools_a_replay_with_no_ship_for_analysis(tmp_path: Path) -> None:
+    from tests.agent_setup import write_state_dir
+
+    config = write_state_dir(tmp_path, window_s="60")
+    recording = tmp_path / "node7.csv"
+    recording.write_text(generate_log(gpus=8, seconds=150).text, encoding="utf-8")
+    state = str(config.node.state_dir)
+    agent = [sys.executable, "-m", "agent.cli", "run", "--state-dir", state]
+    replay = ["--backend", "replay", "--replay", str(recording), "--gpu-model", H100]
+    refused = subprocess.run(
+        [*agent, *replay], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert refused.returncode == 2
+    assert "enrol" in refused.stderr  # shipping needs an enrolled node
+    spooled = subprocess.run(
+        [*agent, *replay, "--no-ship"], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert spooled.returncode == 0, spooled.stderr
+    done = pausewatch(
+        "audit", "analyse", state, "--policy", str(write_policy(tmp_path, "10^30")), "--json"
+    )
+    assert done.returncode in (0, 1), done.stderr
+    (node,) = json.loads(done.stdout)["nodes"]
+    assert node["gpus"] == 8 and node["windows"] >= 3 and node["attested"] is True
+
+
+def test_a_node_of_sixteen_gpus_is_noted_as_worth_checking(tmp_path: Path) -> None:
+    recording = tmp_path / "big.csv"
+    recording.write_text(generate_log(gpus=16, seconds=30).text, encoding="utf-8")
+    done = pausewatch(
+        "audit", "analyse", str(recording), "--policy", str(write_policy(tmp_path, "10^30"))
+    )
+    assert done.returncode in (0, 1), done.stderr
+    assert "16 GPUs in one node is more than common servers hold (8)" in done.stdout
