@@ -4,8 +4,7 @@
     series = Series(); series.add_scrape(t_s, parse_exposition(text), instance="node-1")
     firing = evaluate_alerts(rules, series, step_times)      # {alert name: first time it fired}
 
-promtool is not packaged for this project's CI (and `apt-cache policy prometheus` shows it is not
-installed here), so this implements exactly the forms the rule file uses, with Prometheus'
+promtool is not a dependency of this project (CI does not install it), so this implements exactly the forms the rule file uses, with Prometheus'
 semantics: instant selectors with ``=``, ``=~`` matchers (5 min lookback); ``increase`` and
 ``delta`` over a range (counter resets handled; WITHOUT Prometheus' extrapolation to the range's
 edges, so a value here is at most Prometheus' for a counter: ``> 0`` fires here only if it fires
@@ -13,7 +12,9 @@ there); ``time()``; binary ``-`` between a scalar and a vector (drops the metric
 filters against a scalar; ``and`` (label-set matching, ignoring ``__name__``); and ``for:``
 (pending until the expression has held at every evaluation for that long). Anything else raises,
 so a rule using a form this does not know fails its test instead of passing unevaluated. Where
-promtool is installed, tests also run ``promtool check rules`` on the file.
+promtool is installed, tests also run ``promtool check rules`` on the file and, through
+:func:`promtool_test_file`, ``promtool test rules`` asserting that Prometheus fires exactly the
+alerts this evaluator fires on the same samples.
 
 The rule file is read with a parser for the YAML subset it uses (block mappings and sequences,
 plain and double-quoted scalars): no YAML library is a dependency.
@@ -399,3 +400,96 @@ def evaluate_alerts(
                 if t_s - since >= rule.for_s:
                     firing[rule.alert].append((t_s, labels))
     return firing
+
+
+# -- cross-check with promtool, where it is installed ---------------------------------------------
+
+
+def resample(series: Series, start_s: float, interval_s: float, steps: int) -> Series:
+    """The series on a fixed grid (the latest sample within the lookback at each step, or
+    nothing): the form ``promtool test rules`` takes as input."""
+    grid = Series()
+    for key, points in series.data.items():
+        out = []
+        for k in range(steps):
+            t = start_s + k * interval_s
+            recent = [v for ts, v in points if t - LOOKBACK_S < ts <= t]
+            if recent:
+                out.append((t, recent[-1]))
+        if out:
+            grid.data[key] = out
+    return grid
+
+
+def _series_selector(name: str, labels: Labels) -> str:
+    inner = ",".join(f"{k}={json.dumps(v)}" for k, v in labels)
+    return f"{name}{{{inner}}}"
+
+
+def _render(template: str, labels: dict[str, str]) -> str:
+    return re.sub(
+        r"\{\{\s*\$labels\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}",
+        lambda m: labels.get(m.group(1), ""),
+        template,
+    )
+
+
+def promtool_test_file(
+    rules_path: Path,
+    grid: Series,
+    rules: list[Rule],
+    start_s: float,
+    interval_s: float,
+    steps: int,
+    eval_steps: Iterable[int],
+) -> str:
+    """A ``promtool test rules`` file asserting, at each eval step, exactly the alerts this
+    module's evaluator says are firing on ``grid`` (as JSON, which is YAML)."""
+    input_series = []
+    for (name, labels), points in sorted(grid.data.items()):
+        shift = start_s if name.endswith(("_timestamp_seconds", "_time_seconds")) else 0.0
+        # promtool's clock starts at 0: Unix-time values move with it, so time() - value holds
+        by_step = {
+            round((t - start_s) / interval_s): (v - shift if v > 0 else v) for t, v in points
+        }
+        values = " ".join(repr(by_step[k]) if k in by_step else "_" for k in range(steps))
+        input_series.append({"series": _series_selector(name, labels), "values": values})
+    times = [start_s + k * interval_s for k in range(steps)]
+    firing = evaluate_alerts(rules, grid, times)
+    tests = []
+    for step in eval_steps:
+        t = start_s + step * interval_s
+        for rule in rules:
+            alerts = []
+            for fired_at, labels in firing[rule.alert]:
+                if fired_at != t:
+                    continue
+                label_map = dict(labels)
+                label_map.pop("__name__", None)
+                alerts.append(
+                    {
+                        "exp_labels": {**label_map, **rule.labels},
+                        "exp_annotations": {
+                            k: _render(v, label_map) for k, v in rule.annotations.items()
+                        },
+                    }
+                )
+            tests.append(
+                {
+                    "eval_time": f"{int(step * interval_s)}s",
+                    "alertname": rule.alert,
+                    "exp_alerts": alerts,
+                }
+            )
+    document = {
+        "rule_files": [str(rules_path)],
+        "evaluation_interval": f"{int(interval_s)}s",
+        "tests": [
+            {
+                "interval": f"{int(interval_s)}s",
+                "input_series": input_series,
+                "alert_rule_test": tests,
+            }
+        ],
+    }
+    return json.dumps(document, indent=1)

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +29,15 @@ from tests.agent_process import AgentProcess, free_port, wait_until
 from tests.agent_setup import write_state_dir
 from tests.cli_runner import run_agent_cli
 from tests.fake_verifier import FakeVerifier
-from tests.prom_rules import Labels, Series, active_alerts, evaluate_alerts, load_rules
+from tests.prom_rules import (
+    Labels,
+    Series,
+    active_alerts,
+    evaluate_alerts,
+    load_rules,
+    promtool_test_file,
+    resample,
+)
 from tests.testdata import REPO_ROOT
 
 RULES = REPO_ROOT / "docs" / "alerts" / "pausewatch-agent.rules.yml"
@@ -165,6 +175,22 @@ def test_spool_gauge_rises_in_a_real_outage_and_the_alert_rules_fire(
         # They fire only in the outage, not before it.
         first = {name: min(t for t, _ in hits) for name, hits in firing.items() if hits}
         assert min(first.values()) > scraper.times[healthy_until - 1]
+        if shutil.which("promtool"):  # Prometheus' own engine agrees, on the same samples
+            start, interval = scraper.times[0], 30.0
+            steps = int((scraper.times[-1] - start) // interval) + 1
+            grid = resample(scraper.series, start, interval, steps)
+            healthy_step = int((scraper.times[healthy_until - 1] - start) // interval)
+            text = promtool_test_file(
+                RULES, grid, rules, start, interval, steps, eval_steps=[healthy_step, steps - 1]
+            )
+            checks = json.loads(text)["tests"][0]["alert_rule_test"]
+            assert {c["alertname"] for c in checks if c["exp_alerts"]} == OUTAGE_ALERTS
+            (tmp_path / "outage.test.yml").write_text(text)
+            result = subprocess.run(
+                ["promtool", "test", "rules", str(tmp_path / "outage.test.yml")],
+                capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
 
         # The verifier comes back: the agent says so, ships the backlog, the alerts clear.
         verifier.start(port)

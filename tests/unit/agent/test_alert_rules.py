@@ -5,12 +5,21 @@ process, is tests/integration/test_agent_outage.py."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
-from tests.prom_rules import Labels, Series, evaluate_alerts, load_rules, parse_expr
+from tests.prom_rules import (
+    Labels,
+    Series,
+    evaluate_alerts,
+    load_rules,
+    parse_expr,
+    promtool_test_file,
+)
 from tests.testdata import REPO_ROOT
 
 RULES_PATH = REPO_ROOT / "docs" / "alerts" / "pausewatch-agent.rules.yml"
@@ -36,6 +45,11 @@ def healthy(t: float, i: int) -> dict[tuple[str, Labels], float]:
 
 
 def story(change=None, minutes: int = 60) -> dict[str, list[tuple[float, Labels]]]:  # type: ignore[no-untyped-def]
+    series, times = story_series(change, minutes)
+    return evaluate_alerts(RULES, series, times)
+
+
+def story_series(change=None, minutes: int = 60) -> tuple[Series, list[float]]:  # type: ignore[no-untyped-def]
     series = Series()
     times = []
     for i in range(int(minutes * 60 / STEP)):
@@ -45,7 +59,7 @@ def story(change=None, minutes: int = 60) -> dict[str, list[tuple[float, Labels]
             values = change(t, i, values)
         series.add_scrape(t, values, instance="node-1")
         times.append(t)
-    return evaluate_alerts(RULES, series, times)
+    return series, times
 
 
 def fired(result: dict[str, list[tuple[float, Labels]]]) -> set[str]:
@@ -157,6 +171,29 @@ def test_for_waits_and_a_counter_reset_is_not_an_increase() -> None:
 def test_an_unknown_expression_form_is_refused() -> None:
     with pytest.raises(ValueError, match=r"trailing tokens|not supported|unsupported"):
         parse_expr("rate(pausewatch_agent_samples_total[5m]) > 0 or vector(1)")
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
+@pytest.mark.parametrize(
+    "change",
+    [None, _down, _tls, _refused_briefly, _stuck, _rejected, _unattested, _gpu_lost],
+)
+def test_promtool_agrees_with_the_evaluator(change, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Prometheus' own rule engine fires exactly the alerts this evaluator fires, with the same
+    labels and annotations, at the end of each story and in its middle."""
+    series, times = story_series(change)
+    steps = len(times)
+    text = promtool_test_file(
+        RULES_PATH, series, RULES, T0, STEP, steps, eval_steps=[steps // 2, steps - 1]
+    )
+    expected = [t for t in json.loads(text)["tests"][0]["alert_rule_test"] if t["exp_alerts"]]
+    assert bool(expected) == (change not in (None, _refused_briefly))
+    test_file = tmp_path / "rules.test.yml"
+    test_file.write_text(text)
+    result = subprocess.run(
+        ["promtool", "test", "rules", str(test_file)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
