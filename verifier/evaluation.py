@@ -762,9 +762,15 @@ def _training_signature(rule: TrainingSignatureRule, context: _Context) -> pb.Ru
         )
     else:
         summary += f"; shorter than {format_duration_ns(rule.min_duration_ns)}: not detected"
+    if counted:
+        outcome = pb.RULE_OUTCOME_VIOLATION
+    elif detected:
+        outcome = pb.RULE_OUTCOME_DETECTED  # seen, not counted: never a PASS
+    else:
+        outcome = pb.RULE_OUTCOME_PASS
     return _result(
         rule,
-        pb.RULE_OUTCOME_VIOLATION if counted else pb.RULE_OUTCOME_PASS,
+        outcome,
         measured=best.amount // NS_PER_MS,
         limit=rule.min_duration_ns // NS_PER_MS,
         unit="ms",
@@ -842,12 +848,23 @@ def _verdict(
         for item in invalid
     ]
     reasons += [f"UNACCOUNTED: rule {r.rule_id}: {r.summary}" for r in unaccounted]
+    detected = [r for r in results if r.outcome == pb.RULE_OUTCOME_DETECTED]
+    reasons += [
+        f"DETECTED (reported, not counted): rule {r.rule_id}: {r.summary}" for r in detected
+    ]
     if violations:
         return pb.VERDICT_VIOLATION, reasons
     if invalid:
         return pb.VERDICT_INVALID, reasons
     if unaccounted:
         return pb.VERDICT_UNACCOUNTED, reasons
+    if detected:
+        return pb.VERDICT_COMPLIANT, [
+            f"COMPLIANT: no rule is broken and no evidence failed verification, but "
+            f"{len(detected)} training signature(s) were detected (the policy reports them "
+            "without counting them)",
+            *reasons,
+        ]
     return pb.VERDICT_COMPLIANT, [
         f"COMPLIANT: all {len(results)} rules hold and no evidence failed verification"
     ]

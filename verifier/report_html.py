@@ -97,7 +97,7 @@ _VERDICT_MEANING = {
     ),
 }
 _BADGES = frozenset(
-    {"PASS", "VIOLATION", "UNACCOUNTED", "INFO", "WARNING", "CRITICAL"}
+    {"PASS", "VIOLATION", "UNACCOUNTED", "DETECTED", "INFO", "WARNING", "CRITICAL"}
     | {"OPEN", "CLOSED", "BOUNDED", "UNBOUNDED"}
 )
 """Words with a badge colour of their own (outcomes, severities, gap states)."""
@@ -177,7 +177,7 @@ td.text { overflow-wrap: anywhere; }
   font-weight: 700; white-space: nowrap; border: 1px solid; }
 .badge-pass, .badge-info, .badge-closed, .badge-bounded { color: var(--ok); background: #e6f4ea; }
 .badge-violation, .badge-critical { color: var(--bad); background: #fdeceb; }
-.badge-unaccounted, .badge-warning, .badge-open, .badge-unbounded {
+.badge-unaccounted, .badge-detected, .badge-warning, .badge-open, .badge-unbounded {
   color: var(--warn); background: #fff5d6; }
 .badge-unknown { color: var(--muted); background: var(--bg-soft); }
 .meter { height: 10px; background: #f3d7d4; border-radius: 5px; max-width: 420px; overflow: hidden;

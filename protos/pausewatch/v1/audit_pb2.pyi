@@ -144,6 +144,10 @@ class _RuleOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RuleOutco
     """The rule is broken."""
     RULE_OUTCOME_UNACCOUNTED: _RuleOutcome.ValueType  # 3
     """The rule cannot be shown to hold for lack of evidence."""
+    RULE_OUTCOME_DETECTED: _RuleOutcome.ValueType  # 40
+    """A training signature was detected and, under on_detect = "finding", is reported without being
+    counted against the verdict. Not a pass.
+    """
 
 class RuleOutcome(_RuleOutcome, metaclass=_RuleOutcomeEnumTypeWrapper):
     """The outcome of one rule."""
@@ -156,6 +160,10 @@ RULE_OUTCOME_VIOLATION: RuleOutcome.ValueType  # 2
 """The rule is broken."""
 RULE_OUTCOME_UNACCOUNTED: RuleOutcome.ValueType  # 3
 """The rule cannot be shown to hold for lack of evidence."""
+RULE_OUTCOME_DETECTED: RuleOutcome.ValueType  # 40
+"""A training signature was detected and, under on_detect = "finding", is reported without being
+counted against the verdict. Not a pass.
+"""
 Global___RuleOutcome: _TypeAlias = RuleOutcome  # noqa: Y015
 
 @_typing.final

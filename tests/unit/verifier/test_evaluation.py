@@ -459,11 +459,25 @@ def test_training_signature_as_a_finding_does_not_count() -> None:
     figures = busy_buckets([2, 3, 4], gpus=2, busy_ms=30_000)
     result = report(policy(signature(2, 50, "3m", on_detect="finding")), figures)
     rule = only_rule(result)
-    assert rule.outcome == pb.RULE_OUTCOME_PASS
+    assert rule.outcome == pb.RULE_OUTCOME_DETECTED  # seen: never shown as a PASS
     assert "detected" in rule.summary
     assert "not counted" in rule.summary
     assert len(rule.evidence_log_indices) == 6
     assert result.verdict == pb.VERDICT_COMPLIANT
+    assert "training signature(s) were detected" in result.reasons[0]
+    assert any(
+        r.startswith("DETECTED (reported, not counted): rule signature") for r in result.reasons
+    )
+    text = render_text(result)
+    assert "DETECTED" in text and "PASS" not in text.split("VERDICT")[1].split("coverage")[0]
+    # The control: one bucket short of the duration is not detected, and passes.
+    short = only_rule(
+        report(
+            policy(signature(2, 50, "3m", on_detect="finding")),
+            busy_buckets([2, 3], gpus=2, busy_ms=30_000),
+        )
+    )
+    assert short.outcome == pb.RULE_OUTCOME_PASS
 
 
 @pytest.mark.parametrize(

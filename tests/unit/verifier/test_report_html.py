@@ -599,3 +599,21 @@ def test_an_analysis_page_is_marked_unattested_above_all_else() -> None:
     assert page.index('id="analysis-notice"') < page.index("<header>")
     assert "pausewatch what-if analysis (unattested)" in page
     assert "recorded data that no verifier received" in page
+
+
+def test_a_detected_training_signature_never_shows_a_pass_badge() -> None:
+    report = make_report()
+    report.rules.add(
+        rule_id="signature",
+        kind=pb.RULE_KIND_TRAINING_SIGNATURE,
+        outcome=pb.RULE_OUTCOME_DETECTED,
+        measured="180000",
+        limit="180000",
+        unit="ms",
+    )
+    parsed = parse(render_html(report))
+    rules_badges = [a["class"] for a in parsed.with_class("badge-detected")]
+    assert rules_badges, "the detected rule has its own badge"
+    assert "DETECTED" in "".join(parsed.text)
+    report.rules[0].outcome = pb.RULE_OUTCOME_PASS  # the control
+    assert not parse(render_html(report)).with_class("badge-detected")
