@@ -169,6 +169,7 @@ class Auditor:
             table_version=compute.TABLE_VERSION,
             evaluated_at_ns=max(now_ns, as_of),
             open_gap_grace_ns=ingest.open_gap_grace_ns,
+            lab_name=lab.name if (lab := view.get_lab(lab_id)) is not None else "",
         )
 
     def policy(self, view: ReadView, lab_id: str, at_ns: int) -> Policy:

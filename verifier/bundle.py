@@ -270,6 +270,8 @@ class BundleVerification:
     attestations: int = 0
     log_key: str = ""
     checkpoint_size: int = 0
+    checkpoint_root: bytes = b""
+    log_key_pinned: bool = False
     server_report: pb.ComplianceReport | None = None
     offline_report: pb.ComplianceReport | None = None
 
@@ -309,6 +311,7 @@ class _State:
     log_verifier: Ed25519NoteVerifier
     log_ring: StaticKeyring
     lab_id: str
+    lab_name: str = ""
     operator_keys: list[tuple[int, bytes]] = field(default_factory=list)
     policies: list[tuple[int, ppb.PolicyRecord]] = field(default_factory=list)
     inventory: list[tuple[int, evaluation.InventoryVersion]] = field(default_factory=list)
@@ -427,6 +430,7 @@ def _verify(data: bytes, pinned_log_key: str | None, result: BundleVerification)
     elif bundle.log_verifier_key != pinned_log_key:
         result.failures.append("the bundle names a log key other than the pinned one")
     result.log_key = key_text
+    result.log_key_pinned = pinned_log_key is not None
     log_ring = StaticKeyring()
     log_key = public_key_from_raw(log_verifier.public_key)
     log_ring.add(log_key)
@@ -447,6 +451,7 @@ def _verify(data: bytes, pinned_log_key: str | None, result: BundleVerification)
     except NoteError as exc:
         raise NoteError(f"checkpoint: {exc.diagnostics()}") from None
     result.checkpoint_size = checkpoint.tree_size
+    result.checkpoint_root = checkpoint.root_hash
     if bundle.server_report.tree_size > checkpoint.tree_size:
         result.failures.append(
             f"the report was computed at tree size {bundle.server_report.tree_size}, beyond the "
@@ -514,6 +519,7 @@ def _fold_entry(state: _State, index: int, raw: bytes) -> None:
             _parse_message(lab, verified.payload, "LabRecord")
             if lab.lab_id == state.lab_id:
                 state.operator_keys.append((index, bytes(lab.operator_public_key)))
+                state.lab_name = lab.name
         elif kind == PayloadType.POLICY:
             record = ppb.PolicyRecord()
             _parse_message(record, verified.payload, "PolicyRecord")
@@ -880,6 +886,7 @@ def _recompute(state: _State, bundle: bpb.EvidenceBundle) -> pb.ComplianceReport
         table_version=compute.TABLE_VERSION,
         evaluated_at_ns=max(server.evaluated_at_ns, as_of),
         open_gap_grace_ns=bundle.open_gap_grace_ns,
+        lab_name=state.lab_name,
     )
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from google.protobuf import json_format
@@ -34,6 +34,9 @@ from attest.note import Ed25519NoteVerifier, parse_verifier_key
 from verifier.cli_common import TIME, emit, verifier_options
 from verifier.client import VerifierTarget, open_channel
 from verifier.evaluation import format_time_ns, render_text
+
+if TYPE_CHECKING:
+    from verifier.report_html import OfflineStamp
 
 RPC_TIMEOUT_S = 300
 
@@ -68,10 +71,12 @@ def _report_dict(report: apb.ComplianceReport) -> dict[str, Any]:
     return json_format.MessageToDict(report, preserving_proto_field_name=True)
 
 
-def _write_html(path: Path, report: apb.ComplianceReport) -> None:
+def _write_html(
+    path: Path, report: apb.ComplianceReport, stamp: OfflineStamp | None = None
+) -> None:
     from verifier.report_html import render_html
 
-    _write_atomically(path, render_html(report).encode("utf-8"))
+    _write_atomically(path, render_html(report, stamp=stamp).encode("utf-8"))
 
 
 @click.group()
@@ -440,12 +445,30 @@ def verify_bundle_command(
             raise click.BadParameter(
                 "not a signed-note verifier key (<name>+<hash>+<key>)", param_hint="--log-key"
             ) from None
-    result = verify_bundle(path.read_bytes(), pinned_log_key=pinned, expect=expect)
+    data = path.read_bytes()
+    bundle_sha256 = hashlib.sha256(data).hexdigest()
+    result = verify_bundle(data, pinned_log_key=pinned, expect=expect)
     offline = result.offline_report
     if html_path is not None and offline is not None:
-        _write_html(html_path, offline)
+        from verifier.report_html import OfflineStamp
+
+        _write_html(
+            html_path,
+            offline,
+            OfflineStamp(
+                bundle_sha256=bundle_sha256,
+                log_key=result.log_key,
+                checkpoint_tree_size=result.checkpoint_size,
+                checkpoint_root_hex=result.checkpoint_root.hex(),
+                verified=result.ok,
+                problems=len(result.failures) + len(result.differences),
+                log_key_pinned=result.log_key_pinned,
+            ),
+        )
     summary: dict[str, Any] = {
         "path": str(path),
+        "bundle_sha256": bundle_sha256,
+        "checkpoint_root_hash": result.checkpoint_root.hex(),
         "ok": result.ok,
         "lab_id": result.lab_id,
         "entries": result.entries,
@@ -473,6 +496,10 @@ def verify_bundle_command(
         lines.append(
             "VERIFIED: signatures, checkpoint, every inclusion proof and every chain check out, "
             "and the report recomputed offline agrees with the verifier's figure for figure"
+        )
+        lines.append(
+            f"verified from bundle sha256 {bundle_sha256} under log key {result.log_key} at "
+            f"checkpoint {result.checkpoint_size} (root {result.checkpoint_root.hex()})"
         )
     else:
         lines += [f"FAILED: {f}" for f in result.failures]

@@ -299,6 +299,7 @@ def evaluate(
     table_version: int,
     evaluated_at_ns: int | None = None,
     open_gap_grace_ns: int = 0,
+    lab_name: str = "",
 ) -> pb.ComplianceReport:
     """The compliance report of ``lab_id`` over ``[period_start_ns, period_end_ns)`` as of
     ``as_of_ns``, under ``policy``.
@@ -387,6 +388,7 @@ def evaluate(
 
     report = pb.ComplianceReport(
         lab_id=lab_id,
+        lab_name=lab_name,
         period_start_ns=period_start_ns,
         period_end_ns=period_end_ns,
         as_of_ns=as_of_ns,
@@ -918,6 +920,13 @@ def _table(rows: Sequence[Sequence[str]], indent: str = "  ") -> list[str]:
     ]
 
 
+def lab_title(report: pb.ComplianceReport) -> str:
+    """The lab as a reader knows it: its name, then its id; the id alone when it has no name."""
+    if report.lab_name and report.lab_name != report.lab_id:
+        return f"{report.lab_name} ({report.lab_id})"
+    return report.lab_id
+
+
 def _finality(report: pb.ComplianceReport) -> str:
     if report.provisional:
         return "PROVISIONAL: the period is open or its last evidence may still arrive"
@@ -930,7 +939,7 @@ def render_text(report: pb.ComplianceReport) -> str:
     figures are exact, followed by scientific notation rounded down."""
     verdict = _enum_name(pb.Verdict.Name(report.verdict), "VERDICT_")
     lines = [
-        f"pausewatch compliance report for lab {report.lab_id}",
+        f"pausewatch compliance report for lab {lab_title(report)}",
         f"period    {_span(report.period_start_ns, report.period_end_ns)} "
         f"(evidence up to {format_time_ns(report.as_of_ns)})",
         f"policy    {report.policy_id} version {report.policy_version} "

@@ -60,7 +60,7 @@ from pausewatch.v1 import audit_pb2 as pb
 from pausewatch.v1 import findings_pb2
 
 from verifier.data_quality import data_quality_warnings
-from verifier.evaluation import format_time_ns, rooting_text
+from verifier.evaluation import format_time_ns, lab_title, rooting_text
 from verifier.policy import format_duration_ns, format_ppm, scientific
 
 NS_PER_MS = 1_000_000
@@ -118,6 +118,11 @@ body { margin: 0 auto; max-width: 1180px; padding: 24px 28px 48px; color: var(--
 h1 { font-size: 24px; margin: 2px 0 10px; }
 h2 { font-size: 18px; margin: 28px 0 8px; border-bottom: 1px solid var(--line);
   padding-bottom: 4px; }
+.stamp-box { margin: 12px 0; padding: 8px 12px; border-radius: 6px; border: 1px solid;
+  overflow-wrap: anywhere; }
+.stamp-server { color: var(--ink); background: var(--bg-soft); border-color: var(--muted); }
+.stamp-verified { color: #0f4d20; background: #e6f4ea; border-color: var(--ok); }
+.stamp-failed { color: #7a1610; background: #fdeceb; border-color: var(--bad); }
 .kicker { margin: 0; color: var(--muted); text-transform: uppercase; letter-spacing: .06em;
   font-size: 12px; }
 .mono, .exact, code { font-family: "DejaVu Sans Mono", Menlo, Consolas, monospace;
@@ -820,6 +825,49 @@ def _span_px(time: _TimeScale, start_ns: int, end_ns: int) -> tuple[float, float
 # --- page sections -------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class OfflineStamp:
+    """Where an offline-recomputed report came from, for the page's stamp."""
+
+    bundle_sha256: str
+    log_key: str
+    checkpoint_tree_size: int
+    checkpoint_root_hex: str
+    verified: bool
+    problems: int
+    """Failures and differences found re-verifying the bundle (0 when ``verified``)."""
+    log_key_pinned: bool = True
+
+
+def _stamp(stamp: OfflineStamp | None) -> str:
+    if stamp is None:
+        return (
+            '<section id="provenance-stamp" class="stamp-box stamp-server" data-verified="server">'
+            "<strong>The verifier's own report</strong>, not re-verified here. To check it "
+            "without trusting the verifier: <code>pausewatch audit export</code> a bundle and "
+            "<code>pausewatch audit verify-bundle --html</code> it.</section>"
+        )
+    where = (
+        f'bundle sha256 <span class="mono">{_e(stamp.bundle_sha256)}</span> under log key '
+        f'<span class="mono">{_e(stamp.log_key)}</span>'
+        + ("" if stamp.log_key_pinned else " (taken from the bundle itself, not pinned)")
+        + f" at checkpoint {stamp.checkpoint_tree_size} (root "
+        f'<span class="mono">{_e(stamp.checkpoint_root_hex)}</span>)'
+    )
+    if stamp.verified:
+        return (
+            '<section id="provenance-stamp" class="stamp-box stamp-verified" '
+            f'data-verified="true"><strong>Verified offline</strong>: verified from {where}; the '
+            "report below was recomputed from the bundle's signed evidence and agrees with the "
+            "verifier's figure for figure.</section>"
+        )
+    return (
+        '<section id="provenance-stamp" class="stamp-box stamp-failed" data-verified="false">'
+        f"<strong>NOT VERIFIED</strong>: {stamp.problems} problem(s) re-verifying {where}. Do not "
+        "rely on this page; see the verify-bundle output.</section>"
+    )
+
+
 def _header(report: pb.ComplianceReport, kicker: str = "") -> str:
     as_of = _e(format_time_ns(report.as_of_ns))
     if report.as_of_ns < report.period_end_ns:
@@ -851,7 +899,7 @@ def _header(report: pb.ComplianceReport, kicker: str = "") -> str:
     rows = "\n".join(f"<dt>{_e(name)}</dt><dd>{value}</dd>" for name, value in facts)
     return (
         f'<header>\n<p class="kicker">{_e(kicker or "pausewatch compliance report")}</p>\n'
-        f"<h1>Lab {_e(report.lab_id)}</h1>\n"
+        f"<h1>{_e(lab_title(report))}</h1>\n"
         f'<dl class="facts">\n{rows}\n</dl>\n</header>'
     )
 
@@ -1220,21 +1268,26 @@ def render_html(
     title: str | None = None,
     analysis_notice: str = "",
     notes: Sequence[str] = (),
+    stamp: OfflineStamp | None = None,
 ) -> str:
     """The whole report as one self-contained HTML5 page (see the module docstring).
 
-    ``title`` replaces the default page title, "pausewatch compliance report: <lab>, <period>".
+    ``title`` replaces the default page title, "pausewatch compliance report: <lab name> (<lab
+    id>), <period>". ``stamp`` says the report was recomputed offline from a bundle (which, under
+    which log key, at which checkpoint, and whether it verified); without one, the page says it
+    shows the verifier's own report, not re-verified.
     ``analysis_notice`` marks the page as an unattested what-if analysis (a banner above all
     else); ``notes`` join the data-quality banner under the verdict.
     """
     if title is None:
         title = (
-            f"pausewatch compliance report: {report.lab_id}, "
+            f"pausewatch compliance report: {lab_title(report)}, "
             f"{format_time_ns(report.period_start_ns)} to {format_time_ns(report.period_end_ns)}"
         )
     sections = [
         _analysis_notice(analysis_notice) if analysis_notice else "",
         _header(report, "pausewatch what-if analysis (unattested)" if analysis_notice else ""),
+        "" if analysis_notice else _stamp(stamp),
         "<main>",
         _verdict(report),
         _data_quality(report, notes),

@@ -533,6 +533,7 @@ class ComplianceReport(_message.Message):
     PROVISIONAL_FIELD_NUMBER: _builtins.int
     COVERAGE_UNTIL_NS_FIELD_NUMBER: _builtins.int
     COVERAGE_FROM_NS_FIELD_NUMBER: _builtins.int
+    LAB_NAME_FIELD_NUMBER: _builtins.int
     SITES_FIELD_NUMBER: _builtins.int
     lab_id: _builtins.str
     """The lab."""
@@ -574,6 +575,8 @@ class ComplianceReport(_message.Message):
     """Coverage counts whole buckets: from this time (the first bucket that starts in the period)
     up to coverage_until_ns (rounded down to a bucket start), ns since the epoch.
     """
+    lab_name: _builtins.str
+    """The lab's name as registered (its latest LabRecord in the log), for reading; lab_id decides."""
     @_builtins.property
     def rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___RuleResult]:
         """One result per policy rule."""
@@ -638,11 +641,12 @@ class ComplianceReport(_message.Message):
         provisional: _builtins.bool = ...,
         coverage_until_ns: _builtins.int = ...,
         coverage_from_ns: _builtins.int = ...,
+        lab_name: _builtins.str = ...,
         sites: _abc.Iterable[_site_pb2.SiteSummary] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["coverage", b"coverage", "totals", b"totals"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of_ns", b"as_of_ns", "bucket_ns", b"bucket_ns", "coverage", b"coverage", "coverage_from_ns", b"coverage_from_ns", "coverage_until_ns", b"coverage_until_ns", "evaluated_at_ns", b"evaluated_at_ns", "findings", b"findings", "gaps", b"gaps", "lab_id", b"lab_id", "nodes", b"nodes", "period_end_ns", b"period_end_ns", "period_start_ns", b"period_start_ns", "policy_digest", b"policy_digest", "policy_id", b"policy_id", "policy_version", b"policy_version", "provisional", b"provisional", "reasons", b"reasons", "rules", b"rules", "series", b"series", "sites", b"sites", "table_version", b"table_version", "totals", b"totals", "tree_size", b"tree_size", "verdict", b"verdict"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of_ns", b"as_of_ns", "bucket_ns", b"bucket_ns", "coverage", b"coverage", "coverage_from_ns", b"coverage_from_ns", "coverage_until_ns", b"coverage_until_ns", "evaluated_at_ns", b"evaluated_at_ns", "findings", b"findings", "gaps", b"gaps", "lab_id", b"lab_id", "lab_name", b"lab_name", "nodes", b"nodes", "period_end_ns", b"period_end_ns", "period_start_ns", b"period_start_ns", "policy_digest", b"policy_digest", "policy_id", b"policy_id", "policy_version", b"policy_version", "provisional", b"provisional", "reasons", b"reasons", "rules", b"rules", "series", b"series", "sites", b"sites", "table_version", b"table_version", "totals", b"totals", "tree_size", b"tree_size", "verdict", b"verdict"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
