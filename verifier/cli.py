@@ -26,6 +26,7 @@ from attest.exitcodes import ExitCode, exit_code_for
 from verifier import policy as policy_file
 from verifier.cli_audit import audit, log_group
 from verifier.cli_common import emit
+from verifier.cli_site import site
 from verifier.demo import demo_command
 
 log = logging.getLogger(__name__)
@@ -211,6 +212,7 @@ def serve(config_path: Path, listen: str | None, port_file: Path | None) -> None
 cli.add_command(audit)
 cli.add_command(log_group)
 cli.add_command(demo_command)
+cli.add_command(site)
 
 # gRPC status codes of a refused request, and the exit code each maps to.
 _USAGE_STATUS = frozenset(
