@@ -33,6 +33,7 @@ from pausewatch.v1 import bundle_pb2 as bpb
 from pausewatch.v1 import findings_pb2 as fpb
 from pausewatch.v1 import policy_pb2 as ppb
 from pausewatch.v1 import registry_pb2 as rpb
+from pausewatch.v1 import site_pb2
 
 from attest import compute, merkle
 from attest import tpm as attest_tpm
@@ -61,11 +62,14 @@ from attest.errors import (
 )
 from attest.ids import Digest, NodeId
 from attest.keys import key_id_from_raw, public_key_from_raw
+from attest.meter import MeterReading
 from attest.note import Ed25519NoteVerifier, parse_verifier_key
 from verifier import accounts, evaluation
 from verifier import tpm as tpm_checks
 from verifier.accounts import Bucket, WindowEdge
 from verifier.policy import Policy, load_policy_bytes, record_in_force
+from verifier.site import EnergySpan, SiteInputs
+from verifier.site_report import sites_in_force, verify_meter_entry, window_energy_span
 from verifier.store.base import EntryKind, ReadView
 
 log = logging.getLogger(__name__)
@@ -81,6 +85,7 @@ _LAB_KINDS = (
     EntryKind.INVENTORY,
     EntryKind.REVOCATION,
     EntryKind.FORK_EVIDENCE,
+    EntryKind.SITE,
 )
 
 
@@ -136,6 +141,9 @@ def select_entries(
     for finding in report.findings:
         indices.add(finding.log_index)
         indices.update(i for i in finding.finding.evidence_log_indices if i < size)
+    # The meter readings each site's figures rest on.
+    for summary in report.sites:
+        indices.update(i for i in summary.reading_log_indices if i < size)
     return sorted(indices)
 
 
@@ -324,6 +332,9 @@ class _State:
     forks_found: set[tuple[bytes, int]] = field(default_factory=set)
     tpm_settings: tpm_checks.TpmSettings = field(default_factory=tpm_checks.TpmSettings)
     ima_allowlist: frozenset[tuple[str, bytes]] | None = None
+    site_versions: list[tuple[site_pb2.SiteDeclaration, int]] = field(default_factory=list)
+    meter_entries: list[tuple[int, bytes]] = field(default_factory=list)
+    window_energy: dict[bytes, list[EnergySpan]] = field(default_factory=dict)
 
     def fail(self, message: str) -> None:
         self.result.failures.append(message)
@@ -573,6 +584,18 @@ def _fold_entry(state: _State, index: int, raw: bytes) -> None:
     if kind == PayloadType.ATTESTATION:
         _fold_attestation(state, index, envelope)
         return
+    if kind == PayloadType.SITE:
+        verified = verify_parsed_envelope(envelope, state.log_ring, payload_type=kind)
+        site = site_pb2.SiteDeclaration()
+        _parse_message(site, verified.payload, "SiteDeclaration")
+        if site.lab_id != state.lab_id:
+            raise VerificationError("a site declaration of another lab")
+        state.site_versions.append((site, index))
+        return
+    if kind == PayloadType.METER_READING:
+        # Checked against the keys its meter was declared with when the sites are known.
+        state.meter_entries.append((index, envelope.raw))
+        return
     raise VerificationError(f"unexpected payload type {kind!r}")
 
 
@@ -650,6 +673,7 @@ def _fold_attestation(state: _State, index: int, envelope: Envelope) -> None:
     node.windows.append(fold.edge)
     node.folds.append(fold)
     state.folds.append(fold)
+    state.window_energy.setdefault(bytes(node.node_id), []).append(window_energy_span(body))
     if node.tpm is not None:
         outcome = tpm_checks.check_window_quote(
             node.tpm.ak,
@@ -887,6 +911,39 @@ def _recompute(state: _State, bundle: bpb.EvidenceBundle) -> pb.ComplianceReport
         evaluated_at_ns=max(server.evaluated_at_ns, as_of),
         open_gap_grace_ns=bundle.open_gap_grace_ns,
         lab_name=state.lab_name,
+    )
+
+
+def _site_inputs(state: _State, first_bucket_ns: int, as_of_ns: int) -> SiteInputs | None:
+    """The sites' inputs from what the bundle holds (as :mod:`verifier.site_report` gathers
+    them from the store)."""
+    if not state.site_versions:
+        return None
+    sites = sites_in_force(
+        state.site_versions, lab_node_ids=frozenset(state.nodes), as_of_ns=as_of_ns
+    )
+    keys = {m: k for site in sites for m, k in site.meter_keys.items()}
+    readings: dict[str, list[MeterReading]] = {}
+    reading_log_index: dict[bytes, int] = {}
+    for index, raw in state.meter_entries:
+        envelope = parse_envelope(raw, max_size=MAX_BUNDLE_BYTES)
+        candidates = [k for meter_keys in keys.values() for k in meter_keys]
+        reading = verify_meter_entry(
+            raw, [k for k in candidates if key_id_from_raw(k.public_bytes_raw()) == envelope.key_id]
+        )
+        if reading.lab_id != state.lab_id or reading.meter_id not in keys:
+            raise VerificationError(f"entry {index}: a reading of a meter the sites do not declare")
+        readings.setdefault(reading.meter_id, []).append(reading)
+        reading_log_index[reading.digest] = index
+    window_energy = {
+        node_id: [s for s in spans if first_bucket_ns <= s.start_ns < as_of_ns]
+        for node_id, spans in state.window_energy.items()
+    }
+    return SiteInputs(
+        sites=tuple((s.params, s.declaration.version) for s in sites),
+        readings=readings,
+        reading_log_index=reading_log_index,
+        window_energy=window_energy,
     )
 
 

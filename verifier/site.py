@@ -343,3 +343,50 @@ def site_bound_by_bucket(summaries: Sequence[site_pb2.SiteSummary]) -> dict[int,
             if bound:
                 out[point.bucket_start_ns] = out.get(point.bucket_start_ns, 0) + bound
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class SiteInputs:
+    """What a report needs for a lab's sites, gathered from the store or from a bundle.
+
+    ``window_energy`` holds each node's attested window energy (windows that start in the report's
+    buckets); the evaluation adds the energy of the node's energy-bounded gaps itself, from the
+    gaps it computes, so that server and auditor count the same."""
+
+    sites: tuple[tuple[SiteParameters, int], ...]
+    """(parameters, declaration version) of each site in force, by site id."""
+    readings: Mapping[str, Sequence[MeterReading]]
+    reading_log_index: Mapping[bytes, int]
+    window_energy: Mapping[bytes, Sequence[EnergySpan]]
+
+
+def summarize_sites(
+    inputs: SiteInputs,
+    gap_energy: Mapping[bytes, Sequence[EnergySpan]],
+    *,
+    starts: Sequence[int],
+    bucket_ns: int,
+    as_of_ns: int,
+) -> list[site_pb2.SiteSummary]:
+    """Every site's summary: its nodes' window energy and gap energy against its meters."""
+    out: list[site_pb2.SiteSummary] = []
+    for params, version in inputs.sites:
+        spans = [
+            span
+            for node_id in sorted(params.node_ids)
+            for source in (inputs.window_energy, gap_energy)
+            for span in source.get(node_id, ())
+        ]
+        out.append(
+            summarize_site(
+                params,
+                {m: inputs.readings.get(m, ()) for m in params.meter_ids},
+                spans,
+                starts=starts,
+                bucket_ns=bucket_ns,
+                as_of_ns=as_of_ns,
+                declaration_version=version,
+                reading_log_index=inputs.reading_log_index,
+            )
+        )
+    return out

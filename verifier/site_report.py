@@ -1,14 +1,14 @@
 """Site figures for a report, gathered from the store (the server's side of site power).
 
-    summaries = site_summaries_from_store(view, "lab-a", period_start_ns, as_of_ns,
-                                          bucket_ns=60 * 10**9, starts=bucket_starts)
-    extra = site_bound_by_bucket(summaries)     # what upper-bound rules add, per bucket
+    inputs = site_inputs_from_store(view, "lab-a", first_bucket_ns, as_of_ns)
+    report = evaluation.evaluate(..., site_inputs=inputs)     # the sites' summaries and bounds
 
 For each site of the lab (the declaration in force at ``as_of``): its meters' readings over the
 period, each re-verified under a key declared for its meter; the GPU energy its nodes attested
 (every GPU's counter over each accepted window whose counter was usable, and the energy across
-each energy-bounded gap), each attestation re-verified under its node's key; then the pure
-accounting of :func:`verifier.site.summarize_site`, which the offline auditor runs over a bundle.
+each energy-bounded gap, which the evaluation adds), each attestation re-verified under its
+node's key. The evaluation then runs the pure accounting of :func:`verifier.site.summarize_sites`,
+as the offline auditor does over a bundle.
 The cost is the readings and attestations of the period, not the buckets alone (a rollup per node
 would make it cheaper; not done yet).
 """
@@ -28,13 +28,9 @@ from attest.errors import VerificationError
 from attest.keys import public_key_from_raw
 from attest.meter import MeterReading, verify_reading
 from verifier.policy import record_in_force
-from verifier.site import EnergySpan, SiteParameters, summarize_site
+from verifier.site import EnergySpan, SiteInputs, SiteParameters
 from verifier.site_file import site_parameters
 from verifier.store.base import ReadView
-
-WINDOW_LOOKBACK_NS = 3_600 * 10**9
-"""Attestations are looked up from this long before the period, so that a window that started
-before it and reaches into it is counted (pro-rated)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,52 +99,15 @@ def window_energy_span(body: apb.AttestationBody) -> EnergySpan:
     return EnergySpan(body.window_start_ns, body.window_end_ns, energy_mj)
 
 
-def summaries_for(
-    sites: Sequence[SiteInForce],
-    readings: dict[str, list[MeterReading]],
-    reading_log_index: dict[bytes, int],
-    energy_by_node: dict[bytes, list[EnergySpan]],
-    *,
-    starts: Sequence[int],
-    bucket_ns: int,
-    as_of_ns: int,
-) -> list[site_pb2.SiteSummary]:
-    """Every site's summary (the part the server and the offline auditor share)."""
-    out: list[site_pb2.SiteSummary] = []
-    for site in sites:
-        spans = [
-            span
-            for node_id in sorted(site.params.node_ids)
-            for span in energy_by_node.get(node_id, [])
-        ]
-        out.append(
-            summarize_site(
-                site.params,
-                {m: readings.get(m, []) for m in site.params.meter_ids},
-                spans,
-                starts=starts,
-                bucket_ns=bucket_ns,
-                as_of_ns=as_of_ns,
-                declaration_version=site.declaration.version,
-                reading_log_index=reading_log_index,
-            )
-        )
-    return out
-
-
-def site_summaries_from_store(
-    view: ReadView,
-    lab_id: str,
-    period_start_ns: int,
-    as_of_ns: int,
-    *,
-    bucket_ns: int,
-    starts: Sequence[int],
-) -> list[site_pb2.SiteSummary]:
-    """The lab's site summaries over the report's buckets, from one read view."""
+def site_inputs_from_store(
+    view: ReadView, lab_id: str, first_bucket_ns: int, as_of_ns: int
+) -> SiteInputs | None:
+    """What the evaluation needs for the lab's sites, from one read view; ``None`` if the lab
+    has no site. Windows are those that start in ``[first_bucket_ns, as_of_ns)``, the ones a
+    bundle of the same report carries."""
     rows = view.sites(lab_id)
     if not rows:
-        return []
+        return None
     nodes = {node.node_id: node for node in view.list_nodes(lab_id)}
     sites = sites_in_force(
         ((site_pb2.SiteDeclaration.FromString(r.declaration), r.log_index) for r in rows),
@@ -159,17 +118,17 @@ def site_summaries_from_store(
     reading_log_index: dict[bytes, int] = {}
     for site in sites:
         for meter_id in site.params.meter_ids:
-            meter_rows = view.meter_readings(lab_id, meter_id, period_start_ns, as_of_ns)
+            meter_rows = view.meter_readings(lab_id, meter_id, first_bucket_ns, as_of_ns)
             for entry in view.entries([r.log_index for r in meter_rows]):
                 reading = verify_meter_entry(entry.entry, site.meter_keys.get(meter_id, []))
                 readings.setdefault(meter_id, []).append(reading)
                 reading_log_index[reading.digest] = entry.index
     site_nodes = frozenset(n for site in sites for n in site.params.node_ids)
-    energy_by_node: dict[bytes, list[EnergySpan]] = {}
+    window_energy: dict[bytes, list[EnergySpan]] = {}
     attestation_rows = [
         row
-        for row in view.attestations_in(lab_id, period_start_ns - WINDOW_LOOKBACK_NS, as_of_ns)
-        if row.node_id in site_nodes and row.window_end_ns > period_start_ns
+        for row in view.attestations_in(lab_id, first_bucket_ns, as_of_ns)
+        if row.node_id in site_nodes
     ]
     rings: dict[bytes, StaticKeyring] = {}
     for row, entry in zip(
@@ -180,19 +139,10 @@ def site_summaries_from_store(
             ring = rings[row.node_id] = StaticKeyring()
             ring.add(public_key_from_raw(nodes[row.node_id].public_key))
         verified = verify_attestation(entry.entry, ring)
-        energy_by_node.setdefault(row.node_id, []).append(window_energy_span(verified.body))
-    for node_id in site_nodes:
-        for gap in view.gaps_overlapping(node_id, period_start_ns, as_of_ns):
-            if gap.energy_bounded:
-                energy_by_node.setdefault(node_id, []).append(
-                    EnergySpan(gap.start_ns, gap.end_ns, gap.energy_mj)
-                )
-    return summaries_for(
-        sites,
-        readings,
-        reading_log_index,
-        energy_by_node,
-        starts=starts,
-        bucket_ns=bucket_ns,
-        as_of_ns=as_of_ns,
+        window_energy.setdefault(row.node_id, []).append(window_energy_span(verified.body))
+    return SiteInputs(
+        sites=tuple((s.params, s.declaration.version) for s in sites),
+        readings=readings,
+        reading_log_index=reading_log_index,
+        window_energy=window_energy,
     )
