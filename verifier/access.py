@@ -16,6 +16,8 @@ otherwise. Roles:
 - ``auditor``: every read (reports, findings, bundles, registry reads, log entries).
 - ``lab_operator`` of lab X: the registry calls and the reads for lab X only.
 - ``node_agent`` of node N: challenges, enrolment and attestation for node N only.
+- ``meter_gateway``: a site meter's gateway: meter readings in (each still authorised by the key
+  its meter was declared with) and where a meter's chain stands.
 - ``public``: health, checkpoints and proofs.
 
 Writes stay authorised by signatures as well (node key, operator key): a role only narrows who
@@ -44,6 +46,7 @@ class Role(StrEnum):
     AUDITOR = "auditor"
     LAB_OPERATOR = "lab_operator"
     NODE_AGENT = "node_agent"
+    METER_GATEWAY = "meter_gateway"
     PUBLIC = "public"
 
 

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from pausewatch.v1 import attestation_service_pb2, audit_pb2, registry_pb2
+from pausewatch.v1 import attestation_service_pb2, audit_pb2, registry_pb2, site_pb2
 
 from attest.errors import ConfigError
 from attest.keys import load_private_key
@@ -35,6 +35,7 @@ from verifier.config import VerifierConfig
 from verifier.core import VerifierCore
 from verifier.ingest import Ingestor
 from verifier.limits import Limiter
+from verifier.meters import SiteRegistry
 from verifier.metrics import VerifierMetrics
 from verifier.monitor import PolicyMonitor
 from verifier.registry import Registry
@@ -44,6 +45,7 @@ from verifier.servicers import (
     AuditServicer,
     RegistryServicer,
     Runtime,
+    SiteServicer,
     add_service,
 )
 from verifier.store.base import Store
@@ -56,6 +58,7 @@ SERVICE_NAMES = (
     attestation_service_pb2.DESCRIPTOR.services_by_name["AttestationService"].full_name,
     registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name,
     audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
+    site_pb2.DESCRIPTOR.services_by_name["SiteService"].full_name,
 )
 
 
@@ -86,6 +89,8 @@ class VerifierServer:
         self.core = VerifierCore(config, store, key, clock_ns)
         self.registry = Registry(self.core)
         self.registry.sync_labs(config.labs)
+        self.sites = SiteRegistry(self.core)
+        self.sites.sync(config.labs)
         self.ingestor = Ingestor(self.core)
         self.auditor = Auditor(self.core)
         self.monitor = PolicyMonitor(self.core, self.auditor)
@@ -174,6 +179,7 @@ class VerifierServer:
             _service(audit_pb2, "AuditService"),
             AuditServicer(self.core, self.auditor, runtime),
         )
+        add_service(server, _service(site_pb2, "SiteService"), SiteServicer(self.sites, runtime))
         if server_config.reflection:
             from grpc_reflection.v1alpha import reflection
 

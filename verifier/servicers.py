@@ -36,6 +36,7 @@ from google.protobuf.message_factory import GetMessageClass
 from pausewatch.v1 import attestation_service_pb2 as spb
 from pausewatch.v1 import audit_pb2 as apb
 from pausewatch.v1 import registry_pb2 as rpb
+from pausewatch.v1 import site_pb2
 
 from attest.envelope import PayloadType, parse_envelope
 from attest.errors import (
@@ -66,6 +67,7 @@ from verifier.errors import (
 )
 from verifier.ingest import Ingestor
 from verifier.limits import Limiter
+from verifier.meters import MAX_READINGS_PER_REQUEST, SiteRegistry
 from verifier.metrics import VerifierMetrics
 from verifier.registry import Registry
 
@@ -367,6 +369,42 @@ class AttestationServicer:
             if release is not None:
                 release()
                 runtime.metrics.stream_closed("SubmitAttestations")
+
+
+class SiteServicer:
+    """Meter readings in, where a meter's chain stands out (docs/site-power.md)."""
+
+    def __init__(self, sites: SiteRegistry, runtime: Runtime) -> None:
+        self.sites = sites
+        self.runtime = runtime
+
+    @unary
+    async def SubmitMeterReadings(
+        self, request: site_pb2.SubmitMeterReadingsRequest, caller: Principal
+    ) -> site_pb2.SubmitMeterReadingsResponse:
+        # A reading is authorised by the key declared for its meter; the role only says who may
+        # ask: the regulator (imports) and meter gateways.
+        caller.require(Role.METER_GATEWAY, what="submit meter readings")
+        envelopes = list(request.envelopes)
+        if len(envelopes) > MAX_READINGS_PER_REQUEST:
+            raise InvalidRequestError(
+                f"a request holds at most {MAX_READINGS_PER_REQUEST} readings; got {len(envelopes)}"
+            )
+        receipts = await self.runtime.run(self.sites.submit, envelopes)
+        return site_pb2.SubmitMeterReadingsResponse(receipts=receipts)
+
+    @unary
+    async def GetMeterHead(
+        self, request: site_pb2.GetMeterHeadRequest, caller: Principal
+    ) -> site_pb2.GetMeterHeadResponse:
+        if caller.role is not Role.METER_GATEWAY:
+            caller.require_lab_read(request.lab_id)
+        head = await self.runtime.run(self.sites.head, request.lab_id, request.meter_id)
+        if head is None:
+            return site_pb2.GetMeterHeadResponse(has_head=False)
+        return site_pb2.GetMeterHeadResponse(
+            has_head=True, seq=head.seq, digest=head.digest, interval_end_ns=head.interval_end_ns
+        )
 
 
 class RegistryServicer:
