@@ -61,6 +61,9 @@ class Figure(StrEnum):
     """Tensor-active (or assumed 0.4 of busy) seconds x peak bf16: a best estimate."""
     ENERGY = "energy"
     """Energy x FLOP per joule at peak: a cross-check (0 where the counter was unusable)."""
+    SITE_ENERGY = "site_energy"
+    """Site energy no attested GPU explains, at the GPU table's best FLOP per joule (site power:
+    per bucket of the report, never per window; 0 where the lab has no metered site)."""
 
 
 # --- figures per GPU-window ----------------------------------------------------------------------
@@ -521,6 +524,8 @@ def _pick(figure: Figure, upper: int, central: int, energy: int) -> int:
             return central
         case Figure.ENERGY:
             return energy
+        case Figure.SITE_ENERGY:  # not a window's figure: the evaluation adds it per bucket
+            return 0
 
 
 # --- windows and gaps ----------------------------------------------------------------------------

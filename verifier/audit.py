@@ -32,6 +32,7 @@ from verifier.accounts import Bucket, Figure, Gap, WindowEdge
 from verifier.core import VerifierCore
 from verifier.errors import InvalidRequestError, NotFoundError
 from verifier.policy import Policy, load_policy_bytes, record_in_force
+from verifier.site_report import site_inputs_from_store
 from verifier.store.base import AttestationRow, GapRow, LabRow, NodeRow, ReadView
 from verifier.tpm import tpm_identity
 
@@ -170,6 +171,7 @@ class Auditor:
             evaluated_at_ns=max(now_ns, as_of),
             open_gap_grace_ns=ingest.open_gap_grace_ns,
             lab_name=lab.name if (lab := view.get_lab(lab_id)) is not None else "",
+            site_inputs=site_inputs_from_store(view, lab_id, first_bucket, as_of),
         )
 
     def policy(self, view: ReadView, lab_id: str, at_ns: int) -> Policy:

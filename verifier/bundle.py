@@ -911,6 +911,7 @@ def _recompute(state: _State, bundle: bpb.EvidenceBundle) -> pb.ComplianceReport
         evaluated_at_ns=max(server.evaluated_at_ns, as_of),
         open_gap_grace_ns=bundle.open_gap_grace_ns,
         lab_name=state.lab_name,
+        site_inputs=_site_inputs(state, accounts.bucket_start(start, bucket_ns), as_of),
     )
 
 

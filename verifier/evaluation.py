@@ -29,7 +29,7 @@ from itertools import pairwise
 from typing import Protocol
 
 from pausewatch.v1 import audit_pb2 as pb
-from pausewatch.v1 import findings_pb2
+from pausewatch.v1 import findings_pb2, site_pb2
 
 from attest import compute
 from attest.ids import NodeId
@@ -60,9 +60,11 @@ from verifier.policy import (
     format_ppm,
     validate_for_buckets,
 )
+from verifier.site import EnergySpan, SiteInputs, site_bound_by_bucket, summarize_sites
 
 NS_PER_MS = 1_000_000
 NS_PER_S = 1_000_000_000
+MJ_PER_J = 1_000
 PPM = 1_000_000
 MAX_EVIDENCE = 100
 """At most this many log indices of evidence per rule."""
@@ -239,6 +241,31 @@ class _Context:
     gaps: tuple[tuple[Gap, str], ...]
     evidence: EvidenceIndex
     rooting: tuple[NodeRooting, ...] = ()
+    sites: tuple[site_pb2.SiteSummary, ...] = ()
+    site_series: tuple[int, ...] = ()
+    """Per bucket: the sites' compute bound of unexplained energy (empty: no site)."""
+
+    def amounts(self, figure: Figure) -> list[int]:
+        """A compute rule's per-bucket amounts: upper-bound rules include the sites' bound of
+        energy nothing attested explains; ``site_energy`` rules measure that bound alone."""
+        site = self.site_series or (0,) * len(self.buckets)
+        if figure is Figure.SITE_ENERGY:
+            return list(site)
+        if figure is Figure.UPPER_BOUND:
+            return [b.upper_bound_flop + s for b, s in zip(self.buckets, site, strict=True)]
+        return [bucket.flop(figure) for bucket in self.buckets]
+
+    def evidence_for(self, start_ns: int, end_ns: int, figure: Figure) -> list[int]:
+        """The log indices a compute rule's stretch rests on: the top windows, and the meter
+        readings of sites whose unexplained energy counts in it."""
+        found = [] if figure is Figure.SITE_ENERGY else self.top(start_ns, end_ns, figure)
+        if figure in (Figure.UPPER_BOUND, Figure.SITE_ENERGY):
+            for summary in self.sites:
+                if any(
+                    p.excess_mj and start_ns <= p.bucket_start_ns < end_ns for p in summary.series
+                ):
+                    found += [i for i in summary.reading_log_indices if i not in found]
+        return found[:MAX_EVIDENCE]
 
     def stretch(self, run: _Run) -> tuple[int, int]:
         if run.count == 0:
@@ -300,6 +327,7 @@ def evaluate(
     evaluated_at_ns: int | None = None,
     open_gap_grace_ns: int = 0,
     lab_name: str = "",
+    site_inputs: SiteInputs | None = None,
 ) -> pb.ComplianceReport:
     """The compliance report of ``lab_id`` over ``[period_start_ns, period_end_ns)`` as of
     ``as_of_ns``, under ``policy``.
@@ -307,6 +335,10 @@ def evaluate(
     ``evaluated_at_ns`` (the clock reading the report was made at; ``as_of_ns`` when None) and
     ``open_gap_grace_ns`` decide whether the report is provisional, and how far coverage counts:
     see :func:`coverage_horizon`.
+
+    ``site_inputs`` (the lab's sites, their readings and the nodes' window energy) adds each
+    site's summary; the compute bound of a site's unexplained energy counts in upper-bound rules
+    and is what ``site_energy`` rules measure (docs/site-power.md).
 
     ``buckets`` maps bucket start to bucket (others than the report's are ignored, missing ones are
     zero); ``nodes`` are the lab's nodes (those enrolled at or after ``as_of`` or revoked before the
@@ -371,6 +403,20 @@ def evaluate(
         for node in active
         for gap in sorted(node.gaps, key=lambda gap: (gap.start_ns, gap.end_ns))
     )
+    sites: tuple[site_pb2.SiteSummary, ...] = ()
+    if site_inputs is not None:
+        gap_energy: dict[bytes, list[EnergySpan]] = {}
+        for gap, _ in gaps:
+            if gap.energy_bounded and gap.energy_mj:
+                gap_energy.setdefault(bytes(gap.node_id), []).append(
+                    EnergySpan(gap.start_ns, gap.end_ns, gap.energy_mj)
+                )
+        sites = tuple(
+            summarize_sites(
+                site_inputs, gap_energy, starts=starts, bucket_ns=bucket_ns, as_of_ns=as_of_ns
+            )
+        )
+    site_bounds = site_bound_by_bucket(sites)
     context = _Context(
         period_start_ns=period_start_ns,
         as_of_ns=as_of_ns,
@@ -384,6 +430,8 @@ def evaluate(
         gaps=gaps,
         evidence=evidence,
         rooting=tuple(node_rooting(node, logged) for node in active),
+        sites=sites,
+        site_series=tuple(site_bounds.get(start, 0) for start in starts),
     )
 
     report = pb.ComplianceReport(
@@ -454,8 +502,10 @@ def evaluate(
                 tpm_id=node.tpm_id,
             )
         )
+    report.sites.extend(sites)
     report.verdict, reasons = _verdict(results, logged)
     report.reasons.extend(reasons)
+    _site_reasons(report, policy)
     if provisional:
         report.reasons.append(
             f"PROVISIONAL: evidence up to {format_time_ns(as_of_ns)}; the verdict may change "
@@ -568,10 +618,7 @@ def _result(
 
 
 def _cumulative(rule: CumulativeFlopRule, context: _Context) -> pb.RuleResult:
-    run = _worst_run(
-        [bucket.flop(rule.figure) for bucket in context.buckets],
-        rule.window_ns // context.bucket_ns,
-    )
+    run = _worst_run(context.amounts(rule.figure), rule.window_ns // context.bucket_ns)
     start, end = context.stretch(run)
     over = run.amount > rule.limit_flop
     short = (
@@ -592,17 +639,14 @@ def _cumulative(rule: CumulativeFlopRule, context: _Context) -> pb.RuleResult:
         unit="flop",
         method=rule.figure.value,
         stretch=(start, end),
-        evidence=context.top(start, end, rule.figure),
+        evidence=context.evidence_for(start, end, rule.figure),
         summary=summary,
     )
 
 
 def _sustained(rule: SustainedRateRule, context: _Context) -> pb.RuleResult:
     interval_s = rule.interval_ns // NS_PER_S
-    run = _worst_run(
-        [bucket.flop(rule.figure) for bucket in context.buckets],
-        rule.interval_ns // context.bucket_ns,
-    )
+    run = _worst_run(context.amounts(rule.figure), rule.interval_ns // context.bucket_ns)
     start, end = context.stretch(run)
     allowed = rule.limit_flop_per_s * interval_s
     over = run.amount > allowed
@@ -621,7 +665,7 @@ def _sustained(rule: SustainedRateRule, context: _Context) -> pb.RuleResult:
         unit="flop_per_s",
         method=rule.figure.value,
         stretch=(start, end),
-        evidence=context.top(start, end, rule.figure),
+        evidence=context.evidence_for(start, end, rule.figure),
         summary=summary,
     )
 
@@ -870,6 +914,34 @@ def _verdict(
     return pb.VERDICT_COMPLIANT, [
         f"COMPLIANT: all {len(results)} rules hold and no evidence failed verification"
     ]
+
+
+def _site_reasons(report: pb.ComplianceReport, policy: Policy) -> None:
+    """A site whose metered energy its attested GPUs do not explain contradicts the evidence: the
+    report cannot be COMPLIANT (at least UNACCOUNTED), whatever the rules say. Unmetered time does
+    so too where a rule measures ``site_energy`` (the lab agreed to be checked by its meters)."""
+    measures_site = any(
+        getattr(rule, "figure", None) is Figure.SITE_ENERGY for rule in policy.rules
+    )
+    problems: list[str] = []
+    for summary in report.sites:
+        if summary.excess_mj:
+            problems.append(
+                f"UNACCOUNTED: site {summary.site_id}: {summary.unexplained_mj // MJ_PER_J} J of "
+                f"IT energy that no attested GPU explains ({summary.excess_mj // MJ_PER_J} J past "
+                f"the declared tolerance), enough for {format_flop(int(summary.bound_flop))} FLOP"
+            )
+        if measures_site and summary.unmetered_ns:
+            problems.append(
+                f"UNACCOUNTED: site {summary.site_id}: {summary.unmetered_ns // NS_PER_S} s "
+                "without a reading from every meter: the site's energy there is unknown"
+            )
+    if not problems:
+        return
+    if report.verdict == pb.VERDICT_COMPLIANT:
+        report.verdict = pb.VERDICT_UNACCOUNTED
+        del report.reasons[:]
+    report.reasons.extend(problems)
 
 
 # --- text ----------------------------------------------------------------------------------------

@@ -593,6 +593,7 @@ FIGURE_WORDS = {
     Figure.UPPER_BOUND: "upper-bound",
     Figure.CENTRAL_ESTIMATE: "central-estimate",
     Figure.ENERGY: "energy cross-check",
+    Figure.SITE_ENERGY: "site energy nothing attested explains",
 }
 
 

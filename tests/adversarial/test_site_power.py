@@ -45,7 +45,8 @@ MINUTE = 60 * S
 QUARTER = 15 * MINUTE
 GATEWAY = Ed25519Signer.from_private_key(fixed_private_key(301))
 STRANGER = Ed25519Signer.from_private_key(fixed_private_key(302))
-HONEST_W = 2 * 350 + 2_000  # the node's GPUs and the declared non-GPU load: IT power
+NON_GPU_W = 2_000  # the site file's declared non-GPU load
+HONEST_W = 2 * 350 + NON_GPU_W  # the node's GPUs and the declared non-GPU load: IT power
 HIDDEN_W = 8 * 700  # eight H100s at board power, no agent, never declared
 PUE_MILLI = 1_250
 
@@ -248,13 +249,15 @@ def test_hidden_gpus_drawing_power_are_a_violation(lab: Lab) -> None:
         assert (code, result["verdict"]) == (1, "VERDICT_VIOLATION"), (start_min, end_min)
         site = site_of(result)
         minutes = end_min - start_min
-        # 5.6 kW of IT power nothing attested explains, less the 10 % slack of the IT energy.
-        it_mj = HONEST_W + HIDDEN_W
-        expected_excess_mj = (HIDDEN_W - it_mj // 10) * 60 * minutes * 1000
+        # 5.6 kW of IT power nothing attested explains, less the 10 % slack of the IT energy
+        # (IT: the GPUs, attested and hidden; the declared 2 kW non-GPU load is not IT energy
+        # that GPUs must explain).
+        it_w = HONEST_W + HIDDEN_W - NON_GPU_W
+        expected_excess_mj = (HIDDEN_W - it_w // 10) * 60 * minutes * 1000
         assert abs(int(site["excess_mj"]) - expected_excess_mj) <= minutes * 1000
         assert int(site["bound_flop"]) > 10**19
-        assert rule(result, "pause")["outcome"] == "RULE_OUTCOME_FAIL"
-        assert rule(result, "site-energy")["outcome"] == "RULE_OUTCOME_FAIL"
+        assert rule(result, "pause")["outcome"] == "RULE_OUTCOME_VIOLATION"
+        assert rule(result, "site-energy")["outcome"] == "RULE_OUTCOME_VIOLATION"
         assert site["reading_log_indices"], "the readings are the evidence"
     assert verify_bundle(lab, 0, 60)["verdict"] == "VERDICT_VIOLATION"
 

@@ -317,7 +317,7 @@ def test_merge_equals_adding_everything_to_one_bucket() -> None:
 
 def test_bucket_flop_picks_the_figure() -> None:
     bucket = Bucket(bucket_start_ns=0, upper_bound_flop=1, central_estimate_flop=2, energy_flop=3)
-    assert [bucket.flop(f) for f in Figure] == [1, 2, 3]
+    assert [bucket.flop(f) for f in Figure] == [1, 2, 3, 0]  # site energy is not a window's
 
 
 # --- gaps between two windows --------------------------------------------------------------------
