@@ -420,3 +420,25 @@ def test_formatting_is_exact_and_never_rounds_up() -> None:
     assert format_duration_ns(0) == "0s"
     assert format_ppm(995_000) == "99.5%"
     assert format_ppm(1) == "0.0001%"
+
+
+def test_a_site_energy_rule_loads() -> None:
+    from verifier.accounts import Figure
+    from verifier.policy import CumulativeFlopRule, load_policy_bytes
+
+    text = b"""
+format_version = 1
+policy_id = "p"
+version = 1
+lab_id = "lab-a"
+
+[[rules]]
+id = "site"
+kind = "cumulative_flop"
+window = "1h"
+limit_flop = "1e19"
+figure = "site_energy"
+"""
+    [rule] = load_policy_bytes(text, "p.toml").rules
+    assert isinstance(rule, CumulativeFlopRule)
+    assert rule.figure is Figure.SITE_ENERGY
