@@ -12,7 +12,11 @@ report_from`), and logs:
 - ``THRESHOLD_EXCEEDED`` (critical) for a ``cumulative_flop`` or ``sustained_rate`` rule whose
   outcome is a violation;
 - ``TRAINING_SIGNATURE`` for a ``training_signature`` rule that detected a run: critical when the
-  policy counts it as a violation, a warning when ``on_detect = "finding"``.
+  policy counts it as a violation, a warning when ``on_detect = "finding"``;
+- ``SITE_ENERGY_UNEXPLAINED`` (critical) for a site whose metered energy its nodes' attested GPU
+  energy does not explain past the declared tolerance (docs/site-power.md), with the stretch of
+  the buckets that show it and the readings as evidence: evaluated even for a lab whose policy
+  has no compute rule, over the last hour plus ``late_s``.
 
 Each finding carries the rule result: its worst stretch as the finding's period, its evidence log
 indices and its summary. A rule's finding is logged at most once per hour (or once per rule
@@ -90,6 +94,36 @@ def finding_for(rule: Rule, result: apb.RuleResult, lab_id: str) -> fpb.Finding 
     )
 
 
+def site_findings(report: apb.ComplianceReport, lab_id: str) -> list[tuple[str, fpb.Finding]]:
+    """A ``SITE_ENERGY_UNEXPLAINED`` finding for each site of the report with excess energy."""
+    out: list[tuple[str, fpb.Finding]] = []
+    for site in report.sites:
+        if not site.excess_mj:
+            continue
+        points = [p for p in site.series if p.excess_mj]
+        out.append(
+            (
+                site.site_id,
+                fpb.Finding(
+                    kind=fpb.FINDING_KIND_SITE_ENERGY_UNEXPLAINED,
+                    severity=fpb.SEVERITY_CRITICAL,
+                    lab_id=lab_id,
+                    period_start_ns=points[0].bucket_start_ns,
+                    period_end_ns=points[-1].bucket_end_ns,
+                    evidence_log_indices=list(site.reading_log_indices)[:64],
+                    measured=str(site.excess_mj),
+                    unit="mj",
+                    summary=(
+                        f"site {site.site_id}: {site.excess_mj // 1000} J of metered IT energy "
+                        f"that no attested GPU explains past the declared tolerance, enough for "
+                        f"{site.bound_flop} FLOP"
+                    )[:1000],
+                ),
+            )
+        )
+    return out
+
+
 class PolicyMonitor:
     """Evaluates each lab's recent stretch and logs breaches (see the module docstring)."""
 
@@ -120,13 +154,16 @@ class PolicyMonitor:
             policy = self.auditor.policy(view, lab_id, now)
             lookback = max((rule_window_ns(r) for r in policy.rules), default=0)
             if lookback == 0:
-                return []
+                if not view.sites(lab_id):
+                    return []
+                lookback = HOUR_NS  # the sites are checked even where no compute rule is
             start = now - lookback - self.core.config.monitor.late_ns
             report = self.auditor.report_from(
                 view, lab_id, start, now, now, compute_rules_only=True
             )
         found = self._findings(policy, report, lab_id)
-        if not found:
+        sites = site_findings(report, lab_id)
+        if not found and not sites:
             return []
         logged: list[int] = []
         with self.core.write() as w:
@@ -134,6 +171,9 @@ class PolicyMonitor:
                 period = max(HOUR_NS, rule_window_ns(rule))
                 key = f"policy:{lab_id}:{policy.policy_id}:{rule.rule_id}"
                 if w.tx.claim_once(key, w.now_ns + period, w.now_ns):
+                    logged.append(w.add_finding(finding))
+            for site_id, finding in sites:
+                if w.tx.claim_once(f"site:{lab_id}:{site_id}", w.now_ns + HOUR_NS, w.now_ns):
                     logged.append(w.add_finding(finding))
         return logged
 

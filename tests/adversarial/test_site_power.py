@@ -27,10 +27,11 @@ from pausewatch.v1 import site_pb2 as pb
 from pausewatch.v1 import site_pb2_grpc as pb_grpc
 
 from attest import meter
-from attest.envelope import PayloadType, envelope_digest, sign_envelope
+from attest.envelope import PayloadType, sign_envelope
 from attest.ids import ZERO_DIGEST
-from attest.keys import Ed25519Signer, format_public_key
+from attest.keys import Ed25519Signer
 from tests.builders import TestNode, fixed_private_key
+from tests.meters import NON_GPU_W, QUARTER_NS, gateway_readings, site_file
 from tests.verifier_harness import (
     REPO,
     Client,
@@ -42,13 +43,11 @@ from tests.verifier_harness import (
 
 S = 10**9
 MINUTE = 60 * S
-QUARTER = 15 * MINUTE
+QUARTER = QUARTER_NS
 GATEWAY = Ed25519Signer.from_private_key(fixed_private_key(301))
 STRANGER = Ed25519Signer.from_private_key(fixed_private_key(302))
-NON_GPU_W = 2_000  # the site file's declared non-GPU load
 HONEST_W = 2 * 350 + NON_GPU_W  # the node's GPUs and the declared non-GPU load: IT power
 HIDDEN_W = 8 * 700  # eight H100s at board power, no agent, never declared
-PUE_MILLI = 1_250
 
 POLICY = """
 format_version = 1
@@ -68,22 +67,6 @@ kind = "cumulative_flop"
 window = "1h"
 limit_flop = "1e19"
 figure = "site_energy"
-"""
-
-SITE = """
-format_version = 1
-site_id = "dc1"
-name = "Test DC 1"
-version = 1
-pue = "1.25"
-non_gpu_load_kw = "2"
-tolerance_percent = "10"
-nodes = "all"
-
-[[meter]]
-id = "main-1"
-source = "gateway"
-public_key = "{key}"
 """
 
 
@@ -112,9 +95,7 @@ class Lab:
 def lab(tmp_path: Path) -> Iterator[Lab]:
     directory = tmp_path / "v"
     directory.mkdir()
-    (directory / "dc1.toml").write_text(
-        SITE.format(key=format_public_key(GATEWAY.public_key)), encoding="utf-8"
-    )
+    (directory / "dc1.toml").write_text(site_file(GATEWAY), encoding="utf-8")
     files = write_verifier_files(directory, policy=POLICY, extra_lab='sites = ["dc1.toml"]')
     running = start_verifier_process(files, tmp_path / "verifier.log")
     try:
@@ -147,27 +128,7 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
 
 
 def readings(t0: int, watts: int, quarters: int = 4, skip: int | None = None) -> list[bytes]:
-    """Gateway readings of a site drawing ``watts`` of IT power (metered: x PUE)."""
-    out: list[bytes] = []
-    prev = ZERO_DIGEST
-    metered_mj_per_quarter = watts * PUE_MILLI * 15 * 60  # W x 1.25 x 900 s, in mJ
-    for seq in range(quarters):
-        body = meter.reading_body(
-            lab_id="lab-a",
-            site_id="dc1",
-            meter_id="main-1",
-            seq=seq,
-            prev_digest=prev,
-            interval_start_ns=t0 + seq * QUARTER,
-            interval_end_ns=t0 + (seq + 1) * QUARTER,
-            energy_mj=metered_mj_per_quarter,
-            source=pb.METER_SOURCE_GATEWAY,
-        )
-        raw = meter.sign_reading(GATEWAY, body)
-        prev = envelope_digest(raw)
-        if seq != skip:
-            out.append(raw)
-    return out
+    return gateway_readings(GATEWAY, t0, watts, quarters, skip)
 
 
 def submit(lab: Lab, raws: list[bytes]) -> list[pb.MeterReceipt]:
