@@ -29,6 +29,7 @@ from pausewatch.v1 import attestation_service_pb2_grpc as api_grpc
 from agent.config import AgentConfig, VerifierConfig
 from agent.failures import FailureKind, classify_rpc_error, rpc_error_text
 from agent.sampler.base import Backend
+from agent.tpm import Tpm2Tools, TpmDeviceError, tpm2_tools_available
 from attest import keys
 from attest.errors import ConfigError, KeyFileError, PausewatchError
 from attest.ids import NodeId
@@ -229,7 +230,39 @@ def local_checks(
         sampler = _sampler_input(config, backend)
         if sampler is not None:
             results.append(sampler)
+    if config.tpm.tcti:
+        results.append(tpm_check(config))
     return results
+
+
+def tpm_check(config: AgentConfig) -> CheckResult:
+    """The configured TPM answers and holds the attestation key. A warning, not a failure: without
+    it the agent still attests, and the verifier logs each window's missing quote."""
+    if not tpm2_tools_available():
+        return CheckResult(
+            "tpm",
+            CheckStatus.WARN,
+            "tpm.tcti is set but tpm2-tools is not installed: windows will carry no quote",
+            "install the Debian package tpm2-tools",
+        )
+    try:
+        has_ak = Tpm2Tools(config.tpm.tcti).has_attestation_key()
+    except TpmDeviceError as exc:
+        return CheckResult(
+            "tpm",
+            CheckStatus.WARN,
+            f"the TPM at {config.tpm.tcti} does not answer ({exc.diagnostics()}): windows will "
+            "carry no quote",
+            "correct tpm.tcti (for example device:/dev/tpmrm0)",
+        )
+    if not has_ak:
+        return CheckResult(
+            "tpm",
+            CheckStatus.WARN,
+            "the TPM holds no attestation key: this node was not enrolled with it",
+            "enrol with tpm.tcti set (docs/agent.md, 'TPM-rooted nodes')",
+        )
+    return _ok("tpm", f"{config.tpm.tcti}: attestation key present")
 
 
 def verifier_check(

@@ -104,6 +104,11 @@ class Tpm2Tools:
         out = self._run("tpm2_getcap", "handles-persistent", cwd=cwd).decode()
         return {int(h, 16) for h in re.findall(r"0x[0-9a-fA-F]{8}", out)}
 
+    def has_attestation_key(self) -> bool:
+        """Whether the AK's persistent handle exists (the TPM answers, the node has enrolled)."""
+        with tempfile.TemporaryDirectory(prefix="pw-tpm-") as tmp:
+            return self.ak_handle in self._persistent_handles(Path(tmp))
+
     def ensure_attestation_key(self) -> bytes:
         """Create the EK and the AK as persistent objects if absent; return the AK's TPMT_PUBLIC."""
         with tempfile.TemporaryDirectory(prefix="pw-tpm-") as tmp:

@@ -15,9 +15,12 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
+from agent.preflight import CheckStatus, local_checks, tpm_check
+from agent.sampler.base import Backend
 from agent.tpm import Tpm2Tools, TpmDeviceError
 from attest import tpm
 from attest.errors import TpmError
+from tests.agent_setup import write_state_dir
 from tests.tpm_setup import RunningSwtpm, SwtpmCa, require_swtpm, start_swtpm
 
 
@@ -170,3 +173,27 @@ def test_kdfa_matches_the_tpm_via_activation_of_a_fixed_seed(tpm_a: RunningSwtpm
     assert a.activate_credential(three.tpm2_tools_file()) == b"s" * 16
     with pytest.raises(TpmError, match="secret"):
         tpm.make_credential(ek, ak.name, b"s" * 33)
+
+
+def test_the_agent_start_up_check_says_whether_its_tpm_answers_and_holds_the_ak(
+    ca: SwtpmCa, tmp_path: Path
+) -> None:
+    with start_swtpm(ca, tmp_path / "fresh") as fresh:
+        config = write_state_dir(tmp_path / "node", extra=f'[tpm]\ntcti = "{fresh.tcti}"\n')
+        before = tpm_check(config)
+        assert before.status is CheckStatus.WARN
+        assert "no attestation key" in before.detail
+        fresh.tools().ensure_attestation_key()
+        assert tpm_check(config).status is CheckStatus.OK
+    gone = tpm_check(config)  # the swtpm has stopped: nothing answers on its port
+    assert gone.status is CheckStatus.WARN
+    assert "does not answer" in gone.detail
+    assert "tpm" in [r.name for r in local_checks(config, Backend.SIM, enrolled=lambda _c: True)]
+
+
+def test_tpm_tests_skip_with_a_message_where_swtpm_is_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("shutil.which", lambda _name: None)
+    with pytest.raises(pytest.skip.Exception, match="swtpm, swtpm-tools, tpm2-tools"):
+        require_swtpm()
