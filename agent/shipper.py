@@ -32,6 +32,7 @@ from typing import Protocol
 import grpc
 from pausewatch.v1 import attestation_service_pb2 as api
 from pausewatch.v1 import attestation_service_pb2_grpc as api_grpc
+from pausewatch.v1 import findings_pb2 as fpb
 
 from agent.clock import NS_PER_MS, NS_PER_S, Clock
 from agent.config import VerifierConfig
@@ -364,6 +365,17 @@ class Shipper:
                     record.detail,
                 )
                 spool.record_error("verifier", message.strip(), at_ns=self._clock.time_ns())
+        for sent, receipt in zip(batch, receipts, strict=True):
+            if receipt.tpm_quote not in (
+                fpb.TPM_QUOTE_STATUS_UNSPECIFIED,
+                fpb.TPM_QUOTE_STATUS_OK,
+            ):
+                # The window counts, software-rooted; the verifier logged why (a finding).
+                log.warning(
+                    "TPM quote not accepted seq=%d status=%s",
+                    sent.seq,
+                    fpb.TpmQuoteStatus.Name(receipt.tpm_quote).removeprefix("TPM_QUOTE_STATUS_"),
+                )
         acknowledged = [s.seq for s, r in zip(batch, records, strict=True) if r.status.acknowledged]
         if acknowledged:
             log.info(

@@ -112,6 +112,21 @@ def test_a_real_agent_enrols_with_its_tpm_and_quotes_every_window(
             [unknown] = findings(fpb.FINDING_KIND_UNKNOWN_MEASUREMENT)
             assert patched.hex() in unknown.measured
             assert findings(fpb.FINDING_KIND_TPM_QUOTE_MISSING) == []
+
+            # Hiding the swap by editing the measurement list: the log no longer replays to
+            # PCR 10, the verifier refuses the quotes, and the agent's log says so.
+            lines = ima.read_text().splitlines()
+            ima.write_text("\n".join(lines[:-1]) + "\n")
+
+            def mismatched() -> bool:
+                return any(
+                    f.tpm_quote_status == fpb.TPM_QUOTE_STATUS_IMA_LOG_MISMATCH
+                    for f in findings(fpb.FINDING_KIND_TPM_QUOTE_REFUSED)
+                )
+
+            wait_until(mismatched, 60, "an IMA_LOG_MISMATCH finding")
+            wait_until(lambda: "status=IMA_LOG_MISMATCH" in agent.log(), 30, "the agent's warning")
+            assert "TPM quote not accepted" in agent.log()
         finally:
             if agent is not None:
                 agent.stop()
