@@ -19,13 +19,22 @@ from __future__ import annotations
 import base64
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from attest.errors import KeyFileError, NoteError, NoVerifiedSignatureError
+from attest.errors import (
+    ForkError,
+    KeyFileError,
+    NoteError,
+    NoVerifiedSignatureError,
+    ProofError,
+    RollbackError,
+    WitnessQuorumError,
+)
+from attest.merkle import verify_consistency
 from attest.note import (
     ED25519_KEY_SIZE,
     ED25519_SIGNATURE_SIZE,
@@ -307,3 +316,66 @@ def verify_cosignatures(
         if (sig.name, sig.key_hash) in witness_identities
     )
     return checkpoint, cosignatures
+
+
+def verify_witness_quorum(
+    note: str | bytes,
+    log_verifier: NoteVerifier,
+    witnesses: Sequence[CosignatureVerifier],
+    threshold: int,
+) -> tuple[Checkpoint, tuple[Cosignature, ...]]:
+    """Verify a checkpoint and require valid cosignatures from at least ``threshold`` of
+    ``witnesses``; raises :class:`WitnessQuorumError` naming the witnesses that did not cosign.
+
+    ``threshold`` 0 with no witnesses checks the log signature only.
+    """
+    if not 0 <= threshold <= len(witnesses):
+        raise ValueError(f"witness threshold {threshold} is not in 0..{len(witnesses)}")
+    checkpoint, cosignatures = verify_cosignatures(note, log_verifier, witnesses)
+    if len(cosignatures) < threshold:
+        present = {(c.name, c.key_hash) for c in cosignatures}
+        missing = [w.name for w in witnesses if (w.name, w.key_hash) not in present]
+        raise WitnessQuorumError(
+            f"checkpoint of tree size {checkpoint.tree_size} has {len(cosignatures)} of the "
+            f"{threshold} witness cosignatures required; missing: {', '.join(missing)}"
+        )
+    return checkpoint, cosignatures
+
+
+def verify_extends(saved: Checkpoint, current: Checkpoint, proof: Sequence[bytes]) -> None:
+    """Check that ``current`` extends ``saved`` (an earlier checkpoint of the same log) with an
+    RFC 6962 consistency proof between them.
+
+    Raises :class:`RollbackError` if ``current`` is smaller, :class:`ForkError` if the origins
+    differ, the sizes are equal but the roots are not, or the proof does not join the saved root
+    to the current one. Each message names both sizes and roots.
+    """
+    old = f"size {saved.tree_size} (root {saved.root_hash.hex()})"
+    new = f"size {current.tree_size} (root {current.root_hash.hex()})"
+    if saved.origin != current.origin:
+        raise ForkError(
+            f"the checkpoints are of different logs: {saved.origin!r} and {current.origin!r}"
+        )
+    if current.tree_size < saved.tree_size:
+        raise RollbackError(
+            f"ROLLBACK: the log is at {new}, smaller than the saved checkpoint of {old}: "
+            f"{saved.tree_size - current.tree_size} entries have disappeared"
+        )
+    if current.tree_size == saved.tree_size:
+        if current.root_hash != saved.root_hash:
+            raise ForkError(
+                f"FORK: two checkpoints of tree size {saved.tree_size} with different roots: "
+                f"saved {saved.root_hash.hex()}, now {current.root_hash.hex()}"
+            )
+        return
+    if saved.tree_size == 0:
+        return  # the empty tree is a prefix of every tree
+    try:
+        verify_consistency(
+            saved.tree_size, current.tree_size, proof, saved.root_hash, current.root_hash
+        )
+    except ProofError as exc:
+        raise ForkError(
+            f"FORK: the log at {new} does not extend the saved checkpoint of {old}: "
+            f"{exc.diagnostics()}"
+        ) from None

@@ -99,3 +99,19 @@ class NoVerifiedSignatureError(NoteError):
 
 class TpmError(VerificationError):
     """A TPM structure (key, quote, signature, credential, IMA log) is malformed or fails."""
+
+
+class HistoryError(VerificationError):
+    """The log's history differs from a checkpoint seen before: forked or rolled back."""
+
+
+class RollbackError(HistoryError):
+    """The log is now smaller than a checkpoint seen before: entries have disappeared."""
+
+
+class ForkError(HistoryError):
+    """The log does not extend a checkpoint seen before: its history was rewritten or split."""
+
+
+class WitnessQuorumError(NoteError):
+    """A checkpoint lacks the cosignatures of the witnesses the caller requires."""

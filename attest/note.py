@@ -46,6 +46,10 @@ ALG_ED25519 = 0x01
 MAX_SIGNATURES = 100
 """The most signature lines :func:`open_note` reads; a note with more is malformed."""
 
+FOREIGN_KEY_ID_ALGORITHMS = {0x02: "ECDSA", 0x05: "RFC 6962 tree head signature"}
+"""Signature types whose key ID is not derived from the key name (c2sp.org/signed-note): it is
+a hash of the DER public key, so :meth:`VerifierKey.from_text` cannot check it."""
+
 ED25519_KEY_SIZE = 32
 ED25519_SIGNATURE_SIZE = 64
 
@@ -127,9 +131,12 @@ class VerifierKey:
 
     @classmethod
     def from_text(cls, vkey: str) -> VerifierKey:
-        """Parse a verifier key of any algorithm, checking its syntax and its key hash.
+        """Parse a verifier key, checking its syntax and its key hash.
 
-        Raises :class:`KeyFileError`. The caller checks the algorithm and the key's length.
+        Raises :class:`KeyFileError`: for ECDSA (0x02) and RFC 6962 (0x05) keys "unsupported
+        algorithm" (their key ID follows another rule); for a key of any other algorithm whose
+        hash is not SHA-256(name || "\\n" || algorithm || key)[:4], "hash does not match". The
+        caller checks the algorithm it needs and the key's length.
         """
         # The base64 part may itself contain '+', so split at most twice.
         parts = vkey.split("+", 2)
@@ -145,6 +152,14 @@ class VerifierKey:
             raise KeyFileError("verifier key material is not canonical base64")
         if len(key) < 2:
             raise KeyFileError("verifier key holds no key material")
+        unsupported = FOREIGN_KEY_ID_ALGORITHMS.get(key[0])
+        if unsupported is not None:
+            # Their key ID is not SHA-256(name || "\n" || key)[:4], so the hash cannot be checked
+            # here: the key may be valid, it is just not one this implementation can use.
+            raise KeyFileError(
+                f"unsupported algorithm 0x{key[0]:02x} ({unsupported}): this implementation "
+                "verifies Ed25519 (0x01) and cosignature/v1 (0x04) keys only"
+            )
         if key_hash(name, key) != int(hash_text, 16):
             raise KeyFileError("verifier key hash does not match its name and key")
         return cls(name=name, algorithm=key[0], public_key=key[1:])

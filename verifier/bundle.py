@@ -21,6 +21,7 @@ docs/bundle-format.md.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from cryptography import x509
@@ -39,7 +40,14 @@ from attest import compute, merkle
 from attest import tpm as attest_tpm
 from attest.attestation import attestation_from_verified
 from attest.chain import ChainHead, Link, classify
-from attest.checkpoint import Checkpoint, sign_checkpoint, verify_checkpoint
+from attest.checkpoint import (
+    Checkpoint,
+    CosignatureVerifier,
+    sign_checkpoint,
+    verify_checkpoint,
+    verify_cosignatures,
+    verify_witness_quorum,
+)
 from attest.envelope import (
     Envelope,
     PayloadType,
@@ -189,39 +197,7 @@ def export_bundle(auditor: object, lab_id: str, period_start_ns: int, period_end
     with core.store.snapshot() as view:
         report = auditor.report_from(view, lab_id, period_start_ns, period_end_ns, now)
         size = report.tree_size
-        reader = _Reader(view)
-        root = merkle.root_from(reader, size)
-        note = sign_checkpoint(
-            Checkpoint(origin=core.note_signer.name, tree_size=size, root_hash=root),
-            core.note_signer,
-        )
-        bundle = bpb.EvidenceBundle(
-            format_version=FORMAT_VERSION,
-            lab_id=lab_id,
-            period_start_ns=period_start_ns,
-            period_end_ns=period_end_ns,
-            created_at_ns=now,
-            log_verifier_key=core.log.verifier_key,
-            checkpoint_note=note,
-            server_report=report,
-            bucket_ns=ingest.bucket_ns,
-            max_clock_skew_ns=ingest.max_clock_skew_ns,
-            gap_tolerance_ns=ingest.gap_tolerance_ns,
-            open_gap_grace_ns=ingest.open_gap_grace_ns,
-            tpm_manufacturer_cas_pem=b"".join(
-                cert.public_bytes(serialization.Encoding.PEM)
-                for cert in core.tpm_settings.manufacturer_cas
-            ),
-            tpm_quote_nonce_max_age_ns=core.tpm_settings.quote_nonce_max_age_ns,
-            tpm_max_windows_without_quote=core.tpm_settings.max_windows_without_quote,
-        )
-        allowlist = core.ima_allowlists.get(lab_id)
-        if allowlist is not None:
-            bundle.has_ima_allowlist = True
-            bundle.ima_allowlist = "".join(
-                f"{digest.hex()}  {path}\n" for path, digest in sorted(allowlist)
-            )
-        for entry in view.entries(
+        entries = view.entries(
             select_entries(
                 view,
                 lab_id,
@@ -230,14 +206,56 @@ def export_bundle(auditor: object, lab_id: str, period_start_ns: int, period_end
                 report=report,
                 bucket_ns=ingest.bucket_ns,
             )
-        ):
-            bundle.entries.append(
-                bpb.BundleEntry(
-                    log_index=entry.index,
-                    envelope=entry.entry,
-                    inclusion_proof=merkle.inclusion_proof_from(reader, entry.index, size),
-                )
+        )
+        reader = _Reader(view)
+        snapshot_root = merkle.root_from(reader, size)
+    # The proofs are against the log's latest checkpoint, which the witnesses cosign (the log
+    # only grows, so it covers the report's tree size); the store's nodes are append-only, so
+    # they can be read outside the snapshot.
+    row = core.log.sign_checkpoint()
+    if row.tree_size >= size and core.log.root_at(size) == snapshot_root:
+        checkpoint_size, note = row.tree_size, row.note
+    else:  # the log changed under us (it must not): fall back to the snapshot's own checkpoint
+        log.error("the log is smaller than the report's tree size; exporting unwitnessed")
+        checkpoint_size = size
+        note = sign_checkpoint(
+            Checkpoint(origin=core.note_signer.name, tree_size=size, root_hash=snapshot_root),
+            core.note_signer,
+        )
+    bundle = bpb.EvidenceBundle(
+        format_version=FORMAT_VERSION,
+        lab_id=lab_id,
+        period_start_ns=period_start_ns,
+        period_end_ns=period_end_ns,
+        created_at_ns=now,
+        log_verifier_key=core.log.verifier_key,
+        checkpoint_note=note,
+        server_report=report,
+        bucket_ns=ingest.bucket_ns,
+        max_clock_skew_ns=ingest.max_clock_skew_ns,
+        gap_tolerance_ns=ingest.gap_tolerance_ns,
+        open_gap_grace_ns=ingest.open_gap_grace_ns,
+        tpm_manufacturer_cas_pem=b"".join(
+            cert.public_bytes(serialization.Encoding.PEM)
+            for cert in core.tpm_settings.manufacturer_cas
+        ),
+        tpm_quote_nonce_max_age_ns=core.tpm_settings.quote_nonce_max_age_ns,
+        tpm_max_windows_without_quote=core.tpm_settings.max_windows_without_quote,
+    )
+    allowlist = core.ima_allowlists.get(lab_id)
+    if allowlist is not None:
+        bundle.has_ima_allowlist = True
+        bundle.ima_allowlist = "".join(
+            f"{digest.hex()}  {path}\n" for path, digest in sorted(allowlist)
+        )
+    for entry in entries:
+        bundle.entries.append(
+            bpb.BundleEntry(
+                log_index=entry.index,
+                envelope=entry.entry,
+                inclusion_proof=core.log.inclusion_proof(entry.index, checkpoint_size),
             )
+        )
     payload = bundle.SerializeToString(deterministic=True)
     data = sign_envelope(core.envelope_signer, PayloadType.BUNDLE, payload)
     log.info(
@@ -280,6 +298,8 @@ class BundleVerification:
     checkpoint_size: int = 0
     checkpoint_root: bytes = b""
     log_key_pinned: bool = False
+    witnesses: list[str] = field(default_factory=list)
+    """The required witnesses whose valid cosignature the checkpoint carries."""
     server_report: pb.ComplianceReport | None = None
     offline_report: pb.ComplianceReport | None = None
 
@@ -359,14 +379,17 @@ def verify_bundle(
     *,
     pinned_log_key: str | None = None,
     expect: BundleExpectations | None = None,
+    witnesses: Sequence[CosignatureVerifier] = (),
+    witness_threshold: int = 0,
 ) -> BundleVerification:
     """Re-verify a bundle offline. Never raises for bad evidence: every problem is reported.
 
     ``expect`` adds the chain-of-custody checks: the bundle must be about that lab, period and
-    policy, or it fails however well it verifies otherwise."""
+    policy, or it fails however well it verifies otherwise. With ``witnesses``, the bundle's
+    checkpoint must carry valid cosignatures from at least ``witness_threshold`` of them."""
     result = BundleVerification()
     try:
-        _verify(data, pinned_log_key, result)
+        _verify(data, pinned_log_key, result, tuple(witnesses), witness_threshold)
     except PausewatchError as exc:
         result.failures.append(exc.diagnostics())
     if expect is not None:
@@ -414,7 +437,13 @@ def _period_words(period: tuple[int, int]) -> str:
     return f"{evaluation.format_time_ns(period[0])} to {evaluation.format_time_ns(period[1])}"
 
 
-def _verify(data: bytes, pinned_log_key: str | None, result: BundleVerification) -> None:
+def _verify(
+    data: bytes,
+    pinned_log_key: str | None,
+    result: BundleVerification,
+    witnesses: tuple[CosignatureVerifier, ...],
+    witness_threshold: int,
+) -> None:
     # 1. The outer envelope: canonical, of the bundle type.
     try:
         outer = parse_envelope(data, max_size=MAX_BUNDLE_BYTES)
@@ -463,6 +492,20 @@ def _verify(data: bytes, pinned_log_key: str | None, result: BundleVerification)
         raise NoteError(f"checkpoint: {exc.diagnostics()}") from None
     result.checkpoint_size = checkpoint.tree_size
     result.checkpoint_root = checkpoint.root_hash
+    # 4b. Its witness cosignatures, if the reader requires some.
+    if witnesses:
+        try:
+            _, cosignatures = verify_witness_quorum(
+                bundle.checkpoint_note, log_verifier, witnesses, witness_threshold
+            )
+            result.witnesses = [c.name for c in cosignatures]
+        except NoteError as exc:
+            result.failures.append(f"checkpoint witnesses: {exc.diagnostics()}")
+            try:
+                _, found = verify_cosignatures(bundle.checkpoint_note, log_verifier, witnesses)
+                result.witnesses = [c.name for c in found]
+            except NoteError:
+                pass
     if bundle.server_report.tree_size > checkpoint.tree_size:
         result.failures.append(
             f"the report was computed at tree size {bundle.server_report.tree_size}, beyond the "

@@ -27,6 +27,7 @@ from verifier import policy as policy_file
 from verifier.cli_audit import audit, log_group
 from verifier.cli_common import emit
 from verifier.cli_site import site
+from verifier.cli_witness import witness_group
 from verifier.demo import demo_command
 
 log = logging.getLogger(__name__)
@@ -213,6 +214,7 @@ cli.add_command(audit)
 cli.add_command(log_group)
 cli.add_command(demo_command)
 cli.add_command(site)
+cli.add_command(witness_group)
 
 # gRPC status codes of a refused request, and the exit code each maps to.
 _USAGE_STATUS = frozenset(

@@ -16,7 +16,9 @@ certificate.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,11 +29,24 @@ from pausewatch.v1 import audit_pb2_grpc as apb_grpc
 from pausewatch.v1 import findings_pb2 as fpb
 
 from attest import merkle
-from attest.checkpoint import Checkpoint, verify_checkpoint
-from attest.errors import KeyFileError, OutputFileError, ProofError, VerificationError
+from attest.checkpoint import (
+    Checkpoint,
+    verify_checkpoint,
+    verify_extends,
+    verify_witness_quorum,
+)
+from attest.errors import (
+    HistoryError,
+    KeyFileError,
+    NoteError,
+    OutputFileError,
+    ProofError,
+    RollbackError,
+    VerificationError,
+)
 from attest.exitcodes import ExitCode
 from attest.note import Ed25519NoteVerifier, parse_verifier_key
-from verifier.cli_common import TIME, emit, verifier_options
+from verifier.cli_common import TIME, WitnessPolicy, emit, verifier_options, witness_options
 from verifier.client import VerifierTarget, open_channel
 from verifier.evaluation import format_time_ns, render_text
 
@@ -404,6 +419,7 @@ def _sha256_hex(text: str | None) -> bytes | None:
     metavar="HEX",
     help="Fail unless the report is under the policy file with this SHA-256.",
 )
+@witness_options
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option(
     "--html",
@@ -422,6 +438,7 @@ def verify_bundle_command(
     expect_lab: str | None,
     expect_period: tuple[int, int] | None,
     expect_policy_sha256: str | None,
+    witnesses: WitnessPolicy,
     as_json: bool,
     html_path: Path | None,
 ) -> None:
@@ -447,7 +464,13 @@ def verify_bundle_command(
             ) from None
     data = path.read_bytes()
     bundle_sha256 = hashlib.sha256(data).hexdigest()
-    result = verify_bundle(data, pinned_log_key=pinned, expect=expect)
+    result = verify_bundle(
+        data,
+        pinned_log_key=pinned,
+        expect=expect,
+        witnesses=witnesses.verifiers,
+        witness_threshold=witnesses.threshold,
+    )
     offline = result.offline_report
     if html_path is not None and offline is not None:
         from verifier.report_html import OfflineStamp
@@ -475,6 +498,7 @@ def verify_bundle_command(
         "attestations": result.attestations,
         "checkpoint_tree_size": result.checkpoint_size,
         "log_key": result.log_key,
+        "witnesses": result.witnesses,
         "failures": result.failures,
         "differences": result.differences,
         "warnings": result.warnings,
@@ -491,6 +515,11 @@ def verify_bundle_command(
         f"({result.attestations} attestations), checkpoint of tree size "
         f"{result.checkpoint_size}"
     ]
+    if witnesses.verifiers:
+        lines.append(
+            f"cosigned by {len(result.witnesses)} of the {len(witnesses.verifiers)} witnesses "
+            f"named ({witnesses.threshold} required): {', '.join(result.witnesses) or 'none'}"
+        )
     lines += [f"warning: {w}" for w in result.warnings]
     if result.ok:
         lines.append(
@@ -519,29 +548,58 @@ def log_group() -> None:
 
 
 def _checkpoint(
-    stub: apb_grpc.AuditServiceStub, pinned: str | None
+    stub: apb_grpc.AuditServiceStub, pinned: str | None, witnesses: WitnessPolicy
 ) -> tuple[Checkpoint, apb.GetCheckpointResponse, Ed25519NoteVerifier, list[str]]:
+    """The verifier's latest checkpoint, verified: the log's signature under the pinned key (or
+    the one the verifier sends, with a warning) and the witness quorum asked for."""
     response = stub.GetCheckpoint(apb.GetCheckpointRequest(), timeout=RPC_TIMEOUT_S)
     warnings: list[str] = []
+    verifier = _log_verifier(pinned, response.verifier_key, warnings)
+    checkpoint, _ = verify_witness_quorum(
+        response.signed_note, verifier, witnesses.verifiers, witnesses.threshold
+    )
+    return checkpoint, response, verifier, warnings
+
+
+def _log_verifier(pinned: str | None, sent: str, warnings: list[str]) -> Ed25519NoteVerifier:
     key = pinned
     if key is None:
-        key = response.verifier_key
+        key = sent
         warnings.append("verified against the key the verifier itself sent; pin it with --log-key")
     try:
-        verifier = parse_verifier_key(key)
+        return parse_verifier_key(key)
     except KeyFileError:
         raise click.BadParameter("not a signed-note verifier key", param_hint="--log-key") from None
-    return verify_checkpoint(response.signed_note, verifier), response, verifier, warnings
 
 
 @log_group.command("checkpoint")
 @verifier_options
 @click.option("--log-key", default=None, help="Pin the log key (signed-note form).")
+@witness_options
+@click.option(
+    "--save",
+    "save_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the signed note, exactly as received, to this file (for --consistency-from).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def checkpoint_command(target: VerifierTarget, log_key: str | None, as_json: bool) -> None:
-    """Fetch the latest checkpoint and verify its signature. Exit 3 if it does not verify."""
+def checkpoint_command(
+    *,
+    target: VerifierTarget,
+    log_key: str | None,
+    witnesses: WitnessPolicy,
+    save_path: Path | None,
+    as_json: bool,
+) -> None:
+    """Fetch the latest checkpoint and verify its signature (and the witness cosignatures asked
+    for). Exit 3 if it does not verify."""
     with open_channel(target) as channel:
-        checkpoint, response, _, warnings = _checkpoint(apb_grpc.AuditServiceStub(channel), log_key)
+        checkpoint, response, _, warnings = _checkpoint(
+            apb_grpc.AuditServiceStub(channel), log_key, witnesses
+        )
+    if save_path is not None:
+        _write_atomically(save_path, response.signed_note.encode("utf-8"))
     emit(
         {
             "tree_size": checkpoint.tree_size,
@@ -561,31 +619,84 @@ def checkpoint_command(target: VerifierTarget, log_key: str | None, as_json: boo
     )
 
 
+def _load_saved_note(path: Path) -> str:
+    """A saved checkpoint: a signed note as written by ``log checkpoint --save``, or the JSON of
+    ``log checkpoint --json`` (its ``signed_note``)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.BadParameter(
+            f"cannot read {path}: {type(exc).__name__}", param_hint="--consistency-from"
+        ) from None
+    if text.lstrip().startswith("{"):
+        try:
+            note = json.loads(text)["signed_note"]
+        except (ValueError, KeyError, TypeError):
+            raise click.BadParameter(
+                f"{path} is JSON without a signed_note", param_hint="--consistency-from"
+            ) from None
+        if not isinstance(note, str):
+            raise click.BadParameter(
+                f"{path}: signed_note is not text", param_hint="--consistency-from"
+            )
+        return note
+    return text
+
+
+def _verify_saved(note: str, verifier: Ed25519NoteVerifier, what: str) -> Checkpoint:
+    try:
+        return verify_checkpoint(note, verifier)
+    except NoteError as exc:
+        raise NoteError(f"{what}: {exc.diagnostics()}") from None
+
+
+def _prove_extends(
+    stub: apb_grpc.AuditServiceStub, saved: Checkpoint, current: Checkpoint
+) -> list[bytes]:
+    """Fetch the consistency proof from ``saved`` to ``current`` and check it against both
+    roots (never the root the verifier sends for the old size). Raises :class:`HistoryError`."""
+    proof: list[bytes] = []
+    if 0 < saved.tree_size < current.tree_size:
+        proof = list(
+            stub.GetConsistencyProof(
+                apb.GetConsistencyProofRequest(size1=saved.tree_size, size2=current.tree_size),
+                timeout=RPC_TIMEOUT_S,
+            ).proof
+        )
+    verify_extends(saved, current, proof)
+    return proof
+
+
 @log_group.command("prove")
 @verifier_options
 @click.option("--index", type=click.IntRange(min=0), default=None, help="Prove this entry.")
 @click.option(
     "--consistency-from",
-    type=click.IntRange(min=1),
+    metavar="FILE|SIZE",
     default=None,
-    help="Prove that the log at this older size is a prefix of the checkpoint's.",
+    help="Prove that the log extends this saved checkpoint (a file from `log checkpoint --save` "
+    "or `--json`); a bare size proves a prefix of that size without tying it to what you saw.",
 )
 @click.option("--log-key", default=None, help="Pin the log key (signed-note form).")
+@witness_options
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def prove(
+    *,
     target: VerifierTarget,
     index: int | None,
-    consistency_from: int | None,
+    consistency_from: str | None,
     log_key: str | None,
+    witnesses: WitnessPolicy,
     as_json: bool,
 ) -> None:
     """Print an inclusion (--index) or consistency (--consistency-from) proof against the latest
-    signed checkpoint, verified here. Exit 3 if it does not verify."""
+    signed checkpoint, verified here. Exit 3 if it does not verify, or if the log no longer
+    extends the saved checkpoint (a fork or a rollback: the line says what differs)."""
     if (index is None) == (consistency_from is None):
         raise click.UsageError("give exactly one of --index and --consistency-from")
     with open_channel(target) as channel:
         stub = apb_grpc.AuditServiceStub(channel)
-        checkpoint, _, _, warnings = _checkpoint(stub, log_key)
+        checkpoint, _, log_verifier, warnings = _checkpoint(stub, log_key, witnesses)
         size = checkpoint.tree_size
         if index is not None:
             if index >= size:
@@ -618,31 +729,172 @@ def prove(
             )
         else:
             assert consistency_from is not None
-            if consistency_from > size:
-                raise click.BadParameter(
-                    f"the latest checkpoint has {size} entries", param_hint="--consistency-from"
+            saved = _saved_checkpoint(stub, consistency_from, log_verifier, size, warnings)
+            try:
+                proof = _prove_extends(stub, saved, checkpoint)
+            except HistoryError as exc:
+                emit(
+                    {
+                        "kind": "consistency",
+                        "verified": False,
+                        "problem": "rollback" if isinstance(exc, RollbackError) else "fork",
+                        "error": exc.diagnostics(),
+                        "saved_tree_size": saved.tree_size,
+                        "saved_root_hash": saved.root_hash.hex(),
+                        "tree_size": size,
+                        "root_hash": checkpoint.root_hash.hex(),
+                        "warnings": warnings,
+                    },
+                    as_json,
+                    "\n".join([*(f"warning: {w}" for w in warnings), exc.diagnostics()]),
                 )
-            consistency = stub.GetConsistencyProof(
-                apb.GetConsistencyProofRequest(size1=consistency_from, size2=size),
-                timeout=RPC_TIMEOUT_S,
-            )
-            proof = list(consistency.proof)
-            merkle.verify_consistency(
-                consistency_from, size, proof, consistency.root1, checkpoint.root_hash
-            )
+                raise click.exceptions.Exit(ExitCode.VERIFICATION_FAILED) from None
             result = {
                 "kind": "consistency",
-                "size1": consistency_from,
+                "size1": saved.tree_size,
                 "size2": size,
-                "root1": consistency.root1.hex(),
+                "root1": saved.root_hash.hex(),
                 "root2": checkpoint.root_hash.hex(),
                 "proof": [h.hex() for h in proof],
                 "verified": True,
             }
             text = (
-                f"the log of size {consistency_from} (root {consistency.root1.hex()}) is a prefix "
+                f"the log of size {saved.tree_size} (root {saved.root_hash.hex()}) is a prefix "
                 f"of the log of size {size} (root {checkpoint.root_hash.hex()})\n"
                 + "\n".join(f"  proof[{i}] {h.hex()}" for i, h in enumerate(proof))
             )
     result["warnings"] = warnings
     emit(result, as_json, "\n".join([*(f"warning: {w}" for w in warnings), text, "verified"]))
+
+
+def _saved_checkpoint(
+    stub: apb_grpc.AuditServiceStub,
+    value: str,
+    log_verifier: Ed25519NoteVerifier,
+    size: int,
+    warnings: list[str],
+) -> Checkpoint:
+    """The checkpoint to prove consistency from: a saved note (verified), or for a bare size the
+    root the verifier states for it now (which proves only that it is a prefix)."""
+    if value.isdigit() and not Path(value).exists():
+        size1 = int(value)
+        if size1 < 1:
+            raise click.BadParameter("a size must be at least 1", param_hint="--consistency-from")
+        warnings.append(
+            "a bare size is checked against the root the verifier states for it now; save "
+            "checkpoints (log checkpoint --save) and pass the file to detect a rewritten history"
+        )
+        if size1 > size:
+            raise RollbackError(
+                f"ROLLBACK: the log is at size {size}, smaller than the size {size1} given: "
+                f"{size1 - size} entries have disappeared"
+            )
+        root1 = stub.GetConsistencyProof(
+            apb.GetConsistencyProofRequest(size1=size1, size2=size), timeout=RPC_TIMEOUT_S
+        ).root1
+        if len(root1) != merkle.HASH_SIZE:
+            raise ProofError("the verifier sent a root that is not 32 bytes")
+        return Checkpoint(log_verifier.name, size1, root1)
+    note = _load_saved_note(Path(value))
+    return _verify_saved(note, log_verifier, f"the saved checkpoint {value}")
+
+
+# --- watch: remember every checkpoint seen --------------------------------------------------------
+
+_SEEN_PREFIX = "checkpoint-"
+_REJECTED_PREFIX = "rejected-"
+
+
+def _seen_name(checkpoint: Checkpoint) -> str:
+    return f"{_SEEN_PREFIX}{checkpoint.tree_size:020d}-{checkpoint.root_hash.hex()[:16]}.note"
+
+
+def _last_seen(directory: Path, verifier: Ed25519NoteVerifier) -> tuple[Checkpoint, Path] | None:
+    """The largest checkpoint kept in ``directory``, verified again."""
+    kept = sorted(directory.glob(f"{_SEEN_PREFIX}*.note"))
+    if not kept:
+        return None
+    last = kept[-1]
+    note = last.read_text(encoding="utf-8")
+    return _verify_saved(note, verifier, f"the kept checkpoint {last}"), last
+
+
+@click.command("watch")
+@verifier_options
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Where every checkpoint seen is kept (created if missing).",
+)
+@click.option("--log-key", required=True, help="Pin the log key (signed-note form).")
+@witness_options
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_context
+def watch_command(
+    ctx: click.Context,
+    *,
+    target: VerifierTarget,
+    directory: Path,
+    log_key: str,
+    witnesses: WitnessPolicy,
+    as_json: bool,
+) -> None:
+    """Fetch the latest checkpoint, check that the log extends the last one kept in --dir, and
+    keep it. Exit 0 if it does, 3 on a fork or rollback (the checkpoint is kept as evidence
+    under rejected-*), so that cron mails the line. Run it regularly."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with open_channel(target) as channel:
+        stub = apb_grpc.AuditServiceStub(channel)
+        current, response, verifier, warnings = _checkpoint(stub, log_key, witnesses)
+        last = _last_seen(directory, verifier)
+        result: dict[str, Any] = {
+            "tree_size": current.tree_size,
+            "root_hash": current.root_hash.hex(),
+            "previous_tree_size": None if last is None else last[0].tree_size,
+            "previous_root_hash": None if last is None else last[0].root_hash.hex(),
+            "warnings": warnings,
+        }
+        problem: HistoryError | None = None
+        if last is not None:
+            try:
+                _prove_extends(stub, last[0], current)
+            except HistoryError as exc:
+                problem = exc
+    note = response.signed_note.encode("utf-8")
+    if problem is not None:
+        kind = "rollback" if isinstance(problem, RollbackError) else "fork"
+        evidence = directory / (
+            f"{_REJECTED_PREFIX}{time.time_ns()}-{kind}-{current.tree_size:020d}.note"
+        )
+        _write_atomically(evidence, note)
+        assert last is not None
+        result |= {
+            "status": kind,
+            "consistent": False,
+            "error": problem.diagnostics(),
+            "kept": str(evidence),
+            "compared_with": str(last[1]),
+        }
+        emit(result, as_json, f"{problem.diagnostics()}\nthe checkpoint is kept in {evidence}")
+        ctx.exit(ExitCode.VERIFICATION_FAILED)
+    path = directory / _seen_name(current)
+    if last is not None and last[0] == current:
+        status = "unchanged"
+        line = f"unchanged: tree size {current.tree_size}, root {current.root_hash.hex()}"
+    else:
+        _write_atomically(path, note)
+        status = "first" if last is None else "consistent"
+        line = (
+            f"first checkpoint kept: tree size {current.tree_size}, root {current.root_hash.hex()}"
+            if last is None
+            else f"consistent: the log grew from {last[0].tree_size} to {current.tree_size} "
+            f"entries and extends the checkpoint kept before (root {current.root_hash.hex()})"
+        )
+    result |= {"status": status, "consistent": True, "kept": str(path)}
+    emit(result, as_json, "\n".join([*(f"warning: {w}" for w in warnings), line]))
+
+
+audit.add_command(watch_command)
+log_group.add_command(watch_command)

@@ -13,13 +13,20 @@ import functools
 import json
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 import grpc
 
-from attest.errors import CertificateRefusedError, PausewatchError, PeerCertificateError
+from attest.checkpoint import CosignatureVerifier, parse_cosigner_key
+from attest.errors import (
+    CertificateRefusedError,
+    KeyFileError,
+    PausewatchError,
+    PeerCertificateError,
+)
 from verifier.client import TlsDiagnosis, VerifierTarget, diagnose_tls, parse_time
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -126,6 +133,56 @@ def _tls_error(target: VerifierTarget, exc: grpc.RpcError) -> PausewatchError | 
             + f": {reason}"
         )
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class WitnessPolicy:
+    """The witnesses a reader requires: their cosignature keys and how many must have cosigned."""
+
+    verifiers: tuple[CosignatureVerifier, ...] = ()
+    threshold: int = 0
+
+
+def witness_options(command: F) -> F:
+    """``--witness KEY`` (repeatable) and ``--witness-threshold K``, folded into one
+    ``witnesses`` argument (:class:`WitnessPolicy`). K defaults to every witness named."""
+
+    @click.option(
+        "--witness",
+        "witness_keys",
+        multiple=True,
+        help="A witness's cosignature verifier key (<name>+<hash>+<base64>). Repeatable.",
+    )
+    @click.option(
+        "--witness-threshold",
+        type=click.IntRange(min=0),
+        default=None,
+        help="How many of the named witnesses must have cosigned (default: all of them).",
+    )
+    @functools.wraps(command)
+    def wrapper(
+        *args: Any, witness_keys: tuple[str, ...], witness_threshold: int | None, **kwargs: Any
+    ) -> Any:
+        verifiers: list[CosignatureVerifier] = []
+        for text in witness_keys:
+            try:
+                verifier = parse_cosigner_key(text)
+            except KeyFileError as exc:
+                raise click.BadParameter(exc.diagnostics(), param_hint="--witness") from None
+            if any(v.name == verifier.name for v in verifiers):
+                raise click.BadParameter(
+                    f"witness {verifier.name!r} is named twice", param_hint="--witness"
+                )
+            verifiers.append(verifier)
+        threshold = len(verifiers) if witness_threshold is None else witness_threshold
+        if threshold > len(verifiers):
+            raise click.BadParameter(
+                f"{threshold} is more than the {len(verifiers)} witnesses named",
+                param_hint="--witness-threshold",
+            )
+        return command(*args, witnesses=WitnessPolicy(tuple(verifiers), threshold), **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 class TimeParam(click.ParamType[int, Any]):

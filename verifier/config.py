@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from attest.errors import ConfigError
+from attest.checkpoint import parse_cosigner_key
+from attest.errors import ConfigError, KeyFileError
 from attest.ids import is_valid_lab_id
 from attest.keys import parse_public_key
 from verifier.access import AccessConfig, IdentityRule, Role, make_rule
@@ -71,10 +72,22 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class WitnessConfig:
+    """A witness the verifier asks to cosign each new checkpoint (c2sp.org/tlog-witness)."""
+
+    url: str
+    """The witness's submission prefix: POST <url>/add-checkpoint."""
+    verifier_key: str
+    """Its cosignature/v1 verifier key, ``<name>+<hash>+<base64(0x04 || key)>``."""
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     origin: str = "pausewatch.example/verifier"
     signing_key: Path = Path("log.key")
     checkpoint_interval_s: int = 10
+    witnesses: tuple[WitnessConfig, ...] = ()
+    witness_timeout_ms: int = 5_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,6 +283,8 @@ def parse_config(data: bytes, *, source: str = "<config>", base: Path = Path()) 
         origin=origin,
         signing_key=signing_key,
         checkpoint_interval_s=lg.positive("checkpoint_interval_s", _LOG.checkpoint_interval_s),
+        witnesses=_witnesses(lg.get("witnesses", list, []), source),
+        witness_timeout_ms=lg.positive("witness_timeout_ms", _LOG.witness_timeout_ms),
     )
     lg.finish()
 
@@ -427,6 +442,30 @@ def _access(ac: _Section, source: str) -> AccessConfig:
         entry.finish()
     ac.finish()
     return AccessConfig(unauthenticated_role=unauthenticated, identities=tuple(rules))
+
+
+def _witnesses(raw: list[Any], source: str) -> tuple[WitnessConfig, ...]:
+    witnesses: list[WitnessConfig] = []
+    names: set[str] = set()
+    for i, item in enumerate(raw):
+        where = f"log.witnesses[{i}]."
+        if not isinstance(item, dict):
+            raise ConfigError(f"{source}: log.witnesses[{i}]: must be a table")
+        section = _Section(item, where, source)
+        url = section.get("url", str, "")
+        if not url.startswith(("http://", "https://")) or url.endswith("://"):
+            raise ConfigError(f"{source}: {where}url: must be an http:// or https:// URL")
+        key = section.get("key", str, "")
+        try:
+            name = parse_cosigner_key(key).name
+        except KeyFileError as exc:
+            raise ConfigError(f"{source}: {where}key: {exc.diagnostics()}") from None
+        if name in names:
+            raise ConfigError(f"{source}: {where}key: witness {name!r} appears twice")
+        names.add(name)
+        section.finish()
+        witnesses.append(WitnessConfig(url=url.rstrip("/"), verifier_key=key))
+    return tuple(witnesses)
 
 
 def _read_key_text(text: str, base: Path) -> str:

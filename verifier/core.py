@@ -39,6 +39,7 @@ from verifier.tpm import (
     read_ima_allowlist,
     tpm_identity,
 )
+from verifier.witnessing import WitnessPool
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +190,18 @@ class VerifierCore:
         self.clock_ns = clock_ns
         self.note_signer = Ed25519NoteSigner(config.log.origin, log_private_key)
         self.envelope_signer = Ed25519Signer.from_private_key(log_private_key)
-        self.log = TransparencyLog(store, self.note_signer, clock_ns)
+        witnesses = WitnessPool.from_config(
+            config.log.witnesses,
+            self.note_signer.verifier(),
+            timeout_s=config.log.witness_timeout_ms / 1000,
+        )
+        self.log = TransparencyLog(
+            store,
+            self.note_signer,
+            clock_ns,
+            witnesses,
+            witness_retry_ns=config.log.checkpoint_interval_s * 10**9,
+        )
         self._write_lock = threading.Lock()
         self.nodes: dict[bytes, NodeState] = {
             row.node_id: NodeState.from_row(row) for row in store.list_nodes()

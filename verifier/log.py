@@ -14,6 +14,7 @@ tree's right edge.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -22,8 +23,10 @@ from dataclasses import dataclass
 from attest import merkle
 from attest.checkpoint import Checkpoint, sign_checkpoint
 from attest.envelope import envelope_digest
+from attest.errors import VerificationError
 from attest.note import Ed25519NoteSigner
 from verifier.store.base import CheckpointRow, EntryKind, NewEntry, ReadView, Store, Transaction
+from verifier.witnessing import WitnessPool
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +55,19 @@ class TransparencyLog:
     """Appends, checkpoints and proofs over a :class:`~verifier.store.base.Store`."""
 
     def __init__(
-        self, store: Store, signer: Ed25519NoteSigner, clock_ns: Callable[[], int]
+        self,
+        store: Store,
+        signer: Ed25519NoteSigner,
+        clock_ns: Callable[[], int],
+        witnesses: WitnessPool | None = None,
+        witness_retry_ns: int = 10 * 10**9,
     ) -> None:
         self._store = store
         self._signer = signer
         self._clock_ns = clock_ns
+        self._witnesses = witnesses if witnesses is not None and len(witnesses) else None
+        self._witness_retry_ns = witness_retry_ns
+        self._witness_retry_at_ns = 0
         size = store.tree_size()
         self._appender = merkle.TreeAppender.from_reader(_StoreReader(store), size)
         self._saved: merkle.TreeAppender | None = None
@@ -140,16 +151,21 @@ class TransparencyLog:
         return self._appender.root()
 
     def sign_checkpoint(self) -> CheckpointRow:
-        """Sign a checkpoint of the committed tree if it grew since the last one."""
+        """Sign a checkpoint of the committed tree if it grew since the last one, and have the
+        configured witnesses cosign it (or, at most once a retry interval, the latest one if some
+        witness's cosignature is still missing)."""
         with self._checkpoint_lock:
             latest = self._store.latest_checkpoint()
             size = self._store.tree_size()
             if latest is not None and latest.tree_size == size:
-                return latest
+                return self._cosign_again(latest)
             root = merkle.root_from(_StoreReader(self._store), size)
             note = sign_checkpoint(
                 Checkpoint(origin=self._signer.name, tree_size=size, root_hash=root), self._signer
             )
+            if self._witnesses is not None:
+                self._witness_retry_at_ns = self._clock_ns() + self._witness_retry_ns
+                note = self._witnesses.cosign(note, self.consistency_proof)
             row = CheckpointRow(
                 tree_size=size, root_hash=root, note=note, signed_at_ns=self._clock_ns()
             )
@@ -157,6 +173,23 @@ class TransparencyLog:
                 tx.save_checkpoint(row)
             log.info("signed checkpoint size=%d", size)
             return row
+
+    def _cosign_again(self, latest: CheckpointRow) -> CheckpointRow:
+        if self._witnesses is None or self._clock_ns() < self._witness_retry_at_ns:
+            return latest
+        self._witness_retry_at_ns = self._clock_ns() + self._witness_retry_ns
+        try:
+            if not self._witnesses.missing(latest.note):
+                return latest
+        except VerificationError:
+            log.exception("the saved checkpoint of size %d does not verify", latest.tree_size)
+            return latest
+        note = self._witnesses.cosign(latest.note, self.consistency_proof)
+        if note == latest.note:
+            return latest
+        with self._store.transaction() as tx:
+            tx.update_checkpoint_note(latest.tree_size, note)
+        return dataclasses.replace(latest, note=note)
 
     def latest_checkpoint(self) -> CheckpointRow:
         row = self._store.latest_checkpoint()

@@ -614,6 +614,9 @@ class SqlTransaction(SqlQueries):
             (row.tree_size, row.root_hash, row.note, row.signed_at_ns),
         )
 
+    def update_checkpoint_note(self, tree_size: int, note: str) -> None:
+        self._exec("UPDATE checkpoints SET note = ? WHERE tree_size = ?", (note, tree_size))
+
     def put_lab(self, row: LabRow) -> None:
         self._exec(
             "INSERT INTO labs (lab_id, name, operator_public_key, record_log_index) "
