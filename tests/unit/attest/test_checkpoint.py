@@ -11,11 +11,14 @@ from hypothesis import strategies as st
 from attest import checkpoint as cp
 from attest import merkle, note
 from attest.errors import (
+    ForkError,
     KeyFileError,
     MalformedNoteError,
     NoteError,
     NoteSignatureError,
     NoVerifiedSignatureError,
+    RollbackError,
+    WitnessQuorumError,
 )
 
 ORIGIN = "regulator.example/pausewatch"
@@ -259,3 +262,70 @@ def test_cosigner_keys() -> None:
     # The same key pair under the two algorithms has different key hashes.
     same_key = note.Ed25519NoteSigner(w1.name, fixed_key(w1.name))
     assert same_key.key_hash != w1.key_hash
+
+
+# --- History: does a checkpoint extend one saved before? ------------------------------------------
+
+
+def _tree(count: int, tag: bytes = b"") -> merkle.MemoryTree:
+    tree = merkle.MemoryTree()
+    for i in range(count):
+        tree.append_data(tag + b"%d" % i)
+    return tree
+
+
+def test_verify_extends_accepts_a_grown_log_and_equal_checkpoints() -> None:
+    tree = _tree(20)
+    old = cp.Checkpoint(ORIGIN, 7, tree.root(7))
+    new = cp.Checkpoint(ORIGIN, 20, tree.root(20))
+    cp.verify_extends(old, new, tree.consistency_proof(7, 20))
+    cp.verify_extends(new, new, [])
+    cp.verify_extends(cp.Checkpoint(ORIGIN, 0, merkle.EMPTY_ROOT), new, [])
+
+
+def test_verify_extends_names_a_rollback() -> None:
+    tree = _tree(20)
+    with pytest.raises(RollbackError, match=r"ROLLBACK.*13 entries have disappeared"):
+        cp.verify_extends(
+            cp.Checkpoint(ORIGIN, 20, tree.root(20)), cp.Checkpoint(ORIGIN, 7, tree.root(7)), []
+        )
+
+
+def test_verify_extends_names_a_fork() -> None:
+    honest, rewritten = _tree(20), _tree(20, b"x")
+    saved = cp.Checkpoint(ORIGIN, 7, honest.root(7))
+    with pytest.raises(ForkError, match="different roots") as same:
+        cp.verify_extends(saved, cp.Checkpoint(ORIGIN, 7, rewritten.root(7)), [])
+    assert honest.root(7).hex() in same.value.diagnostics()
+    forked = cp.Checkpoint(ORIGIN, 20, rewritten.root(20))
+    # The rewritten log's own proof joins its own old root, never the saved one.
+    with pytest.raises(ForkError, match=r"FORK: the log at size 20 .* does not extend"):
+        cp.verify_extends(saved, forked, rewritten.consistency_proof(7, 20))
+    with pytest.raises(ForkError, match="different logs"):
+        cp.verify_extends(saved, cp.Checkpoint("other.example/log", 20, honest.root(20)), [])
+
+
+def test_witness_quorum() -> None:
+    w1, w2, w3 = witness("w.example/1"), witness("w.example/2"), witness("w.example/3")
+    signed = cp.sign_checkpoint(CHECKPOINT, LOG)
+    two = cp.cosign_checkpoint(cp.cosign_checkpoint(signed, LOG.verifier(), w1), LOG.verifier(), w2)
+    named = [w1.verifier(), w2.verifier(), w3.verifier()]
+    checkpoint, cosignatures = cp.verify_witness_quorum(two, LOG.verifier(), named, 2)
+    assert checkpoint == CHECKPOINT and {c.name for c in cosignatures} == {
+        "w.example/1",
+        "w.example/2",
+    }
+    with pytest.raises(WitnessQuorumError, match=r"2 of the 3 .* missing: w\.example/3"):
+        cp.verify_witness_quorum(two, LOG.verifier(), named, 3)
+    with pytest.raises(WitnessQuorumError, match="0 of the 1"):
+        cp.verify_witness_quorum(signed, LOG.verifier(), named, 1)
+    cp.verify_witness_quorum(signed, LOG.verifier(), [], 0)
+    with pytest.raises(ValueError, match="threshold"):
+        cp.verify_witness_quorum(signed, LOG.verifier(), named, 4)
+    # A cosignature of another checkpoint moved onto this one is a bad signature, not a vote.
+    other = cp.cosign_checkpoint(
+        cp.sign_checkpoint(cp.Checkpoint(ORIGIN, 8, ROOT), LOG), LOG.verifier(), w3
+    )
+    moved = signed + other.split("\n\n")[1].split("\n")[1] + "\n"
+    with pytest.raises(NoteSignatureError):
+        cp.verify_witness_quorum(moved, LOG.verifier(), named, 1)

@@ -379,3 +379,37 @@ def test_property_sign_then_open_round_trips(text: str) -> None:
     assert [s.name for s in opened.unverified] == [LOG.name]
     with pytest.raises(NoteSignatureError):
         note.open_note(signed.replace(text, text + "x\n", 1), [WITNESS.verifier()])
+
+
+def _foreign_vkey(name: str, algorithm: int, spki_der: bytes) -> str:
+    """A verifier key as c2sp.org/signed-note defines it for ECDSA (0x02) and RFC 6962 (0x05):
+    the key ID is SHA-256 of the DER SubjectPublicKeyInfo, truncated to four bytes."""
+    key_id = hashlib.sha256(spki_der).digest()[:4].hex()
+    encoded = base64.b64encode(bytes([algorithm]) + spki_der).decode()
+    return f"{name}+{key_id}+{encoded}"
+
+
+@pytest.mark.parametrize(("algorithm", "what"), [(0x02, "ECDSA"), (0x05, "RFC 6962")])
+def test_valid_keys_of_foreign_key_id_algorithms_are_unsupported_not_mismatched(
+    algorithm: int, what: str
+) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    private = ec.derive_private_key(12345, ec.SECP256R1())
+    spki = private.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    vkey = _foreign_vkey("ct.example/log", algorithm, spki)
+    with pytest.raises(KeyFileError, match=f"unsupported algorithm 0x{algorithm:02x} \\({what}"):
+        note.VerifierKey.from_text(vkey)
+    with pytest.raises(KeyFileError, match="unsupported algorithm"):
+        note.parse_verifier_key(vkey)
+
+
+def test_an_ed25519_key_with_a_wrong_hash_still_says_so() -> None:
+    good = note.Ed25519NoteSigner.generate("k.example").verifier().to_vkey()
+    name, hash_text, key = good.split("+", 2)
+    wrong = f"{name}+{int(hash_text, 16) ^ 1:08x}+{key}"
+    with pytest.raises(KeyFileError, match="hash does not match"):
+        note.VerifierKey.from_text(wrong)
