@@ -280,7 +280,11 @@ class Ingestor:
             job.result = SubmitResult(receipts=final, tree_size=tree_size)
 
     @staticmethod
-    def _rejected(raw: bytes, reason: int, detail: str, seq: int | None = None) -> spb.Receipt:
+    def _rejected(
+        raw: bytes, reason: int, detail: str, seq: int | None = None, log_index: int = 0
+    ) -> spb.Receipt:
+        """A REJECTED receipt; ``log_index`` only for a FORK whose envelope is logged as
+        evidence (the index of that entry)."""
         from attest.envelope import envelope_digest
 
         receipt = spb.Receipt(
@@ -288,6 +292,7 @@ class Ingestor:
             status=spb.RECEIPT_STATUS_REJECTED,
             reason=reason,  # type: ignore[arg-type]
             detail=detail[:300],
+            log_index=log_index,
         )
         if seq is not None:
             receipt.seq = seq
@@ -378,7 +383,11 @@ class Ingestor:
             if seen is not None:
                 if seen[1] == EntryKind.FORK_EVIDENCE:
                     return self._rejected(
-                        raw, spb.REJECT_REASON_FORK, "already on record as equivocation", seq
+                        raw,
+                        spb.REJECT_REASON_FORK,
+                        "already on record as equivocation",
+                        seq,
+                        log_index=seen[0],
                     )
                 seen_index = seen[0]
         if seen_index is not None:
@@ -637,9 +646,14 @@ class Ingestor:
     ) -> spb.Receipt:
         """Equivocation: keep the envelope as evidence, log a finding, flag the node."""
         seq = att.body.seq
-        if w.tx.entry_index_by_digest(bytes(att.digest)) is not None:
+        on_record = w.tx.entry_index_by_digest(bytes(att.digest))
+        if on_record is not None:
             return self._rejected(
-                att.raw, spb.REJECT_REASON_FORK, "already on record as equivocation", seq
+                att.raw,
+                spb.REJECT_REASON_FORK,
+                "already on record as equivocation",
+                seq,
+                log_index=on_record[0],
             )
         index = w.append(
             PendingEntry(
@@ -683,6 +697,7 @@ class Ingestor:
             spb.REJECT_REASON_FORK,
             "conflicts with the node's chain; kept as evidence of equivocation",
             seq,
+            log_index=index,
         )
 
     def _record_gap(

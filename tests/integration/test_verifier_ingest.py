@@ -88,6 +88,8 @@ def test_fork_and_replay_are_caught(tmp_path: Path) -> None:
         assert evidence[0] == accepted[2].log_index
         entry = client.audit.GetLogEntry(apb.GetLogEntryRequest(index=evidence[1]))
         assert entry.entry == forked
+        # The FORK receipt names where the envelope was logged, the first time and when resent.
+        assert fork.log_index == again.log_index == evidence[1] > accepted[-1].log_index
         info = client.registry.GetNode(rpb.GetNodeRequest(node_id=node.node_id)).node
         assert info.state == rpb.NODE_STATE_FLAGGED
         report = client.audit.GetComplianceReport(
@@ -115,6 +117,9 @@ def test_a_successor_of_another_predecessor_is_a_fork(tmp_path: Path) -> None:
         right = node.chain(3)[2]
         again, accepted = client.submit([wrong, right])
         assert again.reason == spb.REJECT_REASON_FORK
+        assert again.log_index == receipt.log_index > 0
+        logged = client.audit.GetLogEntry(apb.GetLogEntryRequest(index=receipt.log_index))
+        assert logged.entry == wrong
         assert accepted.status == spb.RECEIPT_STATUS_ACCEPTED
 
 

@@ -296,7 +296,9 @@ class Receipt(_message.Message):
     status: Global___ReceiptStatus.ValueType
     """The outcome."""
     log_index: _builtins.int
-    """Log index, for ACCEPTED and DUPLICATE."""
+    """Log index, for ACCEPTED and DUPLICATE; for a REJECTED FORK, the index of the fork
+    evidence entry the envelope was logged as (0 for every other rejection).
+    """
     reason: Global___RejectReason.ValueType
     """Why, for REJECTED."""
     detail: _builtins.str
