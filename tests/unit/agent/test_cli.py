@@ -287,3 +287,63 @@ def test_run_with_a_bad_scenario_or_a_readable_key_changes_nothing(
     assert (spool.head(), spool.get_text("enrollment")) == before
     assert spool.envelopes() == []
     spool.close()
+
+
+def test_authorize_takes_a_request_built_from_the_documented_format_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], operator_keys: tuple[Path, object]
+) -> None:
+    """docs/agent.md, "The request file": an Envelope (wire-format.md section 2) of type
+    application/vnd.pausewatch.enrollment.v1+protobuf over a NodeEnrollment, signed by the key
+    it names. Built here without the agent's enrolment code."""
+    import hashlib
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from pausewatch.v1 import envelope_pb2, registry_pb2
+
+    from attest.envelope import pae
+
+    node = Ed25519PrivateKey.from_private_bytes(hashlib.sha256(b"doc node").digest())
+    public = node.public_key().public_bytes_raw()
+    payload = registry_pb2.NodeEnrollment(
+        format_version=1,
+        lab_id="lab-a",
+        node_public_key=public,
+        gpus=[registry_pb2.GpuIdentity(uuid="GPU-0", model="NVIDIA H100 80GB HBM3")],
+        node_name="gpu-001",
+        agent_version="0.1.0",
+        created_at_ns=1_795_939_200_000_000_000,
+        verifier_nonce=b"n" * 24,
+    ).SerializeToString()
+    payload_type = "application/vnd.pausewatch.enrollment.v1+protobuf"
+    request = envelope_pb2.Envelope(
+        payload_type=payload_type,
+        payload=payload,
+        key_id=hashlib.sha256(public).digest(),
+        signature=node.sign(pae(payload_type.encode(), payload)),
+    ).SerializeToString()
+    request_in = tmp_path / "request.env"
+    request_in.write_bytes(request)
+    out = tmp_path / "auth.env"
+    code, stdout, err = run_agent_cli(
+        capsys, "operator", "authorize", "--operator-key", str(operator_keys[0]),
+        str(request_in), str(out), "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads(stdout)["node_id"] == hashlib.sha256(public).hexdigest()
+    authorization = envelope_pb2.Envelope.FromString(out.read_bytes())
+    assert authorization.payload == payload  # the very same bytes
+    assert authorization.payload_type == (
+        "application/vnd.pausewatch.enrollment-authorization.v1+protobuf"
+    )
+    # The same request signed by another key than the one it names: refused, nothing written.
+    other = Ed25519PrivateKey.from_private_bytes(hashlib.sha256(b"other").digest())
+    forged = envelope_pb2.Envelope.FromString(request)
+    forged.signature = other.sign(pae(payload_type.encode(), payload))
+    request_in.write_bytes(forged.SerializeToString())
+    refused = tmp_path / "refused.env"
+    code, _, err = run_agent_cli(
+        capsys, "operator", "authorize", "--operator-key", str(operator_keys[0]),
+        str(request_in), str(refused),
+    )  # fmt: skip
+    assert code == 3
+    assert not refused.exists()

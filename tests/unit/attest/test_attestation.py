@@ -83,6 +83,20 @@ BAD_BODIES: dict[str, tuple[Callable[[pb.AttestationBody], None], str]] = {
         "twice",
     ),
     "empty model": (_set("gpus.0.model", ""), "model"),
+    "window too short": (_set("window_end_ns", NODE.t0_ns + 99_999_999), "minimum"),
+    "window start": (_set("window_start_ns", 0), "window_start_ns must be positive"),
+    "sample interval too long": (_set("sample_interval_ms", 60_001), "sample_interval_ms"),
+    "nonce too long": (_set("verifier_nonce", b"n" * 65), "verifier_nonce"),
+    "samples expected over window": (_set("gpus.0.samples_expected", 1_000), "samples_expected"),
+    "sm active over window": (_set("gpus.0.sm_active_ms", 10_000_000), "sm_active_ms"),
+    "duplicate gpu index": (_set("gpus.1.index", 0), "index 0 appears twice"),
+    "gap end before start": (
+        _set(
+            "events",
+            [pb.SamplerEvent(kind=pb.EVENT_KIND_DRIVER_RELOAD, gap_start_ns=2, gap_end_ns=1)],
+        ),
+        "gap_end_ns",
+    ),
 }
 
 
