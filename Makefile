@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup test test-fast check lint format typecheck proto proto-check demo bench gpu-check wheel-check clean
+.PHONY: setup test test-fast check lint format typecheck proto proto-check gpu-table gpu-table-check demo bench gpu-check wheel-check clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +22,8 @@ test: $(STAMP)
 	@scripts/ensure_swtpm.sh || echo "note: no swtpm or tpm2-tools; the TPM tests will be skipped"
 	$(BIN)/python -m pytest
 
-## Lint, types, and generated-code drift: what CI checks besides the tests.
-check: lint typecheck proto-check
+## Lint, types, and generated-code and generated-doc drift: what CI checks besides the tests.
+check: lint typecheck proto-check gpu-table-check
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -41,6 +41,13 @@ proto: $(STAMP)
 
 proto-check: $(STAMP)
 	$(BIN)/python scripts/gen_protos.py --check
+
+## docs/gpu-table.md is generated from attest/compute.py's GPU table.
+gpu-table: $(STAMP)
+	$(BIN)/python scripts/gen_gpu_table.py
+
+gpu-table-check: $(STAMP)
+	$(BIN)/python scripts/gen_gpu_table.py --check
 
 ## The wheel: builds, installs in a fresh venv, both commands start, demo data in, no tests.
 wheel-check: $(STAMP)
