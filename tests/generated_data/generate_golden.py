@@ -27,6 +27,7 @@ from attest.envelope import PayloadType, envelope_digest, pae, parse_envelope, s
 from attest.ids import ZERO_DIGEST
 from attest.keys import Ed25519Signer, key_id
 from attest.note import Ed25519NoteSigner, format_verifier_key
+from attest.samples import Sample, SampleFlags, encode_sample, samples_root
 
 GOLDEN = Path(__file__).with_name("golden.json")
 NODE_SEED = bytes(range(32))
@@ -124,6 +125,26 @@ def generate() -> dict[str, Any]:
             "inclusion_proof_0_hex": [h.hex() for h in merkle.inclusion_proof(0, leaves)],
             "checkpoint_note": sign_checkpoint(checkpoint, log_signer),
         },
+        "samples": _samples(),
+    }
+
+
+def _samples() -> dict[str, Any]:
+    """Three raw samples of two GPUs and their samples root (wire-format.md section 4)."""
+    every = SampleFlags.UTILIZATION | SampleFlags.ENERGY | SampleFlags.POWER
+    samples = [
+        Sample(0, WINDOW_START_NS, 1000, every, 75, 5_000_000_000, 500_000),
+        Sample(1, WINDOW_START_NS, 1000, every, 0, 7_000_000_000, 90_000),
+        Sample(0, WINDOW_START_NS + 1_000_000_000, 1000, SampleFlags.POWER, power_mw=510_000),
+    ]
+    encoded = [encode_sample(s) for s in samples]
+    leaves = [merkle.leaf_hash(e) for e in encoded]
+    return {
+        "encoded_hex": [e.hex() for e in encoded],
+        "leaf_hash_hex": [h.hex() for h in leaves],
+        "node_01_hex": merkle.node_hash(leaves[0], leaves[1]).hex(),
+        "root_hex": samples_root(samples).hex(),
+        "empty_root_hex": samples_root([]).hex(),
     }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -79,3 +80,29 @@ def test_doc_quotes_the_golden_log() -> None:
     for value in (log["root_hex"], log["verifier_key"], re.sub(r"\s+", "", log["checkpoint_note"])):
         assert value in doc
     assert GOLDEN["envelopes"][1]["digest_hex"] in doc
+
+
+def test_doc_quotes_the_second_window_body() -> None:
+    second = GOLDEN["envelopes"][1]
+    assert second["seq"] == "1"
+    assert second["payload_hex"] in _doc_text()
+    assert second["leaf_hash_hex"] in _doc_text()
+
+
+def test_samples_vector_is_the_samples_root_and_the_doc_quotes_it() -> None:
+    from attest.samples import decode_sample, samples_root
+
+    vector = GOLDEN["samples"]
+    encoded = [bytes.fromhex(h) for h in vector["encoded_hex"]]
+    # The leaf input is the 51-byte encoding itself, behind the 0x00 domain byte.
+    assert [hashlib.sha256(b"\x00" + e).hexdigest() for e in encoded] == vector["leaf_hash_hex"]
+    leaves = [bytes.fromhex(h) for h in vector["leaf_hash_hex"]]
+    node01 = hashlib.sha256(b"\x01" + leaves[0] + leaves[1]).digest()
+    assert node01.hex() == vector["node_01_hex"]
+    root = hashlib.sha256(b"\x01" + node01 + leaves[2]).hexdigest()
+    assert root == vector["root_hex"]
+    assert samples_root([decode_sample(e) for e in encoded]).hex() == root
+    assert vector["empty_root_hex"] == hashlib.sha256(b"").hexdigest()
+    doc = _doc_text()
+    for value in [*vector["encoded_hex"], *vector["leaf_hash_hex"], vector["node_01_hex"], root]:
+        assert value in doc
