@@ -1119,4 +1119,30 @@ def render_text(report: pb.ComplianceReport) -> str:
                 ]
             )
         lines += _table(rows)
+    if report.sites:
+        lines += ["", f"sites ({len(report.sites)})"]
+        rows = [["SITE", "METERED", "IT", "ATTESTED GPU", "UNEXPLAINED", "PAST SLACK", "BOUND"]]
+        for site in report.sites:
+            rows.append(
+                [
+                    site.site_id,
+                    _kwh(site.metered_mj),
+                    _kwh(site.it_mj),
+                    _kwh(site.attested_gpu_mj),
+                    f"{_kwh(site.unexplained_mj)} ({site.unexplained_ppm / 10_000:.3g} %)",
+                    _kwh(site.excess_mj),
+                    f"{format_flop(int(site.bound_flop or '0'))} FLOP",
+                ]
+            )
+        lines += _table(rows)
+        for site in report.sites:
+            if site.unmetered_ns:
+                lines.append(
+                    f"  {site.site_id}: {format_duration_ns(site.unmetered_ns)} without a reading "
+                    "from every meter (no bound drawn there)"
+                )
     return "\n".join(lines) + "\n"
+
+
+def _kwh(energy_mj: int) -> str:
+    return f"{energy_mj / 3_600_000_000:.6g} kWh"

@@ -57,7 +57,7 @@ from datetime import UTC, datetime, timedelta
 
 from google.protobuf.descriptor import EnumDescriptor
 from pausewatch.v1 import audit_pb2 as pb
-from pausewatch.v1 import findings_pb2
+from pausewatch.v1 import findings_pb2, site_pb2
 
 from verifier.data_quality import data_quality_warnings
 from verifier.evaluation import format_time_ns, lab_title, rooting_text
@@ -200,6 +200,13 @@ footer { margin-top: 32px; color: var(--muted); font-size: 12px; border-top: 1px
   .exact, .nowrap { white-space: normal; overflow-wrap: anywhere; }
   .table-wrap { overflow: visible; }
 }
+svg.site-chart { display: block; width: 100%; height: auto; border: 1px solid var(--line); }
+svg.site-chart text { font: 12px system-ui, "DejaVu Sans", sans-serif; fill: #3d4550; }
+svg.site-chart .axis { stroke: #6b7480; stroke-width: 1; }
+.site-metered { fill: none; stroke: #14285e; stroke-width: 2.5; stroke-linejoin: round; }
+.site-attested { fill: none; stroke: #2f8f5b; stroke-width: 2; stroke-dasharray: 6 4; }
+.site-excess { fill: #d7261e; fill-opacity: .18; }
+.site-unmetered { fill: #9aa3ad; fill-opacity: .25; }
 """
 
 _SVG_CSS = """
@@ -1208,6 +1215,128 @@ def _nodes(report: pb.ComplianceReport) -> str:
     return f'<section id="nodes">\n<h2>Nodes ({len(rows)})</h2>\n{table}\n</section>'
 
 
+SITE_CHART_HEIGHT = 240
+SITE_PLOT_TOP = 24.0
+SITE_PLOT_BOTTOM = SITE_CHART_HEIGHT - 36.0
+
+
+def _site_chart(site: site_pb2.SiteSummary, index: int) -> str:
+    """Metered IT energy and attested GPU energy per bucket, one line each, on a linear axis;
+    buckets with unexplained energy past the tolerance shaded, unmetered ones hatched."""
+    points = list(site.series)
+    if not points:
+        return ""
+    time = _TimeScale(points[0].bucket_start_ns, points[-1].bucket_end_ns)
+    top = max(1, *(p.it_mj for p in points), *(p.attested_gpu_mj for p in points))
+
+    def y(amount_mj: int) -> float:
+        return SITE_PLOT_BOTTOM - amount_mj / top * (SITE_PLOT_BOTTOM - SITE_PLOT_TOP)
+
+    def line(values: Sequence[int], css: str, label: str) -> str:
+        coords = " ".join(
+            f"{_px(time.x(start))},{_px(y(v))} {_px(time.x(end))},{_px(y(v))}"
+            for start, end, v in zip(
+                [p.bucket_start_ns for p in points],
+                [p.bucket_end_ns for p in points],
+                values,
+                strict=True,
+            )
+        )
+        return f'<polyline class="{css}" points="{coords}"><title>{_e(label)}</title></polyline>'
+
+    shades = []
+    for p in points:
+        x0, x1 = time.x(p.bucket_start_ns), time.x(p.bucket_end_ns)
+        height = SITE_PLOT_BOTTOM - SITE_PLOT_TOP
+        if not p.metered:
+            shades.append(
+                f'<rect class="site-unmetered" x="{_px(x0)}" y="{_px(SITE_PLOT_TOP)}" '
+                f'width="{_px(max(x1 - x0, 1.0))}" height="{_px(height)}"><title>no reading from '
+                "every meter</title></rect>"
+            )
+        elif p.excess_mj:
+            shades.append(
+                f'<rect class="site-excess" x="{_px(x0)}" y="{_px(SITE_PLOT_TOP)}" '
+                f'width="{_px(max(x1 - x0, 1.0))}" height="{_px(height)}"><title>'
+                f"{p.excess_mj // 1000} J unexplained past the tolerance</title></rect>"
+            )
+    kwh = top / 3_600_000_000
+    return (
+        f'<svg class="site-chart" id="site-chart-{index}" viewBox="0 0 {CHART_WIDTH} '
+        f'{SITE_CHART_HEIGHT}" role="img" aria-label="Site {_e(site.site_id)}: metered IT energy '
+        'against attested GPU energy per bucket">'
+        + "".join(shades)
+        + f'<line class="axis" x1="{PLOT_LEFT}" y1="{SITE_PLOT_BOTTOM}" x2="{PLOT_RIGHT}" '
+        f'y2="{SITE_PLOT_BOTTOM}"/>'
+        + f'<text class="tick" x="{PLOT_LEFT - 6}" y="{SITE_PLOT_TOP + 4}" text-anchor="end">'
+        f"{kwh:.3g} kWh</text>"
+        + f'<text class="tick" x="{PLOT_LEFT}" y="{SITE_PLOT_TOP - 8}">per bucket of '
+        f"{_e(format_duration_ns(points[0].bucket_end_ns - points[0].bucket_start_ns))}</text>"
+        + f'<text class="tick" x="{PLOT_LEFT}" y="{SITE_PLOT_BOTTOM + 16}">'
+        f"{_e(format_time_ns(points[0].bucket_start_ns))}</text>"
+        + f'<text class="tick" x="{PLOT_RIGHT}" y="{SITE_PLOT_BOTTOM + 16}" text-anchor="end">'
+        f"{_e(format_time_ns(points[-1].bucket_end_ns))}</text>"
+        + f'<text class="tick" x="{PLOT_LEFT - 6}" y="{SITE_PLOT_BOTTOM}" '
+        'text-anchor="end">0</text>'
+        + line(
+            [p.it_mj for p in points],
+            "site-metered",
+            "metered IT energy (metered / PUE, less the declared non-GPU load)",
+        )
+        + line([p.attested_gpu_mj for p in points], "site-attested", "attested GPU energy")
+        + f'<text class="legend-text" x="{PLOT_LEFT}" y="{SITE_CHART_HEIGHT - 4}">'
+        "solid: metered IT energy; dashed: attested GPU energy; shaded: unexplained past the "
+        "tolerance; grey: unmetered</text></svg>"
+    )
+
+
+def _sites(report: pb.ComplianceReport) -> str:
+    """The lab's sites: metered energy against attested GPU energy (docs/site-power.md)."""
+    if not report.sites:
+        return ""
+    parts = ['<section id="sites">\n<h2>Sites: metered energy against attested GPU energy</h2>']
+    for index, site in enumerate(report.sites):
+        share = site.unexplained_ppm / 10_000
+        rows = [
+            [
+                "Declared PUE, non-GPU load, tolerance",
+                _e(
+                    f"{site.pue_ppm / 1_000_000:g}, {site.non_gpu_load_mw / 1_000_000:g} kW, "
+                    f"{site.tolerance_ppm / 10_000:g} %"
+                ),
+            ],
+            ["Metered energy", _e(f"{site.metered_mj / 3_600_000_000:.6g} kWh")],
+            [
+                "IT energy (metered / PUE less non-GPU load)",
+                _e(f"{site.it_mj / 3_600_000_000:.6g} kWh"),
+            ],
+            ["Attested GPU energy", _e(f"{site.attested_gpu_mj / 3_600_000_000:.6g} kWh")],
+            [
+                "Unexplained",
+                _e(f"{site.unexplained_mj / 3_600_000_000:.6g} kWh ({share:.3g} % of IT)"),
+            ],
+            ["Past the tolerance", _e(f"{site.excess_mj / 3_600_000_000:.6g} kWh")],
+            [
+                "Compute it could have done",
+                _flop_html(_int(site.bound_flop or "0"), site.bound_flop),
+            ],
+            [
+                "Unmetered time",
+                _e(format_duration_ns(site.unmetered_ns) if site.unmetered_ns else "none"),
+            ],
+            ["Readings (log indices)", _e(_index_ranges(list(site.reading_log_indices)) or "none")],
+        ]
+        verdict = "UNACCOUNTED" if site.excess_mj else "PASS"
+        parts.append(
+            f'<h3>{_e(site.name or site.site_id)} <span class="mono">({_e(site.site_id)})</span> '
+            f"{_badge(verdict)}</h3>\n"
+            f'<figure class="chart">{_site_chart(site, index)}</figure>\n'
+            + _table(["Figure", "Value"], rows)
+        )
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
 def _accounts(report: pb.ComplianceReport) -> str:
     points = sorted(report.series, key=lambda point: point.bucket_start_ns)
     if not points:
@@ -1297,6 +1426,7 @@ def render_html(
         _gaps(report),
         _findings(report),
         _nodes(report),
+        _sites(report),
         _accounts(report),
         "</main>",
         "<footer>Generated by pausewatch from "

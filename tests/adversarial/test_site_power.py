@@ -221,6 +221,17 @@ def test_hidden_gpus_drawing_power_are_a_violation(lab: Lab) -> None:
         assert rule(result, "site-energy")["outcome"] == "RULE_OUTCOME_VIOLATION"
         assert site["reading_log_indices"], "the readings are the evidence"
     assert verify_bundle(lab, 0, 60)["verdict"] == "VERDICT_VIOLATION"
+    # The person reading the report sees the site, in text and on the page.
+    html = lab.directory / "report.html"
+    text = pausewatch(
+        "audit", "report", *lab.verifier.cli_target(), *span(lab, 0, 60), "--html", str(html)
+    )
+    assert text.returncode == 1
+    assert "sites (1)" in text.stdout and "dc1" in text.stdout
+    page = html.read_text(encoding="utf-8")
+    assert 'id="sites"' in page and 'id="site-chart-0"' in page
+    assert 'class="site-excess"' in page  # the buckets with unexplained energy are shaded
+    assert "badge-unaccounted" in page
 
 
 def test_forged_forked_and_reordered_readings_are_refused(lab: Lab) -> None:
