@@ -17,8 +17,9 @@ verification does (ADR 0001): each envelope is verified under its export's key a
 each node's chain checked, the windows folded into accounts
 (:func:`verifier.accounts.fold_attestation`), each node's gaps found, and the policy evaluated
 (:func:`verifier.evaluation.evaluate`). The declared inventory of an analysis is every GPU the
-windows name, from the first window on: coverage is against the recorded GPUs, not a declaration.
-The period runs from the first window's bucket to the end of the last window's bucket.
+windows name, each node's from its first window on: coverage is against the recorded GPUs, not a
+declaration. The period runs from the first window's bucket to the end of the last window's
+bucket, with evidence up to the last window's end (``as_of``).
 """
 
 from __future__ import annotations
@@ -276,7 +277,17 @@ def _evaluate(
     start = first_ns - first_ns % bucket_ns
     end = -(-last_ns // bucket_ns) * bucket_ns
     all_gpus = frozenset(uuid for node, _ in loaded for uuid in node.models)
-    inventory = [evaluation.InventoryVersion(1, start, all_gpus)]
+    # Each node's GPUs are declared from its first window on (a version per node start).
+    inventory: list[evaluation.InventoryVersion] = []
+    declared: set[str] = set()
+    for node, atts in sorted(loaded, key=lambda pair: pair[1][0].body.window_start_ns):
+        declared |= set(node.models)
+        from_ns = atts[0].body.window_start_ns
+        if inventory and inventory[-1].effective_from_ns == from_ns:
+            inventory.pop()
+        inventory.append(
+            evaluation.InventoryVersion(len(inventory) + 1, from_ns, frozenset(declared))
+        )
     buckets: dict[int, accounts.Bucket] = {}
     index = 0
     timelines: list[evaluation.NodeTimeline] = []
@@ -290,7 +301,7 @@ def _evaluate(
         gaps = accounts.node_gaps_from_windows(
             node.node_id,
             max(start, node_start),
-            end,
+            last_ns,
             node.windows,
             tolerance_ns=ingest.gap_tolerance_ns,
             grace_ns=ingest.open_gap_grace_ns,
@@ -317,7 +328,7 @@ def _evaluate(
         lab_id=policy.lab_id,
         period_start_ns=start,
         period_end_ns=end,
-        as_of_ns=end,
+        as_of_ns=last_ns,
         bucket_ns=bucket_ns,
         buckets=buckets,
         inventory=inventory,

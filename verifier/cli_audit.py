@@ -204,9 +204,9 @@ def analyse_command(
 
     policy = load_policy(policy_path)
     sources = [AnalysisSource.for_path(path) for path in inputs]
-    names = [source.node_name for source in sources]
+    names = [source.node_name for source in sources if not source.is_spool]
     if len(set(names)) != len(names):
-        raise click.UsageError("two inputs have the same name; rename one (a node per file)")
+        raise click.UsageError("two recordings have the same file name; rename one (one per node)")
     result = analyse(sources, policy, gpus=gpus, gpu_model=gpu_model, window_s=window_s)
     if html_path is not None:
         from verifier.report_html import render_html

@@ -124,8 +124,9 @@ def test_a_training_run_in_an_nvidia_smi_log_is_reported_with_its_signature(
     assert int(totals.get("unknown_model_gpu_windows", 0)) == 0
     # Coverage: all recorded time but the stall, against the 8 GPUs over the period.
     coverage = report["coverage"]
-    span_ms = (int(report["period_end_ns"]) - int(report["period_start_ns"])) // 1_000_000
-    assert int(coverage["declared_gpu_ms"]) == 8 * span_ms
+    # Coverage counts whole buckets, from the first poll to the last whole minute.
+    horizon_ms = int(report["as_of_ns"]) // 1_000_000 // 60_000 * 60_000
+    assert int(coverage["declared_gpu_ms"]) == 8 * (horizon_ms - START_NS // 1_000_000)
     assert within(int(coverage["attested_gpu_ms"]), 8 * log.observed_ms())
     assert rule(report, "coverage")["outcome"] == "RULE_OUTCOME_PASS"
 
@@ -164,8 +165,9 @@ def test_the_terminal_report_is_marked_and_warns_of_unknown_models(tmp_path: Pat
 
 
 def test_two_nodes_recorded_alike_never_share_gpus(tmp_path: Path) -> None:
-    for name, seed in (("node1", 1), ("node2", 2)):
-        log = generate_log(gpus=8, seconds=90, seed=seed)
+    # node2 starts recording 20 s later, mid-bucket: its GPUs count from then on.
+    for name, seed, offset_s in (("node1", 1, 0), ("node2", 2, 20)):
+        log = generate_log(gpus=8, seconds=90, seed=seed, start_ns=START_NS + offset_s * 10**9)
         (tmp_path / f"{name}.csv").write_text(log.text, encoding="utf-8")
     done = pausewatch(
         "audit",
@@ -183,11 +185,13 @@ def test_two_nodes_recorded_alike_never_share_gpus(tmp_path: Path) -> None:
     assert [n["gpus"] for n in out["nodes"]] == [8, 8]
     assert len({n["node_id"] for n in out["nodes"]}) == 2
     assert len(out["report"]["nodes"]) == 2
-    # 16 GPUs declared (the recorded ones), none counted twice.
-    span_ms = (int(out["report"]["period_end_ns"]) - int(out["report"]["period_start_ns"])) // (
-        1_000_000
-    )
-    assert int(out["report"]["coverage"]["declared_gpu_ms"]) == 16 * span_ms
+    # 16 GPUs declared (the recorded ones, each node's from its first poll), none counted twice.
+    horizon_ms = int(out["report"]["as_of_ns"]) // 1_000_000 // 60_000 * 60_000  # whole buckets
+    start_ms = START_NS // 1_000_000
+    declared = 8 * (horizon_ms - start_ms) + 8 * (horizon_ms - start_ms - 20_000)
+    coverage = out["report"]["coverage"]
+    assert int(coverage["declared_gpu_ms"]) == declared
+    assert int(coverage["ratio_ppm"]) >= 990_000  # complete recordings: ~100 % covered
 
 
 def _slow_query_log(polls: int) -> str:
