@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -26,6 +27,7 @@ from cryptography import x509
 from pausewatch.v1 import attestation_service_pb2 as api
 from pausewatch.v1 import attestation_service_pb2_grpc as api_grpc
 
+from agent.clock import NS_PER_MS
 from agent.config import AgentConfig, VerifierConfig
 from agent.failures import FailureKind, classify_rpc_error, rpc_error_text
 from agent.sampler.base import Backend
@@ -34,6 +36,9 @@ from attest import keys
 from attest.errors import ConfigError, KeyFileError, PausewatchError
 from attest.ids import NodeId
 
+MAX_CLOCK_SKEW_MS = 30_000
+"""More than this between the node's clock and the verifier's fails ``check`` (the verifier's
+default tolerance is 300 s: this warns well before windows are refused)."""
 MIN_FREE_BYTES = 64 << 20
 """Below this much free disk in the state directory a check fails: the spool will not fit a day."""
 
@@ -269,6 +274,7 @@ def verifier_check(
     config: VerifierConfig,
     node_id: NodeId,
     open_channel: Callable[[VerifierConfig], grpc.Channel],
+    now_ns: Callable[[], int] = time.time_ns,
 ) -> CheckResult:
     """Open a channel as the shipper does (same TLS settings) and ask for a challenge."""
     name = "verifier"
@@ -277,9 +283,11 @@ def verifier_check(
     except ConfigError as exc:
         return _fail(name, exc.diagnostics(), FailureKind.CONFIG.fix)
     try:
-        api_grpc.AttestationServiceStub(channel).GetChallenge(
+        sent_ns = now_ns()
+        response = api_grpc.AttestationServiceStub(channel).GetChallenge(
             api.GetChallengeRequest(node_id=node_id), timeout=config.rpc_timeout_ms / 1000
         )
+        received_ns = now_ns()
     except grpc.RpcError as exc:
         code, details = rpc_error_text(exc)
         kind = classify_rpc_error(code, details)
@@ -292,7 +300,21 @@ def verifier_check(
     finally:
         channel.close()
     tls = "plaintext" if config.insecure_no_tls else "TLS"
-    return _ok(name, f"{config.address} answered a challenge over {tls}")
+    # The verifier's clock at the midpoint of the call against ours: windows are stamped with
+    # this node's wall clock, and the verifier refuses windows too far from its own.
+    skew_ms = ((sent_ns + received_ns) // 2 - response.verifier_time_ns) // NS_PER_MS
+    if abs(skew_ms) > MAX_CLOCK_SKEW_MS:
+        return _fail(
+            "clock",
+            f"this node's clock is {skew_ms / 1000:+.1f} s off the verifier's "
+            f"(more than {MAX_CLOCK_SKEW_MS // 1000} s)",
+            "synchronise the clock (timedatectl set-ntp true, or chrony/ntpd); the verifier "
+            "rejects windows stamped too far from its own time",
+        )
+    return _ok(
+        name,
+        f"{config.address} answered a challenge over {tls}; clock skew {skew_ms / 1000:+.1f} s",
+    )
 
 
 def first_failure(results: list[CheckResult]) -> CheckResult | None:

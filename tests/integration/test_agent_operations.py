@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,10 +14,13 @@ import pytest
 from agent.cli import example_scenario
 from agent.config import AgentConfig, load_config
 from agent.daemon import spool_path
+from agent.preflight import CheckStatus, verifier_check
+from agent.shipper import open_channel
 from agent.spool import Spool
 from attest import keys
 from attest.attestation import parse_attestation_body
 from attest.envelope import parse_envelope
+from attest.ids import NodeId
 from tests.agent_process import AgentProcess, agent_env, wait_until
 from tests.agent_setup import write_state_dir
 from tests.cli_runner import run_agent_cli
@@ -304,3 +308,18 @@ def test_init_with_the_sim_backend_uses_the_shipped_example_scenario(
         assert len(body.gpus) == 8
     finally:
         server.stop()
+
+
+def test_check_names_a_clock_far_from_the_verifiers(
+    tmp_path: Path, pki: TestPki, tls_verifier: FakeVerifier
+) -> None:
+    config = tls_state_dir(tmp_path, pki, tls_verifier.port)
+    node = NodeId(bytes(32))
+    honest = verifier_check(config.verifier, node, open_channel)
+    assert honest.status is CheckStatus.OK and "clock skew" in honest.detail
+    # This node's clock two minutes ahead (an NTP daemon that never ran).
+    ahead = verifier_check(
+        config.verifier, node, open_channel, now_ns=lambda: time.time_ns() + 120 * 10**9
+    )
+    assert ahead.status is CheckStatus.FAIL and ahead.name == "clock"
+    assert "+120" in ahead.detail and "timedatectl set-ntp true" in ahead.fix
