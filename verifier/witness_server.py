@@ -25,6 +25,7 @@ import time
 from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 from attest.checkpoint import Checkpoint, CosignatureSigner
 from attest.errors import ConfigError, NoteError
@@ -42,8 +43,12 @@ from attest.witness import (
 
 log = logging.getLogger(__name__)
 
-REQUEST_TIMEOUT_S = 10
-"""How long a connection may take to send its request before it is dropped."""
+REQUEST_TIMEOUT_S = 10.0
+"""How long a connection may stay silent (before or between requests) before it is dropped."""
+
+MAX_CONNECTIONS = 64
+"""Connections served at once; one more is closed at once, so idle or slow clients cannot take
+every thread and all memory."""
 
 _STATE_SUFFIX = ".checkpoint"
 
@@ -163,10 +168,14 @@ class Witness:
 
 class _Handler(BaseHTTPRequestHandler):
     server: _HttpServer
-    timeout = REQUEST_TIMEOUT_S
     protocol_version = "HTTP/1.1"
     server_version = "pausewatch-witness"
     sys_version = ""
+
+    def setup(self) -> None:
+        super().setup()
+        # Every read on this connection, the request line included, gives up after this.
+        self.connection.settimeout(self.server.request_timeout_s)
 
     def log_message(self, format: str, *args: object) -> None:
         log.debug("%s %s", self.address_string(), format % args)
@@ -217,14 +226,42 @@ class _Handler(BaseHTTPRequestHandler):
 class _HttpServer(ThreadingHTTPServer):
     daemon_threads = True
     witness: Witness
+    request_timeout_s: float
+    slots: threading.BoundedSemaphore
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            log.warning("too many connections: closing one from %s", client_address[0])
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
 
 
 class WitnessServer:
     """The witness's HTTP server."""
 
-    def __init__(self, witness: Witness, address: tuple[str, int]) -> None:
+    def __init__(
+        self,
+        witness: Witness,
+        address: tuple[str, int],
+        *,
+        request_timeout_s: float = REQUEST_TIMEOUT_S,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
         self._http = _HttpServer(address, _Handler)
         self._http.witness = witness
+        self._http.request_timeout_s = request_timeout_s
+        self._http.slots = threading.BoundedSemaphore(max_connections)
         self._thread: threading.Thread | None = None
 
     @property

@@ -229,3 +229,38 @@ def test_witness_config() -> None:
     twice = f'[[log.witnesses]]\nurl = "http://a"\nkey = "{vkey}"\n' * 2
     with pytest.raises(ConfigError, match="appears twice"):
         parse_config(f"[server]\ninsecure_no_tls = true\n{twice}".encode())
+
+
+def test_silent_and_surplus_connections_cannot_starve_the_witness(tmp_path: Path) -> None:
+    """Anyone may connect: a connection that says nothing is dropped after the timeout, and
+    connections beyond the limit are closed at once, while the witness keeps answering."""
+    import socket
+    import time
+
+    state = WitnessState.open(tmp_path / "s")
+    server = WitnessServer(
+        Witness(state, COSIGNER, {ORIGIN: LOG.verifier()}),
+        ("127.0.0.1", 0),
+        request_timeout_s=0.5,
+        max_connections=3,
+    )
+    server.start()
+    try:
+        silent = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(2)]
+        # One slot left: an honest request is served while two connections sit silent.
+        assert post(server.port, body(0, 10))[0] == 200
+        silent.append(socket.create_connection(("127.0.0.1", server.port)))
+        time.sleep(0.1)
+        surplus = socket.create_connection(("127.0.0.1", server.port))
+        surplus.settimeout(5)
+        assert surplus.recv(1) == b""  # closed at once, never served
+        surplus.close()
+        for sock in silent:
+            sock.settimeout(5)
+            assert sock.recv(1) == b""  # dropped by the server after the timeout
+            sock.close()
+        time.sleep(0.1)
+        assert post(server.port, body(10, 12))[0] == 200
+        assert state.latest(ORIGIN) == cp.Checkpoint(ORIGIN, 12, TREE.root(12))
+    finally:
+        server.stop()
