@@ -130,9 +130,9 @@ def witness_signer(seed: int, name: str) -> CosignatureSigner:
 
 
 def start_witness(
-    directory: Path, name: str, *, seed: int, log_vkeys: Sequence[str]
+    directory: Path, name: str, *, seed: int, log_vkeys: Sequence[str], port: int = 0
 ) -> RunningWitness:
-    """``pausewatch witness serve`` as a real process on 127.0.0.1, port 0."""
+    """``pausewatch witness serve`` as a real process on 127.0.0.1 (port 0: any free one)."""
     directory.mkdir(parents=True, exist_ok=True)
     key_path = directory / "witness.key"
     if not key_path.exists():
@@ -144,7 +144,7 @@ def start_witness(
     args = [
         sys.executable, "-m", "verifier.cli", "--log-level", "info", "witness", "serve",
         "--key", str(key_path), "--name", name, "--state", str(directory / "state"),
-        "--listen", "127.0.0.1:0", "--port-file", str(port_file),
+        "--listen", f"127.0.0.1:{port}", "--port-file", str(port_file),
     ]  # fmt: skip
     for vkey in log_vkeys:
         args += ["--log-key", vkey]
@@ -158,10 +158,10 @@ def start_witness(
             process.kill()
             raise TimeoutError("witness did not start")
         time.sleep(0.05)
-    port = int(port_file.read_text())
+    bound = int(port_file.read_text())
     vkey = witness_signer(seed, name).verifier().to_vkey()
     return RunningWitness(
-        name, f"http://127.0.0.1:{port}", vkey, directory / "state", process, key_path, log_path
+        name, f"http://127.0.0.1:{bound}", vkey, directory / "state", process, key_path, log_path
     )
 
 

@@ -304,6 +304,23 @@ def test_two_witnesses_cosign_an_honest_log_and_refuse_a_fork(tmp_path: Path) ->
             assert sorted(json.loads(checked.stdout)["witnesses"]) == [w.name for w in witnesses]
             assert cosigned["tree_size"] == size
 
+            # The log grows once more; both cosign.
+            lab.submit(2)
+            size3 = lab.tree_size()
+            lab.wait_checkpoint(
+                lambda r: r["tree_size"] == size3 and r["signed_note"].count("\u2014") == 3
+            )
+            # Witness 1 is killed with SIGKILL and restarted on its address just before the fork:
+            # had it forgotten what it cosigned, it would cosign the fork from size 0.
+            first = witnesses[0]
+            assert stop_witness(first, signal.SIGKILL) == -signal.SIGKILL
+            witnesses[0] = start_witness(
+                tmp_path / "witnesses" / "w1",
+                first.name,
+                seed=301,
+                log_vkeys=[log_vkey],
+                port=int(first.url.rsplit(":", 1)[1]),
+            )
             # The operator forks the log behind the running verifier: the lab's last window is
             # replaced by a quieter one, re-signed with the node's key (the lab colludes).
             last = len(lab.chain) - 1
