@@ -26,7 +26,7 @@ from attest.attestation import verify_attestation
 from attest.envelope import StaticKeyring
 from attest.errors import ConfigError
 from attest.ids import NodeId, is_valid_lab_id
-from attest.keys import public_key_from_raw
+from attest.keys import key_id_from_raw, public_key_from_raw
 from verifier import accounts, evaluation
 from verifier.accounts import Bucket, Figure, Gap, WindowEdge
 from verifier.core import VerifierCore
@@ -295,6 +295,30 @@ class Auditor:
             if len(rows) < page or (limit is not None and len(out) >= limit):
                 return out
             cursor = rows[-1].log_index
+
+    def list_labs(self, lab_ids: Sequence[str] | None = None) -> list[pb.LabSummary]:
+        """Every registered lab (or those of ``lab_ids``), with the policy in force now."""
+        now = self.core.clock_ns()
+        out: list[pb.LabSummary] = []
+        with self.core.store.snapshot() as view:
+            for lab in sorted(view.list_labs(), key=lambda row: row.lab_id):
+                if lab_ids is not None and lab.lab_id not in lab_ids:
+                    continue
+                rows = view.policies(lab.lab_id)
+                policy = record_in_force([(r.effective_from_ns, r) for r in rows], now)
+                out.append(
+                    pb.LabSummary(
+                        lab_id=lab.lab_id,
+                        name=lab.name,
+                        operator_key_id=key_id_from_raw(lab.operator_public_key),
+                        record_log_index=lab.record_log_index,
+                        policy_id=policy.policy_id if policy is not None else "",
+                        policy_version=policy.version if policy is not None else 0,
+                        policy_digest=policy.digest if policy is not None else b"",
+                        nodes=len(view.list_nodes(lab.lab_id)),
+                    )
+                )
+        return out
 
     def export_bundle(self, lab_id: str, period_start_ns: int, period_end_ns: int) -> bytes:
         from verifier.bundle import export_bundle

@@ -20,12 +20,19 @@ from typing import Any
 import click
 import grpc
 
-from attest import keys, note
+from attest import __version__, compute, keys, note
 from attest.errors import ConfigError, PausewatchError
 from attest.exitcodes import ExitCode, exit_code_for
 from verifier import policy as policy_file
 from verifier.cli_audit import audit, log_group
 from verifier.cli_common import emit
+from verifier.cli_registry import (
+    entry_command,
+    health_command,
+    labs_command,
+    node_command,
+    nodes_command,
+)
 from verifier.cli_site import site
 from verifier.cli_witness import witness_group
 from verifier.demo import demo_command
@@ -34,6 +41,11 @@ log = logging.getLogger(__name__)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(
+    version=__version__,
+    prog_name="pausewatch",
+    message=f"%(prog)s %(version)s (GPU table version {compute.TABLE_VERSION})",
+)
 @click.option("--debug", is_flag=True, help="Log debug detail (and tracebacks) to stderr.")
 @click.option(
     "--log-level",
@@ -212,6 +224,9 @@ def serve(config_path: Path, listen: str | None, port_file: Path | None) -> None
 
 cli.add_command(audit)
 cli.add_command(log_group)
+log_group.add_command(entry_command)
+for _command in (labs_command, nodes_command, node_command, health_command):
+    cli.add_command(_command)
 cli.add_command(demo_command)
 cli.add_command(site)
 cli.add_command(witness_group)

@@ -15,14 +15,19 @@ certificate.
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
 
 import click
+import grpc
 from google.protobuf import json_format
 from pausewatch.v1 import audit_pb2 as apb
 from pausewatch.v1 import audit_pb2_grpc as apb_grpc
@@ -46,9 +51,17 @@ from attest.errors import (
 )
 from attest.exitcodes import ExitCode
 from attest.note import Ed25519NoteVerifier, parse_verifier_key
-from verifier.cli_common import TIME, WitnessPolicy, emit, verifier_options, witness_options
+from verifier.cli_common import (
+    TIME,
+    TZ,
+    WitnessPolicy,
+    emit,
+    format_time,
+    verifier_options,
+    witness_options,
+)
 from verifier.client import VerifierTarget, open_channel
-from verifier.evaluation import format_time_ns, render_text
+from verifier.evaluation import format_time_ns, lab_title, render_text
 
 if TYPE_CHECKING:
     from verifier.report_html import OfflineStamp
@@ -99,46 +112,233 @@ def audit() -> None:
     """Compliance reports, findings and evidence bundles."""
 
 
+CSV_COLUMNS = (
+    "lab_id",
+    "bucket_start_utc",
+    "bucket_start_ns",
+    "upper_bound_flop",
+    "central_estimate_flop",
+    "energy_flop",
+    "attested_gpu_ms",
+    "unattested_gpu_ms",
+    "busy_gpu_ms",
+    "energy_mj",
+)
+
+
+def _csv_rows(report: apb.ComplianceReport) -> list[list[str]]:
+    return [
+        [
+            report.lab_id,
+            format_time_ns(point.bucket_start_ns),
+            str(point.bucket_start_ns),
+            point.upper_bound_flop or "0",
+            point.central_estimate_flop or "0",
+            point.energy_flop or "0",
+            str(point.attested_gpu_ms),
+            str(point.unattested_gpu_ms),
+            str(point.busy_gpu_ms),
+            str(point.energy_mj),
+        ]
+        for point in report.series
+    ]
+
+
+def _write_csv(path: Path, reports: list[apb.ComplianceReport]) -> None:
+    """The accounts by bucket of every report, one row per lab and bucket, exact integers."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for item in reports:
+        writer.writerows(_csv_rows(item))
+    _write_atomically(path, buffer.getvalue().encode("utf-8"))
+
+
+def _get_report(
+    stub: apb_grpc.AuditServiceStub, lab: str, since: int, until: int
+) -> apb.ComplianceReport:
+    return stub.GetComplianceReport(
+        apb.GetComplianceReportRequest(lab_id=lab, period_start_ns=since, period_end_ns=until),
+        timeout=RPC_TIMEOUT_S,
+    ).report
+
+
 @audit.command("report")
 @verifier_options
-@click.option("--lab", required=True, help="The lab to report on.")
+@click.option("--lab", default=None, help="The lab to report on.")
+@click.option(
+    "--all-labs", is_flag=True, help="Report on every lab this client may read, one after another."
+)
 @click.option("--since", type=TIME, default="-30d", show_default=True, help="Period start.")
 @click.option("--until", type=TIME, default="now", show_default=True, help="Period end.")
+@click.option("--tz", "zone", type=TZ, default=None, help="Print times in this zone (IANA name).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option(
     "--html",
     "html_path",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="Also write a self-contained HTML page with a chart to this file.",
+    help="Also write a self-contained HTML page with a chart to this file (one lab).",
+)
+@click.option(
+    "--csv",
+    "csv_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the accounts by bucket as CSV (exact integers), every lab reported on.",
 )
 @click.pass_context
 def report(
     ctx: click.Context,
     *,
     target: VerifierTarget,
-    lab: str,
+    lab: str | None,
+    all_labs: bool,
     since: int,
     until: int,
+    zone: ZoneInfo | None,
     as_json: bool,
     html_path: Path | None,
+    csv_path: Path | None,
 ) -> None:
-    """The compliance report of a lab for a period. Exit 0 if compliant, 1 if not."""
+    """The compliance report of a lab (or of every lab) for a period. Exit 0 if every verdict
+    is compliant, 1 if not."""
     if until <= since:
         raise click.UsageError("--until must be after --since")
+    if (lab is None) == (not all_labs):
+        raise click.UsageError("give --lab LAB or --all-labs")
+    if all_labs and html_path is not None:
+        raise click.UsageError("--html writes one lab's page; give --lab with it")
     with open_channel(target) as channel:
-        response = apb_grpc.AuditServiceStub(channel).GetComplianceReport(
-            apb.GetComplianceReportRequest(lab_id=lab, period_start_ns=since, period_end_ns=until),
-            timeout=RPC_TIMEOUT_S,
-        )
-    result = response.report
+        stub = apb_grpc.AuditServiceStub(channel)
+        if all_labs:
+            labs = [item.lab_id for item in stub.ListLabs(apb.ListLabsRequest()).labs]
+        else:
+            assert lab is not None
+            labs = [lab]
+        results = [_get_report(stub, name, since, until) for name in labs]
     if html_path is not None:
-        _write_html(html_path, result)
-    text = render_text(result)
+        _write_html(html_path, results[0])
+    if csv_path is not None:
+        _write_csv(csv_path, results)
+
+    def show(timestamp_ns: int) -> str:
+        return format_time(timestamp_ns, zone)
+
+    texts = [render_text(item, show_time=show) for item in results]
+    if all_labs:
+        summary = ["all labs", *(f"  {_verdict_line(item)}" for item in results), ""]
+        text = "\n".join(summary) + "\n".join(texts) if results else "no labs are registered"
+    else:
+        text = texts[0]
     if html_path is not None:
         text += f"\nHTML report written to {html_path}"
-    emit(_report_dict(result), as_json, text)
-    ctx.exit(_verdict_exit(result))
+    if csv_path is not None:
+        text += f"\nCSV accounts written to {csv_path}"
+    if all_labs:
+        emit({"reports": [_report_dict(item) for item in results]}, as_json, text)
+        worst = max((_verdict_exit(item) for item in results), default=ExitCode.OK)
+        ctx.exit(worst)
+    emit(_report_dict(results[0]), as_json, text)
+    ctx.exit(_verdict_exit(results[0]))
+
+
+def _verdict_line(item: apb.ComplianceReport) -> str:
+    verdict = apb.Verdict.Name(item.verdict).removeprefix("VERDICT_")
+    return f"{lab_title(item)}: {verdict}{' (provisional)' if item.provisional else ''}"
+
+
+_COMPARED: tuple[tuple[str, Callable[[apb.ComplianceReport], str]], ...] = (
+    ("verdict", lambda r: apb.Verdict.Name(r.verdict).removeprefix("VERDICT_")),
+    ("provisional", lambda r: str(r.provisional).lower()),
+    ("policy", lambda r: f"{r.policy_id} v{r.policy_version}"),
+    ("upper bound FLOP", lambda r: r.totals.upper_bound_flop or "0"),
+    ("central estimate FLOP", lambda r: r.totals.central_estimate_flop or "0"),
+    ("energy FLOP", lambda r: r.totals.energy_flop or "0"),
+    ("energy mJ", lambda r: str(r.totals.energy_mj)),
+    ("busy GPU-ms", lambda r: str(r.totals.busy_gpu_ms)),
+    ("coverage ppm", lambda r: str(r.coverage.ratio_ppm)),
+    ("attested GPU-ms", lambda r: str(r.coverage.attested_gpu_ms)),
+    ("declared GPU-ms", lambda r: str(r.coverage.declared_gpu_ms)),
+    ("gaps", lambda r: str(len(r.gaps))),
+    ("findings", lambda r: str(len(r.findings))),
+    ("nodes", lambda r: str(len(r.nodes))),
+)
+
+
+@audit.command("compare")
+@verifier_options
+@click.option("--lab", required=True, help="The lab.")
+@click.option(
+    "--first", type=(TIME, TIME), required=True, metavar="START END", help="The first period."
+)
+@click.option(
+    "--second", type=(TIME, TIME), required=True, metavar="START END", help="The second period."
+)
+@click.option("--tz", "zone", type=TZ, default=None, help="Print times in this zone (IANA name).")
+@click.option("--json", "as_json", is_flag=True, help="Print both reports and the changes as JSON.")
+def compare(
+    *,
+    target: VerifierTarget,
+    lab: str,
+    first: tuple[int, int],
+    second: tuple[int, int],
+    zone: ZoneInfo | None,
+    as_json: bool,
+) -> None:
+    """Compare a lab's reports over two periods: verdicts, totals, coverage, each rule's
+    measured amount, side by side with the change (exact integers)."""
+    for name, (start, end) in (("--first", first), ("--second", second)):
+        if end <= start:
+            raise click.BadParameter("END must be after START", param_hint=name)
+    with open_channel(target) as channel:
+        stub = apb_grpc.AuditServiceStub(channel)
+        a = _get_report(stub, lab, *first)
+        b = _get_report(stub, lab, *second)
+    rows: list[dict[str, str]] = []
+    for label, value in _COMPARED:
+        rows.append(_compared_row(label, value(a), value(b)))
+    rules_b = {rule.rule_id: rule for rule in b.rules}
+    for rule in a.rules:
+        other = rules_b.get(rule.rule_id)
+        outcome = apb.RuleOutcome.Name(rule.outcome).removeprefix("RULE_OUTCOME_")
+        if other is None:
+            rows.append(_compared_row(f"rule {rule.rule_id}", f"{rule.measured} {rule.unit}", "-"))
+            continue
+        other_outcome = apb.RuleOutcome.Name(other.outcome).removeprefix("RULE_OUTCOME_")
+        rows.append(
+            _compared_row(f"rule {rule.rule_id} ({rule.unit})", rule.measured, other.measured)
+        )
+        rows.append(_compared_row(f"rule {rule.rule_id} outcome", outcome, other_outcome))
+    for rule in b.rules:
+        if rule.rule_id not in {r.rule_id for r in a.rules}:
+            rows.append(_compared_row(f"rule {rule.rule_id}", "-", f"{rule.measured} {rule.unit}"))
+    headers = ["", "FIRST", "SECOND", "CHANGE"]
+    table = [headers] + [[r["what"], r["first"], r["second"], r["change"]] for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(4)]
+    lines = [
+        f"lab {lab_title(a)}",
+        f"first   {format_time(first[0], zone)} to {format_time(first[1], zone)}",
+        f"second  {format_time(second[0], zone)} to {format_time(second[1], zone)}",
+        "",
+    ] + [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in table
+    ]
+    emit(
+        {"first": _report_dict(a), "second": _report_dict(b), "changes": rows},
+        as_json,
+        "\n".join(lines),
+    )
+
+
+def _compared_row(what: str, first: str, second: str) -> dict[str, str]:
+    if first.lstrip("-").isdigit() and second.lstrip("-").isdigit():
+        delta = int(second) - int(first)
+        change = f"{delta:+d}" if delta else "="
+    else:
+        change = "=" if first == second else "changed"
+    return {"what": what, "first": first, "second": second, "change": change}
 
 
 @audit.command("analyse")
@@ -227,12 +427,12 @@ def analyse_command(
     ctx.exit(_verdict_exit(result.report))
 
 
-def _finding_line(item: apb.LoggedFinding) -> str:
+def _finding_line(item: apb.LoggedFinding, zone: ZoneInfo | None = None) -> str:
     finding = item.finding
     kind = fpb.FindingKind.Name(finding.kind).removeprefix("FINDING_KIND_")
     severity = fpb.Severity.Name(finding.severity).removeprefix("SEVERITY_")
     node = bytes(finding.node_id).hex()[:16] or "-"
-    when = format_time_ns(finding.period_start_ns)
+    when = format_time(finding.period_start_ns, zone)
     return f"#{item.log_index} {when} {kind} {severity} node {node}: {finding.summary}"
 
 
@@ -250,8 +450,19 @@ def _finding_line(item: apb.LoggedFinding) -> str:
     ),
     help="Only this kind (repeatable).",
 )
-@click.option("--follow", is_flag=True, help="Keep streaming new findings until interrupted.")
+@click.option(
+    "--from-index",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Only findings at or after this log index (resume where an earlier run stopped).",
+)
+@click.option(
+    "--follow",
+    is_flag=True,
+    help="Keep streaming new findings until interrupted, reconnecting if the verifier restarts.",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per finding.")
+@click.option("--tz", "zone", type=TZ, default=None, help="Print times in this zone (IANA name).")
 def findings(
     *,
     target: VerifierTarget,
@@ -259,10 +470,16 @@ def findings(
     since: int | None,
     until: int | None,
     kinds: tuple[str, ...],
+    from_index: int | None,
     follow: bool,
     as_json: bool,
+    zone: ZoneInfo | None,
 ) -> None:
-    """List a lab's findings (by log index); with --follow, stream new ones as they come."""
+    """List a lab's findings (by log index); with --follow, stream new ones as they come.
+
+    --follow survives a verifier restart: it reconnects (backing off up to 5 s) and resumes after
+    the last finding it printed, so nothing is skipped or printed twice. A run that stopped can
+    resume with --from-index (the last printed index + 1)."""
     kind_values = [fpb.FindingKind.Value("FINDING_KIND_" + k.upper()) for k in kinds]
 
     def show(item: apb.LoggedFinding) -> None:
@@ -273,12 +490,12 @@ def findings(
                 json_format.MessageToJson(item, preserving_proto_field_name=True, indent=None)
             )
         else:
-            click.echo(_finding_line(item))
+            click.echo(_finding_line(item, zone))
 
+    shown = (from_index - 1) if from_index is not None else -1
     with open_channel(target) as channel:
         stub = apb_grpc.AuditServiceStub(channel)
-        token = 0
-        last = -1
+        token = from_index or 0
         # Anything logged after this size is caught by the watch even if the listing misses it.
         size_before = (
             stub.GetCheckpoint(apb.GetCheckpointRequest(), timeout=RPC_TIMEOUT_S).tree_size
@@ -298,23 +515,48 @@ def findings(
                 timeout=RPC_TIMEOUT_S,
             )
             for item in page.findings:
-                show(item)
-                last = item.log_index
+                if item.log_index > shown:
+                    show(item)
+                    shown = item.log_index
             token = page.next_page_token
             if not token:
                 break
-        if follow:
-            # Continue after the last finding listed, or (none listed) from the log size taken
-            # before listing; skip anything already shown.
-            shown = last
-            start = last + 1 if last >= 0 else max(1, size_before)
-            stream = stub.WatchFindings(apb.WatchFindingsRequest(lab_id=lab, from_log_index=start))
-            try:
-                for item in stream:
-                    if item.log_index > shown:
-                        show(item)
-            except KeyboardInterrupt:
-                stream.cancel()  # type: ignore[no-untyped-call]
+    if not follow:
+        return
+    # Continue after the last finding shown, or (none shown) from the log size taken before
+    # listing; skip anything already shown.
+    start = shown + 1 if shown >= 0 else max(1, size_before)
+    backoff_s = 0.2
+    while True:
+        try:
+            with open_channel(target) as channel:
+                stream = apb_grpc.AuditServiceStub(channel).WatchFindings(
+                    apb.WatchFindingsRequest(lab_id=lab, from_log_index=max(1, start))
+                )
+                try:
+                    for item in stream:
+                        backoff_s = 0.2
+                        if item.log_index > shown:
+                            show(item)
+                            shown = item.log_index
+                            start = shown + 1
+                except KeyboardInterrupt:
+                    stream.cancel()  # type: ignore[no-untyped-call]
+                    return
+        except grpc.RpcError as exc:
+            code = getattr(exc, "code", lambda: None)()
+            if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+                raise
+            click.echo(
+                f"the verifier went away ({code.name}); reconnecting, resuming at log index "
+                f"{start}",
+                err=True,
+            )
+        try:
+            time.sleep(backoff_s)
+        except KeyboardInterrupt:
+            return
+        backoff_s = min(5.0, backoff_s * 2)
 
 
 @audit.command("export")
@@ -898,3 +1140,54 @@ def watch_command(
 
 audit.add_command(watch_command)
 log_group.add_command(watch_command)
+
+
+@log_group.command("key")
+@click.option(
+    "--public-key",
+    "public_key_path",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="The log key's public half (the NAME.pub that keygen wrote).",
+)
+@click.option("--origin", default=None, help="The log's origin (log.origin in the config).")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Take the origin and key from a verifier config instead (on the verifier's host).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the key as JSON.")
+def key_command(
+    public_key_path: Path | None, origin: str | None, config_path: Path | None, as_json: bool
+) -> None:
+    """Print the log's signed-note verifier key again (what auditors pin with --log-key), from
+    the public key file and the origin, or from the verifier's config. Needs no verifier."""
+    from attest import keys, note
+
+    if config_path is not None:
+        if public_key_path is not None or origin is not None:
+            raise click.UsageError("give --config, or --public-key with --origin, not both")
+        from verifier.config import load_config
+
+        config = load_config(config_path)
+        name = config.log.origin
+        raw = keys.raw_public_key(keys.load_private_key(config.log.signing_key).public_key())
+        source = f"{config_path} (log.signing_key {config.log.signing_key})"
+    else:
+        if public_key_path is None or origin is None:
+            raise click.UsageError("give --public-key and --origin (or --config)")
+        if not note.is_valid_key_name(origin):
+            raise click.BadParameter(
+                "an origin has no spaces, no '+' and no control characters", param_hint="--origin"
+            )
+        name = origin
+        raw = keys.raw_public_key(keys.load_public_key(public_key_path))
+        source = str(public_key_path)
+    vkey = note.format_verifier_key(name, raw)
+    emit(
+        {"note_verifier_key": vkey, "origin": name, "key_id": keys.key_id_from_raw(raw).hex()},
+        as_json,
+        f"{vkey}\n(from {source}; pin it with --log-key)",
+    )

@@ -9,6 +9,7 @@ a verifier.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import json
 import os
@@ -16,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import click
 import grpc
@@ -27,7 +29,8 @@ from attest.errors import (
     PausewatchError,
     PeerCertificateError,
 )
-from verifier.client import TlsDiagnosis, VerifierTarget, diagnose_tls, parse_time
+from verifier.client import NS_PER_S, TlsDiagnosis, VerifierTarget, diagnose_tls, parse_time
+from verifier.evaluation import format_time_ns
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -200,3 +203,41 @@ class TimeParam(click.ParamType[int, Any]):
 
 
 TIME = TimeParam()
+
+
+class TimeZoneParam(click.ParamType[ZoneInfo, Any]):
+    """An IANA time zone name (``Europe/Brussels``, ``UTC``) for printing times."""
+
+    name = "zone"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> ZoneInfo:
+        if isinstance(value, ZoneInfo):
+            return value
+        try:
+            return ZoneInfo(str(value))
+        except (ZoneInfoNotFoundError, ValueError):
+            self.fail(
+                f"{value!r} is not a time zone this machine knows (an IANA name such as "
+                "Europe/Brussels or America/New_York)",
+                param,
+                ctx,
+            )
+
+
+TZ = TimeZoneParam()
+
+
+def format_time(timestamp_ns: int, zone: ZoneInfo | None) -> str:
+    """A time for a person: UTC with a Z (as reports print it) without a zone; with one, the
+    local time with its UTC offset, to the nanosecond where there is a fraction."""
+    if zone is None:
+        return format_time_ns(timestamp_ns)
+    seconds, fraction = divmod(timestamp_ns, NS_PER_S)
+    moment = datetime.datetime.fromtimestamp(seconds, tz=datetime.UTC).astimezone(zone)
+    text = moment.strftime("%Y-%m-%dT%H:%M:%S")
+    if fraction:
+        text += f".{fraction:09d}".rstrip("0")
+    offset = moment.strftime("%z")
+    return f"{text}{offset[:3]}:{offset[3:]}"

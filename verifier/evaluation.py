@@ -22,7 +22,7 @@ The report covers the buckets whose start lies in ``[period_start_ns, as_of_ns)`
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
@@ -1005,15 +1005,19 @@ def _finality(report: pb.ComplianceReport) -> str:
     return "final: the period has closed and its evidence had the grace to arrive"
 
 
-def render_text(report: pb.ComplianceReport) -> str:
+def render_text(
+    report: pb.ComplianceReport, *, show_time: Callable[[int], str] = format_time_ns
+) -> str:
     """The report as a terminal table: verdict and reasons, each rule (measured against limit,
     outcome, evidence), coverage, gaps, totals with their methods, findings and nodes. FLOP
-    figures are exact, followed by scientific notation rounded down."""
+    figures are exact, followed by scientific notation rounded down. ``show_time`` prints the
+    period and the gaps' times (UTC by default); reasons and rule summaries are the report's own
+    words and stay in UTC."""
     verdict = _enum_name(pb.Verdict.Name(report.verdict), "VERDICT_")
     lines = [
         f"pausewatch compliance report for lab {lab_title(report)}",
-        f"period    {_span(report.period_start_ns, report.period_end_ns)} "
-        f"(evidence up to {format_time_ns(report.as_of_ns)})",
+        f"period    {show_time(report.period_start_ns)} to {show_time(report.period_end_ns)} "
+        f"(evidence up to {show_time(report.as_of_ns)})",
         f"policy    {report.policy_id} version {report.policy_version} "
         f"(sha256 {report.policy_digest.hex()})",
         f"log size  {report.tree_size}; GPU table version {report.table_version}; buckets of "
@@ -1069,8 +1073,8 @@ def render_text(report: pb.ComplianceReport) -> str:
             rows.append(
                 [
                     item.node_name or item.node_id.hex()[:16],
-                    format_time_ns(gap.gap_start_ns),
-                    format_time_ns(gap.gap_end_ns),
+                    show_time(gap.gap_start_ns),
+                    show_time(gap.gap_end_ns),
                     format_duration_ns(gap.gap_end_ns - gap.gap_start_ns),
                     "open" if item.open else "closed",
                     bound,

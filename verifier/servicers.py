@@ -657,6 +657,18 @@ class AuditServicer:
         )
 
     @unary
+    async def ListLabs(
+        self, request: apb.ListLabsRequest, caller: Principal
+    ) -> apb.ListLabsResponse:
+        if caller.role is Role.LAB_OPERATOR:
+            only: list[str] | None = [caller.lab_id]
+        else:
+            caller.require(Role.AUDITOR, what="list the labs")
+            only = None
+        labs = await self.runtime.run(self.auditor.list_labs, only)
+        return apb.ListLabsResponse(labs=labs)
+
+    @unary
     async def GetLogEntry(
         self, request: apb.GetLogEntryRequest, caller: Principal
     ) -> apb.GetLogEntryResponse:

@@ -1106,3 +1106,96 @@ class GetLogEntryResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetLogEntryResponse: _TypeAlias = GetLogEntryResponse  # noqa: Y015
+
+@_typing.final
+class ListLabsRequest(_message.Message):
+    """Used by regulators and auditors.
+    ListLabs request.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListLabsRequest: _TypeAlias = ListLabsRequest  # noqa: Y015
+
+@_typing.final
+class LabSummary(_message.Message):
+    """One registered lab, with the policy in force for it now."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LAB_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    OPERATOR_KEY_ID_FIELD_NUMBER: _builtins.int
+    RECORD_LOG_INDEX_FIELD_NUMBER: _builtins.int
+    POLICY_ID_FIELD_NUMBER: _builtins.int
+    POLICY_VERSION_FIELD_NUMBER: _builtins.int
+    POLICY_DIGEST_FIELD_NUMBER: _builtins.int
+    NODES_FIELD_NUMBER: _builtins.int
+    lab_id: _builtins.str
+    """The lab."""
+    name: _builtins.str
+    """Its registered name."""
+    operator_key_id: _builtins.bytes
+    """Key id (SHA-256 of the raw public key) of the lab's operator key."""
+    record_log_index: _builtins.int
+    """Log index of the lab's latest LabRecord."""
+    policy_id: _builtins.str
+    """The policy in force now: id, version and SHA-256 of the file; empty if none."""
+    policy_version: _builtins.int
+    """The policy's version."""
+    policy_digest: _builtins.bytes
+    """SHA-256 of the policy file (32 bytes)."""
+    nodes: _builtins.int
+    """Nodes enrolled for the lab (revoked ones included)."""
+    def __init__(
+        self,
+        *,
+        lab_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        operator_key_id: _builtins.bytes = ...,
+        record_log_index: _builtins.int = ...,
+        policy_id: _builtins.str = ...,
+        policy_version: _builtins.int = ...,
+        policy_digest: _builtins.bytes = ...,
+        nodes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lab_id", b"lab_id", "name", b"name", "nodes", b"nodes", "operator_key_id", b"operator_key_id", "policy_digest", b"policy_digest", "policy_id", b"policy_id", "policy_version", b"policy_version", "record_log_index", b"record_log_index"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LabSummary: _TypeAlias = LabSummary  # noqa: Y015
+
+@_typing.final
+class ListLabsResponse(_message.Message):
+    """ListLabs response."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LABS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def labs(self) -> _containers.RepeatedCompositeFieldContainer[Global___LabSummary]:
+        """The labs the caller may read, by lab id."""
+
+    def __init__(
+        self,
+        *,
+        labs: _abc.Iterable[Global___LabSummary] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["labs", b"labs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListLabsResponse: _TypeAlias = ListLabsResponse  # noqa: Y015

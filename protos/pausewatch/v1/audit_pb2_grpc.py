@@ -26,8 +26,7 @@ if _version_not_supported:
 
 
 class AuditServiceStub:
-    """Used by regulators and auditors.
-    """
+    """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
         """Constructor.
@@ -75,11 +74,15 @@ class AuditServiceStub:
                 request_serializer=pausewatch_dot_v1_dot_audit__pb2.GetLogEntryRequest.SerializeToString,
                 response_deserializer=pausewatch_dot_v1_dot_audit__pb2.GetLogEntryResponse.FromString,
                 _registered_method=True)
+        self.ListLabs = channel.unary_unary(
+                '/pausewatch.v1.AuditService/ListLabs',
+                request_serializer=pausewatch_dot_v1_dot_audit__pb2.ListLabsRequest.SerializeToString,
+                response_deserializer=pausewatch_dot_v1_dot_audit__pb2.ListLabsResponse.FromString,
+                _registered_method=True)
 
 
 class AuditServiceServicer:
-    """Used by regulators and auditors.
-    """
+    """Missing associated documentation comment in .proto file."""
 
     def GetComplianceReport(self, request, context):
         """The compliance report for a lab and period. NOT_FOUND for an unknown lab;
@@ -138,6 +141,13 @@ class AuditServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListLabs(self, request, context):
+        """The registered labs the caller may read (regulators and auditors: all; a lab operator: its own).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuditServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -181,6 +191,11 @@ def add_AuditServiceServicer_to_server(servicer, server):
                     request_deserializer=pausewatch_dot_v1_dot_audit__pb2.GetLogEntryRequest.FromString,
                     response_serializer=pausewatch_dot_v1_dot_audit__pb2.GetLogEntryResponse.SerializeToString,
             ),
+            'ListLabs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListLabs,
+                    request_deserializer=pausewatch_dot_v1_dot_audit__pb2.ListLabsRequest.FromString,
+                    response_serializer=pausewatch_dot_v1_dot_audit__pb2.ListLabsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'pausewatch.v1.AuditService', rpc_method_handlers)
@@ -190,8 +205,7 @@ def add_AuditServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AuditService:
-    """Used by regulators and auditors.
-    """
+    """Missing associated documentation comment in .proto file."""
 
     @staticmethod
     def GetComplianceReport(request,
@@ -399,6 +413,33 @@ class AuditService:
             '/pausewatch.v1.AuditService/GetLogEntry',
             pausewatch_dot_v1_dot_audit__pb2.GetLogEntryRequest.SerializeToString,
             pausewatch_dot_v1_dot_audit__pb2.GetLogEntryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListLabs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pausewatch.v1.AuditService/ListLabs',
+            pausewatch_dot_v1_dot_audit__pb2.ListLabsRequest.SerializeToString,
+            pausewatch_dot_v1_dot_audit__pb2.ListLabsResponse.FromString,
             options,
             channel_credentials,
             insecure,

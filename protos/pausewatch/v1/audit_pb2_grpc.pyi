@@ -32,8 +32,6 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class AuditServiceStub:
-    """Used by regulators and auditors."""
-
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
@@ -56,11 +54,11 @@ class AuditServiceStub:
     """A consistency proof between two tree sizes."""
     GetLogEntry: _grpc.UnaryUnaryMultiCallable[_audit_pb2.GetLogEntryRequest, _audit_pb2.GetLogEntryResponse]
     """One log entry."""
+    ListLabs: _grpc.UnaryUnaryMultiCallable[_audit_pb2.ListLabsRequest, _audit_pb2.ListLabsResponse]
+    """The registered labs the caller may read (regulators and auditors: all; a lab operator: its own)."""
 
 @_typing.type_check_only
 class AuditServiceAsyncStub(AuditServiceStub):
-    """Used by regulators and auditors."""
-
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetComplianceReport: _aio.UnaryUnaryMultiCallable[_audit_pb2.GetComplianceReportRequest, _audit_pb2.GetComplianceReportResponse]  # type: ignore[assignment]
     """The compliance report for a lab and period. NOT_FOUND for an unknown lab;
@@ -80,10 +78,10 @@ class AuditServiceAsyncStub(AuditServiceStub):
     """A consistency proof between two tree sizes."""
     GetLogEntry: _aio.UnaryUnaryMultiCallable[_audit_pb2.GetLogEntryRequest, _audit_pb2.GetLogEntryResponse]  # type: ignore[assignment]
     """One log entry."""
+    ListLabs: _aio.UnaryUnaryMultiCallable[_audit_pb2.ListLabsRequest, _audit_pb2.ListLabsResponse]  # type: ignore[assignment]
+    """The registered labs the caller may read (regulators and auditors: all; a lab operator: its own)."""
 
 class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Used by regulators and auditors."""
-
     @_abc_1.abstractmethod
     def GetComplianceReport(
         self,
@@ -149,5 +147,13 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_audit_pb2.GetLogEntryResponse, _abc.Awaitable[_audit_pb2.GetLogEntryResponse]]:
         """One log entry."""
+
+    @_abc_1.abstractmethod
+    def ListLabs(
+        self,
+        request: _audit_pb2.ListLabsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audit_pb2.ListLabsResponse, _abc.Awaitable[_audit_pb2.ListLabsResponse]]:
+        """The registered labs the caller may read (regulators and auditors: all; a lab operator: its own)."""
 
 def add_AuditServiceServicer_to_server(servicer: AuditServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
