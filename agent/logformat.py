@@ -222,6 +222,7 @@ def log_native_line(line: str) -> None:
 def route_native_stderr() -> Callable[[], None]:
     """Route what native code writes to fd 2 through the logging handlers; returns a function
     that restores fd 2 (and lets the reader drain)."""
+    previous_stderr = sys.stderr
     saved = os.dup(2)
     original = os.fdopen(saved, "w", buffering=1, encoding="utf-8", errors="replace")
     read_fd, write_fd = os.pipe()
@@ -245,5 +246,9 @@ def route_native_stderr() -> Callable[[], None]:
     def restore() -> None:
         os.dup2(saved, 2)  # closes the pipe's last write end: the reader sees EOF
         thread.join(timeout=2)
+        sys.stderr = previous_stderr
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, _AgentHandler) and handler.stream is original:
+                handler.setStream(previous_stderr)
 
     return restore

@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -88,3 +89,20 @@ def test_native_lines_become_records(caplog: pytest.LogCaptureFixture) -> None:
     assert got[0][3] == {"source": "ssl_transport_security.cc:2563", "thread": 18254}
     assert got[1][:2] == ("grpc.core", logging.ERROR)
     assert got[2][:3] == ("agent.stderr", logging.WARNING, "something else entirely")
+
+
+def test_native_stderr_is_routed_and_restored(capfd: pytest.CaptureFixture[str]) -> None:
+    configure_logging(level="info", fmt="json")
+    before = sys.stderr
+    restore = logformat.route_native_stderr()
+    try:
+        os.write(2, b"W1206 01:00:00.000001   77 chttp2.cc:1] raw core line\n")
+    finally:
+        restore()
+    assert sys.stderr is before
+    err = capfd.readouterr().err
+    lines = [json.loads(line) for line in err.splitlines()]
+    assert [(e["logger"], e["level"], e["msg"]) for e in lines] == [
+        ("grpc.core", "warning", "raw core line")
+    ]
+    assert lines[0]["source"] == "chttp2.cc:1"
