@@ -10,7 +10,8 @@ Commands find their configuration with ``--config FILE``, or ``--state-dir DIR``
 ``config.toml``), or ``$PAUSEWATCH_AGENT_CONFIG``, or /var/lib/pausewatch-agent/config.toml.
 Exit codes (every command): 0 success, 2 usage error (bad arguments, config, key files), 3
 verification failed (a signature or proof did not verify, or the verifier refused one), 4 internal
-error. Every command that prints a result takes ``--json``.
+error. ``status`` exits 10-13 when the node is unhealthy and ``check`` 2 or 4 when a check
+fails (docs/agent.md). Every command that prints a result takes ``--json``.
 """
 
 from __future__ import annotations
