@@ -737,16 +737,29 @@ def render_chart(report: pb.ComplianceReport) -> str:
         drawn = sorted(
             ((scale.y(t.drawn_flop), i, t) for i, t in enumerate(thresholds) if t.axis == axis)
         )
-        label_ys = _spread_labels([y - 5 for y, _, _ in drawn], data_top)
-        for (y, _, threshold), label_y in zip(drawn, label_ys, strict=True):
+        for y, _, threshold in drawn:
             out.append(
                 f'<line class="threshold threshold-{axis}" '
                 f'data-rule="{_e(threshold.rule_id)}" data-limit="{_e(threshold.limit)}" '
                 f'data-drawn-flop="{threshold.drawn_flop}" data-axis="{axis}" '
                 f'x1="{_px(PLOT_LEFT)}" x2="{_px(PLOT_RIGHT)}" y1="{_px(y)}" y2="{_px(y)}">'
                 f"<title>{_e(threshold.label)}</title></line>"
+            )
+        # One label per drawn limit: rules with the same limit share it, so several never stack.
+        groups: dict[tuple[int, str], list[_Threshold]] = {}
+        for _, _, threshold in drawn:
+            suffix = threshold.label[len(threshold.rule_id) :]
+            groups.setdefault((threshold.drawn_flop, suffix), []).append(threshold)
+        placed = [(scale.y(flop), suffix, items) for (flop, suffix), items in groups.items()]
+        label_ys = _spread_labels([y - 5 for y, _, _ in placed], data_top)
+        for (_, suffix, items), label_y in zip(placed, label_ys, strict=True):
+            names = [t.rule_id for t in items[:2]]
+            if len(items) > 2:
+                names.append(f"{len(items) - 2} more")
+            label = ", ".join(names) + suffix
+            out.append(
                 f'<text class="threshold-label threshold-label-{axis}" x="{_px(label_x)}" '
-                f'y="{_px(label_y)}" text-anchor="{anchor}">{_e(threshold.label)}</text>'
+                f'y="{_px(label_y)}" text-anchor="{anchor}">{_e(label)}</text>'
             )
     out.append("</svg>")
     return "\n".join(out)

@@ -617,3 +617,21 @@ def test_a_detected_training_signature_never_shows_a_pass_badge() -> None:
     assert "DETECTED" in "".join(parsed.text)
     report.rules[0].outcome = pb.RULE_OUTCOME_PASS  # the control
     assert not parse(render_html(report)).with_class("badge-detected")
+
+
+def test_rules_with_the_same_limit_share_one_label_and_keep_their_lines() -> None:
+    rules = [
+        rule(name, pb.RULE_KIND_SUSTAINED_RATE, 2 * 10**15, unit="flop_per_s")
+        for name in ("rate-a", "rate-b", "rate-c")
+    ] + [rule("rate-d", pb.RULE_KIND_SUSTAINED_RATE, 3 * 10**15, unit="flop_per_s")]
+    page = render_html(make_report(rules=rules))
+    parsed = parse(page)
+    assert [a["data-rule"] for a in parsed.with_class("threshold")] == [
+        "rate-d",
+        "rate-a",
+        "rate-b",
+        "rate-c",
+    ]
+    assert page.count('class="threshold-label threshold-label-rate"') == 2
+    assert ">rate-a, rate-b, 1 more limit 2.00e15 FLOP/s" in page
+    assert ">rate-d limit 3.00e15 FLOP/s" in page
