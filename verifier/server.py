@@ -114,7 +114,12 @@ class VerifierServer:
 
     @classmethod
     def from_config(cls, config: VerifierConfig) -> VerifierServer:
-        return cls(config, open_store(config))
+        store = open_store(config)
+        try:
+            return cls(config, store)
+        except BaseException:
+            store.close()  # a start that fails (a bad lab file, say) must not keep the store locked
+            raise
 
     def _credentials(self) -> grpc.ServerCredentials | None:
         server = self.config.server
