@@ -82,18 +82,22 @@ def _is_retry(stored_payload: bytes, enrollment: registry_pb2.NodeEnrollment) ->
     """Whether ``enrollment`` repeats the stored enrolment but for its creation time and nonce:
     an agent retrying ``enroll`` (after a lost answer, say) with the same key, lab, name, agent
     and GPUs. The retry is answered as already enrolled; nothing about it is logged, and the node
-    keeps its first enrolment (and its enrolment time)."""
+    keeps its first enrolment (and its enrolment time). For a TPM enrolment the TPM (EK
+    certificate, AK) must be the same; its proof (secret, quote) is bound to the nonce, and was
+    verified afresh before this is asked."""
     stored = registry_pb2.NodeEnrollment()
     try:
         stored.ParseFromString(stored_payload)
     except DecodeError:
         return False
-    stored.ClearField("created_at_ns")
-    stored.ClearField("verifier_nonce")
     again = registry_pb2.NodeEnrollment()
     again.CopyFrom(enrollment)
-    again.ClearField("created_at_ns")
-    again.ClearField("verifier_nonce")
+    for message in (stored, again):
+        message.ClearField("created_at_ns")
+        message.ClearField("verifier_nonce")
+        if message.HasField("tpm"):
+            for name in ("activated_secret", "quote_attest", "quote_signature", "pcr_values"):
+                message.tpm.ClearField(name)
     return stored.SerializeToString(deterministic=True) == again.SerializeToString(
         deterministic=True
     )

@@ -120,6 +120,9 @@ def test_enrolment_with_ek_certificate_and_activated_ak(
     info = verifier.client().registry.GetNode(rpb.GetNodeRequest(node_id=node.node_id)).node
     assert info.tpm_id == _tpm_id(tpm_a)
     assert info.state == rpb.NODE_STATE_ACTIVE
+    # A retry (a lost answer, say) with a fresh credential and quote is already enrolled.
+    again = enroll_with_tpm(verifier, node, tpm_a)
+    assert again.already_enrolled and again.log_index == response.log_index
 
 
 def test_one_tpm_cannot_back_two_live_nodes(
