@@ -62,7 +62,12 @@ MAX_EXPORT_BYTES = 1 << 31
 
 
 class AnalysisError(ConfigError):
-    """An input cannot be analysed; the message names the file and the fix."""
+    """An input cannot be analysed; the message names the file and the fix (exit 2)."""
+
+
+class AnalysisEvidenceError(VerificationError):
+    """An input's windows fail verification: a bad signature, a broken chain, time going back
+    (exit 3, like any evidence that fails a check)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,7 +206,7 @@ def _node_from_export(
         try:
             att = attestation_from_verified(verify_parsed_envelope(parse_envelope(blob), ring))
         except VerificationError as exc:
-            raise AnalysisError(
+            raise AnalysisEvidenceError(
                 f"{source.path}: window {position} fails verification: {exc.diagnostics()}"
             ) from None
         body = att.body
@@ -212,11 +217,11 @@ def _node_from_export(
             )
         link = classify(head, body.seq, body.prev_digest, att.digest, None)
         if link is not Link.NEXT and not (head is None and link is Link.GAP):
-            raise AnalysisError(
+            raise AnalysisEvidenceError(
                 f"{source.path}: window seq {body.seq} does not follow the chain ({link.value})"
             )
         if head is not None and body.window_start_ns < head.window_end_ns:
-            raise AnalysisError(f"{source.path}: window seq {body.seq} goes back in time")
+            raise AnalysisEvidenceError(f"{source.path}: window seq {body.seq} goes back in time")
         head = ChainHead(body.seq, Digest(att.digest), body.window_end_ns)
         for gpu in body.gpus:
             node.models.setdefault(gpu.uuid, gpu.model)

@@ -15,6 +15,7 @@ from agent.sampler.replay import parse_recording
 from tests.nvsmi_logs import generate_log
 from verifier.analysis import (
     AnalysisError,
+    AnalysisEvidenceError,
     AnalysisSource,
     _evaluate,
     _node_from_export,
@@ -89,9 +90,11 @@ def _reordered(data: dict[str, object]) -> dict[str, object]:
 )
 def test_a_bad_export_is_refused_naming_the_input(change: object, lab: str, message: str) -> None:
     data = change(export())  # type: ignore[operator]
-    with pytest.raises(AnalysisError, match=message) as caught:
+    with pytest.raises((AnalysisError, AnalysisEvidenceError), match=message) as caught:
         _node_from_export(data, SOURCE, lab, BUCKET_NS)
     assert "node7.csv" in str(caught.value)
+    evidence = "verification" in message or "chain" in message
+    assert isinstance(caught.value, AnalysisEvidenceError) is evidence
 
 
 @pytest.mark.parametrize(
