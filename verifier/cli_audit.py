@@ -990,6 +990,7 @@ def prove(
                     as_json,
                     "\n".join([*(f"warning: {w}" for w in warnings), exc.diagnostics()]),
                 )
+                click.echo(exc.diagnostics(), err=True)
                 raise click.exceptions.Exit(ExitCode.VERIFICATION_FAILED) from None
             result = {
                 "kind": "consistency",
@@ -1070,7 +1071,13 @@ def _last_seen(directory: Path, verifier: Ed25519NoteVerifier) -> tuple[Checkpoi
     required=True,
     help="Where every checkpoint seen is kept (created if missing).",
 )
-@click.option("--log-key", required=True, help="Pin the log key (signed-note form).")
+@click.option("--log-key", default=None, help="Pin the log key (signed-note form).")
+@click.option(
+    "--log-key-file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Read the pinned log key from a file.",
+)
 @witness_options
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
@@ -1079,17 +1086,21 @@ def watch_command(
     *,
     target: VerifierTarget,
     directory: Path,
-    log_key: str,
+    log_key: str | None,
+    log_key_file: Path | None,
     witnesses: WitnessPolicy,
     as_json: bool,
 ) -> None:
     """Fetch the latest checkpoint, check that the log extends the last one kept in --dir, and
     keep it. Exit 0 if it does, 3 on a fork or rollback (the checkpoint is kept as evidence
     under rejected-*), so that cron mails the line. Run it regularly."""
+    pinned = _log_key(log_key, log_key_file)
+    if pinned is None:
+        raise click.UsageError("pin the log key: --log-key or --log-key-file")
     directory.mkdir(parents=True, exist_ok=True)
     with open_channel(target) as channel:
         stub = apb_grpc.AuditServiceStub(channel)
-        current, response, verifier, warnings = _checkpoint(stub, log_key, witnesses)
+        current, response, verifier, warnings = _checkpoint(stub, pinned, witnesses)
         last = _last_seen(directory, verifier)
         result: dict[str, Any] = {
             "tree_size": current.tree_size,
@@ -1120,6 +1131,8 @@ def watch_command(
             "compared_with": str(last[1]),
         }
         emit(result, as_json, f"{problem.diagnostics()}\nthe checkpoint is kept in {evidence}")
+        # Also on stderr, so that cron mails it even when stdout is discarded.
+        click.echo(problem.diagnostics(), err=True)
         ctx.exit(ExitCode.VERIFICATION_FAILED)
     path = directory / _seen_name(current)
     if last is not None and last[0] == current:

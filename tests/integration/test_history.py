@@ -186,9 +186,19 @@ def test_a_rewritten_history_fails_both_auditor_checks(lab: Lab, tmp_path: Path)
     assert report["status"] == "fork" and report["consistent"] is False
     assert f"two checkpoints of tree size {size2} with different roots" in report["error"]
     assert Path(report["kept"]).name.startswith("rejected-")
+    assert "FORK" in watched.stderr  # for cron, which mails stderr even when stdout is dropped
     # What was seen before is kept, untouched, and every later run keeps failing.
     assert len(list(watch_dir.glob("checkpoint-*.note"))) == 2
     assert lab.cli("log", "watch", "--dir", str(watch_dir)).returncode == 3
+    key_file = tmp_path / "log.vkey"
+    key_file.write_text(lab.log_key + "\n")
+    by_file = pausewatch(
+        "audit", "watch", *lab.verifier.cli_target(), "--log-key-file", str(key_file),
+        "--dir", str(watch_dir),
+    )  # fmt: skip
+    assert by_file.returncode == 3 and "FORK" in by_file.stderr
+    unpinned = pausewatch("audit", "watch", *lab.verifier.cli_target(), "--dir", str(watch_dir))
+    assert unpinned.returncode == 2 and "pin the log key" in unpinned.stderr
 
 
 def test_a_rolled_back_store_fails_both_auditor_checks(lab: Lab, tmp_path: Path) -> None:
