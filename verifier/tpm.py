@@ -341,7 +341,11 @@ def check_window_quote(
         return QuoteOutcome(status, detail, state)
 
     q = body.tpm_quote
-    # (1) the signature, under the enrolled AK.
+    # (1) the signature, under the enrolled AK (a quote that does not even parse is malformed).
+    try:
+        tpm.load_quote(q.attest)
+    except TpmError as exc:
+        return refuse(fpb.TPM_QUOTE_STATUS_MALFORMED, exc.diagnostics())
     try:
         quote = tpm.verify_quote(ak, q.attest, q.signature)
     except TpmError as exc:

@@ -396,3 +396,47 @@ def test_a_revoked_node_frees_its_tpm_for_a_new_node(
     )
     response = enroll_with_tpm(verifier, new, tpm_a)
     assert not response.already_enrolled
+
+
+@pytest.mark.parametrize(
+    ("damage", "status"),
+    [
+        ("truncated attest", fpb.TPM_QUOTE_STATUS_MALFORMED),
+        ("oversized attest", fpb.TPM_QUOTE_STATUS_MALFORMED),
+        ("garbage signature", fpb.TPM_QUOTE_STATUS_MALFORMED),
+        ("too many PCR values", fpb.TPM_QUOTE_STATUS_MALFORMED),
+        ("a PCR value changed", fpb.TPM_QUOTE_STATUS_PCR_MISMATCH),
+        ("IMA log not ima-ng", fpb.TPM_QUOTE_STATUS_IMA_LOG_MISMATCH),
+        ("IMA log continues nothing", fpb.TPM_QUOTE_STATUS_IMA_LOG_MISMATCH),
+    ],
+)
+def test_damaged_quotes_are_refused_by_name_and_the_window_still_counts(
+    verifier: RunningVerifier, tpm_a: RunningSwtpm, tmp_path: Path, damage: str, status: int
+) -> None:
+    node = _node(1570 + sum(damage.encode()))  # a node of its own per case
+    enroll_with_tpm(verifier, node, tpm_a)
+    chain = Chain(verifier, node, WindowQuoter(tpm_a.tools(), ImaLog(tmp_path / "none")))
+    body = chain.body()
+    q = body.tpm_quote
+    match damage:
+        case "truncated attest":
+            q.attest = q.attest[:-3]
+        case "oversized attest":
+            q.attest = q.attest + bytes(5000)
+        case "garbage signature":
+            q.signature = b"\x00\x14"
+        case "too many PCR values":
+            q.pcr_values.extend([bytes(32)] * 30)
+        case "a PCR value changed":
+            q.pcr_values[0] = b"\x07" * 32
+        case "IMA log not ima-ng":
+            q.ima_log = "10 abc ima-sig x /y\n"
+        case "IMA log continues nothing":
+            q.ima_log_start = 7
+    receipt = chain.send(body)  # accepted: the window counts, software-rooted
+    assert receipt.tpm_quote == status
+    [refused] = _findings(verifier, node, fpb.FINDING_KIND_TPM_QUOTE_REFUSED)
+    assert refused.tpm_quote_status == status
+    assert list(refused.evidence_log_indices) == [receipt.log_index]
+    # The next honest window verifies: nothing of the damaged one was kept as quote state.
+    assert chain.send(chain.body()).tpm_quote == fpb.TPM_QUOTE_STATUS_OK
