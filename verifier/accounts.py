@@ -274,6 +274,9 @@ def fold_attestation(
         boot_id=body.boot_id,
         log_index=log_index,
         gpus=tuple(edges),
+        sampler_backend=body.sampler_backend,
+        agent_digest=body.agent_digest,
+        agent_version=body.agent_version,
     )
     return AttestationFold(
         log_index, start_ns, upper_sum, central_sum, energy_sum, edge, tuple(gpus), counter_reset
@@ -554,10 +557,48 @@ class WindowEdge:
     boot_id: str
     log_index: int
     gpus: tuple[GpuEdge, ...]
+    sampler_backend: int = 0
+    """The window's ``SamplerBackend`` (provenance, shown per node in reports)."""
+    agent_digest: bytes = b""
+    agent_version: str = ""
 
     @property
     def gpu_models(self) -> tuple[str, ...]:
         return tuple(gpu.model for gpu in self.gpus)
+
+
+def backend_name(value: int) -> str:
+    """A ``SamplerBackend`` as the verifier's config names it: nvml, sim, replay."""
+    try:
+        return apb.SamplerBackend.Name(value).removeprefix("SAMPLER_BACKEND_").lower()  # type: ignore[arg-type]
+    except ValueError:
+        return f"unknown ({value})"
+
+
+def span_edges(
+    windows: Sequence[WindowEdge], span_start_ns: int, span_end_ns: int
+) -> tuple[WindowEdge, ...]:
+    """A node's first and last window (in seq order) that overlap its span, from all of its
+    windows: what both the server and the offline auditor show as the node's provenance."""
+    first = next((w for w in windows if w.window_end_ns > span_start_ns), None)
+    last = next((w for w in reversed(windows) if w.window_start_ns < span_end_ns), None)
+    return edges_in_span(first, last, span_start_ns, span_end_ns)
+
+
+def edges_in_span(
+    first: WindowEdge | None, last: WindowEdge | None, span_start_ns: int, span_end_ns: int
+) -> tuple[WindowEdge, ...]:
+    """``first`` (the first window ending after the span's start) and ``last`` (the last one
+    starting before its end), each only if it overlaps the span."""
+    found: list[WindowEdge] = []
+    for edge in (first, last):
+        if edge is None or edge.window_start_ns >= span_end_ns:
+            continue
+        if edge.window_end_ns <= span_start_ns:
+            continue
+        if edge not in found:
+            found.append(edge)
+    return tuple(found)
 
 
 def window_edge(att: VerifiedAttestation, log_index: int) -> WindowEdge:
@@ -579,6 +620,9 @@ def window_edge(att: VerifiedAttestation, log_index: int) -> WindowEdge:
             )
             for gpu in body.gpus
         ),
+        sampler_backend=body.sampler_backend,
+        agent_digest=body.agent_digest,
+        agent_version=body.agent_version,
     )
 
 

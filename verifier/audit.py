@@ -21,7 +21,7 @@ from pausewatch.v1 import audit_pb2 as pb
 from pausewatch.v1 import findings_pb2 as fpb
 from pausewatch.v1 import registry_pb2 as rpb
 
-from attest import compute
+from attest import __version__, compute
 from attest.attestation import verify_attestation
 from attest.envelope import StaticKeyring
 from attest.errors import ConfigError
@@ -29,6 +29,7 @@ from attest.ids import NodeId, is_valid_lab_id
 from attest.keys import key_id_from_raw, public_key_from_raw
 from verifier import accounts, evaluation
 from verifier.accounts import Bucket, Figure, Gap, WindowEdge
+from verifier.config import IngestConfig
 from verifier.core import VerifierCore
 from verifier.errors import InvalidRequestError, NotFoundError
 from verifier.policy import Policy, load_policy_bytes, record_in_force
@@ -51,6 +52,21 @@ class StoreEvidence:
 
     def top_contributors(self, start_ns: int, end_ns: int, figure: Figure, limit: int) -> list[int]:
         return self._view.top_contributors(self._lab_id, start_ns, end_ns, figure.value, limit)
+
+
+def verifier_settings(ingest: IngestConfig) -> pb.VerifierSettings:
+    """What this verifier requires of evidence, for every report and bundle."""
+    return pb.VerifierSettings(
+        accept_backends=sorted(ingest.accept_backends),
+        require_nonce=ingest.require_nonce,
+        nonce_lifetime_ns=ingest.nonce_lifetime_ns,
+        max_age_ns=ingest.max_age_ns,
+        max_clock_skew_ns=ingest.max_clock_skew_ns,
+        gap_tolerance_ns=ingest.gap_tolerance_ns,
+        open_gap_grace_ns=ingest.open_gap_grace_ns,
+        software_version=f"pausewatch {__version__}",
+        table_version=compute.TABLE_VERSION,
+    )
 
 
 def gap_from_row(row: GapRow) -> Gap:
@@ -168,6 +184,7 @@ class Auditor:
             evidence=StoreEvidence(view, lab_id),
             tree_size=view.tree_size(),
             table_version=compute.TABLE_VERSION,
+            verifier_settings=verifier_settings(self.core.config.ingest),
             evaluated_at_ns=max(now_ns, as_of),
             open_gap_grace_ns=ingest.open_gap_grace_ns,
             lab_name=lab.name if (lab := view.get_lab(lab_id)) is not None else "",
@@ -209,17 +226,15 @@ class Auditor:
         interior = [
             gap_from_row(r) for r in view.gaps_overlapping(node.node_id, span_start, span_end)
         ]
+        first = self._edge(view, view.first_window_ending_after(node.node_id, span_start), node)
+        last = self._edge(view, view.last_window_starting_before(node.node_id, span_end), node)
         gaps = accounts.node_gaps_from_summary(
             node_id,
             span_start,
             span_end,
             interior,
-            first_window_ending_after_start=self._edge(
-                view, view.first_window_ending_after(node.node_id, span_start), node
-            ),
-            last_window_starting_before_end=self._edge(
-                view, view.last_window_starting_before(node.node_id, span_end), node
-            ),
+            first_window_ending_after_start=first,
+            last_window_starting_before_end=last,
             tolerance_ns=ingest.gap_tolerance_ns,
             grace_ns=ingest.open_gap_grace_ns,
             enrolled_gpu_models=enrolled_gpu_models(node.enrollment_payload),
@@ -241,6 +256,7 @@ class Auditor:
             upper_bound_flop=upper,
             gaps=tuple(gaps),
             tpm_id=_tpm_id(node.enrollment_payload),
+            provenance=accounts.edges_in_span(first, last, span_start, span_end),
         )
 
     def findings(

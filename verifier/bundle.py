@@ -552,6 +552,7 @@ def _verify(
             state.fail(f"log index {index}: an enrolment without its operator authorisation")
     _check_findings(state)
     _check_tpm_findings(state, bundle)
+    _check_settings(state, bundle)
     # 6. Recompute the report and compare it with the server's.
     try:
         offline = _recompute(state, bundle)
@@ -833,6 +834,42 @@ def _check_tpm_findings(state: _State, bundle: bpb.EvidenceBundle) -> None:
                 )
 
 
+def _check_settings(state: _State, bundle: bpb.EvidenceBundle) -> None:
+    """The verifier's stated ingest settings must be the bundle's, and every attestation must
+    come from a sampler backend they accept (sim and replay never pass for production)."""
+    report = bundle.server_report
+    if not report.HasField("verifier_settings"):
+        state.result.warnings.append(
+            "the report states no verifier settings (an older verifier): the accepted sampler "
+            "backends cannot be checked"
+        )
+        return
+    settings = report.verifier_settings
+    for name, stated, used in (
+        ("gap_tolerance_ns", settings.gap_tolerance_ns, bundle.gap_tolerance_ns),
+        ("open_gap_grace_ns", settings.open_gap_grace_ns, bundle.open_gap_grace_ns),
+        ("max_clock_skew_ns", settings.max_clock_skew_ns, bundle.max_clock_skew_ns),
+    ):
+        if stated != used:
+            state.fail(f"the report's verifier settings say {name} {stated}, the bundle {used}")
+    accepted = set(settings.accept_backends)
+    for node in state.nodes.values():
+        for edge in node.windows:
+            name = accounts.backend_name(edge.sampler_backend)
+            if name not in accepted:
+                state.fail(
+                    f"log index {edge.log_index}: node {node.name or node.node_id.hex()[:16]} "
+                    f"attested from the {name!r} sampler backend, which the verifier says it does "
+                    f"not accept ({', '.join(sorted(accepted)) or 'none'})"
+                )
+    simulated = sorted(accepted - {"nvml"})
+    if simulated:
+        state.result.warnings.append(
+            f"this verifier accepts evidence from the {', '.join(simulated)} sampler backend(s), "
+            "which are not real GPUs: check each node's sampler backends in the report"
+        )
+
+
 def _declared_at(state: _State, index: int, window_start_ns: int) -> frozenset[str]:
     """The inventory the server knew when it accepted entry ``index``, in force at the window."""
     known = [version for logged_at, version in state.inventory if logged_at < index]
@@ -907,6 +944,7 @@ def _recompute(state: _State, bundle: bpb.EvidenceBundle) -> pb.ComplianceReport
         )
         in_period = [w for w in node.windows if start <= w.window_start_ns < as_of]
         upper = sum(f.upper_bound_flop for f in node.folds if start <= f.window_start_ns < as_of)
+        provenance = accounts.span_edges(node.windows, span[0], span[1])
         timelines.append(
             evaluation.NodeTimeline(
                 node_id=node.node_id,
@@ -920,6 +958,7 @@ def _recompute(state: _State, bundle: bpb.EvidenceBundle) -> pb.ComplianceReport
                 last_seq=max((w.seq for w in in_period), default=0),
                 upper_bound_flop=upper,
                 gaps=tuple(gaps),
+                provenance=provenance,
                 tpm_id=node.tpm.tpm_id if node.tpm is not None else b"",
             )
         )
@@ -954,6 +993,9 @@ def _recompute(state: _State, bundle: bpb.EvidenceBundle) -> pb.ComplianceReport
         evaluated_at_ns=max(server.evaluated_at_ns, as_of),
         open_gap_grace_ns=bundle.open_gap_grace_ns,
         lab_name=state.lab_name,
+        verifier_settings=(
+            server.verifier_settings if server.HasField("verifier_settings") else None
+        ),
         site_inputs=_site_inputs(state, accounts.bucket_start(start, bucket_ns), as_of),
     )
 

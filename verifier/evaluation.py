@@ -39,6 +39,8 @@ from verifier.accounts import (
     Figure,
     Gap,
     GpuWindowFigures,
+    WindowEdge,
+    backend_name,
     gap_report,
     node_active_span,
 )
@@ -113,6 +115,8 @@ class NodeTimeline:
     upper_bound_flop: int
     gaps: tuple[Gap, ...]
     tpm_id: bytes = b""
+    provenance: tuple[WindowEdge, ...] = ()
+    """The node's first and last window in its span (:func:`verifier.accounts.span_edges`)."""
     """The node's TPM (SHA-256 of its EK's SubjectPublicKeyInfo); empty for a software-rooted
     node."""
 
@@ -324,6 +328,7 @@ def evaluate(
     evidence: EvidenceIndex,
     tree_size: int,
     table_version: int,
+    verifier_settings: pb.VerifierSettings | None = None,
     evaluated_at_ns: int | None = None,
     open_gap_grace_ns: int = 0,
     lab_name: str = "",
@@ -437,6 +442,7 @@ def evaluate(
     report = pb.ComplianceReport(
         lab_id=lab_id,
         lab_name=lab_name,
+        verifier_settings=verifier_settings,
         period_start_ns=period_start_ns,
         period_end_ns=period_end_ns,
         as_of_ns=as_of_ns,
@@ -500,6 +506,9 @@ def evaluate(
                 rooting=rooted.rooting,
                 tpm_rooted_windows=rooted.tpm_rooted_windows,
                 tpm_id=node.tpm_id,
+                sampler_backends=sorted({backend_name(e.sampler_backend) for e in node.provenance}),
+                agent_digests=sorted({e.agent_digest for e in node.provenance}),
+                agent_versions=sorted({e.agent_version for e in node.provenance}),
             )
         )
     report.sites.extend(sites)
@@ -999,6 +1008,26 @@ def lab_title(report: pb.ComplianceReport) -> str:
     return report.lab_id
 
 
+def _settings_lines(report: pb.ComplianceReport) -> list[str]:
+    if not report.HasField("verifier_settings"):
+        return []
+    settings = report.verifier_settings
+    lines = [
+        f"verifier  {settings.software_version}; accepts backends "
+        f"{', '.join(settings.accept_backends) or '(none)'}; nonce "
+        f"{'required' if settings.require_nonce else 'NOT required'} (lifetime "
+        f"{format_duration_ns(settings.nonce_lifetime_ns)}); windows up to "
+        f"{format_duration_ns(settings.max_age_ns)} old"
+    ]
+    simulated = [b for b in settings.accept_backends if b != "nvml"]
+    if simulated:
+        lines.append(
+            f"WARNING   this verifier accepts {', '.join(simulated)} evidence (not real GPUs): see "
+            "each node's BACKEND"
+        )
+    return lines
+
+
 def _finality(report: pb.ComplianceReport) -> str:
     if report.provisional:
         return "PROVISIONAL: the period is open or its last evidence may still arrive"
@@ -1022,6 +1051,7 @@ def render_text(
         f"(sha256 {report.policy_digest.hex()})",
         f"log size  {report.tree_size}; GPU table version {report.table_version}; buckets of "
         f"{format_duration_ns(report.bucket_ns)}",
+        *_settings_lines(report),
         "",
         f"VERDICT   {verdict} ({_finality(report)})",
     ]
@@ -1106,7 +1136,8 @@ def render_text(
 
     lines += ["", f"nodes ({len(report.nodes)})"]
     if report.nodes:
-        rows = [["NODE", "ID", "ATTESTATIONS", "SEQ", "UPPER BOUND", "ROOTED", "STATE"]]
+        headers = ["NODE", "ID", "ATTESTATIONS", "SEQ", "UPPER BOUND", "ROOTED", "BACKEND"]
+        rows = [[*headers, "AGENT", "STATE"]]
         for node in report.nodes:
             state = ", ".join(
                 word for word, on in (("flagged", node.flagged), ("revoked", node.revoked)) if on
@@ -1119,6 +1150,14 @@ def render_text(
                     f"{node.first_seq}..{node.last_seq}" if node.attestations else "-",
                     f"{format_flop(int(node.upper_bound_flop or '0'))} FLOP",
                     rooting_text(node),
+                    ",".join(node.sampler_backends) or "-",
+                    ",".join(
+                        f"{version or '?'}@{digest.hex()[:12]}"
+                        for version, digest in zip(
+                            node.agent_versions, node.agent_digests, strict=False
+                        )
+                    )
+                    or "-",
                     state or "active",
                 ]
             )

@@ -98,6 +98,7 @@ _VERDICT_MEANING = {
 }
 _BADGES = frozenset(
     {"PASS", "VIOLATION", "UNACCOUNTED", "DETECTED", "INFO", "WARNING", "CRITICAL"}
+    | {"NVML", "SIM", "REPLAY"}
     | {"OPEN", "CLOSED", "BOUNDED", "UNBOUNDED"}
 )
 """Words with a badge colour of their own (outcomes, severities, gap states)."""
@@ -180,9 +181,11 @@ tr.rule-row td { border-bottom: none; }
 td.text { overflow-wrap: anywhere; }
 .badge { display: inline-block; padding: 0 7px; border-radius: 10px; font-size: 12px;
   font-weight: 700; white-space: nowrap; border: 1px solid; }
-.badge-pass, .badge-info, .badge-closed, .badge-bounded { color: var(--ok); background: #e6f4ea; }
+.badge-nvml, .badge-pass, .badge-info, .badge-closed, .badge-bounded {
+  color: var(--ok); background: #e6f4ea; }
 .badge-violation, .badge-critical { color: var(--bad); background: #fdeceb; }
-.badge-unaccounted, .badge-detected, .badge-warning, .badge-open, .badge-unbounded {
+.badge-sim, .badge-replay, .badge-unaccounted, .badge-detected, .badge-warning, .badge-open,
+.badge-unbounded {
   color: var(--warn); background: #fff5d6; }
 .badge-unknown { color: var(--muted); background: var(--bg-soft); }
 .meter { height: 10px; background: #f3d7d4; border-radius: 5px; max-width: 420px; overflow: hidden;
@@ -1201,6 +1204,9 @@ def _findings(report: pb.ComplianceReport) -> str:
     return f'<section id="findings">\n<h2>Findings ({len(rows)})</h2>\n{table}\n</section>'
 
 
+_NODE_HEADERS = ("Node", "Id", "Attestations", "Seq", "Upper bound", "Rooted", "Backend", "Agent")
+
+
 def _nodes(report: pb.ComplianceReport) -> str:
     rows = []
     for node in report.nodes:
@@ -1213,12 +1219,21 @@ def _nodes(report: pb.ComplianceReport) -> str:
                 f"{node.first_seq}..{node.last_seq}" if node.attestations else "-",
                 _flop_html(_int(node.upper_bound_flop or "0"), node.upper_bound_flop),
                 _e(rooting_text(node)),
+                " ".join(_badge(b.upper()) for b in node.sampler_backends) or "-",
+                "<br>".join(
+                    f'{_e(version or "?")} <span class="mono" title="{digest.hex()}">'
+                    f"{digest.hex()[:12]}</span>"
+                    for version, digest in zip(
+                        node.agent_versions, node.agent_digests, strict=False
+                    )
+                )
+                or "-",
                 _e(", ".join(state) or "active"),
             ]
         )
     table = (
         _table(
-            ["Node", "Id", "Attestations", "Seq", "Upper bound", "Rooted", "State"],
+            [*_NODE_HEADERS, "State"],
             rows,
             numeric=(2, 3),
         )

@@ -456,6 +456,9 @@ class NodeSummary(_message.Message):
     UPPER_BOUND_FLOP_FIELD_NUMBER: _builtins.int
     FLAGGED_FIELD_NUMBER: _builtins.int
     REVOKED_FIELD_NUMBER: _builtins.int
+    SAMPLER_BACKENDS_FIELD_NUMBER: _builtins.int
+    AGENT_DIGESTS_FIELD_NUMBER: _builtins.int
+    AGENT_VERSIONS_FIELD_NUMBER: _builtins.int
     ROOTING_FIELD_NUMBER: _builtins.int
     TPM_ROOTED_WINDOWS_FIELD_NUMBER: _builtins.int
     TPM_ID_FIELD_NUMBER: _builtins.int
@@ -476,11 +479,25 @@ class NodeSummary(_message.Message):
     revoked: _builtins.bool
     """Whether the node is revoked."""
     rooting: Global___EvidenceRooting.ValueType
-    """How its evidence in the period is rooted."""
     tpm_rooted_windows: _builtins.int
     """Accepted windows in the period covered by a valid TPM quote."""
     tpm_id: _builtins.bytes
     """For a TPM-enrolled node, the TPM's id (SHA-256 of its EK's SubjectPublicKeyInfo)."""
+    @_builtins.property
+    def sampler_backends(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """How its evidence in the period is rooted.
+        Sampler backends ("nvml", "sim", "replay") of the node's first and last window in the period,
+        sorted, without repeats; the verifier's accept_backends bounds every other window.
+        """
+
+    @_builtins.property
+    def agent_digests(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """Agent digests (SHA-256 of the agent's code and config) of those windows, sorted, no repeats."""
+
+    @_builtins.property
+    def agent_versions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Agent versions of those windows, sorted, without repeats."""
+
     def __init__(
         self,
         *,
@@ -492,13 +509,16 @@ class NodeSummary(_message.Message):
         upper_bound_flop: _builtins.str = ...,
         flagged: _builtins.bool = ...,
         revoked: _builtins.bool = ...,
+        sampler_backends: _abc.Iterable[_builtins.str] | None = ...,
+        agent_digests: _abc.Iterable[_builtins.bytes] | None = ...,
+        agent_versions: _abc.Iterable[_builtins.str] | None = ...,
         rooting: Global___EvidenceRooting.ValueType = ...,
         tpm_rooted_windows: _builtins.int = ...,
         tpm_id: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attestations", b"attestations", "first_seq", b"first_seq", "flagged", b"flagged", "last_seq", b"last_seq", "node_id", b"node_id", "node_name", b"node_name", "revoked", b"revoked", "rooting", b"rooting", "tpm_id", b"tpm_id", "tpm_rooted_windows", b"tpm_rooted_windows", "upper_bound_flop", b"upper_bound_flop"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_digests", b"agent_digests", "agent_versions", b"agent_versions", "attestations", b"attestations", "first_seq", b"first_seq", "flagged", b"flagged", "last_seq", b"last_seq", "node_id", b"node_id", "node_name", b"node_name", "revoked", b"revoked", "rooting", b"rooting", "sampler_backends", b"sampler_backends", "tpm_id", b"tpm_id", "tpm_rooted_windows", b"tpm_rooted_windows", "upper_bound_flop", b"upper_bound_flop"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -534,6 +554,7 @@ class ComplianceReport(_message.Message):
     COVERAGE_UNTIL_NS_FIELD_NUMBER: _builtins.int
     COVERAGE_FROM_NS_FIELD_NUMBER: _builtins.int
     LAB_NAME_FIELD_NUMBER: _builtins.int
+    VERIFIER_SETTINGS_FIELD_NUMBER: _builtins.int
     SITES_FIELD_NUMBER: _builtins.int
     lab_id: _builtins.str
     """The lab."""
@@ -610,6 +631,12 @@ class ComplianceReport(_message.Message):
         """Human-readable reasons for the verdict, one per line."""
 
     @_builtins.property
+    def verifier_settings(self) -> Global___VerifierSettings:
+        """The verifier's ingest settings and software when it made the report: what the evidence had
+        to meet to be accepted.
+        """
+
+    @_builtins.property
     def sites(self) -> _containers.RepeatedCompositeFieldContainer[_site_pb2.SiteSummary]:
         """(40 and up: site power.) The lab's sites: metered energy against attested GPU energy, and the
         compute bound of energy nothing attested explains (docs/site-power.md).
@@ -642,11 +669,12 @@ class ComplianceReport(_message.Message):
         coverage_until_ns: _builtins.int = ...,
         coverage_from_ns: _builtins.int = ...,
         lab_name: _builtins.str = ...,
+        verifier_settings: Global___VerifierSettings | None = ...,
         sites: _abc.Iterable[_site_pb2.SiteSummary] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["coverage", b"coverage", "totals", b"totals"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["coverage", b"coverage", "totals", b"totals", "verifier_settings", b"verifier_settings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of_ns", b"as_of_ns", "bucket_ns", b"bucket_ns", "coverage", b"coverage", "coverage_from_ns", b"coverage_from_ns", "coverage_until_ns", b"coverage_until_ns", "evaluated_at_ns", b"evaluated_at_ns", "findings", b"findings", "gaps", b"gaps", "lab_id", b"lab_id", "lab_name", b"lab_name", "nodes", b"nodes", "period_end_ns", b"period_end_ns", "period_start_ns", b"period_start_ns", "policy_digest", b"policy_digest", "policy_id", b"policy_id", "policy_version", b"policy_version", "provisional", b"provisional", "reasons", b"reasons", "rules", b"rules", "series", b"series", "sites", b"sites", "table_version", b"table_version", "totals", b"totals", "tree_size", b"tree_size", "verdict", b"verdict"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of_ns", b"as_of_ns", "bucket_ns", b"bucket_ns", "coverage", b"coverage", "coverage_from_ns", b"coverage_from_ns", "coverage_until_ns", b"coverage_until_ns", "evaluated_at_ns", b"evaluated_at_ns", "findings", b"findings", "gaps", b"gaps", "lab_id", b"lab_id", "lab_name", b"lab_name", "nodes", b"nodes", "period_end_ns", b"period_end_ns", "period_start_ns", b"period_start_ns", "policy_digest", b"policy_digest", "policy_id", b"policy_id", "policy_version", b"policy_version", "provisional", b"provisional", "reasons", b"reasons", "rules", b"rules", "series", b"series", "sites", b"sites", "table_version", b"table_version", "totals", b"totals", "tree_size", b"tree_size", "verdict", b"verdict", "verifier_settings", b"verifier_settings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1108,10 +1136,66 @@ class GetLogEntryResponse(_message.Message):
 Global___GetLogEntryResponse: _TypeAlias = GetLogEntryResponse  # noqa: Y015
 
 @_typing.final
-class ListLabsRequest(_message.Message):
+class VerifierSettings(_message.Message):
     """Used by regulators and auditors.
-    ListLabs request.
+    What a verifier required of evidence before accepting it, and the software that did.
     """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCEPT_BACKENDS_FIELD_NUMBER: _builtins.int
+    REQUIRE_NONCE_FIELD_NUMBER: _builtins.int
+    NONCE_LIFETIME_NS_FIELD_NUMBER: _builtins.int
+    MAX_AGE_NS_FIELD_NUMBER: _builtins.int
+    MAX_CLOCK_SKEW_NS_FIELD_NUMBER: _builtins.int
+    GAP_TOLERANCE_NS_FIELD_NUMBER: _builtins.int
+    OPEN_GAP_GRACE_NS_FIELD_NUMBER: _builtins.int
+    SOFTWARE_VERSION_FIELD_NUMBER: _builtins.int
+    TABLE_VERSION_FIELD_NUMBER: _builtins.int
+    require_nonce: _builtins.bool
+    """Whether every attestation must carry a nonce the verifier issued."""
+    nonce_lifetime_ns: _builtins.int
+    """How long an issued nonce stays acceptable, ns."""
+    max_age_ns: _builtins.int
+    """The oldest window end it accepts, relative to its clock, ns."""
+    max_clock_skew_ns: _builtins.int
+    """How far in the future a window end may lie, ns."""
+    gap_tolerance_ns: _builtins.int
+    """Stretches this short or shorter between windows are not gaps, ns."""
+    open_gap_grace_ns: _builtins.int
+    """The grace after a node's last window before an open gap counts, ns."""
+    software_version: _builtins.str
+    """The verifier's software version."""
+    table_version: _builtins.int
+    """The GPU table version its compute figures use."""
+    @_builtins.property
+    def accept_backends(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Sampler backends it accepts ("nvml"; "sim" and "replay" are not real GPUs), sorted."""
+
+    def __init__(
+        self,
+        *,
+        accept_backends: _abc.Iterable[_builtins.str] | None = ...,
+        require_nonce: _builtins.bool = ...,
+        nonce_lifetime_ns: _builtins.int = ...,
+        max_age_ns: _builtins.int = ...,
+        max_clock_skew_ns: _builtins.int = ...,
+        gap_tolerance_ns: _builtins.int = ...,
+        open_gap_grace_ns: _builtins.int = ...,
+        software_version: _builtins.str = ...,
+        table_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept_backends", b"accept_backends", "gap_tolerance_ns", b"gap_tolerance_ns", "max_age_ns", b"max_age_ns", "max_clock_skew_ns", b"max_clock_skew_ns", "nonce_lifetime_ns", b"nonce_lifetime_ns", "open_gap_grace_ns", b"open_gap_grace_ns", "require_nonce", b"require_nonce", "software_version", b"software_version", "table_version", b"table_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VerifierSettings: _TypeAlias = VerifierSettings  # noqa: Y015
+
+@_typing.final
+class ListLabsRequest(_message.Message):
+    """ListLabs request."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
