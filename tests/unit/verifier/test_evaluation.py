@@ -982,3 +982,54 @@ def test_of_equal_gaps_the_first_node_then_time_is_the_longest() -> None:
     a = windows_then_silence(NODE_A, 600)
     rule = only_rule(report(policy(max_gap("1m")), nodes=[b, a]))
     assert "node-aa" in rule.summary
+
+
+# --- tpm_rooted and rooting ----------------------------------------------------------------------
+
+TPM_RULE = '[[rules]]\nid = "tpm"\nkind = "tpm_rooted"\n'
+
+
+def test_tpm_rooted_passes_when_every_window_of_every_node_is_quoted() -> None:
+    result = report(
+        policy(TPM_RULE),
+        nodes=[timeline(NODE_A, tpm_id=b"\x01" * 32), timeline(NODE_B, tpm_id=b"\x02" * 32)],
+    )
+    rule = only_rule(result)
+    assert rule.kind == pb.RULE_KIND_TPM_ROOTED
+    assert rule.outcome == pb.RULE_OUTCOME_PASS
+    assert (rule.measured, rule.limit, rule.unit) == ("20", "20", "windows")
+    assert result.verdict == pb.VERDICT_COMPLIANT
+    assert {n.rooting for n in result.nodes} == {pb.EVIDENCE_ROOTING_TPM}
+    assert [n.tpm_rooted_windows for n in result.nodes] == [10, 10]
+
+
+def test_refused_and_missing_quotes_and_software_nodes_leave_windows_unattested() -> None:
+    findings = [
+        logged(50, fpb.FINDING_KIND_TPM_QUOTE_REFUSED, node_id=NODE_A),
+        logged(51, fpb.FINDING_KIND_TPM_QUOTE_MISSING, node_id=NODE_A),
+        logged(52, fpb.FINDING_KIND_UNKNOWN_MEASUREMENT, node_id=NODE_A),  # quote was good
+    ]
+    result = report(
+        policy(TPM_RULE),
+        nodes=[timeline(NODE_A, tpm_id=b"\x01" * 32), timeline(NODE_B)],
+        findings=findings,
+    )
+    rule = only_rule(result)
+    assert rule.outcome == pb.RULE_OUTCOME_UNACCOUNTED
+    assert (rule.measured, rule.limit) == ("8", "20")
+    assert list(rule.evidence_log_indices) == [50, 51]
+    assert "software-rooted nodes: node-bb" in rule.summary
+    assert result.verdict == pb.VERDICT_UNACCOUNTED
+    a, b = result.nodes
+    assert (a.rooting, a.tpm_rooted_windows, a.tpm_id) == (
+        pb.EVIDENCE_ROOTING_TPM_PARTIAL,
+        8,
+        b"\x01" * 32,
+    )
+    assert (b.rooting, b.tpm_rooted_windows, b.tpm_id) == (pb.EVIDENCE_ROOTING_SOFTWARE, 0, b"")
+
+
+def test_without_a_tpm_rule_rooting_is_reported_but_decides_nothing() -> None:
+    result = report(policy(cumulative("3m", "1e25")), nodes=[timeline(NODE_B)])
+    assert result.verdict == pb.VERDICT_COMPLIANT
+    assert result.nodes[0].rooting == pb.EVIDENCE_ROOTING_SOFTWARE

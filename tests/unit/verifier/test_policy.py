@@ -442,3 +442,16 @@ figure = "site_energy"
     [rule] = load_policy_bytes(text, "p.toml").rules
     assert isinstance(rule, CumulativeFlopRule)
     assert rule.figure is Figure.SITE_ENERGY
+
+
+def test_a_tpm_rooted_rule_loads_has_no_keys_and_reads_in_words() -> None:
+    from verifier.policy import TpmRootedRule
+
+    [rule] = load_policy_bytes(
+        (HEADER + '[[rules]]\nid = "tpm"\nkind = "tpm_rooted"\n').encode(), "p.toml"
+    ).rules
+    assert rule == TpmRootedRule(rule_id="tpm")
+    assert "TPM" in describe_rule(rule)
+    assert rule_to_dict(rule)["kind"] == "tpm_rooted"
+    with pytest.raises(ConfigError, match="limit"):
+        load(HEADER + '[[rules]]\nid = "tpm"\nkind = "tpm_rooted"\nlimit = 3\n')
