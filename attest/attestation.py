@@ -235,6 +235,13 @@ def _measured(gpu: pb.GpuWindow) -> tuple[int | None, int | None]:
     return tensor_active_ms, energy_mj
 
 
+def window_energy_mj(body: pb.AttestationBody) -> int:
+    """The GPU energy a window attests: the sum over its GPUs whose energy counter was read at both
+    edges without a reset (the others' energy is unknown, never 0 by assumption: callers that
+    bound compute treat those GPUs by their own rule)."""
+    return sum(energy for gpu in body.gpus if (energy := _measured(gpu)[1]) is not None)
+
+
 def window_compute(gpu: pb.GpuWindow) -> compute.WindowCompute:
     """The compute figures for one GPU-window, from its measured fields alone.
 

@@ -77,3 +77,37 @@ def test_unexplained_site_energy_is_a_monitor_finding(
             assert server.monitor.check_all() == []  # once an hour, not every pass
     finally:
         server.stop()
+
+
+def test_a_schema_2_store_gets_its_window_energy_rolled_up(tmp_path: Path) -> None:
+    """A store written before site power (schema 2) is upgraded at start: every stored window's
+    attested GPU energy is read back from its envelope into the site accounts' rollup."""
+    import sqlite3
+
+    from verifier.store.sqlite import SqliteStore
+
+    files = write_verifier_files(tmp_path / "v")
+    server = VerifierServer.from_config(load_config(files.config))
+    now = time.time_ns()
+    t0 = now - now % MINUTE - 30 * MINUTE
+    node = TestNode.from_seed(312, t0_ns=t0)
+    operator = Ed25519Signer.from_private_key(fixed_private_key(100))
+    request = enroll_request(enrollment_for(node, created_at_ns=t0 - S), node, operator)
+    server.registry.enroll(request.enrollment_envelope, request.authorization_envelope)
+    server.ingestor.submit(node.chain(5))
+    server.stop()
+    db_path = files.store
+    with sqlite3.connect(db_path) as db:
+        fresh = db.execute("SELECT energy_mj FROM window_energy ORDER BY window_start_ns")
+        energies = [row[0] for row in fresh.fetchall()]
+        assert energies == [2 * 21_000_000] * 5  # two GPUs at 21 kJ a window, from ingest
+        db.execute("DELETE FROM window_energy")
+        db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (b"2",))
+    store = SqliteStore.open(db_path)
+    try:
+        assert store.get_meta("schema_version") == b"3"
+        rows = store.window_energy([node.node_id], 0, now)
+        assert [energy for _, _, _, energy in rows] == energies
+        assert [start for _, start, _, _ in rows] == [t0 + i * MINUTE for i in range(5)]
+    finally:
+        store.close()

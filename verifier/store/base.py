@@ -126,6 +126,8 @@ class AttestationRow:
     upper_bound_flop: int
     central_estimate_flop: int
     energy_flop: int
+    energy_mj: int = 0
+    """GPU energy the window attests: its GPUs' counters where they were usable (site power)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,6 +274,13 @@ class ReadView(Protocol):
 
     def meter_head(self, lab_id: str, meter_id: str) -> MeterReadingRow | None:
         """The meter's accepted reading with the highest seq."""
+        ...
+
+    def window_energy(
+        self, node_ids: Sequence[bytes], start_ns: int, end_ns: int
+    ) -> list[tuple[bytes, int, int, int]]:
+        """(node id, window start, window end, energy mJ) of the nodes' accepted windows that
+        start in [start, end)."""
         ...
 
 

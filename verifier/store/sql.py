@@ -14,6 +14,10 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from pausewatch.v1 import attestation_pb2 as apb
+
+from attest.attestation import window_energy_mj
+from attest.envelope import parse_envelope
 from verifier.store.base import (
     AttestationRow,
     CheckpointRow,
@@ -31,7 +35,7 @@ from verifier.store.base import (
     iter_chunks,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """1: the first release. 2: adds ``node_hours`` (built from the attestations on upgrade)."""
 FLOP_KEY_DIGITS = 40  # zero-padded decimal, so text order is numeric order
 NODE_HOUR_NS = 3_600 * 10**9
@@ -137,6 +141,11 @@ CREATE TABLE IF NOT EXISTS meter_readings (
     PRIMARY KEY (lab_id, meter_id, seq)
 ) {without_rowid};
 CREATE INDEX IF NOT EXISTS meter_readings_end ON meter_readings(lab_id, meter_id, interval_end_ns);
+CREATE TABLE IF NOT EXISTS window_energy (
+    node_id {blob} NOT NULL, window_start_ns {bigint} NOT NULL, window_end_ns {bigint} NOT NULL,
+    energy_mj {bigint} NOT NULL,
+    PRIMARY KEY (node_id, window_start_ns)
+) {without_rowid};
 """
 
 
@@ -558,6 +567,20 @@ class SqlQueries:
         )
         return None if row is None else self._meter_row(row)
 
+    def window_energy(
+        self, node_ids: Sequence[bytes], start_ns: int, end_ns: int
+    ) -> list[tuple[bytes, int, int, int]]:
+        out: list[tuple[bytes, int, int, int]] = []
+        for node_id in node_ids:
+            rows = self._all(
+                "SELECT window_start_ns, window_end_ns, energy_mj FROM window_energy "
+                "WHERE node_id = ? AND window_start_ns >= ? AND window_start_ns < ? "
+                "ORDER BY window_start_ns",
+                (node_id, start_ns, end_ns),
+            )
+            out += [(node_id, int(r[0]), int(r[1]), int(r[2])) for r in rows]
+        return out
+
     def meter_head(self, lab_id: str, meter_id: str) -> MeterReadingRow | None:
         row = self._one(
             f"SELECT {self._METER_COLUMNS} FROM meter_readings WHERE lab_id = ? AND meter_id = ? "
@@ -722,6 +745,17 @@ class SqlTransaction(SqlQueries):
         self._add_node_hours(
             (r.node_id, r.seq, r.window_start_ns, r.upper_bound_flop) for r in rows
         )
+        self._add_window_energy(
+            [(r.node_id, r.window_start_ns, r.window_end_ns, r.energy_mj) for r in rows]
+        )
+
+    def _add_window_energy(self, rows: Sequence[tuple[bytes, int, int, int]]) -> None:
+        """Each accepted window's attested GPU energy, for the site accounts."""
+        self._many(
+            "INSERT INTO window_energy (node_id, window_start_ns, window_end_ns, energy_mj) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT(node_id, window_start_ns) DO NOTHING",
+            rows,
+        )
 
     def _add_node_hours(self, rows: Iterable[tuple[bytes, int, int, int]]) -> None:
         """Add attestations, as (node id, seq, window start, upper bound FLOP), to the
@@ -872,6 +906,24 @@ def upgrade_schema(tx: SqlTransaction, found: int) -> None:
                 for node_id, seq, start, key in chunk
             )
         found = 2
+    if found == 2:  # window_energy: each stored window's attested GPU energy (site power)
+        cursor = tx._exec(
+            "SELECT a.node_id, a.window_start_ns, a.window_end_ns, e.entry FROM attestations a "
+            "JOIN log_entries e ON e.idx = a.log_index"
+        )
+        while chunk := cursor.fetchmany(10_000):
+            tx._add_window_energy(
+                [
+                    (bytes(node_id), int(start), int(end), _stored_window_energy_mj(bytes(raw)))
+                    for node_id, start, end, raw in chunk
+                ]
+            )
+        found = 3
     if found != SCHEMA_VERSION:
         raise RuntimeError(f"schema version {found} cannot be upgraded to {SCHEMA_VERSION}")
     tx.set_meta("schema_version", str(SCHEMA_VERSION).encode())
+
+
+def _stored_window_energy_mj(raw: bytes) -> int:
+    """The attested GPU energy of a stored attestation envelope (verified when it was accepted)."""
+    return window_energy_mj(apb.AttestationBody.FromString(parse_envelope(raw).payload))

@@ -294,7 +294,7 @@ def test_a_schema_1_store_is_upgraded_and_a_newer_one_refused(kind: str, tmp_pat
         store.close()
 
         store = open_store()
-        assert store.get_meta("schema_version") == b"2"
+        assert store.get_meta("schema_version") == b"3"
         assert store.node_attestation_stats(node, 0, 24 * HOUR_NS) == _brute_stats(
             rows, node, 0, 24 * HOUR_NS
         )
@@ -302,14 +302,14 @@ def test_a_schema_1_store_is_upgraded_and_a_newer_one_refused(kind: str, tmp_pat
             rows, node, 6 * HOUR_NS, 9 * HOUR_NS
         )
         with store.transaction() as tx:  # as a future verifier would leave it
-            tx.set_meta("schema_version", b"3")
+            tx.set_meta("schema_version", b"4")
         store.close()
         with pytest.raises(RuntimeError, match="newer verifier"):
             open_store()
         with store_connection(kind, tmp_path / "old.db", schema) as db:
             assert db.execute("SELECT COUNT(*) FROM attestations").fetchone()[0] == len(rows)
             version = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            assert bytes(version[0]) == b"3"
+            assert bytes(version[0]) == b"4"
     finally:
         if kind == "postgres":
             import psycopg
