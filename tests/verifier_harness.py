@@ -74,6 +74,7 @@ def write_verifier_files(
     require_nonce: bool = False,
     max_clock_skew_s: int = 3_000_000_000,
     max_age_s: int = 3_000_000_000,
+    late_after_s: int = 3_000_000_000,
     bucket_ms: int = 60_000,
     open_gap_grace_ms: int = 120_000,
     tls: bool = False,
@@ -84,10 +85,10 @@ def write_verifier_files(
 ) -> VerifierFiles:
     """Keys, a policy and a config for lab ``lab-a`` (operator key seed 100, log key seed 101).
 
-    Clock skew and age limits default to very wide so that the fixed test timestamps of
-    ``tests.builders`` are accepted; tests of those limits pass their own values. Clients
-    without a certificate get the regulator role (``access``), as a local test setup may;
-    the role tests (tests/integration/test_roles.py) pass their own ``[access]``.
+    Clock skew, age and lateness limits default to very wide so that the fixed test timestamps
+    of ``tests.builders`` are accepted on time; tests of those limits pass their own values.
+    Clients without a certificate get the regulator role (``access``), as a local test setup
+    may; the role tests (tests/integration/test_roles.py) pass their own ``[access]``.
     """
     directory.mkdir(parents=True, exist_ok=True)
     operator = Ed25519Signer.from_private_key(fixed_private_key(100))
@@ -124,6 +125,7 @@ accept_backends = ["sim", "nvml", "replay"]
 require_nonce = {"true" if require_nonce else "false"}
 max_clock_skew_s = {max_clock_skew_s}
 max_age_s = {max_age_s}
+late_after_s = {late_after_s}
 bucket_ms = {bucket_ms}
 gap_tolerance_ms = 5000
 open_gap_grace_ms = {open_gap_grace_ms}

@@ -652,6 +652,8 @@ class Gap:
     log_index_before: int | None
     log_index_after: int | None
     gpu_models_before: tuple[str, ...] = ()
+    late: bool = False
+    """The stretch holds late evidence counted like a gap (verifier/late.py)."""
 
     def __post_init__(self) -> None:
         if self.end_ns <= self.start_ns:
@@ -963,7 +965,11 @@ def gap_report(
 ) -> audit_pb2.GapReport:
     """The GapReport of a gap, with the log index of its GAP finding where one was logged."""
     report = audit_pb2.GapReport(
-        node_id=bytes(gap.node_id), node_name=node_name, gap=gap_detail(gap), open=gap.open
+        node_id=bytes(gap.node_id),
+        node_name=node_name,
+        gap=gap_detail(gap),
+        open=gap.open,
+        late=gap.late,
     )
     if finding_log_index is not None:
         report.finding_log_index = finding_log_index

@@ -150,6 +150,7 @@ def policy_check(path: Path, bucket_seconds: int | None, as_json: bool) -> None:
         "description": loaded.description,
         "digest": loaded.digest.hex(),
         "default_figure": loaded.default_figure.value,
+        "late_evidence": loaded.late_evidence.value,
         "rules": [policy_file.rule_to_dict(rule) for rule in loaded.rules],
     }
     lines = [
@@ -158,6 +159,11 @@ def policy_check(path: Path, bucket_seconds: int | None, as_json: bool) -> None:
     ]
     if loaded.description:
         lines.append(loaded.description)
+    lines.append(
+        "late evidence counts like a gap"
+        if loaded.late_evidence is policy_file.LateEvidence.GAP
+        else "late evidence counts as attested"
+    )
     lines.append(f"{len(loaded.rules)} rules:")
     lines += [
         f"  {rule.rule_id} ({rule.kind.value}): {policy_file.describe_rule(rule)}"

@@ -101,7 +101,10 @@ class StoreConfig:
 class IngestConfig:
     max_clock_skew_ns: int = 300 * S
     max_age_ns: int = 30 * 86_400 * S
-    nonce_lifetime_ns: int = 86_400 * S
+    nonce_lifetime_ns: int = 900 * S
+    """A window whose nonce was issued longer than this before its end is late evidence."""
+    late_after_ns: int = 120 * S
+    """A window that reaches the verifier longer than this after its end is late evidence."""
     require_nonce: bool = True
     accept_backends: tuple[str, ...] = ("nvml",)
     bucket_ns: int = 60 * S
@@ -312,7 +315,8 @@ def parse_config(data: bytes, *, source: str = "<config>", base: Path = Path()) 
     ingest = IngestConfig(
         max_clock_skew_ns=ig.positive("max_clock_skew_s", 300) * S,
         max_age_ns=ig.positive("max_age_s", 30 * 86_400) * S,
-        nonce_lifetime_ns=ig.positive("nonce_lifetime_s", 86_400) * S,
+        nonce_lifetime_ns=ig.positive("nonce_lifetime_s", 900) * S,
+        late_after_ns=ig.positive("late_after_s", 120) * S,
         require_nonce=ig.get("require_nonce", bool, True),
         accept_backends=tuple(backends),
         bucket_ns=ig.positive("bucket_ms", 60_000) * 1_000_000,

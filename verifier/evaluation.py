@@ -33,6 +33,7 @@ from pausewatch.v1 import findings_pb2, site_pb2
 
 from attest import compute
 from attest.ids import NodeId
+from verifier import late
 from verifier.accounts import (
     BUSY_STEP_PERCENT,
     Bucket,
@@ -49,6 +50,7 @@ from verifier.policy import (
     FIGURE_WORDS,
     CoverageRule,
     CumulativeFlopRule,
+    LateEvidence,
     MaxGapRule,
     OnDetect,
     Policy,
@@ -248,6 +250,9 @@ class _Context:
     sites: tuple[site_pb2.SiteSummary, ...] = ()
     site_series: tuple[int, ...] = ()
     """Per bucket: the sites' compute bound of unexplained energy (empty: no site)."""
+    late_gpu_ms: int = 0
+    """Declared GPU-ms attested by late windows and not counted as covered."""
+    late_log_indices: tuple[int, ...] = ()
 
     def amounts(self, figure: Figure) -> list[int]:
         """A compute rule's per-bucket amounts: upper-bound rules include the sites' bound of
@@ -381,10 +386,18 @@ def evaluate(
     # buckets a multiple of the window an honest lab's count is exact at both edges.
     horizon = max(first_start, until - until % bucket_ns)
 
+    # Late evidence counted like a gap (the policy's default): its GPU-time is not covered, and
+    # each late window joins its node's gaps (verifier/late.py).
+    late_windows = late.late_windows(logged) if policy.late_evidence is LateEvidence.GAP else []
+    late_ms = late.late_attested_ms_by_bucket(late_windows, starts, bucket_ns)
+    attested_by_bucket = [
+        max(0, bucket.attested_gpu_ms - late_ms.get(start, 0))
+        for start, bucket in zip(starts, series_buckets, strict=True)
+    ]
     # The window in progress (and one still on its way) is neither attested nor missing.
     attested_ms = sum(
-        bucket.attested_gpu_ms
-        for start, bucket in zip(starts, series_buckets, strict=True)
+        attested
+        for start, attested in zip(starts, attested_by_bucket, strict=True)
         if start < horizon
     )
     declared_ms = _ceil_div(declared_gpu_ns(inventory, first_start, horizon), NS_PER_MS)
@@ -403,15 +416,26 @@ def evaluate(
         ),
         key=lambda node: bytes(node.node_id),
     )
+    late_by_node: dict[bytes, list[Gap]] = {}
+    for node in active:
+        span = node_active_span(period_start_ns, as_of_ns, node.enrolled_at_ns, node.revoked_at_ns)
+        assert span is not None
+        for window in late_windows:
+            if bytes(window.node_id) == bytes(node.node_id):
+                piece = late.late_gap(window, span[0], span[1])
+                if piece is not None:
+                    late_by_node.setdefault(bytes(node.node_id), []).append(piece)
+    plain_gaps = tuple((gap, node.node_name) for node in active for gap in node.gaps)
     gaps = tuple(
         (gap, node.node_name)
         for node in active
-        for gap in sorted(node.gaps, key=lambda gap: (gap.start_ns, gap.end_ns))
+        for gap in late.join_touching([*node.gaps, *late_by_node.get(bytes(node.node_id), [])])
     )
     sites: tuple[site_pb2.SiteSummary, ...] = ()
     if site_inputs is not None:
         gap_energy: dict[bytes, list[EnergySpan]] = {}
-        for gap, _ in gaps:
+        # The node's own gaps, not late windows: their energy is in the attested GPU energy.
+        for gap, _ in plain_gaps:
             if gap.energy_bounded and gap.energy_mj:
                 gap_energy.setdefault(bytes(gap.node_id), []).append(
                     EnergySpan(gap.start_ns, gap.end_ns, gap.energy_mj)
@@ -437,6 +461,8 @@ def evaluate(
         rooting=tuple(node_rooting(node, logged) for node in active),
         sites=sites,
         site_series=tuple(site_bounds.get(start, 0) for start in starts),
+        late_gpu_ms=sum(ms for start, ms in late_ms.items() if start < horizon),
+        late_log_indices=tuple(sorted(w.log_index for w in late_windows)[:MAX_EVIDENCE]),
     )
 
     report = pb.ComplianceReport(
@@ -476,7 +502,9 @@ def evaluate(
     for item in logged:
         report.findings.add().CopyFrom(item)
     report.totals.CopyFrom(_totals(series_buckets, table_version))
-    for start, bucket in zip(starts, series_buckets, strict=True):
+    for start, bucket, attested_bucket_ms in zip(
+        starts, series_buckets, attested_by_bucket, strict=True
+    ):
         declared_bucket_ms = _ceil_div(
             declared_gpu_ns(inventory, start, min(start + bucket_ns, horizon)), NS_PER_MS
         )
@@ -486,10 +514,10 @@ def evaluate(
                 upper_bound_flop=str(bucket.upper_bound_flop),
                 central_estimate_flop=str(bucket.central_estimate_flop),
                 energy_flop=str(bucket.energy_flop),
-                attested_gpu_ms=bucket.attested_gpu_ms,
+                attested_gpu_ms=attested_bucket_ms,
                 busy_gpu_ms=bucket.busy_gpu_ms,
                 energy_mj=bucket.energy_mj,
-                unattested_gpu_ms=max(0, declared_bucket_ms - bucket.attested_gpu_ms),
+                unattested_gpu_ms=max(0, declared_bucket_ms - attested_bucket_ms),
             )
         )
     for node, rooted in zip(active, context.rooting, strict=True):
@@ -701,6 +729,11 @@ def _coverage(rule: CoverageRule, context: _Context) -> pb.RuleResult:
             f"({format_ppm(coverage.ratio_ppm)}); {'below' if below else 'at or above'} the "
             f"minimum of {format_ppm(rule.min_ratio_ppm)}"
         )
+    if context.late_gpu_ms:
+        summary += (
+            f"; {context.late_gpu_ms} GPU-ms of late evidence not counted (the policy counts "
+            "late evidence like a gap)"
+        )
     return _result(
         rule,
         outcome,
@@ -709,6 +742,7 @@ def _coverage(rule: CoverageRule, context: _Context) -> pb.RuleResult:
         unit="ppm",
         method="attested GPU-time of declared GPUs / declared GPUs x time in force",
         stretch=(context.coverage_from_ns, context.coverage_until_ns),
+        evidence=list(context.late_log_indices),
         summary=summary,
     )
 
@@ -761,7 +795,8 @@ def _max_gap(rule: MaxGapRule, context: _Context) -> pb.RuleResult:
     evidence = [i for i in (gap.log_index_before, gap.log_index_after) if i is not None]
     summary = (
         f"longest gap {format_duration_ns(gap.duration_ns)} on node {name or '(unnamed)'}, "
-        f"{_span(gap.start_ns, gap.end_ns)}{' (open)' if gap.open else ''}; "
+        f"{_span(gap.start_ns, gap.end_ns)}{' (open)' if gap.open else ''}"
+        f"{' (late evidence counted as a gap)' if gap.late else ''}; "
         f"{'longer than' if over else 'within'} the {format_duration_ns(rule.max_gap_ns)} allowed"
     )
     return _result(

@@ -11,7 +11,7 @@ over the received bytes, body parse and validation — stateless, in the submitt
 serial pass under the write lock: seen before (an idempotent duplicate), revocation, the node's
 lab, accepted sampler backend, timestamps within the clock skew, GPUs in the enrolled inventory,
 the nonce, and the chain (next, gap, fork, rollback); then the log append, the accounts, gaps and
-findings. All of a batch's effects commit together or not at all (batches waiting for the write
+findings, among them LATE_EVIDENCE for a window that arrived late or with a stale nonce. All of a batch's effects commit together or not at all (batches waiting for the write
 path share one transaction: group commit); if the commit fails every envelope not already
 rejected gets REJECT_REASON_UNAVAILABLE and may be resent.
 """
@@ -41,10 +41,9 @@ from attest.errors import (
     UnknownKeyError,
 )
 from attest.ids import Digest, NodeId
-from verifier import accounts
+from verifier import accounts, late
 from verifier.core import NodeHead, NodeState, VerifierCore, WriteContext
 from verifier.log import PendingEntry
-from verifier.nonce import NonceStatus
 from verifier.registry import flag_node
 from verifier.store.base import AttestationRow, EntryKind, GapRow, InventoryRow
 from verifier.tpm import QuoteState, check_window_quote, status_name, tpm_state_key
@@ -453,21 +452,16 @@ class Ingestor:
                     f"GPU {gpu.uuid} is not in the node's enrolled inventory",
                     seq,
                 )
+        nonce_age_ns: int | None = None
         if ingest.require_nonce or body.verifier_nonce:
-            status = self.core.nonces.check(
-                body.verifier_nonce, node.node_id, body.window_end_ns, skew
-            )
-            if status is NonceStatus.BAD:
+            issued = self.core.nonces.issued_at(body.verifier_nonce, node.node_id)
+            if issued is None or issued > body.window_end_ns + skew:
                 return self._rejected(
                     raw, spb.REJECT_REASON_BAD_NONCE, "the nonce was not issued to this node", seq
                 )
-            if status is NonceStatus.EXPIRED:
-                return self._rejected(
-                    raw,
-                    spb.REJECT_REASON_EXPIRED_NONCE,
-                    "the nonce had expired by the window's end",
-                    seq,
-                )
+            # A nonce older than its lifetime no longer rejects the window: it is late evidence
+            # (verifier/late.py), kept and graded, so that an honest outage's back-fill lands.
+            nonce_age_ns = body.window_end_ns - issued
 
         head = node.head
         if head is not None and seq > head.seq and body.window_start_ns < head.window_end_ns:
@@ -559,6 +553,18 @@ class Ingestor:
             index=index,
             fold=fold,
         )
+        lateness = late.grade(now, body.window_end_ns, nonce_age_ns, ingest)
+        if lateness is not None:
+            w.add_finding(
+                late.late_finding(
+                    lab_id=node.lab_id,
+                    att=att,
+                    log_index=index,
+                    declared_uuids=declared,
+                    lateness=lateness,
+                    now_ns=now,
+                )
+            )
         tpm_status = self._check_tpm_quote(w, node, att, index)
         new_node = self.core.with_head(
             node,

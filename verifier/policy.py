@@ -173,6 +173,19 @@ Rule = (
 )
 
 
+class LateEvidence(StrEnum):
+    """How a policy counts late evidence: windows that reached the verifier long after they ended,
+    or whose nonce was too old to show they were signed near their time
+    (``[defaults] late_evidence``)."""
+
+    GAP = "gap"
+    """The default: like a gap. The late windows' time is not covered and joins the node's
+    gaps (the max-gap rule sees the whole stretch), bounded by the energy their counters show; the
+    compute they attest still counts."""
+    ATTESTED = "attested"
+    """Like evidence that arrived in time (the late windows are still named in the report)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
     """A loaded, valid policy. ``raw`` is the file's bytes exactly; ``digest`` their SHA-256."""
@@ -185,6 +198,7 @@ class Policy:
     rules: tuple[Rule, ...]
     source: str
     raw: bytes = field(repr=False)
+    late_evidence: LateEvidence = LateEvidence.GAP
     digest: bytes = field(init=False)
 
     def __post_init__(self) -> None:
@@ -258,11 +272,28 @@ class _Parser:
             if len(description) > MAX_DESCRIPTION:
                 raise self.error("description", f"is longer than {MAX_DESCRIPTION} characters")
         default_figure = Figure.UPPER_BOUND
+        late_evidence = LateEvidence.GAP
         if "defaults" in document:
             defaults = self.table("defaults", document["defaults"])
-            self.keys("defaults", "defaults.", defaults, required=(), optional=("figure",))
+            self.keys(
+                "defaults",
+                "defaults.",
+                defaults,
+                required=(),
+                optional=("figure", "late_evidence"),
+            )
             if "figure" in defaults:
                 default_figure = self.figure("defaults.figure", defaults["figure"])
+            if "late_evidence" in defaults:
+                text = self.string("defaults.late_evidence", defaults["late_evidence"])
+                try:
+                    late_evidence = LateEvidence(text)
+                except ValueError:
+                    raise self.error(
+                        "defaults.late_evidence",
+                        f"{_show(text)} is not a way to count late evidence "
+                        f"(one of {_choices(LateEvidence)})",
+                    ) from None
         rules_value = document["rules"]
         if not isinstance(rules_value, list) or not all(isinstance(r, dict) for r in rules_value):
             raise self.error("rules", "must be an array of tables, written [[rules]]")
@@ -290,6 +321,7 @@ class _Parser:
             rules=tuple(rules),
             source=self.source,
             raw=raw,
+            late_evidence=late_evidence,
         )
 
     def rule(self, path: str, table: dict[str, object], default_figure: Figure) -> Rule:

@@ -18,6 +18,8 @@ from pathlib import Path
 import grpc
 import pytest
 from pausewatch.v1 import attestation_service_pb2 as spb
+from pausewatch.v1 import audit_pb2 as apb
+from pausewatch.v1 import findings_pb2 as fpb
 from pausewatch.v1 import registry_pb2 as rpb
 
 from attest.envelope import (
@@ -336,7 +338,10 @@ def test_corpus_item(world: World, case: str) -> None:
     world.chain.append(good)
 
 
-def test_expired_nonce(tmp_path: Path) -> None:
+def test_a_stale_nonce_is_late_evidence_not_a_rejection(tmp_path: Path) -> None:
+    """A nonce older than its lifetime at the window's end no longer rejects the window (that lost
+    honest outage back-fill): the window is accepted and logged as late evidence, which reports
+    count like a gap (tests/adversarial/test_late_evidence.py)."""
     with running_verifier(
         tmp_path, require_nonce=True, max_clock_skew_s=600, extra_ingest="nonce_lifetime_s = 1"
     ) as v:
@@ -349,7 +354,16 @@ def test_expired_nonce(tmp_path: Path) -> None:
         start = time.time_ns() - 30 * S
         raw = node.sign_body(node.body(0, start_ns=start, nonce=nonce))
         (receipt,) = client.submit([raw])
-        assert receipt.reason == spb.REJECT_REASON_EXPIRED_NONCE
+        assert receipt.status == spb.RECEIPT_STATUS_ACCEPTED
+        late = client.audit.ListFindings(
+            apb.ListFindingsRequest(lab_id="lab-a", kinds=[fpb.FINDING_KIND_LATE_EVIDENCE])
+        ).findings
+        assert len(late) == 1
+        finding = late[0].finding
+        assert list(finding.evidence_log_indices) == [receipt.log_index]
+        assert finding.unit == "ms" and finding.limit == "1000"
+        assert 29_000 <= int(finding.measured) <= 40_000
+        assert "nonce issued" in finding.summary
 
 
 def test_garbage_on_the_stream_and_oversized_batches(world: World) -> None:

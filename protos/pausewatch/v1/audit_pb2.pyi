@@ -332,6 +332,7 @@ class GapReport(_message.Message):
     OPEN_FIELD_NUMBER: _builtins.int
     FINDING_LOG_INDEX_FIELD_NUMBER: _builtins.int
     HAS_FINDING_FIELD_NUMBER: _builtins.int
+    LATE_FIELD_NUMBER: _builtins.int
     node_id: _builtins.bytes
     """The node (32 bytes)."""
     node_name: _builtins.str
@@ -342,6 +343,10 @@ class GapReport(_message.Message):
     """Log index of the GAP finding, if one was logged; meaningful if has_finding."""
     has_finding: _builtins.bool
     """Whether finding_log_index is set."""
+    late: _builtins.bool
+    """True if the stretch holds late evidence (windows counted like a gap under the policy's
+    late_evidence = "gap"); such a stretch may join late windows and the gaps they touch.
+    """
     @_builtins.property
     def gap(self) -> _findings_pb2.GapDetail:
         """The gap."""
@@ -355,10 +360,11 @@ class GapReport(_message.Message):
         open: _builtins.bool = ...,
         finding_log_index: _builtins.int = ...,
         has_finding: _builtins.bool = ...,
+        late: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["gap", b"gap"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["finding_log_index", b"finding_log_index", "gap", b"gap", "has_finding", b"has_finding", "node_id", b"node_id", "node_name", b"node_name", "open", b"open"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["finding_log_index", b"finding_log_index", "gap", b"gap", "has_finding", b"has_finding", "late", b"late", "node_id", b"node_id", "node_name", b"node_name", "open", b"open"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

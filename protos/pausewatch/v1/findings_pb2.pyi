@@ -64,6 +64,14 @@ class _FindingKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FindingKi
     """A policy rule was broken (cumulative compute, sustained rate), found by the policy monitor
     (lab-level, with the rule's worst stretch as its period and its evidence).
     """
+    FINDING_KIND_LATE_EVIDENCE: _FindingKind.ValueType  # 20
+    """An accepted window that reached the verifier long after it ended (ingest.late_after_s), or
+    whose nonce was issued longer than ingest.nonce_lifetime_s before it ended: nothing shows it
+    was signed near its time. One finding per window, never rate-limited; the period is the
+    window, the evidence its log index, `gap` describes it as a gap (with attested_gpu_ms),
+    measured/limit say how late (ms). The policy decides how it counts
+    ([defaults] late_evidence; by default like a gap).
+    """
     FINDING_KIND_SITE_ENERGY_UNEXPLAINED: _FindingKind.ValueType  # 40
     """(40 and up: site power.) A site's metered IT energy exceeds what its nodes' attested GPU
     energy and its declared non-GPU load explain, beyond the declared tolerance: energy that can
@@ -122,6 +130,14 @@ FINDING_KIND_REVOKED_NODE_SUBMISSION: FindingKind.ValueType  # 11
 FINDING_KIND_THRESHOLD_EXCEEDED: FindingKind.ValueType  # 12
 """A policy rule was broken (cumulative compute, sustained rate), found by the policy monitor
 (lab-level, with the rule's worst stretch as its period and its evidence).
+"""
+FINDING_KIND_LATE_EVIDENCE: FindingKind.ValueType  # 20
+"""An accepted window that reached the verifier long after it ended (ingest.late_after_s), or
+whose nonce was issued longer than ingest.nonce_lifetime_s before it ended: nothing shows it
+was signed near its time. One finding per window, never rate-limited; the period is the
+window, the evidence its log index, `gap` describes it as a gap (with attested_gpu_ms),
+measured/limit say how late (ms). The policy decides how it counts
+([defaults] late_evidence; by default like a gap).
 """
 FINDING_KIND_SITE_ENERGY_UNEXPLAINED: FindingKind.ValueType  # 40
 """(40 and up: site power.) A site's metered IT energy exceeds what its nodes' attested GPU
@@ -240,6 +256,7 @@ class GapDetail(_message.Message):
     ENERGY_MJ_FIELD_NUMBER: _builtins.int
     ENERGY_BOUND_FLOP_FIELD_NUMBER: _builtins.int
     TIME_BOUND_FLOP_FIELD_NUMBER: _builtins.int
+    ATTESTED_GPU_MS_FIELD_NUMBER: _builtins.int
     gap_start_ns: _builtins.int
     """Start of the unattested period, ns since the epoch."""
     gap_end_ns: _builtins.int
@@ -258,6 +275,10 @@ class GapDetail(_message.Message):
     """
     time_bound_flop: _builtins.str
     """Ceiling from time alone: peak FLOP/s x gap seconds x GPUs. Decimal integer."""
+    attested_gpu_ms: _builtins.int
+    """For a late window (FINDING_KIND_LATE_EVIDENCE): the GPU-ms it attests for declared GPUs,
+    which a policy that counts late evidence like a gap takes out of coverage. 0 for a gap.
+    """
     def __init__(
         self,
         *,
@@ -269,10 +290,11 @@ class GapDetail(_message.Message):
         energy_mj: _builtins.int = ...,
         energy_bound_flop: _builtins.str = ...,
         time_bound_flop: _builtins.str = ...,
+        attested_gpu_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["energy_bound_flop", b"energy_bound_flop", "energy_bounded", b"energy_bounded", "energy_mj", b"energy_mj", "gap_end_ns", b"gap_end_ns", "gap_start_ns", b"gap_start_ns", "seq_after", b"seq_after", "seq_before", b"seq_before", "time_bound_flop", b"time_bound_flop"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attested_gpu_ms", b"attested_gpu_ms", "energy_bound_flop", b"energy_bound_flop", "energy_bounded", b"energy_bounded", "energy_mj", b"energy_mj", "gap_end_ns", b"gap_end_ns", "gap_start_ns", b"gap_start_ns", "seq_after", b"seq_after", "seq_before", b"seq_before", "time_bound_flop", b"time_bound_flop"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
