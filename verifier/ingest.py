@@ -11,9 +11,10 @@ over the received bytes, body parse and validation — stateless, in the submitt
 serial pass under the write lock: seen before (an idempotent duplicate), revocation, the node's
 lab, accepted sampler backend, timestamps within the clock skew, GPUs in the enrolled inventory,
 the nonce, and the chain (next, gap, fork, rollback); then the log append, the accounts, gaps and
-findings, among them LATE_EVIDENCE for a window that arrived late or with a stale nonce. All of a batch's effects commit together or not at all (batches waiting for the write
-path share one transaction: group commit); if the commit fails every envelope not already
-rejected gets REJECT_REASON_UNAVAILABLE and may be resent.
+findings, among them LATE_EVIDENCE for a window that arrived late or with a stale nonce. All of a
+batch's effects commit together or not at all (batches waiting for the write path share one
+transaction: group commit); if the commit fails every envelope not already rejected gets
+REJECT_REASON_UNAVAILABLE and may be resent.
 """
 
 from __future__ import annotations
