@@ -9,6 +9,7 @@ from pausewatch.v1 import audit_pb2 as pb
 from pausewatch.v1 import findings_pb2 as fpb
 
 from attest import compute
+from attest.errors import ConfigError
 from attest.ids import NodeId
 from tests.builders import T0_NS
 from verifier.accounts import (
@@ -430,6 +431,97 @@ def test_no_gaps_passes() -> None:
     rule = only_rule(report(policy(max_gap("0s")), nodes=[timeline()]))
     assert rule.outcome == pb.RULE_OUTCOME_PASS
     assert rule.measured == "0"
+
+
+def late(log_index: int, bucket: int, seq: int, attested_gpu_ms: int = 120_000) -> pb.LoggedFinding:
+    """The LATE_EVIDENCE finding ingest logs for NODE_A's window in ``bucket``."""
+    start = P0 + bucket * BUCKET
+    return logged(
+        log_index,
+        fpb.FINDING_KIND_LATE_EVIDENCE,
+        node_id=bytes(NODE_A),
+        period_start_ns=start,
+        period_end_ns=start + BUCKET,
+        evidence_log_indices=[log_index - 1],
+        gap=fpb.GapDetail(
+            gap_start_ns=start,
+            gap_end_ns=start + BUCKET,
+            seq_before=seq,
+            seq_after=seq,
+            energy_bounded=True,
+            energy_mj=1_000,
+            energy_bound_flop="7",
+            time_bound_flop="11",
+            attested_gpu_ms=attested_gpu_ms,
+        ),
+        measured="600000",
+        limit="120000",
+        unit="ms",
+    )
+
+
+def test_late_evidence_counts_like_a_gap_unless_the_policy_says_attested() -> None:
+    """Two late windows (buckets 3 and 4) after a 30 s gap: by default their GPU-time is not
+    covered and they join the gap into one 150 s stretch, marked late; with late_evidence =
+    "attested" they count as covered and only the 30 s gap remains; the findings name them
+    either way."""
+    figures = [fig(10 * b + g, b, uuid=f"GPU-{g}") for b in range(10) for g in range(2)]
+    gap = windows_then_silence(NODE_A, 600).gaps[0]
+    before = type(gap)(
+        **{
+            **_fields(gap),
+            "start_ns": P0 + 150 * S,
+            "end_ns": P0 + 180 * S,
+            "open": False,
+            "seq_after": 3,
+            "log_index_after": 30,
+        }
+    )
+    node = timeline(gaps=(before,))
+    findings = [late(31, 3, 3), late(41, 4, 4)]
+    rules = coverage("90%") + max_gap("2m")
+    as_gap = report(policy(rules), figures, nodes=[node], findings=findings)
+    assert (as_gap.coverage.attested_gpu_ms, as_gap.coverage.declared_gpu_ms) == (
+        960_000,
+        1_200_000,
+    )
+    assert [r.outcome for r in as_gap.rules] == [pb.RULE_OUTCOME_UNACCOUNTED] * 2
+    assert "240000 GPU-ms of late evidence not counted" in as_gap.rules[0].summary
+    assert list(as_gap.rules[0].evidence_log_indices) == [30, 40]
+    assert (as_gap.rules[1].worst_start_ns, as_gap.rules[1].worst_end_ns) == (
+        P0 + 150 * S,
+        P0 + 300 * S,
+    )
+    assert "late evidence counted as a gap" in as_gap.rules[1].summary
+    (stretch,) = as_gap.gaps
+    assert stretch.late and not stretch.open
+    assert (stretch.gap.seq_before, stretch.gap.seq_after) == (gap.seq_before, 4)
+    assert stretch.gap.time_bound_flop == str(gap.time_bound_flop + 22)
+    assert [p.attested_gpu_ms for p in as_gap.series[2:6]] == [120_000, 0, 0, 120_000]
+    assert as_gap.verdict == pb.VERDICT_UNACCOUNTED
+
+    attested = policy('[defaults]\nlate_evidence = "attested"\n' + rules)
+    as_attested = report(attested, figures, nodes=[node], findings=findings)
+    assert as_attested.coverage.attested_gpu_ms == 1_200_000
+    assert [r.outcome for r in as_attested.rules] == [pb.RULE_OUTCOME_PASS] * 2
+    assert [g.late for g in as_attested.gaps] == [False]
+    assert as_attested.verdict == pb.VERDICT_COMPLIANT
+    assert [f.log_index for f in as_attested.findings] == [31, 41]
+
+    # A slice starting inside the late window of bucket 3: only its part, with no energy bound.
+    sliced = report(
+        policy(rules), figures, nodes=[node], findings=findings, period_start_ns=P0 + 200 * S
+    )
+    late_gaps = [g for g in sliced.gaps if g.late]
+    assert [(g.gap.gap_start_ns, g.gap.gap_end_ns) for g in late_gaps] == [
+        (P0 + 200 * S, P0 + 300 * S)
+    ]
+    assert not late_gaps[0].gap.energy_bounded
+
+
+def test_an_unknown_late_evidence_setting_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"defaults\.late_evidence"):
+        policy('[defaults]\nlate_evidence = "ignore"\n' + coverage("90%"))
 
 
 # --- training_signature --------------------------------------------------------------------------
