@@ -129,6 +129,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         max_age_s=3600,
         late_after_s=5,
         bucket_ms=2_000,
+        open_gap_grace_ms=2_000,
         extra_ingest="nonce_lifetime_s = 6",
         extra_lab=(
             '\n[[labs]]\nid = "lab-b"\nname = "Lab B"\n'
@@ -171,7 +172,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
                 receipts["attacker"] += client.submit(held)
             elif seq >= STOPPED.stop:
                 submit("attacker", attacker, seq, client.nonce(attacker))
-        time.sleep(1.2)  # a checkpoint interval, for the bundle
+        time.sleep(2.5)  # the open-gap grace, and a checkpoint interval for the bundle
         yield Run(verifier, client, t0, honest, attacker, receipts)
     finally:
         stop_process(verifier)
