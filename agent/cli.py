@@ -50,6 +50,7 @@ from agent.enroll import (
     authorize_enrollment,
     build_enrollment,
     check_authorization,
+    first_nonce,
     get_challenge,
     sign_enrollment_request,
     submit_enrollment,
@@ -79,7 +80,7 @@ from agent.preflight import (
 from agent.sampler.base import Backend, GpuIdentity, Sampler
 from agent.sdnotify import Notifier
 from agent.shipper import open_channel
-from agent.spool import Spool
+from agent.spool import Nonce, Spool
 from agent.tpm import Tpm2Tools
 from agent.tpm_quotes import tpm_enrollment
 from attest import keys
@@ -391,7 +392,9 @@ def _inventory(
         sampler.close()
 
 
-def _save_enrollment(config: AgentConfig, node_id: NodeId, response: Any) -> dict[str, Any]:
+def _save_enrollment(
+    config: AgentConfig, node_id: NodeId, response: Any, nonce: Nonce
+) -> dict[str, Any]:
     record = {
         "node_id": bytes(response.node_id).hex(),
         "lab_id": config.node.lab_id,
@@ -404,6 +407,9 @@ def _save_enrollment(config: AgentConfig, node_id: NodeId, response: Any) -> dic
     spool = Spool.open(spool_path(config), node_id=node_id)
     try:
         spool.set_text(ENROLLMENT_KEY, json.dumps(record, sort_keys=True))
+        held = spool.nonce()
+        if nonce.nonce and (held is None or held.issued_at_ns < nonce.issued_at_ns):
+            spool.store_nonce(nonce)  # windows signed before the first challenge carry it
     finally:
         spool.close()
     return record
@@ -461,9 +467,10 @@ def enroll(
         channel = open_channel(config.verifier)
         try:
             response = submit_enrollment(channel, request, auth, timeout_s=timeout)
+            first = first_nonce(channel, node_id, request, timeout_s=timeout, now_ns=time.time_ns())
         finally:
             channel.close()
-        record = _save_enrollment(config, node_id, response)
+        record = _save_enrollment(config, node_id, response, first)
         emit(
             record, as_json, f"enrolled node {record['node_id']} (log index {record['log_index']})"
         )
@@ -523,9 +530,10 @@ def enroll(
             return
         auth = authorize_enrollment(operator, request)
         response = submit_enrollment(channel, request, auth, timeout_s=timeout)
+        first = first_nonce(channel, node_id, request, timeout_s=timeout, now_ns=time.time_ns())
     finally:
         channel.close()
-    record = _save_enrollment(config, node_id, response)
+    record = _save_enrollment(config, node_id, response, first)
     record["gpus"] = [g.uuid for g in gpus]
     emit(
         record,

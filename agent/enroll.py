@@ -27,6 +27,7 @@ from pausewatch.v1 import registry_pb2 as reg
 from pausewatch.v1 import registry_pb2_grpc as reg_grpc
 
 from agent.sampler.base import GpuIdentity
+from agent.spool import Nonce
 from attest.envelope import (
     PayloadType,
     StaticKeyring,
@@ -138,6 +139,37 @@ def get_challenge(channel: grpc.Channel, node_id: NodeId, *, timeout_s: float) -
     stub = api_grpc.AttestationServiceStub(channel)
     response = stub.GetChallenge(api.GetChallengeRequest(node_id=node_id), timeout=timeout_s)
     return bytes(response.nonce)
+
+
+def first_nonce(
+    channel: grpc.Channel, node_id: NodeId, request: bytes, *, timeout_s: float, now_ns: int
+) -> Nonce:
+    """The nonce a newly enrolled node keeps until its agent's first challenge: a fresh one from
+    the verifier, else (the verifier stopped answering just after enrolling us) the one the
+    enrolment carried. Windows signed before the agent first reaches the verifier carry it, so
+    none is signed without a nonce (docs/wire-format.md, "Before the first challenge"); the
+    verifier grades them late where they are, never rejects them for it."""
+    try:
+        stub = api_grpc.AttestationServiceStub(channel)
+        response = stub.GetChallenge(api.GetChallengeRequest(node_id=node_id), timeout=timeout_s)
+        return Nonce(
+            nonce=bytes(response.nonce),
+            issued_at_ns=response.issued_at_ns,
+            expires_at_ns=response.expires_at_ns,
+            received_at_ns=now_ns,
+        )
+    except grpc.RpcError as exc:
+        log.warning(
+            "no challenge after enrolling (%s): keeping the enrolment's nonce",
+            exc.code().name if hasattr(exc, "code") else "error",
+        )
+    enrollment = reg.NodeEnrollment.FromString(parse_envelope(request).payload)
+    return Nonce(
+        nonce=bytes(enrollment.verifier_nonce),
+        issued_at_ns=enrollment.created_at_ns,
+        expires_at_ns=enrollment.created_at_ns,
+        received_at_ns=now_ns,
+    )
 
 
 def submit_enrollment(

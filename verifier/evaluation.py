@@ -1141,7 +1141,7 @@ def render_text(
                     show_time(gap.gap_start_ns),
                     show_time(gap.gap_end_ns),
                     format_duration_ns(gap.gap_end_ns - gap.gap_start_ns),
-                    "open" if item.open else "closed",
+                    ("open" if item.open else "closed") + (", late evidence" if item.late else ""),
                     bound,
                     f"{format_flop(int(gap.time_bound_flop))} FLOP",
                     str(item.finding_log_index) if item.has_finding else "-",

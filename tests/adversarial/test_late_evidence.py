@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -28,8 +29,11 @@ from pausewatch.v1 import registry_pb2 as rpb
 from attest.attestation import bounds_to_proto, validate_body, window_compute
 from attest.envelope import PayloadType, envelope_digest, parse_envelope, sign_envelope
 from attest.ids import KeyId
-from attest.keys import Ed25519Signer, format_public_key
+from attest.keys import Ed25519Signer, format_public_key, save_private_key
+from tests.agent_process import AgentProcess, free_port, wait_until
+from tests.agent_setup import write_state_dir
 from tests.builders import TestNode, fixed_private_key
+from tests.cli_runner import run_agent_cli
 from tests.verifier_harness import (
     REPO,
     Client,
@@ -287,3 +291,89 @@ def test_body_builder_is_valid() -> None:
     raw = honest_body(node, 0, None, 1_764_403_200 * S, b"")
     body = pb.AttestationBody.FromString(parse_envelope(raw).payload)
     validate_body(body, KeyId(node.node_id))
+
+
+def test_a_first_start_offline_loses_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 10: a node enrolled, then its agent's first run finds the verifier unreachable for a
+    while. Every window it signs offline carries the nonce it kept at enrolment; once the verifier
+    is back, every one is accepted (none rejected, none lost), graded late, and named so in the
+    report. (Real verifier and agent processes, 0.4 s windows.)"""
+    port = free_port()
+    files = write_verifier_files(
+        tmp_path / "v",
+        require_nonce=True,
+        late_after_s=2,
+        extra_ingest="nonce_lifetime_s = 3",
+    )
+    files.config.write_text(
+        files.config.read_text().replace('listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{port}"')
+    )
+    log_path = tmp_path / "verifier.log"
+    verifier = start_verifier_process(files, log_path)
+    config = write_state_dir(
+        tmp_path / "node", address=f"127.0.0.1:{port}", window_s="0.4", interval_ms=100, seed=953
+    )
+    state = str(config.node.state_dir)
+    operator = tmp_path / "operator.key"
+    save_private_key(operator, fixed_private_key(100))
+    code, out, err = run_agent_cli(
+        capsys, "enroll", "--state-dir", state, "--operator-key", str(operator), "--json"
+    )
+    assert code == 0, out + err
+    node_id = bytes.fromhex(json.loads(out)["node_id"])
+    _, out, _ = run_agent_cli(capsys, "status", "--json", "--state-dir", state)
+    assert json.loads(out)["nonce"] is not None  # kept at enrolment, before any run
+    assert stop_process(verifier) == 0
+
+    agent = AgentProcess.start(config.node.state_dir, tmp_path / "agent.log")
+    try:
+
+        def status() -> dict[str, object]:
+            _, text, _ = run_agent_cli(capsys, "status", "--json", "--state-dir", state)
+            return json.loads(text)  # type: ignore[no-any-return]
+
+        wait_until(lambda: (status()["head"] or {}).get("seq", -1) >= 12, 60, "windows offline")
+        offline = status()
+        assert offline["acknowledged"] == 0
+        verifier = start_verifier_process(files, log_path)
+        try:
+            wait_until(
+                lambda: (
+                    status()["spool"]["pending"] == 0  # type: ignore[index]
+                    and status()["acknowledged"] > offline["acknowledged"]
+                ),  # type: ignore[operator]
+                60,
+                "the backlog ships",
+            )
+            assert agent.stop() == 0, agent.log()[-2000:]
+            final = status()
+            head_seq = final["head"]["seq"]  # type: ignore[index]
+            assert final["rejected"] == 0
+            assert final["spool"]["pending"] == 0  # type: ignore[index]
+            client = Client(verifier.channel(), files.operator)
+            with sqlite3.connect(files.store) as db:
+                stored = db.execute(
+                    "SELECT COUNT(*), MIN(seq), MAX(seq) FROM attestations WHERE node_id = ?",
+                    (node_id,),
+                ).fetchone()
+            assert stored == (head_seq + 1, 0, head_seq)  # every window, once, in order
+            late = client.audit.ListFindings(
+                apb.ListFindingsRequest(
+                    lab_id="lab-a", kinds=[fpb.FINDING_KIND_LATE_EVIDENCE], page_size=1000
+                )
+            ).findings
+            assert len(late) >= offline["head"]["seq"]  # type: ignore[index]
+            assert all(f.finding.node_id == node_id for f in late)
+            now = time.time_ns()
+            rep = client.audit.GetComplianceReport(
+                apb.GetComplianceReportRequest(
+                    lab_id="lab-a", period_start_ns=now - 600 * S, period_end_ns=now
+                )
+            ).report
+            assert [g for g in rep.gaps if g.late and g.node_id == node_id]
+        finally:
+            stop_process(verifier)
+    finally:
+        agent.kill()

@@ -499,6 +499,7 @@ def test_late_evidence_counts_like_a_gap_unless_the_policy_says_attested() -> No
     assert stretch.gap.time_bound_flop == str(gap.time_bound_flop + 22)
     assert [p.attested_gpu_ms for p in as_gap.series[2:6]] == [120_000, 0, 0, 120_000]
     assert as_gap.verdict == pb.VERDICT_UNACCOUNTED
+    assert "closed, late evidence" in render_text(as_gap)
 
     attested = policy('[defaults]\nlate_evidence = "attested"\n' + rules)
     as_attested = report(attested, figures, nodes=[node], findings=findings)
