@@ -60,6 +60,7 @@ def verifier_settings(ingest: IngestConfig) -> pb.VerifierSettings:
         accept_backends=sorted(ingest.accept_backends),
         require_nonce=ingest.require_nonce,
         nonce_lifetime_ns=ingest.nonce_lifetime_ns,
+        late_after_ns=ingest.late_after_ns,
         max_age_ns=ingest.max_age_ns,
         max_clock_skew_ns=ingest.max_clock_skew_ns,
         gap_tolerance_ns=ingest.gap_tolerance_ns,

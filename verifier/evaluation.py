@@ -1051,7 +1051,8 @@ def _settings_lines(report: pb.ComplianceReport) -> list[str]:
         f"verifier  {settings.software_version}; accepts backends "
         f"{', '.join(settings.accept_backends) or '(none)'}; nonce "
         f"{'required' if settings.require_nonce else 'NOT required'} (lifetime "
-        f"{format_duration_ns(settings.nonce_lifetime_ns)}); windows up to "
+        f"{format_duration_ns(settings.nonce_lifetime_ns)}); late after "
+        f"{format_duration_ns(settings.late_after_ns)}; windows up to "
         f"{format_duration_ns(settings.max_age_ns)} old"
     ]
     simulated = [b for b in settings.accept_backends if b != "nvml"]

@@ -231,6 +231,10 @@ def test_a_report_over_the_stretch_or_any_slice_of_it_is_not_compliant(
 ) -> None:
     rep = report(run, "lab-a", start, end)
     assert rep.verdict == apb.VERDICT_UNACCOUNTED, (start, end, list(rep.reasons))
+    assert (rep.verifier_settings.late_after_ns, rep.verifier_settings.nonce_lifetime_ns) == (
+        5 * S,
+        6 * S,
+    )
     gap = _late_gap(rep)
     assert gap.node_id == run.attacker.node_id
     stretch_start = run.t0 + max(start, STOPPED.start) * WINDOW_NS

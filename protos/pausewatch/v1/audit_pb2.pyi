@@ -1158,10 +1158,11 @@ class VerifierSettings(_message.Message):
     OPEN_GAP_GRACE_NS_FIELD_NUMBER: _builtins.int
     SOFTWARE_VERSION_FIELD_NUMBER: _builtins.int
     TABLE_VERSION_FIELD_NUMBER: _builtins.int
+    LATE_AFTER_NS_FIELD_NUMBER: _builtins.int
     require_nonce: _builtins.bool
     """Whether every attestation must carry a nonce the verifier issued."""
     nonce_lifetime_ns: _builtins.int
-    """How long an issued nonce stays acceptable, ns."""
+    """A window whose nonce was issued longer than this before its end is late evidence, ns."""
     max_age_ns: _builtins.int
     """The oldest window end it accepts, relative to its clock, ns."""
     max_clock_skew_ns: _builtins.int
@@ -1174,6 +1175,10 @@ class VerifierSettings(_message.Message):
     """The verifier's software version."""
     table_version: _builtins.int
     """The GPU table version its compute figures use."""
+    late_after_ns: _builtins.int
+    """A window that reaches it longer than this after its end is late evidence (a LATE_EVIDENCE
+    finding), ns.
+    """
     @_builtins.property
     def accept_backends(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Sampler backends it accepts ("nvml"; "sim" and "replay" are not real GPUs), sorted."""
@@ -1190,10 +1195,11 @@ class VerifierSettings(_message.Message):
         open_gap_grace_ns: _builtins.int = ...,
         software_version: _builtins.str = ...,
         table_version: _builtins.int = ...,
+        late_after_ns: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept_backends", b"accept_backends", "gap_tolerance_ns", b"gap_tolerance_ns", "max_age_ns", b"max_age_ns", "max_clock_skew_ns", b"max_clock_skew_ns", "nonce_lifetime_ns", b"nonce_lifetime_ns", "open_gap_grace_ns", b"open_gap_grace_ns", "require_nonce", b"require_nonce", "software_version", b"software_version", "table_version", b"table_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept_backends", b"accept_backends", "gap_tolerance_ns", b"gap_tolerance_ns", "late_after_ns", b"late_after_ns", "max_age_ns", b"max_age_ns", "max_clock_skew_ns", b"max_clock_skew_ns", "nonce_lifetime_ns", b"nonce_lifetime_ns", "open_gap_grace_ns", b"open_gap_grace_ns", "require_nonce", b"require_nonce", "software_version", b"software_version", "table_version", b"table_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
