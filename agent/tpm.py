@@ -4,7 +4,7 @@
     ak_public = tpm.ensure_attestation_key()           # TPMT_PUBLIC bytes, persistent across runs
     ek_cert = tpm.ek_certificate()                     # DER, from the TCG NV index
     secret = tpm.activate_credential(credential_file)  # proves the AK lives beside the EK
-    quote = tpm.quote(qualifying_data, pcrs=(0, 1, 2, 3, 4, 5, 6, 7, 10))
+    quote = tpm.quote(qualifying_data, pcrs=DEFAULT_PCRS)  # boot PCRs 0-9 and IMA's PCR 10
 
 Why tpm2-tools and not a Python binding: docs/adr/0005-tpm-backend.md. Every call is one
 ``tpm2_*`` process with ``TPM2TOOLS_TCTI`` set; files pass through a private temporary folder.
@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 EK_CERT_NV_INDEX_RSA = 0x01C00002
 DEFAULT_EK_HANDLE = 0x81010001
 DEFAULT_AK_HANDLE = 0x81010002
-DEFAULT_PCRS = (0, 1, 2, 3, 4, 5, 6, 7, 10)
+DEFAULT_PCRS = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
+"""Measured boot (0-7; 8 and 9 for the boot loader's measurements on newer kernels) and IMA (10)."""
 TOOL_TIMEOUT_S = 30
 
 

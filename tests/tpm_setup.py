@@ -14,6 +14,7 @@ signed by the CA's intermediate, which the root signs, as a manufacturer's would
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import shutil
 import socket
 import subprocess
@@ -186,6 +187,12 @@ def measure(device: RunningSwtpm, log_file: Path, path: str, digest: bytes) -> N
     device.tools().extend_pcr(tpm.IMA_PCR, tpm.ima_extend_digest(entry))
     with log_file.open("a") as f:
         f.write(entry.line() + "\n")
+
+
+def boot_aggregate(device: RunningSwtpm) -> bytes:
+    """What the kernel logs as IMA's first entry: SHA-256 over the boot PCRs 0-7 as they are."""
+    quote = device.tools().quote(b"boot-aggregate", tuple(range(8)))
+    return hashlib.sha256(b"".join(quote.pcr_values)).digest()
 
 
 class Chain:

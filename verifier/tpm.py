@@ -23,6 +23,7 @@ still measure files not in the lab's allowlist: those are returned as unknown me
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import struct
@@ -417,6 +418,12 @@ def check_window_quote(
             fpb.TPM_QUOTE_STATUS_IMA_LOG_MISMATCH,
             "the IMA log does not replay to the quoted PCR 10",
         )
+    quoted = dict(zip(selection.pcrs, (bytes(v) for v in q.pcr_values), strict=True))
+    if not all(boot_aggregate_matches(entry, quoted) for entry in entries):
+        return refuse(
+            fpb.TPM_QUOTE_STATUS_IMA_LOG_MISMATCH,
+            "the IMA log's boot_aggregate does not match the quoted boot PCRs",
+        )
     unknown: tuple[tpm.ImaEntry, ...] = ()
     if allowlist is not None:
         unknown = tuple(
@@ -430,6 +437,24 @@ def check_window_quote(
         last_ok_seq=body.seq,
     )
     return QuoteOutcome(fpb.TPM_QUOTE_STATUS_OK, "", new_state, unknown)
+
+
+BOOT_AGGREGATE = "boot_aggregate"
+
+
+def boot_aggregate_matches(entry: tpm.ImaEntry, quoted: dict[int, bytes]) -> bool:
+    """The kernel's first IMA entry, ``boot_aggregate``, is SHA-256 over the boot PCRs 0-7 (0-9 on
+    kernels since 5.8): it must be one of those over the quoted values, so that an allowlisted
+    boot_aggregate digest stands for an approved measured boot. Other entries, a violation, a
+    non-SHA-256 aggregate or a quote without PCRs 0-7 pass (nothing to compare)."""
+    if entry.path != BOOT_AGGREGATE or entry.is_violation or entry.file_hash_alg != "sha256":
+        return True
+    if any(i not in quoted for i in range(8)):
+        return True
+    candidates = [hashlib.sha256(b"".join(quoted[i] for i in range(8))).digest()]
+    if 8 in quoted and 9 in quoted:
+        candidates.append(hashlib.sha256(b"".join(quoted[i] for i in range(10))).digest())
+    return entry.file_digest in candidates
 
 
 def status_name(status: int) -> str:

@@ -32,6 +32,7 @@ from tests.tpm_setup import (
     Chain,
     RunningSwtpm,
     SwtpmCa,
+    boot_aggregate,
     enroll_with_tpm,
     measure,
     require_swtpm,
@@ -184,7 +185,7 @@ def test_quotes_verify_on_a_real_stream_and_an_unknown_measurement_is_a_finding(
     node = _node(1510)
     enroll_with_tpm(verifier, node, tpm_a)
     ima_file = tmp_path / "ascii_runtime_measurements"
-    measure(tpm_a, ima_file, "boot_aggregate", hashlib.sha256(b"boot").digest())
+    measure(tpm_a, ima_file, "boot_aggregate", boot_aggregate(tpm_a))
     measure(tpm_a, ima_file, AGENT, AGENT_V1)
     measure(tpm_a, ima_file, DRIVER, DRIVER_V1)
     chain = Chain(verifier, node, WindowQuoter(tpm_a.tools(), ImaLog(ima_file)))
@@ -440,3 +441,18 @@ def test_damaged_quotes_are_refused_by_name_and_the_window_still_counts(
     assert list(refused.evidence_log_indices) == [receipt.log_index]
     # The next honest window verifies: nothing of the damaged one was kept as quote state.
     assert chain.send(chain.body()).tpm_quote == fpb.TPM_QUOTE_STATUS_OK
+
+
+def test_a_boot_aggregate_that_is_not_the_quoted_boot_pcrs_is_refused(
+    verifier: RunningVerifier, tpm_a: RunningSwtpm, tmp_path: Path
+) -> None:
+    # A kernel that lies about the boot it came from: its boot_aggregate names an approved boot,
+    # and it is extended into PCR 10 like any entry, so the log replays; PCRs 0-7 say otherwise.
+    node = _node(1580)
+    enroll_with_tpm(verifier, node, tpm_a)
+    ima_file = tmp_path / "ima"
+    measure(tpm_a, ima_file, "boot_aggregate", hashlib.sha256(b"an approved boot").digest())
+    chain = Chain(verifier, node, WindowQuoter(tpm_a.tools(), ImaLog(ima_file)))
+    assert chain.send(chain.body()).tpm_quote == fpb.TPM_QUOTE_STATUS_IMA_LOG_MISMATCH
+    [refused] = _findings(verifier, node, fpb.FINDING_KIND_TPM_QUOTE_REFUSED)
+    assert "boot_aggregate" in refused.summary
