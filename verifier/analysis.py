@@ -56,8 +56,6 @@ UNATTESTED = (
 )
 EXPORT_FORMAT = "pausewatch.windows.v1"
 EXPORT_TIMEOUT_S = 600
-COMMON_MAX_GPUS_PER_NODE = 8
-"""More GPUs than this in one recorded node is noted as worth checking (HGX and DGX hold 8)."""
 MAX_EXPORT_BYTES = 1 << 31
 
 
@@ -325,6 +323,7 @@ def _evaluate(
                 last_seq=atts[-1].body.seq,
                 upper_bound_flop=sum(f.upper_bound_flop for f in node.folds),
                 gaps=tuple(gaps),
+                enrolled_gpus=len(node.models),
             )
         )
     folds = [fold for node, _ in loaded for fold in node.folds]
@@ -393,13 +392,6 @@ def _notes(loaded: list[tuple[_Node, list[VerifiedAttestation]]]) -> list[str]:
             f"{what}: {rec.get('gpus')} GPUs {how}; one poll every {rec.get('cadence_ms')} ms "
             f"(measured), {stalls} stall{'' if stalls == 1 else 's'} left as gaps"
         )
-        gpus = rec.get("gpus")
-        if isinstance(gpus, int) and gpus > COMMON_MAX_GPUS_PER_NODE:
-            notes.append(
-                f"{what}: {gpus} GPUs in one node is more than common servers hold "
-                f"({COMMON_MAX_GPUS_PER_NODE}): check that the rows were grouped into polls "
-                "right (--gpus N)"
-            )
         if not rec.get("has_names"):
             model = rec.get("gpu_model")
             notes.append(

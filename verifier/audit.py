@@ -258,6 +258,7 @@ class Auditor:
             gaps=tuple(gaps),
             tpm_id=_tpm_id(node.enrollment_payload),
             provenance=accounts.edges_in_span(first, last, span_start, span_end),
+            enrolled_gpus=len(enrolled_gpu_models(node.enrollment_payload)),
         )
 
     def findings(

@@ -960,6 +960,7 @@ def _recompute(state: _State, bundle: bpb.EvidenceBundle) -> pb.ComplianceReport
                 gaps=tuple(gaps),
                 provenance=provenance,
                 tpm_id=node.tpm.tpm_id if node.tpm is not None else b"",
+                enrolled_gpus=len(node.gpu_models),
             )
         )
     findings = [

@@ -12,7 +12,9 @@ analysis all warn alike):
 - the central estimate resting on the assumed utilisation (no tensor-activity reading);
 - an energy cross-check far below the upper bound: the bound is loose (an unknown model, or GPUs
   busy at low power), or the energy under-reported;
-- GPU-time attested beyond what was declared, or none declared at all.
+- no declared inventory at all;
+- a node enrolled with more GPUs than common servers hold (a replay that merged polls enrolled
+  twice its GPUs, and doubled its figures).
 
 The terminal report lists them under the verdict and the HTML report in a banner beside it.
 """
@@ -26,6 +28,8 @@ from verifier.policy import scientific
 
 ENERGY_GAP_FACTOR = 4
 """Warn when the upper bound exceeds the energy cross-check by more than this factor."""
+COMMON_MAX_GPUS_PER_NODE = 8
+"""HGX and DGX servers hold 8 GPUs: more in one node is worth checking."""
 
 
 def _int(text: str) -> int:
@@ -60,6 +64,16 @@ def data_quality_warnings(report: pb.ComplianceReport) -> list[str]:
             f"The central estimate of {totals.assumed_gpu_windows} GPU-windows uses an assumed "
             "utilisation (no tensor-activity reading): it is an estimate, not a measurement."
         )
+    crowded = [node for node in report.nodes if node.enrolled_gpus > COMMON_MAX_GPUS_PER_NODE]
+    for node in crowded[:5]:
+        name = node.node_name or node.node_id.hex()[:16]
+        warnings.append(
+            f"Node {name} enrolled {node.enrolled_gpus} GPUs, more than common servers hold "
+            f"({COMMON_MAX_GPUS_PER_NODE}): check its inventory (a recording whose polls were "
+            "merged reads as twice the GPUs, and twice the compute)."
+        )
+    if len(crowded) > 5:
+        warnings.append(f"... and {len(crowded) - 5} more nodes with over 8 GPUs.")
     coverage = report.coverage
     if coverage.declared_gpu_ms == 0 and coverage.attested_gpu_ms:
         warnings.append("No GPU inventory was declared for the period: coverage cannot be judged.")

@@ -121,6 +121,8 @@ class NodeTimeline:
     """The node's first and last window in its span (:func:`verifier.accounts.span_edges`)."""
     """The node's TPM (SHA-256 of its EK's SubjectPublicKeyInfo); empty for a software-rooted
     node."""
+    enrolled_gpus: int = 0
+    """GPUs the node enrolled with (a data-quality warning when more than a server holds)."""
 
 
 class EvidenceIndex(Protocol):
@@ -537,6 +539,7 @@ def evaluate(
                 sampler_backends=sorted({backend_name(e.sampler_backend) for e in node.provenance}),
                 agent_digests=sorted({e.agent_digest for e in node.provenance}),
                 agent_versions=sorted({e.agent_version for e in node.provenance}),
+                enrolled_gpus=node.enrolled_gpus,
             )
         )
     report.sites.extend(sites)

@@ -1204,7 +1204,17 @@ def _findings(report: pb.ComplianceReport) -> str:
     return f'<section id="findings">\n<h2>Findings ({len(rows)})</h2>\n{table}\n</section>'
 
 
-_NODE_HEADERS = ("Node", "Id", "Attestations", "Seq", "Upper bound", "Rooted", "Backend", "Agent")
+_NODE_HEADERS = (
+    "Node",
+    "Id",
+    "GPUs",
+    "Attestations",
+    "Seq",
+    "Upper bound",
+    "Rooted",
+    "Backend",
+    "Agent",
+)
 
 
 def _nodes(report: pb.ComplianceReport) -> str:
@@ -1215,6 +1225,7 @@ def _nodes(report: pb.ComplianceReport) -> str:
             [
                 _e(node.node_name or "(unnamed)"),
                 f'<span class="mono" title="{node.node_id.hex()}">{node.node_id.hex()[:16]}</span>',
+                str(node.enrolled_gpus) if node.enrolled_gpus else "-",
                 str(node.attestations),
                 f"{node.first_seq}..{node.last_seq}" if node.attestations else "-",
                 _flop_html(_int(node.upper_bound_flop or "0"), node.upper_bound_flop),
@@ -1235,7 +1246,7 @@ def _nodes(report: pb.ComplianceReport) -> str:
         _table(
             [*_NODE_HEADERS, "State"],
             rows,
-            numeric=(2, 3),
+            numeric=(2, 3, 4),
         )
         if rows
         else '<p class="empty">No nodes were active in the period.</p>'

@@ -374,4 +374,5 @@ def test_a_node_of_sixteen_gpus_is_noted_as_worth_checking(tmp_path: Path) -> No
         "audit", "analyse", str(recording), "--policy", str(write_policy(tmp_path, "10^30"))
     )
     assert done.returncode in (0, 1), done.stderr
-    assert "16 GPUs in one node is more than common servers hold (8)" in done.stdout
+    assert "Node big enrolled 16 GPUs, more than common servers hold (8)" in done.stdout
+    assert done.stdout.index("DATA QUALITY") < done.stdout.index("rules (")

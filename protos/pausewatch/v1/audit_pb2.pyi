@@ -468,6 +468,7 @@ class NodeSummary(_message.Message):
     ROOTING_FIELD_NUMBER: _builtins.int
     TPM_ROOTED_WINDOWS_FIELD_NUMBER: _builtins.int
     TPM_ID_FIELD_NUMBER: _builtins.int
+    ENROLLED_GPUS_FIELD_NUMBER: _builtins.int
     node_id: _builtins.bytes
     """The node (32 bytes)."""
     node_name: _builtins.str
@@ -489,6 +490,8 @@ class NodeSummary(_message.Message):
     """Accepted windows in the period covered by a valid TPM quote."""
     tpm_id: _builtins.bytes
     """For a TPM-enrolled node, the TPM's id (SHA-256 of its EK's SubjectPublicKeyInfo)."""
+    enrolled_gpus: _builtins.int
+    """GPUs the node enrolled with (for an offline analysis: the GPUs its windows name)."""
     @_builtins.property
     def sampler_backends(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """How its evidence in the period is rooted.
@@ -521,10 +524,11 @@ class NodeSummary(_message.Message):
         rooting: Global___EvidenceRooting.ValueType = ...,
         tpm_rooted_windows: _builtins.int = ...,
         tpm_id: _builtins.bytes = ...,
+        enrolled_gpus: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_digests", b"agent_digests", "agent_versions", b"agent_versions", "attestations", b"attestations", "first_seq", b"first_seq", "flagged", b"flagged", "last_seq", b"last_seq", "node_id", b"node_id", "node_name", b"node_name", "revoked", b"revoked", "rooting", b"rooting", "sampler_backends", b"sampler_backends", "tpm_id", b"tpm_id", "tpm_rooted_windows", b"tpm_rooted_windows", "upper_bound_flop", b"upper_bound_flop"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_digests", b"agent_digests", "agent_versions", b"agent_versions", "attestations", b"attestations", "enrolled_gpus", b"enrolled_gpus", "first_seq", b"first_seq", "flagged", b"flagged", "last_seq", b"last_seq", "node_id", b"node_id", "node_name", b"node_name", "revoked", b"revoked", "rooting", b"rooting", "sampler_backends", b"sampler_backends", "tpm_id", b"tpm_id", "tpm_rooted_windows", b"tpm_rooted_windows", "upper_bound_flop", b"upper_bound_flop"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -49,6 +49,14 @@ def test_assumed_utilisation_and_no_declared_inventory() -> None:
     assert any("No GPU inventory was declared" in w for w in warnings)
 
 
+def test_a_node_with_more_gpus_than_a_server_holds() -> None:
+    crowded = report()
+    crowded.nodes.add(node_name="node7", enrolled_gpus=16)
+    crowded.nodes.add(node_name="node8", enrolled_gpus=8)
+    (warning,) = data_quality_warnings(crowded)
+    assert warning.startswith("Node node7 enrolled 16 GPUs, more than common servers hold (8)")
+
+
 def test_malformed_amounts_do_not_raise() -> None:
     bad = report()
     bad.totals.upper_bound_flop = "not a number"
