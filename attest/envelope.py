@@ -64,6 +64,7 @@ class PayloadType(StrEnum):
     FINDING = "application/vnd.pausewatch.finding.v1+protobuf"
     LAB = "application/vnd.pausewatch.lab.v1+protobuf"
     POLICY = "application/vnd.pausewatch.policy.v1+protobuf"
+    POLICY_ACCEPTANCE = "application/vnd.pausewatch.policy-acceptance.v1+protobuf"
     BUNDLE = "application/vnd.pausewatch.bundle.v1+protobuf"
     METER_READING = "application/vnd.pausewatch.meter-reading.v1+protobuf"
     SITE = "application/vnd.pausewatch.site.v1+protobuf"

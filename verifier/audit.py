@@ -23,7 +23,7 @@ from pausewatch.v1 import registry_pb2 as rpb
 
 from attest import __version__, compute
 from attest.attestation import verify_attestation
-from attest.envelope import StaticKeyring
+from attest.envelope import StaticKeyring, parse_envelope
 from attest.errors import ConfigError
 from attest.ids import NodeId, is_valid_lab_id
 from attest.keys import key_id_from_raw, public_key_from_raw
@@ -33,8 +33,9 @@ from verifier.config import IngestConfig
 from verifier.core import VerifierCore
 from verifier.errors import InvalidRequestError, NotFoundError
 from verifier.policy import Policy, load_policy_bytes, record_in_force
+from verifier.policy_acceptance import parse_acceptance
 from verifier.site_report import site_inputs_from_store
-from verifier.store.base import AttestationRow, GapRow, LabRow, NodeRow, ReadView
+from verifier.store.base import AttestationRow, EntryKind, GapRow, LabRow, NodeRow, ReadView
 from verifier.tpm import tpm_identity
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,18 @@ class StoreEvidence:
 
     def top_contributors(self, start_ns: int, end_ns: int, figure: Figure, limit: int) -> list[int]:
         return self._view.top_contributors(self._lab_id, start_ns, end_ns, figure.value, limit)
+
+
+def acceptance_index(view: ReadView, lab_id: str, policy_digest: bytes) -> int | None:
+    """Log index of the lab operator's first logged acceptance of the policy with this digest
+    (each was checked against the operator key when logged), or None."""
+    for entry in view.entries_of_kind_for_lab(
+        lab_id, [EntryKind.POLICY_ACCEPTANCE], view.tree_size()
+    ):
+        body = parse_acceptance(parse_envelope(entry.entry).payload)
+        if body.lab_id == lab_id and bytes(body.policy_sha256) == policy_digest:
+            return entry.index
+    return None
 
 
 def verifier_settings(ingest: IngestConfig) -> pb.VerifierSettings:
@@ -186,6 +199,7 @@ class Auditor:
             tree_size=view.tree_size(),
             table_version=compute.TABLE_VERSION,
             verifier_settings=verifier_settings(self.core.config.ingest),
+            policy_acceptance_log_index=acceptance_index(view, lab_id, policy.digest),
             evaluated_at_ns=max(now_ns, as_of),
             open_gap_grace_ns=ingest.open_gap_grace_ns,
             lab_name=lab.name if (lab := view.get_lab(lab_id)) is not None else "",

@@ -88,6 +88,7 @@ MAX_BUNDLE_BYTES = 2 * 1024**3
 _LAB_KINDS = (
     EntryKind.LAB,
     EntryKind.POLICY,
+    EntryKind.POLICY_ACCEPTANCE,
     EntryKind.ENROLLMENT,
     EntryKind.ENROLLMENT_AUTHORIZATION,
     EntryKind.INVENTORY,
@@ -340,6 +341,8 @@ class _State:
     log_ring: StaticKeyring
     lab_id: str
     lab_name: str = ""
+    acceptances: list[tuple[int, bytes]] = field(default_factory=list)
+    """(log index, policy SHA-256) of each policy acceptance by the lab's operator key."""
     operator_keys: list[tuple[int, bytes]] = field(default_factory=list)
     policies: list[tuple[int, ppb.PolicyRecord]] = field(default_factory=list)
     inventory: list[tuple[int, evaluation.InventoryVersion]] = field(default_factory=list)
@@ -588,6 +591,19 @@ def _fold_entry(state: _State, index: int, raw: bytes) -> None:
         return
     if kind in (PayloadType.ENROLLMENT, PayloadType.ENROLLMENT_AUTHORIZATION):
         _fold_enrollment(state, index, envelope)
+        return
+    if kind == PayloadType.POLICY_ACCEPTANCE:
+        operator = state.operator_at(index)
+        if operator is None or envelope.key_id != key_id_from_raw(operator):
+            raise SignatureError("a policy acceptance not signed by the lab's operator key")
+        ring = StaticKeyring()
+        ring.add(public_key_from_raw(operator))
+        verified = verify_parsed_envelope(envelope, ring, payload_type=kind)
+        acceptance = ppb.PolicyAcceptance()
+        _parse_message(acceptance, verified.payload, "PolicyAcceptance")
+        if acceptance.lab_id != state.lab_id:
+            raise VerificationError("a policy acceptance of another lab")
+        state.acceptances.append((index, bytes(acceptance.policy_sha256)))
         return
     if kind in (PayloadType.INVENTORY, PayloadType.REVOCATION):
         operator = state.operator_at(index)
@@ -994,6 +1010,9 @@ def _recompute(state: _State, bundle: bpb.EvidenceBundle) -> pb.ComplianceReport
         evaluated_at_ns=max(server.evaluated_at_ns, as_of),
         open_gap_grace_ns=bundle.open_gap_grace_ns,
         lab_name=state.lab_name,
+        policy_acceptance_log_index=next(
+            (index for index, digest in state.acceptances if digest == policy.digest), None
+        ),
         verifier_settings=(
             server.verifier_settings if server.HasField("verifier_settings") else None
         ),

@@ -21,7 +21,7 @@ import click
 import grpc
 
 from attest import __version__, compute, keys, note
-from attest.errors import ConfigError, PausewatchError
+from attest.errors import ConfigError, OutputFileError, PausewatchError
 from attest.exitcodes import ExitCode, exit_code_for
 from verifier import policy as policy_file
 from verifier.cli_audit import audit, log_group
@@ -175,6 +175,55 @@ def policy_check(path: Path, bucket_seconds: int | None, as_json: bool) -> None:
     else:
         lines.append("valid")
     emit(result, as_json, "\n".join(lines))
+
+
+@policy.command("accept")
+@click.argument(
+    "path", metavar="FILE", type=click.Path(dir_okay=False, exists=True, path_type=Path)
+)
+@click.option(
+    "--operator-key",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    required=True,
+    help="The lab operator's private key (the key the verifier's config registers for the lab).",
+)
+@click.option(
+    "--out",
+    "out_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Write the signed acceptance here (never overwritten).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def policy_accept(path: Path, operator_key: Path, out_path: Path, as_json: bool) -> None:
+    """The lab's side: sign the policy FILE with the operator key, accepting its thresholds.
+
+    Give the file to the regulator, who names it as the lab's policy_acceptance in the
+    verifier's config; reports then show that the lab accepted the policy in force."""
+    import time
+
+    from verifier.policy_acceptance import sign_acceptance
+
+    loaded = policy_file.load_policy(path)
+    signer = keys.Ed25519Signer.from_private_key(keys.load_private_key(operator_key))
+    raw = sign_acceptance(signer, loaded, accepted_at_ns=time.time_ns())
+    if out_path.exists():
+        raise OutputFileError(f"{out_path} already exists; refusing to overwrite it")
+    out_path.write_bytes(raw)
+    emit(
+        {
+            "path": str(out_path),
+            "policy_id": loaded.policy_id,
+            "version": loaded.version,
+            "lab_id": loaded.lab_id,
+            "policy_sha256": loaded.digest.hex(),
+            "operator_key_id": signer.key_id.hex(),
+        },
+        as_json,
+        f"wrote {out_path}: lab {loaded.lab_id} accepts policy {loaded.policy_id} version "
+        f"{loaded.version} (sha256 {loaded.digest.hex()}), signed by operator key "
+        f"{signer.key_id.hex()[:16]}",
+    )
 
 
 @cli.group()

@@ -149,6 +149,8 @@ class LabConfig:
     inventory_declarations: tuple[Path, ...] = ()
     site_files: tuple[Path, ...] = ()
     """The lab's sites and their meters (docs/site-power.md), one TOML file a site."""
+    policy_acceptance: Path | None = None
+    """The lab operator's signed PolicyAcceptance of the policy (``pausewatch policy accept``)."""
     ima_allowlist: Path | None = None
     """sha256sum-format list of the files the lab's TPM nodes may measure (IMA); None: no check."""
 
@@ -391,6 +393,7 @@ def parse_config(data: bytes, *, source: str = "<config>", base: Path = Path()) 
                 name=lab.get("name", str, lab_id),
                 operator_public_key=key.public_bytes_raw(),
                 policy_path=lab.path("policy", base, None),
+                policy_acceptance=lab.path("policy_acceptance", base, None),
                 inventory_declarations=tuple(base / Path(str(p)) for p in declarations),
                 site_files=tuple(base / Path(str(p)) for p in site_files),
                 ima_allowlist=lab.path("ima_allowlist", base, None),

@@ -336,6 +336,7 @@ def evaluate(
     tree_size: int,
     table_version: int,
     verifier_settings: pb.VerifierSettings | None = None,
+    policy_acceptance_log_index: int | None = None,
     evaluated_at_ns: int | None = None,
     open_gap_grace_ns: int = 0,
     lab_name: str = "",
@@ -471,6 +472,8 @@ def evaluate(
         lab_id=lab_id,
         lab_name=lab_name,
         verifier_settings=verifier_settings,
+        policy_accepted=policy_acceptance_log_index is not None,
+        policy_acceptance_log_index=policy_acceptance_log_index or 0,
         period_start_ns=period_start_ns,
         period_end_ns=period_end_ns,
         as_of_ns=as_of_ns,
@@ -1046,6 +1049,15 @@ def lab_title(report: pb.ComplianceReport) -> str:
     return report.lab_id
 
 
+def acceptance_text(report: pb.ComplianceReport) -> str:
+    """Whether the lab countersigned the policy in force, in words."""
+    if report.policy_accepted:
+        return (
+            f"accepted by the lab's operator key (log index {report.policy_acceptance_log_index})"
+        )
+    return "NOT countersigned by the lab (no acceptance by its operator key is logged)"
+
+
 def _settings_lines(report: pb.ComplianceReport) -> list[str]:
     if not report.HasField("verifier_settings"):
         return []
@@ -1087,7 +1099,7 @@ def render_text(
         f"period    {show_time(report.period_start_ns)} to {show_time(report.period_end_ns)} "
         f"(evidence up to {show_time(report.as_of_ns)})",
         f"policy    {report.policy_id} version {report.policy_version} "
-        f"(sha256 {report.policy_digest.hex()})",
+        f"(sha256 {report.policy_digest.hex()}); {acceptance_text(report)}",
         f"log size  {report.tree_size}; GPU table version {report.table_version}; buckets of "
         f"{format_duration_ns(report.bucket_ns)}",
         *_settings_lines(report),

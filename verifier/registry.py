@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from google.protobuf.message import DecodeError
 from pausewatch.v1 import findings_pb2, policy_pb2, registry_pb2
@@ -24,6 +25,7 @@ from attest.envelope import (
     PayloadType,
     StaticKeyring,
     VerifiedEnvelope,
+    envelope_digest,
     parse_envelope,
     sign_envelope,
     verify_parsed_envelope,
@@ -36,7 +38,8 @@ from verifier.core import NodeState, VerifierCore, WriteContext
 from verifier.errors import ConflictError, InvalidRequestError, NotFoundError, PermissionDeniedError
 from verifier.log import PendingEntry
 from verifier.nonce import NonceStatus
-from verifier.policy import load_policy, validate_for_buckets
+from verifier.policy import Policy, load_policy, validate_for_buckets
+from verifier.policy_acceptance import verify_acceptance
 from verifier.store.base import EntryKind, InventoryRow, LabRow, NodeRow, PolicyRow
 from verifier.tpm import TpmIdentity, tpm_identity, verify_tpm_enrollment
 
@@ -110,6 +113,23 @@ class Registry:
         self.core = core
 
     # -- labs and policies ------------------------------------------------------------------
+
+    def _log_acceptance(
+        self, lab_id: str, path: Path, operator_public_key: bytes, policy: Policy | None
+    ) -> None:
+        """Log the lab operator's acceptance of its policy (once), after checking it."""
+        if policy is None:
+            raise ConfigError(f"lab {lab_id}: policy_acceptance is set but no policy is")
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read policy acceptance {path}: {exc.strerror}") from None
+        verify_acceptance(raw, operator_public_key, policy, source=str(path))
+        with self.core.write() as w:
+            if w.tx.entry_index_by_digest(envelope_digest(raw)) is not None:
+                return
+            index = w.append(PendingEntry(raw, EntryKind.POLICY_ACCEPTANCE, lab_id))
+        log.info("logged the lab's policy acceptance lab=%s index=%d", lab_id, index)
 
     def sync_labs(self, labs: Sequence[LabConfig]) -> None:
         """Log every lab and policy of the config that the log does not hold yet.
@@ -187,6 +207,10 @@ class Registry:
                             policy.version,
                             index,
                         )
+            if lab.policy_acceptance is not None:
+                self._log_acceptance(
+                    lab.lab_id, lab.policy_acceptance, lab.operator_public_key, policy
+                )
             for path in lab.inventory_declarations:
                 try:
                     data = path.read_bytes()

@@ -60,7 +60,7 @@ from pausewatch.v1 import audit_pb2 as pb
 from pausewatch.v1 import findings_pb2, site_pb2
 
 from verifier.data_quality import data_quality_warnings
-from verifier.evaluation import format_time_ns, lab_title, rooting_text
+from verifier.evaluation import acceptance_text, format_time_ns, lab_title, rooting_text
 from verifier.policy import format_duration_ns, format_ppm, scientific
 
 NS_PER_MS = 1_000_000
@@ -911,6 +911,11 @@ def _header(report: pb.ComplianceReport, kicker: str = "") -> str:
         ("Evidence as of", as_of),
         ("Policy", f"{_e(report.policy_id)} version {report.policy_version}"),
         ("Policy digest (SHA-256)", f'<span class="mono">{report.policy_digest.hex()}</span>'),
+        (
+            "Accepted by the lab",
+            f'<span id="policy-acceptance" data-accepted="{str(report.policy_accepted).lower()}">'
+            f"{_e(acceptance_text(report))}</span>",
+        ),
         (
             "Log tree size",
             f'{report.tree_size} <span class="muted">(every entry the report used is below this '

@@ -30,6 +30,7 @@ class EntryKind(StrEnum):
     REVOCATION = "revocation"
     LAB = "lab"
     POLICY = "policy"
+    POLICY_ACCEPTANCE = "policy_acceptance"
     FINDING = "finding"
     SITE = "site"
     METER_READING = "meter_reading"

@@ -565,6 +565,8 @@ class ComplianceReport(_message.Message):
     COVERAGE_FROM_NS_FIELD_NUMBER: _builtins.int
     LAB_NAME_FIELD_NUMBER: _builtins.int
     VERIFIER_SETTINGS_FIELD_NUMBER: _builtins.int
+    POLICY_ACCEPTED_FIELD_NUMBER: _builtins.int
+    POLICY_ACCEPTANCE_LOG_INDEX_FIELD_NUMBER: _builtins.int
     SITES_FIELD_NUMBER: _builtins.int
     lab_id: _builtins.str
     """The lab."""
@@ -608,6 +610,12 @@ class ComplianceReport(_message.Message):
     """
     lab_name: _builtins.str
     """The lab's name as registered (its latest LabRecord in the log), for reading; lab_id decides."""
+    policy_accepted: _builtins.bool
+    """True if the lab's operator key countersigned the policy in force (a PolicyAcceptance for its
+    SHA-256, logged below tree_size); false: the lab has not signed the thresholds.
+    """
+    policy_acceptance_log_index: _builtins.int
+    """Log index of that PolicyAcceptance (0 when policy_accepted is false)."""
     @_builtins.property
     def rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___RuleResult]:
         """One result per policy rule."""
@@ -680,11 +688,13 @@ class ComplianceReport(_message.Message):
         coverage_from_ns: _builtins.int = ...,
         lab_name: _builtins.str = ...,
         verifier_settings: Global___VerifierSettings | None = ...,
+        policy_accepted: _builtins.bool = ...,
+        policy_acceptance_log_index: _builtins.int = ...,
         sites: _abc.Iterable[_site_pb2.SiteSummary] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["coverage", b"coverage", "totals", b"totals", "verifier_settings", b"verifier_settings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of_ns", b"as_of_ns", "bucket_ns", b"bucket_ns", "coverage", b"coverage", "coverage_from_ns", b"coverage_from_ns", "coverage_until_ns", b"coverage_until_ns", "evaluated_at_ns", b"evaluated_at_ns", "findings", b"findings", "gaps", b"gaps", "lab_id", b"lab_id", "lab_name", b"lab_name", "nodes", b"nodes", "period_end_ns", b"period_end_ns", "period_start_ns", b"period_start_ns", "policy_digest", b"policy_digest", "policy_id", b"policy_id", "policy_version", b"policy_version", "provisional", b"provisional", "reasons", b"reasons", "rules", b"rules", "series", b"series", "sites", b"sites", "table_version", b"table_version", "totals", b"totals", "tree_size", b"tree_size", "verdict", b"verdict", "verifier_settings", b"verifier_settings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of_ns", b"as_of_ns", "bucket_ns", b"bucket_ns", "coverage", b"coverage", "coverage_from_ns", b"coverage_from_ns", "coverage_until_ns", b"coverage_until_ns", "evaluated_at_ns", b"evaluated_at_ns", "findings", b"findings", "gaps", b"gaps", "lab_id", b"lab_id", "lab_name", b"lab_name", "nodes", b"nodes", "period_end_ns", b"period_end_ns", "period_start_ns", b"period_start_ns", "policy_acceptance_log_index", b"policy_acceptance_log_index", "policy_accepted", b"policy_accepted", "policy_digest", b"policy_digest", "policy_id", b"policy_id", "policy_version", b"policy_version", "provisional", b"provisional", "reasons", b"reasons", "rules", b"rules", "series", b"series", "sites", b"sites", "table_version", b"table_version", "totals", b"totals", "tree_size", b"tree_size", "verdict", b"verdict", "verifier_settings", b"verifier_settings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -108,3 +108,48 @@ class PolicyRecord(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PolicyRecord: _TypeAlias = PolicyRecord  # noqa: Y015
+
+@_typing.final
+class PolicyAcceptance(_message.Message):
+    """The lab's acceptance of a policy: signed by the lab's operator key (payload type
+    application/vnd.pausewatch.policy-acceptance.v1+protobuf), so a report can show that the lab
+    agreed to the thresholds it is held to, not only that the regulator logged them.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FORMAT_VERSION_FIELD_NUMBER: _builtins.int
+    LAB_ID_FIELD_NUMBER: _builtins.int
+    POLICY_ID_FIELD_NUMBER: _builtins.int
+    POLICY_VERSION_FIELD_NUMBER: _builtins.int
+    POLICY_SHA256_FIELD_NUMBER: _builtins.int
+    ACCEPTED_AT_NS_FIELD_NUMBER: _builtins.int
+    format_version: _builtins.int
+    """Format version; 1."""
+    lab_id: _builtins.str
+    """The lab."""
+    policy_id: _builtins.str
+    """The policy's id."""
+    policy_version: _builtins.int
+    """The policy's version."""
+    policy_sha256: _builtins.bytes
+    """SHA-256 of the policy file's exact bytes (32 bytes)."""
+    accepted_at_ns: _builtins.int
+    """When the operator signed it, ns since the epoch."""
+    def __init__(
+        self,
+        *,
+        format_version: _builtins.int = ...,
+        lab_id: _builtins.str = ...,
+        policy_id: _builtins.str = ...,
+        policy_version: _builtins.int = ...,
+        policy_sha256: _builtins.bytes = ...,
+        accepted_at_ns: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_at_ns", b"accepted_at_ns", "format_version", b"format_version", "lab_id", b"lab_id", "policy_id", b"policy_id", "policy_sha256", b"policy_sha256", "policy_version", b"policy_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PolicyAcceptance: _TypeAlias = PolicyAcceptance  # noqa: Y015
