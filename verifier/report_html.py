@@ -25,10 +25,14 @@ external reference of any kind (no fonts, images, links or CDNs), and a Content-
 (lab ids, node names, finding summaries come from outside) goes through :func:`html.escape`.
 
 The chart (``<svg id="compute-chart">``) plots, over the period in UTC, the upper-bound FLOP per
-bucket as bars (left axis) and the cumulative upper bound from the period's start as a line (right
-axis). Both axes are **logarithmic** (powers of ten), each spanning its data *and* the limits drawn
-on it, so a limit many orders of magnitude above the data is still on the chart and the data still
-readable; zero is drawn on the baseline. Drawn against them: each ``cumulative_flop`` limit as a
+bucket as bars (left axis) and, as a line (right axis), for each ``cumulative_flop`` rule the
+upper bound summed over the trailing run of buckets that rule measures (its window, or the whole
+period when shorter): the very sum its limit is compared with, so the line crosses the limit where
+the rule is broken and nowhere else. Rules with the same run share a line; without cumulative
+rules, the line is the sum from the period's start and no limit is drawn against it. Both axes
+are **logarithmic** (powers of ten), each spanning its data *and* the limits drawn on it, so a
+limit many orders of magnitude above the data is still on the chart and the data still readable;
+zero is drawn on the baseline. Drawn against them: each ``cumulative_flop`` limit as a
 horizontal line on the cumulative axis, each ``sustained_rate`` limit converted to FLOP per bucket
 (FLOP/s x bucket seconds) on the per-bucket axis, every gap shaded (clipped to the period; open gaps
 too), each violated rule's worst stretch marked (dashed edges across the plot, unfilled, and a band
@@ -503,6 +507,73 @@ def _columns(report: pb.ComplianceReport, time: _TimeScale) -> list[_Column]:
     return columns
 
 
+@dataclass(frozen=True, slots=True)
+class _Line:
+    """The line on the right axis: the upper bound summed over a trailing run of ``buckets``
+    buckets, as the cumulative rules with that run measure it; per column, the largest value."""
+
+    buckets: int
+    rules: tuple[str, ...]
+    values: tuple[int, ...]
+    """One per column."""
+
+    @property
+    def from_start(self) -> bool:
+        return not self.rules
+
+
+def _rule_run_buckets(report: pb.ComplianceReport, rule: pb.RuleResult) -> int:
+    """How many buckets a cumulative rule sums: its worst run's length (its window, or the whole
+    period when that is shorter)."""
+    width = _bucket_width_ns(report)
+    run = (rule.worst_end_ns - rule.worst_start_ns) // width
+    return run if run > 0 else max(1, len(report.series))
+
+
+def _lines(report: pb.ComplianceReport, columns: Sequence[_Column]) -> list[_Line]:
+    """One line per distinct run length of the cumulative rules (each is what its limit is
+    compared with); without cumulative rules, the cumulative sum from the period's start."""
+    uppers = [
+        _int(point.upper_bound_flop) or 0
+        for point in sorted(report.series, key=lambda p: p.bucket_start_ns)
+    ]
+    ends = sorted(point.bucket_start_ns for point in report.series)
+    width = _bucket_width_ns(report)
+    runs: dict[int, list[str]] = {}
+    for rule in report.rules:
+        if rule.kind == pb.RULE_KIND_CUMULATIVE_FLOP and _int(rule.limit) is not None:
+            runs.setdefault(min(_rule_run_buckets(report, rule), len(uppers) or 1), []).append(
+                rule.rule_id
+            )
+    wanted = sorted(runs.items()) or [(len(uppers) or 1, [])]
+    lines: list[_Line] = []
+    for buckets, rules in wanted:
+        sums: list[int] = []
+        total = 0
+        for i, upper in enumerate(uppers):
+            total += upper
+            if rules and i >= buckets:
+                total -= uppers[i - buckets]
+            sums.append(total)
+        values: list[int] = []
+        position = 0
+        for column in columns:
+            best = 0
+            while position < len(sums) and ends[position] + width <= column.end_ns:
+                best = max(best, sums[position]) if rules else sums[position]
+                position += 1
+            values.append(best if rules else (values[-1] if values and best == 0 else best))
+        lines.append(_Line(buckets, tuple(rules), tuple(values)))
+    return lines
+
+
+def _line_words(report: pb.ComplianceReport, line: _Line) -> str:
+    if line.from_start:
+        return "upper bound summed from the period's start (no limit applies to it)"
+    window = format_duration_ns(line.buckets * _bucket_width_ns(report))
+    return f"upper bound summed over the trailing {window}: what {', '.join(line.rules)} limit"
+
+
 def _thresholds(report: pb.ComplianceReport) -> list[_Threshold]:
     found: list[_Threshold] = []
     bucket_ns = _bucket_width_ns(report)
@@ -541,15 +612,24 @@ def _legend(items: Sequence[tuple[str, str]]) -> str:
     return "".join(parts)
 
 
-def _legend_items(has_rate: bool, has_after_as_of: bool) -> list[tuple[str, str]]:
+def _legend_items(
+    has_rate: bool, has_after_as_of: bool, line_words: Sequence[str] = ()
+) -> list[tuple[str, str]]:
     items = [
         ('<rect x="0" y="-6" width="22" height="12" class="swatch-upper"/>',
-         "upper-bound FLOP per bucket (left axis)"),
-        ('<line x1="0" y1="0" x2="22" y2="0" class="swatch-cumulative"/>',
-         "cumulative upper bound from the period's start (right axis)"),
-        ('<line x1="0" y1="0" x2="22" y2="0" class="swatch-threshold-cumulative"/>',
-         "cumulative_flop limit (right axis)"),
+         "bars: upper-bound FLOP in each bucket (left axis)"),
     ]  # fmt: skip
+    items += [
+        ('<line x1="0" y1="0" x2="22" y2="0" class="swatch-cumulative"/>',
+         f"line: {words} (right axis)")
+        for words in line_words or ["cumulative upper bound from the period's start"]
+    ]  # fmt: skip
+    items.append(
+        (
+            '<line x1="0" y1="0" x2="22" y2="0" class="swatch-threshold-cumulative"/>',
+            "cumulative_flop limit, compared with its line (right axis)",
+        )
+    )
     if has_rate:
         items.append(
             (
@@ -602,8 +682,9 @@ def render_chart(report: pb.ComplianceReport) -> str:
         [t.drawn_flop for t in thresholds if t.axis == "rate"],
         data_top,
     )
+    lines = _lines(report, columns)
     cumulative = _log_scale(
-        [c.cumulative_flop for c in columns],
+        [value for line in lines for value in line.values],
         [t.drawn_flop for t in thresholds if t.axis == "cumulative"],
         data_top,
     )
@@ -628,7 +709,13 @@ def render_chart(report: pb.ComplianceReport) -> str:
         '<line x1="0" y1="0" x2="0" y2="8" stroke="#b8bec6" stroke-width="3"/></pattern>'
         f'<clipPath id="plot-clip"><rect x="{_px(PLOT_LEFT)}" {full_height} '
         f'width="{_px(plot_w)}"/></clipPath></defs>',
-        _legend(_legend_items(any(t.axis == "rate" for t in thresholds), after_as_of)),
+        _legend(
+            _legend_items(
+                any(t.axis == "rate" for t in thresholds),
+                after_as_of,
+                [_line_words(report, line) for line in lines],
+            )
+        ),
         f'<rect id="plot-area" x="{_px(PLOT_LEFT)}" {full_height} width="{_px(plot_w)}" '
         'fill="#fff" stroke="none"/>',
     ]
@@ -714,10 +801,18 @@ def render_chart(report: pb.ComplianceReport) -> str:
             f"and {more} more violated rule{'s' if more > 1 else ''}: see the rules table</text>"
         )
 
-    # The cumulative line over them.
-    line = f"M{_px(columns[0].x0)},{_px(PLOT_BOTTOM)}" if columns else ""
-    line += "".join(f"L{_px(c.x1)},{_px(cumulative.y(c.cumulative_flop))}" for c in columns)
-    out.append(f'<path class="series-cumulative" clip-path="url(#plot-clip)" d="{line}"/>')
+    # The lines over them: each the sum its cumulative limits are compared with.
+    for drawn_line in lines:
+        path = f"M{_px(columns[0].x0)},{_px(PLOT_BOTTOM)}" if columns else ""
+        path += "".join(
+            f"L{_px(c.x1)},{_px(cumulative.y(value))}"
+            for c, value in zip(columns, drawn_line.values, strict=True)
+        )
+        out.append(
+            f'<path class="series-cumulative" data-run-buckets="{drawn_line.buckets}" '
+            f'data-rules="{_e(" ".join(drawn_line.rules))}" clip-path="url(#plot-clip)" '
+            f'aria-label="{_e(_line_words(report, drawn_line))}" d="{path}"/>'
+        )
     if not columns:
         message = "no buckets in the period: nothing attested to draw"
     elif not any(c.upper_flop for c in columns):
@@ -823,10 +918,10 @@ def _axes(
         f'<text class="axis-title" x="{_px((PLOT_LEFT + PLOT_RIGHT) / 2)}" '
         f'y="{CHART_HEIGHT - 8}" text-anchor="middle">time (UTC)</text>',
         f'<text class="axis-title tick-label-upper" transform="translate(16,{middle_y}) '
-        'rotate(-90)" text-anchor="middle">FLOP per bucket (log scale)</text>',
+        'rotate(-90)" text-anchor="middle">bars: FLOP in each bucket (log scale)</text>',
         f'<text class="axis-title tick-label-cumulative" transform="translate('
         f'{CHART_WIDTH - 14},{middle_y}) rotate(90)" text-anchor="middle">'
-        "cumulative FLOP (log scale)</text>",
+        "line: FLOP summed over each limit's window (log scale)</text>",
     ]
     return out
 

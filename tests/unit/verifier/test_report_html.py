@@ -635,3 +635,63 @@ def test_rules_with_the_same_limit_share_one_label_and_keep_their_lines() -> Non
     assert page.count('class="threshold-label threshold-label-rate"') == 2
     assert ">rate-a, rate-b, 1 more limit 2.00e15 FLOP/s" in page
     assert ">rate-d limit 3.00e15 FLOP/s" in page
+
+
+@pytest.mark.parametrize(("limit", "broken"), [(4 * 10**19, False), (2 * 10**19, True)])
+def test_the_line_is_the_sum_each_rolling_limit_is_compared_with(limit: int, broken: bool) -> None:
+    # Ten minutes of 1e19 FLOP each, a 3-minute limit: every 3-minute sum is 3e19, while the sum
+    # from the period's start reaches 1e20, above both limits. The line must cross a limit iff
+    # its rule is broken.
+    policy = load_policy_bytes(
+        b'format_version = 1\npolicy_id = "p"\nversion = 1\nlab_id = "lab-a"\n'
+        b'[[rules]]\nid = "cum3"\nkind = "cumulative_flop"\nwindow = "3m"\n'
+        + f'limit_flop = "{limit}"\n'.encode()
+    )
+    figures = [
+        GpuWindowFigures(
+            log_index=10 + i,
+            node_id=NodeId(b"\xaa" * 32),
+            gpu_uuid="GPU-0",
+            model="NVIDIA H100 80GB HBM3",
+            window_start_ns=P0 + i * BUCKET,
+            window_end_ns=P0 + (i + 1) * BUCKET,
+            upper_bound_flop=10**19,
+            central_estimate_flop=0,
+            energy_flop=0,
+            energy_mj=0,
+            busy_ms=60_000,
+            attested_ms=60_000,
+            declared=True,
+            assumed=False,
+            unknown_model=False,
+        )
+        for i in range(10)
+    ]
+    buckets: dict[int, Bucket] = {}
+    accumulate(buckets, figures, BUCKET)
+    report = evaluate(
+        policy,
+        lab_id="lab-a",
+        period_start_ns=P0,
+        period_end_ns=P0 + 10 * BUCKET,
+        as_of_ns=P0 + 10 * BUCKET,
+        bucket_ns=BUCKET,
+        buckets=buckets,
+        inventory=[InventoryVersion(1, P0 - BUCKET, frozenset({"GPU-0"}))],
+        nodes=[],
+        findings=[],
+        evidence=InMemoryEvidenceIndex(figures),
+        tree_size=9,
+        table_version=compute.TABLE_VERSION,
+    )
+    assert (report.rules[0].outcome == pb.RULE_OUTCOME_VIOLATION) is broken
+    parsed = parse(render_html(report))
+    [line] = parsed.with_class("series-cumulative")
+    assert line["data-run-buckets"] == "3" and line["data-rules"] == "cum3"
+    assert "trailing 3m" in line["aria-label"]
+    ys = [float(y) for y in re.findall(r"L[0-9.]+,(-?[0-9.]+)", line["d"])]
+    [threshold] = parsed.with_class("threshold-cumulative")
+    limit_y = float(threshold["y1"])
+    assert (min(ys) < limit_y) is broken  # smaller y is higher on the page
+    text = "".join(parsed.text)
+    assert "bars: upper-bound FLOP in each bucket (left axis)" in text
