@@ -14,7 +14,10 @@ What it does, as real processes on loopback, with TLS:
    excerpt of a real cluster trace (Helios, SenseTime, 2020; one trace minute per second); the
    fourth runs one GPU-heavy job that breaks the thresholds. One background agent is killed for a
    while (SIGKILL) and restarted: a gap in the evidence;
-5. stops the agents and audits: the compliance report (NON-COMPLIANT, with the violation and the
+5. stops the agents; the site's meter gateway (simulated) signs the facility's readings: the
+   simulated GPUs' energy, the site's other load and overhead, and eight hidden H100s that no
+   agent reports and nobody declared, drawing power for a while;
+6. audits: the compliance report (NON-COMPLIANT, with the violation and the
    gap), an HTML report with its chart, an evidence bundle exported and re-verified offline, and a
    tampered copy of the bundle that must fail.
 
@@ -42,9 +45,12 @@ from pausewatch.v1 import audit_pb2 as apb
 from pausewatch.v1 import audit_pb2_grpc as apb_grpc
 from pausewatch.v1 import registry_pb2 as rpb
 from pausewatch.v1 import registry_pb2_grpc as rpb_grpc
+from pausewatch.v1 import site_pb2, site_pb2_grpc
 
-from attest import keys
+from attest import keys, meter
+from attest.envelope import envelope_digest
 from attest.errors import PausewatchError
+from attest.ids import ZERO_DIGEST
 from verifier.tlsgen import issue_client_cert, write_self_signed
 
 S = 1_000_000_000
@@ -61,6 +67,16 @@ HEAVY_FROM_S = 12
 HEAVY_UNTIL_S = 52
 KILL_AT_S = 22
 RESTART_AT_S = 36
+# Site power: the facility's meter (a simulated gateway) reads what the simulated GPUs drew (the
+# energy their counters show), the site's other IT load and its overhead, and, for a stretch,
+# eight hidden H100s that no agent reports and nobody declared.
+METER_INTERVAL_S = 8
+SITE_PUE_MILLI = 1_200
+SITE_NON_GPU_W = 3_000
+HIDDEN_GPUS = 8
+HIDDEN_W = 700
+HIDDEN_FOR_S = 16
+"""The hidden GPUs run for this long, ending 8 s before the lab stops (40 s to 56 s of 64 s)."""
 
 POLICY = """\
 # The demo's declared thresholds. Real ones are of the order of 1e25 FLOP (EU AI Act) or 1e26
@@ -221,6 +237,27 @@ class Demo:
         # node agent connect with a certificate whose SAN URI names who they are.
         issue_client_cert(d / "tls", "regulator", uri=f"{SPIFFE}/regulator")
         issue_client_cert(d / "tls", "operator", uri=f"{SPIFFE}/lab/{LAB}/operator")
+        issue_client_cert(d / "tls", "gateway", uri=f"{SPIFFE}/lab/{LAB}/site/hq/gateway")
+        gateway = keys.generate_private_key()
+        keys.save_private_key(keys_dir / "gateway.key", gateway)
+        (d / "site-hq.toml").write_text(
+            f"""# The lab's one site, as the regulator declares it. See docs/site-power.md.
+format_version = 1
+site_id = "hq"
+name = "Frontier Lab HQ (simulated)"
+version = 1
+pue = "{SITE_PUE_MILLI / 1000}"
+non_gpu_load_kw = "{SITE_NON_GPU_W // 1000}"
+tolerance_percent = "10"
+nodes = "all"
+
+[[meter]]
+id = "hq-main"
+source = "gateway"
+public_key = "{keys.format_public_key(gateway.public_key())}"
+""",
+            encoding="utf-8",
+        )
         (d / "policy.toml").write_text(POLICY, encoding="utf-8")
         trace = d / "helios_vchbv_excerpt.csv"
         data = resources.files("verifier").joinpath("demo_data")
@@ -267,6 +304,10 @@ role = "lab_operator"
 lab = "{LAB}"
 
 [[access.identities]]
+uri = "{SPIFFE}/lab/{LAB}/site/hq/gateway"
+role = "meter_gateway"
+
+[[access.identities]]
 uri_prefix = "{SPIFFE}/lab/{LAB}/node/"   # followed by the node id
 role = "node_agent"
 lab = "{LAB}"
@@ -276,6 +317,7 @@ id = "{LAB}"
 name = "Frontier Lab (simulated)"
 operator_public_key = "keys/operator.pub"
 policy = "policy.toml"
+sites = ["site-hq.toml"]
 """,
             encoding="utf-8",
         )
@@ -548,6 +590,88 @@ level = "warning"
         self.end_ns = time.time_ns()
         self.progress(time.monotonic() - begin, "agents stopped")
 
+    # -- the site meter ---------------------------------------------------------------------
+
+    def hidden_stretch_ns(self) -> tuple[int, int]:
+        """When the hidden GPUs draw power."""
+        until = self.start_ns + (self.run_seconds - 8) * S
+        return until - HIDDEN_FOR_S * S, until
+
+    def gateway_channel(self) -> grpc.Channel:
+        """A channel as the site's meter gateway."""
+        tls = self.directory / "tls"
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=(tls / "ca.pem").read_bytes(),
+            private_key=(tls / "gateway.key").read_bytes(),
+            certificate_chain=(tls / "gateway.pem").read_bytes(),
+        )
+        return grpc.secure_channel(self.address, credentials)
+
+    def meter_site(self) -> None:
+        """The simulated gateway signs the site meter's readings for the run and sends them.
+
+        What the meter measures is simulated: the energy the simulated GPUs drew (as their
+        counters show: the simulation's truth), the declared non-GPU load, the hidden GPUs while
+        they run, all times the PUE. The verifier knows only the readings."""
+        first_bucket = -(-self.start_ns // (WINDOW_S * S)) * (WINDOW_S * S)
+        period = ["--lab", LAB, "--since", _iso(first_bucket), "--until", _iso(self.end_ns)]
+        run = self.run(
+            self.python("verifier.cli", "audit", "report", *self.tls_args(), *period, "--json"),
+            check=False,
+        )
+        report = json.loads(run.stdout) if run.stdout else {}
+        gpu_mj = {
+            int(p["bucket_start_ns"]): int(p.get("energy_mj", 0)) for p in report.get("series", [])
+        }
+        # A killed agent's GPUs still drew power: what their counters show across the gap.
+        gaps = [
+            (int(g["gap"]["gap_start_ns"]), int(g["gap"]["gap_end_ns"]), int(g["gap"]["energy_mj"]))
+            for g in report.get("gaps", [])
+            if g["gap"].get("energy_bounded") and int(g["gap"].get("energy_mj", 0))
+        ]
+        signer = keys.Ed25519Signer.from_private_key(
+            keys.load_private_key(self.directory / "keys" / "gateway.key")
+        )
+        hidden_from, hidden_until = self.hidden_stretch_ns()
+        raws: list[bytes] = []
+        prev = ZERO_DIGEST
+        start = first_bucket
+        seq = 0
+        while start + METER_INTERVAL_S * S <= self.end_ns:
+            end = start + METER_INTERVAL_S * S
+            gpus = sum(mj for bucket, mj in gpu_mj.items() if start <= bucket < end)
+            gpus += sum(meter.prorated_mj(mj, g0, g1, start, end) for g0, g1, mj in gaps)
+            hidden_ms = max(0, min(end, hidden_until) - max(start, hidden_from)) // 1_000_000
+            it_mj = gpus + SITE_NON_GPU_W * METER_INTERVAL_S * 1_000
+            it_mj += HIDDEN_GPUS * HIDDEN_W * hidden_ms
+            body = meter.reading_body(
+                lab_id=LAB,
+                site_id="hq",
+                meter_id="hq-main",
+                seq=seq,
+                prev_digest=prev,
+                interval_start_ns=start,
+                interval_end_ns=end,
+                energy_mj=it_mj * SITE_PUE_MILLI // 1_000,
+                source=site_pb2.METER_SOURCE_GATEWAY,
+            )
+            raw = meter.sign_reading(signer, body)
+            raws.append(raw)
+            prev = envelope_digest(raw)
+            start, seq = end, seq + 1
+        with self.gateway_channel() as channel:
+            response = site_pb2_grpc.SiteServiceStub(channel).SubmitMeterReadings(
+                site_pb2.SubmitMeterReadingsRequest(envelopes=raws), timeout=30
+            )
+        accepted = sum(1 for r in response.receipts if r.accepted)
+        self.say(
+            f"site meter hq-main: {accepted} of {len(raws)} readings of {METER_INTERVAL_S} s "
+            f"accepted (eight hidden H100s drew power from {(hidden_from - self.start_ns) // S} s "
+            f"to {(hidden_until - self.start_ns) // S} s, with no agent)"
+        )
+        if accepted != len(raws):
+            raise DemoError(f"the verifier refused site meter readings: {response.receipts}")
+
     # -- the audit --------------------------------------------------------------------------
 
     def audit(self) -> None:
@@ -605,6 +729,27 @@ level = "warning"
             "the killed agent's gap is reported",
             bool(gaps),
             f"{len(gaps)} gap(s) of 6 s or more on gpu-node-3",
+        )
+        sites = report.get("sites", [])
+        excess = [
+            (int(p["bucket_start_ns"]), int(p.get("excess_mj", 0)))
+            for site in sites
+            for p in site.get("series", [])
+            if int(p.get("excess_mj", 0))
+        ]
+        slack_ns = METER_INTERVAL_S * S
+        hidden_from, hidden_until = self.hidden_stretch_ns()
+        inside = all(
+            hidden_from - slack_ns <= start < hidden_until + slack_ns for start, _ in excess
+        )
+        self.check(
+            "the site meter shows the hidden GPUs' energy, and nothing else unexplained",
+            bool(excess) and inside,
+            f"{sum(mj for _, mj in excess) // 1000} J unexplained past the tolerance in "
+            f"{len(excess)} bucket(s), "
+            + ("all" if inside else "NOT all")
+            + f" within the hidden stretch; bound {sites[0].get('bound_flop', '0') if sites else 0}"
+            " FLOP",
         )
         findings_run = self.run(
             self.python(
@@ -769,6 +914,7 @@ def demo_result(directory: Path, run_seconds: int, say: Callable[[str], None]) -
             time.sleep(0.05)
         demo.start_ns = time.time_ns()
         demo.run_lab()
+        demo.meter_site()
         demo.audit()
     except DemoError as exc:
         say(f"demo failed to run: {exc.diagnostics()}")

@@ -34,6 +34,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
+from itertools import pairwise
 
 from pausewatch.v1 import site_pb2
 
@@ -196,6 +197,86 @@ def site_bucket(
     )
 
 
+def accounting_spans(
+    site: SiteParameters,
+    readings_by_meter: Mapping[str, Sequence[MeterReading]],
+    gpu_energy: Sequence[EnergySpan],
+    lo_ns: int,
+    hi_ns: int,
+    *,
+    flop_per_joule: Fraction | None = None,
+) -> list[SiteBucket]:
+    """The site's figures over each stretch between two meter-interval boundaries in [lo, hi).
+
+    The comparison is made over the meters' own intervals, where both sides are known: a reading
+    says nothing about how power varied inside its interval, so comparing a 15-minute reading with
+    minute-by-minute GPU energy would find "unexplained" energy in every quiet minute of a busy
+    quarter. (Meters whose intervals are not aligned split each other's intervals; their energy
+    is then spread evenly inside them, and the tolerance has to absorb the difference.)"""
+    cuts = {lo_ns, hi_ns}
+    for meter_id in site.meter_ids:
+        for reading in readings_by_meter.get(meter_id, ()):
+            for edge in (reading.interval_start_ns, reading.interval_end_ns):
+                if lo_ns < edge < hi_ns:
+                    cuts.add(edge)
+    edges = sorted(cuts)
+    return [
+        site_bucket(site, readings_by_meter, gpu_energy, a, b, flop_per_joule=flop_per_joule)
+        for a, b in pairwise(edges)
+        if b > a
+    ]
+
+
+def _shares(value: int, span: tuple[int, int], buckets: Sequence[tuple[int, int]]) -> list[int]:
+    """``value`` spread over ``buckets`` in proportion to their overlap with ``span``, in whole
+    units that add up to ``value`` exactly (the remainder goes to the largest overlaps)."""
+    length = span[1] - span[0]
+    overlaps = [overlap_ns(span[0], span[1], b0, b1) for b0, b1 in buckets]
+    parts = [value * o // length for o in overlaps]
+    left = value - sum(parts)
+    for i in sorted(range(len(buckets)), key=lambda i: -overlaps[i])[:left]:
+        parts[i] += 1
+    return parts
+
+
+def spread_to_buckets(
+    spans: Sequence[SiteBucket], buckets: Sequence[tuple[int, int]]
+) -> list[SiteBucket]:
+    """The spans' figures on the report's buckets: each spread by time, exactly; a bucket is
+    metered when every span it touches is."""
+    fields = (
+        "metered_mj",
+        "it_mj",
+        "non_gpu_mj",
+        "attested_gpu_mj",
+        "unexplained_mj",
+        "allowance_mj",
+        "excess_mj",
+        "bound_flop",
+    )
+    sums = [dict.fromkeys(fields, 0) for _ in buckets]
+    metered = [True] * len(buckets)
+    for span in spans:
+        window = (span.start_ns, span.end_ns)
+        touched = [i for i, (b0, b1) in enumerate(buckets) if overlap_ns(*window, b0, b1) > 0]
+        if not touched:
+            continue
+        for name in fields:
+            for i, part in zip(
+                touched,
+                _shares(getattr(span, name), window, [buckets[i] for i in touched]),
+                strict=True,
+            ):
+                sums[i][name] += part
+        if not span.metered:
+            for i in touched:
+                metered[i] = False
+    return [
+        SiteBucket(start_ns=b0, end_ns=b1, metered=metered[i], **sums[i])
+        for i, (b0, b1) in enumerate(buckets)
+    ]
+
+
 def site_buckets(
     site: SiteParameters,
     readings_by_meter: Mapping[str, Sequence[MeterReading]],
@@ -207,18 +288,15 @@ def site_buckets(
     flop_per_joule: Fraction | None = None,
 ) -> list[SiteBucket]:
     """The site's figures per bucket of ``bucket_ns`` from ``start_ns`` (bucket-aligned by the
-    caller) to ``end_ns``; the last bucket may be shorter."""
+    caller) to ``end_ns`` (the last bucket may be shorter), compared over the meters' intervals
+    (:func:`accounting_spans`) and spread onto the buckets."""
     if bucket_ns <= 0:
         raise ValueError("bucket_ns must be positive")
-    out: list[SiteBucket] = []
-    lo = start_ns
-    while lo < end_ns:
-        hi = min(lo + bucket_ns, end_ns)
-        out.append(
-            site_bucket(site, readings_by_meter, gpu_energy, lo, hi, flop_per_joule=flop_per_joule)
-        )
-        lo = hi
-    return out
+    buckets = [(b, min(b + bucket_ns, end_ns)) for b in range(start_ns, end_ns, bucket_ns)]
+    spans = accounting_spans(
+        site, readings_by_meter, gpu_energy, start_ns, end_ns, flop_per_joule=flop_per_joule
+    )
+    return spread_to_buckets(spans, buckets)
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,7 +319,8 @@ class SiteTotals:
 
 
 def site_totals(buckets: Sequence[SiteBucket]) -> SiteTotals:
-    """Sums over metered buckets (unmetered ones count only as unmetered time)."""
+    """Sums over metered stretches (unmetered ones count only as unmetered time); pass the
+    accounting spans for exact figures."""
     metered = [b for b in buckets if b.metered]
     return SiteTotals(
         metered_mj=sum(b.metered_mj for b in metered),
@@ -269,12 +348,14 @@ def summarize_site(
     """A site's summary over the report's buckets (``starts``, each ``bucket_ns`` long, the last
     cut at ``as_of_ns``): the one computation the server and the offline auditor both run.
     ``reading_log_index`` maps a reading's digest to its log index (the evidence cited)."""
-    buckets = [
-        site_bucket(site, readings_by_meter, gpu_energy, start, min(start + bucket_ns, as_of_ns))
-        for start in starts
-        if start < as_of_ns
-    ]
-    totals = site_totals(buckets)
+    edges = [(start, min(start + bucket_ns, as_of_ns)) for start in starts if start < as_of_ns]
+    spans = (
+        accounting_spans(site, readings_by_meter, gpu_energy, edges[0][0], edges[-1][1])
+        if edges
+        else []
+    )
+    buckets = spread_to_buckets(spans, edges)
+    totals = site_totals(spans)
     summary = site_pb2.SiteSummary(
         site_id=site.site_id,
         name=site.name,

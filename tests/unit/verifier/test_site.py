@@ -206,3 +206,37 @@ def test_site_bounds_add_up_per_bucket() -> None:
     per_bucket = site.site_bound_by_bucket([one, one])
     assert set(per_bucket) == {T0_NS, T0_NS + 30 * MIN_NS}
     assert per_bucket[T0_NS] == 2 * int(one.series[0].bound_flop) > 0
+
+
+def test_a_busy_start_of_a_quarter_is_not_unexplained_in_its_quiet_minutes() -> None:
+    # An honest quarter: the GPUs draw 900 kWh-equivalent... in its first five minutes only, and
+    # the meter's one reading covers the quarter. Minute by minute the meter's even spread would
+    # look unexplained in minutes 6 to 15; over the meter's interval it is exactly explained.
+    quarter = readings([312])  # 312 kWh metered: IT 249.6 kWh less 25 kWh of non-GPU load
+    it_mj = -(-(312 * KWH_MJ) * 1_000_000 // 1_250_000) - 25 * KWH_MJ
+    gpu = [site.EnergySpan(T0_NS, T0_NS + 5 * MIN_NS, it_mj)]
+    buckets = site.site_buckets(
+        SITE, {"main-1": quarter}, gpu, start_ns=T0_NS, end_ns=T0_NS + 15 * MIN_NS, bucket_ns=MIN_NS
+    )
+    assert len(buckets) == 15
+    assert all(b.metered for b in buckets)
+    assert sum(b.excess_mj for b in buckets) == 0
+    assert sum(b.unexplained_mj for b in buckets) == 0
+    assert sum(b.it_mj for b in buckets) == it_mj  # spread exactly, nothing lost to rounding
+
+
+def test_hidden_energy_is_spread_exactly_over_the_buckets() -> None:
+    quarter = readings([500])
+    buckets = site.site_buckets(
+        SITE,
+        {"main-1": quarter},
+        [],
+        start_ns=T0_NS,
+        end_ns=T0_NS + 15 * MIN_NS,
+        bucket_ns=7 * MIN_NS,
+    )
+    [span] = site.accounting_spans(SITE, {"main-1": quarter}, [], T0_NS, T0_NS + 15 * MIN_NS)
+    assert [b.end_ns - b.start_ns for b in buckets] == [7 * MIN_NS, 7 * MIN_NS, MIN_NS]
+    assert sum(b.excess_mj for b in buckets) == span.excess_mj > 0
+    assert sum(b.bound_flop for b in buckets) == span.bound_flop
+    assert buckets[0].excess_mj >= buckets[2].excess_mj * 7 - 7
