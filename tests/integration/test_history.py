@@ -373,6 +373,23 @@ def test_two_witnesses_cosign_an_honest_log_and_refuse_a_fork(tmp_path: Path) ->
             for witness in witnesses:
                 assert list((witness.state / "refused").glob("*.req")), witness.log_path.read_text()
                 assert "REFUSED" in witness.log_path.read_text()
+
+            # The forked log keeps growing (a restarted verifier, new windows): each witness now
+            # gets a consistency proof from the size it cosigned, which the fork cannot satisfy
+            # (422), and still cosigns nothing.
+            lab.restart(tmp_path / "verifier-2.log")
+            lab.submit(2)
+            size4 = lab.tree_size()
+            grown = lab.wait_checkpoint(lambda r: r["tree_size"] == size4)
+            deadline = time.monotonic() + 60
+            while not all(list((w.state / "refused").glob("*-422-*.req")) for w in witnesses):
+                assert time.monotonic() < deadline, [w.log_path.read_text() for w in witnesses]
+                time.sleep(0.2)
+            assert lab.cli("log", "checkpoint", "--json").returncode == 0
+            latest = json.loads(lab.cli("log", "checkpoint", "--json").stdout)
+            assert latest["tree_size"] == size4 == grown["tree_size"]
+            assert latest["signed_note"].count("\u2014") == 1
+            assert lab.cli("log", "checkpoint", *both).returncode == 3
         finally:
             if lab.verifier.process is not None and lab.verifier.process.poll() is None:
                 stop_process(lab.verifier, signal.SIGKILL)
