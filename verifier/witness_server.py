@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -228,6 +229,16 @@ class _HttpServer(ThreadingHTTPServer):
     witness: Witness
     request_timeout_s: float
     slots: threading.BoundedSemaphore
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A peer that hangs up mid-request is routine on a public endpoint: log it, no traceback
+        # on stderr (socketserver's default).
+        error = sys.exception()  # socketserver calls this inside its except block
+        log.debug(
+            "connection from %s ended with %s",
+            client_address[0],
+            type(error).__name__ if error is not None else "an error",
+        )
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self.slots.acquire(blocking=False):

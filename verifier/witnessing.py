@@ -13,6 +13,7 @@ Cosignatures are verified before they are kept.
 
 from __future__ import annotations
 
+import http.client
 import logging
 import urllib.error
 import urllib.request
@@ -179,8 +180,11 @@ class WitnessPool:
             with urllib.request.urlopen(request, timeout=self._timeout_s) as response:  # noqa: S310
                 return int(response.status), response.read(MAX_REQUEST_BYTES)
         except urllib.error.HTTPError as exc:
-            return int(exc.code), exc.read(MAX_REQUEST_BYTES)
-        except (urllib.error.URLError, OSError, TimeoutError) as exc:
+            try:
+                return int(exc.code), exc.read(MAX_REQUEST_BYTES)
+            except (OSError, http.client.HTTPException):
+                return int(exc.code), b""
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
             log.warning("witness %s unreachable: %s", url, type(exc).__name__)
             return None, b""
 

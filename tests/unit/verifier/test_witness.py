@@ -264,3 +264,33 @@ def test_silent_and_surplus_connections_cannot_starve_the_witness(tmp_path: Path
         assert state.latest(ORIGIN) == cp.Checkpoint(ORIGIN, 12, TREE.root(12))
     finally:
         server.stop()
+
+
+def test_a_witness_that_breaks_off_its_answer_adds_nothing(tmp_path: Path) -> None:
+    """A peer that answers with a truncated or garbled HTTP response is a failed witness, not a
+    crash of the verifier's checkpoint loop."""
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    answers = [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n\xe2\x80\x94 short",  # cut off
+        b"not http at all\r\n\r\n",
+        b"HTTP/1.1 409 Conflict\r\nContent-Length: 4\r\n\r\nten\n",  # 409, bad size
+    ]
+
+    def serve() -> None:
+        for answer in answers:
+            connection, _ = listener.accept()
+            connection.recv(65536)
+            connection.sendall(answer)
+            connection.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    pool = pool_for(f"http://127.0.0.1:{port}")
+    note10 = note_at(10)
+    for _ in answers:
+        assert pool.cosign(note10, proofs) == note10
+    thread.join(timeout=10)
+    listener.close()
