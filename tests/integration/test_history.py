@@ -12,12 +12,14 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from attest.checkpoint import CosignatureVerifier, parse_cosigner_key
 from attest.envelope import envelope_digest
 from attest.keys import load_private_key
 from tests.builders import TestNode
@@ -86,15 +88,17 @@ class Lab:
         finally:
             db.close()
 
-    def wait_checkpoint(self, predicate: object = None, timeout_s: float = 20) -> dict[str, object]:
-        """The latest checkpoint (as `log checkpoint --json` prints it) once the log's committed
-        size is checkpointed and ``predicate`` (if any) holds."""
+    def wait_checkpoint(
+        self, predicate: Callable[[dict[str, Any]], bool] | None = None, timeout_s: float = 60
+    ) -> dict[str, Any]:
+        """The latest checkpoint (as `log checkpoint --json` prints it), once ``predicate`` (if
+        any) holds for it; polled, since checkpoints are signed every interval."""
         deadline = time.monotonic() + timeout_s
         while True:
             out = self.cli("log", "checkpoint", "--json")
             assert out.returncode == 0, out.stderr
-            result: dict[str, object] = json.loads(out.stdout)
-            if predicate is None or predicate(result):  # type: ignore[operator]
+            result: dict[str, Any] = json.loads(out.stdout)
+            if predicate is None or predicate(result):
                 return result
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no such checkpoint: {result}")
@@ -137,7 +141,7 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
             stop_process(lab.verifier, signal.SIGKILL)
 
 
-def _size_is(size: int):  # type: ignore[no-untyped-def]
+def _size_is(size: int) -> Callable[[dict[str, Any]], bool]:
     return lambda result: result["tree_size"] == size
 
 
@@ -478,7 +482,5 @@ def test_a_witness_killed_with_sigkill_keeps_its_state(tmp_path: Path) -> None:
             stop_witness(witness, signal.SIGKILL)
 
 
-def witness_signer_verifier(witness: RunningWitness):  # type: ignore[no-untyped-def]
-    from attest.checkpoint import parse_cosigner_key
-
+def witness_signer_verifier(witness: RunningWitness) -> CosignatureVerifier:
     return parse_cosigner_key(witness.vkey)
