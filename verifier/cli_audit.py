@@ -1079,6 +1079,12 @@ def _last_seen(directory: Path, verifier: Ed25519NoteVerifier) -> tuple[Checkpoi
     help="Read the pinned log key from a file.",
 )
 @witness_options
+@click.option(
+    "--max-unchanged-s",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Fail (exit 3, STALLED) if the log has not grown for longer than this many seconds.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
 def watch_command(
@@ -1089,6 +1095,7 @@ def watch_command(
     log_key: str | None,
     log_key_file: Path | None,
     witnesses: WitnessPolicy,
+    max_unchanged_s: int | None,
     as_json: bool,
 ) -> None:
     """Fetch the latest checkpoint, check that the log extends the last one kept in --dir, and
@@ -1136,8 +1143,24 @@ def watch_command(
         ctx.exit(ExitCode.VERIFICATION_FAILED)
     path = directory / _seen_name(current)
     if last is not None and last[0] == current:
+        # Kept when first seen: the file's age is how long the log has stood still.
+        unchanged_s = max(0, int(time.time() - last[1].stat().st_mtime))
+        result["unchanged_for_s"] = unchanged_s
+        if max_unchanged_s is not None and unchanged_s > max_unchanged_s:
+            stalled = (
+                f"STALLED: the log has stayed at tree size {current.tree_size} (root "
+                f"{current.root_hash.hex()}) for {unchanged_s} s, more than {max_unchanged_s} s: "
+                "a verifier that stopped appending, or one showing this reader an old checkpoint"
+            )
+            result |= {"status": "stalled", "consistent": True, "error": stalled}
+            emit(result, as_json, stalled)
+            click.echo(stalled, err=True)
+            ctx.exit(ExitCode.VERIFICATION_FAILED)
         status = "unchanged"
-        line = f"unchanged: tree size {current.tree_size}, root {current.root_hash.hex()}"
+        line = (
+            f"unchanged for {unchanged_s} s: tree size {current.tree_size}, root "
+            f"{current.root_hash.hex()}"
+        )
     else:
         _write_atomically(path, note)
         status = "first" if last is None else "consistent"

@@ -240,6 +240,32 @@ def test_a_rolled_back_store_fails_both_auditor_checks(lab: Lab, tmp_path: Path)
     assert report["previous_tree_size"] == size2 and report["tree_size"] == size1
 
 
+def test_a_log_that_stops_growing_is_stalled_for_a_watch_that_asks(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """A forking verifier that cannot get its fork cosigned can only show a witness-requiring
+    reader its last cosigned checkpoint, forever: --max-unchanged-s turns that freeze into exit 3."""
+    watch_dir = tmp_path / "seen"
+    lab.wait_checkpoint(_size_is(lab.tree_size()))
+    assert lab.cli("audit", "watch", "--dir", str(watch_dir)).returncode == 0
+    (kept,) = watch_dir.glob("checkpoint-*.note")
+    os.utime(kept, (time.time() - 120, time.time() - 120))  # first seen two minutes ago
+    calm = lab.cli("audit", "watch", "--dir", str(watch_dir), "--max-unchanged-s", "600", "--json")
+    assert calm.returncode == 0, calm.stdout + calm.stderr
+    assert json.loads(calm.stdout)["status"] == "unchanged"
+    assert json.loads(calm.stdout)["unchanged_for_s"] >= 120
+    stalled = lab.cli("audit", "watch", "--dir", str(watch_dir), "--max-unchanged-s", "60")
+    assert stalled.returncode == 3
+    assert "STALLED" in stalled.stderr and "for 12" in stalled.stderr
+    # Honest control: the log grows, and the same watch passes again.
+    lab.submit(1)
+    size = lab.tree_size()
+    lab.wait_checkpoint(_size_is(size))
+    grown = lab.cli("audit", "watch", "--dir", str(watch_dir), "--max-unchanged-s", "60", "--json")
+    assert grown.returncode == 0, grown.stdout + grown.stderr
+    assert json.loads(grown.stdout)["status"] == "consistent"
+
+
 def test_bad_saved_checkpoints_are_clear_errors(lab: Lab, tmp_path: Path) -> None:
     lab.wait_checkpoint(_size_is(lab.tree_size()))
     saved = tmp_path / "saved.note"
