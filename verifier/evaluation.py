@@ -390,7 +390,7 @@ def evaluate(
     horizon = max(first_start, until - until % bucket_ns)
 
     # Late evidence counted like a gap (the policy's default): its GPU-time is not covered, and
-    # each late window joins its node's gaps (verifier/late.py).
+    # late windows are listed with their node's gaps as late stretches (verifier/late.py).
     late_windows = late.late_windows(logged) if policy.late_evidence is LateEvidence.GAP else []
     late_ms = late.late_attested_ms_by_bucket(late_windows, starts, bucket_ns)
     attested_by_bucket = [
@@ -428,18 +428,23 @@ def evaluate(
                 piece = late.late_gap(window, span[0], span[1])
                 if piece is not None:
                     late_by_node.setdefault(bytes(node.node_id), []).append(piece)
-    plain_gaps = tuple((gap, node.node_name) for node in active for gap in node.gaps)
+    # The node's gaps, then its late stretches (late windows joined, marked late): kept apart so
+    # that nothing counts a late window's time or energy as a gap's (its compute is in the
+    # buckets already); the max-gap rule joins the touching ones itself.
     gaps = tuple(
         (gap, node.node_name)
         for node in active
-        for gap in late.join_touching([*node.gaps, *late_by_node.get(bytes(node.node_id), [])])
+        for gap in sorted(
+            [*node.gaps, *late.join_touching(late_by_node.get(bytes(node.node_id), []))],
+            key=lambda gap: (gap.start_ns, gap.end_ns),
+        )
     )
     sites: tuple[site_pb2.SiteSummary, ...] = ()
     if site_inputs is not None:
         gap_energy: dict[bytes, list[EnergySpan]] = {}
-        # The node's own gaps, not late windows: their energy is in the attested GPU energy.
-        for gap, _ in plain_gaps:
-            if gap.energy_bounded and gap.energy_mj:
+        # Not late stretches: their windows' energy is in the attested GPU energy.
+        for gap, _ in gaps:
+            if gap.energy_bounded and gap.energy_mj and not gap.late:
                 gap_energy.setdefault(bytes(gap.node_id), []).append(
                     EnergySpan(gap.start_ns, gap.end_ns, gap.energy_mj)
                 )
@@ -782,7 +787,18 @@ def _tpm_rooted(rule: TpmRootedRule, context: _Context) -> pb.RuleResult:
 
 def _max_gap(rule: MaxGapRule, context: _Context) -> pb.RuleResult:
     longest: tuple[Gap, str] | None = None
+    by_node: dict[bytes, list[Gap]] = {}
+    names: dict[bytes, str] = {}
     for gap, name in context.gaps:
+        by_node.setdefault(bytes(gap.node_id), []).append(gap)
+        names[bytes(gap.node_id)] = name
+    # A gap and the late stretch it touches are one unattested stretch.
+    stretches = [
+        (stretch, names[node_id])
+        for node_id, node_gaps in by_node.items()
+        for stretch in late.join_touching(node_gaps)
+    ]
+    for gap, name in stretches:
         if longest is None or gap.duration_ns > longest[0].duration_ns:
             longest = (gap, name)
     if longest is None:

@@ -221,8 +221,9 @@ def late_gap(window: LateWindow, span_start_ns: int, span_end_ns: int) -> Gap | 
 
 
 def join_touching(gaps: Sequence[Gap]) -> list[Gap]:
-    """One node's gaps with those that touch (one ends where the next starts, as a late window
-    and the gap before it do) joined into one stretch: the max-gap rule sees the stretch."""
+    """One node's gaps with those that touch (one ends where the next starts, as consecutive late
+    windows, or a late window and the gap before it, do) joined into one stretch: reports list
+    late windows joined, and the max-gap rule measures a late stretch with the gaps it touches."""
     out: list[Gap] = []
     for gap in sorted(gaps, key=lambda g: (g.start_ns, g.end_ns)):
         if out and gap.start_ns <= out[-1].end_ns:

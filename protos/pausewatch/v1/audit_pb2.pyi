@@ -344,8 +344,8 @@ class GapReport(_message.Message):
     has_finding: _builtins.bool
     """Whether finding_log_index is set."""
     late: _builtins.bool
-    """True if the stretch holds late evidence (windows counted like a gap under the policy's
-    late_evidence = "gap"); such a stretch may join late windows and the gaps they touch.
+    """True for a late stretch: consecutive late windows counted like a gap under the policy's
+    late_evidence = "gap" (not a gap between windows; its energy is in the windows).
     """
     @_builtins.property
     def gap(self) -> _findings_pb2.GapDetail:

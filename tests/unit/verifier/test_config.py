@@ -39,6 +39,8 @@ policy = "policy.toml"
     assert cfg.labs[0].policy_path == tmp_path / "policy.toml"
     assert cfg.labs[0].name == "lab-a"
     assert cfg.store.path == tmp_path / "verifier.db"
+    # Late evidence: short nonces (agents refresh every 300 s) and two minutes to arrive.
+    assert (cfg.ingest.nonce_lifetime_ns, cfg.ingest.late_after_ns) == (900 * 10**9, 120 * 10**9)
 
 
 def test_operator_key_from_a_pem_file(tmp_path: Path) -> None:
@@ -70,6 +72,10 @@ def test_operator_key_from_a_pem_file(tmp_path: Path) -> None:
             "accept_backends",
         ),
         ("[server]\ninsecure_no_tls = true\n[store]\nengine = 'postgres'", "store.dsn"),
+        (
+            "[server]\ninsecure_no_tls = true\n[ingest]\nlate_after_s = 0",
+            "ingest.late_after_s: must be positive",
+        ),
         (
             "[server]\ninsecure_no_tls = true\n[[labs]]\nid = 'Lab A'\noperator_public_key = 'x'",
             "labs[0].id",

@@ -493,10 +493,18 @@ def test_late_evidence_counts_like_a_gap_unless_the_policy_says_attested() -> No
         P0 + 300 * S,
     )
     assert "late evidence counted as a gap" in as_gap.rules[1].summary
-    (stretch,) = as_gap.gaps
+    # In the report the gap and the late stretch stay apart (nothing counts a late window's
+    # energy or time as a gap's); the max-gap rule above joined them.
+    plain, stretch = as_gap.gaps
+    assert not plain.late and (plain.gap.gap_start_ns, plain.gap.gap_end_ns) == (
+        P0 + 150 * S,
+        P0 + 180 * S,
+    )
     assert stretch.late and not stretch.open
-    assert (stretch.gap.seq_before, stretch.gap.seq_after) == (gap.seq_before, 4)
-    assert stretch.gap.time_bound_flop == str(gap.time_bound_flop + 22)
+    assert (stretch.gap.gap_start_ns, stretch.gap.gap_end_ns) == (P0 + 180 * S, P0 + 300 * S)
+    assert (stretch.gap.seq_before, stretch.gap.seq_after) == (3, 4)
+    assert stretch.gap.energy_bounded and stretch.gap.energy_mj == 2_000
+    assert stretch.gap.time_bound_flop == "22"
     assert [p.attested_gpu_ms for p in as_gap.series[2:6]] == [120_000, 0, 0, 120_000]
     assert as_gap.verdict == pb.VERDICT_UNACCOUNTED
     assert "closed, late evidence" in render_text(as_gap)
