@@ -82,13 +82,26 @@ class ImaLog:
         return tpm.load_ima_log(text)
 
 
+MAX_IMA_LOG_BYTES = 160 * 1024
+"""The most IMA log text one body carries: with the rest of an 8-GPU body it stays under the
+verifier's default max_envelope_bytes (256 KiB), so a long list never gets a window rejected."""
+
+
 class WindowQuoter:
     """Adds a quote to every ``every_windows``-th body (by seq), with the IMA entries since."""
 
-    def __init__(self, device: Tpm2Tools, ima: ImaLog, *, every_windows: int = 1) -> None:
+    def __init__(
+        self,
+        device: Tpm2Tools,
+        ima: ImaLog,
+        *,
+        every_windows: int = 1,
+        max_ima_log_bytes: int = MAX_IMA_LOG_BYTES,
+    ) -> None:
         self.device = device
         self.ima = ima
         self.every_windows = every_windows
+        self.max_ima_log_bytes = max_ima_log_bytes
         self._sent = 0
         self._pcr10: bytes = bytes(32)
 
@@ -108,12 +121,23 @@ class WindowQuoter:
         if start > len(entries) or tpm.replay_ima_log(entries[:start], bytes(32)) != base:
             start, base = 0, bytes(32)  # restarted, rebooted, or lost our place: from boot
         new = _prefix_reaching(entries[start:], base, pcr10)
+        text = "".join(e.line() + "\n" for e in new)
+        if len(text.encode()) > self.max_ima_log_bytes:
+            # Too big for one envelope: the window goes without a quote (a finding at the
+            # verifier) rather than being rejected as too large.
+            log.error(
+                "no TPM quote for seq=%d: %d new IMA entries exceed %d bytes",
+                body.seq,
+                len(new),
+                self.max_ima_log_bytes,
+            )
+            return
         body.tpm_quote.CopyFrom(
             apb.TpmQuote(
                 attest=quote.attest,
                 signature=quote.signature,
                 pcr_values=list(quote.pcr_values),
-                ima_log="".join(e.line() + "\n" for e in new),
+                ima_log=text,
                 ima_log_start=start,
             )
         )

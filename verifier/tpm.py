@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +45,8 @@ from attest.errors import ConfigError, TpmError
 from attest.keys import key_id_from_raw
 from verifier.errors import InvalidRequestError
 from verifier.nonce import NonceIssuer, NonceStatus
+
+log = logging.getLogger(__name__)
 
 S = 1_000_000_000
 CREDENTIAL_LABEL = b"tpm-credential"
@@ -236,15 +239,21 @@ class QuoteState:
         ).encode()
 
     @classmethod
-    def from_bytes(cls, raw: bytes) -> QuoteState:
-        data = json.loads(raw)
-        return cls(
-            reset_count=int(data["reset_count"]),
-            clock_ms=int(data["clock_ms"]),
-            pcr10=bytes.fromhex(data["pcr10"]),
-            ima_count=int(data["ima_count"]),
-            last_ok_seq=int(data["last_ok_seq"]),
-        )
+    def from_bytes(cls, raw: bytes) -> QuoteState | None:
+        """The stored state, or None when the row does not parse (an edited store): the node is
+        then held to a quote whose IMA log starts at boot, as if it had none."""
+        try:
+            data = json.loads(raw)
+            return cls(
+                reset_count=int(data["reset_count"]),
+                clock_ms=int(data["clock_ms"]),
+                pcr10=bytes.fromhex(data["pcr10"]),
+                ima_count=int(data["ima_count"]),
+                last_ok_seq=int(data["last_ok_seq"]),
+            )
+        except (ValueError, KeyError, TypeError):
+            log.warning("a TPM quote state row does not parse; treating the node as having none")
+            return None
 
 
 def read_ima_allowlist(path: Path) -> frozenset[tuple[str, bytes]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -456,3 +457,47 @@ def test_a_boot_aggregate_that_is_not_the_quoted_boot_pcrs_is_refused(
     assert chain.send(chain.body()).tpm_quote == fpb.TPM_QUOTE_STATUS_IMA_LOG_MISMATCH
     [refused] = _findings(verifier, node, fpb.FINDING_KIND_TPM_QUOTE_REFUSED)
     assert "boot_aggregate" in refused.summary
+
+
+def test_an_edited_quote_state_row_holds_the_node_to_a_log_from_boot(
+    verifier: RunningVerifier, tpm_a: RunningSwtpm, tmp_path: Path
+) -> None:
+    # The verifier's operator scribbles over a node's quote state in the store: ingest carries on;
+    # a quote continuing the IMA log can no longer be replayed, one from boot can.
+    node = _node(1590)
+    enroll_with_tpm(verifier, node, tpm_a)
+    ima_file = tmp_path / "ima"
+    measure(tpm_a, ima_file, AGENT, AGENT_V1)
+    quoter = WindowQuoter(tpm_a.tools(), ImaLog(ima_file))
+    chain = Chain(verifier, node, quoter)
+    assert chain.send(chain.body()).tpm_quote == fpb.TPM_QUOTE_STATUS_OK
+    with sqlite3.connect(verifier.files.store) as db:
+        changed = db.execute(
+            "UPDATE meta SET value = ? WHERE key = ?",
+            (b"{not json", f"tpm-quote-state:{node.node_id.hex()}"),
+        ).rowcount
+    assert changed == 1
+    measure(tpm_a, ima_file, DRIVER, DRIVER_V1)
+    body = chain.body()
+    assert body.tpm_quote.ima_log_start == 1
+    assert chain.send(body).tpm_quote == fpb.TPM_QUOTE_STATUS_IMA_LOG_MISMATCH
+    restarted = WindowQuoter(tpm_a.tools(), ImaLog(ima_file))  # an agent restart: from boot
+    chain.quoter = restarted
+    assert chain.send(chain.body()).tpm_quote == fpb.TPM_QUOTE_STATUS_OK
+
+
+def test_an_ima_log_too_big_for_one_envelope_leaves_the_window_unquoted_not_rejected(
+    verifier: RunningVerifier, tpm_a: RunningSwtpm, tmp_path: Path
+) -> None:
+    node = _node(1595)
+    enroll_with_tpm(verifier, node, tpm_a)
+    ima_file = tmp_path / "ima"
+    for i in range(3):
+        measure(tpm_a, ima_file, f"/opt/tool-{i}", hashlib.sha256(bytes([i])).digest())
+    small = WindowQuoter(tpm_a.tools(), ImaLog(ima_file), max_ima_log_bytes=200)
+    chain = Chain(verifier, node, small)
+    body = chain.body()
+    assert not body.HasField("tpm_quote")
+    assert chain.send(body).tpm_quote == fpb.TPM_QUOTE_STATUS_MISSING  # accepted, unquoted
+    small.max_ima_log_bytes = 100_000
+    assert chain.send(chain.body()).tpm_quote == fpb.TPM_QUOTE_STATUS_OK
