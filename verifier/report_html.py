@@ -103,7 +103,7 @@ _VERDICT_MEANING = {
 _BADGES = frozenset(
     {"PASS", "VIOLATION", "UNACCOUNTED", "DETECTED", "INFO", "WARNING", "CRITICAL"}
     | {"NVML", "SIM", "REPLAY"}
-    | {"OPEN", "CLOSED", "BOUNDED", "UNBOUNDED"}
+    | {"OPEN", "CLOSED", "BOUNDED", "UNBOUNDED", "LATE"}
 )
 """Words with a badge colour of their own (outcomes, severities, gap states)."""
 _TIME_STEPS_NS = [
@@ -189,7 +189,7 @@ td.text { overflow-wrap: anywhere; }
   color: var(--ok); background: #e6f4ea; }
 .badge-violation, .badge-critical { color: var(--bad); background: #fdeceb; }
 .badge-sim, .badge-replay, .badge-unaccounted, .badge-detected, .badge-warning, .badge-open,
-.badge-unbounded {
+.badge-unbounded, .badge-late {
   color: var(--warn); background: #fff5d6; }
 .badge-unknown { color: var(--muted); background: var(--bg-soft); }
 .meter { height: 10px; background: #f3d7d4; border-radius: 5px; max-width: 420px; overflow: hidden;
@@ -757,8 +757,10 @@ def render_chart(report: pb.ComplianceReport) -> str:
         out.append(
             f'<rect class="gap" data-start-ns="{gap.gap_start_ns}" '
             f'data-end-ns="{gap.gap_end_ns}" data-node="{_e(name)}" '
-            f'data-open="{"true" if item.open else "false"}" x="{_px(x0)}" {full_height} '
-            f'width="{_px(x1 - x0)}"><title>gap on node {_e(name)}: '
+            f'data-open="{"true" if item.open else "false"}" '
+            f'data-late="{"true" if item.late else "false"}" x="{_px(x0)}" {full_height} '
+            f'width="{_px(x1 - x0)}"><title>{"late evidence" if item.late else "gap"} on node '
+            f"{_e(name)}: "
             f"{_e(format_time_ns(gap.gap_start_ns))} to {_e(format_time_ns(gap.gap_end_ns))} "
             f"({_e(format_duration_ns(gap.gap_end_ns - gap.gap_start_ns))})"
             f"{', open' if item.open else ''}</title></rect>"
@@ -1251,7 +1253,8 @@ def _gaps(report: pb.ComplianceReport) -> str:
                 _time_html(gap.gap_start_ns),
                 _time_html(gap.gap_end_ns),
                 _e(format_duration_ns(gap.gap_end_ns - gap.gap_start_ns)),
-                _badge("OPEN" if item.open else "CLOSED"),
+                _badge("OPEN" if item.open else "CLOSED")
+                + (f" {_badge('LATE')}" if item.late else ""),
                 bound,
                 _flop_html(_int(gap.time_bound_flop), gap.time_bound_flop),
                 str(item.finding_log_index) if item.has_finding else "-",

@@ -295,6 +295,7 @@ def test_one_gap_rect_per_gap_clipped_to_the_plot() -> None:
         x, width = float(rect["x"]), float(rect["width"])
         assert left - 0.01 <= x and x + width <= right + 0.01, item.node_name
         assert width >= 1
+    assert [r["data-late"] for r in rects] == ["false"] * 4
     inside, before, open_, _ = rects
     per_bucket = (right - left) / 60
     assert float(inside["x"]) == pytest.approx(left + 10 * per_bucket, abs=0.01)
@@ -695,3 +696,14 @@ def test_the_line_is_the_sum_each_rolling_limit_is_compared_with(limit: int, bro
     assert (min(ys) < limit_y) is broken  # smaller y is higher on the page
     text = "".join(parsed.text)
     assert "bars: upper-bound FLOP in each bucket (left axis)" in text
+
+
+def test_a_late_stretch_is_shaded_and_badged_as_late_evidence() -> None:
+    late = gap("late-node", P0 + 10 * BUCKET, P0 + 12 * BUCKET)
+    late.late = True
+    page = render_html(make_report(gaps=[late, gap("plain", P0 + 20 * BUCKET, P0 + 21 * BUCKET)]))
+    parsed = parse(page)
+    rects = parsed.with_class("gap")
+    assert [r["data-late"] for r in rects] == ["true", "false"]
+    assert "late evidence on node late-node" in page
+    assert page.count('class="badge badge-late"') == 1
