@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 
 KEEPALIVE_MS = 30_000
 IDLE_WAIT_NS = 1 * NS_PER_S
+MIN_NONCE_REFRESH_NS = 1 * NS_PER_S
+"""However short the verifier's nonce lifetime, no more than one challenge a second."""
 
 
 class ShipError(PausewatchError):
@@ -245,7 +247,13 @@ class Shipper:
                 received_at_ns=self._clock.time_ns(),
             )
         )
-        self._nonce_due_ns = self._clock.monotonic_ns() + self._config.nonce_refresh_ms * NS_PER_MS
+        # Refresh every nonce_refresh_s, and at least three times in the nonce's lifetime: a
+        # window whose nonce outlived it is late evidence at the verifier.
+        refresh_ns = self._config.nonce_refresh_ms * NS_PER_MS
+        lifetime_ns = response.expires_at_ns - response.issued_at_ns
+        if lifetime_ns > 0:
+            refresh_ns = max(min(refresh_ns, lifetime_ns // 3), MIN_NONCE_REFRESH_NS)
+        self._nonce_due_ns = self._clock.monotonic_ns() + refresh_ns
         self._metrics.nonce_refreshes.inc()
         skew_ms = (self._clock.time_ns() - response.verifier_time_ns) // NS_PER_MS
         log.info("challenge received nonce_bytes=%d clock_skew_ms=%d", len(response.nonce), skew_ms)

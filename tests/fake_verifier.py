@@ -86,6 +86,7 @@ class FakeVerifier(api_grpc.AttestationServiceServicer, reg_grpc.RegistryService
         self._tls = tls
         self._client_ca = client_ca
         self.check_nonces = check_nonces
+        self.nonce_lifetime_ns = NONCE_LIFETIME_NS
         self.lock = threading.RLock()
         self.nodes: dict[bytes, NodeRecord] = {}
         self.log: list[bytes] = []
@@ -173,7 +174,7 @@ class FakeVerifier(api_grpc.AttestationServiceServicer, reg_grpc.RegistryService
         return api.GetChallengeResponse(
             nonce=nonce,
             issued_at_ns=now,
-            expires_at_ns=now + NONCE_LIFETIME_NS,
+            expires_at_ns=now + self.nonce_lifetime_ns,
             verifier_time_ns=now,
         )
 

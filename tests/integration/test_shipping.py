@@ -126,6 +126,22 @@ def test_the_verifier_nonce_goes_into_the_next_window(
     assert body.verifier_nonce == nonce.nonce
 
 
+def test_a_short_nonce_lifetime_is_refreshed_within_it(
+    running: Running, verifier: FakeVerifier
+) -> None:
+    """nonce_refresh_s is 60 s here, but the verifier's nonces live 3 s: the agent refreshes at
+    least three times a lifetime, so no window it signs while connected carries a stale nonce."""
+    verifier.nonce_lifetime_ns = 3 * 10**9
+    running.start()
+    wait_until(lambda: running.spool.nonce() is not None)
+    first = running.spool.nonce()
+    assert first is not None
+    wait_until(lambda: len(verifier.issued.get(NODE_ID, ())) >= 3, timeout_s=10)
+    latest = running.spool.nonce()
+    assert latest is not None and latest.issued_at_ns > first.issued_at_ns
+    assert latest.expires_at_ns - latest.issued_at_ns == 3 * 10**9
+
+
 def test_a_final_rejection_is_kept_and_never_resent(
     running: Running, verifier: FakeVerifier
 ) -> None:
