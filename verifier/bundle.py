@@ -255,6 +255,7 @@ def export_bundle(auditor: object, lab_id: str, period_start_ns: int, period_end
                 log_index=entry.index,
                 envelope=entry.entry,
                 inclusion_proof=core.log.inclusion_proof(entry.index, checkpoint_size),
+                logged_at_ns=entry.appended_at_ns,
             )
         )
     payload = bundle.SerializeToString(deterministic=True)
@@ -526,6 +527,7 @@ def _verify(
     _tpm_settings_from(state, bundle)
     # 5. Every entry: included in the checkpoint, in log order, each verified and folded in.
     previous = -1
+    _check_logged_times(state, bundle)
     for position, item in enumerate(bundle.entries):
         where = f"entry {position} (log index {item.log_index})"
         if item.log_index <= previous:
@@ -848,6 +850,39 @@ def _check_tpm_findings(state: _State, bundle: bpb.EvidenceBundle) -> None:
                     f"{len(outcome.unknown)} file(s) not in the allowlist offline, which the "
                     "findings do not match"
                 )
+
+
+def _check_logged_times(state: _State, bundle: bpb.EvidenceBundle) -> None:
+    """The stated logging times must not go back along the log (an entry logged later cannot
+    have been logged earlier), and no window can have been accepted before it ended (less the
+    clock skew the verifier allows)."""
+    if not any(item.logged_at_ns for item in bundle.entries):
+        state.result.warnings.append("the bundle states no logging times (an older verifier)")
+        return
+    latest = 0
+    for item in sorted(bundle.entries, key=lambda e: e.log_index):
+        if item.logged_at_ns < latest:
+            state.fail(
+                f"log index {item.log_index}: logged at {item.logged_at_ns}, before an earlier "
+                f"entry ({latest}): logging times go back"
+            )
+        latest = max(latest, item.logged_at_ns)
+        try:
+            envelope = parse_envelope(item.envelope, max_size=MAX_BUNDLE_BYTES)
+        except EnvelopeError:
+            continue  # the entry's own checks report it
+        if envelope.payload_type != PayloadType.ATTESTATION:
+            continue
+        body = apb.AttestationBody()
+        try:
+            body.ParseFromString(envelope.payload)
+        except DecodeError:
+            continue
+        if item.logged_at_ns + bundle.max_clock_skew_ns < body.window_end_ns:
+            state.fail(
+                f"log index {item.log_index}: said to be logged at {item.logged_at_ns}, before "
+                f"its window ended ({body.window_end_ns}) less the allowed clock skew"
+            )
 
 
 def _check_settings(state: _State, bundle: bpb.EvidenceBundle) -> None:

@@ -81,3 +81,67 @@ def test_reports_and_bundles_carry_provenance_and_a_relabelled_verifier_is_caugh
         assert all("which the verifier says it does not accept (nvml)" in f for f in named)
     finally:
         relabelled.stop()
+
+
+def test_bundles_carry_logging_times_and_a_back_dated_one_fails(tmp_path: Path) -> None:
+    from pausewatch.v1 import attestation_pb2 as attpb
+    from pausewatch.v1 import bundle_pb2 as bpb
+
+    from attest.envelope import PayloadType, parse_envelope, sign_envelope
+
+    files = write_verifier_files(tmp_path / "v")
+    server = VerifierServer.from_config(load_config(files.config))
+    now = time.time_ns()
+    t0 = now - now % MINUTE - 30 * MINUTE
+    node = TestNode.from_seed(131, t0_ns=t0)
+    try:
+        request = enroll_request(enrollment_for(node, created_at_ns=t0 - S), node, files.operator)
+        server.registry.enroll(request.enrollment_envelope, request.authorization_envelope)
+        before = time.time_ns()
+        server.ingestor.submit(node.chain(5))
+        after = time.time_ns()
+        key = server.core.note_signer.verifier().to_vkey()
+        data = export_bundle(server.auditor, "lab-a", t0, t0 + 20 * MINUTE)
+        honest = verify_bundle(data, pinned_log_key=key)
+        assert honest.ok, honest.failures
+        bundle = bpb.EvidenceBundle.FromString(parse_envelope(data, max_size=1 << 30).payload)
+        attestations = [
+            e
+            for e in bundle.entries
+            if parse_envelope(e.envelope).payload_type == PayloadType.ATTESTATION
+        ]
+        assert len(attestations) == 5
+        assert all(before <= e.logged_at_ns <= after for e in attestations)
+
+        def resigned(change: object) -> bytes:
+            copy = bpb.EvidenceBundle()
+            copy.CopyFrom(bundle)
+            change(copy)  # type: ignore[operator]
+            return sign_envelope(
+                server.core.envelope_signer,
+                PayloadType.BUNDLE,
+                copy.SerializeToString(deterministic=True),
+            )
+
+        def back_date(copy: bpb.EvidenceBundle) -> None:
+            entry = next(e for e in copy.entries if e.log_index == attestations[-1].log_index)
+            body = attpb.AttestationBody.FromString(parse_envelope(entry.envelope).payload)
+            entry.logged_at_ns = body.window_end_ns - copy.max_clock_skew_ns - S
+            for earlier in copy.entries:  # keep the order plausible: only the window gives it away
+                if earlier.log_index < entry.log_index:
+                    earlier.logged_at_ns = min(earlier.logged_at_ns, entry.logged_at_ns)
+
+        failed = verify_bundle(resigned(back_date), pinned_log_key=key)
+        assert any("before its window ended" in f for f in failed.failures), failed.failures
+
+        def reorder(copy: bpb.EvidenceBundle) -> None:
+            first, second = (
+                next(e for e in copy.entries if e.log_index == a.log_index)
+                for a in attestations[:2]
+            )
+            first.logged_at_ns = second.logged_at_ns + S
+
+        failed = verify_bundle(resigned(reorder), pinned_log_key=key)
+        assert any("logging times go back" in f for f in failed.failures), failed.failures
+    finally:
+        server.stop()

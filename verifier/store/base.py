@@ -59,6 +59,8 @@ class LogEntry:
     kind: EntryKind
     lab_id: str
     node_id: bytes
+    appended_at_ns: int = 0
+    """The verifier's clock when it logged the entry (for an attestation: its ingest time)."""
 
 
 @dataclass(frozen=True, slots=True)

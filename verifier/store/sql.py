@@ -211,9 +211,10 @@ class SqlQueries:
             kind=EntryKind(row[4]),
             lab_id=row[5],
             node_id=bytes(row[6]),
+            appended_at_ns=int(row[7]),
         )
 
-    _ENTRY_COLUMNS = "idx, entry, leaf_hash, digest, kind, lab_id, node_id"
+    _ENTRY_COLUMNS = "idx, entry, leaf_hash, digest, kind, lab_id, node_id, appended_at_ns"
 
     def get_entry(self, index: int) -> LogEntry | None:
         row = self._one(f"SELECT {self._ENTRY_COLUMNS} FROM log_entries WHERE idx = ?", (index,))

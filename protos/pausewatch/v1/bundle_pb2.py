@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from pausewatch.v1 import audit_pb2 as pausewatch_dot_v1_dot_audit__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1apausewatch/v1/bundle.proto\x12\rpausewatch.v1\x1a\x19pausewatch/v1/audit.proto\"K\n\x0b\x42undleEntry\x12\x11\n\tlog_index\x18\x01 \x01(\x04\x12\x10\n\x08\x65nvelope\x18\x02 \x01(\x0c\x12\x17\n\x0finclusion_proof\x18\x03 \x03(\x0c\"\x99\x04\n\x0e\x45videnceBundle\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\x0e\n\x06lab_id\x18\x02 \x01(\t\x12\x17\n\x0fperiod_start_ns\x18\x03 \x01(\x03\x12\x15\n\rperiod_end_ns\x18\x04 \x01(\x03\x12\x15\n\rcreated_at_ns\x18\x05 \x01(\x03\x12\x18\n\x10log_verifier_key\x18\x06 \x01(\t\x12\x17\n\x0f\x63heckpoint_note\x18\x07 \x01(\t\x12+\n\x07\x65ntries\x18\x08 \x03(\x0b\x32\x1a.pausewatch.v1.BundleEntry\x12\x36\n\rserver_report\x18\t \x01(\x0b\x32\x1f.pausewatch.v1.ComplianceReport\x12\x11\n\tbucket_ns\x18\n \x01(\x03\x12\x19\n\x11max_clock_skew_ns\x18\x0b \x01(\x03\x12\x18\n\x10gap_tolerance_ns\x18\x0c \x01(\x03\x12\x19\n\x11open_gap_grace_ns\x18\r \x01(\x03\x12 \n\x18tpm_manufacturer_cas_pem\x18\x32 \x01(\x0c\x12\"\n\x1atpm_quote_nonce_max_age_ns\x18\x33 \x01(\x03\x12%\n\x1dtpm_max_windows_without_quote\x18\x34 \x01(\r\x12\x15\n\rima_allowlist\x18\x35 \x01(\t\x12\x19\n\x11has_ima_allowlist\x18\x36 \x01(\x08\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1apausewatch/v1/bundle.proto\x12\rpausewatch.v1\x1a\x19pausewatch/v1/audit.proto\"a\n\x0b\x42undleEntry\x12\x11\n\tlog_index\x18\x01 \x01(\x04\x12\x10\n\x08\x65nvelope\x18\x02 \x01(\x0c\x12\x17\n\x0finclusion_proof\x18\x03 \x03(\x0c\x12\x14\n\x0clogged_at_ns\x18\x1e \x01(\x03\"\x99\x04\n\x0e\x45videnceBundle\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\x0e\n\x06lab_id\x18\x02 \x01(\t\x12\x17\n\x0fperiod_start_ns\x18\x03 \x01(\x03\x12\x15\n\rperiod_end_ns\x18\x04 \x01(\x03\x12\x15\n\rcreated_at_ns\x18\x05 \x01(\x03\x12\x18\n\x10log_verifier_key\x18\x06 \x01(\t\x12\x17\n\x0f\x63heckpoint_note\x18\x07 \x01(\t\x12+\n\x07\x65ntries\x18\x08 \x03(\x0b\x32\x1a.pausewatch.v1.BundleEntry\x12\x36\n\rserver_report\x18\t \x01(\x0b\x32\x1f.pausewatch.v1.ComplianceReport\x12\x11\n\tbucket_ns\x18\n \x01(\x03\x12\x19\n\x11max_clock_skew_ns\x18\x0b \x01(\x03\x12\x18\n\x10gap_tolerance_ns\x18\x0c \x01(\x03\x12\x19\n\x11open_gap_grace_ns\x18\r \x01(\x03\x12 \n\x18tpm_manufacturer_cas_pem\x18\x32 \x01(\x0c\x12\"\n\x1atpm_quote_nonce_max_age_ns\x18\x33 \x01(\x03\x12%\n\x1dtpm_max_windows_without_quote\x18\x34 \x01(\r\x12\x15\n\rima_allowlist\x18\x35 \x01(\t\x12\x19\n\x11has_ima_allowlist\x18\x36 \x01(\x08\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,7 +33,7 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pausewatch.v1.bundle_pb2', 
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_BUNDLEENTRY']._serialized_start=72
-  _globals['_BUNDLEENTRY']._serialized_end=147
-  _globals['_EVIDENCEBUNDLE']._serialized_start=150
-  _globals['_EVIDENCEBUNDLE']._serialized_end=687
+  _globals['_BUNDLEENTRY']._serialized_end=169
+  _globals['_EVIDENCEBUNDLE']._serialized_start=172
+  _globals['_EVIDENCEBUNDLE']._serialized_end=709
 # @@protoc_insertion_point(module_scope)

@@ -34,10 +34,16 @@ class BundleEntry(_message.Message):
     LOG_INDEX_FIELD_NUMBER: _builtins.int
     ENVELOPE_FIELD_NUMBER: _builtins.int
     INCLUSION_PROOF_FIELD_NUMBER: _builtins.int
+    LOGGED_AT_NS_FIELD_NUMBER: _builtins.int
     log_index: _builtins.int
     """The entry's index in the log."""
     envelope: _builtins.bytes
     """The entry: an Envelope's bytes exactly as logged."""
+    logged_at_ns: _builtins.int
+    """The verifier's clock when it logged the entry, ns since the epoch (for an attestation, when it
+    was accepted: the time on its receipt). Stated by the verifier; offline verification checks
+    that these times never go back along the log and that no window was logged before it ended.
+    """
     @_builtins.property
     def inclusion_proof(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
         """RFC 9162 inclusion proof of the entry in the tree of the checkpoint's size, leaf level first."""
@@ -48,10 +54,11 @@ class BundleEntry(_message.Message):
         log_index: _builtins.int = ...,
         envelope: _builtins.bytes = ...,
         inclusion_proof: _abc.Iterable[_builtins.bytes] | None = ...,
+        logged_at_ns: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["envelope", b"envelope", "inclusion_proof", b"inclusion_proof", "log_index", b"log_index"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["envelope", b"envelope", "inclusion_proof", b"inclusion_proof", "log_index", b"log_index", "logged_at_ns", b"logged_at_ns"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
