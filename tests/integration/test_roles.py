@@ -371,3 +371,15 @@ def test_plaintext_clients_are_public_unless_the_config_says_otherwise(tmp_path:
         client = v.client()
         assert code_of(lambda: client.enroll(node)) is OK
         assert [r.status for r in client.submit(node.chain(1))] == [spb.RECEIPT_STATUS_ACCEPTED]
+
+
+def test_list_labs_shows_each_role_only_what_it_may_read(fleet: Fleet) -> None:
+    def labs_of(who: str) -> list[str]:
+        response = fleet.client(who).audit.ListLabs(apb.ListLabsRequest(), timeout=10)
+        return [lab.lab_id for lab in response.labs]
+
+    assert labs_of("regulator") == labs_of("auditor") == ["lab-a", "lab-b"]
+    assert labs_of("operator-a") == ["lab-a"]
+    assert labs_of("operator-b") == ["lab-b"]
+    for who in ("node-1", "public"):
+        assert code_of(lambda who=who: labs_of(who)) is DENIED
