@@ -57,6 +57,26 @@ PPM: Final = 1_000_000
 MS_PER_S: Final = 1_000
 MJ_PER_J: Final = 1_000
 
+ENERGY_EFFICIENCY_MARGIN_PPM: Final = 2_000_000
+"""The margin between a row's FLOP per joule at peak (fastest dense peak / board power) and the
+best FLOP per joule its GPU can reach: 2x, for every row of :data:`GPU_TABLE`.
+
+Why a margin at all: the table's efficiency is the one at the vendor's boost clock and full board
+power. A GPU held at a lower clock (a power cap, a locked clock) finishes fewer FLOP per second
+but spends less energy per FLOP, because dynamic power grows faster than linearly with clock
+(the voltage rises with it). The energy a GPU used therefore bounds its compute only at its *best*
+efficiency, not at the datasheet one.
+
+Why 2x: published power-capping studies of training on data-centre GPUs report energy savings of
+tens of per cent, not multiples, for a given amount of work (e.g. Zhao et al., "Great Power, Great
+Responsibility: Recommendations for Reducing Energy for Training Language Models", Findings of
+NAACL 2022, on V100s capped at 150 W of 250 W), and NVML does not let a board's power limit go
+below its minimum enforced limit (a sizeable fraction of board power on every row of the table).
+Twice the datasheet efficiency is well beyond those savings; it is a chosen safety margin, not a
+measured figure, and one figure for every row because no vendor publishes a best efficiency. It
+is used only where the energy is the evidence: a window whose utilisation the energy contradicts,
+energy that rose outside any window, and a gap the counter spans (:func:`energy_allowed_flop`)."""
+
 # Reference thresholds (policy examples; the policy file, not this module, decides what applies).
 EU_AI_ACT_SYSTEMIC_RISK_FLOP: Final = 10**25
 """Regulation (EU) 2024/1689 (AI Act), Art. 51(2): a general-purpose AI model is presumed to have
@@ -784,6 +804,9 @@ class ModelRates(NamedTuple):
     flop_per_joule_den: int
     """FLOP per joule at peak, as an exact fraction."""
     unknown_model: bool
+    board_power_w: int
+    """Board power the peaks are specified at (the table's highest for an unknown model): the
+    base of the idle allowance."""
 
 
 _RATES: dict[tuple[int, str], ModelRates] = {}
@@ -805,6 +828,7 @@ def rates_for(model_name: str) -> ModelRates:
                 per_joule.numerator,
                 per_joule.denominator,
                 True,
+                table_max_board_power_w(),
             )
         else:
             per_joule = spec.flop_per_joule_at_peak
@@ -814,6 +838,7 @@ def rates_for(model_name: str) -> ModelRates:
                 per_joule.numerator,
                 per_joule.denominator,
                 False,
+                spec.board_power_w,
             )
         _RATES[key] = rates
     return rates
@@ -835,6 +860,62 @@ def flop_from_rates(
         else -(-energy_mj * rates.flop_per_joule_num // (rates.flop_per_joule_den * MJ_PER_J))
     )
     return upper, central, energy
+
+
+def time_bound_from_rates(rates: ModelRates, duration_ms: int) -> int:
+    """Peak x ``duration_ms``, rounded up: what one GPU could do running flat out."""
+    return -(-rates.peak_flops_per_s * duration_ms // MS_PER_S)
+
+
+def energy_allowed_flop(
+    rates: ModelRates, energy_mj: int, duration_ms: int, idle_power_fraction_ppm: int
+) -> int:
+    """The compute one GPU's energy allows over ``duration_ms``: the energy above the idle
+    allowance (``idle_power_fraction_ppm`` of board power over the duration) x the model's *best*
+    FLOP per joule (the datasheet figure x :data:`ENERGY_EFFICIENCY_MARGIN_PPM`), rounded up, and
+    never more than peak x duration (:func:`time_bound_from_rates`). 0 when the energy is within
+    the allowance.
+
+    This is the figure a window is evaluated at when its energy contradicts its utilisation
+    (:func:`energy_contradicts`): sound against a sampler that lies about utilisation while the
+    counter is real, as far as the margin is.
+    """
+    # Scaled by 10^9 (ms x mJ/J x ppm): excess J x 10^9 = E_mJ x 10^6 - idle_ppm x P_W x T_ms.
+    excess_scaled = energy_mj * PPM - idle_power_fraction_ppm * rates.board_power_w * duration_ms
+    if excess_scaled <= 0:
+        return 0
+    allowed = -(
+        -excess_scaled
+        * rates.flop_per_joule_num
+        * ENERGY_EFFICIENCY_MARGIN_PPM
+        // (rates.flop_per_joule_den * MJ_PER_J * PPM * PPM)
+    )
+    return min(allowed, time_bound_from_rates(rates, duration_ms))
+
+
+def energy_contradicts(
+    rates: ModelRates,
+    upper_bound_flop: int,
+    energy_mj: int,
+    window_ms: int,
+    *,
+    factor_ppm: int,
+    idle_power_fraction_ppm: int,
+) -> bool:
+    """Whether one GPU-window's energy, less the idle allowance, at the datasheet FLOP per joule,
+    implies more than ``factor`` x its upper bound: the attested utilisation is contradicted.
+
+    The reasoning is :func:`is_energy_mismatch`'s (an honest GPU within the idle allowance never
+    exceeds factor 1); here exactly, from the energy in mJ rather than a rounded FLOP figure:
+    (E_J - idle x P x W) x num/den > factor x upper, scaled by 10^9 x den.
+    """
+    excess_scaled = energy_mj * PPM - idle_power_fraction_ppm * rates.board_power_w * window_ms
+    if excess_scaled <= 0:
+        return False
+    return (
+        excess_scaled * rates.flop_per_joule_num
+        > factor_ppm * upper_bound_flop * MS_PER_S * rates.flop_per_joule_den
+    )
 
 
 def window_flop(

@@ -24,6 +24,7 @@ Every quantity is an integer in the unit its name states; there are no floats.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -66,6 +67,41 @@ class Figure(StrEnum):
     per bucket of the report, never per window; 0 where the lab has no metered site)."""
 
 
+class WindowFlagKind(StrEnum):
+    """Why a GPU-window (or the energy between two windows) is named in every report over it.
+
+    Flags are kept in the buckets (:attr:`Bucket.flags`), so a report over any slice names those
+    inside it from the stored data, whatever findings were rate-limited."""
+
+    ENERGY_MISMATCH = "energy_mismatch"
+    """The energy contradicts the attested utilisation: evaluated at what the energy allows."""
+    ENERGY_COUNTER_UNUSABLE = "energy_counter_unusable"
+    """The counter was claimed unusable (not OK): evaluated at its time bound (ADR 0003)."""
+    ENERGY_OUTSIDE_WINDOWS = "energy_outside_windows"
+    """The counter rose between two back-to-back windows: energy outside any window, counted in
+    the later window's figures."""
+    UNDECLARED_GPU = "undeclared_gpu"
+    """The GPU was not in the declared inventory in force at the window's start."""
+
+
+class EnergyCheck(NamedTuple):
+    """The verifier's settings for the energy cross-check (``[ingest]`` in its config; a bundle
+    carries them so that the auditor replays the same arithmetic)."""
+
+    factor_ppm: int = 1_250_000
+    """A window's energy less the idle allowance may imply up to this factor x its upper bound
+    before the utilisation counts as contradicted (at least 1,000,000)."""
+    idle_power_fraction_ppm: int = 200_000
+    """The idle allowance: this fraction of the model's board power over the window."""
+    gap_tolerance_ns: int = 0
+    """Windows at most this far apart are back-to-back: a counter rise between them is energy
+    outside any window (further apart, it is a gap's energy bound)."""
+
+
+DEFAULT_ENERGY_CHECK = EnergyCheck()
+"""The verifier's defaults (with no gap tolerance)."""
+
+
 # --- figures per GPU-window ----------------------------------------------------------------------
 
 
@@ -97,6 +133,10 @@ class GpuWindowFigures(NamedTuple):
     """The central estimate used the assumed utilisation (no GPM tensor-active reading)."""
     unknown_model: bool
     """The upper bound used the table's highest peak (model not in the table)."""
+    attested_upper_bound_flop: int = 0
+    """Peak x busy as the window claims; ``upper_bound_flop`` is the evaluated bound."""
+    flag: WindowFlagKind | None = None
+    """Why the two differ (energy mismatch, counter unusable), or None."""
 
     @property
     def window_ms(self) -> int:
@@ -112,11 +152,15 @@ class GpuWindowFigures(NamedTuple):
 
 
 def gpu_window_figures(
-    att: VerifiedAttestation, log_index: int, declared_uuids: Collection[str]
+    att: VerifiedAttestation,
+    log_index: int,
+    declared_uuids: Collection[str],
+    energy: EnergyCheck = DEFAULT_ENERGY_CHECK,
 ) -> list[GpuWindowFigures]:
     """One :class:`GpuWindowFigures` per GPU of an accepted attestation, in the body's order.
 
-    ``declared_uuids`` is the declared inventory in force at the window's start.
+    ``declared_uuids`` is the declared inventory in force at the window's start. The upper bound
+    is the one evaluated against thresholds (:func:`evaluated_upper_bound`).
     """
     body = att.body
     window_ms = att.window_ms
@@ -124,6 +168,13 @@ def gpu_window_figures(
     for gpu in body.gpus:
         figures = window_flop(gpu)
         energy_ok = gpu.energy_counter_state == apb.ENERGY_COUNTER_STATE_OK
+        evaluated, flag = evaluated_upper_bound(
+            compute.rates_for(gpu.model),
+            figures.upper_bound_flop,
+            gpu.energy_end_mj - gpu.energy_start_mj if energy_ok else None,
+            window_ms,
+            energy,
+        )
         # Fail closed: time whose utilisation was not read (a lost GPU, MIG mode where NVML
         # reports no device utilisation) is not attested, whatever else the window says.
         taken = gpu.samples_taken
@@ -139,7 +190,7 @@ def gpu_window_figures(
                 model=gpu.model,
                 window_start_ns=body.window_start_ns,
                 window_end_ns=body.window_end_ns,
-                upper_bound_flop=figures.upper_bound_flop,
+                upper_bound_flop=evaluated,
                 central_estimate_flop=figures.central_estimate_flop,
                 energy_flop=figures.energy_flop,
                 energy_mj=gpu.energy_end_mj - gpu.energy_start_mj if energy_ok else 0,
@@ -148,9 +199,46 @@ def gpu_window_figures(
                 declared=gpu.uuid in declared_uuids,
                 assumed=figures.assumed,
                 unknown_model=figures.unknown_model,
+                attested_upper_bound_flop=figures.upper_bound_flop,
+                flag=flag,
             )
         )
     return out
+
+
+def evaluated_upper_bound(
+    rates: compute.ModelRates,
+    upper_bound_flop: int,
+    energy_mj: int | None,
+    window_ms: int,
+    energy: EnergyCheck,
+) -> tuple[int, WindowFlagKind | None]:
+    """The upper bound a GPU-window is evaluated at against thresholds, and why it differs from
+    the attested one (``None`` where it does not):
+
+    - counter unusable (``energy_mj`` None): peak x window, the time bound (ADR 0003);
+    - energy contradicting the utilisation (:func:`attest.compute.energy_contradicts`): the larger
+      of the attested bound and what the energy allows (:func:`attest.compute.energy_allowed_flop`,
+      never above peak x window);
+    - otherwise the attested bound.
+    """
+    if energy_mj is None:
+        return max(upper_bound_flop, compute.time_bound_from_rates(rates, window_ms)), (
+            WindowFlagKind.ENERGY_COUNTER_UNUSABLE
+        )
+    if compute.energy_contradicts(
+        rates,
+        upper_bound_flop,
+        energy_mj,
+        window_ms,
+        factor_ppm=energy.factor_ppm,
+        idle_power_fraction_ppm=energy.idle_power_fraction_ppm,
+    ):
+        allowed = compute.energy_allowed_flop(
+            rates, energy_mj, window_ms, energy.idle_power_fraction_ppm
+        )
+        return max(upper_bound_flop, allowed), WindowFlagKind.ENERGY_MISMATCH
+    return upper_bound_flop, None
 
 
 class GpuFold(NamedTuple):
@@ -159,9 +247,25 @@ class GpuFold(NamedTuple):
     uuid: str
     model: str
     upper_bound_flop: int
+    """As attested (peak x busy); ``evaluated_flop`` is what thresholds see."""
     energy_flop: int
     energy_ok: bool
     declared: bool
+    evaluated_flop: int
+    flag: WindowFlagKind | None
+    """Why ``evaluated_flop`` differs from ``upper_bound_flop`` (energy mismatch, counter
+    unusable), or None."""
+
+
+class EnergyJump(NamedTuple):
+    """A counter that rose between two back-to-back windows of a node, for one GPU."""
+
+    uuid: str
+    model: str
+    energy_mj: int
+    flop: int
+    """What the energy allows (best FLOP per joule, no idle allowance), at most peak x the two
+    windows' span."""
 
 
 class AttestationFold(NamedTuple):
@@ -170,12 +274,44 @@ class AttestationFold(NamedTuple):
     log_index: int
     window_start_ns: int
     upper_bound_flop: int
+    """Evaluated: the GPUs' evaluated bounds plus the energy that rose since the previous window
+    (what thresholds, node figures and evidence use)."""
     central_estimate_flop: int
     energy_flop: int
     edge: WindowEdge
     gpus: tuple[GpuFold, ...]
     counter_reset: bool
     """Some GPU's energy counter dropped inside the window (a driver reload)."""
+    attested_upper_bound_flop: int = 0
+    """Peak x busy summed over the GPUs, as the window claims."""
+    jumps: tuple[EnergyJump, ...] = ()
+    """Energy that rose since the previous back-to-back window, per GPU."""
+
+
+def energy_jumps(a: WindowEdge, b: WindowEdge, tolerance_ns: int) -> list[EnergyJump]:
+    """Energy outside any window: for each GPU of ``b`` also in ``a`` (``b`` the next accepted
+    window of the node), with the counter OK in both, the same boot, and ``b`` starting no more
+    than ``tolerance_ns`` after ``a`` ends (back to back: no gap), the rise of the counter between
+    ``a``'s end and ``b``'s start. An honest agent's windows tile the counter (the reading that
+    closes one window opens the next), so any rise is energy the windows do not show."""
+    if b.seq <= a.seq or a.boot_id != b.boot_id:
+        return []
+    if b.window_start_ns - a.window_end_ns > tolerance_ns:
+        return []
+    before = {gpu.uuid: gpu for gpu in a.gpus}
+    span_ms = -(-(b.window_end_ns - a.window_start_ns) // NS_PER_MS)
+    out: list[EnergyJump] = []
+    for gpu in b.gpus:
+        old = before.get(gpu.uuid)
+        if old is None or not old.energy_ok or not gpu.energy_ok:
+            continue
+        rose_mj = gpu.energy_start_mj - old.energy_end_mj
+        if rose_mj > 0:
+            rates = compute.rates_for(gpu.model)
+            # No idle allowance: the rise took (almost) no time by the windows' own clocks.
+            flop = compute.energy_allowed_flop(rates, rose_mj, span_ms, 0)
+            out.append(EnergyJump(gpu.uuid, gpu.model, rose_mj, flop))
+    return out
 
 
 def fold_attestation(
@@ -184,9 +320,17 @@ def fold_attestation(
     declared_uuids: Collection[str],
     buckets: dict[int, Bucket],
     bucket_ns: int,
+    *,
+    energy: EnergyCheck = DEFAULT_ENERGY_CHECK,
+    previous: WindowEdge | None = None,
 ) -> AttestationFold:
     """Add an accepted attestation's GPU-windows to ``buckets`` and return its totals, its
     :class:`WindowEdge` and its GPUs, in one pass over the body.
+
+    Each GPU-window counts at its evaluated upper bound (:func:`evaluated_upper_bound`), and the
+    energy that rose since ``previous`` (the node's accepted window before this one, if any;
+    :func:`energy_jumps`) is added to this window's. Both, and undeclared GPUs, are flagged in
+    the bucket (:attr:`Bucket.flags`).
 
     The same result as ``accumulate(buckets, gpu_window_figures(att, log_index, declared),
     bucket_ns)`` plus :func:`window_edge` (the tests check they agree), without a figures object
@@ -205,6 +349,9 @@ def fold_attestation(
     flop_from_rates = compute.flop_from_rates
     upper_sum = central_sum = energy_sum = energy_mj_sum = busy_sum = 0
     attested_sum = undeclared_sum = assumed_n = unknown_n = 0
+    evaluated_sum = 0
+    node_hex = ""
+    flags: list[tuple[WindowFlagKind, str, int]] = []
     steps = [0] * BUSY_STEPS
     counter_reset_state = apb.ENERGY_COUNTER_STATE_RESET
     counter_reset = False
@@ -228,6 +375,10 @@ def fold_attestation(
         energy_mj = energy_end_mj - energy_start_mj if energy_ok else None
         rates = rates_for(model)
         upper, central, energy_flop = flop_from_rates(rates, busy_ms, tensor_active_ms, energy_mj)
+        evaluated, flag = evaluated_upper_bound(rates, upper, energy_mj, window_ms, energy)
+        if flag is not None:
+            flags.append((flag, uuid, evaluated - upper))
+        evaluated_sum += evaluated
         taken = gpu.samples_taken
         if gpu.presence == present and 0 < gpu.samples_expected <= taken:
             attested_ms = window_ms
@@ -244,29 +395,12 @@ def fold_attestation(
             attested_sum += attested_ms
         else:
             undeclared_sum += attested_ms
+            flags.append((WindowFlagKind.UNDECLARED_GPU, uuid, 0))
         assumed_n += tensor_active_ms is None
         unknown_n += rates.unknown_model
         add_busy_steps(steps, busy_ms, window_ms, attested_ms)
         edges.append(GpuEdge(uuid, model, energy_start_mj, energy_end_mj, energy_ok))
-        gpus.append(GpuFold(uuid, model, upper, energy_flop, energy_ok, declared))
-    if gpus:
-        bucket = buckets.get(key)
-        if bucket is None:
-            bucket = buckets[key] = Bucket(bucket_start_ns=key)
-        bucket.add_sums(
-            upper_bound_flop=upper_sum,
-            central_estimate_flop=central_sum,
-            energy_flop=energy_sum,
-            energy_mj=energy_mj_sum,
-            busy_gpu_ms=busy_sum,
-            attested_gpu_ms=attested_sum,
-            undeclared_gpu_ms=undeclared_sum,
-            gpu_windows=len(gpus),
-            assumed_gpu_windows=assumed_n,
-            unknown_model_gpu_windows=unknown_n,
-            busy_at_least_ms=steps,
-            log_index=log_index,
-        )
+        gpus.append(GpuFold(uuid, model, upper, energy_flop, energy_ok, declared, evaluated, flag))
     edge = WindowEdge(
         seq=body.seq,
         window_start_ns=start_ns,
@@ -278,8 +412,48 @@ def fold_attestation(
         agent_digest=body.agent_digest,
         agent_version=body.agent_version,
     )
+    jumps: tuple[EnergyJump, ...] = ()
+    if previous is not None:
+        jumps = tuple(energy_jumps(previous, edge, energy.gap_tolerance_ns))
+        for jump in jumps:
+            evaluated_sum += jump.flop
+            flags.append((WindowFlagKind.ENERGY_OUTSIDE_WINDOWS, jump.uuid, jump.flop))
+    if gpus:
+        bucket = buckets.get(key)
+        if bucket is None:
+            bucket = buckets[key] = Bucket(bucket_start_ns=key)
+        if flags:
+            node_hex = bytes(att.node_id).hex()
+            for kind, uuid, extra_flop in flags:
+                bucket.add_flag(
+                    kind, node_hex, uuid, log_index, start_ns, body.window_end_ns, extra_flop
+                )
+        bucket.add_sums(
+            upper_bound_flop=evaluated_sum,
+            central_estimate_flop=central_sum,
+            energy_flop=energy_sum,
+            energy_mj=energy_mj_sum,
+            busy_gpu_ms=busy_sum,
+            attested_gpu_ms=attested_sum,
+            undeclared_gpu_ms=undeclared_sum,
+            gpu_windows=len(gpus),
+            assumed_gpu_windows=assumed_n,
+            unknown_model_gpu_windows=unknown_n,
+            busy_at_least_ms=steps,
+            log_index=log_index,
+            raised_flop=evaluated_sum - upper_sum,
+        )
     return AttestationFold(
-        log_index, start_ns, upper_sum, central_sum, energy_sum, edge, tuple(gpus), counter_reset
+        log_index,
+        start_ns,
+        evaluated_sum,
+        central_sum,
+        energy_sum,
+        edge,
+        tuple(gpus),
+        counter_reset,
+        upper_sum,
+        jumps,
     )
 
 
@@ -321,13 +495,61 @@ class Bucket:
     busy_at_least_ms: list[int] = field(default_factory=_zero_steps)
     first_log_index: int | None = None
     last_log_index: int | None = None
+    raised_flop: int = 0
+    """How much of ``upper_bound_flop`` is above the windows' attested bounds: energy that
+    contradicts utilisation, unusable counters at their time bound, energy outside windows."""
+    flags: dict[tuple[str, str, str], FlagTally] = field(default_factory=dict)
+    """Flagged GPU-windows by (kind, node id in hex, GPU UUID)."""
 
     def flop(self, figure: Figure) -> int:
         """The FLOP sum of ``figure``."""
         return _pick(figure, self.upper_bound_flop, self.central_estimate_flop, self.energy_flop)
 
+    def add_flag(  # noqa: PLR0917
+        self,
+        kind: str,
+        node_hex: str,
+        gpu_uuid: str,
+        log_index: int,
+        window_start_ns: int,
+        window_end_ns: int,
+        extra_flop: int,
+    ) -> None:
+        """Count one flagged GPU-window (see :class:`WindowFlagKind`)."""
+        key = (str(kind), node_hex, gpu_uuid)
+        tally = self.flags.get(key)
+        if tally is None:
+            self.flags[key] = FlagTally(
+                1, log_index, log_index, extra_flop, window_start_ns, window_end_ns
+            )
+        else:
+            tally.merge(
+                FlagTally(1, log_index, log_index, extra_flop, window_start_ns, window_end_ns)
+            )
+
     def add(self, figures: GpuWindowFigures) -> None:
         """Add one GPU-window (whose window must start in this bucket; not checked here)."""
+        if figures.flag is not None:
+            self.add_flag(
+                figures.flag,
+                bytes(figures.node_id).hex(),
+                figures.gpu_uuid,
+                figures.log_index,
+                figures.window_start_ns,
+                figures.window_end_ns,
+                figures.upper_bound_flop - figures.attested_upper_bound_flop,
+            )
+            self.raised_flop += figures.upper_bound_flop - figures.attested_upper_bound_flop
+        if not figures.declared:
+            self.add_flag(
+                WindowFlagKind.UNDECLARED_GPU,
+                bytes(figures.node_id).hex(),
+                figures.gpu_uuid,
+                figures.log_index,
+                figures.window_start_ns,
+                figures.window_end_ns,
+                0,
+            )
         self.add_values(
             upper_bound_flop=figures.upper_bound_flop,
             central_estimate_flop=figures.central_estimate_flop,
@@ -390,8 +612,10 @@ class Bucket:
         unknown_model_gpu_windows: int,
         busy_at_least_ms: Sequence[int],
         log_index: int,
+        raised_flop: int = 0,
     ) -> None:
         """Add the sums of several GPU-windows of one attestation (the ingest hot path)."""
+        self.raised_flop += raised_flop
         self.upper_bound_flop += upper_bound_flop
         self.central_estimate_flop += central_estimate_flop
         self.energy_flop += energy_flop
@@ -415,6 +639,13 @@ class Bucket:
                 f"cannot merge bucket {other.bucket_start_ns} into bucket {self.bucket_start_ns}"
             )
         self.upper_bound_flop += other.upper_bound_flop
+        self.raised_flop += other.raised_flop
+        for key, tally in other.flags.items():
+            mine = self.flags.get(key)
+            if mine is None:
+                self.flags[key] = FlagTally(*tally.as_tuple())
+            else:
+                mine.merge(tally)
         self.central_estimate_flop += other.central_estimate_flop
         self.energy_flop += other.energy_flop
         self.energy_mj += other.energy_mj
@@ -447,6 +678,13 @@ class Bucket:
             row[name] = self.busy_at_least_ms[i]
         row["first_log_index"] = -1 if self.first_log_index is None else self.first_log_index
         row["last_log_index"] = -1 if self.last_log_index is None else self.last_log_index
+        if self.raised_flop:
+            row["raised_flop"] = str(self.raised_flop)
+        if self.flags:
+            row["flags"] = json.dumps(
+                [[*key, *tally.as_row()] for key, tally in sorted(self.flags.items())],
+                separators=(",", ":"),
+            )
         return row
 
     @classmethod
@@ -459,7 +697,7 @@ class Bucket:
         missing = sorted(expected - row.keys())
         if missing:
             raise ValueError(f"bucket row lacks {', '.join(missing)}")
-        extra = sorted(set(row.keys()) - expected)
+        extra = sorted(set(row.keys()) - expected - set(_OPTIONAL_COLUMNS))
         if extra:
             raise ValueError(f"bucket row has unknown columns {', '.join(extra)}")
         bucket = cls(bucket_start_ns=_row_int(row, "bucket_start_ns", minimum=None))
@@ -480,10 +718,87 @@ class Bucket:
             raise ValueError(f"bucket row log indices {first}..{last} are inconsistent")
         bucket.first_log_index = None if first == -1 else first
         bucket.last_log_index = None if last == -1 else last
+        # Rows written before these columns existed have neither: nothing was raised or flagged.
+        raised = row.get("raised_flop", "0")
+        if not isinstance(raised, str) or not raised.isascii() or not raised.isdigit():
+            raise ValueError(f"bucket row raised_flop is not a decimal integer: {raised!r}")
+        bucket.raised_flop = int(raised)
+        flags_text = row.get("flags", "[]")
+        if not isinstance(flags_text, str):
+            raise ValueError("bucket row flags is not text")  # noqa: TRY004
+        bucket.flags = _flags_from_json(flags_text)
         return bucket
 
 
 _FLOP_COLUMNS = ("upper_bound_flop", "central_estimate_flop", "energy_flop")
+_OPTIONAL_COLUMNS = ("raised_flop", "flags")
+
+
+@dataclass(slots=True)
+class FlagTally:
+    """Flagged GPU-windows of one kind, node and GPU within a bucket."""
+
+    gpu_windows: int
+    first_log_index: int
+    last_log_index: int
+    extra_flop: int
+    """FLOP the flag added to the evaluated upper bound (0 for an undeclared GPU)."""
+    first_window_start_ns: int
+    last_window_end_ns: int
+
+    def merge(self, other: FlagTally) -> None:
+        self.gpu_windows += other.gpu_windows
+        self.first_log_index = min(self.first_log_index, other.first_log_index)
+        self.last_log_index = max(self.last_log_index, other.last_log_index)
+        self.extra_flop += other.extra_flop
+        self.first_window_start_ns = min(self.first_window_start_ns, other.first_window_start_ns)
+        self.last_window_end_ns = max(self.last_window_end_ns, other.last_window_end_ns)
+
+    def as_tuple(self) -> tuple[int, int, int, int, int, int]:
+        return (
+            self.gpu_windows,
+            self.first_log_index,
+            self.last_log_index,
+            self.extra_flop,
+            self.first_window_start_ns,
+            self.last_window_end_ns,
+        )
+
+    def as_row(self) -> list[int | str]:
+        """For JSON: the FLOP as decimal text (it may exceed 2^64)."""
+        values: list[int | str] = list(self.as_tuple())
+        values[3] = str(self.extra_flop)
+        return values
+
+
+def _flags_from_json(text: str) -> dict[tuple[str, str, str], FlagTally]:
+    try:
+        items = json.loads(text)
+    except ValueError as exc:
+        raise ValueError("bucket row flags is not JSON") from exc
+    if not isinstance(items, list):
+        raise ValueError("bucket row flags is not a list")  # noqa: TRY004
+    out: dict[tuple[str, str, str], FlagTally] = {}
+    for item in items:
+        if (
+            not isinstance(item, list)
+            or len(item) != 9
+            or not all(isinstance(v, str) for v in item[:3])
+            or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                for v in (*item[3:6], *item[7:])
+            )
+            or not isinstance(item[6], str)
+            or not item[6].isascii()
+            or not item[6].isdigit()
+        ):
+            raise ValueError(f"bucket row flags has a malformed item: {item!r}")
+        out[(item[0], item[1], item[2])] = FlagTally(
+            item[3], item[4], item[5], int(item[6]), item[7], item[8]
+        )
+    return out
+
+
 _INT_COLUMNS = (
     "energy_mj",
     "busy_gpu_ms",
@@ -668,6 +983,16 @@ class Gap:
     @property
     def duration_ns(self) -> int:
         return self.end_ns - self.start_ns
+
+
+def gap_counted_flop(gap: Gap) -> int:
+    """What a gap counts for in upper-bound rules: where the counter spans it, its energy at the
+    best FLOP per joule (the energy bound x :data:`attest.compute.ENERGY_EFFICIENCY_MARGIN_PPM`,
+    no idle allowance), at most its time bound; otherwise its time bound (peak x time)."""
+    if not gap.energy_bounded:
+        return gap.time_bound_flop
+    margin = compute.ENERGY_EFFICIENCY_MARGIN_PPM
+    return min(gap.time_bound_flop, -(-gap.energy_bound_flop * margin // compute.PPM))
 
 
 def time_bound_for(gpu_models: Sequence[str], duration_ns: int) -> int:

@@ -148,9 +148,9 @@ class Auditor:
     ) -> pb.ComplianceReport:
         """The report computed from one read view (the bundle export uses the same view).
 
-        ``compute_rules_only`` leaves out the nodes and the findings, which only the coverage and
-        max-gap rules and the verdict need: the policy monitor's cheaper form, whose compute-rule
-        results are the full report's."""
+        ``compute_rules_only`` leaves out the findings, which only the verdict needs: the policy
+        monitor's cheaper form, whose compute-rule results are the full report's (the nodes stay:
+        their gaps count in upper-bound rules)."""
         ingest = self.core.config.ingest
         as_of = max(period_start_ns, min(period_end_ns, now_ns))
         if as_of == period_start_ns:
@@ -170,15 +170,12 @@ class Auditor:
             )
             for row in view.inventory(lab_id)
         ]
-        nodes = (
-            []
-            if compute_rules_only
-            else [
-                timeline
-                for node in view.list_nodes(lab_id)
-                if (timeline := self._timeline(view, node, period_start_ns, as_of)) is not None
-            ]
-        )
+        # Nodes even for the compute rules: their gaps count in upper-bound rules at their bound.
+        nodes = [
+            timeline
+            for node in view.list_nodes(lab_id)
+            if (timeline := self._timeline(view, node, period_start_ns, as_of)) is not None
+        ]
         findings = (
             []
             if compute_rules_only

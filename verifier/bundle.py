@@ -242,6 +242,8 @@ def export_bundle(auditor: object, lab_id: str, period_start_ns: int, period_end
         ),
         tpm_quote_nonce_max_age_ns=core.tpm_settings.quote_nonce_max_age_ns,
         tpm_max_windows_without_quote=core.tpm_settings.max_windows_without_quote,
+        energy_mismatch_factor_ppm=ingest.energy_mismatch_factor_ppm,
+        idle_power_fraction_ppm=ingest.idle_power_fraction_ppm,
     )
     allowlist = core.ima_allowlists.get(lab_id)
     if allowlist is not None:
@@ -359,6 +361,7 @@ class _State:
     site_versions: list[tuple[site_pb2.SiteDeclaration, int]] = field(default_factory=list)
     meter_entries: list[tuple[int, bytes]] = field(default_factory=list)
     window_energy: dict[bytes, list[EnergySpan]] = field(default_factory=dict)
+    energy: accounts.EnergyCheck = accounts.DEFAULT_ENERGY_CHECK
 
     def fail(self, message: str) -> None:
         self.result.failures.append(message)
@@ -517,12 +520,25 @@ def _verify(
         )
     if bundle.bucket_ns <= 0:
         raise BodyError("the bundle's bucket width is not positive")
+    if bundle.energy_mismatch_factor_ppm < 1_000_000 or bundle.idle_power_fraction_ppm > 1_000_000:
+        raise BodyError(
+            "the bundle does not state usable energy cross-check settings (factor "
+            f"{bundle.energy_mismatch_factor_ppm} ppm, idle {bundle.idle_power_fraction_ppm} ppm); "
+            "a bundle from a verifier older than them cannot be re-verified"
+        )
+    if bundle.gap_tolerance_ns < 0:
+        raise BodyError("the bundle's gap tolerance is negative")
     state = _State(
         result=result,
         log_verifier=log_verifier,
         log_ring=log_ring,
         lab_id=bundle.lab_id,
         bucket_ns=bundle.bucket_ns,
+        energy=accounts.EnergyCheck(
+            factor_ppm=bundle.energy_mismatch_factor_ppm,
+            idle_power_fraction_ppm=bundle.idle_power_fraction_ppm,
+            gap_tolerance_ns=bundle.gap_tolerance_ns,
+        ),
     )
     _tpm_settings_from(state, bundle)
     # 5. Every entry: included in the checkpoint, in log order, each verified and folded in.
@@ -731,7 +747,15 @@ def _fold_attestation(state: _State, index: int, envelope: Envelope) -> None:
     node.digests_by_seq[body.seq] = att.digest
     state.result.attestations += 1
     declared = _declared_at(state, index, body.window_start_ns)
-    fold = accounts.fold_attestation(att, index, declared, state.buckets, state.bucket_ns)
+    fold = accounts.fold_attestation(
+        att,
+        index,
+        declared,
+        state.buckets,
+        state.bucket_ns,
+        energy=state.energy,
+        previous=node.windows[-1] if node.windows else None,
+    )
     node.windows.append(fold.edge)
     node.folds.append(fold)
     state.folds.append(fold)

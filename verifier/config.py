@@ -21,6 +21,7 @@ from attest.errors import ConfigError, KeyFileError
 from attest.ids import is_valid_lab_id
 from attest.keys import parse_public_key
 from verifier.access import AccessConfig, IdentityRule, Role, make_rule
+from verifier.accounts import EnergyCheck
 
 S = 1_000_000_000
 
@@ -110,9 +111,18 @@ class IngestConfig:
     bucket_ns: int = 60 * S
     gap_tolerance_ns: int = 5 * S
     open_gap_grace_ns: int = 150 * S
-    energy_mismatch_factor_ppm: int = 3_000_000
+    energy_mismatch_factor_ppm: int = 1_250_000
     idle_power_fraction_ppm: int = 200_000
     verify_threads: int = 1
+
+    @property
+    def energy_check(self) -> EnergyCheck:
+        """The settings of the energy cross-check, as the accounts take them."""
+        return EnergyCheck(
+            factor_ppm=self.energy_mismatch_factor_ppm,
+            idle_power_fraction_ppm=self.idle_power_fraction_ppm,
+            gap_tolerance_ns=self.gap_tolerance_ns,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,12 +334,20 @@ def parse_config(data: bytes, *, source: str = "<config>", base: Path = Path()) 
         bucket_ns=ig.positive("bucket_ms", 60_000) * 1_000_000,
         gap_tolerance_ns=ig.positive("gap_tolerance_ms", 5_000) * 1_000_000,
         open_gap_grace_ns=ig.positive("open_gap_grace_ms", 150_000) * 1_000_000,
-        energy_mismatch_factor_ppm=ig.positive("energy_mismatch_factor_ppm", 3_000_000),
+        energy_mismatch_factor_ppm=ig.positive("energy_mismatch_factor_ppm", 1_250_000),
         idle_power_fraction_ppm=ig.positive("idle_power_fraction_ppm", 200_000),
         verify_threads=ig.positive("verify_threads", 1),
     )
-    if ingest.energy_mismatch_factor_ppm < 1_000_000:
-        raise ConfigError(f"{source}: ingest.energy_mismatch_factor_ppm: must be >= 1000000")
+    if not 1_000_000 <= ingest.energy_mismatch_factor_ppm <= 100_000_000:
+        raise ConfigError(
+            f"{source}: ingest.energy_mismatch_factor_ppm: must be 1000000 to 100000000 "
+            "(1x to 100x; below 1x honest GPUs would be flagged)"
+        )
+    if ingest.idle_power_fraction_ppm > 1_000_000:
+        raise ConfigError(
+            f"{source}: ingest.idle_power_fraction_ppm: must be at most 1000000 (the whole "
+            "board power)"
+        )
     ig.finish()
 
     mo = sections["monitor"]

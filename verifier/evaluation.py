@@ -38,10 +38,13 @@ from verifier.accounts import (
     BUSY_STEP_PERCENT,
     Bucket,
     Figure,
+    FlagTally,
     Gap,
     GpuWindowFigures,
     WindowEdge,
+    WindowFlagKind,
     backend_name,
+    gap_counted_flop,
     gap_report,
     node_active_span,
 )
@@ -86,6 +89,29 @@ _RULE_KINDS = {
 # can reach the verifier can name a node's public key id), so BAD_SIGNATURE findings are reported
 # but never decide the verdict; otherwise any outsider could turn any lab's report INVALID.
 _INVALIDATING = (findings_pb2.FINDING_KIND_EQUIVOCATION,)
+
+_WINDOW_FLAGS = {
+    WindowFlagKind.ENERGY_MISMATCH: pb.WINDOW_FLAG_ENERGY_MISMATCH,
+    WindowFlagKind.ENERGY_COUNTER_UNUSABLE: pb.WINDOW_FLAG_ENERGY_COUNTER_UNUSABLE,
+    WindowFlagKind.ENERGY_OUTSIDE_WINDOWS: pb.WINDOW_FLAG_ENERGY_OUTSIDE_WINDOWS,
+    WindowFlagKind.UNDECLARED_GPU: pb.WINDOW_FLAG_UNDECLARED_GPU,
+}
+# Flags whose evidence contradicts itself or the declaration: the report cannot be COMPLIANT
+# (at least UNACCOUNTED). An unusable counter is not among them: its windows are counted at their
+# time bound instead (ADR 0003), and the figures then decide.
+_UNACCOUNTED_FLAGS = frozenset(
+    {
+        WindowFlagKind.ENERGY_MISMATCH,
+        WindowFlagKind.ENERGY_OUTSIDE_WINDOWS,
+        WindowFlagKind.UNDECLARED_GPU,
+    }
+)
+_FLAG_WORDS = {
+    WindowFlagKind.ENERGY_MISMATCH: "energy contradicts the attested utilisation",
+    WindowFlagKind.ENERGY_COUNTER_UNUSABLE: "energy counter claimed unusable",
+    WindowFlagKind.ENERGY_OUTSIDE_WINDOWS: "energy counter rose outside any window",
+    WindowFlagKind.UNDECLARED_GPU: "GPU not in the declared inventory",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,6 +274,10 @@ class _Context:
     coverage: pb.Coverage
     gaps: tuple[tuple[Gap, str], ...]
     evidence: EvidenceIndex
+    gap_parts: tuple[dict[int, int], ...]
+    """Per gap (in ``gaps`` order): bucket position -> FLOP of its counted bound there."""
+    gap_series: tuple[int, ...]
+    """Per bucket: the gaps' counted FLOP (upper-bound rules add it)."""
     rooting: tuple[NodeRooting, ...] = ()
     sites: tuple[site_pb2.SiteSummary, ...] = ()
     site_series: tuple[int, ...] = ()
@@ -258,12 +288,16 @@ class _Context:
 
     def amounts(self, figure: Figure) -> list[int]:
         """A compute rule's per-bucket amounts: upper-bound rules include the sites' bound of
-        energy nothing attested explains; ``site_energy`` rules measure that bound alone."""
+        energy nothing attested explains and the report's gaps at their bound (ADR 0003);
+        ``site_energy`` rules measure the sites' bound alone."""
         site = self.site_series or (0,) * len(self.buckets)
         if figure is Figure.SITE_ENERGY:
             return list(site)
         if figure is Figure.UPPER_BOUND:
-            return [b.upper_bound_flop + s for b, s in zip(self.buckets, site, strict=True)]
+            gaps = self.gap_series or (0,) * len(self.buckets)
+            return [
+                b.upper_bound_flop + s + g for b, s, g in zip(self.buckets, site, gaps, strict=True)
+            ]
         return [bucket.flop(figure) for bucket in self.buckets]
 
     def evidence_for(self, start_ns: int, end_ns: int, figure: Figure) -> list[int]:
@@ -277,6 +311,15 @@ class _Context:
                 ):
                     found += [i for i in summary.reading_log_indices if i not in found]
         return found[:MAX_EVIDENCE]
+
+    def gaps_in(self, run: _Run) -> tuple[int, list[int]]:
+        """The gaps' FLOP in ``run`` and the positions (in ``gaps``) of the gaps that gave it."""
+        positions = range(run.first, run.first + run.count)
+        total = sum(self.gap_series[i] for i in positions)
+        which = [
+            n for n, parts in enumerate(self.gap_parts) if any(parts.get(i) for i in positions)
+        ]
+        return total, which
 
     def stretch(self, run: _Run) -> tuple[int, int]:
         if run.count == 0:
@@ -454,6 +497,14 @@ def evaluate(
             )
         )
     site_bounds = site_bound_by_bucket(sites)
+    gap_parts = tuple(
+        _spread_gap(gap, first_start, len(starts), bucket_ns, period_start_ns, as_of_ns)
+        for gap, _ in gaps
+    )
+    gap_series = [0] * len(starts)
+    for parts in gap_parts:
+        for position, flop in parts.items():
+            gap_series[position] += flop
     context = _Context(
         period_start_ns=period_start_ns,
         as_of_ns=as_of_ns,
@@ -471,6 +522,8 @@ def evaluate(
         site_series=tuple(site_bounds.get(start, 0) for start in starts),
         late_gpu_ms=sum(ms for start, ms in late_ms.items() if start < horizon),
         late_log_indices=tuple(sorted(w.log_index for w in late_windows)[:MAX_EVIDENCE]),
+        gap_parts=gap_parts,
+        gap_series=tuple(gap_series),
     )
 
     report = pb.ComplianceReport(
@@ -503,15 +556,26 @@ def evaluate(
         if finding.kind == findings_pb2.FINDING_KIND_GAP:
             key = (finding.node_id, finding.gap.seq_before, finding.gap.seq_after)
             gap_findings.setdefault(key, item.log_index)
-    for gap, node_name in gaps:
+    counted_in: dict[int, list[str]] = {}
+    for rule, result in zip(policy.rules, results, strict=True):
+        for position in _rule_gaps(rule, result, context):
+            counted_in.setdefault(position, []).append(rule.rule_id)
+    for position, (gap, node_name) in enumerate(gaps):
         finding_index = None
         if gap.seq_before is not None and gap.seq_after is not None:
             finding_index = gap_findings.get((bytes(gap.node_id), gap.seq_before, gap.seq_after))
-        report.gaps.append(gap_report(gap, node_name, finding_index))
+        gap_item = gap_report(gap, node_name, finding_index)
+        gap_item.counted_flop = str(sum(gap_parts[position].values()))
+        gap_item.counted_in_rule_ids.extend(counted_in.get(position, []))
+        report.gaps.append(gap_item)
+    names = {bytes(node.node_id).hex(): node.node_name for node in nodes}
+    flagged = _flagged(series_buckets, names)
+    report.flagged.extend(flagged)
 
     for item in logged:
         report.findings.add().CopyFrom(item)
     report.totals.CopyFrom(_totals(series_buckets, table_version))
+    report.totals.gap_bound_flop = str(sum(gap_series))
     for start, bucket, attested_bucket_ms in zip(
         starts, series_buckets, attested_by_bucket, strict=True
     ):
@@ -551,7 +615,7 @@ def evaluate(
             )
         )
     report.sites.extend(sites)
-    report.verdict, reasons = _verdict(results, logged)
+    report.verdict, reasons = _verdict(results, logged, flagged)
     report.reasons.extend(reasons)
     _site_reasons(report, policy)
     if provisional:
@@ -649,8 +713,10 @@ def _result(
     stretch: tuple[int, int],
     summary: str,
     evidence: Sequence[int] = (),
+    gap_flop: int = 0,
 ) -> pb.RuleResult:
     return pb.RuleResult(
+        gap_flop=str(gap_flop),
         rule_id=rule.rule_id,
         kind=_RULE_KINDS[rule.kind],
         outcome=outcome,
@@ -665,8 +731,41 @@ def _result(
     )
 
 
+def _gap_words(
+    rule: CumulativeFlopRule | SustainedRateRule, context: _Context, run: _Run, length: int
+) -> tuple[int, str, str]:
+    """The gaps' FLOP in an upper-bound rule's worst run, words for its summary, and words for
+    when the gaps decide the outcome (the rule would hold without them)."""
+    if rule.figure is not Figure.UPPER_BOUND:
+        return 0, "", ""
+    flop, which = context.gaps_in(run)
+    if not flop:
+        return 0, "", ""
+    without = _worst_run(
+        [a - g for a, g in zip(context.amounts(rule.figure), context.gap_series, strict=True)],
+        length,
+    )
+    allowed = (
+        rule.limit_flop
+        if isinstance(rule, CumulativeFlopRule)
+        else rule.limit_flop_per_s * (rule.interval_ns // NS_PER_S)
+    )
+    moved = (
+        "; the gaps moved it: without them it would hold"
+        if run.amount > allowed >= without.amount
+        else ""
+    )
+    return (
+        flop,
+        f" (of which {format_flop(flop)} FLOP is {len(which)} gap(s) counted at their bound)",
+        moved,
+    )
+
+
 def _cumulative(rule: CumulativeFlopRule, context: _Context) -> pb.RuleResult:
-    run = _worst_run(context.amounts(rule.figure), rule.window_ns // context.bucket_ns)
+    length = rule.window_ns // context.bucket_ns
+    run = _worst_run(context.amounts(rule.figure), length)
+    gap_flop, gap_words, moved = _gap_words(rule, context, run, length)
     start, end = context.stretch(run)
     over = run.amount > rule.limit_flop
     short = (
@@ -675,9 +774,9 @@ def _cumulative(rule: CumulativeFlopRule, context: _Context) -> pb.RuleResult:
         else ""
     )
     summary = (
-        f"{format_flop(run.amount)} FLOP ({FIGURE_WORDS[rule.figure]}) in the worst "
+        f"{format_flop(run.amount)} FLOP ({FIGURE_WORDS[rule.figure]}){gap_words} in the worst "
         f"{format_duration_ns(rule.window_ns)} run, {_span(start, end)}{short}; "
-        f"{'over' if over else 'within'} the limit of {format_flop(rule.limit_flop)} FLOP"
+        f"{'over' if over else 'within'} the limit of {format_flop(rule.limit_flop)} FLOP{moved}"
     )
     return _result(
         rule,
@@ -689,21 +788,24 @@ def _cumulative(rule: CumulativeFlopRule, context: _Context) -> pb.RuleResult:
         stretch=(start, end),
         evidence=context.evidence_for(start, end, rule.figure),
         summary=summary,
+        gap_flop=gap_flop,
     )
 
 
 def _sustained(rule: SustainedRateRule, context: _Context) -> pb.RuleResult:
     interval_s = rule.interval_ns // NS_PER_S
-    run = _worst_run(context.amounts(rule.figure), rule.interval_ns // context.bucket_ns)
+    length = rule.interval_ns // context.bucket_ns
+    run = _worst_run(context.amounts(rule.figure), length)
+    gap_flop, gap_words, moved = _gap_words(rule, context, run, length)
     start, end = context.stretch(run)
     allowed = rule.limit_flop_per_s * interval_s
     over = run.amount > allowed
     summary = (
-        f"{format_flop(run.amount)} FLOP ({FIGURE_WORDS[rule.figure]}) in the worst "
+        f"{format_flop(run.amount)} FLOP ({FIGURE_WORDS[rule.figure]}){gap_words} in the worst "
         f"{format_duration_ns(rule.interval_ns)} run, {_span(start, end)}: "
         f"{format_flop(run.amount // interval_s)} FLOP/s on average; "
         f"{'over' if over else 'within'} the limit of {format_flop(rule.limit_flop_per_s)} FLOP/s "
-        f"({format_flop(allowed)} FLOP per {format_duration_ns(rule.interval_ns)})"
+        f"({format_flop(allowed)} FLOP per {format_duration_ns(rule.interval_ns)}){moved}"
     )
     return _result(
         rule,
@@ -715,6 +817,7 @@ def _sustained(rule: SustainedRateRule, context: _Context) -> pb.RuleResult:
         stretch=(start, end),
         evidence=context.evidence_for(start, end, rule.figure),
         summary=summary,
+        gap_flop=gap_flop,
     )
 
 
@@ -917,7 +1020,9 @@ def _totals(buckets: Sequence[Bucket], table_version: int) -> pb.ComputeTotals:
         busy_gpu_ms=sum(bucket.busy_gpu_ms for bucket in buckets),
         upper_bound_method=(
             "peak dense FLOP/s at each GPU's fastest precision x busy seconds "
-            f"(GPU table version {table_version}); {unknown_words}"
+            f"(GPU table version {table_version}); {unknown_words}; raised where the energy "
+            "contradicts the utilisation (to what the energy allows), where the counter was "
+            "unusable (to peak x window) and by energy outside windows"
         ),
         central_estimate_method=(
             f"measured for {windows - assumed} of {windows} GPU-windows: GPM tensor-active "
@@ -931,6 +1036,7 @@ def _totals(buckets: Sequence[Bucket], table_version: int) -> pb.ComputeTotals:
         ),
         assumed_gpu_windows=assumed,
         unknown_model_gpu_windows=unknown,
+        raised_flop=str(sum(bucket.raised_flop for bucket in buckets)),
     )
 
 
@@ -948,8 +1054,16 @@ def rooting_text(node: pb.NodeSummary) -> str:
 
 
 def _verdict(
-    results: Sequence[pb.RuleResult], logged: Sequence[pb.LoggedFinding]
+    results: Sequence[pb.RuleResult],
+    logged: Sequence[pb.LoggedFinding],
+    flagged: Sequence[pb.FlaggedWindows] = (),
 ) -> tuple[pb.Verdict.ValueType, list[str]]:
+    unaccounted_flags = {_WINDOW_FLAGS[kind] for kind in _UNACCOUNTED_FLAGS}
+    contradictions = [item for item in flagged if item.flag in unaccounted_flags]
+    flag_reasons = [
+        f"UNACCOUNTED: {_flag_text(item)}" if item.flag in unaccounted_flags else _flag_text(item)
+        for item in flagged
+    ]
     violations = [r for r in results if r.outcome == pb.RULE_OUTCOME_VIOLATION]
     invalid = [item for item in logged if item.finding.kind in _INVALIDATING]
     unaccounted = [r for r in results if r.outcome == pb.RULE_OUTCOME_UNACCOUNTED]
@@ -964,11 +1078,12 @@ def _verdict(
     reasons += [
         f"DETECTED (reported, not counted): rule {r.rule_id}: {r.summary}" for r in detected
     ]
+    reasons += flag_reasons
     if violations:
         return pb.VERDICT_VIOLATION, reasons
     if invalid:
         return pb.VERDICT_INVALID, reasons
-    if unaccounted:
+    if unaccounted or contradictions:
         return pb.VERDICT_UNACCOUNTED, reasons
     if detected:
         return pb.VERDICT_COMPLIANT, [
@@ -978,7 +1093,8 @@ def _verdict(
             *reasons,
         ]
     return pb.VERDICT_COMPLIANT, [
-        f"COMPLIANT: all {len(results)} rules hold and no evidence failed verification"
+        f"COMPLIANT: all {len(results)} rules hold and no evidence failed verification",
+        *flag_reasons,
     ]
 
 
@@ -1008,6 +1124,93 @@ def _site_reasons(report: pb.ComplianceReport, policy: Policy) -> None:
         report.verdict = pb.VERDICT_UNACCOUNTED
         del report.reasons[:]
     report.reasons.extend(problems)
+
+
+def _flag_text(item: pb.FlaggedWindows) -> str:
+    kind = next(k for k, v in _WINDOW_FLAGS.items() if v == item.flag)
+    raised = f"; {format_flop(int(item.extra_flop))} FLOP added" if item.extra_flop != "0" else ""
+    return (
+        f"{_FLAG_WORDS[kind]}: GPU {item.gpu_uuid} of node "
+        f"{item.node_name or item.node_id.hex()[:16]}, {item.gpu_windows} GPU-window(s) "
+        f"{_span(item.first_window_start_ns, item.last_window_end_ns)}, log indices "
+        f"{item.first_log_index}..{item.last_log_index}{raised}"
+    )
+
+
+def _flagged(buckets: Sequence[Bucket], names: Mapping[str, str]) -> list[pb.FlaggedWindows]:
+    """The buckets' flags summed by kind, node and GPU, in that order."""
+    tallies: dict[tuple[str, str, str], FlagTally] = {}
+    for bucket in buckets:
+        for key, tally in bucket.flags.items():
+            mine = tallies.get(key)
+            if mine is None:
+                tallies[key] = FlagTally(*tally.as_tuple())
+            else:
+                mine.merge(tally)
+    out: list[pb.FlaggedWindows] = []
+    for (kind, node_hex, uuid), tally in sorted(tallies.items()):
+        flag = _WINDOW_FLAGS.get(WindowFlagKind(kind)) if kind in _KNOWN_FLAGS else None
+        if flag is None:
+            raise ValueError(f"buckets: unknown window flag {kind!r}")
+        out.append(
+            pb.FlaggedWindows(
+                flag=flag,
+                node_id=bytes.fromhex(node_hex),
+                node_name=names.get(node_hex, ""),
+                gpu_uuid=uuid,
+                gpu_windows=tally.gpu_windows,
+                first_log_index=tally.first_log_index,
+                last_log_index=tally.last_log_index,
+                first_window_start_ns=tally.first_window_start_ns,
+                last_window_end_ns=tally.last_window_end_ns,
+                extra_flop=str(tally.extra_flop),
+            )
+        )
+    return out
+
+
+_KNOWN_FLAGS = frozenset(kind.value for kind in WindowFlagKind)
+
+
+def _spread_gap(  # noqa: PLR0917
+    gap: Gap, first_start_ns: int, count: int, bucket_ns: int, period_start_ns: int, as_of_ns: int
+) -> dict[int, int]:
+    """A gap's counted FLOP (:func:`verifier.accounts.gap_counted_flop`) spread over the report's
+    buckets in proportion to its time in each (rounded up), by bucket position. Time before the
+    first whole bucket counts in the first. Late stretches count nothing here."""
+    lo, hi = max(gap.start_ns, period_start_ns), min(gap.end_ns, as_of_ns)
+    if count == 0 or hi <= lo or gap.late:
+        # A late stretch's windows are in the buckets already (their energy with them): counting
+        # its bound too would count that compute twice.
+        return {}
+    total = gap_counted_flop(gap)
+    duration = gap.end_ns - gap.start_ns
+    parts: dict[int, int] = {}
+    position = max(0, (lo - first_start_ns) // bucket_ns)
+    while position < count:
+        edge_lo = lo if position == 0 else max(lo, first_start_ns + position * bucket_ns)
+        edge_hi = min(hi, first_start_ns + (position + 1) * bucket_ns)
+        if position == count - 1:
+            edge_hi = hi
+        if edge_hi > edge_lo:
+            parts[position] = parts.get(position, 0) + _ceil_div(
+                total * (edge_hi - edge_lo), duration
+            )
+        if edge_hi >= hi:
+            break
+        position += 1
+    return {position: flop for position, flop in parts.items() if flop}
+
+
+def _rule_gaps(rule: Rule, result: pb.RuleResult, context: _Context) -> list[int]:
+    """Positions of the gaps an upper-bound compute rule counted in its worst stretch."""
+    if not isinstance(rule, CumulativeFlopRule | SustainedRateRule):
+        return []
+    if rule.figure is not Figure.UPPER_BOUND or not context.starts:
+        return []
+    first = (result.worst_start_ns - context.starts[0]) // context.bucket_ns
+    count = (result.worst_end_ns - result.worst_start_ns) // context.bucket_ns
+    return context.gaps_in(_Run(0, first, count))[1]
 
 
 # --- text ----------------------------------------------------------------------------------------
@@ -1159,7 +1362,20 @@ def render_text(
 
     lines += ["", f"gaps ({len(report.gaps)})"]
     if report.gaps:
-        rows = [["NODE", "FROM", "TO", "LENGTH", "STATE", "ENERGY BOUND", "TIME BOUND", "FINDING"]]
+        rows = [
+            [
+                "NODE",
+                "FROM",
+                "TO",
+                "LENGTH",
+                "STATE",
+                "ENERGY BOUND",
+                "TIME BOUND",
+                "COUNTED",
+                "IN RULES",
+                "FINDING",
+            ]
+        ]
         for item in report.gaps:
             gap = item.gap
             bound = (
@@ -1176,7 +1392,27 @@ def render_text(
                     ("open" if item.open else "closed") + (", late evidence" if item.late else ""),
                     bound,
                     f"{format_flop(int(gap.time_bound_flop))} FLOP",
+                    f"{format_flop(int(item.counted_flop or '0'))} FLOP",
+                    ", ".join(item.counted_in_rule_ids) or "-",
                     str(item.finding_log_index) if item.has_finding else "-",
+                ]
+            )
+        lines += _table(rows)
+
+    lines += ["", f"flagged GPU-windows ({len(report.flagged)})"]
+    if report.flagged:
+        rows = [["FLAG", "NODE", "GPU", "WINDOWS", "FROM", "TO", "LOG INDICES", "ADDED"]]
+        for flagged in report.flagged:
+            rows.append(
+                [
+                    _enum_name(pb.WindowFlag.Name(flagged.flag), "WINDOW_FLAG_").lower(),
+                    flagged.node_name or flagged.node_id.hex()[:16],
+                    flagged.gpu_uuid,
+                    str(flagged.gpu_windows),
+                    format_time_ns(flagged.first_window_start_ns),
+                    format_time_ns(flagged.last_window_end_ns),
+                    f"{flagged.first_log_index}..{flagged.last_log_index}",
+                    f"{format_flop(int(flagged.extra_flop or '0'))} FLOP",
                 ]
             )
         lines += _table(rows)
@@ -1192,6 +1428,9 @@ def render_text(
         f"  energy            {format_flop(int(totals.energy_flop or '0'))} FLOP",
         f"    {totals.energy_method}",
         f"  energy used {totals.energy_mj} mJ; busy {totals.busy_gpu_ms} GPU-ms",
+        f"  of the upper bound, {format_flop(int(totals.raised_flop or '0'))} FLOP raised by "
+        f"energy evidence; gaps counted at their bound add "
+        f"{format_flop(int(totals.gap_bound_flop or '0'))} FLOP in upper-bound rules",
     ]
 
     lines += ["", f"findings ({len(report.findings)})"]

@@ -30,7 +30,6 @@ from pausewatch.v1 import attestation_pb2 as apb
 from pausewatch.v1 import attestation_service_pb2 as spb
 from pausewatch.v1 import findings_pb2 as fpb
 
-from attest import compute
 from attest.attestation import VerifiedAttestation, attestation_from_verified, window_energy_mj
 from attest.chain import ChainHead, Link, classify
 from attest.envelope import PayloadType, parse_envelope, verify_parsed_envelope
@@ -147,6 +146,7 @@ class Ingestor:
         self.observe_stage_s: Callable[[str, float], None] = _ignore_stage
         """Told each stage's duration: "verify" (a batch's stateless checks) and "commit" (the
         serial stage and the transaction of a group of batches). The server's metrics."""
+        self._energy_check = core.config.ingest.energy_check
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -500,7 +500,16 @@ class Ingestor:
         batch.stored_at[(node.node_id, seq)] = digest
         declared = self._inventory_at(w, batch, node.lab_id, body.window_start_ns) or frozenset()
         lab_buckets = batch.buckets.setdefault(node.lab_id, {})
-        fold = accounts.fold_attestation(att, index, declared, lab_buckets, ingest.bucket_ns)
+        previous = self._previous_edge(w, batch, node)
+        fold = accounts.fold_attestation(
+            att,
+            index,
+            declared,
+            lab_buckets,
+            ingest.bucket_ns,
+            energy=self._energy_check,
+            previous=previous,
+        )
         batch.attestations.append(
             AttestationRow(
                 node_id=node.node_id,
@@ -517,7 +526,6 @@ class Ingestor:
             )
         )
         edge = fold.edge
-        previous = self._previous_edge(w, batch, node)
         gap_recorded = False
         if previous is not None:
             gap = accounts.gap_between(
@@ -553,6 +561,7 @@ class Ingestor:
             att=att,
             index=index,
             fold=fold,
+            previous=previous,
         )
         lateness = late.grade(now, body.window_end_ns, nonce_age_ns, ingest)
         if lateness is not None:
@@ -807,9 +816,9 @@ class Ingestor:
         att: VerifiedAttestation,
         index: int,
         fold: accounts.AttestationFold,
+        previous: accounts.WindowEdge | None,
     ) -> None:
         body = att.body
-        ingest = self.config.ingest
 
         def finding(kind: int, severity: int, summary: str, gpu_uuid: str = "") -> fpb.Finding:
             return fpb.Finding(
@@ -846,11 +855,9 @@ class Ingestor:
                         event.gpu_uuid,
                     )
                 )
-        window_ms = att.window_ms
-        # A cheap necessary condition first: the idle allowance only lowers the energy side, so
-        # energy at or below factor x upper bound can never be a mismatch.
-        factor = ingest.energy_mismatch_factor_ppm
-        for gpu, folded in zip(body.gpus, fold.gpus, strict=True):
+        mismatched: list[accounts.GpuFold] = []
+        unusable: list[accounts.GpuFold] = []
+        for folded in fold.gpus:
             uuid = folded.uuid
             if not folded.declared and self._claim(
                 w, batch, f"undeclared:{node.lab_id}:{uuid}", DAY_NS
@@ -863,29 +870,52 @@ class Ingestor:
                         uuid,
                     )
                 )
-            if (
-                folded.energy_ok
-                and folded.energy_flop > factor * folded.upper_bound_flop // 1_000_000
-                and compute.energy_exceeds(
-                    folded.upper_bound_flop,
-                    folded.energy_flop,
-                    window_ms,
-                    compute.lookup_model(folded.model),
-                    factor_ppm=ingest.energy_mismatch_factor_ppm,
-                    idle_power_fraction_ppm=ingest.idle_power_fraction_ppm,
+            if folded.flag is accounts.WindowFlagKind.ENERGY_MISMATCH:
+                mismatched.append(folded)
+            elif folded.flag is accounts.WindowFlagKind.ENERGY_COUNTER_UNUSABLE:
+                unusable.append(folded)
+        if mismatched:
+            # One finding per window, never rate-limited: its evidence is the window.
+            first = mismatched[0]
+            w.add_finding(
+                finding(
+                    fpb.FINDING_KIND_ENERGY_MISMATCH,
+                    fpb.SEVERITY_CRITICAL,
+                    f"seq {body.seq}: the energy of {len(mismatched)} GPU(s) contradicts the "
+                    f"attested utilisation (GPU {first.uuid}: energy for {first.energy_flop} "
+                    f"FLOP at datasheet efficiency, utilisation bounding it at "
+                    f"{first.upper_bound_flop} FLOP); evaluated at "
+                    f"{sum(g.evaluated_flop for g in mismatched)} FLOP instead of "
+                    f"{sum(g.upper_bound_flop for g in mismatched)}",
+                    first.uuid if len(mismatched) == 1 else "",
                 )
-                and self._claim(w, batch, f"energy:{node.node_id.hex()}:{uuid}", HOUR_NS)
-            ):
-                w.add_finding(
-                    finding(
-                        fpb.FINDING_KIND_ENERGY_MISMATCH,
-                        fpb.SEVERITY_CRITICAL,
-                        f"GPU {uuid} used energy for {folded.energy_flop} FLOP "
-                        "but reports utilisation bounding it at "
-                        f"{folded.upper_bound_flop} FLOP",
-                        uuid,
-                    )
+            )
+        if unusable and self._claim(w, batch, f"unusable:{node.node_id.hex()}", HOUR_NS):
+            w.add_finding(
+                finding(
+                    fpb.FINDING_KIND_ENERGY_COUNTER_UNUSABLE,
+                    fpb.SEVERITY_WARNING,
+                    f"seq {body.seq}: {len(unusable)} GPU(s) claim an unusable energy counter "
+                    f"(GPU {unusable[0].uuid}); evaluated at peak x window (at most one such "
+                    "finding an hour per node; every report names all such windows)",
+                    unusable[0].uuid if len(unusable) == 1 else "",
                 )
+            )
+        if fold.jumps and previous is not None:
+            rose_mj = sum(jump.energy_mj for jump in fold.jumps)
+            outside = finding(
+                fpb.FINDING_KIND_ENERGY_OUTSIDE_WINDOWS,
+                fpb.SEVERITY_CRITICAL,
+                f"{len(fold.jumps)} GPU(s)' energy counters rose by {rose_mj} mJ between seq "
+                f"{previous.seq} and {body.seq}, outside any window; counted as "
+                f"{sum(jump.flop for jump in fold.jumps)} FLOP in seq {body.seq}",
+                fold.jumps[0].uuid if len(fold.jumps) == 1 else "",
+            )
+            outside.period_start_ns = previous.window_end_ns
+            outside.evidence_log_indices[:] = [previous.log_index, index]
+            w.add_finding(outside)
+        for gpu, folded in zip(body.gpus, fold.gpus, strict=True):
+            uuid = folded.uuid
             claimed = gpu.bounds.upper_bound_flop
             if claimed < folded.upper_bound_flop and self._claim(
                 w, batch, f"bounds:{node.node_id.hex()}", DAY_NS

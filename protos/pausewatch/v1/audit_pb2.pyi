@@ -166,6 +166,40 @@ counted against the verdict. Not a pass.
 """
 Global___RuleOutcome: _TypeAlias = RuleOutcome  # noqa: Y015
 
+class _WindowFlag:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _WindowFlagEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_WindowFlag.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    WINDOW_FLAG_UNSPECIFIED: _WindowFlag.ValueType  # 0
+    """Not set."""
+    WINDOW_FLAG_ENERGY_MISMATCH: _WindowFlag.ValueType  # 1
+    """The energy contradicts the attested utilisation: evaluated at what the energy allows."""
+    WINDOW_FLAG_ENERGY_COUNTER_UNUSABLE: _WindowFlag.ValueType  # 2
+    """The energy counter was claimed unusable: evaluated at peak x window (ADR 0003)."""
+    WINDOW_FLAG_ENERGY_OUTSIDE_WINDOWS: _WindowFlag.ValueType  # 3
+    """The counter rose between back-to-back windows: counted in the later window."""
+    WINDOW_FLAG_UNDECLARED_GPU: _WindowFlag.ValueType  # 4
+    """The GPU is not in the declared inventory in force at the window's start."""
+
+class WindowFlag(_WindowFlag, metaclass=_WindowFlagEnumTypeWrapper):
+    """The compliance report for a lab and period.
+    Why GPU-windows are flagged in a report.
+    """
+
+WINDOW_FLAG_UNSPECIFIED: WindowFlag.ValueType  # 0
+"""Not set."""
+WINDOW_FLAG_ENERGY_MISMATCH: WindowFlag.ValueType  # 1
+"""The energy contradicts the attested utilisation: evaluated at what the energy allows."""
+WINDOW_FLAG_ENERGY_COUNTER_UNUSABLE: WindowFlag.ValueType  # 2
+"""The energy counter was claimed unusable: evaluated at peak x window (ADR 0003)."""
+WINDOW_FLAG_ENERGY_OUTSIDE_WINDOWS: WindowFlag.ValueType  # 3
+"""The counter rose between back-to-back windows: counted in the later window."""
+WINDOW_FLAG_UNDECLARED_GPU: WindowFlag.ValueType  # 4
+"""The GPU is not in the declared inventory in force at the window's start."""
+Global___WindowFlag: _TypeAlias = WindowFlag  # noqa: Y015
+
 @_typing.final
 class RuleResult(_message.Message):
     """The evaluation of one rule over the period."""
@@ -183,6 +217,7 @@ class RuleResult(_message.Message):
     WORST_END_NS_FIELD_NUMBER: _builtins.int
     EVIDENCE_LOG_INDICES_FIELD_NUMBER: _builtins.int
     SUMMARY_FIELD_NUMBER: _builtins.int
+    GAP_FLOP_FIELD_NUMBER: _builtins.int
     rule_id: _builtins.str
     """The rule's id from the policy file."""
     kind: Global___RuleKind.ValueType
@@ -205,6 +240,10 @@ class RuleResult(_message.Message):
     """End of that stretch, ns since the epoch."""
     summary: _builtins.str
     """One-line human-readable account of the result."""
+    gap_flop: _builtins.str
+    """Of `measured` (upper-bound compute rules only), the FLOP that came from gaps counted at their
+    bound in the worst stretch (see GapReport.counted_in_rule_ids); "0" when none did.
+    """
     @_builtins.property
     def evidence_log_indices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Log indices of the entries that make up the worst amount (at most 100, largest first)."""
@@ -223,10 +262,11 @@ class RuleResult(_message.Message):
         worst_end_ns: _builtins.int = ...,
         evidence_log_indices: _abc.Iterable[_builtins.int] | None = ...,
         summary: _builtins.str = ...,
+        gap_flop: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["evidence_log_indices", b"evidence_log_indices", "kind", b"kind", "limit", b"limit", "measured", b"measured", "method", b"method", "outcome", b"outcome", "rule_id", b"rule_id", "summary", b"summary", "unit", b"unit", "worst_end_ns", b"worst_end_ns", "worst_start_ns", b"worst_start_ns"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["evidence_log_indices", b"evidence_log_indices", "gap_flop", b"gap_flop", "kind", b"kind", "limit", b"limit", "measured", b"measured", "method", b"method", "outcome", b"outcome", "rule_id", b"rule_id", "summary", b"summary", "unit", b"unit", "worst_end_ns", b"worst_end_ns", "worst_start_ns", b"worst_start_ns"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -278,6 +318,8 @@ class ComputeTotals(_message.Message):
     ENERGY_METHOD_FIELD_NUMBER: _builtins.int
     ASSUMED_GPU_WINDOWS_FIELD_NUMBER: _builtins.int
     UNKNOWN_MODEL_GPU_WINDOWS_FIELD_NUMBER: _builtins.int
+    RAISED_FLOP_FIELD_NUMBER: _builtins.int
+    GAP_BOUND_FLOP_FIELD_NUMBER: _builtins.int
     upper_bound_flop: _builtins.str
     """Sum of per-window upper bounds (decimal integer)."""
     central_estimate_flop: _builtins.str
@@ -298,6 +340,14 @@ class ComputeTotals(_message.Message):
     """Number of GPU-windows whose central estimate used the assumed utilisation."""
     unknown_model_gpu_windows: _builtins.int
     """Number of GPU-windows whose model was not in the table (bounded with the table's maximum)."""
+    raised_flop: _builtins.str
+    """Of upper_bound_flop, the FLOP above the windows' attested bounds: energy that contradicts
+    the attested utilisation, unusable counters at their time bound, energy outside windows.
+    """
+    gap_bound_flop: _builtins.str
+    """The bound of the report's gaps (energy across the gap where the counter spans it, else peak x
+    time), counted by upper-bound rules on top of upper_bound_flop.
+    """
     def __init__(
         self,
         *,
@@ -311,10 +361,12 @@ class ComputeTotals(_message.Message):
         energy_method: _builtins.str = ...,
         assumed_gpu_windows: _builtins.int = ...,
         unknown_model_gpu_windows: _builtins.int = ...,
+        raised_flop: _builtins.str = ...,
+        gap_bound_flop: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assumed_gpu_windows", b"assumed_gpu_windows", "busy_gpu_ms", b"busy_gpu_ms", "central_estimate_flop", b"central_estimate_flop", "central_estimate_method", b"central_estimate_method", "energy_flop", b"energy_flop", "energy_method", b"energy_method", "energy_mj", b"energy_mj", "unknown_model_gpu_windows", b"unknown_model_gpu_windows", "upper_bound_flop", b"upper_bound_flop", "upper_bound_method", b"upper_bound_method"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assumed_gpu_windows", b"assumed_gpu_windows", "busy_gpu_ms", b"busy_gpu_ms", "central_estimate_flop", b"central_estimate_flop", "central_estimate_method", b"central_estimate_method", "energy_flop", b"energy_flop", "energy_method", b"energy_method", "energy_mj", b"energy_mj", "gap_bound_flop", b"gap_bound_flop", "raised_flop", b"raised_flop", "unknown_model_gpu_windows", b"unknown_model_gpu_windows", "upper_bound_flop", b"upper_bound_flop", "upper_bound_method", b"upper_bound_method"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -333,6 +385,8 @@ class GapReport(_message.Message):
     FINDING_LOG_INDEX_FIELD_NUMBER: _builtins.int
     HAS_FINDING_FIELD_NUMBER: _builtins.int
     LATE_FIELD_NUMBER: _builtins.int
+    COUNTED_FLOP_FIELD_NUMBER: _builtins.int
+    COUNTED_IN_RULE_IDS_FIELD_NUMBER: _builtins.int
     node_id: _builtins.bytes
     """The node (32 bytes)."""
     node_name: _builtins.str
@@ -347,9 +401,17 @@ class GapReport(_message.Message):
     """True for a late stretch: consecutive late windows counted like a gap under the policy's
     late_evidence = "gap" (not a gap between windows; its energy is in the windows).
     """
+    counted_flop: _builtins.str
+    """The FLOP this gap counts for in upper-bound rules: min(time bound, energy bound x the
+    efficiency margin) where the counter spans it, else the time bound.
+    """
     @_builtins.property
     def gap(self) -> _findings_pb2.GapDetail:
         """The gap."""
+
+    @_builtins.property
+    def counted_in_rule_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Upper-bound compute rules whose worst stretch includes part of this gap's bound."""
 
     def __init__(
         self,
@@ -361,10 +423,12 @@ class GapReport(_message.Message):
         finding_log_index: _builtins.int = ...,
         has_finding: _builtins.bool = ...,
         late: _builtins.bool = ...,
+        counted_flop: _builtins.str = ...,
+        counted_in_rule_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["gap", b"gap"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["finding_log_index", b"finding_log_index", "gap", b"gap", "has_finding", b"has_finding", "late", b"late", "node_id", b"node_id", "node_name", b"node_name", "open", b"open"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["counted_flop", b"counted_flop", "counted_in_rule_ids", b"counted_in_rule_ids", "finding_log_index", b"finding_log_index", "gap", b"gap", "has_finding", b"has_finding", "late", b"late", "node_id", b"node_id", "node_name", b"node_name", "open", b"open"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -535,9 +599,63 @@ class NodeSummary(_message.Message):
 Global___NodeSummary: _TypeAlias = NodeSummary  # noqa: Y015
 
 @_typing.final
-class ComplianceReport(_message.Message):
-    """The compliance report for a lab and period."""
+class FlaggedWindows(_message.Message):
+    """The flagged GPU-windows of one kind, node and GPU in a report's period."""
 
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FLAG_FIELD_NUMBER: _builtins.int
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    NODE_NAME_FIELD_NUMBER: _builtins.int
+    GPU_UUID_FIELD_NUMBER: _builtins.int
+    GPU_WINDOWS_FIELD_NUMBER: _builtins.int
+    FIRST_LOG_INDEX_FIELD_NUMBER: _builtins.int
+    LAST_LOG_INDEX_FIELD_NUMBER: _builtins.int
+    FIRST_WINDOW_START_NS_FIELD_NUMBER: _builtins.int
+    LAST_WINDOW_END_NS_FIELD_NUMBER: _builtins.int
+    EXTRA_FLOP_FIELD_NUMBER: _builtins.int
+    flag: Global___WindowFlag.ValueType
+    """Why they are flagged."""
+    node_id: _builtins.bytes
+    """The node."""
+    node_name: _builtins.str
+    """Its name."""
+    gpu_uuid: _builtins.str
+    """The GPU."""
+    gpu_windows: _builtins.int
+    """How many GPU-windows (for energy outside windows: how many rises)."""
+    first_log_index: _builtins.int
+    """Log index of the first and the last attestation flagged (the evidence)."""
+    last_log_index: _builtins.int
+    first_window_start_ns: _builtins.int
+    """Start of the first and end of the last window flagged, ns since the epoch."""
+    last_window_end_ns: _builtins.int
+    extra_flop: _builtins.str
+    """FLOP the flag added to the evaluated upper bound (decimal; "0" for an undeclared GPU)."""
+    def __init__(
+        self,
+        *,
+        flag: Global___WindowFlag.ValueType = ...,
+        node_id: _builtins.bytes = ...,
+        node_name: _builtins.str = ...,
+        gpu_uuid: _builtins.str = ...,
+        gpu_windows: _builtins.int = ...,
+        first_log_index: _builtins.int = ...,
+        last_log_index: _builtins.int = ...,
+        first_window_start_ns: _builtins.int = ...,
+        last_window_end_ns: _builtins.int = ...,
+        extra_flop: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["extra_flop", b"extra_flop", "first_log_index", b"first_log_index", "first_window_start_ns", b"first_window_start_ns", "flag", b"flag", "gpu_uuid", b"gpu_uuid", "gpu_windows", b"gpu_windows", "last_log_index", b"last_log_index", "last_window_end_ns", b"last_window_end_ns", "node_id", b"node_id", "node_name", b"node_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FlaggedWindows: _TypeAlias = FlaggedWindows  # noqa: Y015
+
+@_typing.final
+class ComplianceReport(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     LAB_ID_FIELD_NUMBER: _builtins.int
@@ -568,6 +686,7 @@ class ComplianceReport(_message.Message):
     POLICY_ACCEPTED_FIELD_NUMBER: _builtins.int
     POLICY_ACCEPTANCE_LOG_INDEX_FIELD_NUMBER: _builtins.int
     SITES_FIELD_NUMBER: _builtins.int
+    FLAGGED_FIELD_NUMBER: _builtins.int
     lab_id: _builtins.str
     """The lab."""
     period_start_ns: _builtins.int
@@ -660,6 +779,14 @@ class ComplianceReport(_message.Message):
         compute bound of energy nothing attested explains (docs/site-power.md).
         """
 
+    @_builtins.property
+    def flagged(self) -> _containers.RepeatedCompositeFieldContainer[Global___FlaggedWindows]:
+        """(60 and up: energy evidence, ADR 0003.) GPU-windows inside the period that stored per-window
+        flags name, from the stored buckets
+        (never rate-limited): energy mismatches, unusable counters, energy outside windows,
+        undeclared GPUs. One entry per kind, node and GPU.
+        """
+
     def __init__(
         self,
         *,
@@ -691,10 +818,11 @@ class ComplianceReport(_message.Message):
         policy_accepted: _builtins.bool = ...,
         policy_acceptance_log_index: _builtins.int = ...,
         sites: _abc.Iterable[_site_pb2.SiteSummary] | None = ...,
+        flagged: _abc.Iterable[Global___FlaggedWindows] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["coverage", b"coverage", "totals", b"totals", "verifier_settings", b"verifier_settings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of_ns", b"as_of_ns", "bucket_ns", b"bucket_ns", "coverage", b"coverage", "coverage_from_ns", b"coverage_from_ns", "coverage_until_ns", b"coverage_until_ns", "evaluated_at_ns", b"evaluated_at_ns", "findings", b"findings", "gaps", b"gaps", "lab_id", b"lab_id", "lab_name", b"lab_name", "nodes", b"nodes", "period_end_ns", b"period_end_ns", "period_start_ns", b"period_start_ns", "policy_acceptance_log_index", b"policy_acceptance_log_index", "policy_accepted", b"policy_accepted", "policy_digest", b"policy_digest", "policy_id", b"policy_id", "policy_version", b"policy_version", "provisional", b"provisional", "reasons", b"reasons", "rules", b"rules", "series", b"series", "sites", b"sites", "table_version", b"table_version", "totals", b"totals", "tree_size", b"tree_size", "verdict", b"verdict", "verifier_settings", b"verifier_settings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of_ns", b"as_of_ns", "bucket_ns", b"bucket_ns", "coverage", b"coverage", "coverage_from_ns", b"coverage_from_ns", "coverage_until_ns", b"coverage_until_ns", "evaluated_at_ns", b"evaluated_at_ns", "findings", b"findings", "flagged", b"flagged", "gaps", b"gaps", "lab_id", b"lab_id", "lab_name", b"lab_name", "nodes", b"nodes", "period_end_ns", b"period_end_ns", "period_start_ns", b"period_start_ns", "policy_acceptance_log_index", b"policy_acceptance_log_index", "policy_accepted", b"policy_accepted", "policy_digest", b"policy_digest", "policy_id", b"policy_id", "policy_version", b"policy_version", "provisional", b"provisional", "reasons", b"reasons", "rules", b"rules", "series", b"series", "sites", b"sites", "table_version", b"table_version", "totals", b"totals", "tree_size", b"tree_size", "verdict", b"verdict", "verifier_settings", b"verifier_settings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -88,6 +88,8 @@ class EvidenceBundle(_message.Message):
     TPM_MAX_WINDOWS_WITHOUT_QUOTE_FIELD_NUMBER: _builtins.int
     IMA_ALLOWLIST_FIELD_NUMBER: _builtins.int
     HAS_IMA_ALLOWLIST_FIELD_NUMBER: _builtins.int
+    ENERGY_MISMATCH_FACTOR_PPM_FIELD_NUMBER: _builtins.int
+    IDLE_POWER_FRACTION_PPM_FIELD_NUMBER: _builtins.int
     format_version: _builtins.int
     """Format version; 1."""
     lab_id: _builtins.str
@@ -124,6 +126,12 @@ class EvidenceBundle(_message.Message):
     """The lab's IMA allowlist in force (sha256sum format, sorted); empty if the lab has none."""
     has_ima_allowlist: _builtins.bool
     """Whether the lab has an IMA allowlist (an empty one allows nothing)."""
+    energy_mismatch_factor_ppm: _builtins.int
+    """(60 and up: energy evidence.) The verifier's energy cross-check settings (ingest.energy_mismatch_factor_ppm and
+    ingest.idle_power_fraction_ppm): the auditor replays the same arithmetic. 0 in bundles from
+    verifiers older than the setting; such a bundle cannot be re-verified.
+    """
+    idle_power_fraction_ppm: _builtins.int
     @_builtins.property
     def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___BundleEntry]:
         """The entries: the lab records, the policy records, the lab's enrolments, inventory
@@ -158,10 +166,12 @@ class EvidenceBundle(_message.Message):
         tpm_max_windows_without_quote: _builtins.int = ...,
         ima_allowlist: _builtins.str = ...,
         has_ima_allowlist: _builtins.bool = ...,
+        energy_mismatch_factor_ppm: _builtins.int = ...,
+        idle_power_fraction_ppm: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["server_report", b"server_report"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket_ns", b"bucket_ns", "checkpoint_note", b"checkpoint_note", "created_at_ns", b"created_at_ns", "entries", b"entries", "format_version", b"format_version", "gap_tolerance_ns", b"gap_tolerance_ns", "has_ima_allowlist", b"has_ima_allowlist", "ima_allowlist", b"ima_allowlist", "lab_id", b"lab_id", "log_verifier_key", b"log_verifier_key", "max_clock_skew_ns", b"max_clock_skew_ns", "open_gap_grace_ns", b"open_gap_grace_ns", "period_end_ns", b"period_end_ns", "period_start_ns", b"period_start_ns", "server_report", b"server_report", "tpm_manufacturer_cas_pem", b"tpm_manufacturer_cas_pem", "tpm_max_windows_without_quote", b"tpm_max_windows_without_quote", "tpm_quote_nonce_max_age_ns", b"tpm_quote_nonce_max_age_ns"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket_ns", b"bucket_ns", "checkpoint_note", b"checkpoint_note", "created_at_ns", b"created_at_ns", "energy_mismatch_factor_ppm", b"energy_mismatch_factor_ppm", "entries", b"entries", "format_version", b"format_version", "gap_tolerance_ns", b"gap_tolerance_ns", "has_ima_allowlist", b"has_ima_allowlist", "idle_power_fraction_ppm", b"idle_power_fraction_ppm", "ima_allowlist", b"ima_allowlist", "lab_id", b"lab_id", "log_verifier_key", b"log_verifier_key", "max_clock_skew_ns", b"max_clock_skew_ns", "open_gap_grace_ns", b"open_gap_grace_ns", "period_end_ns", b"period_end_ns", "period_start_ns", b"period_start_ns", "server_report", b"server_report", "tpm_manufacturer_cas_pem", b"tpm_manufacturer_cas_pem", "tpm_max_windows_without_quote", b"tpm_max_windows_without_quote", "tpm_quote_nonce_max_age_ns", b"tpm_quote_nonce_max_age_ns"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -93,6 +93,15 @@ class _FindingKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FindingKi
     """A quote's IMA log measured a file whose digest is not in the lab's allowlist (measured says
     which path and digest).
     """
+    FINDING_KIND_ENERGY_OUTSIDE_WINDOWS: _FindingKind.ValueType  # 60
+    """(60 and up: energy evidence.) A GPU's energy counter rose between two back-to-back windows
+    of a node (energy outside any window); it is counted in the later window's upper bound.
+    Evidence: both windows.
+    """
+    FINDING_KIND_ENERGY_COUNTER_UNUSABLE: _FindingKind.ValueType  # 61
+    """A window claims a GPU's energy counter was unusable (not OK); the GPU-window is evaluated at
+    its time bound (peak x window; ADR 0003).
+    """
 
 class FindingKind(_FindingKind, metaclass=_FindingKindEnumTypeWrapper):
     """What kind of finding."""
@@ -159,6 +168,15 @@ FINDING_KIND_TPM_QUOTE_MISSING: FindingKind.ValueType  # 51
 FINDING_KIND_UNKNOWN_MEASUREMENT: FindingKind.ValueType  # 52
 """A quote's IMA log measured a file whose digest is not in the lab's allowlist (measured says
 which path and digest).
+"""
+FINDING_KIND_ENERGY_OUTSIDE_WINDOWS: FindingKind.ValueType  # 60
+"""(60 and up: energy evidence.) A GPU's energy counter rose between two back-to-back windows
+of a node (energy outside any window); it is counted in the later window's upper bound.
+Evidence: both windows.
+"""
+FINDING_KIND_ENERGY_COUNTER_UNUSABLE: FindingKind.ValueType  # 61
+"""A window claims a GPU's energy counter was unusable (not OK); the GPU-window is evaluated at
+its time bound (peak x window; ADR 0003).
 """
 Global___FindingKind: _TypeAlias = FindingKind  # noqa: Y015
 

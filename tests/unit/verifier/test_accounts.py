@@ -21,6 +21,7 @@ from verifier.accounts import (
     GpuEdge,
     GpuWindowFigures,
     WindowEdge,
+    WindowFlagKind,
     accumulate,
     bucket_start,
     fold_attestation,
@@ -126,14 +127,19 @@ def test_unknown_model_is_bounded_with_the_table_maximum() -> None:
     assert first.upper_bound_flop == compute.table_max_flops_per_s() * 30
 
 
-def test_unusable_energy_counter_gives_zero_energy() -> None:
+def test_unusable_energy_counter_gives_zero_energy_and_the_time_bound() -> None:
     body = NODE.body(0)
     body.gpus[1].energy_counter_state = apb.ENERGY_COUNTER_STATE_RESET
     body.gpus[1].energy_end_mj = 0
-    second = gpu_window_figures(verified(body), 0, set())[1]
+    first, second = gpu_window_figures(verified(body), 0, set())
     assert second.energy_mj == 0
     assert second.energy_flop == 0
-    assert second.upper_bound_flop == 59_370_000_000_000_000
+    # ADR 0003: evaluated at peak x window (60 s), not at the attested 30 busy seconds.
+    assert second.attested_upper_bound_flop == 59_370_000_000_000_000
+    assert second.upper_bound_flop == 118_740_000_000_000_000
+    assert second.flag is WindowFlagKind.ENERGY_COUNTER_UNUSABLE
+    assert first.flag is None
+    assert first.upper_bound_flop == first.attested_upper_bound_flop == 59_370_000_000_000_000
 
 
 @pytest.mark.parametrize(

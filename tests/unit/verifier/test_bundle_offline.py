@@ -68,6 +68,8 @@ def make_bundle(entries: list[bytes], t0: int) -> bytes:
         bucket_ns=60 * S,
         gap_tolerance_ns=5 * S,
         open_gap_grace_ns=120 * S,
+        energy_mismatch_factor_ppm=1_250_000,
+        idle_power_fraction_ppm=200_000,
     )
     bundle.server_report.tree_size = size
     bundle.server_report.bucket_ns = 60 * S
