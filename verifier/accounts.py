@@ -91,7 +91,7 @@ class EnergyCheck(NamedTuple):
     factor_ppm: int = 1_250_000
     """A window's energy less the idle allowance may imply up to this factor x its upper bound
     before the utilisation counts as contradicted (at least 1,000,000)."""
-    idle_power_fraction_ppm: int = 200_000
+    idle_power_fraction_ppm: int = 300_000
     """The idle allowance: this fraction of the model's board power over the window."""
     gap_tolerance_ns: int = 0
     """Windows at most this far apart are back-to-back: a counter rise between them is energy

@@ -112,7 +112,7 @@ class IngestConfig:
     gap_tolerance_ns: int = 5 * S
     open_gap_grace_ns: int = 150 * S
     energy_mismatch_factor_ppm: int = 1_250_000
-    idle_power_fraction_ppm: int = 200_000
+    idle_power_fraction_ppm: int = 300_000
     verify_threads: int = 1
 
     @property
@@ -335,7 +335,7 @@ def parse_config(data: bytes, *, source: str = "<config>", base: Path = Path()) 
         gap_tolerance_ns=ig.positive("gap_tolerance_ms", 5_000) * 1_000_000,
         open_gap_grace_ns=ig.positive("open_gap_grace_ms", 150_000) * 1_000_000,
         energy_mismatch_factor_ppm=ig.positive("energy_mismatch_factor_ppm", 1_250_000),
-        idle_power_fraction_ppm=ig.positive("idle_power_fraction_ppm", 200_000),
+        idle_power_fraction_ppm=ig.positive("idle_power_fraction_ppm", 300_000),
         verify_threads=ig.positive("verify_threads", 1),
     )
     if not 1_000_000 <= ingest.energy_mismatch_factor_ppm <= 100_000_000:
