@@ -321,6 +321,20 @@ class _Context:
         ]
         return total, which
 
+    def evidence_with_gaps(
+        self, start_ns: int, end_ns: int, figure: Figure, run: _Run
+    ) -> list[int]:
+        """:meth:`evidence_for`, then (upper bound) the windows on either side of the gaps
+        counted in ``run``: a stretch that only gaps fill still names its evidence."""
+        found = self.evidence_for(start_ns, end_ns, figure)
+        if figure is Figure.UPPER_BOUND:
+            for position in self.gaps_in(run)[1]:
+                gap = self.gaps[position][0]
+                for index in (gap.log_index_before, gap.log_index_after):
+                    if index is not None and index not in found:
+                        found.append(index)
+        return found[:MAX_EVIDENCE]
+
     def stretch(self, run: _Run) -> tuple[int, int]:
         if run.count == 0:
             return self.period_start_ns, self.period_start_ns
@@ -786,7 +800,7 @@ def _cumulative(rule: CumulativeFlopRule, context: _Context) -> pb.RuleResult:
         unit="flop",
         method=rule.figure.value,
         stretch=(start, end),
-        evidence=context.evidence_for(start, end, rule.figure),
+        evidence=context.evidence_with_gaps(start, end, rule.figure, run),
         summary=summary,
         gap_flop=gap_flop,
     )
@@ -815,7 +829,7 @@ def _sustained(rule: SustainedRateRule, context: _Context) -> pb.RuleResult:
         unit="flop_per_s",
         method=rule.figure.value,
         stretch=(start, end),
-        evidence=context.evidence_for(start, end, rule.figure),
+        evidence=context.evidence_with_gaps(start, end, rule.figure, run),
         summary=summary,
         gap_flop=gap_flop,
     )
