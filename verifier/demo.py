@@ -13,12 +13,14 @@ What it does, as real processes on loopback, with TLS:
 4. runs the four agents. Three carry the lab's ordinary work, their GPU allocation replayed from an
    excerpt of a real cluster trace (Helios, SenseTime, 2020; one trace minute per second); the
    fourth runs one GPU-heavy job that breaks the thresholds. One background agent is killed for a
-   while (SIGKILL) and restarted: a gap in the evidence;
+   while (SIGKILL) and restarted: a gap in the evidence. Another one lies: its sampler reports 30 %
+   of the utilisation its GPUs really have, while their energy is real;
 5. stops the agents; the site's meter gateway (simulated) signs the facility's readings: the
    simulated GPUs' energy, the site's other load and overhead, and eight hidden H100s that no
    agent reports and nobody declared, drawing power for a while;
 6. audits: the compliance report (NON-COMPLIANT, with the violation and the
-   gap), an HTML report with its chart, an evidence bundle exported and re-verified offline, and a
+   gap, and the lying node's windows evaluated at what their energy allows), an HTML report with
+   its chart, an evidence bundle exported and re-verified offline, and a
    tampered copy of the bundle that must fail.
 
 It exits 0 only if every one of those came out as expected, and says which did not otherwise.
@@ -77,6 +79,9 @@ HIDDEN_GPUS = 8
 HIDDEN_W = 700
 HIDDEN_FOR_S = 16
 """The hidden GPUs run for this long, ending 8 s before the lab stops (40 s to 56 s of 64 s)."""
+LYING_NODE = 1
+"""This node's sampler reports 30 % of the utilisation its GPUs really have, while their power
+and energy stay real: the energy cross-check must catch it."""
 
 POLICY = """\
 # The demo's declared thresholds. Real ones are of the order of 1e25 FLOP (EU AI Act) or 1e26
@@ -368,6 +373,7 @@ busy_pct = 95
 idle_pct = 0
 jitter_pct = 3
 tensor_active_fraction = 0.6
+{"reported_fraction = 0.3" if node == LYING_NODE else ""}
 """
         if node == 4:  # the GPU-heavy job
             return (
@@ -750,6 +756,19 @@ level = "warning"
             + ("all" if inside else "NOT all")
             + f" within the hidden stretch; bound {sites[0].get('bound_flop', '0') if sites else 0}"
             " FLOP",
+        )
+        liar = self.nodes[LYING_NODE - 1].node_id.hex()
+        mismatched = {
+            _b64hex(item.get("node_id", ""))
+            for item in report.get("flagged", [])
+            if item.get("flag") == "WINDOW_FLAG_ENERGY_MISMATCH"
+        }
+        self.check(
+            f"gpu-node-{LYING_NODE}'s under-reported utilisation is caught by its energy, and "
+            "no honest node is flagged",
+            mismatched == {liar},
+            f"energy mismatches on {len(mismatched)} node(s)"
+            + (f", {len(mismatched - {liar})} honest" if mismatched - {liar} else ""),
         )
         findings_run = self.run(
             self.python(

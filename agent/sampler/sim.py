@@ -23,6 +23,8 @@ over time (``[[phase]]`` tables, or a cluster trace in ``[trace]``), and faults 
     idle_pct = 0
     jitter_pct = 3                      # +/- uniform, from a hash of (seed, gpu, tick)
     tensor_active_fraction = 0.6        # tensor-active time as a fraction of busy time
+    # reported_fraction = 0.3           # a modified sampler: reports only this fraction of the
+                                        # utilisation simulated; power and energy stay real
 
     [[phase]]                           # from from_s on: busy_gpus GPUs (0..n-1) are busy
     from_s = 0
@@ -141,6 +143,9 @@ class Scenario:
     idle_pct: int
     jitter_pct: int
     tensor_active_ppm: int
+    reported_ppm: int
+    """The fraction of the simulated utilisation the sampler reports (1,000,000: all of it;
+    less plays a dishonest lab's modified sampler, whose power and energy stay real)."""
     memory_busy_bytes: int
     memory_idle_bytes: int
     phases: tuple[Phase, ...]
@@ -175,6 +180,7 @@ def load_scenario(path: Path) -> Scenario:
     idle_pct = util.integer("idle_pct", 0, minimum=0, maximum=100)
     jitter_pct = util.integer("jitter_pct", 0, minimum=0, maximum=50)
     tensor_fraction = util.decimal("tensor_active_fraction", Decimal("0.6"), minimum=0, maximum=1)
+    reported = util.decimal("reported_fraction", Decimal(1), minimum=0, maximum=1)
     memory_busy_mib = util.integer("memory_busy_mib", 60_000, minimum=0)
     memory_idle_mib = util.integer("memory_idle_mib", 0, minimum=0)
     util.finish()
@@ -223,6 +229,7 @@ def load_scenario(path: Path) -> Scenario:
         idle_pct=idle_pct,
         jitter_pct=jitter_pct,
         tensor_active_ppm=int(tensor_fraction * PPM),
+        reported_ppm=int(reported * PPM),
         memory_busy_bytes=memory_busy_mib * MIB,
         memory_idle_bytes=memory_idle_mib * MIB,
         phases=tuple(phases),
@@ -488,6 +495,8 @@ class SimSampler:
             )
             failures: tuple[MetricFailure, ...] = ()
             tensor_ppm = sm_ppm = 0
+            # The power (above) follows the simulated utilisation; what is reported may not.
+            util = util * scenario.reported_ppm // PPM
             if scenario.gpm:
                 flags |= SampleFlags.TENSOR_ACTIVE | SampleFlags.SM_ACTIVE
                 tensor_ppm = util * scenario.tensor_active_ppm // 100

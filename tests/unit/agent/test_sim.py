@@ -91,6 +91,36 @@ def test_phases_decide_which_gpus_are_busy(tmp_path: Path) -> None:
     assert 6000 < energy_j < 6800
 
 
+def test_a_modified_sampler_under_reports_utilisation_while_the_energy_stays_real(
+    tmp_path: Path,
+) -> None:
+    """``reported_fraction`` plays a dishonest lab's sampler (the demo's lying node)."""
+    text = BASIC.replace(
+        "tensor_active_fraction = 0.5", "tensor_active_fraction = 0.5\nreported_fraction = 0.3"
+    )
+    honest = run(
+        SimSampler(
+            load_scenario(write(tmp_path, BASIC)), sample_interval_ms=1000, boot_time_ns=BOOT_NS
+        ),
+        T0_NS,
+        10,
+    )
+    lying = run(
+        SimSampler(
+            load_scenario(write(tmp_path, text, "lie.toml")),
+            sample_interval_ms=1000,
+            boot_time_ns=BOOT_NS,
+        ),
+        T0_NS,
+        10,
+    )
+    real, told = honest[0].gpus[0], lying[0].gpus[0]
+    assert told.busy_ms <= real.busy_ms * 3 // 10 + 10
+    assert told.busy_ms > 0
+    assert told.energy_end_mj - told.energy_start_mj == real.energy_end_mj - real.energy_start_mj
+    assert told.mean_power_mw == real.mean_power_mw
+
+
 def test_energy_never_goes_back_across_a_restart(tmp_path: Path) -> None:
     scenario = load_scenario(write(tmp_path, BASIC))
     first = SimSampler(scenario, sample_interval_ms=1000, boot_time_ns=BOOT_NS)
