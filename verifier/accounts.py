@@ -168,13 +168,6 @@ def gpu_window_figures(
     for gpu in body.gpus:
         figures = window_flop(gpu)
         energy_ok = gpu.energy_counter_state == apb.ENERGY_COUNTER_STATE_OK
-        evaluated, flag = evaluated_upper_bound(
-            compute.rates_for(gpu.model),
-            figures.upper_bound_flop,
-            gpu.energy_end_mj - gpu.energy_start_mj if energy_ok else None,
-            window_ms,
-            energy,
-        )
         # Fail closed: time whose utilisation was not read (a lost GPU, MIG mode where NVML
         # reports no device utilisation) is not attested, whatever else the window says.
         taken = gpu.samples_taken
@@ -182,6 +175,14 @@ def gpu_window_figures(
             attested_ms = window_ms
         else:
             attested_ms = min(window_ms, taken * body.sample_interval_ms)
+        evaluated, flag = evaluated_upper_bound(
+            compute.rates_for(gpu.model),
+            figures.upper_bound_flop,
+            gpu.energy_end_mj - gpu.energy_start_mj if energy_ok else None,
+            window_ms,
+            energy,
+            window_ms - attested_ms,
+        )
         out.append(
             GpuWindowFigures(
                 log_index=log_index,
@@ -206,12 +207,13 @@ def gpu_window_figures(
     return out
 
 
-def evaluated_upper_bound(
+def evaluated_upper_bound(  # noqa: PLR0917
     rates: compute.ModelRates,
     upper_bound_flop: int,
     energy_mj: int | None,
     window_ms: int,
     energy: EnergyCheck,
+    unattested_ms: int = 0,
 ) -> tuple[int, WindowFlagKind | None]:
     """The upper bound a GPU-window is evaluated at against thresholds, and why it differs from
     the attested one (``None`` where it does not):
@@ -221,6 +223,11 @@ def evaluated_upper_bound(
       of the attested bound and what the energy allows (:func:`attest.compute.energy_allowed_flop`,
       never above peak x window);
     - otherwise the attested bound.
+
+    ``unattested_ms`` is the window's time whose utilisation was not read (samples missed, as
+    when a loaded host delays the agent's polls): the energy is compared with the attested bound
+    plus peak x that time, since the GPU may have been busy then. An honest agent starved of CPU
+    is not flagged; a lab that claims missed samples loses coverage instead.
     """
     if energy_mj is None:
         return max(upper_bound_flop, compute.time_bound_from_rates(rates, window_ms)), (
@@ -228,7 +235,8 @@ def evaluated_upper_bound(
         )
     if compute.energy_contradicts(
         rates,
-        upper_bound_flop,
+        upper_bound_flop
+        + (compute.time_bound_from_rates(rates, unattested_ms) if unattested_ms else 0),
         energy_mj,
         window_ms,
         factor_ppm=energy.factor_ppm,
@@ -375,15 +383,17 @@ def fold_attestation(
         energy_mj = energy_end_mj - energy_start_mj if energy_ok else None
         rates = rates_for(model)
         upper, central, energy_flop = flop_from_rates(rates, busy_ms, tensor_active_ms, energy_mj)
-        evaluated, flag = evaluated_upper_bound(rates, upper, energy_mj, window_ms, energy)
-        if flag is not None:
-            flags.append((flag, uuid, evaluated - upper))
-        evaluated_sum += evaluated
         taken = gpu.samples_taken
         if gpu.presence == present and 0 < gpu.samples_expected <= taken:
             attested_ms = window_ms
         else:
             attested_ms = min(window_ms, taken * interval_ms)
+        evaluated, flag = evaluated_upper_bound(
+            rates, upper, energy_mj, window_ms, energy, window_ms - attested_ms
+        )
+        if flag is not None:
+            flags.append((flag, uuid, evaluated - upper))
+        evaluated_sum += evaluated
         declared = uuid in declared_uuids
         upper_sum += upper
         central_sum += central

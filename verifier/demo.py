@@ -13,7 +13,7 @@ What it does, as real processes on loopback, with TLS:
 4. runs the four agents. Three carry the lab's ordinary work, their GPU allocation replayed from an
    excerpt of a real cluster trace (Helios, SenseTime, 2020; one trace minute per second); the
    fourth runs one GPU-heavy job that breaks the thresholds. One background agent is killed for a
-   while (SIGKILL) and restarted: a gap in the evidence. Another one lies: its sampler reports 30 %
+   while (SIGKILL) and restarted: a gap in the evidence. Another one lies: its sampler reports 20 %
    of the utilisation its GPUs really have, while their energy is real;
 5. stops the agents; the site's meter gateway (simulated) signs the facility's readings: the
    simulated GPUs' energy, the site's other load and overhead, and eight hidden H100s that no
@@ -80,7 +80,7 @@ HIDDEN_W = 700
 HIDDEN_FOR_S = 16
 """The hidden GPUs run for this long, ending 8 s before the lab stops (40 s to 56 s of 64 s)."""
 LYING_NODE = 1
-"""This node's sampler reports 30 % of the utilisation its GPUs really have, while their power
+"""This node's sampler reports 20 % of the utilisation its GPUs really have, while their power
 and energy stay real: the energy cross-check must catch it."""
 
 POLICY = """\
@@ -291,6 +291,9 @@ bucket_ms = {WINDOW_S * 1000}
 gap_tolerance_ms = 1000
 open_gap_grace_ms = 6000
 max_clock_skew_s = 60
+# Windows of 2 s: an agent poll that a busy machine delays by a second puts half a window's
+# energy into the wrong window. The default (1.25x) assumes 60 s windows, where it is a few %.
+energy_mismatch_factor_ppm = 2000000
 
 [monitor]
 interval_s = 5                   # breaches logged as findings within seconds (default 60)
@@ -373,7 +376,7 @@ busy_pct = 95
 idle_pct = 0
 jitter_pct = 3
 tensor_active_fraction = 0.6
-{"reported_fraction = 0.3" if node == LYING_NODE else ""}
+{"reported_fraction = 0.2" if node == LYING_NODE else ""}
 """
         if node == 4:  # the GPU-heavy job
             return (

@@ -810,3 +810,30 @@ def test_fold_attestation_equals_the_reference_functions(data: st.DataObject) ->
     assert fold.energy_flop == sum(f.energy_flop for f in figures)
     assert fold.edge == window_edge(att, 9)
     assert [g.declared for g in fold.gpus] == [f.declared for f in figures]
+
+
+def test_energy_that_contradicts_utilisation_counts_at_what_the_energy_allows() -> None:
+    body = NODE.body(0, busy_ms=18_000)  # 30 % claimed
+    body.gpus[0].energy_end_mj = body.gpus[0].energy_start_mj + 700 * 60_000  # 700 W drawn
+    first, second = gpu_window_figures(verified(body), 0, set())
+    assert first.flag is WindowFlagKind.ENERGY_MISMATCH
+    assert first.attested_upper_bound_flop == 1_979_000_000_000_000 * 18
+    assert first.upper_bound_flop == 1_979_000_000_000_000 * 60  # capped at peak x window
+    assert second.flag is None  # 350 W at 30 % busy: within what utilisation explains
+
+
+def test_missed_samples_give_the_energy_the_benefit_of_the_doubt() -> None:
+    """A host that starves the agent of CPU credits less busy time while the counter runs on:
+    the unread time may have been busy, so the same energy is not a contradiction there."""
+    body = NODE.body(0, busy_ms=18_000)
+    for gpu in body.gpus:
+        gpu.energy_end_mj = gpu.energy_start_mj + 500 * 60_000
+    body.gpus[1].samples_taken = 40  # 20 of 60 one-second samples missed
+    first, second = gpu_window_figures(verified(body), 0, set())
+    assert first.flag is WindowFlagKind.ENERGY_MISMATCH
+    assert second.flag is None
+    assert second.upper_bound_flop == second.attested_upper_bound_flop
+    buckets: dict[int, Bucket] = {}
+    fold = fold_attestation(verified(body), 0, set(), buckets, 60 * 10**9)
+    assert [g.flag for g in fold.gpus] == [first.flag, second.flag]
+    assert fold.upper_bound_flop == first.upper_bound_flop + second.upper_bound_flop
