@@ -1257,6 +1257,8 @@ def _gaps(report: pb.ComplianceReport) -> str:
                 + (f" {_badge('LATE')}" if item.late else ""),
                 bound,
                 _flop_html(_int(gap.time_bound_flop), gap.time_bound_flop),
+                _flop_html(_int(item.counted_flop or "0"), item.counted_flop or "0"),
+                _e(", ".join(item.counted_in_rule_ids) or "-"),
                 str(item.finding_log_index) if item.has_finding else "-",
             ]
         )
@@ -1270,10 +1272,12 @@ def _gaps(report: pb.ComplianceReport) -> str:
                 "State",
                 "Energy bound",
                 "Time bound",
+                "Counted",
+                "In rules",
                 "Finding (log index)",
             ],
             rows,
-            numeric=(7,),
+            numeric=(9,),
         )
         if rows
         else '<p class="empty">No gaps: every active node attested the whole period.</p>'
@@ -1281,7 +1285,57 @@ def _gaps(report: pb.ComplianceReport) -> str:
     return (
         f'<section id="gaps">\n<h2>Gaps ({len(report.gaps)})</h2>\n<p class="muted">Unattested '
         "time on a node counts as unknown, never as paused. A gap is energy-bounded when every "
-        "GPU's energy counter spans it without a reset.</p>\n"
+        "GPU's energy counter spans it without a reset. Upper-bound compute rules count each gap "
+        "at its bound (Counted), in the rules named.</p>\n"
+        f"{table}\n</section>"
+    )
+
+
+_FLAG_LABELS = {
+    pb.WINDOW_FLAG_ENERGY_MISMATCH: "ENERGY MISMATCH",
+    pb.WINDOW_FLAG_ENERGY_COUNTER_UNUSABLE: "COUNTER UNUSABLE",
+    pb.WINDOW_FLAG_ENERGY_OUTSIDE_WINDOWS: "ENERGY OUTSIDE WINDOWS",
+    pb.WINDOW_FLAG_UNDECLARED_GPU: "UNDECLARED GPU",
+}
+
+
+def _flagged(report: pb.ComplianceReport) -> str:
+    rows = [
+        [
+            _badge(_FLAG_LABELS.get(item.flag, "FLAGGED")),
+            _e(_node_label(item.node_name, item.node_id)),
+            _e(item.gpu_uuid),
+            str(item.gpu_windows),
+            _time_html(item.first_window_start_ns),
+            _time_html(item.last_window_end_ns),
+            _e(f"{item.first_log_index}..{item.last_log_index}"),
+            _flop_html(_int(item.extra_flop or "0"), item.extra_flop or "0"),
+        ]
+        for item in report.flagged
+    ]
+    table = (
+        _table(
+            [
+                "Flag",
+                "Node",
+                "GPU",
+                "GPU-windows",
+                "First (UTC)",
+                "Last (UTC)",
+                "Log indices",
+                "Added to the upper bound",
+            ],
+            rows,
+            numeric=(3,),
+        )
+        if rows
+        else '<p class="empty">No flagged GPU-windows.</p>'
+    )
+    return (
+        f'<section id="flagged">\n<h2>Flagged GPU-windows ({len(report.flagged)})</h2>\n'
+        '<p class="muted">From the stored accounts, for every window in the period: energy that '
+        "contradicts the attested utilisation, counters claimed unusable, energy outside any "
+        "window, GPUs outside the declared inventory (ADR 0003).</p>\n"
         f"{table}\n</section>"
     )
 
@@ -1566,6 +1620,7 @@ def render_html(
         _rules(report),
         _coverage_and_totals(report),
         _gaps(report),
+        _flagged(report),
         _findings(report),
         _nodes(report),
         _sites(report),

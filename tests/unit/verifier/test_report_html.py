@@ -707,3 +707,28 @@ def test_a_late_stretch_is_shaded_and_badged_as_late_evidence() -> None:
     assert [r["data-late"] for r in rects] == ["true", "false"]
     assert "late evidence on node late-node" in page
     assert page.count('class="badge badge-late"') == 1
+
+
+def test_flagged_windows_and_counted_gaps_are_shown() -> None:
+    report = make_report(gaps=[gap("n", P0, P0 + BUCKET)], as_of_ns=P0 + 30 * BUCKET)
+    report.flagged.add(
+        flag=pb.WINDOW_FLAG_ENERGY_MISMATCH,
+        node_id=b"\x01" * 32,
+        node_name="gpu-node-7",
+        gpu_uuid="GPU-lying-0001",
+        gpu_windows=12,
+        first_log_index=40,
+        last_log_index=95,
+        first_window_start_ns=P0,
+        last_window_end_ns=P0 + 12 * BUCKET,
+        extra_flop="123000000000000000",
+    )
+    page = render_html(report)
+    section = page[page.index('<section id="flagged">') :]
+    section = section[: section.index("</section>")]
+    assert "Flagged GPU-windows (1)" in section
+    assert "ENERGY MISMATCH" in section and "GPU-lying-0001" in section and "40..95" in section
+    gaps = page[page.index('<section id="gaps">') :]
+    assert "Counted" in gaps[: gaps.index("</section>")]
+    empty = render_html(make_report())
+    assert "No flagged GPU-windows." in empty
