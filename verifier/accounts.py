@@ -137,6 +137,8 @@ class GpuWindowFigures(NamedTuple):
     """Peak x busy as the window claims; ``upper_bound_flop`` is the evaluated bound."""
     flag: WindowFlagKind | None = None
     """Why the two differ (energy mismatch, counter unusable), or None."""
+    declaration_in_force: bool = True
+    """The lab had an inventory declaration in force (else an undeclared GPU is not flagged)."""
 
     @property
     def window_ms(self) -> int:
@@ -156,6 +158,8 @@ def gpu_window_figures(
     log_index: int,
     declared_uuids: Collection[str],
     energy: EnergyCheck = DEFAULT_ENERGY_CHECK,
+    *,
+    declaration_in_force: bool = True,
 ) -> list[GpuWindowFigures]:
     """One :class:`GpuWindowFigures` per GPU of an accepted attestation, in the body's order.
 
@@ -202,6 +206,7 @@ def gpu_window_figures(
                 unknown_model=figures.unknown_model,
                 attested_upper_bound_flop=figures.upper_bound_flop,
                 flag=flag,
+                declaration_in_force=declaration_in_force,
             )
         )
     return out
@@ -331,6 +336,7 @@ def fold_attestation(
     *,
     energy: EnergyCheck = DEFAULT_ENERGY_CHECK,
     previous: WindowEdge | None = None,
+    declaration_in_force: bool = True,
 ) -> AttestationFold:
     """Add an accepted attestation's GPU-windows to ``buckets`` and return its totals, its
     :class:`WindowEdge` and its GPUs, in one pass over the body.
@@ -405,7 +411,8 @@ def fold_attestation(
             attested_sum += attested_ms
         else:
             undeclared_sum += attested_ms
-            flags.append((WindowFlagKind.UNDECLARED_GPU, uuid, 0))
+            if declaration_in_force:
+                flags.append((WindowFlagKind.UNDECLARED_GPU, uuid, 0))
         assumed_n += tensor_active_ms is None
         unknown_n += rates.unknown_model
         add_busy_steps(steps, busy_ms, window_ms, attested_ms)
@@ -550,7 +557,7 @@ class Bucket:
                 figures.upper_bound_flop - figures.attested_upper_bound_flop,
             )
             self.raised_flop += figures.upper_bound_flop - figures.attested_upper_bound_flop
-        if not figures.declared:
+        if not figures.declared and figures.declaration_in_force:
             self.add_flag(
                 WindowFlagKind.UNDECLARED_GPU,
                 bytes(figures.node_id).hex(),

@@ -750,11 +750,12 @@ def _fold_attestation(state: _State, index: int, envelope: Envelope) -> None:
     fold = accounts.fold_attestation(
         att,
         index,
-        declared,
+        declared or frozenset(),
         state.buckets,
         state.bucket_ns,
         energy=state.energy,
         previous=node.windows[-1] if node.windows else None,
+        declaration_in_force=declared is not None,
     )
     node.windows.append(fold.edge)
     node.folds.append(fold)
@@ -945,11 +946,12 @@ def _check_settings(state: _State, bundle: bpb.EvidenceBundle) -> None:
         )
 
 
-def _declared_at(state: _State, index: int, window_start_ns: int) -> frozenset[str]:
-    """The inventory the server knew when it accepted entry ``index``, in force at the window."""
+def _declared_at(state: _State, index: int, window_start_ns: int) -> frozenset[str] | None:
+    """The inventory the server knew when it accepted entry ``index``, in force at the window
+    (None: no declaration was)."""
     known = [version for logged_at, version in state.inventory if logged_at < index]
     current = evaluation.inventory_in_force(known, window_start_ns)
-    return frozenset() if current is None else current.gpu_uuids
+    return None if current is None else current.gpu_uuids
 
 
 def _check_findings(state: _State) -> None:

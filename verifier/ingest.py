@@ -498,7 +498,8 @@ class Ingestor:
         )
         batch.digests[digest] = index
         batch.stored_at[(node.node_id, seq)] = digest
-        declared = self._inventory_at(w, batch, node.lab_id, body.window_start_ns) or frozenset()
+        inventory = self._inventory_at(w, batch, node.lab_id, body.window_start_ns)
+        declared = inventory or frozenset()
         lab_buckets = batch.buckets.setdefault(node.lab_id, {})
         previous = self._previous_edge(w, batch, node)
         fold = accounts.fold_attestation(
@@ -509,6 +510,7 @@ class Ingestor:
             ingest.bucket_ns,
             energy=self._energy_check,
             previous=previous,
+            declaration_in_force=inventory is not None,
         )
         batch.attestations.append(
             AttestationRow(

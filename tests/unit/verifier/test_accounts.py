@@ -837,3 +837,57 @@ def test_missed_samples_give_the_energy_the_benefit_of_the_doubt() -> None:
     fold = fold_attestation(verified(body), 0, set(), buckets, 60 * 10**9)
     assert [g.flag for g in fold.gpus] == [first.flag, second.flag]
     assert fold.upper_bound_flop == first.upper_bound_flop + second.upper_bound_flop
+
+
+@pytest.mark.parametrize("in_force", [True, False])
+def test_undeclared_gpus_are_flagged_only_against_a_declaration(in_force: bool) -> None:
+    """With no declaration in force there is nothing to be outside of (coverage says so)."""
+    body = NODE.body(0)
+    declared = {body.gpus[0].uuid} if in_force else set()
+    buckets: dict[int, Bucket] = {}
+    fold_attestation(
+        verified(body), 7, declared, buckets, 60 * 10**9, declaration_in_force=in_force
+    )
+    expected = (
+        {(WindowFlagKind.UNDECLARED_GPU.value, bytes(NODE.node_id).hex(), body.gpus[1].uuid)}
+        if in_force
+        else set()
+    )
+    [bucket] = buckets.values()
+    assert set(bucket.flags) == expected
+    again: dict[int, Bucket] = {}
+    accumulate(
+        again,
+        gpu_window_figures(verified(body), 7, declared, declaration_in_force=in_force),
+        60 * 10**9,
+    )
+    assert set(again[bucket.bucket_start_ns].flags) == expected
+    restored = Bucket.from_row(bucket.to_row())
+    assert restored.flags == bucket.flags
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "message"),
+    [
+        ("flags", "not json", "flags is not JSON"),
+        ("flags", '{"a": 1}', "flags is not a list"),
+        ("flags", '[["energy_mismatch", "ab", "GPU-1", 1, 2]]', "malformed item"),
+        ("flags", '[["energy_mismatch", "ab", "GPU-1", 1, 2, 3, "x", 4, 5]]', "malformed item"),
+        ("flags", 7, "flags is not text"),
+        ("raised_flop", "-5", "raised_flop is not a decimal integer"),
+    ],
+)
+def test_a_corrupt_flag_or_raise_column_is_refused_by_name(
+    column: str, value: object, message: str
+) -> None:
+    row = Bucket(bucket_start_ns=0).to_row()
+    row[column] = value  # type: ignore[assignment]
+    with pytest.raises(ValueError, match=message):
+        Bucket.from_row(row)
+
+
+def test_rows_written_before_flags_existed_read_as_none() -> None:
+    row = Bucket(bucket_start_ns=60).to_row()
+    assert "flags" not in row and "raised_flop" not in row
+    bucket = Bucket.from_row(row)
+    assert bucket.flags == {} and bucket.raised_flop == 0
