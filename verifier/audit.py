@@ -80,6 +80,8 @@ def verifier_settings(ingest: IngestConfig) -> pb.VerifierSettings:
         open_gap_grace_ns=ingest.open_gap_grace_ns,
         software_version=f"pausewatch {__version__}",
         table_version=compute.TABLE_VERSION,
+        energy_mismatch_factor_ppm=ingest.energy_mismatch_factor_ppm,
+        idle_power_fraction_ppm=ingest.idle_power_fraction_ppm,
     )
 
 

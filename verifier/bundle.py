@@ -925,6 +925,16 @@ def _check_settings(state: _State, bundle: bpb.EvidenceBundle) -> None:
         ("gap_tolerance_ns", settings.gap_tolerance_ns, bundle.gap_tolerance_ns),
         ("open_gap_grace_ns", settings.open_gap_grace_ns, bundle.open_gap_grace_ns),
         ("max_clock_skew_ns", settings.max_clock_skew_ns, bundle.max_clock_skew_ns),
+        (
+            "energy_mismatch_factor_ppm",
+            settings.energy_mismatch_factor_ppm,
+            bundle.energy_mismatch_factor_ppm,
+        ),
+        (
+            "idle_power_fraction_ppm",
+            settings.idle_power_fraction_ppm,
+            bundle.idle_power_fraction_ppm,
+        ),
     ):
         if stated != used:
             state.fail(f"the report's verifier settings say {name} {stated}, the bundle {used}")

@@ -1301,7 +1301,9 @@ def _settings_lines(report: pb.ComplianceReport) -> list[str]:
         f"{'required' if settings.require_nonce else 'NOT required'} (lifetime "
         f"{format_duration_ns(settings.nonce_lifetime_ns)}); late after "
         f"{format_duration_ns(settings.late_after_ns)}; windows up to "
-        f"{format_duration_ns(settings.max_age_ns)} old"
+        f"{format_duration_ns(settings.max_age_ns)} old; energy contradicts utilisation beyond "
+        f"{format_ppm(settings.energy_mismatch_factor_ppm)} of the upper bound, over an idle "
+        f"allowance of {format_ppm(settings.idle_power_fraction_ppm)} of board power"
     ]
     simulated = [b for b in settings.accept_backends if b != "nvml"]
     if simulated:

@@ -161,3 +161,41 @@ def test_the_offline_auditor_recomputes_the_same_from_the_bundle(
     assert checked.offline_report is not None and checked.server_report is not None
     assert list(checked.offline_report.flagged) == list(checked.server_report.flagged)
     assert checked.offline_report.verdict == checked.server_report.verdict
+
+
+def test_reports_state_the_energy_settings_and_a_bundle_must_match_them(labs: Labs) -> None:
+    """A verifier operator who exports a bundle with laxer energy settings than its report
+    states (so that the offline replay flags nothing) is caught offline."""
+    from pausewatch.v1 import bundle_pb2
+
+    from attest.envelope import PayloadType, parse_envelope, sign_envelope
+    from attest.keys import Ed25519Signer
+    from tests.builders import fixed_private_key
+    from verifier.bundle import verify_bundle
+
+    report = labs.report("lab-thirty", 0, MINUTES)
+    settings = report.verifier_settings
+    assert (settings.energy_mismatch_factor_ppm, settings.idle_power_fraction_ppm) == (
+        1_250_000,
+        300_000,
+    )
+    start, end = labs.period(0, MINUTES)
+    data = b"".join(
+        chunk.data
+        for chunk in labs.client.audit.ExportBundle(
+            pb.ExportBundleRequest(lab_id="lab-thirty", period_start_ns=start, period_end_ns=end),
+            timeout=60,
+        )
+    )
+    bundle = bundle_pb2.EvidenceBundle.FromString(parse_envelope(data).payload)
+    assert bundle.energy_mismatch_factor_ppm == 1_250_000
+    bundle.energy_mismatch_factor_ppm = 100_000_000  # nothing would be a mismatch
+    log_key = Ed25519Signer.from_private_key(fixed_private_key(101))  # the harness's log key
+    forged = sign_envelope(
+        log_key, PayloadType.BUNDLE, bundle.SerializeToString(deterministic=True)
+    )
+    checked = verify_bundle(forged, pinned_log_key=labs.log_key)
+    assert not checked.ok
+    assert any("energy_mismatch_factor_ppm" in failure for failure in checked.failures)
+    control = verify_bundle(data, pinned_log_key=labs.log_key)
+    assert control.ok, control.failures + control.differences

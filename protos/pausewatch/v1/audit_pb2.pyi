@@ -1301,6 +1301,8 @@ class VerifierSettings(_message.Message):
     SOFTWARE_VERSION_FIELD_NUMBER: _builtins.int
     TABLE_VERSION_FIELD_NUMBER: _builtins.int
     LATE_AFTER_NS_FIELD_NUMBER: _builtins.int
+    ENERGY_MISMATCH_FACTOR_PPM_FIELD_NUMBER: _builtins.int
+    IDLE_POWER_FRACTION_PPM_FIELD_NUMBER: _builtins.int
     require_nonce: _builtins.bool
     """Whether every attestation must carry a nonce the verifier issued."""
     nonce_lifetime_ns: _builtins.int
@@ -1321,6 +1323,12 @@ class VerifierSettings(_message.Message):
     """A window that reaches it longer than this after its end is late evidence (a LATE_EVIDENCE
     finding), ns.
     """
+    energy_mismatch_factor_ppm: _builtins.int
+    """(60 and up: energy evidence, ADR 0003.) A GPU-window's utilisation is contradicted when its
+    energy less the idle allowance implies more than this factor (ppm) x its upper bound.
+    """
+    idle_power_fraction_ppm: _builtins.int
+    """The idle allowance: this fraction (ppm) of the model's board power over the window."""
     @_builtins.property
     def accept_backends(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Sampler backends it accepts ("nvml"; "sim" and "replay" are not real GPUs), sorted."""
@@ -1338,10 +1346,12 @@ class VerifierSettings(_message.Message):
         software_version: _builtins.str = ...,
         table_version: _builtins.int = ...,
         late_after_ns: _builtins.int = ...,
+        energy_mismatch_factor_ppm: _builtins.int = ...,
+        idle_power_fraction_ppm: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept_backends", b"accept_backends", "gap_tolerance_ns", b"gap_tolerance_ns", "late_after_ns", b"late_after_ns", "max_age_ns", b"max_age_ns", "max_clock_skew_ns", b"max_clock_skew_ns", "nonce_lifetime_ns", b"nonce_lifetime_ns", "open_gap_grace_ns", b"open_gap_grace_ns", "require_nonce", b"require_nonce", "software_version", b"software_version", "table_version", b"table_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept_backends", b"accept_backends", "energy_mismatch_factor_ppm", b"energy_mismatch_factor_ppm", "gap_tolerance_ns", b"gap_tolerance_ns", "idle_power_fraction_ppm", b"idle_power_fraction_ppm", "late_after_ns", b"late_after_ns", "max_age_ns", b"max_age_ns", "max_clock_skew_ns", b"max_clock_skew_ns", "nonce_lifetime_ns", b"nonce_lifetime_ns", "open_gap_grace_ns", b"open_gap_grace_ns", "require_nonce", b"require_nonce", "software_version", b"software_version", "table_version", b"table_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
