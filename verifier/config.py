@@ -114,6 +114,9 @@ class IngestConfig:
     energy_mismatch_factor_ppm: int = 1_250_000
     idle_power_fraction_ppm: int = 300_000
     verify_threads: int = 1
+    commit_linger_ns: int = 0
+    """How long the server holds a small batch for others to share its transaction (docs:
+    "Fleets"); 0 commits as soon as the write path is free."""
 
     @property
     def energy_check(self) -> EnergyCheck:
@@ -337,6 +340,7 @@ def parse_config(data: bytes, *, source: str = "<config>", base: Path = Path()) 
         energy_mismatch_factor_ppm=ig.positive("energy_mismatch_factor_ppm", 1_250_000),
         idle_power_fraction_ppm=ig.positive("idle_power_fraction_ppm", 300_000),
         verify_threads=ig.positive("verify_threads", 1),
+        commit_linger_ns=_non_negative(ig, "commit_linger_ms", 0) * 1_000_000,
     )
     if not 1_000_000 <= ingest.energy_mismatch_factor_ppm <= 100_000_000:
         raise ConfigError(
@@ -491,6 +495,13 @@ def _witnesses(raw: list[Any], source: str) -> tuple[WitnessConfig, ...]:
         section.finish()
         witnesses.append(WitnessConfig(url=url.rstrip("/"), verifier_key=key))
     return tuple(witnesses)
+
+
+def _non_negative(section: _Section, key: str, default: int) -> int:
+    value: int = section.get(key, int, default)
+    if value < 0:
+        raise section._err(key, f"must be 0 or positive, got {value}")
+    return value
 
 
 def _read_key_text(text: str, base: Path) -> str:

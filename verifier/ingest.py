@@ -104,6 +104,10 @@ class _Job:
     result: SubmitResult | None = None
 
 
+CheckedBatch = _Job
+"""A batch through stage one, waiting for :meth:`Ingestor.commit`; then ``result`` is set."""
+
+
 @dataclass
 class _Batch:
     """What the serial stage accumulates before writing it in bulk."""
@@ -217,20 +221,34 @@ class Ingestor:
         Group commit: batches that finish their stateless checks while another batch is being
         committed wait for the write path together, and the next committer takes them all into
         one transaction (one fsync), each keeping its own receipts in order."""
-        started = time.perf_counter()
-        job = _Job(raws=raws, checked=self._check_all(raws))
-        self.observe_stage_s("verify", time.perf_counter() - started)
+        job = self.check(raws)
         with self._pending_lock:
             self._pending.append(job)
         with self._commit_lock:
             if job.result is None:
                 with self._pending_lock:
                     jobs, self._pending = self._pending, []
-                started = time.perf_counter()
-                self._commit(jobs)
-                self.observe_stage_s("commit", time.perf_counter() - started)
+                self._timed_commit(jobs)
         assert job.result is not None
         return job.result
+
+    def check(self, raws: Sequence[bytes]) -> CheckedBatch:
+        """Stage one of a batch alone (for a caller that groups commits itself: the server's
+        event loop, which holds no thread while a batch waits for its transaction)."""
+        started = time.perf_counter()
+        job = _Job(raws=raws, checked=self._check_all(raws))
+        self.observe_stage_s("verify", time.perf_counter() - started)
+        return job
+
+    def commit(self, batches: list[CheckedBatch]) -> None:
+        """The serial stage of checked batches, in one transaction; each gets its ``result``."""
+        with self._commit_lock:
+            self._timed_commit(batches)
+
+    def _timed_commit(self, jobs: list[_Job]) -> None:
+        started = time.perf_counter()
+        self._commit(jobs)
+        self.observe_stage_s("commit", time.perf_counter() - started)
 
     def _commit(self, jobs: list[_Job]) -> None:
         """Run the serial stage of ``jobs`` in one transaction and give each its receipts."""

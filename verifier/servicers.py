@@ -65,7 +65,7 @@ from verifier.errors import (
     ResourceExhaustedError,
     UnavailableError,
 )
-from verifier.ingest import Ingestor
+from verifier.ingest import CheckedBatch, Ingestor, SubmitResult
 from verifier.limits import Limiter
 from verifier.meters import MAX_READINGS_PER_REQUEST, SiteRegistry
 from verifier.metrics import VerifierMetrics
@@ -244,6 +244,60 @@ def streaming(method: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+class GroupCommitter:
+    """Group commit on the event loop: each batch's stateless checks run on the pool; the
+    checked batches wait here, holding no thread, and one drain task commits everything that
+    is waiting in one transaction (on the pool), then the next group. With ``linger_ns`` a
+    group waits that long for company (or until ``full_envelopes`` are waiting), so that a
+    fleet's one-window batches share transactions. A stream that goes away while its batch
+    waits does not stop the commit: the batch is committed and its receipts are dropped, and
+    the agent's resend is a duplicate."""
+
+    def __init__(
+        self, ingestor: Ingestor, runtime: Runtime, linger_ns: int, full_envelopes: int
+    ) -> None:
+        self.ingestor = ingestor
+        self.runtime = runtime
+        self.linger_s = linger_ns / 1e9
+        self.full_envelopes = full_envelopes
+        self._waiting: list[tuple[CheckedBatch, asyncio.Future[SubmitResult]]] = []
+        self._waiting_envelopes = 0
+        self._full: asyncio.Event | None = None
+        self._drain: asyncio.Task[None] | None = None
+
+    async def submit(self, raws: list[bytes]) -> SubmitResult:
+        batch = await self.runtime.run(self.ingestor.check, raws)
+        done: asyncio.Future[SubmitResult] = asyncio.get_running_loop().create_future()
+        self._waiting.append((batch, done))
+        self._waiting_envelopes += len(raws)
+        if self._full is None:
+            self._full = asyncio.Event()
+        if self._waiting_envelopes >= self.full_envelopes:
+            self._full.set()
+        if self._drain is None or self._drain.done():
+            self._drain = asyncio.create_task(self._run())
+        return await asyncio.shield(done)
+
+    async def _run(self) -> None:
+        assert self._full is not None
+        while self._waiting:
+            if self.linger_s > 0 and not self._full.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._full.wait(), self.linger_s)
+            group, self._waiting, self._waiting_envelopes = self._waiting, [], 0
+            self._full.clear()
+            try:
+                await self.runtime.run(self.ingestor.commit, [batch for batch, _ in group])
+            except Exception as exc:  # noqa: BLE001 - handed to each waiting stream
+                for _, done in group:
+                    if not done.done():
+                        done.set_exception(exc)
+                continue
+            for batch, done in group:
+                if not done.done() and batch.result is not None:
+                    done.set_result(batch.result)
+
+
 def _batch(request: spb.SubmitAttestationsRequest, limit: int) -> list[bytes]:
     _check_parsed(request)
     envelopes = list(request.envelopes)
@@ -293,6 +347,12 @@ class AttestationServicer:
         self.core = core
         self.ingestor = ingestor
         self.runtime = runtime
+        self.committer = GroupCommitter(
+            ingestor,
+            runtime,
+            core.config.ingest.commit_linger_ns,
+            core.config.server.max_batch_envelopes,
+        )
 
     @unary
     async def GetChallenge(
@@ -356,7 +416,7 @@ class AttestationServicer:
                 size = sum(len(raw) for raw in envelopes)
                 started = time.perf_counter()
                 async with runtime.limiter.admit(caller.identity, peer, size):
-                    result = await runtime.run(self.ingestor.submit, envelopes)
+                    result = await self.committer.submit(envelopes)
                 runtime.metrics.observe_batch(result.receipts, time.perf_counter() - started)
                 yield spb.SubmitAttestationsResponse(
                     receipts=result.receipts, tree_size=result.tree_size

@@ -162,15 +162,16 @@ def write_self_signed(
     return files
 
 
-def issue_client_cert(directory: Path, name: str, *, uri: str, days: int = 30) -> tuple[Path, Path]:
-    """A client certificate with SAN URI ``uri`` (a SPIFFE-style identity the verifier's
-    ``[[access.identities]]`` map to a role), signed by the CA that :func:`write_self_signed`
-    kept in ``directory``. Writes and returns ``<name>.pem`` and ``<name>.key`` (mode 0600)."""
-    ca_cert = x509.load_pem_x509_certificate((directory / "ca.pem").read_bytes())
-    loaded = serialization.load_pem_private_key((directory / "ca.key").read_bytes(), None)
+def issue_client_cert_pem(
+    ca_cert_pem: bytes, ca_key_pem: bytes, name: str, *, uri: str, days: int = 30
+) -> tuple[bytes, bytes]:
+    """(certificate PEM, private key PEM) of a client certificate with SAN URI ``uri``, signed
+    by the given CA (in memory: for tools that make many, such as bench/bench_streams.py)."""
+    ca_cert = x509.load_pem_x509_certificate(ca_cert_pem)
+    loaded = serialization.load_pem_private_key(ca_key_pem, None)
     if not isinstance(loaded, ec.EllipticCurvePrivateKey):
-        raise TypeError(f"{directory / 'ca.key'} is not an EC private key")
-    cert, key = _issue(
+        raise TypeError("the CA key is not an EC private key")
+    return _issue(
         loaded,
         ca_cert.subject,
         common_name=name,
@@ -178,6 +179,19 @@ def issue_client_cert(directory: Path, name: str, *, uri: str, days: int = 30) -
         usage=ExtendedKeyUsageOID.CLIENT_AUTH,
         days=days,
         uris=(uri,),
+    )
+
+
+def issue_client_cert(directory: Path, name: str, *, uri: str, days: int = 30) -> tuple[Path, Path]:
+    """A client certificate with SAN URI ``uri`` (a SPIFFE-style identity the verifier's
+    ``[[access.identities]]`` map to a role), signed by the CA that :func:`write_self_signed`
+    kept in ``directory``. Writes and returns ``<name>.pem`` and ``<name>.key`` (mode 0600)."""
+    cert, key = issue_client_cert_pem(
+        (directory / "ca.pem").read_bytes(),
+        (directory / "ca.key").read_bytes(),
+        name,
+        uri=uri,
+        days=days,
     )
     cert_path, key_path = directory / f"{name}.pem", directory / f"{name}.key"
     cert_path.write_bytes(cert)

@@ -1,0 +1,521 @@
+"""A fleet's worth of agent streams into one verifier process, then a hostile flood beside them.
+
+    python bench/bench_streams.py [--agents 10000] [--interval-s 60] [--phase-s 120]
+                                  [--hostile 1000] [--clients 4] [--plaintext]
+
+One verifier process (SQLite, roles on, mutual TLS unless ``--plaintext``) and ``--clients``
+agent processes holding ``--agents`` streams, one connection and one client certificate per
+agent (a node agent identity each). Every agent sends one batch (one 8-GPU attestation) every
+``--interval-s`` seconds, starting at a random offset; the windows' own timestamps are a minute
+apart whatever the interval (a compressed timeline when it is below 60). Phase 1 measures, over
+``--phase-s`` seconds of that steady state: the verifier's RSS and CPU (its own /proc figures),
+the latency of health checks made every 50 ms by a separate client (p50, p99), and the
+attestations accepted (the verifier's own metrics). Phase 2 adds ``--hostile`` idle streams
+from one hostile node certificate and measures the same again; the honest figures should not
+move. Goals (issue 12): RSS < 1 GB, CPU < 15 % of a core, health p99 < 100 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path[:0] = [
+    str(Path(__file__).resolve().parents[1]),
+    str(Path(__file__).resolve().parents[1] / "protos"),
+]
+
+import grpc  # noqa: E402
+from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
+from pausewatch.v1 import attestation_service_pb2 as spb  # noqa: E402
+from pausewatch.v1 import attestation_service_pb2_grpc as spb_grpc  # noqa: E402
+from pausewatch.v1 import registry_pb2_grpc as rpb_grpc  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+
+from tests.agent_process import free_port  # noqa: E402
+from tests.builders import TestNode  # noqa: E402
+from tests.verifier_harness import (  # noqa: E402
+    enroll_request,
+    enrollment_for,
+    start_verifier_process,
+    stop_process,
+    write_verifier_files,
+)
+from verifier.tlsgen import issue_client_cert_pem, write_self_signed  # noqa: E402
+
+S = 10**9
+SPIFFE = "spiffe://bench.pausewatch"
+SEED = 20_000
+HOSTILE_SEED = 19_999
+CHANNEL_OPTIONS = [("grpc.use_local_subchannel_pool", 1)]  # one connection per agent
+
+
+# -- the agents' side (each client process) --------------------------------------------------
+
+
+def _credentials(tls: Path, cert: bytes, key: bytes) -> grpc.ChannelCredentials:
+    return grpc.ssl_channel_credentials(
+        root_certificates=(tls / "ca.pem").read_bytes(), private_key=key, certificate_chain=cert
+    )
+
+
+def _node_cert(tls: Path, node: TestNode) -> tuple[bytes, bytes]:
+    return issue_client_cert_pem(
+        (tls / "ca.pem").read_bytes(),
+        (tls / "ca.key").read_bytes(),
+        "agent",
+        uri=f"{SPIFFE}/lab/lab-a/node/{node.node_id.hex()}",
+    )
+
+
+def _channel(address: str, tls: Path | None, node: TestNode) -> grpc.aio.Channel:
+    if tls is None:
+        return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+    cert, key = _node_cert(tls, node)
+    return grpc.aio.secure_channel(address, _credentials(tls, cert, key), options=CHANNEL_OPTIONS)
+
+
+async def _agent(
+    address: str,
+    tls: Path | None,
+    node: TestNode,
+    chain: list[bytes],
+    start_at: float,
+    interval_s: float,
+    end_at: float,
+    counts: dict[str, int],
+    opened: asyncio.Event,
+    total: int,
+) -> None:
+    async with _channel(address, tls, node) as channel:
+        stub = spb_grpc.AttestationServiceStub(channel)
+        call = stub.SubmitAttestations(timeout=end_at - time.time() + 120)
+        await call.wait_for_connection()
+        counts["open"] += 1
+        if counts["open"] == total:
+            opened.set()
+        rng = random.Random(node.node_id)
+        send_at = start_at + rng.uniform(0, interval_s)
+        try:
+            for raw in chain:
+                delay = send_at - time.time()
+                if send_at > end_at:
+                    break
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                await call.write(spb.SubmitAttestationsRequest(envelopes=[raw]))
+                response = await call.read()
+                counts["accepted"] += sum(
+                    r.status == spb.RECEIPT_STATUS_ACCEPTED for r in response.receipts
+                )
+                counts["batches"] += 1
+                send_at += interval_s
+            await call.done_writing()
+            await call.code()
+        except grpc.RpcError:
+            counts["failed"] += 1
+
+
+async def _agents(args: argparse.Namespace) -> dict[str, int]:
+    tls = None if args.plaintext else Path(args.tls)
+    first, count = args.first, args.count
+    nodes = [
+        TestNode.from_seed(SEED + i, t0_ns=args.t0, gpus=8) for i in range(first, first + count)
+    ]
+    chains = [node.chain(args.windows) for node in nodes]
+    counts = {"open": 0, "accepted": 0, "batches": 0, "failed": 0}
+    opened = asyncio.Event()
+    Path(args.ready).write_text("built")
+    tasks = [
+        asyncio.create_task(
+            _agent(
+                args.address,
+                tls,
+                node,
+                chain,
+                args.start_at,
+                args.interval_s,
+                args.end_at,
+                counts,
+                opened,
+                count,
+            )
+        )
+        for node, chain in zip(nodes, chains, strict=True)
+    ]
+    await asyncio.wait_for(opened.wait(), timeout=max(1.0, args.start_at - time.time() + 600))
+    Path(args.ready).write_text("open")
+    await asyncio.gather(*tasks)
+    return counts
+
+
+async def _hostile(args: argparse.Namespace) -> dict[str, int]:
+    """``args.count`` streams on one connection with one node certificate, sending nothing."""
+    tls = None if args.plaintext else Path(args.tls)
+    node = TestNode.from_seed(HOSTILE_SEED, t0_ns=args.t0, gpus=8)
+    async with _channel(args.address, tls, node) as channel:
+        stub = spb_grpc.AttestationServiceStub(channel)
+        calls = [stub.SubmitAttestations() for _ in range(args.count)]
+        await asyncio.sleep(2)
+        codes = {"held": 0, "refused": 0}
+        done = [call for call in calls if call.done()]
+        for call in done:
+            if await call.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                codes["refused"] += 1
+        codes["held"] = len(calls) - len(done)
+        Path(args.ready).write_text(json.dumps(codes))
+        await asyncio.sleep(max(0.0, args.end_at - time.time()))
+        for call in calls:
+            call.cancel()
+        return codes
+
+
+# -- the measuring side ----------------------------------------------------------------------
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _scrape(metrics_port: int) -> dict[tuple[str, str], float]:
+    """(name, the stage or status label) -> value, from the verifier's /metrics."""
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=30) as response:
+        text = response.read().decode()
+    values: dict[tuple[str, str], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            label = sample.labels.get("stage") or sample.labels.get("status") or ""
+            key = (sample.name, label)
+            values[key] = values.get(key, 0.0) + sample.value
+    return values
+
+
+def _accepted(metrics_port: int) -> float:
+    return _scrape(metrics_port).get(("pausewatch_verifier_receipts_total", "accepted"), 0.0)
+
+
+def _stages(before: dict[tuple[str, str], float], after: dict[tuple[str, str], float]) -> str:
+    parts = []
+    for stage in ("batch", "verify", "commit"):
+        count = after.get(("pausewatch_verifier_stage_duration_seconds_count", stage), 0) - (
+            before.get(("pausewatch_verifier_stage_duration_seconds_count", stage), 0)
+        )
+        total = after.get(("pausewatch_verifier_stage_duration_seconds_sum", stage), 0) - (
+            before.get(("pausewatch_verifier_stage_duration_seconds_sum", stage), 0)
+        )
+        if count:
+            parts.append(f"{stage} {count:.0f} x {1000 * total / count:.2f} ms")
+    return ", ".join(parts)
+
+
+class HealthProbe:
+    """Health checks every 50 ms from a client of its own; latencies in ms."""
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        self.stub = health_pb2_grpc.HealthStub(channel)
+        self.latencies_ms: list[float] = []
+        self.failures = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            started = time.perf_counter()
+            try:
+                self.stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+                self.latencies_ms.append((time.perf_counter() - started) * 1000)
+            except grpc.RpcError:
+                self.failures += 1
+
+    def start(self) -> HealthProbe:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else 0.0
+
+
+def _phase(
+    name: str, pid: int, metrics_port: int, seconds: float, channel: grpc.Channel
+) -> dict[str, float]:
+    scraped_before = _scrape(metrics_port)
+    accepted_before = scraped_before.get(("pausewatch_verifier_receipts_total", "accepted"), 0.0)
+    cpu_before, started = _cpu_s(pid), time.monotonic()
+    probe = HealthProbe(channel).start()
+    peak_rss = 0.0
+    while time.monotonic() - started < seconds:
+        peak_rss = max(peak_rss, _rss_mib(pid))
+        time.sleep(1)
+    probe.stop()
+    wall = time.monotonic() - started
+    cpu = (_cpu_s(pid) - cpu_before) / wall
+    scraped_after = _scrape(metrics_port)
+    accepted = (
+        scraped_after.get(("pausewatch_verifier_receipts_total", "accepted"), 0.0) - accepted_before
+    )
+    result = {
+        "rss_mib": peak_rss,
+        "cpu_core_fraction": cpu,
+        "health_p50_ms": _percentile(probe.latencies_ms, 0.50),
+        "health_p99_ms": _percentile(probe.latencies_ms, 0.99),
+        "health_checks": len(probe.latencies_ms),
+        "health_failures": probe.failures,
+        "accepted": accepted,
+        "accepted_per_s": accepted / wall,
+    }
+    print(
+        f"{name}: RSS {peak_rss:.0f} MiB (goal < 1024), CPU {100 * cpu:.1f} % of a core "
+        f"(goal < 15), health p50 {result['health_p50_ms']:.1f} ms p99 "
+        f"{result['health_p99_ms']:.1f} ms (goal < 100; {len(probe.latencies_ms)} checks, "
+        f"{probe.failures} failed), accepted {accepted:.0f} ({accepted / wall:.1f}/s)",
+        flush=True,
+    )
+    print(f"  stages (wall time, mean): {_stages(scraped_before, scraped_after)}", flush=True)
+    return result
+
+
+def _spawn(
+    args: argparse.Namespace, role: str, extra: list[str], log: Path
+) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path[:2]))
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, __file__, "--role", role, *extra],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def _wait_for(path: Path, content: str | None, timeout_s: float, what: str) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if path.exists():
+            text = path.read_text()
+            if content is None or text == content:
+                return text
+        time.sleep(0.5)
+    raise TimeoutError(what)
+
+
+async def _enroll_all(
+    address: str, channel_args: tuple[object, ...], nodes: list[TestNode], operator: object, t0: int
+) -> None:
+    creds = channel_args[0]
+    async with (
+        grpc.aio.secure_channel(address, creds)  # type: ignore[arg-type]
+        if creds is not None
+        else grpc.aio.insecure_channel(address)
+    ) as channel:
+        stub = rpb_grpc.RegistryServiceStub(channel)
+        semaphore = asyncio.Semaphore(64)
+
+        async def one(node: TestNode) -> None:
+            async with semaphore:
+                request = enroll_request(enrollment_for(node, created_at_ns=t0 - S), node, operator)  # type: ignore[arg-type]
+                await stub.EnrollNode(request, timeout=120)
+
+        await asyncio.gather(*(one(node) for node in nodes))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--agents", type=int, default=10_000)
+    parser.add_argument("--interval-s", type=float, default=60.0)
+    parser.add_argument("--phase-s", type=float, default=120.0)
+    parser.add_argument("--hostile", type=int, default=1_000)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--plaintext", action="store_true")
+    parser.add_argument(
+        "--linger-ms", type=int, default=100, help="the verifier's ingest.commit_linger_ms"
+    )
+    parser.add_argument("--role", default="main", help=argparse.SUPPRESS)
+    for hidden in ("--address", "--tls", "--ready"):
+        parser.add_argument(hidden, help=argparse.SUPPRESS)
+    for hidden in ("--first", "--count", "--windows", "--t0"):
+        parser.add_argument(hidden, type=int, help=argparse.SUPPRESS)
+    for hidden in ("--start-at", "--end-at"):
+        parser.add_argument(hidden, type=float, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.role == "agents":
+        print(json.dumps(asyncio.run(_agents(args))), flush=True)
+        return 0
+    if args.role == "hostile":
+        print(json.dumps(asyncio.run(_hostile(args))), flush=True)
+        return 0
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-streams-"))
+    tls = tmp / "tls"
+    files = write_self_signed(tls, ["127.0.0.1", "localhost"], keep_ca_key=True)
+    regulator_cert, regulator_key = issue_client_cert_pem(
+        files.ca_cert.read_bytes(), (tls / "ca.key").read_bytes(), "regulator",
+        uri=f"{SPIFFE}/regulator",
+    )  # fmt: skip
+    metrics_port = free_port()
+    verifier_files = write_verifier_files(
+        tmp / "v",
+        access=(
+            'unauthenticated_role = "regulator"'
+            if args.plaintext
+            else f"""unauthenticated_role = "public"
+[[access.identities]]
+uri = "{SPIFFE}/regulator"
+role = "regulator"
+[[access.identities]]
+uri_prefix = "{SPIFFE}/lab/lab-a/node/"
+role = "node_agent"
+lab = "lab-a"
+"""
+        ),
+        extra_config=f"""[limits]
+max_streams_per_peer = {args.agents + args.hostile + 100}
+max_streams_per_identity = {args.hostile}
+
+[metrics]
+listen = "127.0.0.1:{metrics_port}"
+
+[monitor]
+interval_s = 0
+""",
+        extra_ingest=f"commit_linger_ms = {args.linger_ms}",
+    )
+    # The production defaults where the test harness shortens them.
+    text = verifier_files.config.read_text()
+    verifier_files.config.write_text(
+        text.replace("checkpoint_interval_s = 1\n", "checkpoint_interval_s = 10\n").replace(
+            "workers = 8\n", "workers = 16\n"
+        )
+    )
+    if not args.plaintext:
+        text = verifier_files.config.read_text()
+        verifier_files.config.write_text(
+            text.replace(
+                'insecure_no_tls = true\nlisten = "127.0.0.1:0"',
+                f'listen = "127.0.0.1:0"\ntls_cert = "{files.server_cert}"\n'
+                f'tls_key = "{files.server_key}"\nclient_ca = "{files.ca_cert}"',
+            )
+        )
+    regulator_creds = None if args.plaintext else _credentials(tls, regulator_cert, regulator_key)
+
+    def regulator_channel(address: str) -> grpc.Channel:
+        if regulator_creds is None:
+            return grpc.insecure_channel(address)
+        return grpc.secure_channel(address, regulator_creds)
+
+    running = start_verifier_process(verifier_files, tmp / "verifier.log", regulator_channel)
+    assert running.process is not None
+    pid = running.process.pid
+    print(
+        f"verifier pid {pid} on {running.address} ({'plaintext' if args.plaintext else 'mTLS'}, "
+        f"roles on; commit_linger_ms {args.linger_ms}); {args.agents} agents in {args.clients} "
+        f"processes; log in {tmp}",
+        flush=True,
+    )
+    clients: list[subprocess.Popen[bytes]] = []
+    try:
+        now = time.time_ns()
+        t0 = now - now % (60 * S) - 24 * 3600 * S
+        started = time.monotonic()
+        nodes = [TestNode.from_seed(SEED + i, t0_ns=t0, gpus=8) for i in range(args.agents)]
+        nodes.append(TestNode.from_seed(HOSTILE_SEED, t0_ns=t0, gpus=8))
+        asyncio.run(
+            _enroll_all(running.address, (regulator_creds,), nodes, verifier_files.operator, t0)
+        )
+        print(f"enrolled {len(nodes)} nodes in {time.monotonic() - started:.0f} s", flush=True)
+        rss_idle = _rss_mib(pid)
+
+        settle_s = 30.0
+        open_budget_s = 240.0 + args.agents / 50
+        start_at = time.time() + open_budget_s
+        end_at = start_at + settle_s + 2 * args.phase_s + args.interval_s
+        windows = int((end_at - start_at) / args.interval_s) + 2
+        per = -(-args.agents // args.clients)
+        readies = []
+        common = [
+            "--address", running.address, "--tls", str(tls), "--t0", str(t0),
+            "--windows", str(windows), "--start-at", str(start_at), "--end-at", str(end_at),
+            "--interval-s", str(args.interval_s),
+        ]  # fmt: skip
+        if args.plaintext:
+            common.append("--plaintext")
+        for k in range(args.clients):
+            first, count = k * per, min(per, args.agents - k * per)
+            if count <= 0:
+                break
+            ready = tmp / f"client-{k}.ready"
+            readies.append(ready)
+            clients.append(
+                _spawn(
+                    args, "agents",
+                    [*common, "--first", str(first), "--count", str(count), "--ready", str(ready)],
+                    tmp / f"client-{k}.log",
+                )
+            )  # fmt: skip
+        for ready in readies:
+            _wait_for(ready, "open", open_budget_s + 300, f"{ready.name}: streams did not open")
+        opened = time.monotonic() - started
+        print(
+            f"{args.agents} streams open ({opened:.0f} s after start); RSS {_rss_mib(pid):.0f} "
+            f"MiB (after enrolment, before streams: {rss_idle:.0f} MiB)",
+            flush=True,
+        )
+        time.sleep(max(0.0, start_at - time.time()) + settle_s)
+        with regulator_channel(running.address) as channel:
+            phase1 = _phase("phase 1 (agents only)", pid, metrics_port, args.phase_s, channel)
+            hostile_ready = tmp / "hostile.ready"
+            hostile = _spawn(
+                args, "hostile",
+                [*common, "--count", str(args.hostile), "--ready", str(hostile_ready)],
+                tmp / "hostile.log",
+            )  # fmt: skip
+            clients.append(hostile)
+            codes = json.loads(_wait_for(hostile_ready, None, 120, "the hostile client"))
+            print(
+                f"hostile client: {args.hostile} idle streams on one connection, one node "
+                f"certificate: {codes['held']} held, {codes['refused']} refused",
+                flush=True,
+            )
+            phase2 = _phase("phase 2 (+ hostile)", pid, metrics_port, args.phase_s, channel)
+        for client in clients:
+            client.wait(timeout=args.interval_s + 300)
+        summary = {"phase1": phase1, "phase2": phase2, "hostile": codes}
+        print(json.dumps(summary))
+        ok = all(
+            p["rss_mib"] < 1024 and p["cpu_core_fraction"] < 0.15 and p["health_p99_ms"] < 100
+            for p in (phase1, phase2)
+        )
+        return 0 if ok else 1
+    finally:
+        for client in clients:
+            if client.poll() is None:
+                client.kill()
+        stop_process(running, timeout_s=60)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
