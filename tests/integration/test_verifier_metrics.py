@@ -83,3 +83,50 @@ def test_metrics_after_a_known_ingest(tmp_path: Path) -> None:
     assert value("pausewatch_verifier_store_commit_duration_seconds_count") >= 4  # + enrolment
     assert value("pausewatch_verifier_rpc_duration_seconds_count", method="EnrollNode") == 1
     assert value("pausewatch_verifier_stage_duration_seconds_sum", stage="batch") > 0
+
+
+def test_a_commit_linger_groups_small_batches_of_many_streams(tmp_path: Path) -> None:
+    """Eight agents each send one window at once; with a linger they share transactions (the
+    commit count says so), and each still gets its own receipt, accepted."""
+    import threading
+
+    port = free_port()
+    files = write_verifier_files(
+        tmp_path / "v",
+        extra_ingest="commit_linger_ms = 1500",
+        extra_config=f'[metrics]\nlisten = "127.0.0.1:{port}"\n',
+    )
+    running = start_verifier_process(files, tmp_path / "verifier.log")
+    try:
+        client = Client(running.channel(), files.operator)
+        t0 = time.time_ns() // S * S - 3600 * S
+        nodes = [TestNode.from_seed(510 + i, t0_ns=t0, gpus=1) for i in range(8)]
+        for node in nodes:
+            client.enroll(node, created_at_ns=t0 - S)
+        commits_before = scrape(port).get(
+            ("pausewatch_verifier_stage_duration_seconds_count", (("stage", "commit"),)), 0.0
+        )
+        results: dict[int, list[spb.Receipt]] = {}
+        barrier = threading.Barrier(len(nodes))
+
+        def agent(i: int) -> None:
+            own = Client(running.channel(), files.operator)
+            barrier.wait()
+            results[i] = own.submit(nodes[i].chain(1))
+
+        threads = [threading.Thread(target=agent, args=(i,)) for i in range(len(nodes))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        after = scrape(port)
+    finally:
+        assert stop_process(running) == 0
+    assert all([r.status for r in results[i]] == [spb.RECEIPT_STATUS_ACCEPTED] for i in range(8)), (
+        results
+    )
+    commits = (
+        after[("pausewatch_verifier_stage_duration_seconds_count", (("stage", "commit"),))]
+        - commits_before
+    )
+    assert 1 <= commits <= 2  # without the linger: up to one per batch

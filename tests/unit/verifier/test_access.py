@@ -113,3 +113,10 @@ role = "auditor"
     assert unmapped.role is Role.PUBLIC and unmapped.identity.startswith("sha256:")
     assert access.principal(None).identity == ANONYMOUS
     assert access.principal(b"not a certificate").role is Role.PUBLIC
+
+
+def test_commit_linger_must_not_be_negative() -> None:
+    with pytest.raises(ConfigError, match=r"ingest\.commit_linger_ms: must be 0 or positive"):
+        parse_config(b"[server]\ninsecure_no_tls = true\n[ingest]\ncommit_linger_ms = -1\n")
+    config = parse_config(b"[server]\ninsecure_no_tls = true\n[ingest]\ncommit_linger_ms = 50\n")
+    assert config.ingest.commit_linger_ns == 50_000_000
