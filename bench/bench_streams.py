@@ -79,10 +79,14 @@ def _node_cert(tls: Path, node: TestNode) -> tuple[bytes, bytes]:
 
 
 def _channel(address: str, tls: Path | None, node: TestNode) -> grpc.aio.Channel:
+    # A channel argument of its own per agent: channels with equal arguments would share one
+    # connection, and more streams than the server's max_streams_per_connection on one
+    # connection are refused (the agents of a real fleet each have their own).
+    options = [*CHANNEL_OPTIONS, ("pausewatch.bench.agent", node.node_id.hex())]
     if tls is None:
-        return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        return grpc.aio.insecure_channel(address, options=options)
     cert, key = _node_cert(tls, node)
-    return grpc.aio.secure_channel(address, _credentials(tls, cert, key), options=CHANNEL_OPTIONS)
+    return grpc.aio.secure_channel(address, _credentials(tls, cert, key), options=options)
 
 
 async def _agent(
@@ -111,6 +115,8 @@ async def _agent(
                 opened.set()
             return
         call = stub.SubmitAttestations(timeout=end_at - time.time() + 120)
+        opened_at = time.time()
+        sent = 0
         counts["open"] += 1
         if counts["open"] + counts["failed_open"] == total:
             opened.set()
@@ -129,11 +135,20 @@ async def _agent(
                     r.status == spb.RECEIPT_STATUS_ACCEPTED for r in response.receipts
                 )
                 counts["batches"] += 1
+                sent += 1
                 send_at += interval_s
             await call.done_writing()
             await call.code()
-        except grpc.RpcError:
+        except (grpc.RpcError, asyncio.InvalidStateError):
+            code = await call.code()
             counts["failed"] += 1
+            counts[f"ended_{code.name}"] = counts.get(f"ended_{code.name}", 0) + 1
+            if counts["failed"] == 1:
+                print(
+                    f"first failed stream: {code.name} {await call.details()}, "
+                    f"{time.time() - opened_at:.0f} s after it opened, {sent} batches sent",
+                    flush=True,
+                )
 
 
 async def _agents(args: argparse.Namespace) -> dict[str, int]:
