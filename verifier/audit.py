@@ -29,6 +29,7 @@ from attest.ids import NodeId, is_valid_lab_id
 from attest.keys import key_id_from_raw, public_key_from_raw
 from verifier import accounts, evaluation
 from verifier.accounts import Bucket, Figure, Gap, WindowEdge
+from verifier.bundle import export_bundle
 from verifier.config import IngestConfig
 from verifier.core import VerifierCore
 from verifier.errors import InvalidRequestError, NotFoundError
@@ -352,8 +353,6 @@ class Auditor:
         return out
 
     def export_bundle(self, lab_id: str, period_start_ns: int, period_end_ns: int) -> bytes:
-        from verifier.bundle import export_bundle
-
         self.require_lab(lab_id)
         check_period(period_start_ns, period_end_ns)
         return export_bundle(self, lab_id, period_start_ns, period_end_ns)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -79,6 +80,9 @@ from verifier.policy import Policy, load_policy_bytes, record_in_force
 from verifier.site import EnergySpan, SiteInputs
 from verifier.site_report import sites_in_force, verify_meter_entry, window_energy_span
 from verifier.store.base import EntryKind, ReadView
+
+if TYPE_CHECKING:  # the core for the type only: offline users of this module need none of it
+    from verifier.core import VerifierCore
 
 log = logging.getLogger(__name__)
 
@@ -187,11 +191,28 @@ def _attestation_at(view: ReadView, node_id: bytes, seq: int) -> int | None:
     return None if found is None else found[0]
 
 
-def export_bundle(auditor: object, lab_id: str, period_start_ns: int, period_end_ns: int) -> bytes:
-    """The signed bundle file for a lab and period (``auditor`` is a verifier.audit.Auditor)."""
-    from verifier.audit import Auditor
+class BundleSource(Protocol):
+    """What the export needs of the auditor (verifier.audit.Auditor), named here so that this
+    module does not import the auditor's (which imports this one)."""
 
-    assert isinstance(auditor, Auditor)
+    core: VerifierCore
+
+    def report_from(
+        self,
+        view: ReadView,
+        lab_id: str,
+        period_start_ns: int,
+        period_end_ns: int,
+        now_ns: int,
+        *,
+        compute_rules_only: bool = False,
+    ) -> pb.ComplianceReport: ...
+
+
+def export_bundle(
+    auditor: BundleSource, lab_id: str, period_start_ns: int, period_end_ns: int
+) -> bytes:
+    """The signed bundle file for a lab and period."""
     core = auditor.core
     ingest = core.config.ingest
     now = core.clock_ns()
