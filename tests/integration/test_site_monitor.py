@@ -80,8 +80,8 @@ def test_unexplained_site_energy_is_a_monitor_finding(
 
 
 def test_a_schema_2_store_gets_its_window_energy_rolled_up(tmp_path: Path) -> None:
-    """A store written before site power (schema 2) is upgraded at start: every stored window's
-    attested GPU energy is read back from its envelope into the site accounts' rollup."""
+    """A store written before site power (schema 2) is upgraded at start: the attestations get
+    their energy column, filled from every stored window's envelope."""
     import sqlite3
 
     from verifier.store.sqlite import SqliteStore
@@ -98,10 +98,11 @@ def test_a_schema_2_store_gets_its_window_energy_rolled_up(tmp_path: Path) -> No
     server.stop()
     db_path = files.store
     with sqlite3.connect(db_path) as db:
-        fresh = db.execute("SELECT energy_mj FROM window_energy ORDER BY window_start_ns")
+        fresh = db.execute("SELECT energy_mj FROM attestations ORDER BY window_start_ns")
         energies = [row[0] for row in fresh.fetchall()]
         assert energies == [2 * 21_000_000] * 5  # two GPUs at 21 kJ a window, from ingest
-        db.execute("DELETE FROM window_energy")
+        # As a schema-2 verifier left it: no energy column at all.
+        db.execute("ALTER TABLE attestations DROP COLUMN energy_mj")
         db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (b"2",))
     store = SqliteStore.open(db_path)
     try:

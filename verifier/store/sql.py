@@ -93,6 +93,7 @@ CREATE TABLE IF NOT EXISTS attestations (
     log_index {bigint} NOT NULL,
     lab_id TEXT NOT NULL, window_start_ns {bigint} NOT NULL, window_end_ns {bigint} NOT NULL,
     upper_key TEXT NOT NULL, central_key TEXT NOT NULL, energy_key TEXT NOT NULL,
+    energy_mj {bigint} NOT NULL DEFAULT 0,
     PRIMARY KEY (node_id, seq)
 ) {without_rowid};
 CREATE INDEX IF NOT EXISTS attestations_lab_start ON attestations(lab_id, window_start_ns);
@@ -141,11 +142,6 @@ CREATE TABLE IF NOT EXISTS meter_readings (
     PRIMARY KEY (lab_id, meter_id, seq)
 ) {without_rowid};
 CREATE INDEX IF NOT EXISTS meter_readings_end ON meter_readings(lab_id, meter_id, interval_end_ns);
-CREATE TABLE IF NOT EXISTS window_energy (
-    node_id {blob} NOT NULL, window_start_ns {bigint} NOT NULL, window_end_ns {bigint} NOT NULL,
-    energy_mj {bigint} NOT NULL,
-    PRIMARY KEY (node_id, window_start_ns)
-) {without_rowid};
 """
 
 
@@ -574,7 +570,7 @@ class SqlQueries:
         out: list[tuple[bytes, int, int, int]] = []
         for node_id in node_ids:
             rows = self._all(
-                "SELECT window_start_ns, window_end_ns, energy_mj FROM window_energy "
+                "SELECT window_start_ns, window_end_ns, energy_mj FROM attestations "
                 "WHERE node_id = ? AND window_start_ns >= ? AND window_start_ns < ? "
                 "ORDER BY window_start_ns",
                 (node_id, start_ns, end_ns),
@@ -726,7 +722,8 @@ class SqlTransaction(SqlQueries):
 
     def insert_attestations(self, rows: Sequence[AttestationRow]) -> None:
         self._many(
-            f"INSERT INTO attestations ({self._ATT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO attestations ({self._ATT_COLUMNS}, energy_mj) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (
                     r.node_id,
@@ -739,23 +736,13 @@ class SqlTransaction(SqlQueries):
                     flop_key(r.upper_bound_flop),
                     flop_key(r.central_estimate_flop),
                     flop_key(r.energy_flop),
+                    r.energy_mj,
                 )
                 for r in rows
             ],
         )
         self._add_node_hours(
             (r.node_id, r.seq, r.window_start_ns, r.upper_bound_flop) for r in rows
-        )
-        self._add_window_energy(
-            [(r.node_id, r.window_start_ns, r.window_end_ns, r.energy_mj) for r in rows]
-        )
-
-    def _add_window_energy(self, rows: Sequence[tuple[bytes, int, int, int]]) -> None:
-        """Each accepted window's attested GPU energy, for the site accounts."""
-        self._many(
-            "INSERT INTO window_energy (node_id, window_start_ns, window_end_ns, energy_mj) "
-            "VALUES (?, ?, ?, ?) ON CONFLICT(node_id, window_start_ns) DO NOTHING",
-            rows,
         )
 
     def _add_node_hours(self, rows: Iterable[tuple[bytes, int, int, int]]) -> None:
@@ -846,6 +833,16 @@ class SqlTransaction(SqlQueries):
             [(lab_id, start, json.dumps(row, sort_keys=True)) for start, row in rows.items()],
         )
 
+    def add_column_if_missing(self, table: str, column: str, definition: str) -> None:
+        """Add a column to a table written by an older verifier (schema upgrades only; the names
+        are constants of this module, never input)."""
+        if self._placeholder == "?":  # SQLite: no ADD COLUMN IF NOT EXISTS
+            names = {row[1] for row in self._conn().execute(f"PRAGMA table_info({table})")}
+            if column not in names:
+                self._conn().execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+        else:
+            self._exec(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {definition}")
+
     def set_meta(self, key: str, value: bytes) -> None:
         self._exec(
             "INSERT INTO meta (key, value) VALUES (?, ?) "
@@ -907,18 +904,27 @@ def upgrade_schema(tx: SqlTransaction, found: int) -> None:
                 for node_id, seq, start, key in chunk
             )
         found = 2
-    if found == 2:  # window_energy: each stored window's attested GPU energy (site power)
-        cursor = tx._exec(
-            "SELECT a.node_id, a.window_start_ns, a.window_end_ns, e.entry FROM attestations a "
-            "JOIN log_entries e ON e.idx = a.log_index"
-        )
-        while chunk := cursor.fetchmany(10_000):
-            tx._add_window_energy(
-                [
-                    (bytes(node_id), int(start), int(end), _stored_window_energy_mj(bytes(raw)))
-                    for node_id, start, end, raw in chunk
-                ]
+    if found == 2:  # attestations.energy_mj: each window's attested GPU energy (site power)
+        tx.add_column_if_missing("attestations", "energy_mj", "BIGINT NOT NULL DEFAULT 0")
+        after: tuple[bytes, int] = (b"", -1)
+        while True:  # in key order, a chunk at a time: never the whole table in memory
+            rows = tx._all(
+                "SELECT a.node_id, a.seq, e.entry FROM attestations a "
+                "JOIN log_entries e ON e.idx = a.log_index "
+                "WHERE a.node_id > ? OR (a.node_id = ? AND a.seq > ?) "
+                "ORDER BY a.node_id, a.seq LIMIT 5000",
+                (after[0], after[0], after[1]),
             )
+            if not rows:
+                break
+            tx._many(
+                "UPDATE attestations SET energy_mj = ? WHERE node_id = ? AND seq = ?",
+                [
+                    (_stored_window_energy_mj(bytes(raw)), bytes(node_id), int(seq))
+                    for node_id, seq, raw in rows
+                ],
+            )
+            after = (bytes(rows[-1][0]), int(rows[-1][1]))
         found = 3
     if found != SCHEMA_VERSION:
         raise RuntimeError(f"schema version {found} cannot be upgraded to {SCHEMA_VERSION}")
