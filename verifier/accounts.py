@@ -299,6 +299,9 @@ class AttestationFold(NamedTuple):
     """Peak x busy summed over the GPUs, as the window claims."""
     jumps: tuple[EnergyJump, ...] = ()
     """Energy that rose since the previous back-to-back window, per GPU."""
+    energy_mj: int = 0
+    """The window's measured GPU energy: the sum over GPUs whose counter read OK at both edges
+    (:func:`attest.attestation.window_energy_mj`, without a second pass over the body)."""
 
 
 def energy_jumps(a: WindowEdge, b: WindowEdge, tolerance_ns: int) -> list[EnergyJump]:
@@ -471,6 +474,7 @@ def fold_attestation(
         counter_reset,
         upper_sum,
         jumps,
+        energy_mj_sum,
     )
 
 

@@ -30,7 +30,7 @@ from pausewatch.v1 import attestation_pb2 as apb
 from pausewatch.v1 import attestation_service_pb2 as spb
 from pausewatch.v1 import findings_pb2 as fpb
 
-from attest.attestation import VerifiedAttestation, attestation_from_verified, window_energy_mj
+from attest.attestation import VerifiedAttestation, attestation_from_verified
 from attest.chain import ChainHead, Link, classify
 from attest.envelope import PayloadType, parse_envelope, verify_parsed_envelope
 from attest.errors import (
@@ -542,7 +542,7 @@ class Ingestor:
                 upper_bound_flop=fold.upper_bound_flop,
                 central_estimate_flop=fold.central_estimate_flop,
                 energy_flop=fold.energy_flop,
-                energy_mj=window_energy_mj(body),
+                energy_mj=fold.energy_mj,
             )
         )
         edge = fold.edge

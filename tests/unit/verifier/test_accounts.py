@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from pausewatch.v1 import attestation_pb2 as apb
 
 from attest import compute
-from attest.attestation import VerifiedAttestation, verify_attestation
+from attest.attestation import VerifiedAttestation, verify_attestation, window_energy_mj
 from attest.envelope import StaticKeyring
 from attest.ids import NodeId
 from tests.builders import T0_NS, WINDOW_NS, TestNode
@@ -808,6 +808,7 @@ def test_fold_attestation_equals_the_reference_functions(data: st.DataObject) ->
     assert fold.upper_bound_flop == sum(f.upper_bound_flop for f in figures)
     assert fold.central_estimate_flop == sum(f.central_estimate_flop for f in figures)
     assert fold.energy_flop == sum(f.energy_flop for f in figures)
+    assert fold.energy_mj == window_energy_mj(body)
     assert fold.edge == window_edge(att, 9)
     assert [g.declared for g in fold.gpus] == [f.declared for f in figures]
 
