@@ -369,7 +369,11 @@ def fold_attestation(
     evaluated_sum = 0
     node_hex = ""
     flags: list[tuple[WindowFlagKind, str, int]] = []
-    steps = [0] * BUSY_STEPS
+    # reached[k]: GPU-time of the window's GPUs that reached exactly k busy steps; summed into the
+    # bucket's at-least steps once per window (add_busy_steps per GPU costs up to 20 adds each).
+    reached = [0] * (BUSY_STEPS + 1)
+    last_model: str | None = None
+    rates = None
     counter_reset_state = apb.ENERGY_COUNTER_STATE_RESET
     counter_reset = False
     edges: list[GpuEdge] = []
@@ -390,7 +394,10 @@ def fold_attestation(
         energy_ok = counter_state == counter_ok
         counter_reset = counter_reset or counter_state == counter_reset_state
         energy_mj = energy_end_mj - energy_start_mj if energy_ok else None
-        rates = rates_for(model)
+        if model != last_model:
+            rates = rates_for(model)
+            last_model = model
+        assert rates is not None
         upper, central, energy_flop = flop_from_rates(rates, busy_ms, tensor_active_ms, energy_mj)
         taken = gpu.samples_taken
         if gpu.presence == present and 0 < gpu.samples_expected <= taken:
@@ -418,7 +425,8 @@ def fold_attestation(
                 flags.append((WindowFlagKind.UNDECLARED_GPU, uuid, 0))
         assumed_n += tensor_active_ms is None
         unknown_n += rates.unknown_model
-        add_busy_steps(steps, busy_ms, window_ms, attested_ms)
+        if window_ms > 0 and attested_ms:
+            reached[min(BUSY_STEPS, busy_ms * BUSY_STEPS // window_ms)] += attested_ms
         edges.append(GpuEdge(uuid, model, energy_start_mj, energy_end_mj, energy_ok))
         gpus.append(GpuFold(uuid, model, upper, energy_flop, energy_ok, declared, evaluated, flag))
     edge = WindowEdge(
@@ -438,6 +446,11 @@ def fold_attestation(
         for jump in jumps:
             evaluated_sum += jump.flop
             flags.append((WindowFlagKind.ENERGY_OUTSIDE_WINDOWS, jump.uuid, jump.flop))
+    steps = [0] * BUSY_STEPS
+    at_least = 0
+    for i in range(BUSY_STEPS, 0, -1):
+        at_least += reached[i]
+        steps[i - 1] = at_least
     if gpus:
         bucket = buckets.get(key)
         if bucket is None:
