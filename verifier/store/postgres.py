@@ -114,7 +114,7 @@ class PostgresStore(SqlQueries):
             raise RuntimeError("the store is closed")
         with self._write_lock, self._writer.transaction():
             self._writer.execute("SELECT pg_advisory_xact_lock(%s)", (LOG_LOCK_ID,))
-            yield SqlTransaction(self._writer, "%s")
+            yield SqlTransaction(self._writer, "%s", array_inserts=True)
 
     @contextmanager
     def snapshot(self) -> Iterator[SqlTransaction]:

@@ -91,11 +91,17 @@ def test_failed_transaction_leaves_nothing(store: Store) -> None:
     assert store.get_lab("lab-a") is None
 
 
-def test_each_envelope_once_in_the_log(store: Store) -> None:
+@pytest.mark.parametrize("batch", [1, 4])
+def test_each_envelope_once_in_the_log(store: Store, batch: int) -> None:
+    """A digest already logged fails the whole insert, alone or among new entries (PostgreSQL
+    takes a batch as one statement over arrays: it must fail as a whole, and roll back)."""
     append(store, [entry(0)])
+    again = [entry(0)] + [entry(i) for i in range(10, 10 + batch - 1)]
     with pytest.raises(Exception), store.transaction() as tx:  # noqa: B017, PT011 - driver-specific
-        tx.append_log([entry(0)], [], 1)
+        tx.append_log(again, [], 1)
     assert store.tree_size() == 1
+    assert [e.index for e in store.entries(range(5))] == [0]
+    assert store.entry_index_by_digest(entry(10).digest) is None
 
 
 def test_registry_rows(store: Store) -> None:
