@@ -225,3 +225,39 @@ def test_energy_that_utilisation_cannot_explain_is_a_finding(tmp_path: Path) -> 
         ).findings
         assert [f.finding.gpu_uuid for f in findings] == [node.gpu_uuid(0)]
         assert findings[0].finding.evidence_log_indices == [receipts[1].log_index]
+
+
+def test_a_small_batch_whose_checks_fail_is_refused_alone_and_lands_when_resent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A small batch is checked in its group's commit job: a failure there (a bug, simulated)
+    answers that batch UNAVAILABLE and stores none of it; other batches still commit, and the
+    resent batch is accepted with no gap."""
+    from verifier.ingest import Ingestor
+
+    t0 = recent_t0()
+    node, other = TestNode.from_seed(41, t0_ns=t0), TestNode.from_seed(42, t0_ns=t0)
+    chain, other_chain = node.chain(3), other.chain(2)
+    real_check_all = Ingestor._check_all
+    poisoned = {chain[0]}
+
+    def check_all(self: Ingestor, raws: list[bytes]) -> object:
+        if poisoned & set(raws):
+            raise RuntimeError("stage one failed")
+        return real_check_all(self, raws)
+
+    monkeypatch.setattr(Ingestor, "_check_all", check_all)
+    with running_verifier(tmp_path) as v:
+        client = v.client()
+        for n in (node, other):
+            client.enroll(n, created_at_ns=t0 - S)
+        refused = client.submit(chain[:2])
+        assert [r.status for r in refused] == [spb.RECEIPT_STATUS_REJECTED] * 2
+        assert {r.reason for r in refused} == {spb.REJECT_REASON_UNAVAILABLE}
+        assert [r.status for r in client.submit(other_chain)] == [spb.RECEIPT_STATUS_ACCEPTED] * 2
+        info = client.registry.GetNode(rpb.GetNodeRequest(node_id=node.node_id)).node
+        assert not info.has_head  # nothing of the refused batch was stored
+        poisoned.clear()
+        again = client.submit(chain)
+        assert [r.status for r in again] == [spb.RECEIPT_STATUS_ACCEPTED] * 3
+        assert not any(r.gap_recorded for r in again)
