@@ -179,6 +179,36 @@ def enroll_request(
     )
 
 
+def inventory_request(
+    operator: Ed25519Signer,
+    uuids: Sequence[str],
+    *,
+    effective_from_ns: int,
+    version: int = 1,
+    lab_id: str = "lab-a",
+    created_at_ns: int | None = None,
+) -> rpb.DeclareInventoryRequest:
+    """A lab's inventory declaration of ``uuids``, signed by its operator key."""
+    declaration = rpb.InventoryDeclaration(
+        format_version=1,
+        lab_id=lab_id,
+        version=version,
+        gpus=[rpb.GpuIdentity(uuid=uuid) for uuid in uuids],
+        effective_from_ns=effective_from_ns,
+        created_at_ns=created_at_ns if created_at_ns is not None else time.time_ns(),
+    )
+    return rpb.DeclareInventoryRequest(
+        declaration_envelope=sign_envelope(
+            operator, PayloadType.INVENTORY, declaration.SerializeToString()
+        )
+    )
+
+
+def all_gpu_uuids(nodes: Sequence[TestNode]) -> list[str]:
+    """Every GPU of ``nodes``, as their attestations name them."""
+    return [gpu.uuid for node in nodes for gpu in node.body(0).gpus]
+
+
 class Client:
     """gRPC stubs for one verifier."""
 
@@ -198,6 +228,18 @@ class Client:
     def enroll(self, node: TestNode, **kwargs: object) -> rpb.EnrollNodeResponse:
         enrollment = enrollment_for(node, nonce=self.nonce(node), **kwargs)  # type: ignore[arg-type]
         return self.registry.EnrollNode(enroll_request(enrollment, node, self.operator), timeout=10)
+
+    def declare_inventory(
+        self, uuids: Sequence[str], *, effective_from_ns: int, **kwargs: object
+    ) -> rpb.DeclareInventoryResponse:
+        """Declare the lab's inventory (:func:`inventory_request` takes the other arguments)."""
+        request = inventory_request(
+            self.operator,
+            uuids,
+            effective_from_ns=effective_from_ns,
+            **kwargs,  # type: ignore[arg-type]
+        )
+        return self.registry.DeclareInventory(request, timeout=60)
 
     def submit(self, envelopes: Sequence[bytes], batch: int = 64) -> list[spb.Receipt]:
         return [r for response in self.submit_batches(envelopes, batch) for r in response.receipts]

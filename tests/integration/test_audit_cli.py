@@ -13,9 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from pausewatch.v1 import registry_pb2 as rpb
 
-from attest.envelope import PayloadType, sign_envelope
 from tests.builders import TestNode
 from tests.verifier_harness import REPO, RunningVerifier, running_verifier
 
@@ -74,20 +72,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         client = v.client()
         node = TestNode.from_seed(70, t0_ns=t0)
         client.enroll(node, created_at_ns=t0 - S)
-        declaration = rpb.InventoryDeclaration(
-            format_version=1,
-            lab_id="lab-a",
-            version=1,
-            gpus=[rpb.GpuIdentity(uuid=node.gpu_uuid(i)) for i in range(2)],
-            effective_from_ns=t0 - MINUTE,
-            created_at_ns=time.time_ns(),
-        )
-        client.registry.DeclareInventory(
-            rpb.DeclareInventoryRequest(
-                declaration_envelope=sign_envelope(
-                    v.files.operator, PayloadType.INVENTORY, declaration.SerializeToString()
-                )
-            )
+        client.declare_inventory(
+            [node.gpu_uuid(i) for i in range(2)], effective_from_ns=t0 - MINUTE
         )
         # Minutes 0-9: half busy (within the limit); minutes 10-19: fully busy (over it).
         chain: list[bytes] = []

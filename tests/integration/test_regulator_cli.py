@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from pausewatch.v1 import registry_pb2 as rpb
 
-from attest.envelope import PayloadType, envelope_digest, sign_envelope
+from attest.envelope import PayloadType, envelope_digest
 from attest.keys import Ed25519Signer, format_public_key, save_public_key
 from tests.builders import TestNode, fixed_private_key
 from tests.integration.test_audit_cli import pausewatch
@@ -87,20 +86,8 @@ def labs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Labs]:
         client = v.client()
         node = TestNode.from_seed(120, t0_ns=t0)
         client.enroll(node, created_at_ns=t0 - S)
-        declaration = rpb.InventoryDeclaration(
-            format_version=1,
-            lab_id="lab-a",
-            version=1,
-            gpus=[rpb.GpuIdentity(uuid=node.gpu_uuid(i)) for i in range(2)],
-            effective_from_ns=t0 - MINUTE,
-            created_at_ns=time.time_ns(),
-        )
-        client.registry.DeclareInventory(
-            rpb.DeclareInventoryRequest(
-                declaration_envelope=sign_envelope(
-                    v.files.operator, PayloadType.INVENTORY, declaration.SerializeToString()
-                )
-            )
+        client.declare_inventory(
+            [node.gpu_uuid(i) for i in range(2)], effective_from_ns=t0 - MINUTE
         )
         # Minutes 0-9 half busy (compliant); 10-19 fully busy (over 1e18 in 5 minutes).
         chain: list[bytes] = []
