@@ -45,8 +45,10 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 from tests.agent_process import free_port  # noqa: E402
 from tests.builders import TestNode  # noqa: E402
 from tests.verifier_harness import (  # noqa: E402
+    all_gpu_uuids,
     enroll_request,
     enrollment_for,
+    inventory_request,
     start_verifier_process,
     stop_process,
     write_verifier_files,
@@ -474,7 +476,20 @@ interval_s = 0
         asyncio.run(
             _enroll_all(running.address, (regulator_creds,), nodes, verifier_files.operator, t0)
         )
-        print(f"enrolled {len(nodes)} nodes in {time.monotonic() - started:.0f} s", flush=True)
+        # The lab declares its fleet, as a real one does: undeclared GPUs would each make a
+        # finding on their first window (signed and logged), which is not the steady state.
+        with regulator_channel(running.address) as channel:
+            rpb_grpc.RegistryServiceStub(channel).DeclareInventory(
+                inventory_request(
+                    verifier_files.operator, all_gpu_uuids(nodes), effective_from_ns=t0 - 60 * S
+                ),
+                timeout=300,
+            )
+        print(
+            f"enrolled {len(nodes)} nodes and declared their GPUs in "
+            f"{time.monotonic() - started:.0f} s",
+            flush=True,
+        )
         rss_idle = _rss_mib(pid)
 
         settle_s = 30.0

@@ -45,7 +45,7 @@ from verifier import accounts, late
 from verifier.core import NodeHead, NodeState, VerifierCore, WriteContext
 from verifier.log import PendingEntry
 from verifier.registry import flag_node
-from verifier.store.base import AttestationRow, EntryKind, GapRow, InventoryRow
+from verifier.store.base import AttestationRow, EntryKind, GapRow
 from verifier.tpm import QuoteState, check_window_quote, status_name, tpm_state_key
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,8 @@ class _Batch:
     attestations: list[AttestationRow] = field(default_factory=list)
     gaps: list[GapRow] = field(default_factory=list)
     buckets: dict[str, dict[int, accounts.Bucket]] = field(default_factory=dict)
-    inventories: dict[str, list[InventoryRow]] = field(default_factory=dict)
+    inventories: dict[str, list[tuple[int, frozenset[str]]]] = field(default_factory=dict)
+    """Per lab, its inventory versions in order: (effective from, the declared GPUs)."""
     digests: dict[bytes, int] = field(default_factory=dict)
     edges: dict[bytes, accounts.WindowEdge] = field(default_factory=dict)
     stored_at: dict[tuple[bytes, int], bytes] = field(default_factory=dict)
@@ -148,6 +149,7 @@ class Ingestor:
             max_workers=max(1, core.config.ingest.verify_threads), thread_name_prefix="verify"
         )
         self._edges: dict[bytes, accounts.WindowEdge] = {}
+        self._inventories: dict[str, tuple[int, list[tuple[int, frozenset[str]]]]] = {}
         self._pending: list[_Job] = []
         self._pending_lock = threading.Lock()
         self._commit_lock = threading.Lock()
@@ -390,13 +392,24 @@ class Ingestor:
     ) -> frozenset[str] | None:
         versions = batch.inventories.get(lab_id)
         if versions is None:
-            versions = w.tx.inventory(lab_id)
-            batch.inventories[lab_id] = versions
-        current: InventoryRow | None = None
-        for row in versions:
-            if row.effective_from_ns <= t_ns:
-                current = row
-        return None if current is None else frozenset(current.gpu_uuids)
+            # A declared version never changes (versions only increase), so the sets are kept
+            # between batches: a fleet's declaration holds tens of thousands of GPUs, too many to
+            # read and build a set of per window. Another process may have added a version.
+            latest = w.tx.inventory_version(lab_id)
+            cached = self._inventories.get(lab_id)
+            if cached is None or cached[0] != latest:
+                rows = w.tx.inventory(lab_id)
+                cached = (
+                    rows[-1].version if rows else 0,
+                    [(row.effective_from_ns, frozenset(row.gpu_uuids)) for row in rows],
+                )
+                self._inventories[lab_id] = cached
+            versions = batch.inventories[lab_id] = cached[1]
+        current: frozenset[str] | None = None
+        for effective_from_ns, uuids in versions:
+            if effective_from_ns <= t_ns:
+                current = uuids
+        return current
 
     def _previous_edge(
         self, w: WriteContext, batch: _Batch, node: NodeState
@@ -988,8 +1001,7 @@ class Ingestor:
                 )
 
     def _flush(self, w: WriteContext, batch: _Batch) -> None:
-        for node_id, (seq, digest, index, window_end_ns) in batch.heads.items():
-            w.tx.set_node_head(node_id, seq, digest, index, window_end_ns)
+        w.tx.set_node_heads([(node_id, *head) for node_id, head in batch.heads.items()])
         w.tx.insert_attestations(batch.attestations)
         w.tx.insert_gaps(batch.gaps)
         for lab_id, new in batch.buckets.items():

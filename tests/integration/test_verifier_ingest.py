@@ -261,3 +261,32 @@ def test_a_small_batch_whose_checks_fail_is_refused_alone_and_lands_when_resent(
         again = client.submit(chain)
         assert [r.status for r in again] == [spb.RECEIPT_STATUS_ACCEPTED] * 3
         assert not any(r.gap_recorded for r in again)
+
+
+def test_an_inventory_declared_while_windows_arrive_decides_the_windows_after_it(
+    tmp_path: Path,
+) -> None:
+    """The verifier keeps the declared GPU sets between batches; a new version must still decide
+    the windows that start after it takes effect (and the old one those before)."""
+    t0 = recent_t0()
+    node = TestNode.from_seed(43, t0_ns=t0, gpus=2)
+    chain = node.chain(14)
+    effective = t0 + 12 * MINUTE  # in the past, within the test config's very wide clock skew
+    with running_verifier(tmp_path) as v:
+        client = v.client()
+        client.enroll(node, created_at_ns=t0 - S)
+        client.declare_inventory([node.gpu_uuid(0)], effective_from_ns=t0 - MINUTE)
+        first = client.submit(chain[:3])
+        client.declare_inventory(
+            [node.gpu_uuid(0), node.gpu_uuid(1)], effective_from_ns=effective, version=2
+        )
+        rest = client.submit(chain[3:])
+        assert [r.status for r in first + rest] == [spb.RECEIPT_STATUS_ACCEPTED] * 14
+        report = client.audit.GetComplianceReport(
+            apb.GetComplianceReportRequest(
+                lab_id="lab-a", period_start_ns=t0, period_end_ns=t0 + 14 * MINUTE
+            )
+        ).report
+    undeclared = [f for f in report.flagged if f.flag == apb.WINDOW_FLAG_UNDECLARED_GPU]
+    assert [(f.gpu_uuid, f.gpu_windows) for f in undeclared] == [(node.gpu_uuid(1), 12)]
+    assert undeclared[0].last_window_end_ns == effective

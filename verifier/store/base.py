@@ -220,6 +220,10 @@ class ReadView(Protocol):
 
     def inventory(self, lab_id: str) -> list[InventoryRow]: ...
 
+    def inventory_version(self, lab_id: str) -> int:
+        """The lab's latest inventory version (0 if it declared none)."""
+        ...
+
     def attestation_digest_at(self, node_id: bytes, seq: int) -> bytes | None: ...
 
     def attestations_in(
@@ -319,9 +323,9 @@ class Transaction(ReadView, Protocol):
         self, node_id: bytes, state: int, revoked_at_ns: int | None = None
     ) -> None: ...
 
-    def set_node_head(
-        self, node_id: bytes, seq: int, digest: bytes, log_index: int, window_end_ns: int
-    ) -> None: ...
+    def set_node_heads(self, heads: Sequence[tuple[bytes, int, bytes, int, int]]) -> None:
+        """Each (node id, seq, digest, log index, window end ns): the node's new head."""
+        ...
 
     def put_inventory(self, row: InventoryRow) -> None: ...
 

@@ -315,6 +315,10 @@ class SqlQueries:
         )
         return [InventoryRow(r[0], r[1], r[2], tuple(json.loads(r[3])), r[4]) for r in rows]
 
+    def inventory_version(self, lab_id: str) -> int:
+        row = self._one("SELECT MAX(version) FROM inventory WHERE lab_id = ?", (lab_id,))
+        return 0 if row is None or row[0] is None else int(row[0])
+
     def attestation_digest_at(self, node_id: bytes, seq: int) -> bytes | None:
         row = self._one(
             "SELECT digest FROM attestations WHERE node_id = ? AND seq = ?", (node_id, seq)
@@ -749,13 +753,14 @@ class SqlTransaction(SqlQueries):
             (state, revoked_at_ns, node_id),
         )
 
-    def set_node_head(
-        self, node_id: bytes, seq: int, digest: bytes, log_index: int, window_end_ns: int
-    ) -> None:
-        self._exec(
+    def set_node_heads(self, heads: Sequence[tuple[bytes, int, bytes, int, int]]) -> None:
+        self._many(
             "UPDATE nodes SET head_seq = ?, head_digest = ?, head_log_index = ?, "
             "head_window_end_ns = ? WHERE node_id = ?",
-            (seq, digest, log_index, window_end_ns, node_id),
+            [
+                (seq, digest, log_index, window_end_ns, node_id)
+                for node_id, seq, digest, log_index, window_end_ns in heads
+            ],
         )
 
     def put_inventory(self, row: InventoryRow) -> None:

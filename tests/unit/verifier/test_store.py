@@ -125,7 +125,7 @@ def test_registry_rows(store: Store) -> None:
         tx.put_lab(LabRow("lab-a", "Lab A", b"\x02" * 32, 0))
         tx.insert_node(node, ["GPU-1", "GPU-2"])
         tx.put_inventory(InventoryRow("lab-a", 1, 5, ("GPU-1", "GPU-2"), 3))
-        tx.set_node_head(node.node_id, 4, b"\x05" * 32, 9, 99)
+        tx.set_node_heads([(node.node_id, 4, b"\x05" * 32, 9, 99)])
     assert store.gpu_owner("GPU-2") == node.node_id
     got = store.get_node(node.node_id)
     assert got is not None and (got.head_seq, got.head_log_index, got.head_window_end_ns) == (
