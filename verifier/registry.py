@@ -33,7 +33,7 @@ from attest.envelope import (
 from attest.errors import ConfigError, EnvelopeError, PausewatchError
 from attest.ids import is_valid_lab_id
 from attest.keys import key_id_from_raw, public_key_from_raw
-from verifier.config import LabConfig
+from verifier.config import LabConfig, ServerConfig
 from verifier.core import NodeState, VerifierCore, WriteContext
 from verifier.errors import ConflictError, InvalidRequestError, NotFoundError, PermissionDeniedError
 from verifier.log import PendingEntry
@@ -47,6 +47,15 @@ log = logging.getLogger(__name__)
 
 MAX_GPUS_PER_NODE = 256
 MAX_INVENTORY_GPUS = 1_000_000
+
+
+def inventory_envelope_limit(server: ServerConfig) -> int:
+    """The size limit of an inventory declaration's envelope: the whole request message's, not
+    one envelope's (a fleet of 100,000 GPUs declares about 5 MB of UUIDs; an attestation's
+    256 KiB limit would cap a declaration near 5,000 GPUs)."""
+    return max(server.max_envelope_bytes, server.max_message_bytes)
+
+
 HOUR_NS = 3_600 * 10**9
 
 
@@ -239,10 +248,12 @@ class Registry:
         return lab, ring
 
     def _verify_operator(
-        self, raw: bytes, payload_type: PayloadType, lab_id_of: type
+        self, raw: bytes, payload_type: PayloadType, lab_id_of: type, max_size: int | None = None
     ) -> tuple[VerifiedEnvelope, LabRow]:
-        """Parse an operator-signed envelope, find its lab, verify it under the lab's key."""
-        max_size = self.core.config.server.max_envelope_bytes
+        """Parse an operator-signed envelope, find its lab, verify it under the lab's key.
+        ``max_size``: the envelope's limit (``server.max_envelope_bytes`` unless given)."""
+        if max_size is None:
+            max_size = self.core.config.server.max_envelope_bytes
         _parse(raw, "the envelope", max_size)
         envelope = parse_envelope(raw, max_size=max_size)
         if envelope.payload_type != payload_type:
@@ -404,7 +415,10 @@ class Registry:
     def declare_inventory(self, raw: bytes) -> tuple[int, int]:
         """Accept an operator-signed inventory declaration; returns (version, log index)."""
         verified, lab = self._verify_operator(
-            raw, PayloadType.INVENTORY, registry_pb2.InventoryDeclaration
+            raw,
+            PayloadType.INVENTORY,
+            registry_pb2.InventoryDeclaration,
+            max_size=inventory_envelope_limit(self.core.config.server),
         )
         declaration = registry_pb2.InventoryDeclaration.FromString(verified.payload)
         if declaration.format_version != 1:

@@ -69,7 +69,7 @@ from verifier.ingest import CheckedBatch, Ingestor, SubmitResult
 from verifier.limits import Limiter
 from verifier.meters import MAX_READINGS_PER_REQUEST, SiteRegistry
 from verifier.metrics import VerifierMetrics
-from verifier.registry import Registry
+from verifier.registry import Registry, inventory_envelope_limit
 
 log = logging.getLogger(__name__)
 
@@ -522,7 +522,7 @@ class RegistryServicer:
                 request.declaration_envelope,
                 PayloadType.INVENTORY,
                 "declaration_envelope",
-                self.max_size,
+                inventory_envelope_limit(self.registry.core.config.server),
             )
             declaration = _parse_payload(
                 rpb.InventoryDeclaration, envelope.payload, "InventoryDeclaration"

@@ -308,3 +308,23 @@ def test_inventory_declaration_files_from_the_operator_cli_load_at_start_once(
     with running_verifier(directory) as v:
         assert inventory_rows(v.files.store) == [("lab-a", 1, ["GPU-A", "GPU-B"])]
         assert log_size(v) == size
+
+
+def test_a_fleet_sized_inventory_is_declared_in_one_envelope(verifier: RunningVerifier) -> None:
+    """20,000 GPUs (about 1 MB of UUIDs, four times an attestation's envelope limit) declare in
+    one signed envelope; one past the request size limit is refused whole, nothing logged."""
+    client = verifier.client()
+    now = time.time_ns()
+    fleet = [f"GPU-{i:08d}-0000-0000-0000-000000000000" for i in range(20_000)]
+    before = log_size(verifier)
+    accepted = client.declare_inventory(fleet, effective_from_ns=now)
+    assert accepted.version == 1
+    assert log_size(verifier) == before + 1
+    too_big = [f"GPU-{i:08d}-0000-0000-0000-{'0' * 12}" for i in range(200_000)]  # ~9 MB
+    with pytest.raises(grpc.RpcError) as refused:
+        client.declare_inventory(too_big, effective_from_ns=now + S, version=2)
+    assert refused.value.code() in {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+    assert log_size(verifier) == before + 1
