@@ -102,6 +102,7 @@ async def _agent(
     counts: dict[str, int],
     opened: asyncio.Event,
     total: int,
+    failures: list[tuple[float, float]],
 ) -> None:
     async with _channel(address, tls, node) as channel:
         stub = spb_grpc.AttestationServiceStub(channel)
@@ -118,6 +119,8 @@ async def _agent(
             return
         call = stub.SubmitAttestations(timeout=end_at - time.time() + 120)
         opened_at = time.time()
+        ended_at: list[float] = []
+        call.add_done_callback(lambda _call: ended_at.append(time.time()))
         sent = 0
         counts["open"] += 1
         if counts["open"] + counts["failed_open"] == total:
@@ -145,10 +148,14 @@ async def _agent(
             code = await call.code()
             counts["failed"] += 1
             counts[f"ended_{code.name}"] = counts.get(f"ended_{code.name}", 0) + 1
+            # When the call ended, and when this agent found out (its next write or read).
+            ended = ended_at[0] if ended_at else time.time()
+            failures.append((opened_at, ended))
             if counts["failed"] == 1:
                 print(
-                    f"first failed stream: {code.name} {await call.details()}, "
-                    f"{time.time() - opened_at:.0f} s after it opened, {sent} batches sent",
+                    f"first failed stream: {code.name} {await call.details()}, ended "
+                    f"{ended - opened_at:.1f} s after it opened (at {ended:.1f}), noticed "
+                    f"{time.time() - opened_at:.1f} s after, {sent} batches sent",
                     flush=True,
                 )
 
@@ -164,6 +171,7 @@ async def _agents(args: argparse.Namespace) -> dict[str, int]:
         "open": 0, "failed_open": 0, "open_retries": 0, "accepted": 0, "batches": 0, "failed": 0
     }  # fmt: skip
     opened = asyncio.Event()
+    failures: list[tuple[float, float]] = []
     Path(args.ready).write_text("built")
     tasks = [
         asyncio.create_task(
@@ -178,6 +186,7 @@ async def _agents(args: argparse.Namespace) -> dict[str, int]:
                 counts,
                 opened,
                 count,
+                failures,
             )
         )
         for node, chain in zip(nodes, chains, strict=True)
@@ -186,6 +195,15 @@ async def _agents(args: argparse.Namespace) -> dict[str, int]:
     Path(args.ready + ".json").write_text(json.dumps(counts))
     Path(args.ready).write_text("open")
     await asyncio.gather(*tasks)
+    if failures:
+        ends = sorted(end for _, end in failures)
+        lived = sorted(end - start for start, end in failures)
+        print(
+            f"{len(failures)} streams failed; they ended between {ends[0]:.1f} and {ends[-1]:.1f} "
+            f"(median {ends[len(ends) // 2]:.1f}; sending began at {args.start_at:.1f}), "
+            f"{lived[0]:.0f} to {lived[-1]:.0f} s after they opened",
+            flush=True,
+        )
     return counts
 
 
@@ -382,7 +400,10 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--plaintext", action="store_true")
     parser.add_argument(
-        "--linger-ms", type=int, default=100, help="the verifier's ingest.commit_linger_ms"
+        "--linger-ms",
+        type=int,
+        default=250,
+        help="the verifier's ingest.commit_linger_ms (250: what docs/verifier.md advises a fleet)",
     )
     parser.add_argument("--role", default="main", help=argparse.SUPPRESS)
     for hidden in ("--address", "--tls", "--ready"):
