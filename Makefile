@@ -16,10 +16,11 @@ setup: $(STAMP)
 
 ## The tests (README's test command; CI runs it through .ci/run). Chromium is installed on the
 ## way if missing (Debian, as root) for the browser test of the HTML report, and swtpm with
-## tpm2-tools for the TPM tests.
+## tpm2-tools for the TPM tests, and promtool for the alert-rule tests.
 test: $(STAMP)
 	@scripts/ensure_chromium.sh || echo "note: no chromium; the HTML browser test will be skipped"
 	@scripts/ensure_swtpm.sh || echo "note: no swtpm or tpm2-tools; the TPM tests will be skipped"
+	@scripts/ensure_promtool.sh || echo "note: no promtool; the alert-rule cross-checks will be skipped"
 	$(BIN)/python -m pytest
 
 ## Lint, types, and generated-code and generated-doc drift: what CI checks besides the tests.
