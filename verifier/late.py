@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Protocol
 
 from pausewatch.v1 import attestation_pb2 as apb
 from pausewatch.v1 import audit_pb2
@@ -32,9 +33,20 @@ from attest.attestation import VerifiedAttestation
 from attest.ids import NodeId
 from verifier import accounts
 from verifier.accounts import Gap
-from verifier.config import IngestConfig
 
 NS_PER_MS = 1_000_000
+
+
+class LateLimits(Protocol):
+    """The two limits grading reads (the verifier's ``[ingest]`` settings, ``IngestConfig``, have
+    them), named here so that this pure module does not import the config, which imports the
+    accounts."""
+
+    @property
+    def late_after_ns(self) -> int: ...
+
+    @property
+    def nonce_lifetime_ns(self) -> int: ...
 
 
 class LateReason(StrEnum):
@@ -59,7 +71,7 @@ class Lateness:
 
 
 def grade(
-    now_ns: int, window_end_ns: int, nonce_age_ns: int | None, ingest: IngestConfig
+    now_ns: int, window_end_ns: int, nonce_age_ns: int | None, ingest: LateLimits
 ) -> Lateness | None:
     """The lateness of a window accepted at ``now_ns``, or ``None`` if it is on time.
 
