@@ -15,11 +15,11 @@ process (``python -m agent.cli``), exactly as a running agent makes them; the ve
 never imports the agent's. Then the verifier's own pure code does the rest, as offline bundle
 verification does (ADR 0001): each envelope is verified under its export's key and validated,
 each node's chain checked, the windows folded into accounts
-(:func:`verifier.accounts.fold_attestation`), each node's gaps found, and the policy evaluated
-(:func:`verifier.evaluation.evaluate`). The declared inventory of an analysis is every GPU the
-windows name, each node's from its first window on: coverage is against the recorded GPUs, not a
-declaration. The period runs from the first window's bucket to the end of the last window's
-bucket, with evidence up to the last window's end (``as_of``).
+(:func:`verifier.accounting.accounts.fold_attestation`), each node's gaps found, and the policy
+evaluated (:func:`verifier.accounting.evaluation.evaluate`). The declared inventory of an analysis
+is every GPU the windows name, each node's from its first window on: coverage is against the
+recorded GPUs, not a declaration. The period runs from the first window's bucket to the end of the
+last window's bucket, with evidence up to the last window's end (``as_of``).
 """
 
 from __future__ import annotations
@@ -44,9 +44,9 @@ from attest.envelope import StaticKeyring, parse_envelope, verify_parsed_envelop
 from attest.errors import ConfigError, PausewatchError, VerificationError
 from attest.ids import Digest, NodeId
 from attest.keys import key_id_from_raw, public_key_from_raw
-from verifier import accounts, evaluation
+from verifier.accounting import accounts, evaluation
+from verifier.accounting.policy import Policy, validate_for_buckets
 from verifier.config import IngestConfig
-from verifier.policy import Policy, validate_for_buckets
 
 log = logging.getLogger(__name__)
 

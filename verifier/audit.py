@@ -27,14 +27,14 @@ from attest.envelope import StaticKeyring, parse_envelope
 from attest.errors import ConfigError
 from attest.ids import NodeId, is_valid_lab_id
 from attest.keys import key_id_from_raw, public_key_from_raw
-from verifier import accounts, evaluation
-from verifier.accounts import Bucket, Figure, Gap, WindowEdge
+from verifier.accounting import accounts, evaluation
+from verifier.accounting.accounts import Bucket, Figure, Gap, WindowEdge
+from verifier.accounting.policy import Policy, load_policy_bytes, record_in_force
+from verifier.accounting.policy_acceptance import parse_acceptance
 from verifier.bundle import export_bundle
 from verifier.config import IngestConfig
 from verifier.core import VerifierCore
 from verifier.errors import InvalidRequestError, NotFoundError
-from verifier.policy import Policy, load_policy_bytes, record_in_force
-from verifier.policy_acceptance import parse_acceptance
 from verifier.site_report import site_inputs_from_store
 from verifier.store.base import AttestationRow, EntryKind, GapRow, LabRow, NodeRow, ReadView
 from verifier.tpm import tpm_identity
@@ -46,7 +46,8 @@ FINDINGS_PAGE = 10_000
 
 
 class StoreEvidence:
-    """An :class:`~verifier.evaluation.EvidenceIndex` over the store's attestation rows."""
+    """An :class:`~verifier.accounting.evaluation.EvidenceIndex` over the store's attestation
+    rows."""
 
     def __init__(self, view: ReadView, lab_id: str) -> None:
         self._view = view
@@ -87,7 +88,7 @@ def verifier_settings(ingest: IngestConfig) -> pb.VerifierSettings:
 
 
 def gap_from_row(row: GapRow) -> Gap:
-    """The :class:`~verifier.accounts.Gap` a stored gap row stands for."""
+    """The :class:`~verifier.accounting.accounts.Gap` a stored gap row stands for."""
     return Gap(
         node_id=NodeId(row.node_id),
         start_ns=row.start_ns,

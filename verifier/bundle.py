@@ -73,11 +73,11 @@ from attest.ids import Digest, NodeId
 from attest.keys import key_id_from_raw, public_key_from_raw
 from attest.meter import MeterReading
 from attest.note import Ed25519NoteVerifier, parse_verifier_key
-from verifier import accounts, evaluation
 from verifier import tpm as tpm_checks
-from verifier.accounts import Bucket, WindowEdge
-from verifier.policy import Policy, load_policy_bytes, record_in_force
-from verifier.site import EnergySpan, SiteInputs
+from verifier.accounting import accounts, evaluation
+from verifier.accounting.accounts import Bucket, WindowEdge
+from verifier.accounting.policy import Policy, load_policy_bytes, record_in_force
+from verifier.accounting.site import EnergySpan, SiteInputs
 from verifier.site_report import sites_in_force, verify_meter_entry, window_energy_span
 from verifier.store.base import EntryKind, ReadView
 

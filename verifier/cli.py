@@ -23,7 +23,7 @@ import grpc
 from attest import __version__, compute, keys, note
 from attest.errors import ConfigError, OutputFileError, PausewatchError
 from attest.exitcodes import ExitCode, exit_code_for
-from verifier import policy as policy_file
+from verifier.accounting import policy as policy_file
 from verifier.cli_audit import audit, log_group
 from verifier.cli_common import emit
 from verifier.cli_registry import (
@@ -202,7 +202,7 @@ def policy_accept(path: Path, operator_key: Path, out_path: Path, as_json: bool)
     verifier's config; reports then show that the lab accepted the policy in force."""
     import time
 
-    from verifier.policy_acceptance import sign_acceptance
+    from verifier.accounting.policy_acceptance import sign_acceptance
 
     loaded = policy_file.load_policy(path)
     signer = keys.Ed25519Signer.from_private_key(keys.load_private_key(operator_key))

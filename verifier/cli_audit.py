@@ -51,6 +51,7 @@ from attest.errors import (
 )
 from attest.exitcodes import ExitCode
 from attest.note import Ed25519NoteVerifier, parse_verifier_key
+from verifier.accounting.evaluation import format_time_ns, lab_title, render_text
 from verifier.cli_common import (
     TIME,
     TZ,
@@ -61,7 +62,6 @@ from verifier.cli_common import (
     witness_options,
 )
 from verifier.client import VerifierTarget, open_channel
-from verifier.evaluation import format_time_ns, lab_title, render_text
 
 if TYPE_CHECKING:
     from verifier.report_html import OfflineStamp
@@ -399,8 +399,8 @@ def analyse_command(
     The same evaluation and report as 'audit report', over data no verifier received: an
     UNATTESTED analysis, for sizing a policy or checking a lab's history before a pause. Each
     FILE is one node. Exit 0 if it would be compliant, 1 if not."""
+    from verifier.accounting.policy import load_policy
     from verifier.analysis import UNATTESTED, AnalysisSource, analyse
-    from verifier.policy import load_policy
 
     policy = load_policy(policy_path)
     sources = [AnalysisSource.for_path(path) for path in inputs]

@@ -29,8 +29,8 @@ from attest.errors import (
     PausewatchError,
     PeerCertificateError,
 )
+from verifier.accounting.evaluation import format_time_ns
 from verifier.client import NS_PER_S, TlsDiagnosis, VerifierTarget, diagnose_tls, parse_time
-from verifier.evaluation import format_time_ns
 
 F = TypeVar("F", bound=Callable[..., Any])
 

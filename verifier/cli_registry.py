@@ -29,9 +29,9 @@ from pausewatch.v1 import registry_pb2_grpc as rpb_grpc
 from attest import merkle
 from attest.envelope import PayloadType, parse_envelope
 from attest.errors import EnvelopeError, ProofError
+from verifier.accounting.evaluation import rooting_text
 from verifier.cli_common import TIME, TZ, emit, format_time, verifier_options
 from verifier.client import VerifierTarget, open_channel
-from verifier.evaluation import rooting_text
 
 RPC_TIMEOUT_S = 60
 

@@ -21,7 +21,7 @@ from attest.errors import ConfigError, KeyFileError
 from attest.ids import is_valid_lab_id
 from attest.keys import parse_public_key
 from verifier.access import AccessConfig, IdentityRule, Role, make_rule
-from verifier.accounts import EnergyCheck
+from verifier.accounting.accounts import EnergyCheck
 
 S = 1_000_000_000
 

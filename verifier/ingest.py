@@ -41,7 +41,7 @@ from attest.errors import (
     UnknownKeyError,
 )
 from attest.ids import Digest, NodeId
-from verifier import accounts, late
+from verifier.accounting import accounts, late
 from verifier.core import NodeHead, NodeState, VerifierCore, WriteContext
 from verifier.log import PendingEntry
 from verifier.registry import flag_node

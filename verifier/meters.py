@@ -5,9 +5,9 @@
     receipts = sites.submit([raw_reading, ...])  # verify, chain, log, in one transaction
 
 A site is declared by the regulator in a site file named by its lab in the verifier's config
-(:mod:`verifier.site_file`); a changed file must carry a higher ``version``, and is logged, signed
-by the log key, effective from the moment it is logged. A reading is authorised by the key
-declared for its meter, nothing else (a gateway's key, or the regulator's import key).
+(:mod:`verifier.accounting.site_file`); a changed file must carry a higher ``version``, and is
+logged, signed by the log key, effective from the moment it is logged. A reading is authorised by
+the key declared for its meter, nothing else (a gateway's key, or the regulator's import key).
 
 Per reading, in order: 1. size, 2. canonical envelope and payload type, 3. a meter declared with
 this key, 4. signature, 5. body rules, 6. the body names that meter of that site and lab with its
@@ -33,10 +33,10 @@ from attest.errors import ConfigError, SignatureError, VerificationError
 from attest.ids import Digest
 from attest.keys import key_id_from_raw, public_key_from_raw
 from attest.meter import MeterReading, verify_reading
+from verifier.accounting.site_file import load_site_file, same_declaration
 from verifier.config import LabConfig
 from verifier.core import VerifierCore, WriteContext
 from verifier.log import PendingEntry
-from verifier.site_file import load_site_file, same_declaration
 from verifier.store.base import EntryKind, MeterReadingRow, SiteRow
 
 log = logging.getLogger(__name__)

@@ -38,10 +38,7 @@ import time
 from pausewatch.v1 import audit_pb2 as apb
 from pausewatch.v1 import findings_pb2 as fpb
 
-from verifier.audit import Auditor
-from verifier.core import VerifierCore
-from verifier.errors import NotFoundError
-from verifier.policy import (
+from verifier.accounting.policy import (
     CumulativeFlopRule,
     OnDetect,
     Policy,
@@ -49,6 +46,9 @@ from verifier.policy import (
     SustainedRateRule,
     TrainingSignatureRule,
 )
+from verifier.audit import Auditor
+from verifier.core import VerifierCore
+from verifier.errors import NotFoundError
 
 log = logging.getLogger(__name__)
 

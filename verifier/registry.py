@@ -33,13 +33,13 @@ from attest.envelope import (
 from attest.errors import ConfigError, EnvelopeError, PausewatchError
 from attest.ids import is_valid_lab_id
 from attest.keys import key_id_from_raw, public_key_from_raw
+from verifier.accounting.policy import Policy, load_policy, validate_for_buckets
+from verifier.accounting.policy_acceptance import verify_acceptance
 from verifier.config import LabConfig, ServerConfig
 from verifier.core import NodeState, VerifierCore, WriteContext
 from verifier.errors import ConflictError, InvalidRequestError, NotFoundError, PermissionDeniedError
 from verifier.log import PendingEntry
 from verifier.nonce import NonceStatus
-from verifier.policy import Policy, load_policy, validate_for_buckets
-from verifier.policy_acceptance import verify_acceptance
 from verifier.store.base import EntryKind, InventoryRow, LabRow, NodeRow, PolicyRow
 from verifier.tpm import TpmIdentity, tpm_identity, verify_tpm_enrollment
 

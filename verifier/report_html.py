@@ -10,9 +10,9 @@ drawn against its declared thresholds (the HTML form of ``pausewatch audit repor
 
 The page shows the header (lab, period, as-of time, policy id, version and digest, log tree size,
 GPU table version), the verdict with its reasons, the data-quality banner right under it
-(:mod:`verifier.data_quality`, and any notes the caller adds), the chart, each rule's result
-(measured against limit, with its method, worst stretch and evidence), coverage, totals with their
-methods, and the gaps, findings, nodes and per-bucket accounts as tables. Amounts show in
+(:mod:`verifier.accounting.data_quality`, and any notes the caller adds), the chart, each rule's
+result (measured against limit, with its method, worst stretch and evidence), coverage, totals with
+their methods, and the gaps, findings, nodes and per-bucket accounts as tables. Amounts show in
 scientific notation (three significant digits, rounded down) with the exact integer on hover
 (``title``) and in ``data-exact``, in the tables and in the reasons' and summaries' prose alike.
 The rules table has fixed column widths, so long ids and methods wrap rather than widen the page.
@@ -63,9 +63,9 @@ from google.protobuf.descriptor import EnumDescriptor
 from pausewatch.v1 import audit_pb2 as pb
 from pausewatch.v1 import findings_pb2, site_pb2
 
-from verifier.data_quality import data_quality_warnings
-from verifier.evaluation import acceptance_text, format_time_ns, lab_title, rooting_text
-from verifier.policy import format_duration_ns, format_ppm, scientific
+from verifier.accounting.data_quality import data_quality_warnings
+from verifier.accounting.evaluation import acceptance_text, format_time_ns, lab_title, rooting_text
+from verifier.accounting.policy import format_duration_ns, format_ppm, scientific
 
 NS_PER_MS = 1_000_000
 NS_PER_S = 1_000_000_000

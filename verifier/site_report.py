@@ -7,9 +7,9 @@ For each site of the lab (the declaration in force at ``as_of``): its meters' re
 period, each re-verified under a key declared for its meter; the GPU energy its nodes attested
 (every GPU's counter over each accepted window whose counter was usable, rolled up per window at
 ingest, and the energy across each energy-bounded gap, which the evaluation adds). The
-evaluation then runs the pure accounting of :func:`verifier.site.summarize_sites`, as the offline
-auditor does over a bundle. The cost is the readings and the site nodes' windows of the period
-(one small row each), not their envelopes.
+evaluation then runs the pure accounting of :func:`verifier.accounting.site.summarize_sites`, as the
+offline auditor does over a bundle. The cost is the readings and the site nodes' windows of the
+period (one small row each), not their envelopes.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from attest.attestation import window_energy_mj
 from attest.errors import VerificationError
 from attest.keys import public_key_from_raw
 from attest.meter import MeterReading, verify_reading
-from verifier.policy import record_in_force
-from verifier.site import EnergySpan, SiteInputs, SiteParameters
-from verifier.site_file import site_parameters
+from verifier.accounting.policy import record_in_force
+from verifier.accounting.site import EnergySpan, SiteInputs, SiteParameters
+from verifier.accounting.site_file import site_parameters
 from verifier.store.base import ReadView
 
 

@@ -25,7 +25,7 @@ from tests.adversarial.dishonest_lab import (
     verifier_with_labs,
 )
 from tests.builders import TestNode
-from verifier.accounts import gap_counted_flop
+from verifier.accounting.accounts import gap_counted_flop
 
 GAP_SLICES = [(0, 20), (7, 12), (8, 12), (10, 13)]
 """Slices that hold the gap's end (minute 11). A slice ending inside the gap sees it only from the
@@ -121,7 +121,7 @@ def test_the_offline_auditor_counts_the_same_gaps(labs: Labs, lab_id: str) -> No
 
 def test_gap_counted_flop_is_the_time_bound_without_energy() -> None:
     from attest.ids import NodeId
-    from verifier.accounts import Gap
+    from verifier.accounting.accounts import Gap
 
     gap = Gap(NodeId(b"n" * 32), 0, 60 * 10**9, 1, 2, False, 0, 0, 123, False, 1, 2)
     assert gap_counted_flop(gap) == 123

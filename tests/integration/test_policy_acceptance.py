@@ -24,9 +24,9 @@ from tests.verifier_harness import (
     enrollment_for,
     write_verifier_files,
 )
+from verifier.accounting.evaluation import render_text
 from verifier.bundle import export_bundle, verify_bundle
 from verifier.config import load_config
-from verifier.evaluation import render_text
 from verifier.server import VerifierServer
 
 S = 10**9
@@ -140,7 +140,7 @@ def test_an_acceptance_the_operator_did_not_sign_fails_offline() -> None:
     from pausewatch.v1 import policy_pb2
 
     from tests.unit.verifier.test_bundle_offline import LOG, lab_entries, make_bundle
-    from verifier.policy import load_policy_bytes
+    from verifier.accounting.policy import load_policy_bytes
 
     now = time.time_ns()
     node = TestNode.from_seed(141, t0_ns=now - 20 * MINUTE)

@@ -13,9 +13,9 @@ from pausewatch.v1 import audit_pb2 as apb
 
 from tests.builders import TestNode
 from tests.verifier_harness import enroll_request, enrollment_for, write_verifier_files
+from verifier.accounting.evaluation import render_text
 from verifier.bundle import export_bundle, verify_bundle
 from verifier.config import load_config
-from verifier.evaluation import render_text
 from verifier.server import VerifierServer
 
 S = 10**9

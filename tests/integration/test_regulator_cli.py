@@ -29,7 +29,7 @@ from tests.verifier_harness import (
     stop_process,
     write_verifier_files,
 )
-from verifier.evaluation import format_time_ns
+from verifier.accounting.evaluation import format_time_ns
 
 S = 10**9
 MINUTE = 60 * S

@@ -23,7 +23,7 @@ from tests.builders import TestNode
 from tests.integration.test_audit_cli import pausewatch
 from tests.integration.test_report_html_browser import CSP_META, Browser, start_browser
 from tests.verifier_harness import running_verifier
-from verifier.evaluation import format_time_ns
+from verifier.accounting.evaluation import format_time_ns
 
 S = 10**9
 MINUTE = 60 * S

@@ -38,8 +38,8 @@ from tests.verifier_harness import (
     stop_process,
     write_verifier_files,
 )
+from verifier.accounting.evaluation import render_text
 from verifier.bundle import verify_bundle
-from verifier.evaluation import render_text
 from verifier.report_html import render_html
 
 S = 10**9

@@ -50,7 +50,7 @@ def replay(text: str, *, node_id: str = NODE_A, **parse: object) -> list[ClosedW
 
 
 def attested_ms(window: ClosedWindow, gpu: pb.GpuWindow, interval_ms: int) -> int:
-    """The verifier's rule (verifier/accounts.py): a complete window counts whole."""
+    """The verifier's rule (verifier/accounting/accounts.py): a complete window counts whole."""
     span_ms = (window.end_ns - window.start_ns) // MS
     if gpu.samples_expected <= gpu.samples_taken:
         return span_ms

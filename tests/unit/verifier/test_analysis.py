@@ -13,6 +13,7 @@ import pytest
 from agent.offline import WindowsExport, sign_recording
 from agent.sampler.replay import parse_recording
 from tests.nvsmi_logs import generate_log
+from verifier.accounting.policy import load_policy_bytes
 from verifier.analysis import (
     AnalysisError,
     AnalysisEvidenceError,
@@ -22,7 +23,6 @@ from verifier.analysis import (
     load_export,
 )
 from verifier.config import IngestConfig
-from verifier.policy import load_policy_bytes
 
 POLICY = b"""
 format_version = 1

@@ -5,15 +5,15 @@ from __future__ import annotations
 from pausewatch.v1 import audit_pb2 as apb
 from pausewatch.v1 import findings_pb2 as fpb
 
-from verifier.accounts import Figure
-from verifier.monitor import finding_for, rule_window_ns
-from verifier.policy import (
+from verifier.accounting.accounts import Figure
+from verifier.accounting.policy import (
     CoverageRule,
     CumulativeFlopRule,
     OnDetect,
     SustainedRateRule,
     TrainingSignatureRule,
 )
+from verifier.monitor import finding_for, rule_window_ns
 
 S = 10**9
 CUMULATIVE = CumulativeFlopRule("c", 300 * S, 10**15, Figure.UPPER_BOUND)

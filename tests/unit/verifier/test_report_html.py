@@ -11,9 +11,9 @@ from pausewatch.v1 import findings_pb2 as fpb
 from attest import compute
 from attest.ids import NodeId
 from tests.builders import T0_NS
-from verifier.accounts import Bucket, GpuWindowFigures, accumulate
-from verifier.evaluation import InMemoryEvidenceIndex, InventoryVersion, evaluate
-from verifier.policy import load_policy_bytes
+from verifier.accounting.accounts import Bucket, GpuWindowFigures, accumulate
+from verifier.accounting.evaluation import InMemoryEvidenceIndex, InventoryVersion, evaluate
+from verifier.accounting.policy import load_policy_bytes
 from verifier.report_html import MAX_SERIES_ROWS, render_chart, render_html
 
 S = 1_000_000_000

@@ -36,7 +36,7 @@ from attest.errors import ConfigError
 from attest.ids import parse_hex_id
 from attest.keys import parse_public_key, raw_public_key
 from attest.meter import is_meter_id, is_site_id
-from verifier.site import PPM, SiteParameters
+from verifier.accounting.site import PPM, SiteParameters
 
 FORMAT_VERSION = 1
 _SOURCES = {

@@ -13,8 +13,8 @@ from attest.attestation import VerifiedAttestation, verify_attestation, window_e
 from attest.envelope import StaticKeyring
 from attest.ids import NodeId
 from tests.builders import T0_NS, WINDOW_NS, TestNode
-from verifier import accounts
-from verifier.accounts import (
+from verifier.accounting import accounts
+from verifier.accounting.accounts import (
     Bucket,
     Figure,
     Gap,

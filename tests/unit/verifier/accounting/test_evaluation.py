@@ -12,7 +12,7 @@ from attest import compute
 from attest.errors import ConfigError
 from attest.ids import NodeId
 from tests.builders import T0_NS
-from verifier.accounts import (
+from verifier.accounting.accounts import (
     Bucket,
     Figure,
     GpuEdge,
@@ -21,7 +21,7 @@ from verifier.accounts import (
     accumulate,
     node_gaps_from_windows,
 )
-from verifier.evaluation import (
+from verifier.accounting.evaluation import (
     MAX_EVIDENCE,
     InMemoryEvidenceIndex,
     InventoryVersion,
@@ -32,7 +32,7 @@ from verifier.evaluation import (
     inventory_in_force,
     render_text,
 )
-from verifier.policy import Policy, load_policy_bytes
+from verifier.accounting.policy import Policy, load_policy_bytes
 
 S = 1_000_000_000
 BUCKET = 60 * S

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pausewatch.v1 import audit_pb2 as pb
 
-from verifier.data_quality import ENERGY_GAP_FACTOR, data_quality_warnings
+from verifier.accounting.data_quality import ENERGY_GAP_FACTOR, data_quality_warnings
 
 
 def report(

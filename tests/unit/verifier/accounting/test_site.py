@@ -11,7 +11,7 @@ from attest import compute, meter
 from attest.ids import ZERO_DIGEST
 from attest.keys import Ed25519Signer
 from tests.builders import fixed_private_key
-from verifier import site
+from verifier.accounting import site
 
 GATEWAY = Ed25519Signer.from_private_key(fixed_private_key(31))
 T0_NS = 1_800_000_000 * 10**9 // (3_600 * 10**9) * (3_600 * 10**9)

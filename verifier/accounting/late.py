@@ -31,8 +31,8 @@ from pausewatch.v1 import findings_pb2 as fpb
 from attest import compute
 from attest.attestation import VerifiedAttestation
 from attest.ids import NodeId
-from verifier import accounts
-from verifier.accounts import Gap
+from verifier.accounting import accounts
+from verifier.accounting.accounts import Gap
 
 NS_PER_MS = 1_000_000
 

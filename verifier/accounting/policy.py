@@ -46,7 +46,7 @@ from typing import ClassVar, TypeVar
 
 from attest.errors import ConfigError
 from attest.ids import is_valid_lab_id
-from verifier.accounts import Figure
+from verifier.accounting.accounts import Figure
 
 FORMAT_VERSION = 1
 NS_PER_S = 1_000_000_000

@@ -24,7 +24,7 @@ from attest.envelope import (
 )
 from attest.errors import ConfigError, PausewatchError
 from attest.keys import Ed25519Signer, key_id_from_raw, public_key_from_raw
-from verifier.policy import Policy
+from verifier.accounting.policy import Policy
 
 
 def sign_acceptance(signer: Ed25519Signer, policy: Policy, *, accepted_at_ns: int) -> bytes:

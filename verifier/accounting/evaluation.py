@@ -11,9 +11,9 @@
     print(render_text(report))      # the terminal table the audit CLI prints
 
 The verifier calls :func:`evaluate` on rows from its store; the offline auditor on buckets, gaps and
-an evidence index it rebuilt from a bundle's envelopes with :mod:`verifier.accounts`. The same
-inputs give byte-identical reports (``SerializeToString(deterministic=True)``): nothing here reads a
-clock, iterates an unordered set, or touches a float. A verdict is data, not an exception;
+an evidence index it rebuilt from a bundle's envelopes with :mod:`verifier.accounting.accounts`. The
+same inputs give byte-identical reports (``SerializeToString(deterministic=True)``): nothing here
+reads a clock, iterates an unordered set, or touches a float. A verdict is data, not an exception;
 only arguments that contradict each other raise ``ValueError``, naming the argument.
 
 The report covers the buckets whose start lies in ``[period_start_ns, as_of_ns)``: time after
@@ -33,8 +33,8 @@ from pausewatch.v1 import findings_pb2, site_pb2
 
 from attest import compute
 from attest.ids import NodeId
-from verifier import late
-from verifier.accounts import (
+from verifier.accounting import late
+from verifier.accounting.accounts import (
     BUSY_STEP_PERCENT,
     Bucket,
     Figure,
@@ -48,8 +48,8 @@ from verifier.accounts import (
     gap_report,
     node_active_span,
 )
-from verifier.data_quality import data_quality_warnings
-from verifier.policy import (
+from verifier.accounting.data_quality import data_quality_warnings
+from verifier.accounting.policy import (
     FIGURE_WORDS,
     CoverageRule,
     CumulativeFlopRule,
@@ -67,7 +67,7 @@ from verifier.policy import (
     format_ppm,
     validate_for_buckets,
 )
-from verifier.site import EnergySpan, SiteInputs, site_bound_by_bucket, summarize_sites
+from verifier.accounting.site import EnergySpan, SiteInputs, site_bound_by_bucket, summarize_sites
 
 NS_PER_MS = 1_000_000
 NS_PER_S = 1_000_000_000
@@ -127,7 +127,8 @@ class InventoryVersion:
 @dataclass(frozen=True, slots=True)
 class NodeTimeline:
     """A node's part in a report: identity, state, its attestations in the period and its gaps in
-    its active span (from :func:`verifier.accounts.node_gaps_from_windows` or ``_from_summary``).
+    its active span (from :func:`verifier.accounting.accounts.node_gaps_from_windows` or
+    ``_from_summary``).
 
     ``first_seq``/``last_seq`` mean nothing when ``attestations`` is 0."""
 
@@ -144,7 +145,8 @@ class NodeTimeline:
     gaps: tuple[Gap, ...]
     tpm_id: bytes = b""
     provenance: tuple[WindowEdge, ...] = ()
-    """The node's first and last window in its span (:func:`verifier.accounts.span_edges`)."""
+    """The node's first and last window in its span
+    (:func:`verifier.accounting.accounts.span_edges`)."""
     """The node's TPM (SHA-256 of its EK's SubjectPublicKeyInfo); empty for a software-rooted
     node."""
     enrolled_gpus: int = 0
@@ -447,7 +449,8 @@ def evaluate(
     horizon = max(first_start, until - until % bucket_ns)
 
     # Late evidence counted like a gap (the policy's default): its GPU-time is not covered, and
-    # late windows are listed with their node's gaps as late stretches (verifier/late.py).
+    # late windows are listed with their node's gaps as late stretches
+    # (verifier/accounting/late.py).
     late_windows = late.late_windows(logged) if policy.late_evidence is LateEvidence.GAP else []
     late_ms = late.late_attested_ms_by_bucket(late_windows, starts, bucket_ns)
     attested_by_bucket = [
@@ -1189,9 +1192,9 @@ _KNOWN_FLAGS = frozenset(kind.value for kind in WindowFlagKind)
 def _spread_gap(  # noqa: PLR0917
     gap: Gap, first_start_ns: int, count: int, bucket_ns: int, period_start_ns: int, as_of_ns: int
 ) -> dict[int, int]:
-    """A gap's counted FLOP (:func:`verifier.accounts.gap_counted_flop`) spread over the report's
-    buckets in proportion to its time in each (rounded up), by bucket position. Time before the
-    first whole bucket counts in the first. Late stretches count nothing here."""
+    """A gap's counted FLOP (:func:`verifier.accounting.accounts.gap_counted_flop`) spread over the
+    report's buckets in proportion to its time in each (rounded up), by bucket position. Time before
+    the first whole bucket counts in the first. Late stretches count nothing here."""
     lo, hi = max(gap.start_ns, period_start_ns), min(gap.end_ns, as_of_ns)
     if count == 0 or hi <= lo or gap.late:
         # A late stretch's windows are in the buckets already (their energy with them): counting

@@ -8,7 +8,7 @@ from pausewatch.v1 import site_pb2 as pb
 from attest.errors import ConfigError
 from attest.keys import Ed25519Signer, format_public_key
 from tests.builders import fixed_private_key
-from verifier.site_file import parse_site_file, same_declaration, site_parameters
+from verifier.accounting.site_file import parse_site_file, same_declaration, site_parameters
 
 KEY = format_public_key(Ed25519Signer.from_private_key(fixed_private_key(41)).public_key)
 NODE_HEX = "ab" * 32

@@ -8,8 +8,8 @@ import pytest
 from attest import compute
 from attest.errors import ConfigError
 from tests.testdata import REPO_ROOT
-from verifier.accounts import Figure
-from verifier.policy import (
+from verifier.accounting.accounts import Figure
+from verifier.accounting.policy import (
     CoverageRule,
     CumulativeFlopRule,
     MaxGapRule,
@@ -423,8 +423,8 @@ def test_formatting_is_exact_and_never_rounds_up() -> None:
 
 
 def test_a_site_energy_rule_loads() -> None:
-    from verifier.accounts import Figure
-    from verifier.policy import CumulativeFlopRule, load_policy_bytes
+    from verifier.accounting.accounts import Figure
+    from verifier.accounting.policy import CumulativeFlopRule, load_policy_bytes
 
     text = b"""
 format_version = 1
@@ -445,7 +445,7 @@ figure = "site_energy"
 
 
 def test_a_tpm_rooted_rule_loads_has_no_keys_and_reads_in_words() -> None:
-    from verifier.policy import TpmRootedRule
+    from verifier.accounting.policy import TpmRootedRule
 
     [rule] = load_policy_bytes(
         (HEADER + '[[rules]]\nid = "tpm"\nkind = "tpm_rooted"\n').encode(), "p.toml"

@@ -24,7 +24,7 @@ from __future__ import annotations
 from pausewatch.v1 import audit_pb2 as pb
 
 from attest import compute
-from verifier.policy import scientific
+from verifier.accounting.policy import scientific
 
 ENERGY_GAP_FACTOR = 4
 """Warn when the upper bound exceeds the energy cross-check by more than this factor."""
