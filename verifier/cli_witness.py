@@ -96,7 +96,7 @@ def serve_command(
     port_file: Path | None,
 ) -> None:
     """Serve POST /add-checkpoint until SIGTERM or SIGINT."""
-    from verifier.witness_server import Witness, WitnessServer, WitnessState
+    from verifier.witness.server import Witness, WitnessServer, WitnessState
 
     cosigner = _cosigner(key_path, name)
     verifiers: dict[str, NoteVerifier] = {}

@@ -39,7 +39,7 @@ from verifier.tpm import (
     read_ima_allowlist,
     tpm_identity,
 )
-from verifier.witnessing import WitnessPool
+from verifier.witness.pool import WitnessPool
 
 log = logging.getLogger(__name__)
 

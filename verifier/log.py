@@ -26,7 +26,7 @@ from attest.envelope import envelope_digest
 from attest.errors import VerificationError
 from attest.note import Ed25519NoteSigner
 from verifier.store.base import CheckpointRow, EntryKind, NewEntry, ReadView, Store, Transaction
-from verifier.witnessing import WitnessPool
+from verifier.witness.pool import WitnessPool
 
 log = logging.getLogger(__name__)
 

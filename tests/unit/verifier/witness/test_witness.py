@@ -1,5 +1,5 @@
-"""The witness server (verifier/witness_server.py) over real HTTP on loopback, its durable state,
-and the verifier's witness client (verifier/witnessing.py) against it."""
+"""The witness server (verifier/witness/server.py) over real HTTP on loopback, its durable state,
+and the verifier's witness client (verifier/witness/pool.py) against it."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from attest import merkle, note
 from attest.errors import ConfigError
 from attest.witness import AddCheckpointRequest, Status, WitnessRefusedError
 from verifier.config import WitnessConfig, parse_config
-from verifier.witness_server import Witness, WitnessServer, WitnessState
-from verifier.witnessing import WitnessPool
+from verifier.witness.pool import WitnessPool
+from verifier.witness.server import Witness, WitnessServer, WitnessState
 
 ORIGIN = "log.example/a"
 
