@@ -82,7 +82,7 @@ from verifier.site_report import sites_in_force, verify_meter_entry, window_ener
 from verifier.store.base import EntryKind, ReadView
 
 if TYPE_CHECKING:  # the core for the type only: offline users of this module need none of it
-    from verifier.core import VerifierCore
+    from verifier.store.core import VerifierCore
 
 log = logging.getLogger(__name__)
 

@@ -42,10 +42,10 @@ from attest.errors import (
 )
 from attest.ids import Digest, NodeId
 from verifier.accounting import accounts, late
-from verifier.core import NodeHead, NodeState, VerifierCore, WriteContext
-from verifier.log import PendingEntry
 from verifier.registry import flag_node
 from verifier.store.base import AttestationRow, EntryKind, GapRow
+from verifier.store.core import NodeHead, NodeState, VerifierCore, WriteContext
+from verifier.store.log import PendingEntry
 from verifier.tpm import QuoteState, check_window_quote, status_name, tpm_state_key
 
 log = logging.getLogger(__name__)

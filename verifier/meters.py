@@ -35,9 +35,9 @@ from attest.keys import key_id_from_raw, public_key_from_raw
 from attest.meter import MeterReading, verify_reading
 from verifier.accounting.site_file import load_site_file, same_declaration
 from verifier.config import LabConfig
-from verifier.core import VerifierCore, WriteContext
-from verifier.log import PendingEntry
 from verifier.store.base import EntryKind, MeterReadingRow, SiteRow
+from verifier.store.core import VerifierCore, WriteContext
+from verifier.store.log import PendingEntry
 
 log = logging.getLogger(__name__)
 

@@ -47,8 +47,8 @@ from verifier.accounting.policy import (
     TrainingSignatureRule,
 )
 from verifier.audit import Auditor
-from verifier.core import VerifierCore
 from verifier.errors import NotFoundError
+from verifier.store.core import VerifierCore
 
 log = logging.getLogger(__name__)
 

@@ -36,11 +36,11 @@ from attest.keys import key_id_from_raw, public_key_from_raw
 from verifier.accounting.policy import Policy, load_policy, validate_for_buckets
 from verifier.accounting.policy_acceptance import verify_acceptance
 from verifier.config import LabConfig, ServerConfig
-from verifier.core import NodeState, VerifierCore, WriteContext
 from verifier.errors import ConflictError, InvalidRequestError, NotFoundError, PermissionDeniedError
-from verifier.log import PendingEntry
 from verifier.nonce import NonceStatus
 from verifier.store.base import EntryKind, InventoryRow, LabRow, NodeRow, PolicyRow
+from verifier.store.core import NodeState, VerifierCore, WriteContext
+from verifier.store.log import PendingEntry
 from verifier.tpm import TpmIdentity, tpm_identity, verify_tpm_enrollment
 
 log = logging.getLogger(__name__)

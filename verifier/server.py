@@ -32,7 +32,6 @@ from attest.keys import load_private_key
 from verifier.access import Access
 from verifier.audit import Auditor
 from verifier.config import VerifierConfig
-from verifier.core import VerifierCore
 from verifier.ingest import Ingestor
 from verifier.limits import Limiter
 from verifier.meters import SiteRegistry
@@ -49,6 +48,7 @@ from verifier.servicers import (
     add_service,
 )
 from verifier.store.base import Store
+from verifier.store.core import VerifierCore
 
 T = TypeVar("T")
 

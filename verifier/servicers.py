@@ -55,7 +55,6 @@ from attest.keys import key_id_from_raw
 from verifier import tpm
 from verifier.access import Access, Principal, Role
 from verifier.audit import Auditor
-from verifier.core import VerifierCore
 from verifier.errors import (
     ConflictError,
     IdleStreamError,
@@ -70,6 +69,7 @@ from verifier.limits import Limiter
 from verifier.meters import MAX_READINGS_PER_REQUEST, SiteRegistry
 from verifier.metrics import VerifierMetrics
 from verifier.registry import Registry, inventory_envelope_limit
+from verifier.store.core import VerifierCore
 
 log = logging.getLogger(__name__)
 

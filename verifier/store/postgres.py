@@ -6,7 +6,7 @@ one database).
 The same SQL as the SQLite backend (:mod:`verifier.store.sql`). Every write transaction first takes
 a transaction-scoped advisory lock, so appends to the log are sequenced under a database lock even
 with several writers; a verifier process that finds the log grew under it resynchronises its
-in-memory tree (:meth:`verifier.log.TransparencyLog.resync`).
+in-memory tree (:meth:`verifier.store.log.TransparencyLog.resync`).
 """
 
 from __future__ import annotations

@@ -16,9 +16,9 @@ from attest.keys import Ed25519Signer, format_public_key, load_private_key
 from tests.builders import fixed_private_key
 from tests.verifier_harness import write_verifier_files
 from verifier.config import load_config
-from verifier.core import VerifierCore
 from verifier.meters import SiteRegistry
 from verifier.registry import Registry
+from verifier.store.core import VerifierCore
 from verifier.store.sqlite import SqliteStore
 
 GATEWAY = Ed25519Signer.from_private_key(fixed_private_key(41))

@@ -29,9 +29,9 @@ from attest.ids import KeyId
 from attest.keys import Ed25519Signer, public_key_from_raw
 from attest.note import Ed25519NoteSigner
 from verifier.config import VerifierConfig
-from verifier.log import PendingEntry, TransparencyLog
 from verifier.nonce import NonceIssuer
 from verifier.store.base import EntryKind, FindingRow, NodeRow, Store, Transaction
+from verifier.store.log import PendingEntry, TransparencyLog
 from verifier.tpm import (
     TpmIdentity,
     TpmSettings,

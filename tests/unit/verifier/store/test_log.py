@@ -8,8 +8,8 @@ from attest import merkle
 from attest.checkpoint import verify_checkpoint
 from attest.note import Ed25519NoteSigner
 from tests.builders import fixed_private_key
-from verifier.log import PendingEntry, TransparencyLog
 from verifier.store.base import EntryKind
+from verifier.store.log import PendingEntry, TransparencyLog
 from verifier.store.sqlite import SqliteStore
 
 
