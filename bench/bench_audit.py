@@ -30,7 +30,7 @@ from attest.envelope import envelope_digest  # noqa: E402
 from attest.ids import ZERO_DIGEST  # noqa: E402
 from tests.builders import TestNode  # noqa: E402
 from tests.verifier_harness import enroll_request, enrollment_for, write_verifier_files  # noqa: E402
-from verifier.audit import Auditor  # noqa: E402
+from verifier.audit.auditor import Auditor  # noqa: E402
 from verifier.config import load_config  # noqa: E402
 from verifier.server import VerifierServer  # noqa: E402
 

@@ -19,7 +19,7 @@ names = zipfile.ZipFile(sys.argv[1]).namelist()
 required = [
     "verifier/demo_data/helios_vchbv_excerpt.csv",
     "verifier/demo_data/LICENSE-helios.txt",
-    "verifier/report_html.py",
+    "verifier/audit/report_html.py",
     "pausewatch/v1/attestation_pb2.py",
     "attest/envelope.py",
     "agent/cli.py",

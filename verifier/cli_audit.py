@@ -64,7 +64,7 @@ from verifier.cli_common import (
 from verifier.client import VerifierTarget, open_channel
 
 if TYPE_CHECKING:
-    from verifier.report_html import OfflineStamp
+    from verifier.audit.report_html import OfflineStamp
 
 RPC_TIMEOUT_S = 300
 
@@ -102,7 +102,7 @@ def _report_dict(report: apb.ComplianceReport) -> dict[str, Any]:
 def _write_html(
     path: Path, report: apb.ComplianceReport, stamp: OfflineStamp | None = None
 ) -> None:
-    from verifier.report_html import render_html
+    from verifier.audit.report_html import render_html
 
     _write_atomically(path, render_html(report, stamp=stamp).encode("utf-8"))
 
@@ -400,7 +400,7 @@ def analyse_command(
     UNATTESTED analysis, for sizing a policy or checking a lab's history before a pause. Each
     FILE is one node. Exit 0 if it would be compliant, 1 if not."""
     from verifier.accounting.policy import load_policy
-    from verifier.analysis import UNATTESTED, AnalysisSource, analyse
+    from verifier.audit.analysis import UNATTESTED, AnalysisSource, analyse
 
     policy = load_policy(policy_path)
     sources = [AnalysisSource.for_path(path) for path in inputs]
@@ -409,7 +409,7 @@ def analyse_command(
         raise click.UsageError("two recordings have the same file name; rename one (one per node)")
     result = analyse(sources, policy, gpus=gpus, gpu_model=gpu_model, window_s=window_s)
     if html_path is not None:
-        from verifier.report_html import render_html
+        from verifier.audit.report_html import render_html
 
         page = render_html(
             result.report,
@@ -689,7 +689,7 @@ def verify_bundle_command(
     Exit 3 if anything fails, the bundle is not about what --expect-* says, or the recomputed
     report differs from the verifier's (each failure is named); otherwise 0 if the recomputed
     verdict is compliant, 1 if not."""
-    from verifier.bundle import BundleExpectations, verify_bundle
+    from verifier.audit.bundle import BundleExpectations, verify_bundle
 
     if expect_period is not None and expect_period[1] <= expect_period[0]:
         raise click.BadParameter("END must be after START", param_hint="--expect-period")
@@ -715,7 +715,7 @@ def verify_bundle_command(
     )
     offline = result.offline_report
     if html_path is not None and offline is not None:
-        from verifier.report_html import OfflineStamp
+        from verifier.audit.report_html import OfflineStamp
 
         _write_html(
             html_path,

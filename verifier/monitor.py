@@ -6,7 +6,7 @@ happen, not only when someone asks for a report.
 
 Every ``[monitor] interval_s`` the verifier evaluates each lab's policy in force over the stretch
 its rules look at, ending now (the longest rule window plus ``late_s``, for evidence that arrives
-late), with the very evaluation a compliance report uses (:meth:`verifier.audit.Auditor.
+late), with the very evaluation a compliance report uses (:meth:`verifier.audit.auditor.Auditor.
 report_from`), and logs:
 
 - ``THRESHOLD_EXCEEDED`` (critical) for a ``cumulative_flop`` or ``sustained_rate`` rule whose
@@ -46,7 +46,7 @@ from verifier.accounting.policy import (
     SustainedRateRule,
     TrainingSignatureRule,
 )
-from verifier.audit import Auditor
+from verifier.audit.auditor import Auditor
 from verifier.errors import NotFoundError
 from verifier.store.core import VerifierCore
 

@@ -30,7 +30,7 @@ from pausewatch.v1 import attestation_service_pb2, audit_pb2, registry_pb2, site
 from attest.errors import ConfigError
 from attest.keys import load_private_key
 from verifier.access import Access
-from verifier.audit import Auditor
+from verifier.audit.auditor import Auditor
 from verifier.config import VerifierConfig
 from verifier.ingest import Ingestor
 from verifier.limits import Limiter

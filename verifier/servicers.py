@@ -54,7 +54,7 @@ from attest.errors import (
 from attest.keys import key_id_from_raw
 from verifier import tpm
 from verifier.access import Access, Principal, Role
-from verifier.audit import Auditor
+from verifier.audit.auditor import Auditor
 from verifier.errors import (
     ConflictError,
     IdleStreamError,

@@ -39,7 +39,7 @@ from tests.verifier_harness import (
     stop_process,
     write_verifier_files,
 )
-from verifier.bundle import BundleVerification, verify_bundle
+from verifier.audit.bundle import BundleVerification, verify_bundle
 
 S = 10**9
 MINUTE = 60 * S

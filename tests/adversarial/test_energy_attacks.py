@@ -171,7 +171,7 @@ def test_reports_state_the_energy_settings_and_a_bundle_must_match_them(labs: La
     from attest.envelope import PayloadType, parse_envelope, sign_envelope
     from attest.keys import Ed25519Signer
     from tests.builders import fixed_private_key
-    from verifier.bundle import verify_bundle
+    from verifier.audit.bundle import verify_bundle
 
     report = labs.report("lab-thirty", 0, MINUTES)
     settings = report.verifier_settings

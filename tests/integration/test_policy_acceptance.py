@@ -25,7 +25,7 @@ from tests.verifier_harness import (
     write_verifier_files,
 )
 from verifier.accounting.evaluation import render_text
-from verifier.bundle import export_bundle, verify_bundle
+from verifier.audit.bundle import export_bundle, verify_bundle
 from verifier.config import load_config
 from verifier.server import VerifierServer
 
@@ -139,7 +139,7 @@ def test_the_verifier_refuses_an_acceptance_by_another_key_or_of_other_bytes(
 def test_an_acceptance_the_operator_did_not_sign_fails_offline() -> None:
     from pausewatch.v1 import policy_pb2
 
-    from tests.unit.verifier.test_bundle_offline import LOG, lab_entries, make_bundle
+    from tests.unit.verifier.audit.test_bundle_offline import LOG, lab_entries, make_bundle
     from verifier.accounting.policy import load_policy_bytes
 
     now = time.time_ns()

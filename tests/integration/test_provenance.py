@@ -14,7 +14,7 @@ from pausewatch.v1 import audit_pb2 as apb
 from tests.builders import TestNode
 from tests.verifier_harness import enroll_request, enrollment_for, write_verifier_files
 from verifier.accounting.evaluation import render_text
-from verifier.bundle import export_bundle, verify_bundle
+from verifier.audit.bundle import export_bundle, verify_bundle
 from verifier.config import load_config
 from verifier.server import VerifierServer
 

@@ -29,7 +29,7 @@ import pytest
 from pausewatch.v1 import audit_pb2 as pb
 from pausewatch.v1 import findings_pb2 as fpb
 
-from verifier.report_html import render_html
+from verifier.audit.report_html import render_html
 
 ROOT = Path(__file__).resolve().parents[2]
 ENSURE_CHROMIUM = ROOT / "scripts" / "ensure_chromium.sh"

@@ -12,7 +12,7 @@ from attest import compute
 from attest.keys import Ed25519Signer
 from tests.builders import TestNode, fixed_private_key
 from tests.verifier_harness import enroll_request, enrollment_for, write_verifier_files
-from verifier.bundle import export_bundle, verify_bundle
+from verifier.audit.bundle import export_bundle, verify_bundle
 from verifier.config import load_config
 from verifier.server import VerifierServer
 

@@ -39,8 +39,8 @@ from tests.verifier_harness import (
     write_verifier_files,
 )
 from verifier.accounting.evaluation import render_text
-from verifier.bundle import verify_bundle
-from verifier.report_html import render_html
+from verifier.audit.bundle import verify_bundle
+from verifier.audit.report_html import render_html
 
 S = 10**9
 MINUTE = 60 * S

@@ -31,10 +31,10 @@ from verifier.accounting import accounts, evaluation
 from verifier.accounting.accounts import Bucket, Figure, Gap, WindowEdge
 from verifier.accounting.policy import Policy, load_policy_bytes, record_in_force
 from verifier.accounting.policy_acceptance import parse_acceptance
-from verifier.bundle import export_bundle
+from verifier.audit.bundle import export_bundle
+from verifier.audit.site_report import site_inputs_from_store
 from verifier.config import IngestConfig
 from verifier.errors import InvalidRequestError, NotFoundError
-from verifier.site_report import site_inputs_from_store
 from verifier.store.base import AttestationRow, EntryKind, GapRow, LabRow, NodeRow, ReadView
 from verifier.store.core import VerifierCore
 from verifier.tpm import tpm_identity

@@ -14,7 +14,7 @@ from tests.builders import T0_NS
 from verifier.accounting.accounts import Bucket, GpuWindowFigures, accumulate
 from verifier.accounting.evaluation import InMemoryEvidenceIndex, InventoryVersion, evaluate
 from verifier.accounting.policy import load_policy_bytes
-from verifier.report_html import MAX_SERIES_ROWS, render_chart, render_html
+from verifier.audit.report_html import MAX_SERIES_ROWS, render_chart, render_html
 
 S = 1_000_000_000
 BUCKET = 60 * S

@@ -14,7 +14,7 @@ from agent.offline import WindowsExport, sign_recording
 from agent.sampler.replay import parse_recording
 from tests.nvsmi_logs import generate_log
 from verifier.accounting.policy import load_policy_bytes
-from verifier.analysis import (
+from verifier.audit.analysis import (
     AnalysisError,
     AnalysisEvidenceError,
     AnalysisSource,

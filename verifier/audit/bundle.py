@@ -78,7 +78,7 @@ from verifier.accounting import accounts, evaluation
 from verifier.accounting.accounts import Bucket, WindowEdge
 from verifier.accounting.policy import Policy, load_policy_bytes, record_in_force
 from verifier.accounting.site import EnergySpan, SiteInputs
-from verifier.site_report import sites_in_force, verify_meter_entry, window_energy_span
+from verifier.audit.site_report import sites_in_force, verify_meter_entry, window_energy_span
 from verifier.store.base import EntryKind, ReadView
 
 if TYPE_CHECKING:  # the core for the type only: offline users of this module need none of it
@@ -192,8 +192,8 @@ def _attestation_at(view: ReadView, node_id: bytes, seq: int) -> int | None:
 
 
 class BundleSource(Protocol):
-    """What the export needs of the auditor (verifier.audit.Auditor), named here so that this
-    module does not import the auditor's (which imports this one)."""
+    """What the export needs of the auditor (verifier.audit.auditor.Auditor), named here so that
+    this module does not import the auditor's (which imports this one)."""
 
     core: VerifierCore
 
@@ -1113,7 +1113,7 @@ def _recompute(state: _State, bundle: bpb.EvidenceBundle) -> pb.ComplianceReport
 
 
 def _site_inputs(state: _State, first_bucket_ns: int, as_of_ns: int) -> SiteInputs | None:
-    """The sites' inputs from what the bundle holds (as :mod:`verifier.site_report` gathers
+    """The sites' inputs from what the bundle holds (as :mod:`verifier.audit.site_report` gathers
     them from the store)."""
     if not state.site_versions:
         return None

@@ -16,7 +16,7 @@ from attest.keys import Ed25519Signer
 from attest.note import Ed25519NoteSigner
 from tests.builders import TestNode, fixed_private_key
 from tests.verifier_harness import DEFAULT_POLICY, enrollment_for
-from verifier.bundle import verify_bundle
+from verifier.audit.bundle import verify_bundle
 
 S = 10**9
 ORIGIN = "test.example/verifier"

@@ -2,7 +2,7 @@
 drawn against its declared thresholds (the HTML form of ``pausewatch audit report``).
 
     from pathlib import Path
-    from verifier.report_html import render_chart, render_html
+    from verifier.audit.report_html import render_chart, render_html
 
     page = render_html(report)          # report: a pausewatch.v1.ComplianceReport
     Path("lab-a-2026-11.html").write_text(page, encoding="utf-8")
