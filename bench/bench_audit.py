@@ -32,7 +32,7 @@ from tests.builders import TestNode  # noqa: E402
 from tests.verifier_harness import enroll_request, enrollment_for, write_verifier_files  # noqa: E402
 from verifier.audit.auditor import Auditor  # noqa: E402
 from verifier.config import load_config  # noqa: E402
-from verifier.server import VerifierServer  # noqa: E402
+from verifier.server.server import VerifierServer  # noqa: E402
 
 S = 10**9
 HOUR_NS = 3_600 * S

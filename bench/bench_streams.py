@@ -53,7 +53,7 @@ from tests.verifier_harness import (  # noqa: E402
     stop_process,
     write_verifier_files,
 )
-from verifier.tlsgen import issue_client_cert_pem, write_self_signed  # noqa: E402
+from verifier.server.tlsgen import issue_client_cert_pem, write_self_signed  # noqa: E402
 
 S = 10**9
 SPIFFE = "spiffe://bench.pausewatch"

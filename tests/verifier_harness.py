@@ -97,7 +97,7 @@ def write_verifier_files(
     (directory / "policy.toml").write_text(policy, encoding="utf-8")
     server = 'insecure_no_tls = true\nlisten = "127.0.0.1:0"'
     if tls:
-        from verifier.tlsgen import write_self_signed
+        from verifier.server.tlsgen import write_self_signed
 
         files = write_self_signed(directory / "tls", ["127.0.0.1", "localhost"])
         server = (
@@ -303,7 +303,7 @@ def wait_serving(
 def running_verifier(directory: Path, **kwargs: object) -> Iterator[RunningVerifier]:
     """An in-process verifier on a free port."""
     from verifier.config import load_config
-    from verifier.server import VerifierServer
+    from verifier.server.server import VerifierServer
 
     files = write_verifier_files(directory, **kwargs)  # type: ignore[arg-type]
     server = VerifierServer.from_config(load_config(files.config))

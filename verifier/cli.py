@@ -252,7 +252,7 @@ def serve(config_path: Path, listen: str | None, port_file: Path | None) -> None
     import signal
 
     from verifier.config import load_config
-    from verifier.server import VerifierServer
+    from verifier.server.server import VerifierServer
 
     config = load_config(config_path)
     if listen is not None:

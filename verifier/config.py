@@ -130,7 +130,7 @@ class IngestConfig:
 
 @dataclass(frozen=True, slots=True)
 class MonitorConfig:
-    """The policy monitor (verifier/monitor.py): how often it looks, and how far back."""
+    """The policy monitor (verifier/server/monitor.py): how often it looks, and how far back."""
 
     interval_ns: int = 60 * S
     """0: no monitor (breaches then show only in reports)."""

@@ -53,7 +53,7 @@ from attest import keys, meter
 from attest.envelope import envelope_digest
 from attest.errors import PausewatchError
 from attest.ids import ZERO_DIGEST
-from verifier.tlsgen import issue_client_cert, write_self_signed
+from verifier.server.tlsgen import issue_client_cert, write_self_signed
 
 S = 1_000_000_000
 LAB = "frontier-lab"

@@ -1,6 +1,6 @@
 """Errors of the verifier's request handling, beyond the evidence errors of :mod:`attest.errors`.
 
-Each maps to one gRPC status in :mod:`verifier.servicers` (the one table); their messages are
+Each maps to one gRPC status in :mod:`verifier.server.servicers` (the one table); their messages are
 written for the remote peer and never carry internal detail.
 """
 

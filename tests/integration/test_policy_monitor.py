@@ -15,7 +15,7 @@ from attest.keys import Ed25519Signer
 from tests.builders import TestNode, fixed_private_key
 from tests.verifier_harness import enroll_request, enrollment_for, write_verifier_files
 from verifier.config import load_config
-from verifier.server import VerifierServer
+from verifier.server.server import VerifierServer
 
 S = 10**9
 MINUTE = 60 * S

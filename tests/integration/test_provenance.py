@@ -16,7 +16,7 @@ from tests.verifier_harness import enroll_request, enrollment_for, write_verifie
 from verifier.accounting.evaluation import render_text
 from verifier.audit.bundle import export_bundle, verify_bundle
 from verifier.config import load_config
-from verifier.server import VerifierServer
+from verifier.server.server import VerifierServer
 
 S = 10**9
 MINUTE = 60 * S

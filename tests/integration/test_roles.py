@@ -34,7 +34,7 @@ from tests.verifier_harness import (
     stop_process,
     write_verifier_files,
 )
-from verifier.tlsgen import issue_client_cert, write_self_signed
+from verifier.server.tlsgen import issue_client_cert, write_self_signed
 
 S = 10**9
 SPIFFE = "spiffe://regulator.test"

@@ -14,7 +14,7 @@ from tests.builders import TestNode, fixed_private_key
 from tests.verifier_harness import enroll_request, enrollment_for, write_verifier_files
 from verifier.audit.bundle import export_bundle, verify_bundle
 from verifier.config import load_config
-from verifier.server import VerifierServer
+from verifier.server.server import VerifierServer
 
 S = 10**9
 MINUTE = 60 * S

@@ -233,7 +233,7 @@ def test_a_small_batch_whose_checks_fail_is_refused_alone_and_lands_when_resent(
     """A small batch is checked in its group's commit job: a failure there (a bug, simulated)
     answers that batch UNAVAILABLE and stores none of it; other batches still commit, and the
     resent batch is accepted with no gap."""
-    from verifier.ingest import Ingestor
+    from verifier.server.ingest import Ingestor
 
     t0 = recent_t0()
     node, other = TestNode.from_seed(41, t0_ns=t0), TestNode.from_seed(42, t0_ns=t0)

@@ -187,8 +187,8 @@ def _tls_client(address: str, files: Path, *, with_client_cert: bool) -> grpc.Ch
 
 def test_tls_mutual_tls_and_plaintext_refusal(tmp_path: Path) -> None:
     from verifier.config import load_config
-    from verifier.server import VerifierServer
-    from verifier.tlsgen import write_self_signed
+    from verifier.server.server import VerifierServer
+    from verifier.server.tlsgen import write_self_signed
 
     directory = tmp_path / "v"
     files = write_verifier_files(directory)
@@ -235,7 +235,7 @@ def test_reflection_only_when_asked_for(tmp_path: Path, enabled: bool) -> None:
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
     from verifier.config import load_config
-    from verifier.server import VerifierServer
+    from verifier.server.server import VerifierServer
 
     files = write_verifier_files(tmp_path / "v")
     if enabled:
@@ -264,7 +264,7 @@ def test_reflection_only_when_asked_for(tmp_path: Path, enabled: bool) -> None:
 def test_a_policy_that_does_not_fit_the_buckets_is_refused_at_start(tmp_path: Path) -> None:
     from attest.errors import ConfigError
     from verifier.config import load_config
-    from verifier.server import VerifierServer
+    from verifier.server.server import VerifierServer
 
     files = write_verifier_files(
         tmp_path / "v",
@@ -280,7 +280,7 @@ def test_a_port_in_use_is_a_clear_configuration_error(tmp_path: Path) -> None:
 
     from attest.errors import ConfigError
     from verifier.config import load_config
-    from verifier.server import VerifierServer
+    from verifier.server.server import VerifierServer
 
     files = write_verifier_files(tmp_path / "v")
     with socket.socket() as taken:

@@ -14,7 +14,7 @@ from attest.errors import ConfigError
 from verifier.access import ANONYMOUS, Access, Role
 from verifier.config import parse_config
 from verifier.errors import PermissionDeniedError
-from verifier.tlsgen import issue_client_cert, write_self_signed
+from verifier.server.tlsgen import issue_client_cert, write_self_signed
 
 NODE = "ab" * 32
 

@@ -11,7 +11,7 @@ import pytest
 from verifier.access import ANONYMOUS
 from verifier.config import LimitsConfig
 from verifier.errors import ResourceExhaustedError
-from verifier.limits import Limiter, peer_host
+from verifier.server.limits import Limiter, peer_host
 
 LIMITS = LimitsConfig(
     max_streams_per_identity=2,

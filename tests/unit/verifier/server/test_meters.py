@@ -16,8 +16,8 @@ from attest.keys import Ed25519Signer, format_public_key, load_private_key
 from tests.builders import fixed_private_key
 from tests.verifier_harness import write_verifier_files
 from verifier.config import load_config
-from verifier.meters import SiteRegistry
-from verifier.registry import Registry
+from verifier.server.meters import SiteRegistry
+from verifier.server.registry import Registry
 from verifier.store.core import VerifierCore
 from verifier.store.sqlite import SqliteStore
 

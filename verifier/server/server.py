@@ -9,7 +9,8 @@ It serves with grpc.aio on an event loop in a thread of its own: an open stream 
 and costs memory, not a thread; blocking work runs in a pool of ``server.workers`` threads that
 does not grow with the number of clients. TLS is on unless the config says ``insecure_no_tls``;
 mutual TLS when a client CA is given, and the client certificate then decides the caller's role
-(verifier/access.py). Prometheus metrics on ``metrics.listen`` when set (verifier/metrics.py).
+(verifier/access.py). Prometheus metrics on ``metrics.listen`` when set
+(verifier/server/metrics.py).
 """
 
 from __future__ import annotations
@@ -32,14 +33,13 @@ from attest.keys import load_private_key
 from verifier.access import Access
 from verifier.audit.auditor import Auditor
 from verifier.config import VerifierConfig
-from verifier.ingest import Ingestor
-from verifier.limits import Limiter
-from verifier.meters import SiteRegistry
-from verifier.metrics import VerifierMetrics
-from verifier.monitor import PolicyMonitor
-from verifier.registry import Registry
-from verifier.server_tls import load_server_tls
-from verifier.servicers import (
+from verifier.server.ingest import Ingestor
+from verifier.server.limits import Limiter
+from verifier.server.meters import SiteRegistry
+from verifier.server.metrics import VerifierMetrics
+from verifier.server.monitor import PolicyMonitor
+from verifier.server.registry import Registry
+from verifier.server.servicers import (
     AttestationServicer,
     AuditServicer,
     RegistryServicer,
@@ -47,6 +47,7 @@ from verifier.servicers import (
     SiteServicer,
     add_service,
 )
+from verifier.server.tls import load_server_tls
 from verifier.store.base import Store
 from verifier.store.core import VerifierCore
 

@@ -64,11 +64,11 @@ from verifier.errors import (
     ResourceExhaustedError,
     UnavailableError,
 )
-from verifier.ingest import CheckedBatch, Ingestor, SubmitResult
-from verifier.limits import Limiter
-from verifier.meters import MAX_READINGS_PER_REQUEST, SiteRegistry
-from verifier.metrics import VerifierMetrics
-from verifier.registry import Registry, inventory_envelope_limit
+from verifier.server.ingest import CheckedBatch, Ingestor, SubmitResult
+from verifier.server.limits import Limiter
+from verifier.server.meters import MAX_READINGS_PER_REQUEST, SiteRegistry
+from verifier.server.metrics import VerifierMetrics
+from verifier.server.registry import Registry, inventory_envelope_limit
 from verifier.store.core import VerifierCore
 
 log = logging.getLogger(__name__)

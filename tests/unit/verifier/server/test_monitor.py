@@ -13,7 +13,7 @@ from verifier.accounting.policy import (
     SustainedRateRule,
     TrainingSignatureRule,
 )
-from verifier.monitor import finding_for, rule_window_ns
+from verifier.server.monitor import finding_for, rule_window_ns
 
 S = 10**9
 CUMULATIVE = CumulativeFlopRule("c", 300 * S, 10**15, Figure.UPPER_BOUND)

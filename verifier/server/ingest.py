@@ -42,7 +42,7 @@ from attest.errors import (
 )
 from attest.ids import Digest, NodeId
 from verifier.accounting import accounts, late
-from verifier.registry import flag_node
+from verifier.server.registry import flag_node
 from verifier.store.base import AttestationRow, EntryKind, GapRow
 from verifier.store.core import NodeHead, NodeState, VerifierCore, WriteContext
 from verifier.store.log import PendingEntry
