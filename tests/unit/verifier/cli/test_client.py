@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from verifier.accounting.evaluation import format_time_ns
-from verifier.client import parse_time
+from verifier.cli.client import parse_time
 
 S = 10**9
 NOW = 1_796_519_504_116_814_353

@@ -52,7 +52,8 @@ from attest.errors import (
 from attest.exitcodes import ExitCode
 from attest.note import Ed25519NoteVerifier, parse_verifier_key
 from verifier.accounting.evaluation import format_time_ns, lab_title, render_text
-from verifier.cli_common import (
+from verifier.cli.client import VerifierTarget, open_channel
+from verifier.cli.common import (
     TIME,
     TZ,
     WitnessPolicy,
@@ -61,7 +62,6 @@ from verifier.cli_common import (
     verifier_options,
     witness_options,
 )
-from verifier.client import VerifierTarget, open_channel
 
 if TYPE_CHECKING:
     from verifier.audit.report_html import OfflineStamp

@@ -30,7 +30,7 @@ from attest.errors import (
     PeerCertificateError,
 )
 from verifier.accounting.evaluation import format_time_ns
-from verifier.client import NS_PER_S, TlsDiagnosis, VerifierTarget, diagnose_tls, parse_time
+from verifier.cli.client import NS_PER_S, TlsDiagnosis, VerifierTarget, diagnose_tls, parse_time
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -189,7 +189,8 @@ def witness_options(command: F) -> F:
 
 
 class TimeParam(click.ParamType[int, Any]):
-    """A time on the command line (see :func:`verifier.client.parse_time`), as ns since epoch."""
+    """A time on the command line (see :func:`verifier.cli.client.parse_time`), as ns since
+    epoch."""
 
     name = "time"
 

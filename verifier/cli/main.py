@@ -24,17 +24,17 @@ from attest import __version__, compute, keys, note
 from attest.errors import ConfigError, OutputFileError, PausewatchError
 from attest.exitcodes import ExitCode, exit_code_for
 from verifier.accounting import policy as policy_file
-from verifier.cli_audit import audit, log_group
-from verifier.cli_common import emit
-from verifier.cli_registry import (
+from verifier.cli.audit import audit, log_group
+from verifier.cli.common import emit
+from verifier.cli.registry import (
     entry_command,
     health_command,
     labs_command,
     node_command,
     nodes_command,
 )
-from verifier.cli_site import site
-from verifier.cli_witness import witness_group
+from verifier.cli.site import site
+from verifier.cli.witness import witness_group
 from verifier.demo import demo_command
 
 log = logging.getLogger(__name__)
@@ -338,7 +338,3 @@ def main() -> None:
         sys.exit(ExitCode.INTERNAL)
     # A command that ends with ctx.exit(n) returns n here (standalone_mode=False).
     sys.exit(code if isinstance(code, int) else ExitCode.OK)
-
-
-if __name__ == "__main__":
-    main()

@@ -22,7 +22,7 @@ from attest import keys
 from attest.checkpoint import CosignatureSigner
 from attest.errors import KeyFileError
 from attest.note import NoteVerifier, is_valid_key_name, parse_verifier_key
-from verifier.cli_common import emit
+from verifier.cli.common import emit
 
 log = logging.getLogger(__name__)
 

@@ -30,8 +30,8 @@ from attest import merkle
 from attest.envelope import PayloadType, parse_envelope
 from attest.errors import EnvelopeError, ProofError
 from verifier.accounting.evaluation import rooting_text
-from verifier.cli_common import TIME, TZ, emit, format_time, verifier_options
-from verifier.client import VerifierTarget, open_channel
+from verifier.cli.client import VerifierTarget, open_channel
+from verifier.cli.common import TIME, TZ, emit, format_time, verifier_options
 
 RPC_TIMEOUT_S = 60
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from attest.errors import ConfigError
-from verifier.meter_csv import parse_interval_csv
+from verifier.cli.meter_csv import parse_interval_csv
 
 HEADER = "meter_id,interval_start,interval_end,energy_kwh\n"
 

@@ -3,7 +3,7 @@
     pausewatch site import feed.csv --lab lab-a --site dc1 --key import.key --verifier v:7443
     pausewatch site head --lab lab-a --meter utility-feed --verifier v:7443
 
-``import`` reads an interval file (:mod:`verifier.meter_csv`), continues each meter's chain from
+``import`` reads an interval file (:mod:`verifier.cli.meter_csv`), continues each meter's chain from
 where the verifier has it (``GetMeterHead``), signs each interval with the regulator's import key
 (the key the site file declares for that meter) and submits them, oldest first; an interval the
 verifier already holds is skipped, so an import can be run again after a failure. It exits 0 when
@@ -23,9 +23,9 @@ from attest.exitcodes import ExitCode
 from attest.ids import ZERO_DIGEST
 from attest.keys import Ed25519Signer, load_private_key
 from attest.meter import reading_body, sign_reading
-from verifier.cli_common import emit, verifier_options
-from verifier.client import VerifierTarget, open_channel
-from verifier.meter_csv import Interval, parse_interval_csv
+from verifier.cli.client import VerifierTarget, open_channel
+from verifier.cli.common import emit, verifier_options
+from verifier.cli.meter_csv import Interval, parse_interval_csv
 
 BATCH = 500
 
