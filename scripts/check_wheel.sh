@@ -20,6 +20,7 @@ required = [
     "verifier/demo_data/helios_vchbv_excerpt.csv",
     "verifier/demo_data/LICENSE-helios.txt",
     "verifier/audit/report_html.py",
+    "verifier/server/server.py",
     "pausewatch/v1/attestation_pb2.py",
     "attest/envelope.py",
     "agent/cli.py",
