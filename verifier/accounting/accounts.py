@@ -1002,7 +1002,7 @@ class Gap:
     log_index_after: int | None
     gpu_models_before: tuple[str, ...] = ()
     late: bool = False
-    """The stretch holds late evidence counted like a gap (verifier/late.py)."""
+    """The stretch holds late evidence counted like a gap (verifier/accounting/late.py)."""
 
     def __post_init__(self) -> None:
         if self.end_ns <= self.start_ns:

@@ -529,7 +529,8 @@ class Ingestor:
                     raw, spb.REJECT_REASON_BAD_NONCE, "the nonce was not issued to this node", seq
                 )
             # A nonce older than its lifetime no longer rejects the window: it is late evidence
-            # (verifier/late.py), kept and graded, so that an honest outage's back-fill lands.
+            # (verifier/accounting/late.py), kept and graded, so that an honest outage's back-fill
+            # lands.
             nonce_age_ns = body.window_end_ns - issued
 
         head = node.head

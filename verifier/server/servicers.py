@@ -9,7 +9,7 @@ its next message and holds no thread. Blocking work (verification, storage, audi
 runtime's thread pool, one message at a time per stream. Every call first resolves the caller's
 principal from its client certificate (verifier/access.py) and is refused PERMISSION_DENIED
 outside its role; streams and in-flight messages are counted per identity and per peer
-(verifier/limits.py).
+(verifier/server/limits.py).
 
 Servicers translate messages and nothing else. Every error a handler raises on purpose is a
 :class:`~attest.errors.PausewatchError` whose ``diagnostics()`` is safe to send; anything else is
