@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -59,6 +60,7 @@ S = 10**9
 SPIFFE = "spiffe://bench.pausewatch"
 SEED = 20_000
 HOSTILE_SEED = 19_999
+MAX_STREAM_ATTEMPTS = 6
 CHANNEL_OPTIONS = [("grpc.use_local_subchannel_pool", 1)]  # one connection per agent
 
 
@@ -91,6 +93,13 @@ def _channel(address: str, tls: Path | None, node: TestNode) -> grpc.aio.Channel
     return grpc.aio.secure_channel(address, _credentials(tls, cert, key), options=options)
 
 
+def _answer(response: object) -> spb.SubmitAttestationsResponse:
+    if response is grpc.aio.EOF:  # type: ignore[attr-defined]
+        raise asyncio.InvalidStateError("the stream ended without an answer")
+    assert isinstance(response, spb.SubmitAttestationsResponse)
+    return response
+
+
 async def _agent(
     address: str,
     tls: Path | None,
@@ -117,47 +126,62 @@ async def _agent(
             if counts["open"] + counts["failed_open"] == total:
                 opened.set()
             return
-        call = stub.SubmitAttestations(timeout=end_at - time.time() + 120)
-        opened_at = time.time()
-        ended_at: list[float] = []
-        call.add_done_callback(lambda _call: ended_at.append(time.time()))
-        sent = 0
         counts["open"] += 1
         if counts["open"] + counts["failed_open"] == total:
             opened.set()
         rng = random.Random(node.node_id)
         send_at = start_at + rng.uniform(0, interval_s)
-        try:
-            for raw in chain:
-                delay = send_at - time.time()
-                if send_at > end_at:
-                    break
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                await call.write(spb.SubmitAttestationsRequest(envelopes=[raw]))
-                response = await call.read()
-                counts["accepted"] += sum(
-                    r.status == spb.RECEIPT_STATUS_ACCEPTED for r in response.receipts
-                )
-                counts["batches"] += 1
-                sent += 1
-                send_at += interval_s
-            await call.done_writing()
-            await call.code()
-        except (grpc.RpcError, asyncio.InvalidStateError):
-            code = await call.code()
-            counts["failed"] += 1
-            counts[f"ended_{code.name}"] = counts.get(f"ended_{code.name}", 0) + 1
-            # When the call ended, and when this agent found out (its next write or read).
-            ended = ended_at[0] if ended_at else time.time()
-            failures.append((opened_at, ended))
-            if counts["failed"] == 1:
-                print(
-                    f"first failed stream: {code.name} {await call.details()}, ended "
-                    f"{ended - opened_at:.1f} s after it opened (at {ended:.1f}), noticed "
-                    f"{time.time() - opened_at:.1f} s after, {sent} batches sent",
-                    flush=True,
-                )
+        index = 0
+        # As the agent's shipper does: a stream that fails is opened again (after a short jittered
+        # pause), and the window not yet answered is sent again on it.
+        for attempt in range(MAX_STREAM_ATTEMPTS):
+            call = stub.SubmitAttestations(timeout=end_at - time.time() + 120)
+            opened_at = time.time()
+            ended = asyncio.Event()
+            ended_at: list[float] = []
+
+            def on_done(
+                _call: object, ended: asyncio.Event = ended, at: list[float] = ended_at
+            ) -> None:
+                at.append(time.time())
+                ended.set()
+
+            call.add_done_callback(on_done)
+            try:
+                while index < len(chain) and send_at <= end_at:
+                    delay = send_at - time.time()
+                    if delay > 0:
+                        # Sleep until the window is due, or until the stream ends under us.
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(ended.wait(), delay)
+                    await call.write(spb.SubmitAttestationsRequest(envelopes=[chain[index]]))
+                    response = _answer(await call.read())
+                    counts["accepted"] += sum(
+                        r.status == spb.RECEIPT_STATUS_ACCEPTED for r in response.receipts
+                    )
+                    counts["batches"] += 1
+                    index += 1
+                    send_at += interval_s
+                await call.done_writing()
+                await call.code()
+                return
+            except (grpc.RpcError, asyncio.InvalidStateError):
+                code = await call.code()
+                counts[f"ended_{code.name}"] = counts.get(f"ended_{code.name}", 0) + 1
+                end = ended_at[0] if ended_at else time.time()
+                failures.append((opened_at, end))
+                if len(failures) == 1:
+                    print(
+                        f"first failed stream: {code.name} {await call.details()}, ended "
+                        f"{end - opened_at:.1f} s after it opened, {index} windows answered; "
+                        "opened again",
+                        flush=True,
+                    )
+                if time.time() > end_at:
+                    return
+                counts["reopened"] += 1
+                await asyncio.sleep(rng.uniform(0.0, 1.0) * 2**attempt)
+        counts["failed"] += 1
 
 
 async def _agents(args: argparse.Namespace) -> dict[str, int]:
@@ -168,7 +192,8 @@ async def _agents(args: argparse.Namespace) -> dict[str, int]:
     ]
     chains = [node.chain(args.windows) for node in nodes]
     counts = {
-        "open": 0, "failed_open": 0, "open_retries": 0, "accepted": 0, "batches": 0, "failed": 0
+        "open": 0, "failed_open": 0, "open_retries": 0, "accepted": 0, "batches": 0,
+        "reopened": 0, "failed": 0,
     }  # fmt: skip
     opened = asyncio.Event()
     failures: list[tuple[float, float]] = []
@@ -199,7 +224,8 @@ async def _agents(args: argparse.Namespace) -> dict[str, int]:
         ends = sorted(end for _, end in failures)
         lived = sorted(end - start for start, end in failures)
         print(
-            f"{len(failures)} streams failed; they ended between {ends[0]:.1f} and {ends[-1]:.1f} "
+            f"{len(failures)} streams ended early (opened again); they ended between "
+            f"{ends[0]:.1f} and {ends[-1]:.1f} "
             f"(median {ends[len(ends) // 2]:.1f}; sending began at {args.start_at:.1f}), "
             f"{lived[0]:.0f} to {lived[-1]:.0f} s after they opened",
             flush=True,
@@ -571,7 +597,19 @@ interval_s = 0
             phase2 = _phase("phase 2 (+ hostile)", pid, metrics_port, args.phase_s, channel)
         for client in clients:
             client.wait(timeout=args.interval_s + 300)
-        summary = {"phase1": phase1, "phase2": phase2, "hostile": codes}
+        totals: dict[str, int] = {}
+        for k in range(len(readies)):
+            lines = (tmp / f"client-{k}.log").read_text().strip().splitlines()
+            for key, value in json.loads(lines[-1]).items():
+                totals[key] = totals.get(key, 0) + int(value)
+        ends = ", ".join(f"{k[6:]} {v}" for k, v in sorted(totals.items()) if k[:6] == "ended_")
+        print(
+            f"agents: {totals.get('batches', 0)} windows answered, {totals.get('reopened', 0)} "
+            f"streams opened again after ending early ({ends or 'none'}), "
+            f"{totals.get('failed', 0)} agents gave up",
+            flush=True,
+        )
+        summary = {"phase1": phase1, "phase2": phase2, "hostile": codes, "agents": totals}
         print(json.dumps(summary))
         ok = all(
             p["rss_mib"] < 1024 and p["cpu_core_fraction"] < 0.15 and p["health_p99_ms"] < 100
