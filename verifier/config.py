@@ -63,6 +63,9 @@ class LimitsConfig:
     min_client_ping_interval_s: int = 20
     max_connection_idle_s: int = 900
     max_streams_per_connection: int = 1_024
+    max_pending_calls: int = 16_384
+    """Calls received and not yet handed to a handler that gRPC holds; beyond it, new calls are
+    cancelled. A restarted verifier sees its whole fleet reconnect at once."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -157,6 +157,10 @@ class VerifierServer:
             ("grpc.http2.max_ping_strikes", 2),
             ("grpc.max_connection_idle_ms", limits.max_connection_idle_s * 1000),
             ("grpc.max_concurrent_streams", limits.max_streams_per_connection),
+            # gRPC's own default (1,000, hard limit 3,000) cancelled thousands of streams when a
+            # fleet's agents connected at once (bench_streams, 10,000 agents, ADR 0012).
+            ("grpc.server.max_pending_requests", limits.max_pending_calls),
+            ("grpc.server.max_pending_requests_hard_limit", limits.max_pending_calls),
         ]
 
     def _on_loop(self, coroutine: Coroutine[Any, Any, T], timeout_s: float | None = None) -> T:

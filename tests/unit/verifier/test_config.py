@@ -110,3 +110,39 @@ def test_monitor_settings_and_their_errors() -> None:
     ]:
         with pytest.raises(ConfigError, match=message):
             parse_config(config(base + text), source="verifier.toml")
+
+
+def _with_limits(limits: str, tmp_path: Path) -> object:
+    return parse_config(
+        config(
+            f"""
+[server]
+insecure_no_tls = true
+listen = "127.0.0.1:0"
+[limits]
+{limits}
+[[labs]]
+id = "lab-a"
+operator_public_key = "{KEY}"
+policy = "policy.toml"
+"""
+        ),
+        base=tmp_path,
+    )
+
+
+def test_the_pending_call_limit_reaches_grpc_and_must_be_positive(tmp_path: Path) -> None:
+    """gRPC's default (1,000 pending, 3,000 hard) cancelled a fleet's streams as they opened at
+    once; the verifier's own limit must be what the server is built with."""
+    from types import SimpleNamespace
+
+    from verifier.server.server import VerifierServer
+
+    default = _with_limits("", tmp_path)
+    raised = _with_limits("max_pending_calls = 50000", tmp_path)
+    for cfg, expected in ((default, 16_384), (raised, 50_000)):
+        options = dict(VerifierServer._options(SimpleNamespace(config=cfg)))  # type: ignore[arg-type]
+        assert options["grpc.server.max_pending_requests"] == expected
+        assert options["grpc.server.max_pending_requests_hard_limit"] == expected
+    with pytest.raises(ConfigError, match="max_pending_calls"):
+        _with_limits("max_pending_calls = 0", tmp_path)
