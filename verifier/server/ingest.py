@@ -259,27 +259,27 @@ class Ingestor:
     def commit(self, batches: list[CheckedBatch]) -> None:
         """The serial stage of checked batches, in one transaction; each gets its ``result``.
         Batches from :meth:`unchecked` are checked first."""
-        unchecked = [job for job in batches if job.checked is None]
-        if unchecked:
-            for job in unchecked:
-                started = time.perf_counter()
-                try:
-                    job.checked = self._check_all(job.raws)
-                except Exception:  # a bug in stage one: this batch fails, not its group
-                    log.exception("a batch of %d envelopes could not be checked", len(job.raws))
-                    job.result = SubmitResult(
-                        receipts=[
-                            self._rejected(
-                                raw,
-                                spb.REJECT_REASON_UNAVAILABLE,
-                                "the verifier could not check the batch; resend",
-                            )
-                            for raw in job.raws
-                        ],
-                        tree_size=self.core.log.size,
-                    )
-                self.observe_stage_s("verify", time.perf_counter() - started)
-            batches = [job for job in batches if job.result is None]
+        for job in batches:
+            if job.checked is not None:
+                continue
+            started = time.perf_counter()
+            try:
+                job.checked = self._check_all(job.raws)
+            except Exception:  # a bug in stage one: this batch fails, not its group
+                log.exception("a batch of %d envelopes could not be checked", len(job.raws))
+                job.result = SubmitResult(
+                    receipts=[
+                        self._rejected(
+                            raw,
+                            spb.REJECT_REASON_UNAVAILABLE,
+                            "the verifier could not check the batch; resend",
+                        )
+                        for raw in job.raws
+                    ],
+                    tree_size=self.core.log.size,
+                )
+            self.observe_stage_s("verify", time.perf_counter() - started)
+        batches = [job for job in batches if job.result is None]
         if batches:
             with self._commit_lock:
                 self._timed_commit(batches)

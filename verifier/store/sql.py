@@ -159,6 +159,32 @@ _FIGURE_COLUMNS = {
 }
 
 
+_LOG_ENTRY_COLUMNS = (
+    ("idx", "bigint"),
+    ("leaf_hash", "bytea"),
+    ("entry", "bytea"),
+    ("digest", "bytea"),
+    ("kind", "text"),
+    ("lab_id", "text"),
+    ("node_id", "bytea"),
+    ("appended_at_ns", "bigint"),
+)
+_TREE_NODE_COLUMNS = (("level", "bigint"), ("idx", "bigint"), ("hash", "bytea"))
+_ATTESTATION_COLUMNS = (
+    ("node_id", "bytea"),
+    ("seq", "bigint"),
+    ("digest", "bytea"),
+    ("log_index", "bigint"),
+    ("lab_id", "text"),
+    ("window_start_ns", "bigint"),
+    ("window_end_ns", "bigint"),
+    ("upper_key", "text"),
+    ("central_key", "text"),
+    ("energy_key", "text"),
+    ("energy_mj", "bigint"),
+)
+
+
 class SqlQueries:
     """Read queries, written once in SQL that SQLite and PostgreSQL both accept.
 
@@ -325,10 +351,7 @@ class SqlQueries:
         )
         return None if row is None else bytes(row[0])
 
-    _ATT_COLUMNS = (
-        "node_id, seq, digest, log_index, lab_id, window_start_ns, window_end_ns, "
-        "upper_key, central_key, energy_key"
-    )
+    _ATT_COLUMNS = ", ".join(name for name, _ in _ATTESTATION_COLUMNS if name != "energy_mj")
 
     @staticmethod
     def _att(r: Any) -> AttestationRow:
@@ -591,32 +614,6 @@ class SqlQueries:
         return None if row is None else self._meter_row(row)
 
 
-_LOG_ENTRY_COLUMNS = (
-    ("idx", "bigint"),
-    ("leaf_hash", "bytea"),
-    ("entry", "bytea"),
-    ("digest", "bytea"),
-    ("kind", "text"),
-    ("lab_id", "text"),
-    ("node_id", "bytea"),
-    ("appended_at_ns", "bigint"),
-)
-_TREE_NODE_COLUMNS = (("level", "bigint"), ("idx", "bigint"), ("hash", "bytea"))
-_ATTESTATION_COLUMNS = (
-    ("node_id", "bytea"),
-    ("seq", "bigint"),
-    ("digest", "bytea"),
-    ("log_index", "bigint"),
-    ("lab_id", "text"),
-    ("window_start_ns", "bigint"),
-    ("window_end_ns", "bigint"),
-    ("upper_key", "text"),
-    ("central_key", "text"),
-    ("energy_key", "text"),
-    ("energy_mj", "bigint"),
-)
-
-
 class SqlTransaction(SqlQueries):
     """Writes (and reads) through one connection inside an open database transaction.
 
@@ -641,7 +638,7 @@ class SqlTransaction(SqlQueries):
         if not rows:
             return
         names = ", ".join(name for name, _ in columns)
-        if not self._array_inserts or len(rows) == 1:
+        if not self._array_inserts:
             marks = ", ".join("?" for _ in columns)
             self._many(f"INSERT INTO {table} ({names}) VALUES ({marks})", rows)
             return
