@@ -252,9 +252,11 @@ def serve(config_path: Path, listen: str | None, port_file: Path | None) -> None
     import signal
 
     from verifier.config import load_config
+    from verifier.server.process import tune_garbage_collector
     from verifier.server.server import VerifierServer
 
     config = load_config(config_path)
+    tune_garbage_collector()
     if listen is not None:
         config = dataclasses.replace(
             config, server=dataclasses.replace(config.server, listen=listen)
