@@ -42,6 +42,10 @@ class ServerConfig:
     """Threads for blocking work (verification, storage, audits). Streams do not hold one: an
     open stream costs memory only, so this is sized to the machine, not to the fleet."""
     shutdown_grace_s: int = 10
+    http2_bdp_probe: bool = False
+    """gRPC's HTTP/2 bandwidth-delay probe: a ping for each message a connection receives, to
+    grow flow-control windows for large transfers over long links. Off: a fleet's streams carry
+    a small message a minute, and the probe was a third of gRPC's own CPU (ADR 0012)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +62,7 @@ class LimitsConfig:
     max_inflight_bytes_per_peer: int = 64 * 1024 * 1024
     stream_idle_timeout_s: int = 600
     """A SubmitAttestations stream that sends nothing for this long is closed (UNAVAILABLE)."""
-    keepalive_time_s: int = 120
+    keepalive_time_s: int = 600
     keepalive_timeout_s: int = 20
     min_client_ping_interval_s: int = 20
     max_connection_idle_s: int = 900
@@ -284,6 +288,7 @@ def parse_config(data: bytes, *, source: str = "<config>", base: Path = Path()) 
         max_batch_envelopes=s.positive("max_batch_envelopes", _SERVER.max_batch_envelopes),
         workers=s.positive("workers", _SERVER.workers),
         shutdown_grace_s=s.positive("shutdown_grace_s", _SERVER.shutdown_grace_s),
+        http2_bdp_probe=s.get("http2_bdp_probe", bool, _SERVER.http2_bdp_probe),
     )
     if not server.insecure_no_tls and (server.tls_cert is None or server.tls_key is None):
         raise ConfigError(

@@ -145,8 +145,11 @@ class VerifierServer:
             ("grpc.max_receive_message_length", server.max_message_bytes),
             ("grpc.max_send_message_length", server.max_message_bytes),
             ("grpc.so_reuseport", 0),
-            # Keepalive: the server pings a silent connection and drops it if the ping goes
-            # unanswered; clients may ping no more often than min_client_ping_interval_s.
+            # A ping per message received on each connection, to size flow-control windows
+            # for bulk transfers: off unless the config asks (bench_streams, ADR 0012).
+            ("grpc.http2.bdp_probe", int(server.http2_bdp_probe)),
+            # Keepalive: the server pings every connection this often and drops it if the ping
+            # goes unanswered; clients may ping no more often than min_client_ping_interval_s.
             ("grpc.keepalive_time_ms", limits.keepalive_time_s * 1000),
             ("grpc.keepalive_timeout_ms", limits.keepalive_timeout_s * 1000),
             ("grpc.keepalive_permit_without_calls", 1),
