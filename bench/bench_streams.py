@@ -43,6 +43,7 @@ from pausewatch.v1 import attestation_service_pb2_grpc as spb_grpc  # noqa: E402
 from pausewatch.v1 import registry_pb2_grpc as rpb_grpc  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
+from agent.shipper import CHANNEL_OPTIONS as AGENT_CHANNEL_OPTIONS  # noqa: E402
 from tests.agent_process import free_port  # noqa: E402
 from tests.builders import TestNode  # noqa: E402
 from tests.verifier_harness import (  # noqa: E402
@@ -61,7 +62,8 @@ SPIFFE = "spiffe://bench.pausewatch"
 SEED = 20_000
 HOSTILE_SEED = 19_999
 MAX_STREAM_ATTEMPTS = 6
-CHANNEL_OPTIONS = [("grpc.use_local_subchannel_pool", 1)]  # one connection per agent
+# The real agent's options (keepalive, no bandwidth probe), and one connection per agent.
+CHANNEL_OPTIONS = [*AGENT_CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
 
 
 # -- the agents' side (each client process) --------------------------------------------------
@@ -262,6 +264,40 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _thread_cpu_s(pid: int) -> dict[int, tuple[str, float]]:
+    """Thread id -> (its name, CPU seconds so far), from /proc/<pid>/task."""
+    threads: dict[int, tuple[str, float]] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            comm, rest = (task / "stat").read_text().split("(", 1)[1].rsplit(")", 1)
+            fields = rest.split()
+            cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            threads[int(task.name)] = (comm, cpu)
+    return threads
+
+
+def _thread_split(
+    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], wall: float
+) -> str:
+    """The CPU of gRPC's own threads (named by gRPC), of the busiest Python thread (the event
+    loop's, at these rates) and of the other Python threads (the workers), in % of a core."""
+    grpc_s, python = 0.0, []
+    for tid, (comm, cpu) in after.items():
+        spent = cpu - before.get(tid, (comm, 0.0))[1]
+        if comm.startswith("python"):
+            python.append(spent)
+        else:
+            grpc_s += spent
+    python.sort(reverse=True)
+    busiest = python[0] if python else 0.0
+    named = len(after) - len(python)
+    return (
+        f"{named} gRPC threads {100 * grpc_s / wall:.1f}, busiest Python thread "
+        f"{100 * busiest / wall:.1f}, {len(python) - 1} other Python threads "
+        f"{100 * sum(python[1:]) / wall:.1f}"
+    )
+
+
 def _rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -339,7 +375,7 @@ def _phase(
 ) -> dict[str, float]:
     scraped_before = _scrape(metrics_port)
     accepted_before = scraped_before.get(("pausewatch_verifier_receipts_total", "accepted"), 0.0)
-    cpu_before, started = _cpu_s(pid), time.monotonic()
+    cpu_before, threads_before, started = _cpu_s(pid), _thread_cpu_s(pid), time.monotonic()
     probe = HealthProbe(channel).start()
     peak_rss = 0.0
     while time.monotonic() - started < seconds:
@@ -348,6 +384,7 @@ def _phase(
     probe.stop()
     wall = time.monotonic() - started
     cpu = (_cpu_s(pid) - cpu_before) / wall
+    split = _thread_split(threads_before, _thread_cpu_s(pid), wall)
     scraped_after = _scrape(metrics_port)
     accepted = (
         scraped_after.get(("pausewatch_verifier_receipts_total", "accepted"), 0.0) - accepted_before
@@ -369,6 +406,7 @@ def _phase(
         f"{probe.failures} failed), accepted {accepted:.0f} ({accepted / wall:.1f}/s)",
         flush=True,
     )
+    print(f"  CPU by thread, % of a core: {split}", flush=True)
     print(f"  stages (wall time, mean): {_stages(scraped_before, scraped_after)}", flush=True)
     return result
 
@@ -431,6 +469,12 @@ def main() -> int:
         default=250,
         help="the verifier's ingest.commit_linger_ms (250: what docs/verifier.md advises a fleet)",
     )
+    parser.add_argument(
+        "--keepalive-s",
+        type=int,
+        default=None,
+        help="the verifier's limits.keepalive_time_s (default: the verifier's own default)",
+    )
     parser.add_argument("--role", default="main", help=argparse.SUPPRESS)
     for hidden in ("--address", "--tls", "--ready"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)
@@ -472,6 +516,7 @@ lab = "lab-a"
         extra_config=f"""[limits]
 max_streams_per_peer = {args.agents + args.hostile + 100}
 max_streams_per_identity = {args.hostile}
+{"" if args.keepalive_s is None else f"keepalive_time_s = {args.keepalive_s}"}
 
 [metrics]
 listen = "127.0.0.1:{metrics_port}"
@@ -540,7 +585,7 @@ interval_s = 0
         rss_idle = _rss_mib(pid)
 
         settle_s = 30.0
-        open_budget_s = 60.0 + args.agents / (200 if args.plaintext else 20)
+        open_budget_s = 60.0 + args.agents / (200 if args.plaintext else 100)
         start_at = time.time() + open_budget_s
         end_at = start_at + settle_s + 2 * args.phase_s + args.interval_s
         windows = int((end_at - start_at) / args.interval_s) + 2
@@ -578,6 +623,20 @@ interval_s = 0
             f"MiB (after enrolment, before streams: {rss_idle:.0f} MiB)",
             flush=True,
         )
+        # Between the last stream opening and the first window: what open, silent streams cost
+        # (keepalive, timers, polling), apart from what their messages cost.
+        idle_s = start_at - time.time() - 5
+        if idle_s >= 10:
+            cpu_before, threads_before = _cpu_s(pid), _thread_cpu_s(pid)
+            idle_from = time.monotonic()
+            time.sleep(idle_s)
+            wall = time.monotonic() - idle_from
+            print(
+                f"idle (streams open, none sending, {wall:.0f} s): CPU "
+                f"{100 * (_cpu_s(pid) - cpu_before) / wall:.1f} % of a core "
+                f"({_thread_split(threads_before, _thread_cpu_s(pid), wall)})",
+                flush=True,
+            )
         time.sleep(max(0.0, start_at - time.time()) + settle_s)
         with regulator_channel(running.address) as channel:
             phase1 = _phase("phase 1 (agents only)", pid, metrics_port, args.phase_s, channel)
