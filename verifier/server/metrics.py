@@ -120,6 +120,9 @@ class VerifierMetrics:
             buckets=_LATENCY_BUCKETS_S,
             registry=r,
         )
+        # The children observed for every batch, looked up once (labels() takes a lock).
+        self._batch_stage = self.stage.labels("batch")
+        self._receipt_children: dict[tuple[int, int], Any] = {}
         if live is not None:
             r.register(_Live(live))
         self._http: ThreadingHTTPServer | None = None
@@ -129,15 +132,19 @@ class VerifierMetrics:
     def observe_batch(self, receipts: Sequence[spb.Receipt], seconds: float) -> None:
         self.batches.inc()
         self.envelopes.inc(len(receipts))
-        self.stage.labels("batch").observe(seconds)
+        self._batch_stage.observe(seconds)
         counts: dict[tuple[int, int], int] = {}
         for receipt in receipts:
             key = (receipt.status, receipt.reason)
             counts[key] = counts.get(key, 0) + 1
-        for (status, reason), count in counts.items():
-            self.receipts.labels(
-                _STATUS.get(status, str(status)), _REASON.get(reason, str(reason))
-            ).inc(count)
+        for pair, count in counts.items():
+            child = self._receipt_children.get(pair)
+            if child is None:
+                status, reason = pair
+                child = self._receipt_children[pair] = self.receipts.labels(
+                    _STATUS.get(status, str(status)), _REASON.get(reason, str(reason))
+                )
+            child.inc(count)
 
     def observe_stage(self, stage: str, seconds: float) -> None:
         self.stage.labels(stage).observe(seconds)

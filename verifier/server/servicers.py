@@ -24,6 +24,7 @@ import functools
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -244,6 +245,51 @@ def streaming(method: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+class IdleStreams:
+    """Ends streams that send nothing for ``idle_s``, with one timer for all of them: the stream
+    least recently heard from is first in line, and the timer is set for when it expires. A
+    timer per read (``asyncio.timeout``) put a handle into the event loop's heap for every message
+    of every stream, and the heap held one per open stream. Used from the event loop only."""
+
+    def __init__(self, idle_s: float) -> None:
+        self.idle_s = idle_s
+        self._heard: OrderedDict[asyncio.Task[Any], float] = OrderedDict()
+        self._expired: set[asyncio.Task[Any]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def waiting(self, task: asyncio.Task[Any]) -> None:
+        """``task`` is about to wait for its stream's next message; call :meth:`forget` when
+        the wait ends. Only the wait for a message is timed, not the work on one."""
+        loop = task.get_loop()
+        self._heard[task] = loop.time()
+        if self._timer is None:
+            self._timer = loop.call_at(loop.time() + self.idle_s, self._sweep, loop)
+
+    def forget(self, task: asyncio.Task[Any]) -> None:
+        self._heard.pop(task, None)
+        self._expired.discard(task)
+
+    def expired(self, task: asyncio.Task[Any]) -> bool:
+        """Whether ``task`` was cancelled by this for its silence (and so, now, it is not)."""
+        if task not in self._expired:
+            return False
+        self._expired.discard(task)
+        task.uncancel()
+        return True
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        now = loop.time()
+        while self._heard:
+            task, heard_at = next(iter(self._heard.items()))
+            if now - heard_at < self.idle_s:
+                self._timer = loop.call_at(heard_at + self.idle_s, self._sweep, loop)
+                return
+            del self._heard[task]
+            self._expired.add(task)
+            task.cancel()
+
+
 SMALL_BATCH_ENVELOPES = 4
 """A batch of at most this many envelopes is checked in its group's commit job, not in a job of
 its own first: a fleet's agents send one window a minute, and two thread hand-offs per batch
@@ -286,7 +332,8 @@ class GroupCommitter:
             self._full.set()
         if self._drain is None or self._drain.done():
             self._drain = asyncio.create_task(self._run())
-        return await asyncio.shield(done)
+        # Cancelled with its stream, ``done`` is left alone by the drain: the batch still commits.
+        return await done
 
     async def _run(self) -> None:
         assert self._full is not None
@@ -363,6 +410,7 @@ class AttestationServicer:
             core.config.ingest.commit_linger_ns,
             core.config.server.max_batch_envelopes,
         )
+        self.idle = IdleStreams(core.config.limits.stream_idle_timeout_s)
 
     @unary
     async def GetChallenge(
@@ -404,7 +452,9 @@ class AttestationServicer:
         commit with the other streams' batches), answer with the receipts after the commit."""
         runtime = self.runtime
         server = self.core.config.server
-        idle_s = self.core.config.limits.stream_idle_timeout_s
+        idle = self.idle
+        task = asyncio.current_task()
+        assert task is not None
         release: Callable[[], None] | None = None
         try:
             caller = runtime.caller(context)
@@ -413,13 +463,18 @@ class AttestationServicer:
             release = runtime.limiter.open_stream(caller.identity, peer)
             runtime.metrics.stream_opened("SubmitAttestations")
             while True:
+                idle.waiting(task)
                 try:
-                    async with asyncio.timeout(idle_s):
-                        request = await context.read()
-                except TimeoutError:
+                    request = await context.read()
+                except asyncio.CancelledError:
+                    if not idle.expired(task):
+                        raise
                     raise IdleStreamError(
-                        f"the stream sent nothing for {idle_s} s; reconnect when there is more"
+                        f"the stream sent nothing for {idle.idle_s:g} s; reconnect when there "
+                        "is more"
                     ) from None
+                finally:
+                    idle.forget(task)
                 if request is grpc.aio.EOF:  # type: ignore[attr-defined]
                     return
                 envelopes = _batch(request, server.max_batch_envelopes)
