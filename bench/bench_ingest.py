@@ -54,6 +54,7 @@ from tests.verifier_harness import (  # noqa: E402
     stop_process,
     write_verifier_files,
 )
+from verifier.server.process import tune_garbage_collector  # noqa: E402
 
 S = 10**9
 
@@ -165,6 +166,8 @@ def main() -> int:
     if args.processes:
         return processes_main(args, nodes, streams, baseline_items, t0, total)
 
+    # The collector as `pausewatch verifier serve` sets it (the processes above get it from there).
+    tune_garbage_collector()
     with (
         tempfile.TemporaryDirectory() as tmp,
         running_verifier(
