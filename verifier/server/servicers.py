@@ -451,7 +451,6 @@ class AttestationServicer:
         """One batch at a time: read, check the caller may submit it, ingest on the pool (group
         commit with the other streams' batches), answer with the receipts after the commit."""
         runtime = self.runtime
-        server = self.core.config.server
         idle = self.idle
         task = asyncio.current_task()
         assert task is not None
@@ -477,16 +476,11 @@ class AttestationServicer:
                     idle.forget(task)
                 if request is grpc.aio.EOF:  # type: ignore[attr-defined]
                     return
-                envelopes = _batch(request, server.max_batch_envelopes)
-                _require_own_envelopes(caller, envelopes, server.max_envelope_bytes)
-                size = sum(len(raw) for raw in envelopes)
-                started = time.perf_counter()
-                async with runtime.limiter.admit(caller.identity, peer, size):
-                    result = await self.committer.submit(envelopes)
-                runtime.metrics.observe_batch(result.receipts, time.perf_counter() - started)
-                yield spb.SubmitAttestationsResponse(
-                    receipts=result.receipts, tree_size=result.tree_size
-                )
+                answer = self._answer(caller, peer, request)
+                # The stream now waits a minute for its next message: nothing of this one may
+                # stay in its frame meanwhile (10,000 streams' last batches).
+                del request
+                yield await answer
         except grpc.aio.AbortError:
             raise
         except Exception as exc:  # noqa: BLE001 - the gRPC error-mapping layer
@@ -495,6 +489,22 @@ class AttestationServicer:
             if release is not None:
                 release()
                 runtime.metrics.stream_closed("SubmitAttestations")
+
+    async def _answer(
+        self, caller: Principal, peer: str, request: spb.SubmitAttestationsRequest
+    ) -> spb.SubmitAttestationsResponse:
+        """One batch: check the caller may submit it, ingest it (group commit with the other
+        streams' batches), and the receipts once committed."""
+        runtime = self.runtime
+        server = self.core.config.server
+        envelopes = _batch(request, server.max_batch_envelopes)
+        _require_own_envelopes(caller, envelopes, server.max_envelope_bytes)
+        size = sum(len(raw) for raw in envelopes)
+        started = time.perf_counter()
+        async with runtime.limiter.admit(caller.identity, peer, size):
+            result = await self.committer.submit(envelopes)
+        runtime.metrics.observe_batch(result.receipts, time.perf_counter() - started)
+        return spb.SubmitAttestationsResponse(receipts=result.receipts, tree_size=result.tree_size)
 
 
 class SiteServicer:
