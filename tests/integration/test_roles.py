@@ -383,3 +383,26 @@ def test_list_labs_shows_each_role_only_what_it_may_read(fleet: Fleet) -> None:
     assert labs_of("operator-b") == ["lab-b"]
     for who in ("node-1", "public"):
         assert code_of(lambda who=who: labs_of(who)) is DENIED
+
+
+def test_a_declaration_of_megabytes_crosses_the_verifiers_small_tls_records(fleet: Fleet) -> None:
+    """The verifier makes TLS records of at most 4 KiB (server.tls_max_frame_bytes): a lab's
+    declaration of 20,000 GPUs, some 1.5 MB, still arrives whole over mutual TLS."""
+    gpus = [f"GPU-{i:08d}-0000-0000-0000-00000000000b" for i in range(20_000)]
+    declaration = rpb.InventoryDeclaration(
+        format_version=1,
+        lab_id="lab-b",
+        version=1,
+        gpus=[rpb.GpuIdentity(uuid=uuid, model="NVIDIA H100 80GB HBM3") for uuid in gpus],
+        effective_from_ns=time.time_ns() + S,
+        created_at_ns=time.time_ns(),
+    )
+    raw = sign_envelope(
+        fleet.lab_b_operator, PayloadType.INVENTORY, declaration.SerializeToString()
+    )
+    assert len(raw) > 1_000_000
+    request = rpb.DeclareInventoryRequest(declaration_envelope=raw)
+    before = log_size(fleet)
+    accepted = fleet.client("operator-b").registry.DeclareInventory(request, timeout=60)
+    assert accepted.version == 1
+    assert log_size(fleet) == before + 1

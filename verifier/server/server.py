@@ -148,6 +148,8 @@ class VerifierServer:
             # A ping per message received on each connection, to size flow-control windows
             # for bulk transfers: off unless the config asks (bench_streams, ADR 0012).
             ("grpc.http2.bdp_probe", int(server.http2_bdp_probe)),
+            # The TLS record size, and so the buffer gRPC keeps per connection for it.
+            ("grpc.tsi.max_frame_size", server.tls_max_frame_bytes),
             # Keepalive: the server pings every connection this often and drops it if the ping
             # goes unanswered; clients may ping no more often than min_client_ping_interval_s.
             ("grpc.keepalive_time_ms", limits.keepalive_time_s * 1000),

@@ -162,3 +162,21 @@ def test_the_bandwidth_probe_is_off_unless_asked_and_reaches_grpc() -> None:
         assert options["grpc.keepalive_time_ms"] == 600_000
     with pytest.raises(ConfigError, match=r"server\.http2_bdp_probe: must be a bool"):
         parse_config(config(base + 'http2_bdp_probe = "no"\n'), source="verifier.toml")
+
+
+def test_the_tls_frame_size_reaches_grpc_within_what_it_accepts() -> None:
+    """gRPC's TLS keeps a buffer of this size per connection (6 KiB an agent at 16 KiB)."""
+    from types import SimpleNamespace
+
+    from verifier.server.server import VerifierServer
+
+    base = "[server]\ninsecure_no_tls = true\n"
+    for text, expected in (("", 4_096), ("tls_max_frame_bytes = 16384\n", 16_384)):
+        cfg = parse_config(config(base + text))
+        options = dict(VerifierServer._options(SimpleNamespace(config=cfg)))  # type: ignore[arg-type]
+        assert options["grpc.tsi.max_frame_size"] == expected
+    for bad in (1_023, 16_385):
+        with pytest.raises(
+            ConfigError, match=r"server\.tls_max_frame_bytes: must be 1024 to 16384"
+        ):
+            parse_config(config(base + f"tls_max_frame_bytes = {bad}\n"), source="verifier.toml")
