@@ -148,35 +148,40 @@ def test_the_pending_call_limit_reaches_grpc_and_must_be_positive(tmp_path: Path
         _with_limits("max_pending_calls = 0", tmp_path)
 
 
-def test_the_bandwidth_probe_is_off_unless_asked_and_reaches_grpc() -> None:
-    """At 10,000 streams the probe's ping per message was a third of gRPC's own CPU."""
+def _grpc_options(server_keys: str) -> dict[str, object]:
+    """The gRPC server options a config with these ``[server]`` keys builds."""
     from types import SimpleNamespace
 
     from verifier.server.server import VerifierServer
 
-    base = "[server]\ninsecure_no_tls = true\n"
-    for text, expected in (("", 0), ("http2_bdp_probe = true\n", 1)):
-        cfg = parse_config(config(base + text))
-        options = dict(VerifierServer._options(SimpleNamespace(config=cfg)))  # type: ignore[arg-type]
-        assert options["grpc.http2.bdp_probe"] == expected
-        assert options["grpc.keepalive_time_ms"] == 600_000
-    with pytest.raises(ConfigError, match=r"server\.http2_bdp_probe: must be a bool"):
-        parse_config(config(base + 'http2_bdp_probe = "no"\n'), source="verifier.toml")
+    cfg = parse_config(config("[server]\ninsecure_no_tls = true\n" + server_keys))
+    return dict(VerifierServer._options(SimpleNamespace(config=cfg)))  # type: ignore[arg-type]
 
 
-def test_the_tls_frame_size_reaches_grpc_within_what_it_accepts() -> None:
-    """gRPC's TLS keeps a buffer of this size per connection (6 KiB an agent at 16 KiB)."""
-    from types import SimpleNamespace
+@pytest.mark.parametrize(
+    ("keys", "option", "expected"),
+    [
+        # At 10,000 streams the probe's ping per message was a third of gRPC's own CPU.
+        ("", "grpc.http2.bdp_probe", 0),
+        ("http2_bdp_probe = true\n", "grpc.http2.bdp_probe", 1),
+        ("", "grpc.keepalive_time_ms", 600_000),
+        # gRPC's TLS keeps a buffer of this size per connection (6 KiB an agent at 16 KiB).
+        ("", "grpc.tsi.max_frame_size", 4_096),
+        ("tls_max_frame_bytes = 16384\n", "grpc.tsi.max_frame_size", 16_384),
+    ],
+)
+def test_server_settings_reach_grpc(keys: str, option: str, expected: int) -> None:
+    assert _grpc_options(keys)[option] == expected
 
-    from verifier.server.server import VerifierServer
 
-    base = "[server]\ninsecure_no_tls = true\n"
-    for text, expected in (("", 4_096), ("tls_max_frame_bytes = 16384\n", 16_384)):
-        cfg = parse_config(config(base + text))
-        options = dict(VerifierServer._options(SimpleNamespace(config=cfg)))  # type: ignore[arg-type]
-        assert options["grpc.tsi.max_frame_size"] == expected
-    for bad in (1_023, 16_385):
-        with pytest.raises(
-            ConfigError, match=r"server\.tls_max_frame_bytes: must be 1024 to 16384"
-        ):
-            parse_config(config(base + f"tls_max_frame_bytes = {bad}\n"), source="verifier.toml")
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        ('http2_bdp_probe = "no"\n', r"server\.http2_bdp_probe: must be a bool"),
+        ("tls_max_frame_bytes = 1023\n", r"server\.tls_max_frame_bytes: must be 1024 to 16384"),
+        ("tls_max_frame_bytes = 16385\n", r"server\.tls_max_frame_bytes: must be 1024 to 16384"),
+    ],
+)
+def test_server_settings_out_of_range_are_refused(keys: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config(config("[server]\ninsecure_no_tls = true\n" + keys), source="verifier.toml")
