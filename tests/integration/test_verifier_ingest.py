@@ -290,3 +290,34 @@ def test_an_inventory_declared_while_windows_arrive_decides_the_windows_after_it
     undeclared = [f for f in report.flagged if f.flag == apb.WINDOW_FLAG_UNDECLARED_GPU]
     assert [(f.gpu_uuid, f.gpu_windows) for f in undeclared] == [(node.gpu_uuid(1), 12)]
     assert undeclared[0].last_window_end_ns == effective
+
+
+def test_a_waiting_stream_keeps_nothing_of_its_last_batch(tmp_path: Path) -> None:
+    """A fleet's stream answers a batch and then waits a minute for the next: 10,000 streams
+    holding their last batch meanwhile cost the verifier memory for nothing."""
+    import gc
+    import queue
+    from collections.abc import Iterator
+
+    t0 = recent_t0()
+    node = TestNode.from_seed(4242, t0_ns=t0, gpus=2)
+    with running_verifier(tmp_path / "v") as verifier:
+        client = verifier.client()
+        client.enroll(node, created_at_ns=t0 - 10**9)
+        raw = node.chain(1)[0]
+        outbox: queue.Queue[spb.SubmitAttestationsRequest | None] = queue.Queue()
+
+        def requests() -> Iterator[spb.SubmitAttestationsRequest]:
+            while (request := outbox.get()) is not None:
+                yield request
+
+        responses = client.attestation.SubmitAttestations(requests(), timeout=60)
+        outbox.put(spb.SubmitAttestationsRequest(envelopes=[raw]))
+        answer = next(responses)
+        assert answer.receipts[0].status == spb.RECEIPT_STATUS_ACCEPTED
+        time.sleep(0.2)  # the handler is back waiting for the stream's next message
+        gc.collect()
+        kept = [o for o in gc.get_objects() if isinstance(o, list) and len(o) == 1 and o[0] == raw]
+        outbox.put(None)
+        list(responses)
+    assert kept == []
