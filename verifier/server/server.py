@@ -78,6 +78,56 @@ def open_store(config: VerifierConfig) -> Store:
     return SqliteStore.open(config.store.path)
 
 
+def server_credentials(config: VerifierConfig, now_ns: int) -> grpc.ServerCredentials | None:
+    """The server's TLS credentials from the config (None with ``insecure_no_tls``): mutual TLS
+    when a client CA is given."""
+    server = config.server
+    if server.insecure_no_tls:
+        return None
+    if server.tls_cert is None or server.tls_key is None:
+        raise ConfigError("server.tls_cert and server.tls_key are not configured")
+    material = load_server_tls(server.tls_cert, server.tls_key, server.client_ca, now_ns=now_ns)
+    # A client CA means mutual TLS: without require_client_auth, gRPC would also accept
+    # clients that present no certificate (or one from another CA).
+    return grpc.ssl_server_credentials(
+        [(material.key_pem, material.cert_pem)],
+        root_certificates=material.client_ca_pem,
+        require_client_auth=material.client_ca_pem is not None,
+    )
+
+
+def grpc_server_options(config: VerifierConfig) -> list[tuple[str, Any]]:
+    """The gRPC server options the config sets (bench/bench_streams.py serves its bare gRPC
+    baseline with the same ones)."""
+    server, limits = config.server, config.limits
+    return [
+        ("grpc.max_receive_message_length", server.max_message_bytes),
+        ("grpc.max_send_message_length", server.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+        # A ping per message received on each connection, to size flow-control windows
+        # for bulk transfers: off unless the config asks (bench_streams, ADR 0012).
+        ("grpc.http2.bdp_probe", int(server.http2_bdp_probe)),
+        # The TLS record size, and so the buffer gRPC keeps per connection for it.
+        ("grpc.tsi.max_frame_size", server.tls_max_frame_bytes),
+        # Keepalive: the server pings every connection this often and drops it if the ping
+        # goes unanswered; clients may ping no more often than min_client_ping_interval_s.
+        ("grpc.keepalive_time_ms", limits.keepalive_time_s * 1000),
+        ("grpc.keepalive_timeout_ms", limits.keepalive_timeout_s * 1000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        (
+            "grpc.http2.min_ping_interval_without_data_ms",
+            limits.min_client_ping_interval_s * 1000,
+        ),
+        ("grpc.http2.max_ping_strikes", 2),
+        ("grpc.max_connection_idle_ms", limits.max_connection_idle_s * 1000),
+        ("grpc.max_concurrent_streams", limits.max_streams_per_connection),
+        # gRPC's own default (1,000, hard limit 3,000) cancelled thousands of streams when a
+        # fleet's agents connected at once (bench_streams, 10,000 agents, ADR 0012).
+        ("grpc.server.max_pending_requests", limits.max_pending_calls),
+        ("grpc.server.max_pending_requests_hard_limit", limits.max_pending_calls),
+    ]
+
+
 class VerifierServer:
     """One verifier process."""
 
@@ -122,59 +172,13 @@ class VerifierServer:
             store.close()  # a start that fails (a bad lab file, say) must not keep the store locked
             raise
 
-    def _credentials(self) -> grpc.ServerCredentials | None:
-        server = self.config.server
-        if server.insecure_no_tls:
-            return None
-        if server.tls_cert is None or server.tls_key is None:
-            raise ConfigError("server.tls_cert and server.tls_key are not configured")
-        material = load_server_tls(
-            server.tls_cert, server.tls_key, server.client_ca, now_ns=self.core.clock_ns()
-        )
-        # A client CA means mutual TLS: without require_client_auth, gRPC would also accept
-        # clients that present no certificate (or one from another CA).
-        return grpc.ssl_server_credentials(
-            [(material.key_pem, material.cert_pem)],
-            root_certificates=material.client_ca_pem,
-            require_client_auth=material.client_ca_pem is not None,
-        )
-
-    def _options(self) -> list[tuple[str, Any]]:
-        server, limits = self.config.server, self.config.limits
-        return [
-            ("grpc.max_receive_message_length", server.max_message_bytes),
-            ("grpc.max_send_message_length", server.max_message_bytes),
-            ("grpc.so_reuseport", 0),
-            # A ping per message received on each connection, to size flow-control windows
-            # for bulk transfers: off unless the config asks (bench_streams, ADR 0012).
-            ("grpc.http2.bdp_probe", int(server.http2_bdp_probe)),
-            # The TLS record size, and so the buffer gRPC keeps per connection for it.
-            ("grpc.tsi.max_frame_size", server.tls_max_frame_bytes),
-            # Keepalive: the server pings every connection this often and drops it if the ping
-            # goes unanswered; clients may ping no more often than min_client_ping_interval_s.
-            ("grpc.keepalive_time_ms", limits.keepalive_time_s * 1000),
-            ("grpc.keepalive_timeout_ms", limits.keepalive_timeout_s * 1000),
-            ("grpc.keepalive_permit_without_calls", 1),
-            (
-                "grpc.http2.min_ping_interval_without_data_ms",
-                limits.min_client_ping_interval_s * 1000,
-            ),
-            ("grpc.http2.max_ping_strikes", 2),
-            ("grpc.max_connection_idle_ms", limits.max_connection_idle_s * 1000),
-            ("grpc.max_concurrent_streams", limits.max_streams_per_connection),
-            # gRPC's own default (1,000, hard limit 3,000) cancelled thousands of streams when a
-            # fleet's agents connected at once (bench_streams, 10,000 agents, ADR 0012).
-            ("grpc.server.max_pending_requests", limits.max_pending_calls),
-            ("grpc.server.max_pending_requests_hard_limit", limits.max_pending_calls),
-        ]
-
     def _on_loop(self, coroutine: Coroutine[Any, Any, T], timeout_s: float | None = None) -> T:
         assert self._loop is not None
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout_s)
 
     async def _serve(self) -> int:
         server_config = self.config.server
-        server = grpc.aio.server(options=self._options())
+        server = grpc.aio.server(options=grpc_server_options(self.config))
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -201,7 +205,7 @@ class VerifierServer:
             reflection.enable_server_reflection(
                 (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
             )
-        credentials = self._credentials()
+        credentials = server_credentials(self.config, self.core.clock_ns())
         try:
             if credentials is None:
                 log.warning("serving WITHOUT TLS (insecure_no_tls): for local tests only")

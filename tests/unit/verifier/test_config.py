@@ -134,14 +134,12 @@ policy = "policy.toml"
 def test_the_pending_call_limit_reaches_grpc_and_must_be_positive(tmp_path: Path) -> None:
     """gRPC's default (1,000 pending, 3,000 hard) cancelled a fleet's streams as they opened at
     once; the verifier's own limit must be what the server is built with."""
-    from types import SimpleNamespace
-
-    from verifier.server.server import VerifierServer
+    from verifier.server.server import grpc_server_options
 
     default = _with_limits("", tmp_path)
     raised = _with_limits("max_pending_calls = 50000", tmp_path)
     for cfg, expected in ((default, 16_384), (raised, 50_000)):
-        options = dict(VerifierServer._options(SimpleNamespace(config=cfg)))  # type: ignore[arg-type]
+        options = dict(grpc_server_options(cfg))
         assert options["grpc.server.max_pending_requests"] == expected
         assert options["grpc.server.max_pending_requests_hard_limit"] == expected
     with pytest.raises(ConfigError, match="max_pending_calls"):
@@ -150,12 +148,10 @@ def test_the_pending_call_limit_reaches_grpc_and_must_be_positive(tmp_path: Path
 
 def _grpc_options(server_keys: str) -> dict[str, object]:
     """The gRPC server options a config with these ``[server]`` keys builds."""
-    from types import SimpleNamespace
-
-    from verifier.server.server import VerifierServer
+    from verifier.server.server import grpc_server_options
 
     cfg = parse_config(config("[server]\ninsecure_no_tls = true\n" + server_keys))
-    return dict(VerifierServer._options(SimpleNamespace(config=cfg)))  # type: ignore[arg-type]
+    return dict(grpc_server_options(cfg))
 
 
 @pytest.mark.parametrize(
