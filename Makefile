@@ -63,6 +63,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_agent.py
 	$(BIN)/python bench/bench_audit.py
 	$(BIN)/python bench/bench_ingest.py
+	$(BIN)/python bench/bench_long_streams.py
 	$(BIN)/python bench/bench_tpm.py
 
 ## On a machine with an NVIDIA GPU, torch and nvidia-ml-py (see bench/gpu_check.sh).
