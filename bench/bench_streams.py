@@ -62,6 +62,7 @@ from tests.verifier_harness import (  # noqa: E402
     all_gpu_uuids,
     enroll_request,
     enrollment_for,
+    fleet_access,
     inventory_request,
     start_verifier_process,
     stop_process,
@@ -358,19 +359,7 @@ def prepare(
     metrics_port = free_port()
     verifier_files = write_verifier_files(
         tmp / "v",
-        access=(
-            'unauthenticated_role = "regulator"'
-            if plaintext
-            else f"""unauthenticated_role = "public"
-[[access.identities]]
-uri = "{SPIFFE}/regulator"
-role = "regulator"
-[[access.identities]]
-uri_prefix = "{SPIFFE}/lab/lab-a/node/"
-role = "node_agent"
-lab = "lab-a"
-"""
-        ),
+        access='unauthenticated_role = "regulator"' if plaintext else fleet_access(SPIFFE),
         extra_config=f"""[limits]
 max_streams_per_peer = {max_streams_per_peer}
 max_streams_per_identity = {max_streams_per_identity}

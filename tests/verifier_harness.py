@@ -66,6 +66,20 @@ class VerifierFiles:
     store: Path
 
 
+def fleet_access(spiffe: str) -> str:
+    """An ``[access]`` section for a mutual-TLS fleet: the regulator at ``<spiffe>/regulator``,
+    lab-a's node agents under ``<spiffe>/lab/lab-a/node/``, everyone else public."""
+    return f"""unauthenticated_role = "public"
+[[access.identities]]
+uri = "{spiffe}/regulator"
+role = "regulator"
+[[access.identities]]
+uri_prefix = "{spiffe}/lab/lab-a/node/"
+role = "node_agent"
+lab = "lab-a"
+"""
+
+
 def write_verifier_files(
     directory: Path,
     *,

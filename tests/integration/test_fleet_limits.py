@@ -20,6 +20,7 @@ from tests.agent_process import free_port
 from tests.builders import TestNode
 from tests.verifier_harness import (
     Client,
+    fleet_access,
     start_verifier_process,
     stop_process,
     write_verifier_files,
@@ -70,15 +71,7 @@ def test_an_idle_stream_flood_from_one_client_leaves_the_others_unaffected(
     for name, node in (("honest", honest), ("hostile", hostile)):
         issue_client_cert(tls, name, uri=f"{SPIFFE}/lab/lab-a/node/{node.node_id.hex()}")
     metrics_port = free_port()
-    access = f"""unauthenticated_role = "public"
-[[access.identities]]
-uri = "{SPIFFE}/regulator"
-role = "regulator"
-[[access.identities]]
-uri_prefix = "{SPIFFE}/lab/lab-a/node/"
-role = "node_agent"
-lab = "lab-a"
-"""
+    access = fleet_access(SPIFFE)
     verifier_files = write_verifier_files(
         tmp_path / "v",
         access=access,
