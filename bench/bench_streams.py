@@ -1,7 +1,7 @@
 """A fleet's worth of agent streams into one verifier process, then a hostile flood beside them.
 
     python bench/bench_streams.py [--agents 10000] [--interval-s 60] [--phase-s 120]
-                                  [--hostile 1000] [--clients 4] [--plaintext]
+                                  [--hostile 1000] [--clients 4] [--plaintext] [--baseline]
 
 One verifier process (SQLite, roles on, mutual TLS unless ``--plaintext``) and ``--clients``
 agent processes holding ``--agents`` streams, one connection and one client certificate per
