@@ -7,10 +7,10 @@
 
 It serves with grpc.aio on an event loop in a thread of its own: an open stream is a coroutine
 and costs memory, not a thread; blocking work runs in a pool of ``server.workers`` threads that
-does not grow with the number of clients. TLS is on unless the config says ``insecure_no_tls``;
-mutual TLS when a client CA is given, and the client certificate then decides the caller's role
-(verifier/access.py). Prometheus metrics on ``metrics.listen`` when set
-(verifier/server/metrics.py).
+does not grow with the number of clients, and group commits on one writer thread of their own.
+TLS is on unless the config says ``insecure_no_tls``; mutual TLS when a client CA is given, and
+the client certificate then decides the caller's role (verifier/access.py). Prometheus metrics
+on ``metrics.listen`` when set (verifier/server/metrics.py).
 """
 
 from __future__ import annotations
@@ -153,6 +153,7 @@ class VerifierServer:
         self.pool = ThreadPoolExecutor(
             max_workers=config.server.workers, thread_name_prefix="verifier-work"
         )
+        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="verifier-commit")
         self._stopping = threading.Event()
         self._stopped = threading.Event()
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
@@ -182,7 +183,9 @@ class VerifierServer:
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        runtime = Runtime(self.pool, self.access, self.limiter, self.metrics, self._stopping)
+        runtime = Runtime(
+            self.pool, self.writer, self.access, self.limiter, self.metrics, self._stopping
+        )
         add_service(
             server,
             _service(attestation_service_pb2, "AttestationService"),
@@ -313,6 +316,7 @@ class VerifierServer:
         # Work a cancelled call left on the pool still finishes (and commits) before storage
         # closes.
         self.pool.shutdown(wait=True)
+        self.writer.shutdown(wait=True)
         self._close_loop()
         if self._checkpoints is not None:
             self._checkpoints.join(timeout=5)
