@@ -313,8 +313,8 @@ class VerifierServer:
                 self._on_loop(self._drain(grace), timeout_s=grace + 10)
             except TimeoutError:
                 log.warning("some calls did not end within the shutdown grace; closing anyway")
-        # Work a cancelled call left on the pool still finishes (and commits) before storage
-        # closes.
+        # Work a cancelled call left on the pool or the writer still finishes (and commits)
+        # before storage closes.
         self.pool.shutdown(wait=True)
         self.writer.shutdown(wait=True)
         self._close_loop()
