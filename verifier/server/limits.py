@@ -15,7 +15,7 @@ per-peer limits apply to it: one anonymous client cannot use up a limit the othe
 from __future__ import annotations
 
 import asyncio
-import functools
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -37,6 +37,12 @@ def peer_host(peer: str) -> str:
 
 
 @dataclass(slots=True)
+class _Waiter:
+    future: asyncio.Future[None]
+    size_bytes: int
+
+
+@dataclass(slots=True)
 class _Usage:
     streams: int = 0
     inflight: int = 0
@@ -45,14 +51,15 @@ class _Usage:
 
 
 class _Counter:
-    """Usage per key (an identity or a peer address), with a condition to wait on."""
+    """Usage per key (an identity or a peer address), with the messages waiting for it in the
+    order they arrived."""
 
     def __init__(self, max_streams: int, max_inflight: int, max_bytes: int) -> None:
         self.max_streams = max_streams
         self.max_inflight = max_inflight
         self.max_bytes = max_bytes
         self.usage: dict[str, _Usage] = {}
-        self.waiters: dict[str, asyncio.Condition] = {}
+        self.waiters: dict[str, deque[_Waiter]] = {}
 
     def _get(self, key: str) -> _Usage:
         found = self.usage.get(key)
@@ -74,6 +81,21 @@ class _Counter:
             usage.inflight < self.max_inflight
             and usage.inflight_bytes + size_bytes <= self.max_bytes
         )
+
+    def wake(self, key: str) -> None:
+        """Wake the oldest message waiting on ``key`` if it fits now; it checks again when it
+        runs, and wakes the next in turn once it is admitted (one at a time: a release wakes one
+        waiter, never all of them to find that one fits)."""
+        queue = self.waiters.get(key)
+        while queue:
+            waiter = queue[0]
+            if waiter.future.done():  # cancelled while it waited
+                queue.popleft()
+                continue
+            if self.fits(key, waiter.size_bytes):
+                queue.popleft()
+                waiter.future.set_result(None)
+            return
 
 
 class Limiter:
@@ -129,23 +151,40 @@ class Limiter:
     async def admit(self, identity: str, peer: str, size_bytes: int) -> AsyncIterator[None]:
         """Hold one in-flight message of ``size_bytes``; wait while the caller is over."""
         pairs = self._counters(identity, peer)
+        woken_by: tuple[_Counter, str] | None = None
         while True:
             blocked = next(((c, k) for c, k in pairs if not c.fits(k, size_bytes)), None)
             if blocked is None:
                 break
             counter, key = blocked
-            condition = counter.waiters.setdefault(key, asyncio.Condition())
+            if woken_by is not None and woken_by != blocked:
+                # Woken for a slot this message cannot use after all (another of its limits is
+                # full now): the next message waiting for that slot gets it instead.
+                woken_by[0].wake(woken_by[1])
+            waiter = _Waiter(asyncio.get_running_loop().create_future(), size_bytes)
+            queue = counter.waiters.setdefault(key, deque())
+            if woken_by == blocked:
+                queue.appendleft(waiter)  # it keeps its place: it was first in line
+            else:
+                queue.append(waiter)
             counter._get(key).waiting += 1
             try:
-                async with condition:
-                    await condition.wait_for(functools.partial(counter.fits, key, size_bytes))
+                await waiter.future
+            except asyncio.CancelledError:
+                if not waiter.future.cancelled():
+                    counter.wake(key)  # woken, then cancelled before it ran: pass the slot on
+                raise
             finally:
                 counter._get(key).waiting -= 1
+                counter._forget(key)
+            woken_by = blocked
         # No await between the last check and these increments: the event loop is one thread.
         for counter, key in pairs:
             usage = counter._get(key)
             usage.inflight += 1
             usage.inflight_bytes += size_bytes
+        for counter, key in pairs:
+            counter.wake(key)  # the next in line may fit beside this one
         try:
             yield
         finally:
@@ -153,8 +192,5 @@ class Limiter:
                 usage = counter._get(key)
                 usage.inflight -= 1
                 usage.inflight_bytes -= size_bytes
-                waiting = counter.waiters.get(key)
-                if waiting is not None:
-                    async with waiting:
-                        waiting.notify_all()
+                counter.wake(key)
                 counter._forget(key)

@@ -89,3 +89,129 @@ def test_a_message_over_the_byte_share_goes_through_alone() -> None:
             pass
 
     asyncio.run(scenario())
+
+
+def test_waiting_messages_go_through_in_the_order_they_arrived() -> None:
+    async def scenario() -> list[str]:
+        limiter = Limiter(LIMITS)
+        order: list[str] = []
+        gate = asyncio.Event()
+
+        async def hold(name: str) -> None:
+            async with limiter.admit("spiffe://a", "ipv4:10.0.0.1:1", 10):
+                order.append(name)
+                await gate.wait()
+
+        tasks = []
+        for name in ("a1", "a2", "a3", "a4"):
+            tasks.append(asyncio.create_task(hold(name)))
+            await asyncio.sleep(0)
+        await asyncio.sleep(0.01)
+        assert order == ["a1"]  # a holds its one in-flight message
+        gate.set()
+        await asyncio.gather(*tasks)
+        return order
+
+    assert asyncio.run(scenario()) == ["a1", "a2", "a3", "a4"]
+
+
+def test_a_release_wakes_one_waiter_not_all_of_them() -> None:
+    """Many messages waiting behind one full address: each release lets the next one in without
+    waking the others to find the slot taken (the work grew with the square of the queue)."""
+
+    async def scenario() -> int:
+        limiter = Limiter(LimitsConfig(max_inflight_per_peer=1))
+        checks = 0
+        original = limiter._peers.fits
+
+        def counting_fits(key: str, size_bytes: int) -> bool:
+            nonlocal checks
+            checks += 1
+            return original(key, size_bytes)
+
+        limiter._peers.fits = counting_fits  # type: ignore[method-assign]
+
+        async def one(n: int) -> None:
+            async with limiter.admit(f"spiffe://node-{n}", "ipv4:10.0.0.1:1", 10):
+                await asyncio.sleep(0)
+
+        await asyncio.gather(*(one(n) for n in range(200)))
+        return checks
+
+    checks = asyncio.run(scenario())
+    assert checks < 200 * 5, f"{checks} limit checks for 200 messages"
+
+
+def test_a_waiter_woken_for_a_slot_it_cannot_use_passes_it_on() -> None:
+    async def scenario() -> list[str]:
+        limiter = Limiter(LimitsConfig(max_inflight_per_peer=2, max_inflight_per_identity=1))
+        order: list[str] = []
+        gates = {name: asyncio.Event() for name in ("a1", "b1", "a2", "c1")}
+
+        async def hold(identity: str, name: str) -> None:
+            async with limiter.admit(identity, "ipv4:10.0.0.1:1", 10):
+                order.append(name)
+                await gates[name].wait()
+
+        tasks = {}
+        for identity, name in (("a", "a1"), ("b", "b1"), ("a", "a2"), ("c", "c1")):
+            tasks[name] = asyncio.create_task(hold(f"spiffe://{identity}", name))
+            await asyncio.sleep(0)
+        await asyncio.sleep(0.01)
+        assert order == ["a1", "b1"]  # the address holds two; a2 and c1 wait for it, in order
+        gates["b1"].set()  # frees one of the address's two: a2 is woken, but a is still full
+        await asyncio.sleep(0.01)
+        assert order == ["a1", "b1", "c1"], "c1 should get the slot a2 could not use"
+        for gate in gates.values():
+            gate.set()
+        await asyncio.gather(*tasks.values())
+        return order
+
+    assert asyncio.run(scenario()) == ["a1", "b1", "c1", "a2"]
+
+
+def test_a_waiter_cancelled_after_it_was_woken_does_not_lose_the_slot() -> None:
+    async def scenario() -> list[str]:
+        limiter = Limiter(LIMITS)
+        order: list[str] = []
+        gate = asyncio.Event()
+
+        async def hold(name: str, wait: bool) -> None:
+            async with limiter.admit("spiffe://a", "ipv4:10.0.0.1:1", 10):
+                order.append(name)
+                if wait:
+                    await gate.wait()
+
+        first = asyncio.create_task(hold("a1", True))
+        await asyncio.sleep(0)
+        doomed = asyncio.create_task(hold("a2", False))
+        await asyncio.sleep(0)
+        queued_then_cancelled = asyncio.create_task(hold("a3", False))
+        await asyncio.sleep(0)
+        last = asyncio.create_task(hold("a4", False))
+        await asyncio.sleep(0.01)
+        queued_then_cancelled.cancel()  # cancelled while it waits in line
+        await asyncio.sleep(0)
+
+        # a1's release wakes a2; a2 is cancelled in the same step, before it can run.
+        wake = limiter._identities.wake
+        woken: list[str] = []
+
+        def wake_then_cancel(key: str) -> None:
+            before = len(limiter._identities.waiters.get(key, ()))
+            wake(key)
+            if not woken and len(limiter._identities.waiters.get(key, ())) < before:
+                woken.append(key)
+                doomed.cancel()
+
+        limiter._identities.wake = wake_then_cancel  # type: ignore[method-assign]
+        gate.set()
+        await asyncio.wait_for(last, timeout=5)  # a4 still gets its turn
+        await first
+        for task in (doomed, queued_then_cancelled):
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        assert woken == ["spiffe://a"]
+        return order
+
+    assert asyncio.run(scenario()) == ["a1", "a4"]
