@@ -42,14 +42,14 @@ def _credentials(tls: Path, who: str) -> grpc.ChannelCredentials:
     )
 
 
-def _metric(port: int, name: str) -> float:
+def _metric(port: int, name: str, **labels: str) -> float:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
         text = response.read().decode()
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == name:
+            if sample.name == name and labels.items() <= sample.labels.items():
                 return sample.value
-    raise AssertionError(f"no {name}")
+    raise AssertionError(f"no {name} {labels}")
 
 
 async def _flood(address: str, credentials: grpc.ChannelCredentials) -> list[grpc.StatusCode]:
@@ -137,3 +137,63 @@ listen = "127.0.0.1:{metrics_port}"
     # Over the identity's limit: refused at once. The rest: closed by the idle timeout.
     assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) == FLOOD - HELD
     assert codes.count(grpc.StatusCode.UNAVAILABLE) == HELD
+
+
+def test_agents_behind_one_address_queue_for_its_share_and_all_get_through(
+    tmp_path: Path,
+) -> None:
+    """Twelve agents behind one address (a NAT; here loopback) send three one-window batches
+    each, at once, to a verifier that lets that address have two messages in process and holds
+    each group for 300 ms: the others queue, each finished message lets the next one in, and
+    every window is accepted. The waits show in the metrics, by the limit that held them."""
+    import threading
+
+    metrics_port = free_port()
+    files = write_verifier_files(
+        tmp_path / "v",
+        extra_ingest="commit_linger_ms = 300",
+        extra_config=f"""[limits]
+max_inflight_per_peer = 2
+
+[metrics]
+listen = "127.0.0.1:{metrics_port}"
+""",
+    )
+    running = start_verifier_process(files, tmp_path / "verifier.log")
+    t0 = time.time_ns() // (60 * S) * (60 * S) - 3600 * S
+    nodes = [TestNode.from_seed(620 + i, t0_ns=t0, gpus=1) for i in range(12)]
+    results: dict[int, list[int]] = {}
+    try:
+        regulator = Client(running.channel(), files.operator)
+        for node in nodes:
+            regulator.enroll(node, created_at_ns=t0 - S)
+        barrier = threading.Barrier(len(nodes))
+
+        def agent(i: int) -> None:
+            channel = running.channel()
+            grpc.channel_ready_future(channel).result(timeout=10)
+            own = Client(channel, files.operator)
+            barrier.wait()
+            results[i] = [r.status for r in own.submit(nodes[i].chain(3), batch=1)]
+            channel.close()
+
+        threads = [threading.Thread(target=agent, args=(i,)) for i in range(len(nodes))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        waits = {
+            limit: _metric(metrics_port, "pausewatch_verifier_inflight_waits_total", limit=limit)
+            for limit in ("identity", "peer")
+        }
+        open_streams = _metric(
+            metrics_port, "pausewatch_verifier_open_streams", method="SubmitAttestations"
+        )
+    finally:
+        assert stop_process(running) == 0
+    assert results == {i: [spb.RECEIPT_STATUS_ACCEPTED] * 3 for i in range(len(nodes))}
+    # The address's share held some of them back; these clients have no certificate, so only
+    # the per-address limits apply to them.
+    assert waits["peer"] > 0
+    assert waits["identity"] == 0
+    assert open_streams == 0

@@ -76,6 +76,8 @@ def test_metrics_after_a_known_ingest(tmp_path: Path) -> None:
     assert 0 <= value("pausewatch_verifier_checkpoint_age_seconds") < 60
     assert value("pausewatch_verifier_monitor_lag_seconds") >= 0
     assert value("pausewatch_verifier_streams_refused_total") == 0
+    for limit in ("identity", "peer"):
+        assert value("pausewatch_verifier_inflight_waits_total", limit=limit) == 0
     for stage, batches in (("batch", 3), ("verify", 3)):
         assert value("pausewatch_verifier_stage_duration_seconds_count", stage=stage) == batches
     # Group commit: three batches sent one after another make 1 to 3 commits.

@@ -114,6 +114,8 @@ class Limiter:
             config.max_inflight_bytes_per_peer,
         )
         self.refused_streams = 0
+        self.waited = {"identity": 0, "peer": 0}
+        """Messages that had to wait, by the limit that first held them (each counted once)."""
 
     def _counters(self, identity: str, peer: str) -> list[tuple[_Counter, str]]:
         pairs = [(self._peers, peer_host(peer))]
@@ -157,7 +159,9 @@ class Limiter:
             if blocked is None:
                 break
             counter, key = blocked
-            if woken_by is not None and woken_by != blocked:
+            if woken_by is None:
+                self.waited["identity" if counter is self._identities else "peer"] += 1
+            elif woken_by != blocked:
                 # Woken for a slot this message cannot use after all (another of its limits is
                 # full now): the next message waiting for that slot gets it instead.
                 woken_by[0].wake(woken_by[1])

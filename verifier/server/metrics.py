@@ -47,7 +47,8 @@ _REASON: dict[int, str] = {
 
 
 class _Live(Collector):
-    """Figures read when scraped: log size, checkpoint age, monitor lag, refused streams."""
+    """Figures read when scraped: log size, checkpoint age, monitor lag, the limits' refusals
+    and waits."""
 
     def __init__(self, read: Callable[[], dict[str, float]]) -> None:
         self._read = read
@@ -75,6 +76,15 @@ class _Live(Collector):
             "Streams refused because the identity or peer address held its limit.",
             value=values["refused_streams"],
         )
+        waited = CounterMetricFamily(
+            f"{PREFIX}_inflight_waits_total",
+            "Messages that waited because their client identity or peer address had its share "
+            "in process, by the limit that held them.",
+            labels=["limit"],
+        )
+        for limit in ("identity", "peer"):
+            waited.add_metric([limit], values[f"waited_{limit}"])
+        yield waited
 
 
 class VerifierMetrics:

@@ -268,6 +268,8 @@ class VerifierServer:
             "checkpoint_age": max(0, now_ns - latest.signed_at_ns) / 1e9 if latest else 0.0,
             "monitor_lag": self.monitor.lag_ns() / 1e9,
             "refused_streams": float(self.limiter.refused_streams),
+            "waited_identity": float(self.limiter.waited["identity"]),
+            "waited_peer": float(self.limiter.waited["peer"]),
         }
 
     def _checkpoint_loop(self) -> None:

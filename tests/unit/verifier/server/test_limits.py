@@ -75,6 +75,7 @@ def test_in_flight_messages_wait_for_their_own_callers_share_only() -> None:
         assert order == ["a1", "b1"]
         release_first.set()
         await asyncio.gather(first, second, other)
+        assert limiter.waited == {"identity": 1, "peer": 0}  # a2, once
         return order
 
     assert asyncio.run(scenario()) == ["a1", "b1", "a2"]
@@ -162,6 +163,10 @@ def test_a_waiter_woken_for_a_slot_it_cannot_use_passes_it_on() -> None:
         gates["b1"].set()  # frees one of the address's two: a2 is woken, but a is still full
         await asyncio.sleep(0.01)
         assert order == ["a1", "b1", "c1"], "c1 should get the slot a2 could not use"
+        assert limiter.waited == {
+            "identity": 0,
+            "peer": 2,
+        }  # a2 counted once, where it first waited
         for gate in gates.values():
             gate.set()
         await asyncio.gather(*tasks.values())
