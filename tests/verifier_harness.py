@@ -334,10 +334,11 @@ def start_verifier_process(
     channel_for: Callable[[str], grpc.Channel] = grpc.insecure_channel,
     *,
     wait_health: bool = True,
+    extra_args: Sequence[str] = (),
 ) -> RunningVerifier:
     """The verifier as a real process (for SIGKILL and shutdown tests); ``channel_for`` opens
     the channel its health is polled on (TLS servers need their own); ``wait_health=False``
-    waits for the port file only."""
+    waits for the port file only; ``extra_args`` go to ``verifier serve``."""
     port_file = files.directory / "port"
     port_file.unlink(missing_ok=True)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "protos")]))
@@ -353,6 +354,7 @@ def start_verifier_process(
                 str(files.config),
                 "--port-file",
                 str(port_file),
+                *extra_args,
             ],
             cwd=REPO,
             env=env,

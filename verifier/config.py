@@ -45,6 +45,10 @@ class ServerConfig:
     tls_max_frame_bytes: int = 4_096
     """The largest TLS record gRPC's TLS layer makes, and the buffer it keeps for each
     connection: 4 KiB holds a fleet's batch; gRPC's default, 16 KiB, cost 6 KiB more per agent."""
+    reuse_port: bool = False
+    """Let several verifier processes on one host listen on the same address (SO_REUSEPORT): the
+    kernel spreads new connections between them. Only over a shared store (PostgreSQL); each
+    process is a whole verifier with the same config and log key (docs/verifier.md, "Fleets")."""
     http2_bdp_probe: bool = False
     """gRPC's HTTP/2 bandwidth-delay probe: a ping for each message a connection receives, to
     grow flow-control windows for large transfers over long links. Off: a fleet's streams carry
@@ -291,6 +295,7 @@ def parse_config(data: bytes, *, source: str = "<config>", base: Path = Path()) 
         max_batch_envelopes=s.positive("max_batch_envelopes", _SERVER.max_batch_envelopes),
         workers=s.positive("workers", _SERVER.workers),
         shutdown_grace_s=s.positive("shutdown_grace_s", _SERVER.shutdown_grace_s),
+        reuse_port=s.get("reuse_port", bool, _SERVER.reuse_port),
         http2_bdp_probe=s.get("http2_bdp_probe", bool, _SERVER.http2_bdp_probe),
         tls_max_frame_bytes=s.positive("tls_max_frame_bytes", _SERVER.tls_max_frame_bytes),
     )
@@ -334,6 +339,11 @@ def parse_config(data: bytes, *, source: str = "<config>", base: Path = Path()) 
         raise ConfigError(f"{source}: store.dsn: required when store.engine is 'postgres'")
     store = StoreConfig(engine=engine, path=store_path, dsn=dsn)
     st.finish()
+    if server.reuse_port and engine != "postgres":
+        raise ConfigError(
+            f"{source}: server.reuse_port: needs store.engine = 'postgres' (the processes that "
+            "share the address must share one store; a SQLite store is one process's)"
+        )
 
     ig = sections["ingest"]
     backends = ig.get("accept_backends", list, ["nvml"])

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import psycopg
 import pytest
 from pausewatch.v1 import attestation_service_pb2 as spb
@@ -26,6 +27,7 @@ from tests.builders import TestNode
 from tests.integration.test_audit_cli import pausewatch
 from tests.stores import POSTGRES_DSN
 from tests.verifier_harness import (
+    Client,
     RunningVerifier,
     enroll_request,
     enrollment_for,
@@ -178,3 +180,94 @@ def test_two_processes_share_one_log_and_one_chain_per_node(
     result = json.loads(verified.stdout)
     assert result["ok"] and result["agrees_with_server"], verified.stdout
     assert result["attestations"] == 4 * WINDOWS
+
+
+AGENTS = 24
+
+
+def test_processes_with_reuse_port_share_one_address(tmp_path: Path, database: str) -> None:
+    """Two processes of one verifier (one config, one PostgreSQL store) listen on the same
+    address with ``server.reuse_port``: the kernel gives each some of the agents' connections,
+    every window is accepted once into one log, and each process serves its own metrics on the
+    address ``--metrics-listen`` gives it."""
+    import urllib.request
+
+    from tests.agent_process import free_port
+
+    files = write_verifier_files(tmp_path / "v", store=f'engine = "postgres"\ndsn = "{database}"')
+    text = files.config.read_text()
+    files.config.write_text(text.replace("workers = 8", "workers = 8\nreuse_port = true", 1))
+    port = free_port()
+    metrics_ports = [free_port(), free_port()]
+    running = []
+    try:
+        for name, metrics_port in zip(("a", "b"), metrics_ports, strict=True):
+            running.append(
+                start_verifier_process(
+                    files,
+                    tmp_path / f"{name}.log",
+                    extra_args=[
+                        "--listen",
+                        f"127.0.0.1:{port}",
+                        "--metrics-listen",
+                        f"127.0.0.1:{metrics_port}",
+                    ],
+                )
+            )
+        assert {verifier.address for verifier in running} == {f"127.0.0.1:{port}"}
+        now = time.time_ns()
+        t0 = now - now % MINUTE - 10 * MINUTE
+        nodes = [TestNode.from_seed(700 + i, t0_ns=t0, gpus=1) for i in range(AGENTS)]
+        regulator = running[0].client()
+        for node in nodes:
+            regulator.enroll(node, created_at_ns=t0 - S)
+        receipts: dict[int, list[spb.Receipt]] = {}
+
+        def agent(index: int) -> None:
+            # A connection of its own (gRPC shares connections between channels unless told).
+            channel = grpc.insecure_channel(
+                f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)]
+            )
+            with channel:
+                client = Client(channel, files.operator)
+                receipts[index] = client.submit(nodes[index].chain(3), batch=1)
+
+        threads = [threading.Thread(target=agent, args=(i,)) for i in range(AGENTS)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        received = []
+        for metrics_port in metrics_ports:
+            url = f"http://127.0.0.1:{metrics_port}/metrics"
+            with urllib.request.urlopen(url, timeout=10) as response:
+                text = response.read().decode()
+            [line] = [
+                line
+                for line in text.splitlines()
+                if line.startswith("pausewatch_verifier_envelopes_received_total ")
+            ]
+            received.append(float(line.split()[1]))
+    finally:
+        for verifier in running:
+            assert stop_process(verifier) == 0
+    assert {i: statuses(got) for i, got in receipts.items()} == {
+        i: {spb.RECEIPT_STATUS_ACCEPTED} for i in range(AGENTS)
+    }
+    # Both processes took part (24 connections all to one: a chance of 1 in 8 million).
+    assert all(count > 0 for count in received), received
+    assert sum(received) == 3 * AGENTS
+    indices = [r.log_index for got in receipts.values() for r in got]
+    assert len(set(indices)) == 3 * AGENTS
+
+
+def test_reuse_port_without_a_shared_store_is_refused(tmp_path: Path) -> None:
+    """A second process on a SQLite store's address would serve half the agents from a store
+    it cannot share: the config is refused, naming the setting."""
+    files = write_verifier_files(tmp_path / "v")
+    text = files.config.read_text()
+    files.config.write_text(text.replace("workers = 8", "workers = 8\nreuse_port = true", 1))
+    served = pausewatch("verifier", "serve", "--config", str(files.config))
+    assert served.returncode == 2, served.stderr
+    assert "server.reuse_port: needs store.engine = 'postgres'" in served.stderr
+    assert not files.store.exists()  # refused before anything was created

@@ -241,12 +241,20 @@ def verifier() -> None:
 )
 @click.option("--listen", default=None, help="Override server.listen (HOST:PORT; port 0 = any).")
 @click.option(
+    "--metrics-listen",
+    default=None,
+    help="Override metrics.listen (HOST:PORT): each of several processes sharing one config "
+    "and address (server.reuse_port) serves its metrics on an address of its own.",
+)
+@click.option(
     "--port-file",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
     help="Write the bound port to this file once serving (for scripts).",
 )
-def serve(config_path: Path, listen: str | None, port_file: Path | None) -> None:
+def serve(
+    config_path: Path, listen: str | None, metrics_listen: str | None, port_file: Path | None
+) -> None:
     """Serve AttestationService, RegistryService and AuditService until SIGTERM or SIGINT."""
     import dataclasses
     import signal
@@ -260,6 +268,10 @@ def serve(config_path: Path, listen: str | None, port_file: Path | None) -> None
     if listen is not None:
         config = dataclasses.replace(
             config, server=dataclasses.replace(config.server, listen=listen)
+        )
+    if metrics_listen is not None:
+        config = dataclasses.replace(
+            config, metrics=dataclasses.replace(config.metrics, listen=metrics_listen)
         )
     server = VerifierServer.from_config(config)
     port = server.start()

@@ -103,7 +103,9 @@ def grpc_server_options(config: VerifierConfig) -> list[tuple[str, Any]]:
     return [
         ("grpc.max_receive_message_length", server.max_message_bytes),
         ("grpc.max_send_message_length", server.max_message_bytes),
-        ("grpc.so_reuseport", 0),
+        # Off unless the config asks: another process on the same port would get half the
+        # connections. On, processes over one PostgreSQL store share an address (Fleets).
+        ("grpc.so_reuseport", int(server.reuse_port)),
         # A ping per message received on each connection, to size flow-control windows
         # for bulk transfers: off unless the config asks (bench_streams, ADR 0012).
         ("grpc.http2.bdp_probe", int(server.http2_bdp_probe)),

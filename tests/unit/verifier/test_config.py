@@ -170,6 +170,24 @@ def test_server_settings_reach_grpc(keys: str, option: str, expected: int) -> No
     assert _grpc_options(keys)[option] == expected
 
 
+def test_reuse_port_is_off_by_default_and_needs_a_shared_store() -> None:
+    """Off, a second process started on the same port fails to bind instead of taking half the
+    connections; on, it needs PostgreSQL (the processes sharing the address share the store)."""
+    from verifier.server.server import grpc_server_options
+
+    assert _grpc_options("")["grpc.so_reuseport"] == 0
+    shared = parse_config(
+        config(
+            "[server]\ninsecure_no_tls = true\nreuse_port = true\n"
+            '[store]\nengine = "postgres"\ndsn = "postgresql://127.0.0.1/test"\n'
+        )
+    )
+    assert shared.server.reuse_port
+    assert dict(grpc_server_options(shared))["grpc.so_reuseport"] == 1
+    with pytest.raises(ConfigError, match=r"server\.reuse_port: needs store\.engine = 'postgres'"):
+        parse_config(config("[server]\ninsecure_no_tls = true\nreuse_port = true\n"))
+
+
 @pytest.mark.parametrize(
     ("keys", "message"),
     [
