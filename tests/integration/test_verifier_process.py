@@ -296,3 +296,23 @@ def test_a_port_in_use_is_a_clear_configuration_error(tmp_path: Path) -> None:
                 server.start()
         finally:
             server.store.close()
+
+
+def test_metrics_listen_on_the_command_line_overrides_the_config(tmp_path: Path) -> None:
+    """``serve --metrics-listen`` is what the process binds (each of several processes sharing a
+    config needs its own); an address in use stops the start with the setting named."""
+    import socket
+
+    from tests.integration.test_audit_cli import pausewatch
+
+    files = write_verifier_files(tmp_path / "v", extra_config='[metrics]\nlisten = "127.0.0.1:0"\n')
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        served = pausewatch(
+            "verifier", "serve", "--config", str(files.config),
+            "--metrics-listen", f"127.0.0.1:{port}",
+        )  # fmt: skip
+    assert served.returncode == 2, served.stderr
+    assert f"metrics.listen: cannot listen on '127.0.0.1:{port}'" in served.stderr
