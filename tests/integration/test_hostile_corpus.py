@@ -144,6 +144,12 @@ def _past(body: object) -> None:
     body.window_end_ns = start + MINUTE  # type: ignore[attr-defined]
 
 
+def _clock_went_back(body: object) -> None:
+    """Next seq, chained to the head, but starting 30 s before the head window ended."""
+    body.window_start_ns -= 30 * S  # type: ignore[attr-defined]
+    body.window_end_ns -= 30 * S  # type: ignore[attr-defined]
+
+
 def _unknown_gpu(body: object) -> None:
     body.gpus[0].uuid = "GPU-ffffffff-not-enrolled"  # type: ignore[attr-defined]
 
@@ -244,6 +250,14 @@ CORPUS: dict[str, tuple[Callable[[World], bytes], int, int, int, int, int]] = {
     ),
     "far-past window": (
         lambda w: w.next_raw(_past),
+        spb.RECEIPT_STATUS_REJECTED,
+        spb.REJECT_REASON_TIMESTAMP_OUT_OF_RANGE,
+        0,
+        0,
+        0,
+    ),
+    "window starting before the previous one ended": (
+        lambda w: w.next_raw(_clock_went_back),
         spb.RECEIPT_STATUS_REJECTED,
         spb.REJECT_REASON_TIMESTAMP_OUT_OF_RANGE,
         0,
