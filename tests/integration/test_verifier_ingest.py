@@ -15,9 +15,10 @@ from pausewatch.v1 import registry_pb2 as rpb
 from attest import merkle
 from attest.checkpoint import verify_checkpoint
 from attest.envelope import envelope_digest
+from attest.keys import Ed25519Signer, format_public_key
 from attest.note import parse_verifier_key
-from tests.builders import TestNode
-from tests.verifier_harness import running_verifier
+from tests.builders import TestNode, fixed_private_key
+from tests.verifier_harness import DEFAULT_POLICY, running_verifier
 
 S = 10**9
 MINUTE = 60 * S
@@ -61,12 +62,29 @@ def test_enrol_stream_restart_and_backfill_leave_no_gap(tmp_path: Path) -> None:
 
 
 def test_fork_and_replay_are_caught(tmp_path: Path) -> None:
+    """Lab A's node equivocates; lab B's node, in the same run over the same time, does not:
+    lab A's report is INVALID with its node flagged, lab B's stays COMPLIANT."""
     t0 = recent_t0()
     node = TestNode.from_seed(2, t0_ns=t0)
     chain = node.chain(4)
-    with running_verifier(tmp_path) as v:
+    honest = TestNode.from_seed(7, t0_ns=t0, lab_id="lab-b")
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "policy-b.toml").write_text(DEFAULT_POLICY.replace('"lab-a"', '"lab-b"'))
+    operator = Ed25519Signer.from_private_key(fixed_private_key(100))
+    lab_b = (
+        '\n[[labs]]\nid = "lab-b"\nname = "Lab B"\n'
+        f'operator_public_key = "{format_public_key(operator.public_key)}"\n'
+        'policy = "policy-b.toml"\n'
+    )
+    with running_verifier(tmp_path, extra_lab=lab_b) as v:
         client = v.client()
         client.enroll(node, created_at_ns=t0 - S)
+        client.enroll(honest, created_at_ns=t0 - S)
+        client.declare_inventory(
+            [honest.gpu_uuid(0), honest.gpu_uuid(1)], effective_from_ns=t0 - MINUTE, lab_id="lab-b"
+        )
+        honest_receipts = client.submit(honest.chain(4))
+        assert [r.status for r in honest_receipts] == [spb.RECEIPT_STATUS_ACCEPTED] * 4
         accepted = client.submit(chain)
         # Equivocation: another envelope for seq 2, same predecessor, other content.
         forked = node.sign_body(node.body(2, envelope_digest(chain[1]), busy_ms=1_000))
@@ -99,6 +117,20 @@ def test_fork_and_replay_are_caught(tmp_path: Path) -> None:
         ).report
         assert report.verdict == apb.VERDICT_INVALID
         assert report.nodes[0].flagged
+        # The honest control: lab B, same time, same verifier, no fork.
+        control = client.audit.GetComplianceReport(
+            apb.GetComplianceReportRequest(
+                lab_id="lab-b", period_start_ns=t0, period_end_ns=t0 + 4 * MINUTE
+            )
+        ).report
+        assert control.verdict == apb.VERDICT_COMPLIANT, list(control.reasons)
+        assert [(n.node_id, n.flagged) for n in control.nodes] == [(honest.node_id, False)]
+        honest_info = client.registry.GetNode(rpb.GetNodeRequest(node_id=honest.node_id)).node
+        assert honest_info.state == rpb.NODE_STATE_ACTIVE
+        control_findings = client.audit.ListFindings(
+            apb.ListFindingsRequest(lab_id="lab-b", kinds=[fpb.FINDING_KIND_EQUIVOCATION])
+        ).findings
+        assert list(control_findings) == []
 
 
 def test_a_successor_of_another_predecessor_is_a_fork(tmp_path: Path) -> None:
@@ -121,6 +153,58 @@ def test_a_successor_of_another_predecessor_is_a_fork(tmp_path: Path) -> None:
         logged = client.audit.GetLogEntry(apb.GetLogEntryRequest(index=receipt.log_index))
         assert logged.entry == wrong
         assert accepted.status == spb.RECEIPT_STATUS_ACCEPTED
+
+
+def test_a_window_that_starts_before_the_previous_one_ended_is_refused(tmp_path: Path) -> None:
+    """A node's clock goes back: its next window (next seq, chained to the head, validly signed)
+    starts before the head window ended. Refused as TIMESTAMP_OUT_OF_RANGE and nothing of it is
+    stored; so is a window that jumps seqs but goes back. The properly timed successor is then
+    accepted, with no gap."""
+    t0 = recent_t0()
+    node = TestNode.from_seed(44, t0_ns=t0)
+    chain = node.chain(2)
+    head = envelope_digest(chain[0])
+    with running_verifier(tmp_path) as v:
+        client = v.client()
+        client.enroll(node, created_at_ns=t0 - S)
+        (first,) = client.submit_batches([chain[0]])
+        assert first.receipts[0].status == spb.RECEIPT_STATUS_ACCEPTED
+        findings_before = client.audit.ListFindings(apb.ListFindingsRequest(lab_id="lab-a"))
+        back_in_time = [
+            # Overlaps the head window by 30 s.
+            node.sign_body(node.body(1, head, start_ns=t0 + 30 * S)),
+            # Wholly before the head window.
+            node.sign_body(node.body(1, head, start_ns=t0 - 2 * MINUTE)),
+            # A seq jump (a gap link) that also goes back.
+            node.sign_body(node.body(3, b"\x42" * 32, start_ns=t0 + 59 * S)),
+        ]
+        for raw in back_in_time:
+            (response,) = client.submit_batches([raw])
+            (receipt,) = response.receipts
+            assert (receipt.status, receipt.reason) == (
+                spb.RECEIPT_STATUS_REJECTED,
+                spb.REJECT_REASON_TIMESTAMP_OUT_OF_RANGE,
+            ), receipt.detail
+            assert "starts before the node's previous window ended" in receipt.detail
+            assert response.tree_size == first.tree_size  # nothing appended to the log
+            assert not receipt.gap_recorded
+        info = client.registry.GetNode(rpb.GetNodeRequest(node_id=node.node_id)).node
+        assert (info.head_seq, info.head_digest) == (0, head)
+        findings_after = client.audit.ListFindings(apb.ListFindingsRequest(lab_id="lab-a"))
+        assert list(findings_after.findings) == list(findings_before.findings)
+        # Control: the successor that starts where the head ended is accepted, no gap.
+        (ok,) = client.submit([chain[1]])
+        assert ok.status == spb.RECEIPT_STATUS_ACCEPTED, ok.detail
+        assert not ok.gap_recorded
+        info = client.registry.GetNode(rpb.GetNodeRequest(node_id=node.node_id)).node
+        assert (info.head_seq, info.head_digest) == (1, envelope_digest(chain[1]))
+        report = client.audit.GetComplianceReport(
+            apb.GetComplianceReportRequest(
+                lab_id="lab-a", period_start_ns=t0, period_end_ns=t0 + 2 * MINUTE
+            )
+        ).report
+        assert report.nodes[0].attestations == 2
+        assert list(report.gaps) == []
 
 
 def test_gap_and_rollback(tmp_path: Path) -> None:
