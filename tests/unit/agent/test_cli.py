@@ -8,10 +8,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pausewatch.v1 import envelope_pb2, registry_pb2
 
 from agent.daemon import spool_path
 from agent.spool import Spool
 from attest import keys
+from attest.envelope import PayloadType, sign_envelope
 from tests.agent_setup import write_state_dir
 from tests.cli_runner import run_agent_cli
 from tests.fake_verifier import FakeVerifier
@@ -177,7 +179,7 @@ def test_an_authorisation_of_another_payload_is_refused(
     assert verifier.nodes == {}
 
 
-def test_authorize_refuses_a_request_without_proof_of_possession(
+def test_authorize_refuses_bytes_that_are_not_an_envelope(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], operator_keys: tuple[Path, object]
 ) -> None:
     bogus = tmp_path / "bogus.env"
@@ -190,6 +192,72 @@ def test_authorize_refuses_a_request_without_proof_of_possession(
     assert code == 3
     assert "envelope" in err
     assert not out_path.exists()
+
+
+def test_authorize_refuses_a_request_without_proof_of_possession(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    verifier: FakeVerifier,
+    operator_keys: tuple[Path, object],
+) -> None:
+    """A well-formed request from ``enroll --prepare`` is authorised; the same NodeEnrollment
+    signed by another key than the node key it names, or with one byte of the signed payload
+    changed, is refused (exit 3, nothing written): the proof of possession is checked, not just
+    the envelope's shape."""
+    config = write_state_dir(tmp_path, address=verifier.address)
+    request = tmp_path / "request.env"
+    code, out, err = run_agent_cli(
+        capsys, "enroll", "--state-dir", str(config.node.state_dir), "--prepare", str(request)
+    )
+    assert code == 0, out + err
+    honest = envelope_pb2.Envelope.FromString(request.read_bytes())
+    node_public = keys.load_public_key(config.node.state_dir / "node.pub")
+    node_id = keys.key_id(node_public)
+    named = registry_pb2.NodeEnrollment.FromString(honest.payload)
+    assert named.node_public_key == keys.raw_public_key(node_public)
+    assert honest.key_id == node_id
+
+    def authorize(name: str, raw: bytes) -> tuple[int, str, Path]:
+        path = tmp_path / f"{name}.env"
+        path.write_bytes(raw)
+        out_path = tmp_path / f"{name}.auth"
+        code, _, err = run_agent_cli(
+            capsys, "operator", "authorize", "--operator-key", str(operator_keys[0]),
+            str(path), str(out_path),
+        )  # fmt: skip
+        return code, err, out_path
+
+    other = keys.Ed25519Signer.from_private_key(keys.generate_private_key())
+    # 1. Signed by another key (its own key id): that key is not the one the request names.
+    by_other = sign_envelope(other, PayloadType.ENROLLMENT, honest.payload)
+    code, err, out_path = authorize("by-other", by_other)
+    assert code == 3
+    assert f"key {other.key_id.hex()} is not trusted" in err
+    assert not out_path.exists()
+    # 2. Claims the node's key id, but the signature is another key's.
+    forged = envelope_pb2.Envelope()
+    forged.CopyFrom(honest)
+    forged.signature = envelope_pb2.Envelope.FromString(by_other).signature
+    code, err, out_path = authorize("forged", forged.SerializeToString())
+    assert code == 3
+    assert f"signature by key {node_id.hex()[:16]}... does not verify" in err
+    assert not out_path.exists()
+    # 3. The node's own signature, one byte of the signed payload changed (the node name).
+    altered = envelope_pb2.Envelope()
+    altered.CopyFrom(honest)
+    at = honest.payload.index(b"test-node")
+    altered.payload = honest.payload[:at] + b"T" + honest.payload[at + 1 :]
+    assert registry_pb2.NodeEnrollment.FromString(altered.payload).node_name == "Test-node"
+    code, err, out_path = authorize("altered", altered.SerializeToString())
+    assert code == 3
+    assert f"signature by key {node_id.hex()[:16]}... does not verify" in err
+    assert not out_path.exists()
+    # Control: the honest request is authorised, over the very same payload bytes.
+    code, err, out_path = authorize("honest", request.read_bytes())
+    assert code == 0, err
+    authorization = envelope_pb2.Envelope.FromString(out_path.read_bytes())
+    assert authorization.payload == honest.payload
+    assert authorization.payload_type == PayloadType.ENROLLMENT_AUTHORIZATION
 
 
 def test_config_errors_name_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
