@@ -20,11 +20,12 @@ import grpc
 import pytest
 from pausewatch.v1 import attestation_service_pb2 as spb
 from pausewatch.v1 import audit_pb2 as apb
+from pausewatch.v1 import bundle_pb2 as bpb
 from pausewatch.v1 import findings_pb2 as fpb
 from pausewatch.v1 import registry_pb2 as rpb
 
 from attest import keys
-from attest.envelope import envelope_digest
+from attest.envelope import PayloadType, envelope_digest, parse_envelope
 from tests.agent_setup import write_state_dir
 from tests.builders import TestNode, fixed_private_key
 from tests.cli_runner import run_agent_cli
@@ -38,6 +39,7 @@ from tests.verifier_harness import (
     stop_process,
     write_verifier_files,
 )
+from verifier.audit.bundle import MAX_BUNDLE_BYTES
 
 S = 10**9
 MINUTE = 60 * S
@@ -112,8 +114,30 @@ def test_a_bundle_for_a_period_after_an_equivocation_verifies(
         assert result["ok"], (name, result)
         assert result["agrees_with_server"], (name, result)
         assert "not reported" not in verified.stdout
+        # Whatever the period, the bundle holds the fork evidence (the second seq 3, as sent),
+        # the accepted seq 3 it conflicts with, and the EQUIVOCATION finding citing both.
+        held = bundle_entries(bundle)
+        assert held.get(rejected.log_index) == fork, name
+        assert held.get(receipts[3].log_index) == chain[3], name
+        logged = held.get(equivocations[0].log_index)
+        assert logged is not None, name
+        envelope = parse_envelope(logged)
+        assert envelope.payload_type == PayloadType.FINDING, name
+        finding = fpb.Finding.FromString(envelope.payload)
+        assert finding.kind == fpb.FINDING_KIND_EQUIVOCATION, name
+        assert finding.node_id == node.node_id, name
+        assert {receipts[3].log_index, rejected.log_index} <= set(finding.evidence_log_indices)
         if start < 4:  # a period holding the equivocation is INVALID
             assert result["verdict"] == "VERDICT_INVALID", (name, result["verdict"])
+
+
+def bundle_entries(path: Path) -> dict[int, bytes]:
+    """The entries of an exported bundle file, by log index (the file is the log-key-signed
+    envelope of an EvidenceBundle; docs/bundle-format.md)."""
+    outer = parse_envelope(path.read_bytes(), max_size=MAX_BUNDLE_BYTES)
+    assert outer.payload_type == PayloadType.BUNDLE
+    bundle = bpb.EvidenceBundle.FromString(outer.payload)
+    return {entry.log_index: entry.envelope for entry in bundle.entries}
 
 
 def _operator_key_file(tmp_path: Path) -> Path:
