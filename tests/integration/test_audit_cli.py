@@ -169,6 +169,15 @@ def test_export_verify_and_tamper(lab: Lab) -> None:
     pinned_wrong = pausewatch("audit", "verify-bundle", str(bundle), "--log-key", other_key)
     assert pinned_wrong.returncode == 3
     assert "FAILED" in pinned_wrong.stdout
+    # The same key under another log origin (a changed `log.origin`) is another log identity.
+    from attest.note import parse_verifier_key
+
+    same_key_other_origin = format_verifier_key(
+        "other.example/verifier", parse_verifier_key(log_key).public_key
+    )
+    renamed = pausewatch("audit", "verify-bundle", str(bundle), "--log-key", same_key_other_origin)
+    assert renamed.returncode == 3
+    assert "FAILED" in renamed.stdout
     malformed = pausewatch("audit", "verify-bundle", str(bundle), "--log-key", "not+a+key")
     assert malformed.returncode == 2
 
