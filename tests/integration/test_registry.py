@@ -18,7 +18,13 @@ from pausewatch.v1 import registry_pb2 as rpb
 from attest.envelope import PayloadType, sign_envelope
 from attest.keys import Ed25519Signer
 from tests.builders import TestNode, fixed_private_key
-from tests.verifier_harness import RunningVerifier, enroll_request, enrollment_for, running_verifier
+from tests.verifier_harness import (
+    RunningVerifier,
+    enroll_request,
+    enrollment_for,
+    inventory_request,
+    running_verifier,
+)
 
 S = 10**9
 
@@ -187,6 +193,102 @@ def test_revocation_stops_acceptance_keeps_the_past_and_frees_the_gpus(tmp_path:
             enroll_request(enrollment, reinstall, client.operator)
         )
         assert not response.already_enrolled
+
+
+def refusal(call, request) -> grpc.RpcError:  # type: ignore[no-untyped-def]
+    """The error ``call`` refuses ``request`` with."""
+    with pytest.raises(grpc.RpcError) as info:
+        call(request, timeout=10)
+    assert "Traceback" not in (info.value.details() or "")
+    return info.value
+
+
+def findings_count(v: RunningVerifier) -> int:
+    with sqlite3.connect(v.files.store) as db:
+        return int(db.execute("SELECT COUNT(*) FROM findings").fetchone()[0])
+
+
+def test_a_revocation_created_outside_the_clock_skew_is_refused_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    """A revocation cannot be back-dated (nor dated ahead) beyond ingest.max_clock_skew_s of the
+    verifier's clock: refused INVALID_ARGUMENT naming created_at_ns, nothing logged, the node still
+    active and accepting. Control: one created now revokes the node."""
+    now = time.time_ns()
+    with running_verifier(tmp_path, max_clock_skew_s=300, max_age_s=7200) as v:
+        client = v.client()
+        node = TestNode.from_seed(37, t0_ns=now - 400 * S)
+        client.enroll(node, created_at_ns=now - 200 * S)
+        chain = node.chain(4)
+        assert [r.status for r in client.submit(chain[:2])] == [spb.RECEIPT_STATUS_ACCEPTED] * 2
+        before = (log_size(v), findings_count(v))
+
+        def revocation(created_at_ns: int) -> rpb.RevokeNodeRequest:
+            message = rpb.NodeRevocation(
+                format_version=1,
+                lab_id="lab-a",
+                node_id=node.node_id,
+                reason="retired",
+                created_at_ns=created_at_ns,
+            )
+            return rpb.RevokeNodeRequest(
+                revocation_envelope=sign_envelope(
+                    v.files.operator, PayloadType.REVOCATION, message.SerializeToString()
+                )
+            )
+
+        for offset_s in (-3600, -330, 330, 3600):
+            request = revocation(time.time_ns() + offset_s * S)
+            for _ in range(2):  # resent, still refused (never taken for already on record)
+                error = refusal(client.registry.RevokeNode, request)
+                assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, offset_s
+                assert (
+                    "NodeRevocation created_at_ns is outside the accepted clock skew of 300 s"
+                    in (error.details() or "")
+                ), offset_s
+            assert (log_size(v), findings_count(v)) == before, offset_s
+            info = client.registry.GetNode(rpb.GetNodeRequest(node_id=node.node_id)).node
+            assert info.state == rpb.NODE_STATE_ACTIVE, offset_s
+        # The node still attests: its next window is accepted.
+        (next_window,) = client.submit([chain[2]])
+        assert next_window.status == spb.RECEIPT_STATUS_ACCEPTED, next_window.detail
+        # Control: within the skew, the revocation is logged and takes effect.
+        accepted = client.registry.RevokeNode(revocation(time.time_ns() - 60 * S), timeout=10)
+        assert not accepted.already_revoked
+        assert log_size(v) == before[0] + 2  # the window, then the revocation
+        info = client.registry.GetNode(rpb.GetNodeRequest(node_id=node.node_id)).node
+        assert info.state == rpb.NODE_STATE_REVOKED
+        (refused,) = client.submit([chain[3]])
+        assert refused.reason == spb.REJECT_REASON_REVOKED_KEY
+
+
+def test_an_inventory_declaration_created_outside_the_clock_skew_is_refused(
+    verifier: RunningVerifier,
+) -> None:
+    """An inventory declaration whose created_at_ns is beyond the clock skew (300 s here) from
+    the verifier's clock, too old or too far ahead, is refused INVALID_ARGUMENT naming the field;
+    nothing is logged or stored. Control: the same declaration created now is accepted."""
+    client = verifier.client()
+    before = (log_size(verifier), findings_count(verifier))
+    effective = time.time_ns() + 60 * S
+    for offset_s in (-3600, -330, 330, 3600):
+        request = inventory_request(
+            verifier.files.operator,
+            ["GPU-a", "GPU-b"],
+            effective_from_ns=effective,
+            created_at_ns=time.time_ns() + offset_s * S,
+        )
+        error = refusal(client.registry.DeclareInventory, request)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, offset_s
+        assert "InventoryDeclaration created_at_ns is outside the accepted clock skew of 300 s" in (
+            error.details() or ""
+        ), offset_s
+        assert (log_size(verifier), findings_count(verifier)) == before, offset_s
+        assert inventory_rows(verifier.files.store) == []
+    accepted = client.declare_inventory(["GPU-a", "GPU-b"], effective_from_ns=effective)
+    assert accepted.version == 1
+    assert log_size(verifier) == before[0] + 1
+    assert inventory_rows(verifier.files.store) == [("lab-a", 1, ["GPU-a", "GPU-b"])]
 
 
 def _declaration(
