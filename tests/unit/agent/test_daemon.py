@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from pathlib import Path
 
 import pytest
 from pausewatch.v1 import attestation_pb2 as pb
+from pausewatch.v1 import envelope_pb2
 
 from agent.config import AgentConfig
 from agent.daemon import AgentLockedError, Daemon, DaemonOptions, StateLock, spool_path
+from agent.identity import agent_digest
 from agent.metrics import AgentMetrics
 from agent.sampler.base import GpuIdentity, Poll
 from agent.sampler.replay import ReplaySampler, parse_recording
@@ -18,12 +21,14 @@ from agent.spool import EnvelopeStatus, Nonce, ReceiptRecord, Spool
 from attest import keys
 from attest.attestation import parse_attestation_body
 from attest.chain import ChainItem, verify_chain
-from attest.envelope import parse_envelope
+from attest.envelope import PayloadType, StaticKeyring, parse_envelope, verify_envelope
+from attest.errors import SignatureError
 from attest.samples import SAMPLE_SIZE, decode_sample, samples_root
 from tests.agent_setup import write_state_dir
 from tests.builders import T0_NS
 from tests.fakes import FakeClock
 from tests.prom_rules import parse_exposition
+from tests.testdata import REPO_ROOT
 from tests.unit.agent.test_replay import HAND_CSV
 
 S = 1_000_000_000
@@ -329,3 +334,78 @@ def test_spool_bytes_per_window_and_gpu_match_the_sizing_guidance(tmp_path: Path
     assert all(s is not None and len(s) == SAMPLE_SIZE * 10 * gpus for s in samples)
     sizes = [len(e.envelope) for e in full]
     assert all(600 < size < 1024 for size in sizes), sizes  # ~2.3 KB for 8 GPUs
+
+
+def documented_agent_digest(config_json: bytes) -> bytes:
+    """The agent digest as docs/wire-format.md section 3 and agent/identity.py define it, built
+    here from the files themselves: SHA-256 of a header, one line per .py file of the agent and
+    attest packages (sorted by '/'-separated path), and the SHA-256 of the canonical config."""
+    files = sorted(
+        (path.relative_to(REPO_ROOT).as_posix(), path)
+        for package in ("agent", "attest")
+        for path in (REPO_ROOT / package).rglob("*.py")
+    )
+    text = "pausewatch-agent-digest-v1\n"
+    text += "".join(f"{hashlib.sha256(p.read_bytes()).hexdigest()} {name}\n" for name, p in files)
+    text += f"config {hashlib.sha256(config_json).hexdigest()}\n"
+    return hashlib.sha256(text.encode()).digest()
+
+
+def signed_digests(config: AgentConfig) -> list[bytes]:
+    """The agent_digest of every window in the spool, read only after the envelope verified under
+    the node's public key (so the digest is under the node's signature)."""
+    ring = StaticKeyring()
+    ring.add(keys.load_public_key(config.node.state_dir / "node.pub"))
+    spool = Spool.open(spool_path(config))
+    try:
+        raws = [e.envelope for e in spool.envelopes()]
+    finally:
+        spool.close()
+    out = []
+    for raw in raws:
+        verified = verify_envelope(raw, ring, payload_type=PayloadType.ATTESTATION)
+        out.append(parse_attestation_body(verified.envelope.payload).agent_digest)
+    return out
+
+
+def test_every_signed_window_carries_the_digest_of_the_agents_code_and_config(
+    tmp_path: Path,
+) -> None:
+    config = write_state_dir(tmp_path, window_s="10")
+    clock = FakeClock(T0_NS)
+    run_daemon(config, clock, polls=25)
+    expected = agent_digest(config.canonical_json())
+    assert expected == documented_agent_digest(config.canonical_json())
+    first_run = signed_digests(config)
+    assert len(first_run) >= 3
+    assert set(first_run) == {expected}
+
+    # The digest is under the signature: a window with one byte of its digest changed no longer
+    # verifies under the node key.
+    spool = Spool.open(spool_path(config))
+    raw = spool.envelopes()[0].envelope
+    spool.close()
+    envelope = envelope_pb2.Envelope.FromString(raw)
+    at = envelope.payload.index(expected)
+    envelope.payload = (
+        envelope.payload[:at] + bytes([envelope.payload[at] ^ 1]) + envelope.payload[at + 1 :]
+    )
+    ring = StaticKeyring()
+    ring.add(keys.load_public_key(config.node.state_dir / "node.pub"))
+    with pytest.raises(SignatureError, match="does not verify"):
+        verify_envelope(envelope.SerializeToString(), ring, payload_type=PayloadType.ATTESTATION)
+
+    # The same agent restarted with one setting changed signs another digest, the one of its new
+    # config; the windows signed before keep theirs.
+    changed = write_state_dir(
+        tmp_path, window_s="10", extra="[spool]\nmax_unacked_envelopes = 50000\n"
+    )
+    assert changed.canonical_json() != config.canonical_json()
+    clock.advance(5 * S)
+    run_daemon(changed, clock, polls=25)
+    both_runs = signed_digests(changed)
+    new = agent_digest(changed.canonical_json())
+    assert new == documented_agent_digest(changed.canonical_json())
+    assert new != expected
+    assert both_runs[: len(first_run)] == first_run
+    assert set(both_runs[len(first_run) :]) == {new}
