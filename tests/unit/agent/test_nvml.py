@@ -124,6 +124,44 @@ def test_not_supported_is_recorded_per_metric(fake: FakeNvml) -> None:
     assert gpu1.bounds.central_estimate_method == pb.CENTRAL_ESTIMATE_METHOD_ASSUMED_UTILIZATION
 
 
+def test_a_mig_gpu_reads_no_utilisation_and_its_window_says_so(fake: FakeNvml) -> None:
+    """MIG mode on GPU 0: NVML answers NOT_SUPPORTED for device utilisation. No utilisation
+    sample is taken for it, its window says the metric is not supported and MIG is enabled, and
+    nothing counts it busy; GPU 1 (MIG off, same load) is read as usual."""
+    mig = fake.gpus[0]
+    mig.mig_mode = pynvml.NVML_DEVICE_MIG_ENABLE
+    mig.errors["nvmlDeviceGetUtilizationRates"] = pynvml.NVML_ERROR_NOT_SUPPORTED
+    s = sampler()
+    s.open(T0_NS)
+    assert [g.mig_mode for g in s.inventory()] == [MigMode.ENABLED, MigMode.DISABLED]
+    polls = []
+    for i in range(10):
+        for gpu in fake.gpus:
+            gpu.run(utilization_pct=90, seconds=1, power_mw=500_000)
+        polls.append(poll(s, T0_NS + i * S))
+    failures = [f for p in polls for f in p.readings[0].failures]
+    assert [(f.metric, f.not_supported, f.error_name) for f in failures] == [
+        (Metric.UTILIZATION, True, "NVML_ERROR_NOT_SUPPORTED")
+    ] * 10
+    samples = [p.readings[0].sample for p in polls]
+    assert all(x is not None and not x.flags & SampleFlags.UTILIZATION for x in samples)
+    assert all(p.readings[1].failures == () for p in polls)
+    window = windows_of(polls)[0]
+    gpu0, gpu1 = window.gpus
+    status0 = {st.metric: st.state for st in gpu0.metric_status}
+    assert gpu0.mig_mode == pb.MIG_MODE_ENABLED
+    assert status0[pb.METRIC_UTILIZATION] == pb.METRIC_STATE_NOT_SUPPORTED
+    assert (gpu0.samples_expected, gpu0.samples_taken, gpu0.busy_ms) == (10, 0, 0)
+    # Energy is still read: the window keeps the energy evidence, only utilisation is missing.
+    assert status0[pb.METRIC_ENERGY] == pb.METRIC_STATE_SUPPORTED
+    assert gpu0.energy_counter_state == pb.ENERGY_COUNTER_STATE_OK
+    # Control: the GPU without MIG, under the same load.
+    status1 = {st.metric: st.state for st in gpu1.metric_status}
+    assert gpu1.mig_mode == pb.MIG_MODE_DISABLED
+    assert status1[pb.METRIC_UTILIZATION] == pb.METRIC_STATE_SUPPORTED
+    assert (gpu1.samples_expected, gpu1.samples_taken, gpu1.busy_ms) == (10, 10, 9000)
+
+
 def test_a_lost_gpu_is_recorded_and_the_others_go_on(fake: FakeNvml) -> None:
     s = sampler()
     s.open(T0_NS)
