@@ -466,18 +466,23 @@ def parse_config(data: bytes, *, source: str = "<config>", base: Path = Path()) 
 
 _LIMIT_KEYS = tuple(LimitsConfig.__dataclass_fields__)
 
+UNAUTHENTICATED_ROLES = (Role.PUBLIC, Role.AUDITOR, Role.REGULATOR)
+"""The roles ``access.unauthenticated_role`` may give (any client that can connect gets it; the
+server warns at start for any but public). Every other role, and any role added later, is refused:
+a lab operator, node agent or meter gateway role would let anyone submit that party's evidence."""
+
 
 def _access(ac: _Section, source: str) -> AccessConfig:
     role_text = ac.get("unauthenticated_role", str, Role.PUBLIC.value)
-    try:
-        unauthenticated = Role(role_text)
-    except ValueError:
+    allowed = {role.value: role for role in UNAUTHENTICATED_ROLES}
+    unauthenticated = allowed.get(role_text)
+    if unauthenticated is None:
+        names = [role.value for role in UNAUTHENTICATED_ROLES]
         raise ac._err(
             "unauthenticated_role",
-            f"{role_text!r} is not one of {', '.join(r.value for r in Role)}",
-        ) from None
-    if unauthenticated in (Role.LAB_OPERATOR, Role.NODE_AGENT):
-        raise ac._err("unauthenticated_role", "must be public, auditor or regulator")
+            f"{role_text!r} is not one of the roles a client without a certificate may have: "
+            f"must be {', '.join(names[:-1])} or {names[-1]}",
+        )
     rules: list[IdentityRule] = []
     for i, raw in enumerate(ac.get("identities", list, [])):
         where = f"access.identities[{i}]."

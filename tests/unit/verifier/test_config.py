@@ -199,3 +199,50 @@ def test_reuse_port_is_off_by_default_and_needs_a_shared_store() -> None:
 def test_server_settings_out_of_range_are_refused(keys: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_config(config("[server]\ninsecure_no_tls = true\n" + keys), source="verifier.toml")
+
+
+def test_without_accept_backends_only_nvml_is_accepted() -> None:
+    """The default is real GPUs only: sim and replay evidence need the operator to ask for it."""
+    cfg = parse_config(config("[server]\ninsecure_no_tls = true\n[ingest]\nbucket_ms = 60000\n"))
+    assert cfg.ingest.accept_backends == ("nvml",)
+    assert parse_config(config("[server]\ninsecure_no_tls = true\n")).ingest.accept_backends == (
+        "nvml",
+    )
+
+
+def _with_unauthenticated_role(role: str) -> bytes:
+    return config(f'[server]\ninsecure_no_tls = true\n[access]\nunauthenticated_role = "{role}"\n')
+
+
+UNAUTHENTICATED_ROLE_ERROR = (
+    "verifier.toml: access.unauthenticated_role: {role!r} is not one of the roles a client "
+    "without a certificate may have: must be public, auditor or regulator"
+)
+
+
+@pytest.mark.parametrize("role", ["public", "auditor", "regulator"])
+def test_an_unauthenticated_client_may_be_given_a_reading_role(role: str) -> None:
+    from verifier.access import Role
+
+    cfg = parse_config(_with_unauthenticated_role(role))
+    assert cfg.access.unauthenticated_role is Role(role)
+
+
+def _refused_roles() -> list[str]:
+    from verifier.access import Role
+
+    return [r.value for r in Role if r.value not in ("public", "auditor", "regulator")]
+
+
+@pytest.mark.parametrize("role", [*_refused_roles(), "king", "Regulator", ""])
+def test_every_other_unauthenticated_role_is_refused(role: str) -> None:
+    """Anyone who can connect gets this role: a meter gateway's would let them submit site meter
+    readings, a node agent's or lab operator's that party's evidence. Every role of the enum but
+    the three reading ones is refused, so a role added later is too."""
+    with pytest.raises(ConfigError) as refused:
+        parse_config(_with_unauthenticated_role(role), source="verifier.toml")
+    assert str(refused.value) == UNAUTHENTICATED_ROLE_ERROR.format(role=role)
+
+
+def test_meter_gateway_is_among_the_refused_unauthenticated_roles() -> None:
+    assert {"meter_gateway", "node_agent", "lab_operator"} <= set(_refused_roles())
