@@ -316,3 +316,68 @@ def test_metrics_listen_on_the_command_line_overrides_the_config(tmp_path: Path)
         )  # fmt: skip
     assert served.returncode == 2, served.stderr
     assert f"metrics.listen: cannot listen on '127.0.0.1:{port}'" in served.stderr
+
+
+def _store_dump(store: Path) -> list[str]:
+    with contextlib.closing(sqlite3.connect(store)) as db:
+        return list(db.iterdump())
+
+
+def test_another_bucket_width_on_an_existing_store_is_refused_and_the_store_kept(
+    tmp_path: Path,
+) -> None:
+    """A verifier made a store with 60 s buckets; restarted with 30 s (a width the policy would
+    allow) it exits 2 naming the setting and both values, and the store is byte for byte what it
+    was; restarted with 60 s again it serves the same log and the same accounts."""
+    from pausewatch.v1 import audit_pb2 as apb
+    from pausewatch.v1 import registry_pb2 as rpb
+
+    from tests.integration.test_audit_cli import pausewatch
+
+    directory = tmp_path / "v"
+    files = write_verifier_files(directory)
+    t0 = recent_t0()
+    node = TestNode.from_seed(130, t0_ns=t0)
+    chain = node.chain(6)
+    running = start_verifier_process(files, tmp_path / "verifier.log")
+    client = Client(running.channel(), files.operator)
+    client.enroll(node, created_at_ns=t0 - S)
+    assert [r.status for r in client.submit(chain)] == [spb.RECEIPT_STATUS_ACCEPTED] * 6
+    period = apb.GetComplianceReportRequest(
+        lab_id="lab-a", period_start_ns=t0, period_end_ns=t0 + 6 * MINUTE
+    )
+    before = client.audit.GetComplianceReport(period).report
+    assert stop_process(running) == 0
+    dump = _store_dump(files.store)
+    with contextlib.closing(sqlite3.connect(files.store)) as db:
+        recorded = db.execute("SELECT value FROM meta WHERE key = 'ingest.bucket_ms'").fetchone()
+    assert bytes(recorded[0]) == b"60000"
+
+    write_verifier_files(directory, bucket_ms=30_000)
+    refused = pausewatch("verifier", "serve", "--config", str(files.config))
+    assert refused.returncode == 2, refused.stderr
+    assert (
+        f"error: {files.config}: ingest.bucket_ms: the store records 60000, this config says "
+        "30000: the store's accounting buckets were made with ingest.bucket_ms = 60000, and read as "
+        "buckets of another width every report would be wrong. Set ingest.bucket_ms = 60000 again, or give "
+        "the new value a new store; the store was not changed"
+    ) in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert _store_dump(files.store) == dump
+
+    write_verifier_files(directory)  # the width the store was made with
+    running = start_verifier_process(files, tmp_path / "verifier.log")
+    try:
+        client = Client(running.channel(), files.operator)
+        info = client.registry.GetNode(rpb.GetNodeRequest(node_id=node.node_id)).node
+        assert (info.head_seq, info.head_digest) == (5, envelope_digest(chain[5]))
+        again = client.submit(chain)
+        assert [r.status for r in again] == [spb.RECEIPT_STATUS_DUPLICATE] * 6
+        after = client.audit.GetComplianceReport(period).report
+        assert after.tree_size == before.tree_size
+        assert after.nodes[0].attestations == before.nodes[0].attestations == 6
+        assert after.totals == before.totals
+        assert int(before.totals.upper_bound_flop) > 0
+        assert list(after.series) == list(before.series)
+    finally:
+        stop_process(running)

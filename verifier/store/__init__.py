@@ -8,6 +8,8 @@
 - ``base``: the storage Protocols every backend implements, and the rows they deal in.
 - ``sql``, ``sqlite``, ``postgres``: the backends (one SQL for both engines).
 - ``log``: the transparency log, a Merkle tree over every accepted record, kept in the store.
+- ``settings``: the ingest settings the store's accounts were made with, recorded in the store; a
+  start with others is refused.
 - ``core``: the verifier's shared state (store, log, node cache, nonce issuer, TPM settings) and
   its one write path, which moves them together.
 

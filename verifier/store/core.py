@@ -32,6 +32,7 @@ from verifier.config import VerifierConfig
 from verifier.nonce import NonceIssuer
 from verifier.store.base import EntryKind, FindingRow, NodeRow, Store, Transaction
 from verifier.store.log import PendingEntry, TransparencyLog
+from verifier.store.settings import check_stored_settings
 from verifier.tpm import (
     TpmIdentity,
     TpmSettings,
@@ -185,6 +186,9 @@ class VerifierCore:
         log_private_key: Ed25519PrivateKey,
         clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
+        # First: a store whose accounts were made with other ingest settings is refused before
+        # anything is written to it.
+        check_stored_settings(store, config)
         self.config = config
         self.store = store
         self.clock_ns = clock_ns
