@@ -1,7 +1,8 @@
 """Two verifier processes over one PostgreSQL database, as docs/verifier.md promises: one log,
 sequenced under the database's lock, whichever process appends; each process sees what the
 other enrolled and accepted (a chain continues across them, a resend is a duplicate with the
-other's log index); the exported bundle re-verifies offline.
+other's log index); the exported bundle re-verifies offline; a lab that sends each process a
+different envelope for one seq is caught equivocating, as seen from either.
 
 Uses the real PostgreSQL server at ``$PAUSEWATCH_TEST_POSTGRES``, in a database of its own.
 """
@@ -21,8 +22,10 @@ import pytest
 from pausewatch.v1 import attestation_service_pb2 as spb
 from pausewatch.v1 import audit_pb2 as apb
 from pausewatch.v1 import findings_pb2 as fpb
+from pausewatch.v1 import registry_pb2 as rpb
 
 from attest import merkle
+from attest.envelope import envelope_digest
 from tests.builders import TestNode
 from tests.integration.test_audit_cli import pausewatch
 from tests.stores import POSTGRES_DSN
@@ -180,6 +183,150 @@ def test_two_processes_share_one_log_and_one_chain_per_node(
     result = json.loads(verified.stdout)
     assert result["ok"] and result["agrees_with_server"], verified.stdout
     assert result["attestations"] == 4 * WINDOWS
+
+
+def test_an_equivocation_split_across_two_processes_is_caught_as_seen_from_either(
+    two_verifiers: tuple[RunningVerifier, RunningVerifier], database: str
+) -> None:
+    """The lab shows each process another history: one envelope for a seq to A, a different,
+    validly signed one for the same seq (same predecessor) to B. One node does it one after the
+    other (B had cached the node's head before A moved it), one at the same moment. Either way
+    the second is equivocation: an EQUIVOCATION finding, both envelopes in the one log, the node
+    flagged and the lab's report INVALID, as seen from either process. Control: a node that
+    alternates between the processes honestly is accepted throughout and is not flagged."""
+    a, b = two_verifiers
+    now = time.time_ns()
+    t0 = now - now % MINUTE - 20 * MINUTE
+    liar, racer, honest = (TestNode.from_seed(410 + i, t0_ns=t0) for i in range(3))
+    client_a, client_b = a.client(), b.client()
+    for node in (liar, racer, honest):
+        client_a.enroll(node, created_at_ns=t0 - S)
+
+    def second_version(node: TestNode, chain: list[bytes]) -> bytes:
+        """Another envelope for seq 2 after the same seq 1: other utilisation, validly signed."""
+        return node.sign_body(node.body(2, envelope_digest(chain[1]), busy_ms=1_000))
+
+    # One after the other: B has the liar's head at seq 1 when A accepts seq 2.
+    liar_chain = liar.chain(3)
+    assert statuses(client_b.submit(liar_chain[:2])) == {spb.RECEIPT_STATUS_ACCEPTED}
+    (liar_first,) = client_a.submit([liar_chain[2]])
+    assert liar_first.status == spb.RECEIPT_STATUS_ACCEPTED, liar_first.detail
+    liar_other = second_version(liar, liar_chain)
+    (liar_fork,) = client_b.submit([liar_other])
+    assert (liar_fork.status, liar_fork.reason) == (
+        spb.RECEIPT_STATUS_REJECTED,
+        spb.REJECT_REASON_FORK,
+    ), liar_fork.detail
+    # Each process answers the other's envelope for what it is on record as.
+    (resent_fork,) = client_a.submit([liar_other])
+    assert (resent_fork.reason, resent_fork.log_index) == (
+        spb.REJECT_REASON_FORK,
+        liar_fork.log_index,
+    )
+    (resent_first,) = client_b.submit([liar_chain[2]])
+    assert (resent_first.status, resent_first.log_index) == (
+        spb.RECEIPT_STATUS_DUPLICATE,
+        liar_first.log_index,
+    )
+
+    # At the same moment: each process gets one of the two seq 2 envelopes.
+    racer_chain = racer.chain(3)
+    assert statuses(client_a.submit(racer_chain[:2])) == {spb.RECEIPT_STATUS_ACCEPTED}
+    racer_other = second_version(racer, racer_chain)
+    barrier = threading.Barrier(2)
+    raced: dict[bytes, spb.Receipt] = {}
+    errors: list[BaseException] = []
+
+    def send(client: Client, raw: bytes) -> None:
+        try:
+            barrier.wait(timeout=30)
+            (raced[raw],) = client.submit([raw])
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=send, args=(a.client(), racer_chain[2])),
+        threading.Thread(target=send, args=(b.client(), racer_other)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors, errors
+    outcomes = sorted((r.status, r.reason) for r in raced.values())
+    assert outcomes == [
+        (spb.RECEIPT_STATUS_ACCEPTED, spb.REJECT_REASON_UNSPECIFIED),
+        (spb.RECEIPT_STATUS_REJECTED, spb.REJECT_REASON_FORK),
+    ], [(r.status, r.reason, r.detail) for r in raced.values()]
+    racer_kept = next(raw for raw, r in raced.items() if r.status == spb.RECEIPT_STATUS_ACCEPTED)
+    racer_forked = racer_other if racer_kept == racer_chain[2] else racer_chain[2]
+
+    # The control: an honest node alternating between the processes.
+    honest_chain = honest.chain(4)
+    honest_receipts = [
+        receipt
+        for seq, raw in enumerate(honest_chain)
+        for receipt in (client_a if seq % 2 == 0 else client_b).submit([raw])
+    ]
+    assert statuses(honest_receipts) == {spb.RECEIPT_STATUS_ACCEPTED}
+    assert not any(r.gap_recorded for r in honest_receipts)
+
+    # Both envelopes of each equivocation are in the one log, as fork evidence beside the
+    # accepted one.
+    with psycopg.connect(database) as db:
+        forks = db.execute(
+            "SELECT node_id FROM pausewatch.log_entries WHERE kind = 'fork_evidence'"
+        ).fetchall()
+    assert sorted(bytes(row[0]) for row in forks) == sorted([liar.node_id, racer.node_id])
+    expected = {
+        liar.node_id: (liar_chain[2], liar_other),
+        racer.node_id: (racer_kept, racer_forked),
+    }
+    for verifier in (a, b):
+        client = verifier.client()
+        found = client.audit.ListFindings(
+            apb.ListFindingsRequest(lab_id="lab-a", kinds=[fpb.FINDING_KIND_EQUIVOCATION]),
+            timeout=10,
+        ).findings
+        assert sorted(f.finding.node_id for f in found) == sorted(expected), verifier.address
+        for item in found:
+            kept, forked = expected[item.finding.node_id]
+            evidence = list(item.finding.evidence_log_indices)
+            assert len(evidence) == 2
+            entries = [
+                client.audit.GetLogEntry(apb.GetLogEntryRequest(index=i), timeout=10).entry
+                for i in evidence
+            ]
+            assert entries == [kept, forked], verifier.address
+        states = {
+            node.node_id: client.registry.GetNode(
+                rpb.GetNodeRequest(node_id=node.node_id), timeout=10
+            ).node.state
+            for node in (liar, racer, honest)
+        }
+        assert states == {
+            liar.node_id: rpb.NODE_STATE_FLAGGED,
+            racer.node_id: rpb.NODE_STATE_FLAGGED,
+            honest.node_id: rpb.NODE_STATE_ACTIVE,
+        }, verifier.address
+        report = client.audit.GetComplianceReport(
+            apb.GetComplianceReportRequest(
+                lab_id="lab-a", period_start_ns=t0, period_end_ns=t0 + 4 * MINUTE
+            ),
+            timeout=30,
+        ).report
+        assert report.verdict == apb.VERDICT_INVALID, verifier.address
+        assert {n.node_id: n.flagged for n in report.nodes} == {
+            liar.node_id: True,
+            racer.node_id: True,
+            honest.node_id: False,
+        }, verifier.address
+        # The honest node's windows are all counted, and no finding names it but the lab's
+        # missing inventory declaration.
+        honest_summary = next(n for n in report.nodes if n.node_id == honest.node_id)
+        assert honest_summary.attestations == 4
+        named = {f.finding.kind for f in report.findings if f.finding.node_id == honest.node_id}
+        assert named <= {fpb.FINDING_KIND_UNDECLARED_GPU}, named
 
 
 AGENTS = 24
