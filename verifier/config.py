@@ -163,8 +163,8 @@ class TpmConfig:
     quote_nonce_max_age_ns: int = 600 * S
     """A window's quote must bind a nonce issued at most this long before the window ended."""
     max_windows_without_quote: int = 1
-    """A TPM node's window more than this many windows after its last good quote, without a quote
-    of its own, is a missing quote (1: every window must carry one)."""
+    """A TPM node's window without a quote of its own, this many windows or more after its last
+    good quote (or with none yet), is a missing quote (1: every window must carry one)."""
 
 
 @dataclass(frozen=True, slots=True)
