@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pausewatch.v1 import attestation_pb2 as pb
@@ -26,6 +27,8 @@ from pausewatch.v1 import audit_pb2 as apb
 from pausewatch.v1 import findings_pb2 as fpb
 from pausewatch.v1 import registry_pb2 as rpb
 
+from agent.daemon import spool_path
+from agent.spool import Spool
 from attest.attestation import bounds_to_proto, validate_body, window_compute
 from attest.envelope import PayloadType, envelope_digest, parse_envelope, sign_envelope
 from attest.ids import KeyId
@@ -377,6 +380,151 @@ def test_a_first_start_offline_loses_nothing(
                 )
             ).report
             assert [g for g in rep.gaps if g.late and g.node_id == node_id]
+        finally:
+            stop_process(verifier)
+    finally:
+        agent.kill()
+
+
+def test_a_full_spool_is_a_gap_and_what_was_spooled_arrives_as_late_evidence(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """docs/threat-model.md, "Fill the agent's spool": the verifier is unreachable until the
+    agent's spool bound (5 windows) is reached and for a while after. Once it is back, the five
+    spooled windows are accepted and graded late; the time the agent did not sign is a gap
+    (a GAP finding and a report gap, not late), ending at the window that carries SPOOL_FULL;
+    nothing is rejected or lost. (Real verifier and agent processes, 0.4 s windows.)"""
+    bound = 5
+    port = free_port()
+    files = write_verifier_files(
+        tmp_path / "v",
+        require_nonce=True,
+        late_after_s=2,
+        extra_ingest="nonce_lifetime_s = 3",
+    )
+    # Time is compressed (0.4 s windows): the gap tolerance with it (5 s in the harness).
+    files.config.write_text(
+        files.config.read_text()
+        .replace('listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{port}"')
+        .replace("gap_tolerance_ms = 5000", "gap_tolerance_ms = 500")
+    )
+    log_path = tmp_path / "verifier.log"
+    verifier = start_verifier_process(files, log_path)
+    config = write_state_dir(
+        tmp_path / "node",
+        address=f"127.0.0.1:{port}",
+        window_s="0.4",
+        interval_ms=100,
+        seed=954,
+        extra=f"[spool]\nmax_unacked_envelopes = {bound}\n",
+    )
+    state = str(config.node.state_dir)
+    operator = tmp_path / "operator.key"
+    save_private_key(operator, fixed_private_key(100))
+    code, out, err = run_agent_cli(
+        capsys, "enroll", "--state-dir", state, "--operator-key", str(operator), "--json"
+    )
+    assert code == 0, out + err
+    node_id = bytes.fromhex(json.loads(out)["node_id"])
+    assert stop_process(verifier) == 0
+
+    def status() -> dict[str, Any]:
+        _, text, _ = run_agent_cli(capsys, "status", "--json", "--state-dir", state)
+        return json.loads(text)  # type: ignore[no-any-return]
+
+    agent = AgentProcess.start(config.node.state_dir, tmp_path / "agent.log")
+    try:
+        wait_until(lambda: "window not attested" in agent.log(), 60, "the spool fills")
+        time.sleep(2.5)  # several windows past the bound, and the spooled ones past late_after
+        full = status()
+        assert full["head"]["seq"] == bound - 1  # nothing signed past the bound
+        assert full["acknowledged"] == 0
+        verifier = start_verifier_process(files, log_path)
+        try:
+            wait_until(
+                lambda: (
+                    (status()["head"] or {}).get("seq", -1) >= bound + 3
+                    and status()["spool"]["pending"] == 0
+                ),
+                60,
+                "the backlog ships and signing resumes",
+            )
+            assert agent.stop() == 0, agent.log()[-2000:]
+            final = status()
+            assert final["rejected"] == 0
+            assert final["spool"]["pending"] == 0
+            head_seq = final["head"]["seq"]
+            spool = Spool.open(spool_path(config))
+            try:
+                chain = [
+                    pb.AttestationBody.FromString(parse_envelope(e.envelope).payload)
+                    for e in spool.envelopes()
+                ]
+            finally:
+                spool.close()
+            assert [b.seq for b in chain] == list(range(head_seq + 1))
+            with sqlite3.connect(files.store) as db:
+                log_index = dict(
+                    db.execute(
+                        "SELECT seq, log_index FROM attestations WHERE node_id = ?", (node_id,)
+                    ).fetchall()
+                )
+            assert sorted(log_index) == list(range(head_seq + 1))  # every window, once
+            seq_of = {index: seq for seq, index in log_index.items()}
+
+            # The first window signed once there was room carries SPOOL_FULL over the unsigned
+            # time: from the end of the last spooled window to its own start.
+            last_spooled, resumed = chain[bound - 1], chain[bound]
+            (event,) = [e for e in resumed.events if e.kind == pb.EVENT_KIND_SPOOL_FULL]
+            assert (event.gap_start_ns, event.gap_end_ns) == (
+                last_spooled.window_end_ns,
+                resumed.window_start_ns,
+            )
+            assert resumed.window_start_ns - last_spooled.window_end_ns >= 2 * S
+            assert all(
+                not any(e.kind == pb.EVENT_KIND_SPOOL_FULL for e in b.events)
+                for b in chain
+                if b.seq != bound
+            )
+
+            client = Client(verifier.channel(), files.operator)
+
+            def listed(kind: int) -> list[fpb.Finding]:
+                found = client.audit.ListFindings(
+                    apb.ListFindingsRequest(lab_id="lab-a", kinds=[kind], page_size=1000)
+                ).findings
+                return [f.finding for f in found if f.finding.node_id == node_id]
+
+            late_seqs = sorted(
+                seq_of[f.evidence_log_indices[0]] for f in listed(fpb.FINDING_KIND_LATE_EVIDENCE)
+            )
+            assert late_seqs[:bound] == list(range(bound))  # every spooled window is late
+            gaps = [f.gap for f in listed(fpb.FINDING_KIND_GAP)]
+            assert [(g.seq_before, g.seq_after) for g in gaps] == [(bound - 1, bound)]
+            assert (gaps[0].gap_start_ns, gaps[0].gap_end_ns) == (
+                last_spooled.window_end_ns,
+                resumed.window_start_ns,
+            )
+            now = time.time_ns()
+            rep = client.audit.GetComplianceReport(
+                apb.GetComplianceReportRequest(
+                    lab_id="lab-a", period_start_ns=now - 600 * S, period_end_ns=now
+                )
+            ).report
+            mine = [g for g in rep.gaps if g.node_id == node_id]
+            spool_gap = [
+                g
+                for g in mine
+                if (g.gap.gap_start_ns, g.gap.gap_end_ns)
+                == (last_spooled.window_end_ns, resumed.window_start_ns)
+            ]
+            assert len(spool_gap) == 1 and not spool_gap[0].late
+            late_gaps = [g for g in mine if g.late]
+            assert late_gaps
+            assert (
+                min(g.gap.gap_start_ns for g in late_gaps),
+                max(g.gap.gap_end_ns for g in late_gaps),
+            ) == (chain[0].window_start_ns, last_spooled.window_end_ns)
         finally:
             stop_process(verifier)
     finally:
