@@ -35,7 +35,7 @@ from attest.envelope import (
     sign_envelope,
     verify_envelope,
 )
-from attest.errors import BodyError, VerificationError
+from attest.errors import BodyError, SignatureError, UnknownKeyError, VerificationError
 from attest.ids import NodeId
 from attest.keys import Signer, key_id_from_raw, public_key_from_raw
 
@@ -108,7 +108,13 @@ def verify_enrollment_request(raw: bytes) -> EnrollmentRequest:
         raise BodyError(f"the enrolment payload is not valid: {type(exc).__name__}") from None
     ring = StaticKeyring()
     ring.add(public_key)
-    verify_envelope(raw, ring, payload_type=PayloadType.ENROLLMENT)
+    try:
+        verify_envelope(raw, ring, payload_type=PayloadType.ENROLLMENT)
+    except (UnknownKeyError, SignatureError) as exc:
+        raise type(exc)(
+            "the request's proof of possession does not verify: it must be signed by the node "
+            f"key it enrols ({exc})"
+        ) from None
     return EnrollmentRequest(
         envelope=raw,
         enrollment=enrollment,

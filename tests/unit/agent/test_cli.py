@@ -232,6 +232,7 @@ def test_authorize_refuses_a_request_without_proof_of_possession(
     by_other = sign_envelope(other, PayloadType.ENROLLMENT, honest.payload)
     code, err, out_path = authorize("by-other", by_other)
     assert code == 3
+    assert "proof of possession does not verify" in err
     assert f"key {other.key_id.hex()} is not trusted" in err
     assert not out_path.exists()
     # 2. Claims the node's key id, but the signature is another key's.
@@ -240,6 +241,7 @@ def test_authorize_refuses_a_request_without_proof_of_possession(
     forged.signature = envelope_pb2.Envelope.FromString(by_other).signature
     code, err, out_path = authorize("forged", forged.SerializeToString())
     assert code == 3
+    assert "proof of possession does not verify" in err
     assert f"signature by key {node_id.hex()[:16]}... does not verify" in err
     assert not out_path.exists()
     # 3. The node's own signature, one byte of the signed payload changed (the node name).
@@ -250,6 +252,7 @@ def test_authorize_refuses_a_request_without_proof_of_possession(
     assert registry_pb2.NodeEnrollment.FromString(altered.payload).node_name == "Test-node"
     code, err, out_path = authorize("altered", altered.SerializeToString())
     assert code == 3
+    assert "proof of possession does not verify" in err
     assert f"signature by key {node_id.hex()[:16]}... does not verify" in err
     assert not out_path.exists()
     # Control: the honest request is authorised, over the very same payload bytes.
