@@ -433,6 +433,21 @@ def test_no_gaps_passes() -> None:
     assert rule.measured == "0"
 
 
+def test_without_coverage_and_max_gap_rules_missing_evidence_is_never_unaccounted() -> None:
+    """The operator's advice in the docs: a policy of compute rules alone lets a node stop
+    attesting for half the period without the report saying more than COMPLIANT. The same
+    evidence under a coverage or a max-gap rule is UNACCOUNTED."""
+    silent = windows_then_silence(NODE_A, 600)  # five minutes of windows, five without
+    # Only the first five minutes of one declared GPU were attested: 25 % coverage.
+    attested = [fig(1 + i, i, upper=10**15, attested_ms=60_000) for i in range(5)]
+    compute_only = report(policy(cumulative("3m", "1e25")), attested, nodes=[silent])
+    assert compute_only.verdict == pb.VERDICT_COMPLIANT, list(compute_only.reasons)
+    assert len(compute_only.gaps) == 1 and compute_only.gaps[0].open  # it is reported, though
+    for rule in (coverage("90%"), max_gap("1m")):
+        guarded = report(policy(cumulative("3m", "1e25") + rule), attested, nodes=[silent])
+        assert guarded.verdict == pb.VERDICT_UNACCOUNTED, rule
+
+
 def late(log_index: int, bucket: int, seq: int, attested_gpu_ms: int = 120_000) -> pb.LoggedFinding:
     """The LATE_EVIDENCE finding ingest logs for NODE_A's window in ``bucket``."""
     start = P0 + bucket * BUCKET
