@@ -385,16 +385,22 @@ def test_processes_with_reuse_port_share_one_address(tmp_path: Path, database: s
         for thread in threads:
             thread.join(timeout=120)
         received = []
+        log_sizes = []
         for metrics_port in metrics_ports:
             url = f"http://127.0.0.1:{metrics_port}/metrics"
             with urllib.request.urlopen(url, timeout=10) as response:
                 text = response.read().decode()
-            [line] = [
-                line
-                for line in text.splitlines()
-                if line.startswith("pausewatch_verifier_envelopes_received_total ")
-            ]
-            received.append(float(line.split()[1]))
+            figures = {
+                name: float(value)
+                for name, _, value in (line.partition(" ") for line in text.splitlines())
+                if name
+                in (
+                    "pausewatch_verifier_envelopes_received_total",
+                    "pausewatch_verifier_log_size_entries",
+                )
+            }
+            received.append(figures["pausewatch_verifier_envelopes_received_total"])
+            log_sizes.append(figures["pausewatch_verifier_log_size_entries"])
     finally:
         for verifier in running:
             assert stop_process(verifier) == 0
@@ -406,6 +412,8 @@ def test_processes_with_reuse_port_share_one_address(tmp_path: Path, database: s
     assert sum(received) == 3 * AGENTS
     indices = [r.log_index for got in receipts.values() for r in got]
     assert len(set(indices)) == 3 * AGENTS
+    # Each process's log size is the shared log's, whichever of them wrote last.
+    assert all(size >= max(indices) + 1 for size in log_sizes), (log_sizes, max(indices))
 
 
 def test_reuse_port_without_a_shared_store_is_refused(tmp_path: Path) -> None:

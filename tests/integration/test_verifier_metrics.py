@@ -7,6 +7,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import grpc
+import pytest
 from pausewatch.v1 import attestation_service_pb2 as spb
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -53,6 +55,15 @@ def test_metrics_after_a_known_ingest(tmp_path: Path) -> None:
         receipts = client.submit(chain, batch=4) + client.submit([*chain[:2], b"\x00junk"])
         assert [r.status for r in receipts].count(spb.RECEIPT_STATUS_ACCEPTED) == 4
         tree_size = client.submit_batches([chain[0]])[0].tree_size  # a third batch: duplicate
+        # Two calls that end in an error status: a unary call, and a stream whose batch is over
+        # the limit (it gets no receipts, so it counts as no batch and no envelope received).
+        with pytest.raises(grpc.RpcError) as refused:
+            client.attestation.GetChallenge(spb.GetChallengeRequest(node_id=b"abc"), timeout=10)
+        assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        oversized = spb.SubmitAttestationsRequest(envelopes=[b"x"] * 1025)
+        with pytest.raises(grpc.RpcError) as aborted:
+            list(client.attestation.SubmitAttestations(iter([oversized]), timeout=10))
+        assert aborted.value.code() is grpc.StatusCode.INVALID_ARGUMENT
         after = scrape(port)
     finally:
         assert stop_process(running) == 0
@@ -85,6 +96,13 @@ def test_metrics_after_a_known_ingest(tmp_path: Path) -> None:
     assert value("pausewatch_verifier_store_commit_duration_seconds_count") >= 4  # + enrolment
     assert value("pausewatch_verifier_rpc_duration_seconds_count", method="EnrollNode") == 1
     assert value("pausewatch_verifier_stage_duration_seconds_sum", stage="batch") > 0
+    for method in ("GetChallenge", "SubmitAttestations"):
+        assert (
+            value("pausewatch_verifier_rpc_errors_total", method=method, code="invalid_argument")
+            == 1
+        )
+    assert value("pausewatch_verifier_checkpoint_failures_total") == 0
+    assert value("pausewatch_verifier_store_commit_failures_total") == 0
 
 
 def test_a_commit_linger_groups_small_batches_of_many_streams(tmp_path: Path) -> None:

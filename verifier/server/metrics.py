@@ -18,6 +18,7 @@ from http.server import ThreadingHTTPServer
 from threading import Thread
 from typing import Any
 
+import grpc
 from pausewatch.v1 import attestation_service_pb2 as spb
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -57,12 +58,15 @@ class _Live(Collector):
         values = self._read()
         yield GaugeMetricFamily(
             f"{PREFIX}_log_size_entries",
-            "Entries in the transparency log (committed tree size).",
+            "Entries in the transparency log (committed tree size, read from the store: with "
+            "several processes on one store, the size all of them have committed).",
             value=values["log_size"],
         )
         yield GaugeMetricFamily(
             f"{PREFIX}_checkpoint_age_seconds",
-            "Seconds since the latest signed checkpoint was signed.",
+            "Seconds since the latest signed checkpoint was signed. One is signed only when the "
+            "log has grown, so this grows on an idle log too; checkpoint_failures_total tells "
+            "a failing signer apart.",
             value=values["checkpoint_age"],
         )
         yield GaugeMetricFamily(
@@ -119,8 +123,26 @@ class VerifierMetrics:
         )
         self.store_commit = Histogram(
             f"{PREFIX}_store_commit_duration_seconds",
-            "Log flush and store transaction commit of each write.",
+            "Log flush and store transaction commit of each write that was kept (failures: "
+            "store_commit_failures_total).",
             buckets=_LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.rpc_errors = Counter(
+            f"{PREFIX}_rpc_errors",
+            "Calls and streams ended with an error status, by method and gRPC status code "
+            "(a SubmitAttestations stream ended this way answers its last batch with no receipts).",
+            ["method", "code"],
+            registry=r,
+        )
+        self.checkpoint_failures = Counter(
+            f"{PREFIX}_checkpoint_failures",
+            "Checkpoints the verifier failed to sign (it tries again at the next interval).",
+            registry=r,
+        )
+        self.store_commit_failures = Counter(
+            f"{PREFIX}_store_commit_failures",
+            "Writes whose log flush or transaction commit failed (nothing of them was kept).",
             registry=r,
         )
         self.rpc = Histogram(
@@ -161,6 +183,15 @@ class VerifierMetrics:
 
     def observe_commit(self, seconds: float) -> None:
         self.store_commit.observe(seconds)
+
+    def call_failed(self, method: str, code: grpc.StatusCode) -> None:
+        self.rpc_errors.labels(method, code.name.lower()).inc()
+
+    def commit_failed(self) -> None:
+        self.store_commit_failures.inc()
+
+    def checkpoint_failed(self) -> None:
+        self.checkpoint_failures.inc()
 
     def observe_call(self, method: str, seconds: float) -> None:
         self.rpc.labels(method).observe(seconds)

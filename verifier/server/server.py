@@ -152,6 +152,7 @@ class VerifierServer:
         self.metrics = VerifierMetrics(self._live_figures)
         self.ingestor.observe_stage_s = self.metrics.observe_stage
         self.core.observe_commit_s = self.metrics.observe_commit
+        self.core.commit_failed = self.metrics.commit_failed
         self.pool = ThreadPoolExecutor(
             max_workers=config.server.workers, thread_name_prefix="verifier-work"
         )
@@ -266,7 +267,7 @@ class VerifierServer:
         latest = self.store.latest_checkpoint()
         now_ns = self.core.clock_ns()
         return {
-            "log_size": float(self.core.log.size),
+            "log_size": float(self.store.tree_size()),
             "checkpoint_age": max(0, now_ns - latest.signed_at_ns) / 1e9 if latest else 0.0,
             "monitor_lag": self.monitor.lag_ns() / 1e9,
             "refused_streams": float(self.limiter.refused_streams),
@@ -280,6 +281,7 @@ class VerifierServer:
             try:
                 self.core.log.sign_checkpoint()
             except Exception:  # keep signing later; a failure here must not stop the server
+                self.metrics.checkpoint_failed()
                 log.exception("signing a checkpoint failed")
 
     def wait(self) -> None:

@@ -191,13 +191,18 @@ class Runtime:
 
 
 async def _abort(
-    context: grpc.aio.ServicerContext[Any, Any], exc: BaseException, method: str
+    context: grpc.aio.ServicerContext[Any, Any],
+    exc: BaseException,
+    method: str,
+    metrics: VerifierMetrics,
 ) -> None:
     if isinstance(exc, PausewatchError):
         code = status_for(exc)
+        metrics.call_failed(method, code)
         if code is grpc.StatusCode.INTERNAL:
             log.error("%s failed: %s", method, exc.diagnostics())
         await context.abort(code, exc.diagnostics())
+    metrics.call_failed(method, grpc.StatusCode.INTERNAL)
     log.error("%s failed with an unexpected error", method, exc_info=exc)
     await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
@@ -221,7 +226,7 @@ def unary(method: F) -> F:
         except grpc.aio.AbortError:
             raise
         except Exception as exc:  # noqa: BLE001 - the gRPC error-mapping layer
-            await _abort(context, exc, method.__name__)
+            await _abort(context, exc, method.__name__, runtime.metrics)
         finally:
             runtime.metrics.observe_call(method.__name__, time.perf_counter() - started)
 
@@ -247,7 +252,7 @@ def streaming(method: F) -> F:
         except grpc.aio.AbortError:
             raise
         except Exception as exc:  # noqa: BLE001 - the gRPC error-mapping layer
-            await _abort(context, exc, method.__name__)
+            await _abort(context, exc, method.__name__, runtime.metrics)
         finally:
             if release is not None:
                 release()
@@ -495,7 +500,7 @@ class AttestationServicer:
         except grpc.aio.AbortError:
             raise
         except Exception as exc:  # noqa: BLE001 - the gRPC error-mapping layer
-            await _abort(context, exc, "SubmitAttestations")
+            await _abort(context, exc, "SubmitAttestations", runtime.metrics)
         finally:
             if release is not None:
                 release()

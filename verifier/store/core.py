@@ -176,6 +176,10 @@ def _ignore_duration(_seconds: float) -> None:
     return None
 
 
+def _ignore() -> None:
+    return None
+
+
 class VerifierCore:
     """Shared state: store, log, nonces, node cache, settings."""
 
@@ -232,6 +236,8 @@ class VerifierCore:
         self._finding_listeners: list[Callable[[list[int]], None]] = []
         self.observe_commit_s: Callable[[float], None] = _ignore_duration
         """Told how long each write's log flush and store commit took (the server's metrics)."""
+        self.commit_failed: Callable[[], None] = _ignore
+        """Told of each write whose log flush or store commit failed (the server's metrics)."""
         self._listeners_lock = threading.Lock()
 
     def node_enrolled_elsewhere(self, node_id: bytes) -> NodeState | None:
@@ -251,6 +257,7 @@ class VerifierCore:
     def write(self) -> Iterator[WriteContext]:
         """One transaction over the store, the log and the caches; all or nothing."""
         with self._write_lock:
+            committing = False
             try:
                 with self.store.transaction() as tx:
                     if self.log.begin(tx):
@@ -263,9 +270,12 @@ class VerifierCore:
                     ctx = WriteContext(core=self, tx=tx, now_ns=self.clock_ns())
                     yield ctx
                     commit_started = time.perf_counter()
+                    committing = True
                     self.log.flush(tx, ctx.now_ns)
             except BaseException:
                 self.log.rollback()
+                if committing:
+                    self.commit_failed()
                 raise
             self.observe_commit_s(time.perf_counter() - commit_started)
             self.log.commit_succeeded()
