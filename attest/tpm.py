@@ -188,7 +188,10 @@ def load_tpm_public(raw: bytes) -> TpmPublic:
         modulus = r.tpm2b()
         if len(modulus) * 8 != key_bits:
             raise TpmError("TPMT_PUBLIC: the RSA modulus does not have keyBits bits")
-        key = rsa.RSAPublicNumbers(exponent, int.from_bytes(modulus, "big")).public_key()
+        try:
+            key = rsa.RSAPublicNumbers(exponent, int.from_bytes(modulus, "big")).public_key()
+        except ValueError:  # n or e out of range (a zero modulus, an exponent below 3)
+            raise TpmError("TPMT_PUBLIC: the RSA modulus or exponent is not a valid key") from None
     elif key_type == TpmAlg.ECC:
         _skip_sym_def(r)
         _skip_scheme(r)

@@ -122,11 +122,16 @@ def _issuer_among(
 
 
 def _load_ak(ak_public: bytes) -> tpm.TpmPublic:
+    """The AK of a request; INVALID_ARGUMENT for one that does not parse, is not a valid key, or
+    is not a restricted, fixedTPM signing key (an unsuitable AK is a malformed request, not a
+    failed authentication)."""
     try:
         ak = tpm.load_tpm_public(ak_public)
+        tpm.verify_attestation_key(ak)
     except TpmError as exc:
         raise InvalidRequestError(f"ak_public: {exc.diagnostics()}") from None
-    tpm.verify_attestation_key(ak)
+    except ValueError:  # a key the cryptography library refuses that the parser let through
+        raise InvalidRequestError("ak_public: not a valid public key") from None
     return ak
 
 

@@ -294,6 +294,28 @@ def _unrestricted(ak_public: bytes) -> bytes:
     return ak_public[:4] + attributes.to_bytes(4, "big") + ak_public[8:]
 
 
+def _rsa_fields(ak_public: bytes) -> tuple[int, int]:
+    """Offsets of an RSA TPMT_PUBLIC's exponent (u32) and of its modulus bytes."""
+    assert int.from_bytes(ak_public[0:2], "big") == tpm.TpmAlg.RSA
+    pos = 8
+    pos += 2 + int.from_bytes(ak_public[pos : pos + 2], "big")  # authPolicy
+    pos += 2 if int.from_bytes(ak_public[pos : pos + 2], "big") == tpm.TpmAlg.NULL else 6
+    pos += 2 if int.from_bytes(ak_public[pos : pos + 2], "big") == tpm.TpmAlg.NULL else 4
+    pos += 2  # keyBits
+    return pos, pos + 4 + 2
+
+
+def _rsa_exponent(ak_public: bytes, exponent: int) -> bytes:
+    at, _ = _rsa_fields(ak_public)
+    return ak_public[:at] + exponent.to_bytes(4, "big") + ak_public[at + 4 :]
+
+
+def _rsa_zero_modulus(ak_public: bytes) -> bytes:
+    _, at = _rsa_fields(ak_public)
+    size = int.from_bytes(ak_public[at - 2 : at], "big")
+    return ak_public[:at] + bytes(size) + ak_public[at + size :]
+
+
 @pytest.mark.parametrize(
     ("case", "code", "message"),
     [
@@ -303,7 +325,9 @@ def _unrestricted(ak_public: bytes) -> bytes:
         ("self-signed EK certificate", grpc.StatusCode.UNAUTHENTICATED, "manufacturer CA"),
         ("short node key", grpc.StatusCode.INVALID_ARGUMENT, "node_public_key"),
         ("garbage AK", grpc.StatusCode.INVALID_ARGUMENT, "ak_public"),
-        ("unrestricted AK", grpc.StatusCode.UNAUTHENTICATED, "restricted"),
+        ("unrestricted AK", grpc.StatusCode.INVALID_ARGUMENT, "ak_public: the attestation key"),
+        ("RSA AK with n = 0", grpc.StatusCode.INVALID_ARGUMENT, "ak_public: TPMT_PUBLIC: the RSA"),
+        ("RSA AK with e = 1", grpc.StatusCode.INVALID_ARGUMENT, "ak_public: TPMT_PUBLIC: the RSA"),
     ],
 )
 def test_hostile_credential_requests_get_clear_errors_and_change_nothing(
@@ -331,6 +355,10 @@ def test_hostile_credential_requests_get_clear_errors_and_change_nothing(
             request.ak_public = b"\x00\x01\x00"
         case "unrestricted AK":
             request.ak_public = _unrestricted(request.ak_public)
+        case "RSA AK with n = 0":
+            request.ak_public = _rsa_zero_modulus(request.ak_public)
+        case "RSA AK with e = 1":
+            request.ak_public = _rsa_exponent(request.ak_public, 1)
     client = verifier.client()
     before = client.registry.ListNodes(rpb.ListNodesRequest(lab_id="lab-a")).nodes
     with pytest.raises(grpc.RpcError) as info:
@@ -373,6 +401,32 @@ def test_forged_tpm_enrolments_are_refused_and_nothing_is_stored(
     with pytest.raises(grpc.RpcError) as missing:
         client.registry.GetNode(rpb.GetNodeRequest(node_id=node.node_id))
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize("case", ["RSA AK with n = 0", "RSA AK with e = 2", "unrestricted AK"])
+def test_an_enrolment_with_an_unusable_ak_is_invalid_argument_and_stores_nothing(
+    verifier: RunningVerifier, tpm_a: RunningSwtpm, case: str
+) -> None:
+    node = _node(1555)
+    client = verifier.client()
+    evidence = tpm_enrollment(
+        client.channel, tpm_a.tools(), node.signer.public_key.public_bytes_raw(), timeout_s=10
+    )
+    enrollment = enrollment_for(node, nonce=evidence.nonce)
+    enrollment.tpm.CopyFrom(evidence.enrollment)
+    match case:
+        case "RSA AK with n = 0":
+            enrollment.tpm.ak_public = _rsa_zero_modulus(enrollment.tpm.ak_public)
+        case "RSA AK with e = 2":
+            enrollment.tpm.ak_public = _rsa_exponent(enrollment.tpm.ak_public, 2)
+        case "unrestricted AK":
+            enrollment.tpm.ak_public = _unrestricted(enrollment.tpm.ak_public)
+    before = client.registry.ListNodes(rpb.ListNodesRequest(lab_id="lab-a")).nodes
+    with pytest.raises(grpc.RpcError) as info:
+        client.registry.EnrollNode(enroll_request(enrollment, node, verifier.files.operator))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (info.value.details() or "").startswith("ak_public: ")
+    assert client.registry.ListNodes(rpb.ListNodesRequest(lab_id="lab-a")).nodes == before
 
 
 def test_a_revoked_node_frees_its_tpm_for_a_new_node(

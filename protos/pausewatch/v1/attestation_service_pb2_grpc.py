@@ -67,8 +67,9 @@ class AttestationServiceServicer:
         """Starts a TPM enrolment: checks the EK certificate against the configured manufacturer CAs and
         the AK's attributes, and returns a credential (TPM2_MakeCredential, made without a TPM) whose
         secret the enrolment must carry. Stateless: the secret is derived from the nonce.
-        Errors: INVALID_ARGUMENT (malformed), FAILED_PRECONDITION (no manufacturer CA configured),
-        UNAUTHENTICATED (the EK certificate does not chain to one).
+        Errors: INVALID_ARGUMENT (malformed, including an ak_public that is not a valid key or not a
+        restricted, fixedTPM signing key), FAILED_PRECONDITION (no manufacturer CA configured),
+        UNAUTHENTICATED (the EK certificate does not chain to one, or it or its CA is out of date).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

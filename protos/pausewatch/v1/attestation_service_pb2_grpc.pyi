@@ -39,8 +39,9 @@ class AttestationServiceStub:
     """Starts a TPM enrolment: checks the EK certificate against the configured manufacturer CAs and
     the AK's attributes, and returns a credential (TPM2_MakeCredential, made without a TPM) whose
     secret the enrolment must carry. Stateless: the secret is derived from the nonce.
-    Errors: INVALID_ARGUMENT (malformed), FAILED_PRECONDITION (no manufacturer CA configured),
-    UNAUTHENTICATED (the EK certificate does not chain to one).
+    Errors: INVALID_ARGUMENT (malformed, including an ak_public that is not a valid key or not a
+    restricted, fixedTPM signing key), FAILED_PRECONDITION (no manufacturer CA configured),
+    UNAUTHENTICATED (the EK certificate does not chain to one, or it or its CA is out of date).
     """
     SubmitAttestations: _grpc.StreamStreamMultiCallable[_attestation_service_pb2.SubmitAttestationsRequest, _attestation_service_pb2.SubmitAttestationsResponse]
     """The attestation stream: batches in, one response of receipts per batch out, in order."""
@@ -56,8 +57,9 @@ class AttestationServiceAsyncStub(AttestationServiceStub):
     """Starts a TPM enrolment: checks the EK certificate against the configured manufacturer CAs and
     the AK's attributes, and returns a credential (TPM2_MakeCredential, made without a TPM) whose
     secret the enrolment must carry. Stateless: the secret is derived from the nonce.
-    Errors: INVALID_ARGUMENT (malformed), FAILED_PRECONDITION (no manufacturer CA configured),
-    UNAUTHENTICATED (the EK certificate does not chain to one).
+    Errors: INVALID_ARGUMENT (malformed, including an ak_public that is not a valid key or not a
+    restricted, fixedTPM signing key), FAILED_PRECONDITION (no manufacturer CA configured),
+    UNAUTHENTICATED (the EK certificate does not chain to one, or it or its CA is out of date).
     """
     SubmitAttestations: _aio.StreamStreamMultiCallable[_attestation_service_pb2.SubmitAttestationsRequest, _attestation_service_pb2.SubmitAttestationsResponse]  # type: ignore[assignment]
     """The attestation stream: batches in, one response of receipts per batch out, in order."""
@@ -82,8 +84,9 @@ class AttestationServiceServicer(metaclass=_abc_1.ABCMeta):
         """Starts a TPM enrolment: checks the EK certificate against the configured manufacturer CAs and
         the AK's attributes, and returns a credential (TPM2_MakeCredential, made without a TPM) whose
         secret the enrolment must carry. Stateless: the secret is derived from the nonce.
-        Errors: INVALID_ARGUMENT (malformed), FAILED_PRECONDITION (no manufacturer CA configured),
-        UNAUTHENTICATED (the EK certificate does not chain to one).
+        Errors: INVALID_ARGUMENT (malformed, including an ak_public that is not a valid key or not a
+        restricted, fixedTPM signing key), FAILED_PRECONDITION (no manufacturer CA configured),
+        UNAUTHENTICATED (the EK certificate does not chain to one, or it or its CA is out of date).
         """
 
     @_abc_1.abstractmethod

@@ -71,8 +71,11 @@ class RegistryServiceServicer:
         operator key must be the lab's, and neither the node id nor any GPU UUID may be enrolled under
         another key; with a TPM, the EK certificate must chain to a configured manufacturer CA, the
         activated secret and the quote must verify, and the TPM may back no other live node.
-        Errors: INVALID_ARGUMENT (malformed), UNAUTHENTICATED (a signature or TPM proof fails),
-        PERMISSION_DENIED (wrong operator), NOT_FOUND (unknown lab), ALREADY_EXISTS (conflict).
+        Errors: INVALID_ARGUMENT (malformed, including a TPM ak_public that is not a valid key or not
+        a restricted, fixedTPM signing key), UNAUTHENTICATED (a signature or TPM proof fails, or the
+        EK certificate does not chain to a configured manufacturer CA), PERMISSION_DENIED (wrong
+        operator), NOT_FOUND (unknown lab), ALREADY_EXISTS (conflict), FAILED_PRECONDITION (a TPM
+        enrolment while no manufacturer CA is configured).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -43,8 +43,11 @@ class RegistryServiceStub:
     operator key must be the lab's, and neither the node id nor any GPU UUID may be enrolled under
     another key; with a TPM, the EK certificate must chain to a configured manufacturer CA, the
     activated secret and the quote must verify, and the TPM may back no other live node.
-    Errors: INVALID_ARGUMENT (malformed), UNAUTHENTICATED (a signature or TPM proof fails),
-    PERMISSION_DENIED (wrong operator), NOT_FOUND (unknown lab), ALREADY_EXISTS (conflict).
+    Errors: INVALID_ARGUMENT (malformed, including a TPM ak_public that is not a valid key or not
+    a restricted, fixedTPM signing key), UNAUTHENTICATED (a signature or TPM proof fails, or the
+    EK certificate does not chain to a configured manufacturer CA), PERMISSION_DENIED (wrong
+    operator), NOT_FOUND (unknown lab), ALREADY_EXISTS (conflict), FAILED_PRECONDITION (a TPM
+    enrolment while no manufacturer CA is configured).
     """
     DeclareInventory: _grpc.UnaryUnaryMultiCallable[_registry_pb2.DeclareInventoryRequest, _registry_pb2.DeclareInventoryResponse]
     """Declares the lab's GPU inventory (a new, higher version replaces the old from its effective time)."""
@@ -65,8 +68,11 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     operator key must be the lab's, and neither the node id nor any GPU UUID may be enrolled under
     another key; with a TPM, the EK certificate must chain to a configured manufacturer CA, the
     activated secret and the quote must verify, and the TPM may back no other live node.
-    Errors: INVALID_ARGUMENT (malformed), UNAUTHENTICATED (a signature or TPM proof fails),
-    PERMISSION_DENIED (wrong operator), NOT_FOUND (unknown lab), ALREADY_EXISTS (conflict).
+    Errors: INVALID_ARGUMENT (malformed, including a TPM ak_public that is not a valid key or not
+    a restricted, fixedTPM signing key), UNAUTHENTICATED (a signature or TPM proof fails, or the
+    EK certificate does not chain to a configured manufacturer CA), PERMISSION_DENIED (wrong
+    operator), NOT_FOUND (unknown lab), ALREADY_EXISTS (conflict), FAILED_PRECONDITION (a TPM
+    enrolment while no manufacturer CA is configured).
     """
     DeclareInventory: _aio.UnaryUnaryMultiCallable[_registry_pb2.DeclareInventoryRequest, _registry_pb2.DeclareInventoryResponse]  # type: ignore[assignment]
     """Declares the lab's GPU inventory (a new, higher version replaces the old from its effective time)."""
@@ -90,8 +96,11 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         operator key must be the lab's, and neither the node id nor any GPU UUID may be enrolled under
         another key; with a TPM, the EK certificate must chain to a configured manufacturer CA, the
         activated secret and the quote must verify, and the TPM may back no other live node.
-        Errors: INVALID_ARGUMENT (malformed), UNAUTHENTICATED (a signature or TPM proof fails),
-        PERMISSION_DENIED (wrong operator), NOT_FOUND (unknown lab), ALREADY_EXISTS (conflict).
+        Errors: INVALID_ARGUMENT (malformed, including a TPM ak_public that is not a valid key or not
+        a restricted, fixedTPM signing key), UNAUTHENTICATED (a signature or TPM proof fails, or the
+        EK certificate does not chain to a configured manufacturer CA), PERMISSION_DENIED (wrong
+        operator), NOT_FOUND (unknown lab), ALREADY_EXISTS (conflict), FAILED_PRECONDITION (a TPM
+        enrolment while no manufacturer CA is configured).
         """
 
     @_abc_1.abstractmethod
