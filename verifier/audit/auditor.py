@@ -42,6 +42,9 @@ from verifier.tpm import tpm_identity
 log = logging.getLogger(__name__)
 
 MAX_PERIOD_NS = 400 * 86_400 * 10**9
+LATEST_PERIOD_END_NS = 7_258_118_400 * 10**9
+"""2200-01-01T00:00:00Z: a period must end by then. A report's times are signed 64-bit
+nanoseconds (they end in 2262), and its buckets and edges are rounded up from the period's."""
 FINDINGS_PAGE = 10_000
 
 
@@ -112,8 +115,14 @@ def enrolled_gpu_models(enrollment_payload: bytes) -> tuple[str, ...]:
 
 
 def check_period(period_start_ns: int, period_end_ns: int) -> None:
+    """INVALID_ARGUMENT for a period no report or bundle can be made of, before anything is read."""
     if period_start_ns <= 0 or period_end_ns <= period_start_ns:
         raise InvalidRequestError("the period must have a positive start and end after its start")
+    if period_end_ns > LATEST_PERIOD_END_NS:
+        raise InvalidRequestError(
+            f"the period must end by 2200-01-01T00:00:00Z (period_end_ns at most "
+            f"{LATEST_PERIOD_END_NS})"
+        )
     if period_end_ns - period_start_ns > MAX_PERIOD_NS:
         raise InvalidRequestError("the period is longer than 400 days; ask for it in parts")
 

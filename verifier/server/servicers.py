@@ -148,6 +148,12 @@ def _check_parsed(request: Any) -> None:
         raise InvalidRequestError("the request message is malformed")
 
 
+MAX_LOG_INDEX = 2**63 - 1
+"""The largest index the store can be asked about (a signed 64-bit integer in SQLite and
+PostgreSQL); a uint64 index or page token above it lies past the end of any log, and is answered
+as such without asking the store (asked, the store's driver overflows)."""
+
+
 def status_for(exc: PausewatchError) -> grpc.StatusCode:
     for kind, code in STATUS_FOR_ERROR:
         if isinstance(exc, kind):
@@ -678,7 +684,7 @@ class AuditServicer:
         findings = await self.runtime.run(
             self.auditor.findings,
             request.lab_id,
-            after_index=request.page_token - 1 if request.page_token else -1,
+            after_index=min(request.page_token, MAX_LOG_INDEX) - 1 if request.page_token else -1,
             kinds=list(request.kinds),
             since_ns=request.since_ns,
             until_ns=request.until_ns,
@@ -707,7 +713,9 @@ class AuditServicer:
         remove = self.core.on_findings(on_findings)
         try:
             cursor = (
-                request.from_log_index - 1 if request.from_log_index else self.core.log.size - 1
+                min(request.from_log_index, MAX_LOG_INDEX) - 1
+                if request.from_log_index
+                else self.core.log.size - 1
             )
             while not self.runtime.stopping.is_set():
                 wake.clear()
@@ -825,6 +833,8 @@ class AuditServicer:
         self, request: apb.GetLogEntryRequest, caller: Principal
     ) -> apb.GetLogEntryResponse:
         caller.require(Role.AUDITOR, what="read log entries")
+        if request.index > MAX_LOG_INDEX:
+            raise NotFoundError(f"no entry at index {request.index}")
         entry = await self.runtime.run(self.core.store.get_entry, request.index)
         if entry is None:
             raise NotFoundError(f"no entry at index {request.index}")

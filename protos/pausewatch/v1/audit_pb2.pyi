@@ -840,9 +840,11 @@ class GetComplianceReportRequest(_message.Message):
     lab_id: _builtins.str
     """The lab."""
     period_start_ns: _builtins.int
-    """Period start, ns since the epoch (inclusive)."""
+    """Period start, ns since the epoch (inclusive). Must be positive."""
     period_end_ns: _builtins.int
-    """Period end, ns since the epoch (exclusive). Must be after period_start_ns."""
+    """Period end, ns since the epoch (exclusive). Must be after period_start_ns, at most 400 days
+    after it, and no later than 2200-01-01T00:00:00Z (7258118400000000000).
+    """
     def __init__(
         self,
         *,
@@ -992,9 +994,11 @@ class ExportBundleRequest(_message.Message):
     lab_id: _builtins.str
     """The lab."""
     period_start_ns: _builtins.int
-    """Period start, ns since the epoch (inclusive)."""
+    """Period start, ns since the epoch (inclusive). Must be positive."""
     period_end_ns: _builtins.int
-    """Period end, ns since the epoch (exclusive)."""
+    """Period end, ns since the epoch (exclusive). The same rules as GetComplianceReport's: after
+    period_start_ns, at most 400 days after it, no later than 2200-01-01T00:00:00Z.
+    """
     def __init__(
         self,
         *,

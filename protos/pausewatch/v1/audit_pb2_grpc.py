@@ -85,8 +85,9 @@ class AuditServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def GetComplianceReport(self, request, context):
-        """The compliance report for a lab and period. NOT_FOUND for an unknown lab;
-        INVALID_ARGUMENT for an empty or reversed period.
+        """The compliance report for a lab and period. NOT_FOUND for an unknown lab; INVALID_ARGUMENT
+        for an invalid lab id, or a period that does not start after 0, is empty or reversed, is
+        longer than 400 days (ask for it in parts) or ends after 2200-01-01T00:00:00Z.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -107,7 +108,8 @@ class AuditServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ExportBundle(self, request, context):
-        """The evidence bundle for a lab and period (docs/bundle-format.md), in pieces.
+        """The evidence bundle for a lab and period (docs/bundle-format.md), in pieces. Its errors are
+        GetComplianceReport's.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -135,7 +137,7 @@ class AuditServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetLogEntry(self, request, context):
-        """One log entry.
+        """One log entry. NOT_FOUND for an index at or past the end of the log.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -37,15 +37,18 @@ class AuditServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AuditServiceAsyncStub: ...
     GetComplianceReport: _grpc.UnaryUnaryMultiCallable[_audit_pb2.GetComplianceReportRequest, _audit_pb2.GetComplianceReportResponse]
-    """The compliance report for a lab and period. NOT_FOUND for an unknown lab;
-    INVALID_ARGUMENT for an empty or reversed period.
+    """The compliance report for a lab and period. NOT_FOUND for an unknown lab; INVALID_ARGUMENT
+    for an invalid lab id, or a period that does not start after 0, is empty or reversed, is
+    longer than 400 days (ask for it in parts) or ends after 2200-01-01T00:00:00Z.
     """
     ListFindings: _grpc.UnaryUnaryMultiCallable[_audit_pb2.ListFindingsRequest, _audit_pb2.ListFindingsResponse]
     """Findings about a lab, by log index, paged."""
     WatchFindings: _grpc.UnaryStreamMultiCallable[_audit_pb2.WatchFindingsRequest, _audit_pb2.LoggedFinding]
     """A stream of new findings about a lab as they are logged."""
     ExportBundle: _grpc.UnaryStreamMultiCallable[_audit_pb2.ExportBundleRequest, _audit_pb2.ExportBundleChunk]
-    """The evidence bundle for a lab and period (docs/bundle-format.md), in pieces."""
+    """The evidence bundle for a lab and period (docs/bundle-format.md), in pieces. Its errors are
+    GetComplianceReport's.
+    """
     GetCheckpoint: _grpc.UnaryUnaryMultiCallable[_audit_pb2.GetCheckpointRequest, _audit_pb2.GetCheckpointResponse]
     """The latest signed checkpoint of the log."""
     GetInclusionProof: _grpc.UnaryUnaryMultiCallable[_audit_pb2.GetInclusionProofRequest, _audit_pb2.GetInclusionProofResponse]
@@ -53,7 +56,7 @@ class AuditServiceStub:
     GetConsistencyProof: _grpc.UnaryUnaryMultiCallable[_audit_pb2.GetConsistencyProofRequest, _audit_pb2.GetConsistencyProofResponse]
     """A consistency proof between two tree sizes."""
     GetLogEntry: _grpc.UnaryUnaryMultiCallable[_audit_pb2.GetLogEntryRequest, _audit_pb2.GetLogEntryResponse]
-    """One log entry."""
+    """One log entry. NOT_FOUND for an index at or past the end of the log."""
     ListLabs: _grpc.UnaryUnaryMultiCallable[_audit_pb2.ListLabsRequest, _audit_pb2.ListLabsResponse]
     """The registered labs the caller may read (regulators and auditors: all; a lab operator: its own)."""
 
@@ -61,15 +64,18 @@ class AuditServiceStub:
 class AuditServiceAsyncStub(AuditServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetComplianceReport: _aio.UnaryUnaryMultiCallable[_audit_pb2.GetComplianceReportRequest, _audit_pb2.GetComplianceReportResponse]  # type: ignore[assignment]
-    """The compliance report for a lab and period. NOT_FOUND for an unknown lab;
-    INVALID_ARGUMENT for an empty or reversed period.
+    """The compliance report for a lab and period. NOT_FOUND for an unknown lab; INVALID_ARGUMENT
+    for an invalid lab id, or a period that does not start after 0, is empty or reversed, is
+    longer than 400 days (ask for it in parts) or ends after 2200-01-01T00:00:00Z.
     """
     ListFindings: _aio.UnaryUnaryMultiCallable[_audit_pb2.ListFindingsRequest, _audit_pb2.ListFindingsResponse]  # type: ignore[assignment]
     """Findings about a lab, by log index, paged."""
     WatchFindings: _aio.UnaryStreamMultiCallable[_audit_pb2.WatchFindingsRequest, _audit_pb2.LoggedFinding]  # type: ignore[assignment]
     """A stream of new findings about a lab as they are logged."""
     ExportBundle: _aio.UnaryStreamMultiCallable[_audit_pb2.ExportBundleRequest, _audit_pb2.ExportBundleChunk]  # type: ignore[assignment]
-    """The evidence bundle for a lab and period (docs/bundle-format.md), in pieces."""
+    """The evidence bundle for a lab and period (docs/bundle-format.md), in pieces. Its errors are
+    GetComplianceReport's.
+    """
     GetCheckpoint: _aio.UnaryUnaryMultiCallable[_audit_pb2.GetCheckpointRequest, _audit_pb2.GetCheckpointResponse]  # type: ignore[assignment]
     """The latest signed checkpoint of the log."""
     GetInclusionProof: _aio.UnaryUnaryMultiCallable[_audit_pb2.GetInclusionProofRequest, _audit_pb2.GetInclusionProofResponse]  # type: ignore[assignment]
@@ -77,7 +83,7 @@ class AuditServiceAsyncStub(AuditServiceStub):
     GetConsistencyProof: _aio.UnaryUnaryMultiCallable[_audit_pb2.GetConsistencyProofRequest, _audit_pb2.GetConsistencyProofResponse]  # type: ignore[assignment]
     """A consistency proof between two tree sizes."""
     GetLogEntry: _aio.UnaryUnaryMultiCallable[_audit_pb2.GetLogEntryRequest, _audit_pb2.GetLogEntryResponse]  # type: ignore[assignment]
-    """One log entry."""
+    """One log entry. NOT_FOUND for an index at or past the end of the log."""
     ListLabs: _aio.UnaryUnaryMultiCallable[_audit_pb2.ListLabsRequest, _audit_pb2.ListLabsResponse]  # type: ignore[assignment]
     """The registered labs the caller may read (regulators and auditors: all; a lab operator: its own)."""
 
@@ -88,8 +94,9 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _audit_pb2.GetComplianceReportRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_audit_pb2.GetComplianceReportResponse, _abc.Awaitable[_audit_pb2.GetComplianceReportResponse]]:
-        """The compliance report for a lab and period. NOT_FOUND for an unknown lab;
-        INVALID_ARGUMENT for an empty or reversed period.
+        """The compliance report for a lab and period. NOT_FOUND for an unknown lab; INVALID_ARGUMENT
+        for an invalid lab id, or a period that does not start after 0, is empty or reversed, is
+        longer than 400 days (ask for it in parts) or ends after 2200-01-01T00:00:00Z.
         """
 
     @_abc_1.abstractmethod
@@ -114,7 +121,9 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _audit_pb2.ExportBundleRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_audit_pb2.ExportBundleChunk], _abc.AsyncIterator[_audit_pb2.ExportBundleChunk]]:
-        """The evidence bundle for a lab and period (docs/bundle-format.md), in pieces."""
+        """The evidence bundle for a lab and period (docs/bundle-format.md), in pieces. Its errors are
+        GetComplianceReport's.
+        """
 
     @_abc_1.abstractmethod
     def GetCheckpoint(
@@ -146,7 +155,7 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _audit_pb2.GetLogEntryRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_audit_pb2.GetLogEntryResponse, _abc.Awaitable[_audit_pb2.GetLogEntryResponse]]:
-        """One log entry."""
+        """One log entry. NOT_FOUND for an index at or past the end of the log."""
 
     @_abc_1.abstractmethod
     def ListLabs(

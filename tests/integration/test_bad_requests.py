@@ -1,0 +1,159 @@
+"""Bad requests against a real verifier: every one gets its documented status and a clear message
+(never internal error text, never more than a short excerpt of what the caller sent), and the
+store is left exactly as it was.
+
+The verifier holds lab ``lab-a`` with one node, a chain of three accepted windows and its
+findings (an undeclared GPU, a bit-flipped window's BAD_SIGNATURE).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pytest
+from pausewatch.v1 import attestation_service_pb2 as spb
+from pausewatch.v1 import audit_pb2 as apb
+
+from attest.envelope import envelope_digest
+from tests.builders import TestNode
+from tests.verifier_harness import Client, RunningVerifier, running_verifier
+
+S = 10**9
+MINUTE = 60 * S
+U64_MAX = 2**64 - 1
+I64_MAX = 2**63 - 1
+
+
+@dataclass
+class World:
+    verifier: RunningVerifier
+    client: Client
+    node: TestNode
+    t0: int
+
+
+def counts(v: RunningVerifier) -> tuple[int, int, int, int]:
+    with sqlite3.connect(v.files.store) as db:
+        return (
+            db.execute("SELECT COUNT(*) FROM log_entries").fetchone()[0],
+            db.execute("SELECT COUNT(*) FROM attestations").fetchone()[0],
+            db.execute("SELECT COUNT(*) FROM findings").fetchone()[0],
+            db.execute("SELECT COUNT(*) FROM nodes").fetchone()[0],
+        )
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    directory = tmp_path_factory.mktemp("bad-requests")
+    now = time.time_ns()
+    t0 = now - now % MINUTE - 10 * MINUTE
+    with running_verifier(directory) as v:
+        client = v.client()
+        node = TestNode.from_seed(20, t0_ns=t0)
+        client.enroll(node)
+        chain: list[bytes] = []
+        prev = None
+        for seq in range(3):
+            raw = node.sign_body(node.body(seq, prev))
+            chain.append(raw)
+            prev = envelope_digest(raw)
+        flipped = bytearray(node.sign_body(node.body(3, prev)))
+        flipped[-3] ^= 0x01
+        receipts = client.submit([*chain, bytes(flipped)])
+        assert [r.status for r in receipts] == [spb.RECEIPT_STATUS_ACCEPTED] * 3 + [
+            spb.RECEIPT_STATUS_REJECTED
+        ]
+        yield World(v, client, node, t0)
+
+
+def refused(
+    world: World, call: Callable[[], Any], code: grpc.StatusCode, message: str
+) -> grpc.RpcError:
+    """``call`` fails with ``code`` and a detail that contains ``message``; nothing is stored."""
+    before = counts(world.verifier)
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    error = info.value
+    assert error.code() == code, error.details()
+    details = error.details() or ""
+    assert message in details
+    assert "Traceback" not in details and "internal error" not in details
+    assert counts(world.verifier) == before
+    return error
+
+
+# -- indices past the end of any log (uint64 beyond SQLite's INTEGER) ---------------------------
+
+
+@pytest.mark.parametrize("index", [I64_MAX, I64_MAX + 1, U64_MAX])
+def test_a_log_entry_past_the_end_is_not_found(world: World, index: int) -> None:
+    refused(
+        world,
+        lambda: world.client.audit.GetLogEntry(apb.GetLogEntryRequest(index=index), timeout=10),
+        grpc.StatusCode.NOT_FOUND,
+        f"no entry at index {index}",
+    )
+
+
+@pytest.mark.parametrize("token", [I64_MAX, I64_MAX + 1, U64_MAX])
+def test_a_findings_page_token_past_the_end_is_an_empty_page(world: World, token: int) -> None:
+    before = counts(world.verifier)
+    first = world.client.audit.ListFindings(apb.ListFindingsRequest(lab_id="lab-a"), timeout=10)
+    assert len(first.findings) >= 1
+    page = world.client.audit.ListFindings(
+        apb.ListFindingsRequest(lab_id="lab-a", page_token=token), timeout=10
+    )
+    assert list(page.findings) == [] and page.next_page_token == 0
+    assert counts(world.verifier) == before
+
+
+@pytest.mark.parametrize("start", [I64_MAX + 1, U64_MAX])
+def test_watching_from_past_the_end_waits_for_findings(world: World, start: int) -> None:
+    stream = world.client.audit.WatchFindings(
+        apb.WatchFindingsRequest(lab_id="lab-a", from_log_index=start), timeout=2
+    )
+    with pytest.raises(grpc.RpcError) as info:
+        next(iter(stream))
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+# -- periods no report can be made of ------------------------------------------------------------
+
+
+PERIODS = {
+    "at the end of int64": (I64_MAX - 10, I64_MAX),
+    "past 2200": (7_258_118_400 * S, 7_258_118_400 * S + 1),
+    "zero start": (0, MINUTE),
+    "end before start": (2 * MINUTE, MINUTE),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PERIODS))
+def test_a_report_of_an_impossible_period_is_invalid_argument(world: World, case: str) -> None:
+    start, end = PERIODS[case]
+    request = apb.GetComplianceReportRequest(
+        lab_id="lab-a", period_start_ns=start, period_end_ns=end
+    )
+    refused(
+        world,
+        lambda: world.client.audit.GetComplianceReport(request, timeout=10),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "the period must",
+    )
+
+
+@pytest.mark.parametrize("case", sorted(PERIODS))
+def test_a_bundle_of_an_impossible_period_is_invalid_argument(world: World, case: str) -> None:
+    start, end = PERIODS[case]
+    request = apb.ExportBundleRequest(lab_id="lab-a", period_start_ns=start, period_end_ns=end)
+    refused(
+        world,
+        lambda: list(world.client.audit.ExportBundle(request, timeout=10)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "the period must",
+    )
