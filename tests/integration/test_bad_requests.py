@@ -20,8 +20,10 @@ from pausewatch.v1 import attestation_service_pb2 as spb
 from pausewatch.v1 import audit_pb2 as apb
 
 from attest.envelope import envelope_digest
+from attest.errors import NoteError
 from tests.builders import TestNode
 from tests.verifier_harness import Client, RunningVerifier, running_verifier
+from verifier.audit.auditor import Auditor
 
 S = 10**9
 MINUTE = 60 * S
@@ -157,3 +159,23 @@ def test_a_bundle_of_an_impossible_period_is_invalid_argument(world: World, case
         grpc.StatusCode.INVALID_ARGUMENT,
         "the period must",
     )
+
+
+# -- errors no status is mapped to ------------------------------------------------------------------
+
+
+def test_an_unmapped_error_is_internal_error_and_its_text_only_logged(
+    world: World, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(self: Auditor, lab_ids: object = None) -> object:
+        raise NoteError("checkpoint note at /var/lib/pausewatch/secret does not parse")
+
+    monkeypatch.setattr(Auditor, "list_labs", broken)
+    with (
+        caplog.at_level("ERROR", logger="verifier.server.servicers"),
+        pytest.raises(grpc.RpcError) as info,
+    ):
+        world.client.audit.ListLabs(apb.ListLabsRequest(), timeout=10)
+    assert info.value.code() == grpc.StatusCode.INTERNAL
+    assert info.value.details() == "internal error"
+    assert "/var/lib/pausewatch/secret" in caplog.text

@@ -206,7 +206,9 @@ async def _abort(
         code = status_for(exc)
         metrics.call_failed(method, code)
         if code is grpc.StatusCode.INTERNAL:
+            # Not an error the table maps (a NoteError, say): its text is for the log only.
             log.error("%s failed: %s", method, exc.diagnostics())
+            await context.abort(code, "internal error")
         await context.abort(code, exc.diagnostics())
     metrics.call_failed(method, grpc.StatusCode.INTERNAL)
     log.error("%s failed with an unexpected error", method, exc_info=exc)
