@@ -38,7 +38,7 @@ from pathlib import Path
 from agent.clock import NS_PER_MS, NS_PER_S, Clock, SystemClock, align_up
 from agent.config import AgentConfig
 from agent.identity import AGENT_VERSION, agent_digest, boot_id
-from agent.metrics import AgentMetrics
+from agent.metrics import AGENT_ERROR_KIND, AgentMetrics
 from agent.sampler.base import EventKind, Sampler, SamplerEvent
 from agent.sampler.replay import ReplaySampler
 from agent.sdnotify import Notifier
@@ -318,10 +318,7 @@ class Daemon:
                 last_ns = poll.timestamp_ns
                 if self._notifier is not None:
                     self._notifier.watchdog_due(mono)
-                self._metrics.polls.inc()
-                self._metrics.samples.inc(sum(1 for r in poll.readings if r.sample is not None))
-                for event in poll.events:
-                    self._metrics.sampler_events.labels(kind=event.kind.value).inc()
+                self._metrics.observe_poll(poll)
                 for window in windower.add(poll):
                     self._sign(spool, window)
                 if mono >= next_prune:
@@ -329,7 +326,7 @@ class Daemon:
                     self._prune(spool, now)
             except Exception as exc:  # the agent's main loop: record, carry on
                 log.exception("tick failed error=%s", type(exc).__name__)
-                self._metrics.sampler_events.labels(kind="agent_error").inc()
+                self._metrics.sampler_events.labels(kind=AGENT_ERROR_KIND).inc()
                 with contextlib.suppress(SpoolError):
                     spool.record_error("agent", type(exc).__name__, at_ns=self._clock.time_ns())
             if realtime:

@@ -15,6 +15,11 @@ Every metric lives in the agent's own registry (never the process-global one), s
 benchmark can make as many as they like; the standard ``process_*`` metrics are in it too. Names
 follow Prometheus conventions with the ``pausewatch_agent_`` prefix; no label ever carries a key,
 a nonce or an envelope. docs/alerts/pausewatch-agent.rules.yml holds the alert rules over them.
+
+Every labelled counter is exported from the start with each of its known label values at 0
+(:data:`SAMPLER_EVENT_KINDS`, :data:`SHIP_ERROR_KINDS`, :data:`RECEIPT_STATUSES`,
+:data:`REJECT_REASONS`). A series that appears only at its first increment first shows at 1, and
+``increase()`` over it is 0: an alert on it would miss the first occurrence.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ import logging
 import time
 from wsgiref.simple_server import WSGIServer
 
+from pausewatch.v1 import attestation_pb2 as pb
+from pausewatch.v1 import attestation_service_pb2 as api
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -34,10 +41,51 @@ from prometheus_client import (
 )
 
 from agent.clock import NS_PER_S
+from agent.failures import FailureKind
 from agent.identity import AGENT_VERSION
+from agent.sampler.base import Poll
 from agent.spool import SpoolBacklog
 
 log = logging.getLogger(__name__)
+
+AGENT_ERROR_KIND = "agent_error"
+"""The ``kind`` the daemon counts a failed tick under (not an evidence event)."""
+SAMPLER_EVENT_KINDS: tuple[str, ...] = (
+    *(
+        name.removeprefix("EVENT_KIND_").lower()
+        for name, _ in pb.EventKind.items()
+        if name != "EVENT_KIND_UNSPECIFIED"
+    ),
+    AGENT_ERROR_KIND,
+)
+"""``sampler_events_total{kind}``: the proto's EventKind values, lower case, and agent_error."""
+SHIP_ERROR_KINDS: tuple[str, ...] = tuple(kind.value for kind in FailureKind)
+"""``ship_errors_total{kind}``: agent/failures.py's kinds."""
+UNAVAILABLE_STATUS = "unavailable"
+"""The agent's own receipt status: the verifier could not commit the envelope (REJECTED with
+reason UNAVAILABLE, or a status it did not set); the envelope is sent again."""
+RECEIPT_STATUSES: tuple[str, ...] = (
+    *(
+        name.removeprefix("RECEIPT_STATUS_").lower()
+        for name, _ in api.ReceiptStatus.items()
+        if name != "RECEIPT_STATUS_UNSPECIFIED"
+    ),
+    UNAVAILABLE_STATUS,
+)
+"""``receipts_total{status}``: accepted, duplicate, rejected (for good), unavailable."""
+REJECT_REASONS: tuple[str, ...] = tuple(
+    name.removeprefix("REJECT_REASON_").lower()
+    for name, _ in api.RejectReason.items()
+    if name != "REJECT_REASON_UNAVAILABLE"
+)
+"""``rejected_total{reason}``: the proto's RejectReason values in lower case, the names of the
+verifier's ``pausewatch_verifier_receipts_total{reason}``; UNAVAILABLE is transient, counted as
+``receipts_total{status="unavailable"}``, and ``unspecified`` is a rejection without a reason."""
+
+
+def reject_reason_label(reason: str) -> str:
+    """The ``reason`` label of a rejection stored as its proto name (``BAD_NONCE``)."""
+    return reason.lower()
 
 
 class AgentMetrics:
@@ -68,6 +116,13 @@ class AgentMetrics:
             "pausewatch_agent_sampler_events",
             "Events recorded by the sampler and the agent, by kind.",
             ["kind"],
+            registry=r,
+        )
+        self._gpus_seen: set[str] = set()
+        self.gpus_unreadable = Gauge(
+            "pausewatch_agent_gpus_unreadable",
+            "GPUs this agent process has read or seen lost since it started that its last poll "
+            "could not read (lost, gone from NVML's device list, or NVML unusable).",
             registry=r,
         )
         self.spool_depth = Gauge(
@@ -107,8 +162,7 @@ class AgentMetrics:
         )
         self.ship_errors = Counter(
             "pausewatch_agent_ship_errors",
-            "Failed shipping sessions, by kind: tls, dns, refused, unavailable, timeout, "
-            "rejected, config, stream_closed, protocol.",
+            "Failed shipping sessions, by kind: " + ", ".join(SHIP_ERROR_KINDS) + ".",
             ["kind"],
             registry=r,
         )
@@ -128,6 +182,14 @@ class AgentMetrics:
             "pausewatch_agent_start_time_seconds", "When this agent process started.", registry=r
         )
         self.start_time.set(time.time())
+        for counter, label, values in (
+            (self.sampler_events, "kind", SAMPLER_EVENT_KINDS),
+            (self.ship_errors, "kind", SHIP_ERROR_KINDS),
+            (self.receipts, "status", RECEIPT_STATUSES),
+            (self.rejected, "reason", REJECT_REASONS),
+        ):
+            for value in values:
+                counter.labels(**{label: value})  # exported at 0 until the first inc()
 
     def _oldest_unshipped_age_s(self) -> float:
         oldest = self._oldest_unshipped_ns
@@ -140,6 +202,19 @@ class AgentMetrics:
         self.spool_depth.set(backlog.count)
         self.spool_bytes.set(backlog.size_bytes)
         self._oldest_unshipped_ns = backlog.oldest_window_start_ns
+
+    def observe_poll(self, poll: Poll) -> None:
+        """Count one sampler poll (the signing loop): samples, events, and the GPUs seen since
+        the start that this poll could not read. A poll with neither readings nor events tried
+        nothing (a realtime replay between recorded rows) and leaves the gauge as it was."""
+        self.polls.inc()
+        self.samples.inc(sum(1 for r in poll.readings if r.sample is not None))
+        read = {r.identity.uuid for r in poll.readings if r.sample is not None}
+        for event in poll.events:
+            self.sampler_events.labels(kind=event.kind.value).inc()
+        self._gpus_seen.update(r.identity.uuid for r in poll.readings)
+        if poll.readings or poll.events:
+            self.gpus_unreadable.set(len(self._gpus_seen - read))
 
     def render(self) -> bytes:
         """The text exposition (what the endpoint serves)."""

@@ -37,7 +37,7 @@ from pausewatch.v1 import findings_pb2 as fpb
 from agent.clock import NS_PER_MS, NS_PER_S, Clock
 from agent.config import VerifierConfig
 from agent.failures import FailureKind, classify_rpc_error, rpc_error_text
-from agent.metrics import AgentMetrics
+from agent.metrics import AgentMetrics, reject_reason_label
 from agent.spool import EnvelopeStatus, Nonce, ReceiptRecord, Spool, SpooledEnvelope
 from attest.errors import ConfigError, PausewatchError
 from attest.ids import NodeId
@@ -373,7 +373,9 @@ class Shipper:
             if record.retry:
                 retry = True
             elif record.status is EnvelopeStatus.REJECTED:
-                self._metrics.rejected.labels(reason=record.reject_reason).inc()
+                self._metrics.rejected.labels(
+                    reason=reject_reason_label(record.reject_reason)
+                ).inc()
                 message = f"seq {sent.seq} rejected: {record.reject_reason} {record.detail}"
                 log.error(
                     "envelope rejected seq=%d reason=%s detail=%r",

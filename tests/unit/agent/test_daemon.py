@@ -318,6 +318,38 @@ def test_the_signing_loop_sets_the_spool_gauges_without_a_shipper(tmp_path: Path
     assert build and ("backend", "sim") in build[0][1]
 
 
+def test_the_signing_loop_counts_a_lost_gpu_as_unreadable_until_it_answers(
+    tmp_path: Path,
+) -> None:
+    config = write_state_dir(tmp_path, window_s="2")
+    assert config.sim.scenario is not None
+    with config.sim.scenario.open("a") as scenario:
+        scenario.write("[[fault]]\nat_s = 3\nkind = 'gpu_lost'\ngpu = 1\nduration_s = 4\n")
+    metrics = AgentMetrics(process=False)
+    gauge: list[float] = []  # before each poll: what the previous poll left
+
+    def on_poll(count: int) -> None:
+        gauge.append(parse_exposition(metrics.render().decode())[GPUS_UNREADABLE])
+
+    sim = SimSampler(
+        load_scenario(config.sim.scenario), sample_interval_ms=1000, boot_time_ns=T0_NS - 3600 * S
+    )
+    sampler = StopAfter(sim, 12, on_poll)
+    daemon = Daemon(
+        config, sampler, signer(config), clock=FakeClock(T0_NS), metrics=metrics,
+        options=DaemonOptions(ship=False),
+    )  # fmt: skip
+    sampler.daemon = daemon
+    daemon.run()
+    gauge.append(parse_exposition(metrics.render().decode())[GPUS_UNREADABLE])
+    # unreadable for the four polls of the fault, from the poll that found it lost
+    assert [value for value, _ in itertools.groupby(gauge)] == [0.0, 1.0, 0.0]
+    assert gauge.count(1.0) == 4
+
+
+GPUS_UNREADABLE = ("pausewatch_agent_gpus_unreadable", ())
+
+
 def test_spool_bytes_per_window_and_gpu_match_the_sizing_guidance(tmp_path: Path) -> None:
     """docs/agent.md, 'Disk sizing': raw samples are 51 B per GPU per sample, and the samples,
     not the envelope, dominate (bench/bench_spool_size.py measures the whole file)."""
