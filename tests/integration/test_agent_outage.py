@@ -10,6 +10,10 @@ time-compressed agent (k = 150). The scraped series are mapped onto the producti
 with that factor: scrape times and every ``*_timestamp_seconds``/``*_time_seconds`` value by
 t0 + (t - t0) x k, every ``*_age_seconds`` value by x k; counts are left alone. So 14 s of real
 outage evaluates as 35 minutes of production outage.
+
+A second run loses a simulated GPU for 14 s (35 production minutes, longer than any ``increase``
+window over its one GPU_LOST event): PausewatchAgentGpusNotVisible fires while it is lost and
+clears once it answers again.
 """
 
 from __future__ import annotations
@@ -199,6 +203,75 @@ def test_spool_gauge_rises_in_a_real_outage_and_the_alert_rules_fire(
         log = agent.log()
         assert "reconnected to the verifier" in log
         assert "kind=refused heals=yes" in log
+        assert active_alerts(rules, scraper.series, scraper.times[-1]) == set()
+    finally:
+        code = agent.stop()
+    assert code == 0, agent.log()[-3000:]
+
+
+@pytest.mark.slow
+def test_a_real_agent_alerts_while_a_gpu_is_lost_and_clears_when_it_returns(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    verifier: FakeVerifier,
+    operator: tuple[Path, object],
+) -> None:
+    config = write_state_dir(
+        tmp_path, address=verifier.address, window_s=str(WINDOW_S), interval_ms=100
+    )
+    assert config.sim.scenario is not None
+    with config.sim.scenario.open("a") as scenario:  # GPU 1 is lost 6 s after the agent opens
+        scenario.write("[[fault]]\nat_s = 6\nkind = 'gpu_lost'\ngpu = 1\nduration_s = 14\n")
+    state = config.node.state_dir
+    code, out, err = run_agent_cli(
+        capsys, "enroll", "--state-dir", str(state), "--operator-key", str(operator[0])
+    )
+    assert code == 0, out + err
+    rules = load_rules(RULES)
+    unreadable = ("pausewatch_agent_gpus_unreadable", ())
+    agent = AgentProcess.start(state, tmp_path / "agent.log", metrics_port=free_port())
+    try:
+        scraper = Scraper(agent)
+        wait_until(lambda: (scraper.scrape() or {}).get(unreadable) == 0.0, 30, "metrics")
+        wait_until(lambda: (scraper.scrape() or {}).get(unreadable) == 1.0, 30, "the GPU is lost")
+        lost_at = len(scraper.times) - 1
+        healthy = evaluate_alerts(rules, scraper.series, scraper.times[:lost_at])
+        assert {name for name, hits in healthy.items() if hits} == set()
+        # 9 s = 22.5 production minutes: past the 15 minutes an increase() over the one
+        # GPU_LOST event would have held the alert for
+        scraper.run_for(9.0)
+        assert all(v is not None and v[unreadable] == 1.0 for _, v in scraper.raw[lost_at:])
+        last = scraper.raw[-1][1]
+        assert last is not None
+        assert last[("pausewatch_agent_sampler_events_total", (("kind", "gpu_lost"),))] == 1
+        assert active_alerts(rules, scraper.series, scraper.times[-1]) == {
+            "PausewatchAgentGpusNotVisible"
+        }
+        firing = evaluate_alerts(rules, scraper.series, scraper.times)
+        hits = firing["PausewatchAgentGpusNotVisible"]
+        assert hits and min(t for t, _ in hits) > scraper.times[lost_at]
+        assert {name for name, hits in firing.items() if hits} == {"PausewatchAgentGpusNotVisible"}
+        if shutil.which("promtool"):  # Prometheus' own engine agrees, on the same samples
+            start, interval = scraper.times[0], 30.0
+            steps = int((scraper.times[-1] - start) // interval) + 1
+            grid = resample(scraper.series, start, interval, steps)
+            text = promtool_test_file(
+                RULES, grid, rules, start, interval, steps, eval_steps=[steps - 1]
+            )
+            checks = json.loads(text)["tests"][0]["alert_rule_test"]
+            assert {c["alertname"] for c in checks if c["exp_alerts"]} == {
+                "PausewatchAgentGpusNotVisible"
+            }
+            (tmp_path / "gpu.test.yml").write_text(text)
+            result = subprocess.run(
+                ["promtool", "test", "rules", str(tmp_path / "gpu.test.yml")],
+                capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+
+        # The GPU answers again: the gauge drops to 0 and the alert clears.
+        wait_until(lambda: (scraper.scrape() or {}).get(unreadable) == 0.0, 20, "the GPU returns")
+        scraper.run_for(1.0)
         assert active_alerts(rules, scraper.series, scraper.times[-1]) == set()
     finally:
         code = agent.stop()
