@@ -26,6 +26,7 @@ from tests.agent_setup import verifier_config
 from tests.builders import T0_NS, WINDOW_NS, TestNode
 from tests.fakes import FakeClock
 from tests.prom_rules import parse_exposition
+from tests.testdata import REPO_ROOT
 from verifier.server.metrics import _REASON as VERIFIER_REASONS
 
 NODE = TestNode.from_seed(5)
@@ -57,6 +58,27 @@ def test_every_label_value_is_served_at_zero_before_anything_happened(
     name: str, label: str, expected: tuple[str, ...]
 ) -> None:
     assert label_values(AgentMetrics(process=False), name, label) == dict.fromkeys(expected, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("name", "label", "expected"),
+    [
+        ("pausewatch_agent_sampler_events_total", "kind", SAMPLER_EVENT_KINDS),
+        ("pausewatch_agent_ship_errors_total", "kind", SHIP_ERROR_KINDS),
+        ("pausewatch_agent_receipts_total", "status", RECEIPT_STATUSES),
+        ("pausewatch_agent_rejected_total", "reason", REJECT_REASONS),
+    ],
+)
+def test_docs_list_every_label_value_in_the_metrics_table(
+    name: str, label: str, expected: tuple[str, ...]
+) -> None:
+    rows = [
+        line
+        for line in (REPO_ROOT / "docs" / "agent.md").read_text().splitlines()
+        if line.startswith(f"| `{name}{{{label}}}` |")
+    ]
+    assert len(rows) == 1, name
+    assert {value for value in expected if f"`{value}`" not in rows[0]} == set()
 
 
 def test_the_label_values_are_the_sources_of_truth() -> None:
