@@ -34,7 +34,7 @@ from enum import StrEnum
 from cryptography import x509
 
 from attest.errors import ConfigError
-from verifier.errors import PermissionDeniedError
+from verifier.errors import PermissionDeniedError, excerpt
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class Principal:
             return
         if self.role is Role.LAB_OPERATOR and lab_id == self.lab_id:
             return
-        raise self._deny(f"read lab {lab_id or '(all labs)'}")
+        raise self._deny(f"read lab {excerpt(lab_id) if lab_id else '(all labs)'}")
 
     def require_lab_write(self, lab_id: str) -> None:
         """Registry writes for one lab (enrol, declare inventory, revoke)."""
@@ -102,7 +102,7 @@ class Principal:
             return
         if self.role is Role.LAB_OPERATOR and lab_id == self.lab_id:
             return
-        raise self._deny(f"change the registry of lab {lab_id}")
+        raise self._deny(f"change the registry of lab {excerpt(lab_id)}")
 
     def require_node(self, node_id: bytes, what: str) -> None:
         """Challenges and attestations: a node agent acts for its own node only."""

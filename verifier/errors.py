@@ -8,6 +8,16 @@ from __future__ import annotations
 
 from attest.errors import PausewatchError
 
+EXCERPT_CHARS = 48
+
+
+def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
+    """A caller's string as a message may show it: escaped (no CR, LF, NUL or other control
+    character reaches a status detail or a log line) and cut to ``limit`` characters, quoted."""
+    cut = text[:limit]
+    shown = repr(cut)
+    return shown if len(text) <= limit else f"{shown[:-1]}...{shown[-1]} ({len(text)} characters)"
+
 
 class RequestError(PausewatchError):
     """A request the verifier refuses."""

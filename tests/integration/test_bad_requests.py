@@ -18,11 +18,20 @@ import grpc
 import pytest
 from pausewatch.v1 import attestation_service_pb2 as spb
 from pausewatch.v1 import audit_pb2 as apb
+from pausewatch.v1 import registry_pb2 as rpb
+from pausewatch.v1 import site_pb2, site_pb2_grpc
 
-from attest.envelope import envelope_digest
+from attest.envelope import PayloadType, envelope_digest, sign_envelope
 from attest.errors import NoteError
 from tests.builders import TestNode
-from tests.verifier_harness import Client, RunningVerifier, running_verifier
+from tests.verifier_harness import (
+    Client,
+    RunningVerifier,
+    enroll_request,
+    enrollment_for,
+    inventory_request,
+    running_verifier,
+)
 from verifier.audit.auditor import Auditor
 
 S = 10**9
@@ -179,3 +188,121 @@ def test_an_unmapped_error_is_internal_error_and_its_text_only_logged(
     assert info.value.code() == grpc.StatusCode.INTERNAL
     assert info.value.details() == "internal error"
     assert "/var/lib/pausewatch/secret" in caplog.text
+
+
+# -- lab ids: checked before any access check or look-up, never echoed ----------------------------
+
+BAD_LAB_IDS = {
+    "empty": "",
+    "upper case": "LAB-A",
+    "CR LF NUL": "lab-a\r\nx-injected: 1\x00",
+    "200 KB": "a" * 200_000,
+}
+
+
+def lab_calls(client: Client, lab_id: str) -> dict[str, Callable[[], Any]]:
+    """Every read that takes a lab id, called with ``lab_id``."""
+    sites = site_pb2_grpc.SiteServiceStub(client.channel)
+    period = {"period_start_ns": 10**18, "period_end_ns": 10**18 + 3600 * S}
+    return {
+        "ListNodes": lambda: client.registry.ListNodes(
+            rpb.ListNodesRequest(lab_id=lab_id), timeout=10
+        ),
+        "GetComplianceReport": lambda: client.audit.GetComplianceReport(
+            apb.GetComplianceReportRequest(lab_id=lab_id, **period), timeout=10
+        ),
+        "ListFindings": lambda: client.audit.ListFindings(
+            apb.ListFindingsRequest(lab_id=lab_id), timeout=10
+        ),
+        "WatchFindings": lambda: next(
+            iter(client.audit.WatchFindings(apb.WatchFindingsRequest(lab_id=lab_id), timeout=10))
+        ),
+        "ExportBundle": lambda: list(
+            client.audit.ExportBundle(apb.ExportBundleRequest(lab_id=lab_id, **period), timeout=10)
+        ),
+        "GetMeterHead": lambda: sites.GetMeterHead(
+            site_pb2.GetMeterHeadRequest(lab_id=lab_id, meter_id="m1"), timeout=10
+        ),
+    }
+
+
+LAB_CALLS = [
+    "ListNodes",
+    "GetComplianceReport",
+    "ListFindings",
+    "WatchFindings",
+    "ExportBundle",
+    "GetMeterHead",
+]
+
+
+@pytest.mark.parametrize("call", LAB_CALLS)
+@pytest.mark.parametrize("case", sorted(BAD_LAB_IDS))
+def test_an_invalid_lab_id_is_invalid_argument_for_every_read(
+    world: World, call: str, case: str
+) -> None:
+    error = refused(
+        world,
+        lab_calls(world.client, BAD_LAB_IDS[case])[call],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "lab_id is not a valid lab id",
+    )
+    assert error.details() == "lab_id is not a valid lab id"
+
+
+@pytest.fixture(scope="module")
+def public(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    """A verifier whose callers without a certificate are public: every lab read is denied."""
+    directory = tmp_path_factory.mktemp("bad-requests-public")
+    with running_verifier(directory, access='unauthenticated_role = "public"') as v:
+        yield World(v, v.client(), TestNode.from_seed(21), 0)
+
+
+def write_calls(public: World, lab_id: str) -> dict[str, Callable[[], Any]]:
+    """The registry writes, each signed for ``lab_id`` by the lab's operator key."""
+    operator = public.verifier.files.operator
+    enrollment = enrollment_for(public.node)
+    enrollment.lab_id = lab_id
+    revocation = rpb.NodeRevocation(
+        format_version=1, lab_id=lab_id, node_id=public.node.node_id, created_at_ns=time.time_ns()
+    )
+    registry = public.client.registry
+    return {
+        "EnrollNode": lambda: registry.EnrollNode(
+            enroll_request(enrollment, public.node, operator), timeout=10
+        ),
+        "DeclareInventory": lambda: registry.DeclareInventory(
+            inventory_request(operator, ["GPU-1"], effective_from_ns=time.time_ns(), lab_id=lab_id),
+            timeout=10,
+        ),
+        "RevokeNode": lambda: registry.RevokeNode(
+            rpb.RevokeNodeRequest(
+                revocation_envelope=sign_envelope(
+                    operator, PayloadType.REVOCATION, revocation.SerializeToString()
+                )
+            ),
+            timeout=10,
+        ),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(BAD_LAB_IDS))
+def test_an_invalid_lab_id_is_invalid_argument_before_the_access_check(
+    public: World, case: str
+) -> None:
+    calls = {
+        **lab_calls(public.client, BAD_LAB_IDS[case]),
+        **write_calls(public, BAD_LAB_IDS[case]),
+    }
+    for name, call in calls.items():
+        error = refused(
+            public, call, grpc.StatusCode.INVALID_ARGUMENT, "lab_id is not a valid lab id"
+        )
+        assert error.details() == "lab_id is not a valid lab id", name
+
+
+def test_a_valid_lab_id_of_another_lab_is_still_permission_denied(public: World) -> None:
+    calls = {**lab_calls(public.client, "lab-b"), **write_calls(public, "lab-b")}
+    for name, call in calls.items():
+        error = refused(public, call, grpc.StatusCode.PERMISSION_DENIED, "lab 'lab-b'")
+        assert len(error.details() or "") < 100, name

@@ -505,6 +505,8 @@ class Registry:
         return _node_info(row)
 
     def list_nodes(self, lab_id: str) -> list[registry_pb2.NodeInfo]:
+        if not is_valid_lab_id(lab_id):
+            raise InvalidRequestError("lab_id is not a valid lab id")
         if self.core.store.get_lab(lab_id) is None:
             raise NotFoundError(f"lab {lab_id!r} is not registered with this verifier")
         return [_node_info(row) for row in self.core.store.list_nodes(lab_id)]

@@ -52,6 +52,7 @@ from attest.errors import (
     TpmError,
     UnknownKeyError,
 )
+from attest.ids import is_valid_lab_id
 from attest.keys import key_id_from_raw
 from verifier import tpm
 from verifier.access import Access, Principal, Role
@@ -387,6 +388,14 @@ def _batch(request: spb.SubmitAttestationsRequest, limit: int) -> list[bytes]:
     return envelopes
 
 
+def _lab_id(lab_id: str) -> str:
+    """A lab id from the caller, checked before any access check or look-up (both would otherwise
+    name it in their answer)."""
+    if not is_valid_lab_id(lab_id):
+        raise InvalidRequestError("lab_id is not a valid lab id")
+    return lab_id
+
+
 def _node_id(raw: bytes) -> bytes:
     if len(raw) != 32:
         raise InvalidRequestError("node_id must be 32 bytes")
@@ -557,6 +566,7 @@ class SiteServicer:
     async def GetMeterHead(
         self, request: site_pb2.GetMeterHeadRequest, caller: Principal
     ) -> site_pb2.GetMeterHeadResponse:
+        _lab_id(request.lab_id)
         if caller.role is not Role.METER_GATEWAY:
             caller.require_lab_read(request.lab_id)
         head = await self.runtime.run(self.sites.head, request.lab_id, request.meter_id)
@@ -585,6 +595,7 @@ class RegistryServicer:
                 self.max_size,
             )
             enrollment = _parse_payload(rpb.NodeEnrollment, envelope.payload, "NodeEnrollment")
+            _lab_id(enrollment.lab_id)
             if caller.role is Role.NODE_AGENT:
                 caller.require_node(key_id_from_raw(enrollment.node_public_key), "enrol")
                 if enrollment.lab_id != caller.lab_id:
@@ -616,7 +627,7 @@ class RegistryServicer:
             declaration = _parse_payload(
                 rpb.InventoryDeclaration, envelope.payload, "InventoryDeclaration"
             )
-            caller.require_lab_write(declaration.lab_id)
+            caller.require_lab_write(_lab_id(declaration.lab_id))
         version, index = await self.runtime.run(
             self.registry.declare_inventory, request.declaration_envelope
         )
@@ -634,7 +645,7 @@ class RegistryServicer:
                 self.max_size,
             )
             revocation = _parse_payload(rpb.NodeRevocation, envelope.payload, "NodeRevocation")
-            caller.require_lab_write(revocation.lab_id)
+            caller.require_lab_write(_lab_id(revocation.lab_id))
         index, already = await self.runtime.run(self.registry.revoke, request.revocation_envelope)
         return rpb.RevokeNodeResponse(log_index=index, already_revoked=already)
 
@@ -654,8 +665,9 @@ class RegistryServicer:
     async def ListNodes(
         self, request: rpb.ListNodesRequest, caller: Principal
     ) -> rpb.ListNodesResponse:
-        caller.require_lab_read(request.lab_id)
-        nodes = await self.runtime.run(self.registry.list_nodes, request.lab_id)
+        lab_id = _lab_id(request.lab_id)
+        caller.require_lab_read(lab_id)
+        nodes = await self.runtime.run(self.registry.list_nodes, lab_id)
         return rpb.ListNodesResponse(nodes=nodes)
 
 
@@ -669,9 +681,10 @@ class AuditServicer:
     async def GetComplianceReport(
         self, request: apb.GetComplianceReportRequest, caller: Principal
     ) -> apb.GetComplianceReportResponse:
-        caller.require_lab_read(request.lab_id)
+        lab_id = _lab_id(request.lab_id)
+        caller.require_lab_read(lab_id)
         report = await self.runtime.run(
-            self.auditor.report, request.lab_id, request.period_start_ns, request.period_end_ns
+            self.auditor.report, lab_id, request.period_start_ns, request.period_end_ns
         )
         return apb.GetComplianceReportResponse(report=report)
 
@@ -679,7 +692,7 @@ class AuditServicer:
     async def ListFindings(
         self, request: apb.ListFindingsRequest, caller: Principal
     ) -> apb.ListFindingsResponse:
-        caller.require_lab_read(request.lab_id)
+        caller.require_lab_read(_lab_id(request.lab_id))
         page_size = request.page_size or 100
         if page_size > 1000:
             raise InvalidRequestError("page_size is at most 1000")
@@ -702,7 +715,7 @@ class AuditServicer:
     async def WatchFindings(
         self, request: apb.WatchFindingsRequest, caller: Principal
     ) -> AsyncIterator[apb.LoggedFinding]:
-        lab_id = request.lab_id
+        lab_id = _lab_id(request.lab_id)
         caller.require_lab_read(lab_id)
         await self.runtime.run(self.auditor.require_lab, lab_id)
         loop = asyncio.get_running_loop()
@@ -740,7 +753,7 @@ class AuditServicer:
     async def ExportBundle(
         self, request: apb.ExportBundleRequest, caller: Principal
     ) -> AsyncIterator[apb.ExportBundleChunk]:
-        caller.require_lab_read(request.lab_id)
+        caller.require_lab_read(_lab_id(request.lab_id))
         data = await self.runtime.run(
             self.auditor.export_bundle,
             request.lab_id,

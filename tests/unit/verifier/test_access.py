@@ -11,7 +11,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from attest.errors import ConfigError
-from verifier.access import ANONYMOUS, Access, Role
+from verifier.access import ANONYMOUS, Access, Principal, Role
 from verifier.config import parse_config
 from verifier.errors import PermissionDeniedError
 from verifier.server.tlsgen import issue_client_cert, write_self_signed
@@ -120,3 +120,15 @@ def test_commit_linger_must_not_be_negative() -> None:
         parse_config(b"[server]\ninsecure_no_tls = true\n[ingest]\ncommit_linger_ms = -1\n")
     config = parse_config(b"[server]\ninsecure_no_tls = true\n[ingest]\ncommit_linger_ms = 50\n")
     assert config.ingest.commit_linger_ns == 50_000_000
+
+
+@pytest.mark.parametrize("lab_id", ["lab\r\nx-injected: 1\x00" * 10_000, "b" * 200_000])
+def test_a_denial_shows_only_a_short_escaped_excerpt_of_the_lab_id(lab_id: str) -> None:
+    public = Principal(identity="anonymous", role=Role.PUBLIC)
+    for check in (public.require_lab_read, public.require_lab_write):
+        with pytest.raises(PermissionDeniedError) as info:
+            check(lab_id)
+        message = info.value.diagnostics()
+        assert len(message) < 160
+        assert not any(c in message for c in "\r\n\x00")
+        assert f"({len(lab_id)} characters)" in message
