@@ -92,6 +92,7 @@ def write_verifier_files(
     bucket_ms: int = 60_000,
     open_gap_grace_ms: int = 120_000,
     tls: bool = False,
+    extra_server: str = "",
     extra_lab: str = "",
     store: str = 'path = "verifier.db"',
     extra_config: str = "",
@@ -123,6 +124,7 @@ def write_verifier_files(
         f"""
 [server]
 {server}
+{extra_server}
 workers = 8
 shutdown_grace_s = 2
 

@@ -306,3 +306,83 @@ def test_a_valid_lab_id_of_another_lab_is_still_permission_denied(public: World)
     for name, call in calls.items():
         error = refused(public, call, grpc.StatusCode.PERMISSION_DENIED, "lab 'lab-b'")
         assert len(error.details() or "") < 100, name
+
+
+# -- answers larger than one message ---------------------------------------------------------------
+
+SMALL_MESSAGE = 4096
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    """A verifier whose messages are at most 4 KiB, with 42 nodes, 12 of them with two accepted
+    windows and a bit-flipped one (a BAD_SIGNATURE finding carrying the 900-byte envelope)."""
+    directory = tmp_path_factory.mktemp("bad-requests-small")
+    now = time.time_ns()
+    t0 = now - now % MINUTE - 10 * MINUTE
+    with running_verifier(directory, extra_server=f"max_message_bytes = {SMALL_MESSAGE}") as v:
+        client = v.client()
+        for seed in range(30, 42):
+            node = TestNode.from_seed(seed, t0_ns=t0)
+            client.enroll(node)
+            prev = None
+            for seq in range(2):
+                raw = node.sign_body(node.body(seq, prev))
+                assert client.submit([raw])[0].status == spb.RECEIPT_STATUS_ACCEPTED
+                prev = envelope_digest(raw)
+            flipped = bytearray(node.sign_body(node.body(2, prev)))
+            flipped[-3] ^= 0x01
+            assert client.submit([bytes(flipped)])[0].status == spb.RECEIPT_STATUS_REJECTED
+        for seed in range(42, 72):  # nodes without windows: a node list of some 9 KB
+            client.enroll(TestNode.from_seed(seed, t0_ns=t0))
+        yield World(v, client, node, t0)
+
+
+def test_a_findings_page_stops_before_its_byte_budget(small: World) -> None:
+    with sqlite3.connect(small.verifier.files.store) as db:
+        stored = [
+            row[0]
+            for row in db.execute(
+                "SELECT log_index FROM findings WHERE lab_id = 'lab-a' ORDER BY log_index"
+            )
+        ]
+    assert len(stored) >= 12
+    seen: list[int] = []
+    token = 0
+    pages = 0
+    while True:
+        page = small.client.audit.ListFindings(
+            apb.ListFindingsRequest(lab_id="lab-a", page_size=1000, page_token=token), timeout=10
+        )
+        pages += 1
+        assert page.findings and page.ByteSize() <= SMALL_MESSAGE
+        seen += [f.log_index for f in page.findings]
+        token = page.next_page_token
+        if not token:
+            break
+        assert token == page.findings[-1].log_index + 1
+    assert seen == stored
+    assert pages > 3
+
+
+def test_a_report_larger_than_a_message_is_refused_clearly(small: World) -> None:
+    request = apb.GetComplianceReportRequest(
+        lab_id="lab-a", period_start_ns=small.t0 - 86_400 * S, period_end_ns=small.t0 + 3600 * S
+    )
+    error = refused(
+        small,
+        lambda: small.client.audit.GetComplianceReport(request, timeout=30),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        f"more than this verifier's server.max_message_bytes ({SMALL_MESSAGE})",
+    )
+    assert "ask for a shorter period" in (error.details() or "")
+
+
+def test_a_node_list_larger_than_a_message_is_refused_clearly(small: World) -> None:
+    error = refused(
+        small,
+        lambda: small.client.registry.ListNodes(rpb.ListNodesRequest(lab_id="lab-a"), timeout=10),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "the lab's node list is",
+    )
+    assert "raise server.max_message_bytes" in (error.details() or "")

@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from google.protobuf.message_factory import GetMessageClass
 from pausewatch.v1 import attestation_service_pb2 as spb
 from pausewatch.v1 import audit_pb2 as apb
@@ -148,6 +148,9 @@ def _check_parsed(request: Any) -> None:
     if request is MALFORMED:
         raise InvalidRequestError("the request message is malformed")
 
+
+FINDING_OVERHEAD_BYTES = 8
+"""A finding's framing in a ListFindingsResponse (its tag and length), at most."""
 
 MAX_LOG_INDEX = 2**63 - 1
 """The largest index the store can be asked about (a signed 64-bit integer in SQLite and
@@ -386,6 +389,22 @@ def _batch(request: spb.SubmitAttestationsRequest, limit: int) -> list[bytes]:
     if len(envelopes) > limit:
         raise InvalidRequestError(f"a batch holds at most {limit} envelopes; got {len(envelopes)}")
     return envelopes
+
+
+M = TypeVar("M", bound=Message)
+
+
+def _fitting(response: M, limit: int, what: str, remedy: str) -> M:
+    """``response``, if it fits in one message of ``server.max_message_bytes``; else
+    RESOURCE_EXHAUSTED saying so (gRPC's own refusal, "Sent message larger than max", names
+    neither the limit's setting nor what to do)."""
+    size = response.ByteSize()
+    if size > limit:
+        raise ResourceExhaustedError(
+            f"{what} is {size} bytes, more than this verifier's server.max_message_bytes "
+            f"({limit}); {remedy}"
+        )
+    return response
 
 
 def _lab_id(lab_id: str) -> str:
@@ -668,7 +687,12 @@ class RegistryServicer:
         lab_id = _lab_id(request.lab_id)
         caller.require_lab_read(lab_id)
         nodes = await self.runtime.run(self.registry.list_nodes, lab_id)
-        return rpb.ListNodesResponse(nodes=nodes)
+        return _fitting(
+            rpb.ListNodesResponse(nodes=nodes),
+            self.registry.core.config.server.max_message_bytes,
+            "the lab's node list",
+            "raise server.max_message_bytes, or read the nodes one by one with GetNode",
+        )
 
 
 class AuditServicer:
@@ -686,7 +710,12 @@ class AuditServicer:
         report = await self.runtime.run(
             self.auditor.report, lab_id, request.period_start_ns, request.period_end_ns
         )
-        return apb.GetComplianceReportResponse(report=report)
+        return _fitting(
+            apb.GetComplianceReportResponse(report=report),
+            self.core.config.server.max_message_bytes,
+            "the report",
+            "ask for a shorter period, in parts, or raise server.max_message_bytes",
+        )
 
     @unary
     async def ListFindings(
@@ -705,11 +734,18 @@ class AuditServicer:
             until_ns=request.until_ns,
             limit=page_size + 1,
         )
-        next_token = 0
-        if len(findings) > page_size:
-            findings = findings[:page_size]
-            next_token = findings[-1].log_index + 1
-        return apb.ListFindingsResponse(findings=findings, next_page_token=next_token)
+        # A page also ends before its byte budget: a finding may carry a rejected envelope of up
+        # to max_envelope_bytes, and a thousand of them would not fit in one message.
+        budget = self.core.config.server.max_message_bytes // 2
+        kept = 0
+        size = 0
+        for finding in findings[:page_size]:
+            size += finding.ByteSize() + FINDING_OVERHEAD_BYTES
+            if kept and size > budget:
+                break
+            kept += 1
+        next_token = findings[kept - 1].log_index + 1 if kept < len(findings) else 0
+        return apb.ListFindingsResponse(findings=findings[:kept], next_page_token=next_token)
 
     @streaming
     async def WatchFindings(

@@ -903,9 +903,13 @@ class ListFindingsRequest(_message.Message):
     until_ns: _builtins.int
     """Only findings whose period starts before this, ns since the epoch; 0 for no bound."""
     page_size: _builtins.int
-    """At most this many (default 100, at most 1000)."""
+    """At most this many (0: 100); more than 1000 is INVALID_ARGUMENT. A page may hold fewer (see
+    next_page_token).
+    """
     page_token: _builtins.int
-    """Continue after this log index (from next_page_token); 0 to start at the beginning."""
+    """Start at this log index: the page holds findings with log_index >= page_token. Pass the
+    previous page's next_page_token; 0 to start at the beginning.
+    """
     @_builtins.property
     def kinds(self) -> _containers.RepeatedScalarFieldContainer[_findings_pb2.FindingKind.ValueType]:
         """Only these kinds; empty for all."""
@@ -937,7 +941,11 @@ class ListFindingsResponse(_message.Message):
     FINDINGS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.int
-    """Pass as page_token for the next page; 0 when there is none."""
+    """Pass as page_token for the next page (the last finding's log_index + 1); 0 when there is
+    none. A page ends at page_size findings, or earlier, before half of the verifier's
+    server.max_message_bytes (a finding may carry a rejected envelope of up to
+    max_envelope_bytes): a short page with a next_page_token is not the end.
+    """
     @_builtins.property
     def findings(self) -> _containers.RepeatedCompositeFieldContainer[Global___LoggedFinding]:
         """Findings, by log index."""

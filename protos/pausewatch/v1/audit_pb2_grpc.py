@@ -87,14 +87,17 @@ class AuditServiceServicer:
     def GetComplianceReport(self, request, context):
         """The compliance report for a lab and period. NOT_FOUND for an unknown lab; INVALID_ARGUMENT
         for an invalid lab id, or a period that does not start after 0, is empty or reversed, is
-        longer than 400 days (ask for it in parts) or ends after 2200-01-01T00:00:00Z.
+        longer than 400 days (ask for it in parts) or ends after 2200-01-01T00:00:00Z;
+        RESOURCE_EXHAUSTED when the report would be larger than the verifier's
+        server.max_message_bytes (ask for a shorter period).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListFindings(self, request, context):
-        """Findings about a lab, by log index, paged.
+        """Findings about a lab, by log index, paged. INVALID_ARGUMENT for an invalid lab id or a
+        page_size above 1000; NOT_FOUND for an unknown lab.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

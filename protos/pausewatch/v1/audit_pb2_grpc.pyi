@@ -39,10 +39,14 @@ class AuditServiceStub:
     GetComplianceReport: _grpc.UnaryUnaryMultiCallable[_audit_pb2.GetComplianceReportRequest, _audit_pb2.GetComplianceReportResponse]
     """The compliance report for a lab and period. NOT_FOUND for an unknown lab; INVALID_ARGUMENT
     for an invalid lab id, or a period that does not start after 0, is empty or reversed, is
-    longer than 400 days (ask for it in parts) or ends after 2200-01-01T00:00:00Z.
+    longer than 400 days (ask for it in parts) or ends after 2200-01-01T00:00:00Z;
+    RESOURCE_EXHAUSTED when the report would be larger than the verifier's
+    server.max_message_bytes (ask for a shorter period).
     """
     ListFindings: _grpc.UnaryUnaryMultiCallable[_audit_pb2.ListFindingsRequest, _audit_pb2.ListFindingsResponse]
-    """Findings about a lab, by log index, paged."""
+    """Findings about a lab, by log index, paged. INVALID_ARGUMENT for an invalid lab id or a
+    page_size above 1000; NOT_FOUND for an unknown lab.
+    """
     WatchFindings: _grpc.UnaryStreamMultiCallable[_audit_pb2.WatchFindingsRequest, _audit_pb2.LoggedFinding]
     """A stream of new findings about a lab as they are logged."""
     ExportBundle: _grpc.UnaryStreamMultiCallable[_audit_pb2.ExportBundleRequest, _audit_pb2.ExportBundleChunk]
@@ -66,10 +70,14 @@ class AuditServiceAsyncStub(AuditServiceStub):
     GetComplianceReport: _aio.UnaryUnaryMultiCallable[_audit_pb2.GetComplianceReportRequest, _audit_pb2.GetComplianceReportResponse]  # type: ignore[assignment]
     """The compliance report for a lab and period. NOT_FOUND for an unknown lab; INVALID_ARGUMENT
     for an invalid lab id, or a period that does not start after 0, is empty or reversed, is
-    longer than 400 days (ask for it in parts) or ends after 2200-01-01T00:00:00Z.
+    longer than 400 days (ask for it in parts) or ends after 2200-01-01T00:00:00Z;
+    RESOURCE_EXHAUSTED when the report would be larger than the verifier's
+    server.max_message_bytes (ask for a shorter period).
     """
     ListFindings: _aio.UnaryUnaryMultiCallable[_audit_pb2.ListFindingsRequest, _audit_pb2.ListFindingsResponse]  # type: ignore[assignment]
-    """Findings about a lab, by log index, paged."""
+    """Findings about a lab, by log index, paged. INVALID_ARGUMENT for an invalid lab id or a
+    page_size above 1000; NOT_FOUND for an unknown lab.
+    """
     WatchFindings: _aio.UnaryStreamMultiCallable[_audit_pb2.WatchFindingsRequest, _audit_pb2.LoggedFinding]  # type: ignore[assignment]
     """A stream of new findings about a lab as they are logged."""
     ExportBundle: _aio.UnaryStreamMultiCallable[_audit_pb2.ExportBundleRequest, _audit_pb2.ExportBundleChunk]  # type: ignore[assignment]
@@ -96,7 +104,9 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_audit_pb2.GetComplianceReportResponse, _abc.Awaitable[_audit_pb2.GetComplianceReportResponse]]:
         """The compliance report for a lab and period. NOT_FOUND for an unknown lab; INVALID_ARGUMENT
         for an invalid lab id, or a period that does not start after 0, is empty or reversed, is
-        longer than 400 days (ask for it in parts) or ends after 2200-01-01T00:00:00Z.
+        longer than 400 days (ask for it in parts) or ends after 2200-01-01T00:00:00Z;
+        RESOURCE_EXHAUSTED when the report would be larger than the verifier's
+        server.max_message_bytes (ask for a shorter period).
         """
 
     @_abc_1.abstractmethod
@@ -105,7 +115,9 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _audit_pb2.ListFindingsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_audit_pb2.ListFindingsResponse, _abc.Awaitable[_audit_pb2.ListFindingsResponse]]:
-        """Findings about a lab, by log index, paged."""
+        """Findings about a lab, by log index, paged. INVALID_ARGUMENT for an invalid lab id or a
+        page_size above 1000; NOT_FOUND for an unknown lab.
+        """
 
     @_abc_1.abstractmethod
     def WatchFindings(

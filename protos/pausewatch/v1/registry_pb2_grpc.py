@@ -103,7 +103,9 @@ class RegistryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListNodes(self, request, context):
-        """Lists a lab's nodes.
+        """Lists a lab's nodes. INVALID_ARGUMENT for an invalid lab id, NOT_FOUND for an unknown lab,
+        RESOURCE_EXHAUSTED when the list would be larger than the verifier's server.max_message_bytes
+        (read the nodes one by one with GetNode, or raise the limit).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

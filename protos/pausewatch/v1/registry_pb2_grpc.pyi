@@ -56,7 +56,10 @@ class RegistryServiceStub:
     GetNode: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetNodeRequest, _registry_pb2.GetNodeResponse]
     """Returns what the verifier knows of one node. NOT_FOUND if it is not enrolled."""
     ListNodes: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListNodesRequest, _registry_pb2.ListNodesResponse]
-    """Lists a lab's nodes."""
+    """Lists a lab's nodes. INVALID_ARGUMENT for an invalid lab id, NOT_FOUND for an unknown lab,
+    RESOURCE_EXHAUSTED when the list would be larger than the verifier's server.max_message_bytes
+    (read the nodes one by one with GetNode, or raise the limit).
+    """
 
 @_typing.type_check_only
 class RegistryServiceAsyncStub(RegistryServiceStub):
@@ -81,7 +84,10 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     GetNode: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetNodeRequest, _registry_pb2.GetNodeResponse]  # type: ignore[assignment]
     """Returns what the verifier knows of one node. NOT_FOUND if it is not enrolled."""
     ListNodes: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListNodesRequest, _registry_pb2.ListNodesResponse]  # type: ignore[assignment]
-    """Lists a lab's nodes."""
+    """Lists a lab's nodes. INVALID_ARGUMENT for an invalid lab id, NOT_FOUND for an unknown lab,
+    RESOURCE_EXHAUSTED when the list would be larger than the verifier's server.max_message_bytes
+    (read the nodes one by one with GetNode, or raise the limit).
+    """
 
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     """Used by lab operators to enrol nodes, declare inventory and revoke nodes."""
@@ -133,6 +139,9 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _registry_pb2.ListNodesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.ListNodesResponse, _abc.Awaitable[_registry_pb2.ListNodesResponse]]:
-        """Lists a lab's nodes."""
+        """Lists a lab's nodes. INVALID_ARGUMENT for an invalid lab id, NOT_FOUND for an unknown lab,
+        RESOURCE_EXHAUSTED when the list would be larger than the verifier's server.max_message_bytes
+        (read the nodes one by one with GetNode, or raise the limit).
+        """
 
 def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
