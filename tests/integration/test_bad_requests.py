@@ -8,10 +8,12 @@ findings (an undeclared GPU, a bit-flipped window's BAD_SIGNATURE).
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -386,3 +388,31 @@ def test_a_node_list_larger_than_a_message_is_refused_clearly(small: World) -> N
         "the lab's node list is",
     )
     assert "raise server.max_message_bytes" in (error.details() or "")
+
+
+# -- WatchFindings when the verifier stops -----------------------------------------------------------
+
+
+def test_a_watch_ends_unavailable_with_where_to_resume_when_the_verifier_stops(
+    tmp_path: Path,
+) -> None:
+    now = time.time_ns()
+    node = TestNode.from_seed(22, t0_ns=now - now % MINUTE - 10 * MINUTE)
+    with contextlib.ExitStack() as stack:
+        v = stack.enter_context(running_verifier(tmp_path))
+        client = v.client()
+        client.enroll(node)
+        client.submit([node.sign_body(node.body(0))])  # its GPUs are undeclared: a finding
+        stream = client.audit.WatchFindings(
+            apb.WatchFindingsRequest(lab_id="lab-a", from_log_index=1), timeout=30
+        )
+        first = next(stream)
+        stack.close()  # the verifier's graceful stop, as on SIGTERM
+        with pytest.raises(grpc.RpcError) as info:
+            for more in stream:
+                first = more
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert info.value.details() == (
+        "the verifier is shutting down: reconnect with from_log_index = "
+        f"{first.log_index + 1} (the last log index received + 1)"
+    )

@@ -784,6 +784,11 @@ class AuditServicer:
                     continue
         finally:
             remove()
+        # Not OK: a watcher must not take the verifier's shutdown for the end of its findings.
+        raise UnavailableError(
+            "the verifier is shutting down: reconnect with from_log_index = "
+            f"{cursor + 1} (the last log index received + 1)"
+        )
 
     @streaming
     async def ExportBundle(

@@ -975,7 +975,9 @@ class WatchFindingsRequest(_message.Message):
     lab_id: _builtins.str
     """The lab."""
     from_log_index: _builtins.int
-    """Stream findings with a log index at or above this (to resume); 0 for all new ones from now."""
+    """Stream findings with a log index at or above this (to resume: the last log_index received
+    + 1); 0 for all new ones from now. An index past the end of the log waits for it.
+    """
     def __init__(
         self,
         *,

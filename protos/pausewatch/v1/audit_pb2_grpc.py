@@ -104,7 +104,9 @@ class AuditServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchFindings(self, request, context):
-        """A stream of new findings about a lab as they are logged.
+        """A stream of new findings about a lab as they are logged. It has no normal end: when the
+        verifier shuts down it ends with UNAVAILABLE ("reconnect with from_log_index = N"); on that,
+        or on a cut connection, reconnect with from_log_index = the last log_index received + 1.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -48,7 +48,10 @@ class AuditServiceStub:
     page_size above 1000; NOT_FOUND for an unknown lab.
     """
     WatchFindings: _grpc.UnaryStreamMultiCallable[_audit_pb2.WatchFindingsRequest, _audit_pb2.LoggedFinding]
-    """A stream of new findings about a lab as they are logged."""
+    """A stream of new findings about a lab as they are logged. It has no normal end: when the
+    verifier shuts down it ends with UNAVAILABLE ("reconnect with from_log_index = N"); on that,
+    or on a cut connection, reconnect with from_log_index = the last log_index received + 1.
+    """
     ExportBundle: _grpc.UnaryStreamMultiCallable[_audit_pb2.ExportBundleRequest, _audit_pb2.ExportBundleChunk]
     """The evidence bundle for a lab and period (docs/bundle-format.md), in pieces. Its errors are
     GetComplianceReport's.
@@ -79,7 +82,10 @@ class AuditServiceAsyncStub(AuditServiceStub):
     page_size above 1000; NOT_FOUND for an unknown lab.
     """
     WatchFindings: _aio.UnaryStreamMultiCallable[_audit_pb2.WatchFindingsRequest, _audit_pb2.LoggedFinding]  # type: ignore[assignment]
-    """A stream of new findings about a lab as they are logged."""
+    """A stream of new findings about a lab as they are logged. It has no normal end: when the
+    verifier shuts down it ends with UNAVAILABLE ("reconnect with from_log_index = N"); on that,
+    or on a cut connection, reconnect with from_log_index = the last log_index received + 1.
+    """
     ExportBundle: _aio.UnaryStreamMultiCallable[_audit_pb2.ExportBundleRequest, _audit_pb2.ExportBundleChunk]  # type: ignore[assignment]
     """The evidence bundle for a lab and period (docs/bundle-format.md), in pieces. Its errors are
     GetComplianceReport's.
@@ -125,7 +131,10 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _audit_pb2.WatchFindingsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_audit_pb2.LoggedFinding], _abc.AsyncIterator[_audit_pb2.LoggedFinding]]:
-        """A stream of new findings about a lab as they are logged."""
+        """A stream of new findings about a lab as they are logged. It has no normal end: when the
+        verifier shuts down it ends with UNAVAILABLE ("reconnect with from_log_index = N"); on that,
+        or on a cut connection, reconnect with from_log_index = the last log_index received + 1.
+        """
 
     @_abc_1.abstractmethod
     def ExportBundle(
