@@ -71,15 +71,24 @@ class _RejectReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RejectRe
     REJECT_REASON_MALFORMED_BODY: _RejectReason.ValueType  # 7
     """The payload is not a valid AttestationBody."""
     REJECT_REASON_INVALID_BODY: _RejectReason.ValueType  # 8
-    """The body is well-formed but invalid (wrong lab, node id mismatch, window not sane, bad units)."""
+    """The body is well-formed but invalid (wrong lab, node id mismatch, window not sane, bad units,
+    or a sampler backend this verifier does not accept: ingest.accept_backends).
+    """
     REJECT_REASON_TIMESTAMP_OUT_OF_RANGE: _RejectReason.ValueType  # 9
-    """The window lies outside the accepted clock skew (too far in the future or the past)."""
+    """The window lies outside the accepted clock skew (too far in the future or the past), starts
+    before the node's enrolment, or starts before the node's previous window ended (its clock went
+    back).
+    """
     REJECT_REASON_UNKNOWN_GPU: _RejectReason.ValueType  # 10
     """A GPU is not in the node's enrolled inventory."""
     REJECT_REASON_BAD_NONCE: _RejectReason.ValueType  # 11
-    """The nonce was not issued by this verifier for this node."""
+    """The nonce was not issued by this verifier for this node, or was issued after the window's
+    end plus the accepted clock skew.
+    """
     REJECT_REASON_EXPIRED_NONCE: _RejectReason.ValueType  # 12
-    """The nonce was issued by this verifier but had expired by the window's end."""
+    """No longer sent: a nonce that had expired by the window's end makes the window late evidence,
+    not a rejection. Kept so that old receipts still parse.
+    """
     REJECT_REASON_FORK: _RejectReason.ValueType  # 13
     """The same seq with a different digest, or a successor of a different predecessor; kept as
     evidence of equivocation and the node is flagged.
@@ -111,15 +120,24 @@ REJECT_REASON_BAD_SIGNATURE: RejectReason.ValueType  # 6
 REJECT_REASON_MALFORMED_BODY: RejectReason.ValueType  # 7
 """The payload is not a valid AttestationBody."""
 REJECT_REASON_INVALID_BODY: RejectReason.ValueType  # 8
-"""The body is well-formed but invalid (wrong lab, node id mismatch, window not sane, bad units)."""
+"""The body is well-formed but invalid (wrong lab, node id mismatch, window not sane, bad units,
+or a sampler backend this verifier does not accept: ingest.accept_backends).
+"""
 REJECT_REASON_TIMESTAMP_OUT_OF_RANGE: RejectReason.ValueType  # 9
-"""The window lies outside the accepted clock skew (too far in the future or the past)."""
+"""The window lies outside the accepted clock skew (too far in the future or the past), starts
+before the node's enrolment, or starts before the node's previous window ended (its clock went
+back).
+"""
 REJECT_REASON_UNKNOWN_GPU: RejectReason.ValueType  # 10
 """A GPU is not in the node's enrolled inventory."""
 REJECT_REASON_BAD_NONCE: RejectReason.ValueType  # 11
-"""The nonce was not issued by this verifier for this node."""
+"""The nonce was not issued by this verifier for this node, or was issued after the window's
+end plus the accepted clock skew.
+"""
 REJECT_REASON_EXPIRED_NONCE: RejectReason.ValueType  # 12
-"""The nonce was issued by this verifier but had expired by the window's end."""
+"""No longer sent: a nonce that had expired by the window's end makes the window late evidence,
+not a rejection. Kept so that old receipts still parse.
+"""
 REJECT_REASON_FORK: RejectReason.ValueType  # 13
 """The same seq with a different digest, or a successor of a different predecessor; kept as
 evidence of equivocation and the node is flagged.
@@ -201,7 +219,9 @@ class GetTpmCredentialResponse(_message.Message):
     encrypted_secret: _builtins.bytes
     """TPM2B_ENCRYPTED_SECRET from MakeCredential (for TPM2_ActivateCredential's secret)."""
     expires_at_ns: _builtins.int
-    """After this the nonce, and so the credential, is no longer accepted, ns since the epoch."""
+    """After this the nonce, and so the credential, is no longer accepted by EnrollNode, ns since
+    the epoch.
+    """
     def __init__(
         self,
         *,
@@ -231,7 +251,10 @@ class GetChallengeResponse(_message.Message):
     issued_at_ns: _builtins.int
     """When it was issued, ns since the epoch (verifier clock)."""
     expires_at_ns: _builtins.int
-    """After this, attestations whose window ends later than this carry an expired nonce."""
+    """After this, attestations whose window ends later than this carry an expired nonce: they are
+    still accepted, but count as late evidence (docs/verifier.md), not as on time. Fetch a new
+    nonce before then.
+    """
     verifier_time_ns: _builtins.int
     """The verifier's clock when answering, ns since the epoch, so the agent can report its skew."""
     def __init__(

@@ -430,7 +430,7 @@ class RevokeNodeResponse(_message.Message):
     log_index: _builtins.int
     """Log index of the revocation."""
     already_revoked: _builtins.bool
-    """True if the node was already revoked (the call is idempotent)."""
+    """True if the node was already revoked (by this envelope, resent, or by an earlier one)."""
     def __init__(
         self,
         *,

@@ -89,7 +89,9 @@ class RegistryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RevokeNode(self, request, context):
-        """Revokes a node.
+        """Revokes a node. Idempotent for the same envelope only: resending it answers the same
+        log_index with already_revoked = true. A new revocation (other bytes) for a node already
+        revoked is appended to the log as another entry, with already_revoked = true.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

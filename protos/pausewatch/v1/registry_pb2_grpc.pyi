@@ -52,7 +52,10 @@ class RegistryServiceStub:
     DeclareInventory: _grpc.UnaryUnaryMultiCallable[_registry_pb2.DeclareInventoryRequest, _registry_pb2.DeclareInventoryResponse]
     """Declares the lab's GPU inventory (a new, higher version replaces the old from its effective time)."""
     RevokeNode: _grpc.UnaryUnaryMultiCallable[_registry_pb2.RevokeNodeRequest, _registry_pb2.RevokeNodeResponse]
-    """Revokes a node."""
+    """Revokes a node. Idempotent for the same envelope only: resending it answers the same
+    log_index with already_revoked = true. A new revocation (other bytes) for a node already
+    revoked is appended to the log as another entry, with already_revoked = true.
+    """
     GetNode: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetNodeRequest, _registry_pb2.GetNodeResponse]
     """Returns what the verifier knows of one node. NOT_FOUND if it is not enrolled."""
     ListNodes: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListNodesRequest, _registry_pb2.ListNodesResponse]
@@ -80,7 +83,10 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     DeclareInventory: _aio.UnaryUnaryMultiCallable[_registry_pb2.DeclareInventoryRequest, _registry_pb2.DeclareInventoryResponse]  # type: ignore[assignment]
     """Declares the lab's GPU inventory (a new, higher version replaces the old from its effective time)."""
     RevokeNode: _aio.UnaryUnaryMultiCallable[_registry_pb2.RevokeNodeRequest, _registry_pb2.RevokeNodeResponse]  # type: ignore[assignment]
-    """Revokes a node."""
+    """Revokes a node. Idempotent for the same envelope only: resending it answers the same
+    log_index with already_revoked = true. A new revocation (other bytes) for a node already
+    revoked is appended to the log as another entry, with already_revoked = true.
+    """
     GetNode: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetNodeRequest, _registry_pb2.GetNodeResponse]  # type: ignore[assignment]
     """Returns what the verifier knows of one node. NOT_FOUND if it is not enrolled."""
     ListNodes: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListNodesRequest, _registry_pb2.ListNodesResponse]  # type: ignore[assignment]
@@ -123,7 +129,10 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _registry_pb2.RevokeNodeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.RevokeNodeResponse, _abc.Awaitable[_registry_pb2.RevokeNodeResponse]]:
-        """Revokes a node."""
+        """Revokes a node. Idempotent for the same envelope only: resending it answers the same
+        log_index with already_revoked = true. A new revocation (other bytes) for a node already
+        revoked is appended to the log as another entry, with already_revoked = true.
+        """
 
     @_abc_1.abstractmethod
     def GetNode(

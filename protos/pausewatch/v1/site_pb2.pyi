@@ -76,7 +76,9 @@ class _MeterRejectReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Met
     METER_REJECT_REASON_OVERLAP: _MeterRejectReason.ValueType  # 5
     """The interval overlaps the meter's previous reading or ends before it."""
     METER_REJECT_REASON_TIME: _MeterRejectReason.ValueType  # 6
-    """The interval is in the future or implausible (longer than a day)."""
+    """The interval lies in the future (beyond the accepted clock skew). An interval longer than a
+    day is MALFORMED, like any other body that breaks a rule.
+    """
     METER_REJECT_REASON_UNAVAILABLE: _MeterRejectReason.ValueType  # 7
     """The store could not commit; resend."""
 
@@ -98,7 +100,9 @@ reading was accepted at this seq, or seq goes backwards.
 METER_REJECT_REASON_OVERLAP: MeterRejectReason.ValueType  # 5
 """The interval overlaps the meter's previous reading or ends before it."""
 METER_REJECT_REASON_TIME: MeterRejectReason.ValueType  # 6
-"""The interval is in the future or implausible (longer than a day)."""
+"""The interval lies in the future (beyond the accepted clock skew). An interval longer than a
+day is MALFORMED, like any other body that breaks a rule.
+"""
 METER_REJECT_REASON_UNAVAILABLE: MeterRejectReason.ValueType  # 7
 """The store could not commit; resend."""
 Global___MeterRejectReason: _TypeAlias = MeterRejectReason  # noqa: Y015
@@ -290,7 +294,9 @@ class MeterReceipt(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     DETAIL_FIELD_NUMBER: _builtins.int
     digest: _builtins.bytes
-    """SHA-256 of the reading's envelope."""
+    """SHA-256 of the reading's envelope; empty when the envelope was empty, larger than the limit,
+    or did not parse (then reason is MALFORMED): match such receipts by position.
+    """
     accepted: _builtins.bool
     """True when accepted now or before (a resend of an accepted reading is accepted again)."""
     log_index: _builtins.int

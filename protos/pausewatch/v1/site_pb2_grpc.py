@@ -54,7 +54,8 @@ class SiteServiceServicer:
     """
 
     def SubmitMeterReadings(self, request, context):
-        """Signed readings from a meter gateway or the regulator's import command.
+        """Signed readings from a meter gateway or the regulator's import command: at most 1000 per
+        request (more is INVALID_ARGUMENT).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -44,7 +44,9 @@ class SiteServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> SiteServiceAsyncStub: ...
     SubmitMeterReadings: _grpc.UnaryUnaryMultiCallable[_site_pb2.SubmitMeterReadingsRequest, _site_pb2.SubmitMeterReadingsResponse]
-    """Signed readings from a meter gateway or the regulator's import command."""
+    """Signed readings from a meter gateway or the regulator's import command: at most 1000 per
+    request (more is INVALID_ARGUMENT).
+    """
     GetMeterHead: _grpc.UnaryUnaryMultiCallable[_site_pb2.GetMeterHeadRequest, _site_pb2.GetMeterHeadResponse]
     """Where a meter's chain stands."""
 
@@ -56,7 +58,9 @@ class SiteServiceAsyncStub(SiteServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     SubmitMeterReadings: _aio.UnaryUnaryMultiCallable[_site_pb2.SubmitMeterReadingsRequest, _site_pb2.SubmitMeterReadingsResponse]  # type: ignore[assignment]
-    """Signed readings from a meter gateway or the regulator's import command."""
+    """Signed readings from a meter gateway or the regulator's import command: at most 1000 per
+    request (more is INVALID_ARGUMENT).
+    """
     GetMeterHead: _aio.UnaryUnaryMultiCallable[_site_pb2.GetMeterHeadRequest, _site_pb2.GetMeterHeadResponse]  # type: ignore[assignment]
     """Where a meter's chain stands."""
 
@@ -71,7 +75,9 @@ class SiteServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _site_pb2.SubmitMeterReadingsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_site_pb2.SubmitMeterReadingsResponse, _abc.Awaitable[_site_pb2.SubmitMeterReadingsResponse]]:
-        """Signed readings from a meter gateway or the regulator's import command."""
+        """Signed readings from a meter gateway or the regulator's import command: at most 1000 per
+        request (more is INVALID_ARGUMENT).
+        """
 
     @_abc_1.abstractmethod
     def GetMeterHead(
