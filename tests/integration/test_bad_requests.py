@@ -416,3 +416,26 @@ def test_a_watch_ends_unavailable_with_where_to_resume_when_the_verifier_stops(
         "the verifier is shutting down: reconnect with from_log_index = "
         f"{first.log_index + 1} (the last log index received + 1)"
     )
+
+
+@pytest.mark.parametrize(
+    ("lab_id", "meter_id", "message"),
+    [
+        ("lab-zz", "main-1", "lab 'lab-zz' is not registered with this verifier"),
+        ("lab-a", "main-1", "meter 'main-1' is not declared for a site of lab lab-a"),
+        ("lab-a", "m\r\n" * 50_000, "meter 'm\\r\\nm\\r\\n"),
+    ],
+)
+def test_the_head_of_an_unknown_lab_or_undeclared_meter_is_not_found(
+    world: World, lab_id: str, meter_id: str, message: str
+) -> None:
+    sites = site_pb2_grpc.SiteServiceStub(world.client.channel)
+    error = refused(
+        world,
+        lambda: sites.GetMeterHead(
+            site_pb2.GetMeterHeadRequest(lab_id=lab_id, meter_id=meter_id), timeout=10
+        ),
+        grpc.StatusCode.NOT_FOUND,
+        message,
+    )
+    assert len(error.details() or "") < 160

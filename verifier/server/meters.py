@@ -35,6 +35,7 @@ from attest.keys import key_id_from_raw, public_key_from_raw
 from attest.meter import MeterReading, verify_reading
 from verifier.accounting.site_file import load_site_file, same_declaration
 from verifier.config import LabConfig
+from verifier.errors import NotFoundError, excerpt
 from verifier.store.base import EntryKind, MeterReadingRow, SiteRow
 from verifier.store.core import VerifierCore, WriteContext
 from verifier.store.log import PendingEntry
@@ -141,7 +142,20 @@ class SiteRegistry:
     # -- readings ---------------------------------------------------------------------------
 
     def head(self, lab_id: str, meter_id: str) -> MeterReadingRow | None:
-        """Where a meter's chain stands."""
+        """Where a meter's chain stands: None for a declared meter with no reading yet;
+        NotFoundError for a lab that is not registered or a meter none of its sites declares
+        (an answer of "no reading yet" would have a gateway start a chain that is refused)."""
+        if self.core.store.get_lab(lab_id) is None:
+            raise NotFoundError(f"lab {lab_id!r} is not registered with this verifier")
+        declared = any(
+            meter.lab_id == lab_id and meter.meter_id == meter_id
+            for meters in self._by_key.values()
+            for meter in meters
+        )
+        if not declared:
+            raise NotFoundError(
+                f"meter {excerpt(meter_id)} is not declared for a site of lab {lab_id}"
+            )
         return self.core.store.meter_head(lab_id, meter_id)
 
     def submit(self, raws: Sequence[bytes]) -> list[pb.MeterReceipt]:

@@ -62,7 +62,9 @@ class SiteServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetMeterHead(self, request, context):
-        """Where a meter's chain stands.
+        """Where a meter's chain stands. INVALID_ARGUMENT for an invalid lab id; NOT_FOUND for a lab
+        that is not registered or a meter that none of the lab's sites declares. A declared meter
+        with no accepted reading answers has_head = false.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

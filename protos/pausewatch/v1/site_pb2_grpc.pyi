@@ -48,7 +48,10 @@ class SiteServiceStub:
     request (more is INVALID_ARGUMENT).
     """
     GetMeterHead: _grpc.UnaryUnaryMultiCallable[_site_pb2.GetMeterHeadRequest, _site_pb2.GetMeterHeadResponse]
-    """Where a meter's chain stands."""
+    """Where a meter's chain stands. INVALID_ARGUMENT for an invalid lab id; NOT_FOUND for a lab
+    that is not registered or a meter that none of the lab's sites declares. A declared meter
+    with no accepted reading answers has_head = false.
+    """
 
 @_typing.type_check_only
 class SiteServiceAsyncStub(SiteServiceStub):
@@ -62,7 +65,10 @@ class SiteServiceAsyncStub(SiteServiceStub):
     request (more is INVALID_ARGUMENT).
     """
     GetMeterHead: _aio.UnaryUnaryMultiCallable[_site_pb2.GetMeterHeadRequest, _site_pb2.GetMeterHeadResponse]  # type: ignore[assignment]
-    """Where a meter's chain stands."""
+    """Where a meter's chain stands. INVALID_ARGUMENT for an invalid lab id; NOT_FOUND for a lab
+    that is not registered or a meter that none of the lab's sites declares. A declared meter
+    with no accepted reading answers has_head = false.
+    """
 
 class SiteServiceServicer(metaclass=_abc_1.ABCMeta):
     """Meter readings in; where a meter's chain stands out. Sites are declared in the verifier's
@@ -85,6 +91,9 @@ class SiteServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _site_pb2.GetMeterHeadRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_site_pb2.GetMeterHeadResponse, _abc.Awaitable[_site_pb2.GetMeterHeadResponse]]:
-        """Where a meter's chain stands."""
+        """Where a meter's chain stands. INVALID_ARGUMENT for an invalid lab id; NOT_FOUND for a lab
+        that is not registered or a meter that none of the lab's sites declares. A declared meter
+        with no accepted reading answers has_head = false.
+        """
 
 def add_SiteServiceServicer_to_server(servicer: SiteServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
