@@ -45,30 +45,23 @@ def label_values(metrics: AgentMetrics, name: str, label: str) -> dict[str, floa
     }
 
 
-@pytest.mark.parametrize(
-    ("name", "label", "expected"),
-    [
-        ("pausewatch_agent_sampler_events_total", "kind", SAMPLER_EVENT_KINDS),
-        ("pausewatch_agent_ship_errors_total", "kind", SHIP_ERROR_KINDS),
-        ("pausewatch_agent_receipts_total", "status", RECEIPT_STATUSES),
-        ("pausewatch_agent_rejected_total", "reason", REJECT_REASONS),
-    ],
-)
+LABELLED = [
+    ("pausewatch_agent_sampler_events_total", "kind", SAMPLER_EVENT_KINDS),
+    ("pausewatch_agent_ship_errors_total", "kind", SHIP_ERROR_KINDS),
+    ("pausewatch_agent_receipts_total", "status", RECEIPT_STATUSES),
+    ("pausewatch_agent_rejected_total", "reason", REJECT_REASONS),
+]
+"""Every labelled agent metric, its label and the label's values."""
+
+
+@pytest.mark.parametrize(("name", "label", "expected"), LABELLED)
 def test_every_label_value_is_served_at_zero_before_anything_happened(
     name: str, label: str, expected: tuple[str, ...]
 ) -> None:
     assert label_values(AgentMetrics(process=False), name, label) == dict.fromkeys(expected, 0.0)
 
 
-@pytest.mark.parametrize(
-    ("name", "label", "expected"),
-    [
-        ("pausewatch_agent_sampler_events_total", "kind", SAMPLER_EVENT_KINDS),
-        ("pausewatch_agent_ship_errors_total", "kind", SHIP_ERROR_KINDS),
-        ("pausewatch_agent_receipts_total", "status", RECEIPT_STATUSES),
-        ("pausewatch_agent_rejected_total", "reason", REJECT_REASONS),
-    ],
-)
+@pytest.mark.parametrize(("name", "label", "expected"), LABELLED)
 def test_docs_list_every_label_value_in_the_metrics_table(
     name: str, label: str, expected: tuple[str, ...]
 ) -> None:
