@@ -276,3 +276,31 @@ def test_chain_of_custody_expectations_and_log_key_conflicts(lab: Lab) -> None:
     assert "already exists; refusing to overwrite" in again.stderr
     assert bundle.read_bytes() == before
     assert not [p for p in lab.directory.iterdir() if p.name.startswith(".custody")]
+
+
+def _exported(lab: Lab, name: str) -> tuple[Path, str]:
+    """A bundle of minutes 0-10 (compliant) and the log key, pinned out of band."""
+    target = lab.verifier.cli_target()
+    bundle = lab.directory / name
+    if not bundle.exists():
+        run = pausewatch("audit", "export", *target, *period(lab, 0, 10), "--out", str(bundle))
+        assert run.returncode == 0, run.stderr
+    key = json.loads(pausewatch("log", "checkpoint", *target, "--json").stdout)["verifier_key"]
+    return bundle, key
+
+
+def test_an_unpinned_bundle_says_it_is_consistent_with_itself_only(lab: Lab) -> None:
+    bundle, key = _exported(lab, "pinning.pwbundle")
+    pinned = pausewatch("audit", "verify-bundle", str(bundle), "--log-key", key, "--json")
+    assert pinned.returncode == 0, pinned.stdout[-500:]
+    assert json.loads(pinned.stdout)["log_key_pinned"] is True
+    unpinned = pausewatch("audit", "verify-bundle", str(bundle), "--json")
+    assert unpinned.returncode == 0  # exit codes unchanged: scripts rely on 0/1/3
+    body = json.loads(unpinned.stdout)
+    assert body["ok"] is True and body["log_key_pinned"] is False
+    text = pausewatch("audit", "verify-bundle", str(bundle))
+    assert text.returncode == 0
+    assert "VERIFIED:" not in text.stdout
+    assert "CONSISTENT WITH ITSELF ONLY (log key not pinned)" in text.stdout
+    assert "the log key the bundle names itself" in text.stdout
+    assert "VERIFIED:" in pausewatch("audit", "verify-bundle", str(bundle), "--log-key", key).stdout

@@ -740,6 +740,7 @@ def verify_bundle_command(
         "attestations": result.attestations,
         "checkpoint_tree_size": result.checkpoint_size,
         "log_key": result.log_key,
+        "log_key_pinned": result.log_key_pinned,
         "witnesses": result.witnesses,
         "failures": result.failures,
         "differences": result.differences,
@@ -763,7 +764,7 @@ def verify_bundle_command(
             f"named ({witnesses.threshold} required): {', '.join(result.witnesses) or 'none'}"
         )
     lines += [f"warning: {w}" for w in result.warnings]
-    if result.ok:
+    if result.ok and result.log_key_pinned:
         lines.append(
             "VERIFIED: signatures, checkpoint, every inclusion proof and every chain check out, "
             "and the report recomputed offline agrees with the verifier's figure for figure"
@@ -771,6 +772,20 @@ def verify_bundle_command(
         lines.append(
             f"verified from bundle sha256 {bundle_sha256} under log key {result.log_key} at "
             f"checkpoint {result.checkpoint_size} (root {result.checkpoint_root.hex()})"
+        )
+    elif result.ok:
+        lines.append(
+            "CONSISTENT WITH ITSELF ONLY (log key not pinned): checked against the log key the "
+            "bundle names itself, under which signatures, checkpoint, every inclusion proof and "
+            "every chain check out and the report recomputed offline agrees with the one in the "
+            "bundle; anyone can make such a bundle under a key of their own, so this does not "
+            "show it came from the regulator's verifier: pin its key with --log-key or "
+            "--log-key-file"
+        )
+        lines.append(
+            f"checked from bundle sha256 {bundle_sha256} under the bundle's own log key "
+            f"{result.log_key} (not pinned) at checkpoint {result.checkpoint_size} (root "
+            f"{result.checkpoint_root.hex()})"
         )
     else:
         lines += [f"FAILED: {f}" for f in result.failures]
