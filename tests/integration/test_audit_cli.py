@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -304,3 +305,101 @@ def test_an_unpinned_bundle_says_it_is_consistent_with_itself_only(lab: Lab) -> 
     assert "CONSISTENT WITH ITSELF ONLY (log key not pinned)" in text.stdout
     assert "the log key the bundle names itself" in text.stdout
     assert "VERIFIED:" in pausewatch("audit", "verify-bundle", str(bundle), "--log-key", key).stdout
+
+
+def _refused_as_usage(run: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert run.returncode == 2, (run.returncode, run.stdout[-300:], run.stderr[-500:])
+    for word in words:
+        assert word in run.stderr, (word, run.stderr[-500:])
+    assert "internal error" not in run.stderr and "Traceback" not in run.stderr
+    assert not re.search(r"\w+(Error|Exception)\b", run.stderr), run.stderr  # no exception names
+
+
+def test_an_output_file_in_a_missing_directory_is_refused_before_any_work(lab: Lab) -> None:
+    target = lab.verifier.cli_target()
+    bundle, key = _exported(lab, "outputs.pwbundle")
+    missing = lab.directory / "no-such-dir"
+    for option, command in (
+        ("--html", ["audit", "report", *target, *period(lab, 0, 10)]),
+        ("--csv", ["audit", "report", *target, *period(lab, 0, 10)]),
+        ("--out", ["audit", "export", *target, *period(lab, 0, 10)]),
+        ("--save", ["log", "checkpoint", *target]),
+        ("--html", ["audit", "verify-bundle", str(bundle), "--log-key", key]),
+    ):
+        path = missing / "out.file"
+        run = pausewatch(*command, option, str(path))
+        _refused_as_usage(run, option, str(path), "does not exist")
+        assert run.stdout == ""  # nothing reported as done
+        assert not missing.exists()
+    # A directory where the output's directory should be: the same, and it is left as it was.
+    blocker = lab.directory / "a-file"
+    blocker.write_text("kept\n", encoding="utf-8")
+    run = pausewatch("log", "checkpoint", *target, "--save", str(blocker / "cp.note"))
+    _refused_as_usage(run, "--save", "is not a directory")
+    assert blocker.read_text(encoding="utf-8") == "kept\n"
+
+
+def test_an_unreadable_bundle_is_a_usage_error_like_a_missing_one(lab: Lab) -> None:
+    missing = pausewatch("audit", "verify-bundle", str(lab.directory / "absent.pwbundle"))
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    # /proc/self/clear_refs exists but cannot be read (not even by root).
+    unreadable = pausewatch("audit", "verify-bundle", "/proc/self/clear_refs")
+    _refused_as_usage(unreadable, "FILE", "cannot read /proc/self/clear_refs")
+    assert unreadable.stdout == ""
+
+
+def test_bad_tls_files_are_usage_errors_naming_the_file(lab: Lab) -> None:
+    from tests.tls import TestPki
+
+    pki = TestPki.create()
+    address = lab.verifier.cli_target()[1]
+    not_pem = lab.directory / "not-a-cert.pem"
+    not_pem.write_text("hello\n", encoding="utf-8")
+    cert = lab.directory / "client.pem"
+    cert.write_bytes(pki.client_cert_pem)
+    key = lab.directory / "client.key"
+    key.write_bytes(pki.client_key_pem)
+    other_key = lab.directory / "other.key"
+    other_key.write_bytes(pki.server_key_pem)
+    base = ["log", "checkpoint", "--verifier", address]
+    for extra, option, words in (
+        (["--ca-cert", str(not_pem)], "--ca-cert", f"{not_pem} holds no PEM CA certificate"),
+        (
+            ["--client-cert", str(not_pem), "--client-key", str(key)],
+            "--client-cert",
+            f"{not_pem} holds no PEM certificate",
+        ),
+        (
+            ["--client-cert", str(cert), "--client-key", str(not_pem)],
+            "--client-key",
+            f"{not_pem} holds no PEM private key",
+        ),
+        (
+            ["--client-cert", str(cert), "--client-key", str(other_key)],
+            "--client-key",
+            f"{other_key} is not the private key of the certificate in {cert}",
+        ),
+    ):
+        run = pausewatch(*base, *extra)
+        _refused_as_usage(run, option, words)
+        assert "SSLError" not in run.stderr and run.stdout == ""
+
+
+def test_times_out_of_range_and_empty_periods_are_usage_errors(lab: Lab) -> None:
+    target = lab.verifier.cli_target()
+    for command in (["audit", "report"], ["audit", "findings"], ["audit", "export"]):
+        out = lab.directory / "never.pwbundle"
+        extra = ["--out", str(out)] if command[1] == "export" else []
+        for since, words in (
+            ("0001-01-01", "'0001-01-01' is before 1970-01-01T00:00:00Z"),
+            ("-99999999d", "'-99999999d' is before 1970-01-01T00:00:00Z"),
+        ):
+            run = pausewatch(*command, *target, "--lab", "lab-a", "--since", since, *extra)
+            _refused_as_usage(run, "--since", words)
+        # `now` is read once per command: --since now --until now is an empty period.
+        for since, until in (("now", "now"), ("now", "-1d")):
+            args = ["--lab", "lab-a", "--since", since, "--until", until, *extra]
+            run = pausewatch(*command, *target, *args)
+            _refused_as_usage(run, "--until must be after --since")
+            assert run.stdout == ""
+        assert not out.exists()

@@ -69,9 +69,23 @@ if TYPE_CHECKING:
 RPC_TIMEOUT_S = 300
 
 
+def _check_output(path: Path | None, option: str) -> None:
+    """Refuse (:class:`OutputFileError`, exit 2) an output file that cannot be written, before
+    any work is done: its directory missing, not a directory, or not writable."""
+    if path is None:
+        return
+    parent = path.parent
+    if not parent.is_dir():
+        what = "is not a directory" if parent.exists() else "does not exist"
+        raise OutputFileError(f"{option} {path}: the directory {parent} {what}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputFileError(f"{option} {path}: the directory {parent} is not writable")
+
+
 def _write_atomically(path: Path, data: bytes, *, overwrite: bool = True) -> None:
     """Write ``data`` to ``path`` whole or not at all; with ``overwrite=False`` an existing file
-    (even one that appears while writing) is left alone and :class:`OutputFileError` raised."""
+    (even one that appears while writing) is left alone and :class:`OutputFileError` raised, as
+    it is for a file that cannot be written."""
     if not overwrite and path.exists():
         raise OutputFileError(f"{path} already exists; refusing to overwrite it")
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -83,10 +97,13 @@ def _write_atomically(path: Path, data: bytes, *, overwrite: bool = True) -> Non
         if overwrite:
             tmp.replace(path)
         else:
-            try:
-                os.link(tmp, path)  # fails if path exists: never replaces it
-            except FileExistsError:
-                raise OutputFileError(f"{path} already exists; refusing to overwrite it") from None
+            os.link(tmp, path)  # fails if path exists: never replaces it
+    except FileExistsError:
+        raise OutputFileError(f"{path} already exists; refusing to overwrite it") from None
+    except OSError as exc:
+        raise OutputFileError(
+            f"cannot write {path}: {exc.strerror or 'the system refused'}"
+        ) from None
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -209,6 +226,8 @@ def report(
         raise click.UsageError("give --lab LAB or --all-labs")
     if all_labs and html_path is not None:
         raise click.UsageError("--html writes one lab's page; give --lab with it")
+    _check_output(html_path, "--html")
+    _check_output(csv_path, "--csv")
     with open_channel(target) as channel:
         stub = apb_grpc.AuditServiceStub(channel)
         if all_labs:
@@ -402,6 +421,7 @@ def analyse_command(
     from verifier.accounting.policy import load_policy
     from verifier.audit.analysis import UNATTESTED, AnalysisSource, analyse
 
+    _check_output(html_path, "--html")
     policy = load_policy(policy_path)
     sources = [AnalysisSource.for_path(path) for path in inputs]
     names = [source.node_name for source in sources if not source.is_spool]
@@ -480,6 +500,8 @@ def findings(
     --follow survives a verifier restart: it reconnects (backing off up to 5 s) and resumes after
     the last finding it printed, so nothing is skipped or printed twice. A run that stopped can
     resume with --from-index (the last printed index + 1)."""
+    if since is not None and until is not None and until <= since:
+        raise click.UsageError("--until must be after --since")
     kind_values = [fpb.FindingKind.Value("FINDING_KIND_" + k.upper()) for k in kinds]
 
     def show(item: apb.LoggedFinding) -> None:
@@ -581,6 +603,7 @@ def export(
         raise click.UsageError("--until must be after --since")
     if out_path.exists():
         raise OutputFileError(f"{out_path} already exists; refusing to overwrite it")
+    _check_output(out_path, "--out")
     parts: list[bytes] = []
     total = -1
     offset = 0
@@ -693,6 +716,7 @@ def verify_bundle_command(
 
     if expect_period is not None and expect_period[1] <= expect_period[0]:
         raise click.BadParameter("END must be after START", param_hint="--expect-period")
+    _check_output(html_path, "--html")
     expect = BundleExpectations(
         lab_id=expect_lab, period=expect_period, policy_sha256=_sha256_hex(expect_policy_sha256)
     )
@@ -704,7 +728,12 @@ def verify_bundle_command(
             raise click.BadParameter(
                 "not a signed-note verifier key (<name>+<hash>+<key>)", param_hint="--log-key"
             ) from None
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise click.BadParameter(
+            f"cannot read {path}: {exc.strerror or 'the system refused'}", param_hint="FILE"
+        ) from None
     bundle_sha256 = hashlib.sha256(data).hexdigest()
     result = verify_bundle(
         data,
@@ -851,6 +880,7 @@ def checkpoint_command(
 ) -> None:
     """Fetch the latest checkpoint and verify its signature (and the witness cosignatures asked
     for). Exit 3 if it does not verify."""
+    _check_output(save_path, "--save")
     with open_channel(target) as channel:
         checkpoint, response, _, warnings = _checkpoint(
             apb_grpc.AuditServiceStub(channel), log_key, witnesses

@@ -62,10 +62,26 @@ def open_channel(
     return grpc.secure_channel(target.address, credentials, options=options)
 
 
+# Times are ns since the epoch in a signed 64-bit integer (as the protocol carries them): from
+# 1970-01-01 (nothing pausewatch records is older) to 2262-04-11T23:47:16.854775807Z.
+MAX_TIME_NS = 2**63 - 1
+_TIME_RANGE = "times go from 1970-01-01T00:00:00Z to 2262-04-11T23:47:16Z"
+
+
 def parse_time(text: str, *, now_ns: int | None = None) -> int:
     """ns since the epoch from ``now``, ``-90s``/``-15m``/``-2h``/``-7d`` (before now), a date
     (``2026-11-01``, midnight UTC), or an ISO 8601 time (UTC unless it says otherwise) with up to
-    nine digits of a second, as reports print it. Raises ValueError with a clear message."""
+    nine digits of a second, as reports print it, between 1970 and 2262. Raises ValueError with a
+    clear message."""
+    value = _parse_time(text, now_ns)
+    if value < 0:
+        raise ValueError(f"{text!r} is before 1970-01-01T00:00:00Z; {_TIME_RANGE}")
+    if value > MAX_TIME_NS:
+        raise ValueError(f"{text!r} is after 2262-04-11T23:47:16Z; {_TIME_RANGE}")
+    return value
+
+
+def _parse_time(text: str, now_ns: int | None) -> int:
     value = text.strip()
     now = time.time_ns() if now_ns is None else now_ns
     if value == "now":
@@ -77,7 +93,7 @@ def parse_time(text: str, *, now_ns: int | None = None) -> int:
     if fraction is not None:
         if len(fraction.group(2)) > 9:
             raise ValueError(f"{text!r} is not a time: at most nine digits of a second")
-        whole = parse_time(fraction.group(1) + (fraction.group(3) or ""), now_ns=now)
+        whole = _parse_time(fraction.group(1) + (fraction.group(3) or ""), now)
         return whole + int(fraction.group(2).ljust(9, "0"))
     try:
         parsed = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -89,6 +105,59 @@ def parse_time(text: str, *, now_ns: int | None = None) -> int:
         parsed = parsed.replace(tzinfo=datetime.UTC)
     delta = parsed - datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
     return (delta.days * 86_400 + delta.seconds) * NS_PER_S + delta.microseconds * 1000
+
+
+def tls_file_problem(target: VerifierTarget) -> tuple[str, str] | None:
+    """What is wrong with the TLS files ``target`` names, as (option, sentence naming the file),
+    or None: a CA file with no PEM certificate, a client certificate or key that is not PEM (or
+    an encrypted key), or a key that is not the certificate's. Checked before connecting, since
+    gRPC reports any of them only as a failed connection."""
+    if target.insecure_no_tls:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    if target.ca_cert is not None:
+        try:
+            context.load_verify_locations(cafile=str(target.ca_cert))
+        except OSError as exc:  # ssl.SSLError included
+            if not isinstance(exc, ssl.SSLError):
+                return "--ca-cert", f"cannot read {target.ca_cert}: {exc.strerror}"
+            return "--ca-cert", f"{target.ca_cert} holds no PEM CA certificate"
+    if target.client_cert is None or target.client_key is None:
+        return None
+    from cryptography import x509
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        cert_pem = target.client_cert.read_bytes()
+        key_pem = target.client_key.read_bytes()
+    except OSError as exc:
+        return "--client-cert", f"cannot read {exc.filename}: {exc.strerror}"
+    try:
+        x509.load_pem_x509_certificates(cert_pem)
+    except ValueError:
+        return "--client-cert", f"{target.client_cert} holds no PEM certificate"
+    try:
+        serialization.load_pem_private_key(key_pem, password=None)
+    except TypeError:
+        return "--client-key", f"{target.client_key} is encrypted; give the key unencrypted"
+    except (ValueError, UnsupportedAlgorithm):
+        return "--client-key", f"{target.client_key} holds no PEM private key"
+    try:
+        context.load_cert_chain(str(target.client_cert), str(target.client_key))
+    except ssl.SSLError as exc:
+        if "KEY_VALUES_MISMATCH" in (exc.reason or "").upper():
+            return (
+                "--client-key",
+                f"{target.client_key} is not the private key of the certificate in "
+                f"{target.client_cert}",
+            )
+        return (
+            "--client-cert",
+            f"{target.client_cert} and {target.client_key} cannot be used together "
+            f"({exc.reason or 'TLS refused them'})",
+        )
+    return None
 
 
 class TlsDiagnosis(StrEnum):

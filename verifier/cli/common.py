@@ -13,6 +13,7 @@ import datetime
 import functools
 import json
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,14 @@ from attest.errors import (
     PeerCertificateError,
 )
 from verifier.accounting.evaluation import format_time_ns
-from verifier.cli.client import NS_PER_S, TlsDiagnosis, VerifierTarget, diagnose_tls, parse_time
+from verifier.cli.client import (
+    NS_PER_S,
+    TlsDiagnosis,
+    VerifierTarget,
+    diagnose_tls,
+    parse_time,
+    tls_file_problem,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -108,6 +116,9 @@ def verifier_options(command: F) -> F:
             server_name=server_name,
             insecure_no_tls=insecure_no_tls,
         )
+        problem = tls_file_problem(target)
+        if problem is not None:
+            raise click.BadParameter(problem[1], param_hint=problem[0])
         try:
             return command(*args, target=target, **kwargs)
         except grpc.RpcError as exc:
@@ -188,17 +199,24 @@ def witness_options(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+_NOW_KEY = "pausewatch.now_ns"
+
+
 class TimeParam(click.ParamType[int, Any]):
     """A time on the command line (see :func:`verifier.cli.client.parse_time`), as ns since
-    epoch."""
+    epoch. ``now`` (and ``-2h``) is read from one clock reading per command, so ``--since now
+    --until now`` is an empty period, not a few nanoseconds."""
 
     name = "time"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
         if isinstance(value, int):
             return value
+        now_ns = None
+        if ctx is not None:
+            now_ns = ctx.meta.setdefault(_NOW_KEY, time.time_ns())
         try:
-            return parse_time(str(value))
+            return parse_time(str(value), now_ns=now_ns)
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
 

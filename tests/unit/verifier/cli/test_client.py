@@ -37,3 +37,26 @@ def test_the_forms_people_write(text: str, expected: int) -> None:
 def test_what_is_not_a_time_says_so(text: str) -> None:
     with pytest.raises(ValueError, match="is not a time"):
         parse_time(text, now_ns=NOW)
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("0001-01-01", "is before 1970-01-01T00:00:00Z"),
+        ("1969-12-31T23:59:59.999999999Z", "is before 1970-01-01T00:00:00Z"),
+        ("-99999999d", "is before 1970-01-01T00:00:00Z"),
+        ("9999-12-31", "is after 2262-04-11T23:47:16Z"),
+        ("2262-04-11T23:47:16.854775808Z", "is after 2262-04-11T23:47:16Z"),
+    ],
+)
+def test_a_time_outside_what_the_protocol_carries_is_refused(text: str, words: str) -> None:
+    with pytest.raises(ValueError, match=words):
+        parse_time(text, now_ns=NOW)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("1970-01-01", 0), ("2262-04-11T23:47:16.854775807Z", 2**63 - 1), ("-1s", NOW - S)],
+)
+def test_the_edges_of_the_range_are_times(text: str, expected: int) -> None:
+    assert parse_time(text, now_ns=NOW) == expected
