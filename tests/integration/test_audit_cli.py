@@ -403,3 +403,83 @@ def test_times_out_of_range_and_empty_periods_are_usage_errors(lab: Lab) -> None
             _refused_as_usage(run, "--until must be after --since")
             assert run.stdout == ""
         assert not out.exists()
+
+
+def test_a_file_that_is_not_a_saved_checkpoint_is_a_usage_error(lab: Lab) -> None:
+    from attest.checkpoint import Checkpoint, sign_checkpoint
+    from attest.keys import generate_private_key
+    from attest.note import Ed25519NoteSigner, parse_verifier_key
+
+    target = lab.verifier.cli_target()
+    key = json.loads(pausewatch("log", "checkpoint", *target, "--json").stdout)["verifier_key"]
+    prove = ["log", "prove", *target, "--log-key", key, "--consistency-from"]
+    text = lab.directory / "notes.txt"
+    text.write_text("hello\nthis is not a checkpoint\n", encoding="utf-8")
+    run = pausewatch(*prove, str(text))
+    _refused_as_usage(run, "--consistency-from", f"{text} is not a saved checkpoint")
+    binary = lab.directory / "binary.note"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    run = pausewatch(*prove, str(binary))
+    _refused_as_usage(run, "--consistency-from", f"cannot read {binary}: it is not text")
+    # A real checkpoint note whose signature is not the log's stays a verification failure.
+    origin = parse_verifier_key(key).name
+    forged = lab.directory / "forged.note"
+    forged.write_text(
+        sign_checkpoint(
+            Checkpoint(origin, 3, bytes(32)), Ed25519NoteSigner(origin, generate_private_key())
+        ),
+        encoding="utf-8",
+    )
+    run = pausewatch(*prove, str(forged))
+    assert run.returncode == 3, run.stderr
+    assert "saved checkpoint" in run.stderr
+    for path in (text, binary):  # inputs are only read
+        assert path.exists()
+
+
+def test_a_fork_is_printed_once(lab: Lab) -> None:
+    from attest.checkpoint import Checkpoint, sign_checkpoint
+    from attest.keys import load_private_key
+    from attest.note import Ed25519NoteSigner, parse_verifier_key
+
+    target = lab.verifier.cli_target()
+    key = json.loads(pausewatch("log", "checkpoint", *target, "--json").stdout)["verifier_key"]
+    origin = parse_verifier_key(key).name
+    signer = Ed25519NoteSigner(origin, load_private_key(lab.verifier.files.directory / "log.key"))
+    saved = lab.directory / "other-root.note"  # validly signed, another root at size 3: a fork
+    saved.write_text(sign_checkpoint(Checkpoint(origin, 3, bytes(32)), signer), encoding="utf-8")
+    run = pausewatch("log", "prove", *target, "--log-key", key, "--consistency-from", str(saved))
+    assert run.returncode == 3, run.stdout + run.stderr
+    assert run.stdout.count("FORK") == 1 and "FORK" not in run.stderr
+
+
+def test_a_stalled_watch_says_so_once_on_stderr(lab: Lab) -> None:
+    target = lab.verifier.cli_target()
+    key = json.loads(pausewatch("log", "checkpoint", *target, "--json").stdout)["verifier_key"]
+    seen = lab.directory / "seen-stalled"
+    watch = ["audit", "watch", *target, "--log-key", key, "--dir", str(seen)]
+    assert pausewatch(*watch).returncode == 0
+    (kept,) = seen.glob("checkpoint-*.note")
+    os.utime(kept, (time.time() - 120, time.time() - 120))
+    stalled = pausewatch(*watch, "--max-unchanged-s", "60")
+    assert stalled.returncode == 3
+    assert stalled.stderr.count("STALLED") == 1 and stalled.stdout == ""
+    as_json = pausewatch(*watch, "--max-unchanged-s", "60", "--json")
+    assert as_json.returncode == 3
+    assert json.loads(as_json.stdout)["status"] == "stalled"  # the result, for scripts
+    assert as_json.stderr.count("STALLED") == 1  # the line, for cron
+    assert [p.name for p in seen.iterdir()] == [kept.name]
+
+
+def test_a_bad_key_file_is_named(lab: Lab) -> None:
+    bundle, _ = _exported(lab, "keyfile.pwbundle")
+    bad = lab.directory / "bad.vkey"
+    bad.write_text("not+a+key\n", encoding="utf-8")
+    run = pausewatch("audit", "verify-bundle", str(bundle), "--log-key-file", str(bad))
+    _refused_as_usage(run, "--log-key-file", f"{bad} does not hold a signed-note verifier key")
+    assert "'--log-key'" not in run.stderr
+    seen = lab.directory / "seen-badkey"
+    watch = ["audit", "watch", *lab.verifier.cli_target(), "--dir", str(seen)]
+    run = pausewatch(*watch, "--log-key-file", str(bad))
+    _refused_as_usage(run, "--log-key-file", f"{bad} does not hold a signed-note verifier key")
+    assert not list(seen.glob("*"))

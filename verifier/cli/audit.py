@@ -50,7 +50,7 @@ from attest.errors import (
     VerificationError,
 )
 from attest.exitcodes import ExitCode
-from attest.note import Ed25519NoteVerifier, parse_verifier_key
+from attest.note import Ed25519NoteVerifier, parse_verifier_key, split_note
 from verifier.accounting.evaluation import format_time_ns, lab_title, render_text
 from verifier.cli.client import VerifierTarget, open_channel
 from verifier.cli.common import (
@@ -631,6 +631,13 @@ def export(
     )
 
 
+def _read_problem(exc: OSError | UnicodeDecodeError) -> str:
+    """Why a file could not be read, in words."""
+    if isinstance(exc, UnicodeDecodeError):
+        return f"it is not text (byte {exc.start} is not UTF-8)"
+    return exc.strerror or "the system refused"
+
+
 def _log_key(text: str | None, key_file: Path | None) -> str | None:
     """The pinned log key from ``--log-key`` or ``--log-key-file``; both only if they agree."""
     if key_file is None:
@@ -639,13 +646,25 @@ def _log_key(text: str | None, key_file: Path | None) -> str | None:
         from_file = key_file.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:
         raise click.BadParameter(
-            f"cannot read {key_file}: {type(exc).__name__}", param_hint="--log-key-file"
+            f"cannot read {key_file}: {_read_problem(exc)}", param_hint="--log-key-file"
         ) from None
     if text is not None and text.strip() != from_file:
         raise click.UsageError(
             f"--log-key and --log-key-file ({key_file}) name different keys; give one"
         )
     return from_file
+
+
+def _bad_key(text: str | None, key_file: Path | None) -> click.BadParameter:
+    """A malformed pinned log key, naming where it came from."""
+    if text is None and key_file is not None:
+        return click.BadParameter(
+            f"{key_file} does not hold a signed-note verifier key (<name>+<hash>+<key>)",
+            param_hint="--log-key-file",
+        )
+    return click.BadParameter(
+        "not a signed-note verifier key (<name>+<hash>+<key>)", param_hint="--log-key"
+    )
 
 
 def _sha256_hex(text: str | None) -> bytes | None:
@@ -725,9 +744,7 @@ def verify_bundle_command(
         try:
             parse_verifier_key(pinned)
         except KeyFileError:
-            raise click.BadParameter(
-                "not a signed-note verifier key (<name>+<hash>+<key>)", param_hint="--log-key"
-            ) from None
+            raise _bad_key(log_key, log_key_file) from None
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -834,20 +851,29 @@ def log_group() -> None:
 
 
 def _checkpoint(
-    stub: apb_grpc.AuditServiceStub, pinned: str | None, witnesses: WitnessPolicy
+    stub: apb_grpc.AuditServiceStub,
+    pinned: str | None,
+    witnesses: WitnessPolicy,
+    bad_key: click.BadParameter | None = None,
 ) -> tuple[Checkpoint, apb.GetCheckpointResponse, Ed25519NoteVerifier, list[str]]:
     """The verifier's latest checkpoint, verified: the log's signature under the pinned key (or
-    the one the verifier sends, with a warning) and the witness quorum asked for."""
+    the one the verifier sends, with a warning) and the witness quorum asked for. ``bad_key`` is
+    the error for a malformed pinned key (default: one naming --log-key)."""
     response = stub.GetCheckpoint(apb.GetCheckpointRequest(), timeout=RPC_TIMEOUT_S)
     warnings: list[str] = []
-    verifier = _log_verifier(pinned, response.verifier_key, warnings)
+    verifier = _log_verifier(pinned, response.verifier_key, warnings, bad_key)
     checkpoint, _ = verify_witness_quorum(
         response.signed_note, verifier, witnesses.verifiers, witnesses.threshold
     )
     return checkpoint, response, verifier, warnings
 
 
-def _log_verifier(pinned: str | None, sent: str, warnings: list[str]) -> Ed25519NoteVerifier:
+def _log_verifier(
+    pinned: str | None,
+    sent: str,
+    warnings: list[str],
+    bad_key: click.BadParameter | None = None,
+) -> Ed25519NoteVerifier:
     key = pinned
     if key is None:
         key = sent
@@ -855,7 +881,9 @@ def _log_verifier(pinned: str | None, sent: str, warnings: list[str]) -> Ed25519
     try:
         return parse_verifier_key(key)
     except KeyFileError:
-        raise click.BadParameter("not a signed-note verifier key", param_hint="--log-key") from None
+        if pinned is None:
+            raise VerificationError("the verifier sent a malformed log key") from None
+        raise bad_key or _bad_key(pinned, None) from None
 
 
 @log_group.command("checkpoint")
@@ -913,7 +941,7 @@ def _load_saved_note(path: Path) -> str:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise click.BadParameter(
-            f"cannot read {path}: {type(exc).__name__}", param_hint="--consistency-from"
+            f"cannot read {path}: {_read_problem(exc)}", param_hint="--consistency-from"
         ) from None
     if text.lstrip().startswith("{"):
         try:
@@ -1035,7 +1063,6 @@ def prove(
                     as_json,
                     "\n".join([*(f"warning: {w}" for w in warnings), exc.diagnostics()]),
                 )
-                click.echo(exc.diagnostics(), err=True)
                 raise click.exceptions.Exit(ExitCode.VERIFICATION_FAILED) from None
             result = {
                 "kind": "consistency",
@@ -1084,6 +1111,14 @@ def _saved_checkpoint(
             raise ProofError("the verifier sent a root that is not 32 bytes")
         return Checkpoint(log_verifier.name, size1, root1)
     note = _load_saved_note(Path(value))
+    try:  # the shape first: a file that is not a checkpoint note at all is the user's error
+        Checkpoint.from_text(split_note(note)[0])
+    except NoteError as exc:
+        raise click.BadParameter(
+            f"{value} is not a saved checkpoint (a signed note written by log checkpoint "
+            f"--save, or its --json): {exc.diagnostics()}",
+            param_hint="--consistency-from",
+        ) from None
     return _verify_saved(note, log_verifier, f"the saved checkpoint {value}")
 
 
@@ -1105,6 +1140,14 @@ def _last_seen(directory: Path, verifier: Ed25519NoteVerifier) -> tuple[Checkpoi
     last = kept[-1]
     note = last.read_text(encoding="utf-8")
     return _verify_saved(note, verifier, f"the kept checkpoint {last}"), last
+
+
+def _alarm(result: dict[str, Any], as_json: bool, text: str) -> None:
+    """A watch's FORK, ROLLBACK or STALLED: the text once, on stderr (cron mails stderr even when
+    stdout is dropped); with --json the result on stdout too, and the text on stderr."""
+    if as_json:
+        emit(result, True, "")
+    click.echo(text, err=True)
 
 
 @click.command("watch")
@@ -1152,7 +1195,9 @@ def watch_command(
     directory.mkdir(parents=True, exist_ok=True)
     with open_channel(target) as channel:
         stub = apb_grpc.AuditServiceStub(channel)
-        current, response, verifier, warnings = _checkpoint(stub, pinned, witnesses)
+        current, response, verifier, warnings = _checkpoint(
+            stub, pinned, witnesses, _bad_key(log_key, log_key_file)
+        )
         last = _last_seen(directory, verifier)
         result: dict[str, Any] = {
             "tree_size": current.tree_size,
@@ -1182,9 +1227,7 @@ def watch_command(
             "kept": str(evidence),
             "compared_with": str(last[1]),
         }
-        emit(result, as_json, f"{problem.diagnostics()}\nthe checkpoint is kept in {evidence}")
-        # Also on stderr, so that cron mails it even when stdout is discarded.
-        click.echo(problem.diagnostics(), err=True)
+        _alarm(result, as_json, f"{problem.diagnostics()}\nthe checkpoint is kept in {evidence}")
         ctx.exit(ExitCode.VERIFICATION_FAILED)
     path = directory / _seen_name(current)
     if last is not None and last[0] == current:
@@ -1198,8 +1241,7 @@ def watch_command(
                 "a verifier that stopped appending, or one showing this reader an old checkpoint"
             )
             result |= {"status": "stalled", "consistent": True, "error": stalled}
-            emit(result, as_json, stalled)
-            click.echo(stalled, err=True)
+            _alarm(result, as_json, stalled)
             ctx.exit(ExitCode.VERIFICATION_FAILED)
         status = "unchanged"
         line = (
