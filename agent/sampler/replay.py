@@ -181,7 +181,9 @@ class Recording:
 
     @property
     def has_names(self) -> bool:
-        return any(row.name for poll in self.polls[:1] for row in poll.rows)
+        """Whether the file names its GPUs (a name column); names given with --gpu-model, which
+        a file with a name column refuses, do not count."""
+        return not self.gpu_model and any(row.name for poll in self.polls[:1] for row in poll.rows)
 
 
 def _split_header(cell: str) -> tuple[str, str]:
