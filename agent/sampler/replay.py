@@ -361,7 +361,7 @@ def parse_recording(
         except ValueError as exc:
             raise RecordingError(f"{source}: line {line}: {exc}") from None
     if not rows:
-        raise RecordingError(f"no samples in {source}: it has a header line and no rows")
+        raise RecordingError(f"{source}: no samples: it has a header line and no rows")
     if has_identity:
         polls = _group_by_identity(rows, source)
         count_source = "identity"

@@ -22,7 +22,9 @@ HEADERS = {
 
 @pytest.mark.parametrize("header", HEADERS.values(), ids=HEADERS.keys())
 def test_a_header_without_rows_has_no_samples(header: str) -> None:
-    with pytest.raises(RecordingError, match=r"no samples in node\.csv"):
+    with pytest.raises(
+        RecordingError, match=r"^node\.csv: no samples: it has a header line and no rows$"
+    ):
         parse_recording(header + "\n\n", "node.csv", gpu_model="NVIDIA H100 80GB HBM3")
 
 
@@ -43,7 +45,8 @@ def test_analyse_of_a_header_only_csv_is_an_input_error(tmp_path: Path, header: 
         timeout=120,
     )
     assert run.returncode == 2, run.stderr
-    assert f"no samples in {recording}" in run.stderr
+    assert f"{recording}: no samples: it has a header line and no rows" in run.stderr
+    assert run.stderr.count(str(recording)) == 1, run.stderr  # named once
     assert "internal error" not in run.stderr
     assert not re.search(r"\w+(Error|Exception)\b", run.stderr), run.stderr
     assert run.stdout == ""

@@ -155,7 +155,10 @@ def export_windows(
         lines = [line for line in done.stderr.splitlines() if line.strip()]
         message = lines[-1] if lines else f"exit status {done.returncode}"
         message = message.removeprefix("error: ").removeprefix("Error: ")
-        raise AnalysisError(f"{source.path}: {message}")
+        # The reader's own errors name the file already; name it once.
+        if not message.startswith(f"{source.path}:"):
+            message = f"{source.path}: {message}"
+        raise AnalysisError(message)
 
 
 def load_export(path: Path, source: AnalysisSource) -> dict[str, object]:
