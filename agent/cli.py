@@ -634,10 +634,14 @@ def run(
 
 
 def _is_enrolled(config: AgentConfig) -> bool:
+    """Whether this node's spool records an enrolment. The spool is opened as this node's
+    (node.pub names it): another node's spool, copied in or left by a replaced key, raises
+    'spool ... belongs to node ...' instead of passing for this node's enrolment."""
     path = spool_path(config)
     if not path.exists():
         return False
-    spool = Spool.open(path, create=False)
+    public = keys.load_public_key(config.node.key_file.with_suffix(".pub"))
+    spool = Spool.open(path, node_id=NodeId(keys.key_id(public)), create=False)
     try:
         return spool.get_text(ENROLLMENT_KEY) is not None
     finally:

@@ -418,3 +418,28 @@ def test_authorize_takes_a_request_built_from_the_documented_format_alone(
     )  # fmt: skip
     assert code == 3
     assert not refused.exists()
+
+
+def test_another_nodes_spool_fails_check_and_run_is_refused_with_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], verifier: FakeVerifier,
+    operator_keys: tuple[Path, object],
+) -> None:  # fmt: skip
+    """A state directory holding another node's (enrolled) spool is not an enrolled node:
+    `check` must not pass it, and `run` must refuse it as a mistake (exit 2, not restarted by
+    systemd), naming the spool's owner, before it opens anything (docs/agent.md, errors)."""
+    enrolled = write_state_dir(tmp_path / "a", address=verifier.address)
+    assert run_agent_cli(
+        capsys, "enroll", "--state-dir", str(enrolled.node.state_dir),
+        "--operator-key", str(operator_keys[0]),
+    )[0] == 0  # fmt: skip
+    other = write_state_dir(tmp_path / "b", address=verifier.address, seed=2)
+    spool_path(other).write_bytes(spool_path(enrolled).read_bytes())
+    state = str(other.node.state_dir)
+    code, out, _ = run_agent_cli(capsys, "check", "--state-dir", state, "--no-verifier", "--json")
+    assert code == 2, out
+    failed = {c["name"]: c["detail"] for c in json.loads(out)["checks"] if c["status"] == "fail"}
+    assert "belongs to node" in failed["enrolment"]
+    code, _, err = run_agent_cli(capsys, "run", "--state-dir", state)
+    assert code == 2
+    assert "start-up check 'enrolment' failed: spool" in err
+    assert "belongs to node" in err
