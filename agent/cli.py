@@ -694,7 +694,13 @@ def check(
             node = next((r for r in results if r.name == "node key"), None)
             if node is not None and node.status is CheckStatus.OK:
                 node_id = NodeId(_node_signer(config).key_id)
-                results.append(verifier_check(config.verifier, node_id, open_channel))
+                # What the gRPC C core writes to fd 2 (a failed handshake's 'I1206 ...' line)
+                # becomes a log record, as under 'run', never a raw line on the terminal.
+                restore_stderr = route_native_stderr()
+                try:
+                    results.append(verifier_check(config.verifier, node_id, open_channel))
+                finally:
+                    restore_stderr()
     failures = [r for r in results if r.status is CheckStatus.FAIL]
     code = ExitCode.OK
     if failures:

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -323,3 +326,32 @@ def test_check_names_a_clock_far_from_the_verifiers(
     )
     assert ahead.status is CheckStatus.FAIL and ahead.name == "clock"
     assert "+120" in ahead.detail and "timedatectl set-ntp true" in ahead.fix
+
+
+def test_check_keeps_grpc_core_lines_off_the_terminal(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    pki: TestPki,
+    tls_verifier: FakeVerifier,
+    operator: tuple[Path, object],
+) -> None:
+    """`check` against a verifier whose CA is wrong: the verdict names the TLS failure, and what
+    the gRPC C core writes to fd 2 (`I1206 ... ssl_transport_security.cc:...] Handshake failed`)
+    is read back as a log record, never printed as a raw line (docs/agent.md, 'Logs')."""
+    config = tls_state_dir(tmp_path, pki, tls_verifier.port)
+    enrol(capsys, config, operator[0])
+    assert config.verifier.ca_cert is not None
+    config.verifier.ca_cert.write_bytes(TestPki.create().ca_pem)  # a CA that did not sign it
+    result = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "check", "--state-dir", str(config.node.state_dir)],
+        env=agent_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "fail  verifier" in result.stdout and ": tls: " in result.stdout
+    raw = [line for line in result.stderr.splitlines() if re.match(r"[IWEF]\d{4} ", line)]
+    assert raw == [], result.stderr
+    assert "ssl_transport_security" not in result.stderr
