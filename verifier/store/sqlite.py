@@ -56,15 +56,16 @@ _SIDE_FILES = ("", "-wal", "-shm", "-journal", ".lock")
 def _tighten(path: Path, mode: int, what: str) -> None:
     """Make ``path`` (ours) exactly ``mode``, warning when it was more open; refuse another
     user's file rather than change it."""
-    found = stat.S_IMODE(path.stat().st_mode)
+    info = path.stat()
+    found = stat.S_IMODE(info.st_mode)
+    if info.st_uid != os.geteuid():
+        raise ConfigError(
+            f"the store {what} {path} is mode {found:04o} and owned by another user (uid "
+            f"{info.st_uid}): that user could read the nonce secret and every lab's data, or "
+            f"replace them; chown it to the verifier's user and chmod {mode:o} it"
+        )
     if found & 0o077 == 0:
         return
-    if path.stat().st_uid != os.geteuid():
-        raise ConfigError(
-            f"the store {what} {path} is mode {found:04o} and owned by another user: other local "
-            f"users could read the nonce secret and every lab's data; chown it to the verifier's "
-            f"user and chmod {mode:o} it"
-        )
     os.chmod(path, mode)
     log.warning("the store %s %s was mode %04o; set to %04o", what, path, found, mode)
 
