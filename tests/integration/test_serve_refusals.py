@@ -201,3 +201,29 @@ def test_the_verifier_refuses_to_start_on_a_policy_it_cannot_evaluate_naming_the
     assert "rules[0].window: 1m 30s is not a whole number of 1m buckets" in error
     assert "(lab lab-a; set by ingest.bucket_ms)" in error
     assert "Traceback" not in run.stderr
+
+
+def test_an_unreachable_postgres_store_is_named_without_its_password(tmp_path: Path) -> None:
+    """A PostgreSQL store that cannot be reached is said in words (exit 4, as an unreachable
+    peer), naming store.dsn with its password hidden; a DSN that does not parse is exit 2."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dsn = f"postgresql://verifier:S3cretPW@127.0.0.1:{port}/pausewatch"
+    files = write_verifier_files(tmp_path / "v", store=f'engine = "postgres"\ndsn = "{dsn}"')
+    refused = pausewatch("--debug", "verifier", "serve", "--config", str(files.config))
+    assert refused.returncode == 4, refused.stderr
+    assert "error: cannot connect to the PostgreSQL store" in refused.stderr
+    assert "postgresql://verifier:***@127.0.0.1" in refused.stderr
+    assert "S3cretPW" not in refused.stderr
+    assert "OperationalError" not in refused.stderr
+
+    bad = "host=127.0.0.1 user=verifier password S3cretPW dbname=pausewatch"
+    files = write_verifier_files(tmp_path / "w", store=f'engine = "postgres"\ndsn = "{bad}"')
+    refused = pausewatch("--debug", "verifier", "serve", "--config", str(files.config))
+    assert refused.returncode == 2, refused.stderr
+    assert "error: store.dsn: not a PostgreSQL connection string" in refused.stderr
+    assert "S3cretPW" not in refused.stderr
+    assert "ProgrammingError" not in refused.stderr

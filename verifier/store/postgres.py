@@ -19,7 +19,9 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
+from attest.errors import ConfigError, PausewatchError
 from verifier.store.sql import (
     SCHEMA_TEMPLATE,
     SCHEMA_VERSION,
@@ -33,6 +35,52 @@ log = logging.getLogger(__name__)
 SCHEMA = SCHEMA_TEMPLATE.format(blob="BYTEA", bigint="BIGINT", without_rowid="")
 LOG_LOCK_ID = 0x7077_6C6F_6701  # "pwlog" + version: the advisory lock that sequences the log
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+_URI_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^/@:]*):[^/@]*@", re.IGNORECASE)
+
+
+def redact_dsn(dsn: str) -> str:
+    """``dsn`` with its password replaced by ``***`` (URI or ``key=value`` form), to show in
+    messages: a DSN's password never reaches an error or a log."""
+    text = _URI_PASSWORD.sub(r"\g<head>:***@", dsn)
+    return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", text, flags=re.I)
+
+
+def _scrub(message: str, dsn: str) -> str:
+    """A libpq message with the DSN's password (and the DSN itself) taken out. For a DSN that does
+    not parse, where the password cannot be told apart, every quoted token but an option name."""
+    try:
+        password = conninfo_to_dict(dsn).get("password")
+    except psycopg.Error:
+        options = {o.keyword.decode() for o in psycopg.pq.Conninfo.get_defaults()}
+        message = re.sub(
+            r'"([^"]*)"',
+            lambda m: (
+                m.group(0) if m.group(1) in options or not re.search(r"\w", m.group(1)) else '"***"'
+            ),
+            message,
+        )
+        password = None
+    for secret in (dsn, password):
+        if secret:
+            message = message.replace(str(secret), "***")
+    return " ".join(message.split())
+
+
+def connect(dsn: str) -> psycopg.Connection[Any]:
+    """An autocommit connection, or an error that names ``store.dsn`` (its password redacted)
+    and what libpq said: :class:`ConfigError` for a DSN that does not parse, else
+    :class:`PausewatchError` (the database cannot be reached, or refused us)."""
+    try:
+        return psycopg.connect(dsn, autocommit=True)
+    except psycopg.ProgrammingError as exc:
+        raise ConfigError(
+            f"store.dsn: not a PostgreSQL connection string: {_scrub(str(exc), dsn)}"
+        ) from None
+    except psycopg.Error as exc:
+        raise PausewatchError(
+            f"cannot connect to the PostgreSQL store (store.dsn {redact_dsn(dsn)!r}): "
+            f"{_scrub(str(exc), dsn)}"
+        ) from None
 
 
 class PostgresStore(SqlQueries):
@@ -55,7 +103,7 @@ class PostgresStore(SqlQueries):
         self._local = threading.local()
         self._all_conns: list[psycopg.Connection[Any]] = []
         self._conns_lock = threading.Lock()
-        setup = psycopg.connect(dsn, autocommit=True)
+        setup = connect(dsn)
         try:
             setup.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
             setup.execute(f"SET search_path TO {schema}")
@@ -93,7 +141,7 @@ class PostgresStore(SqlQueries):
         return cls(dsn, schema, drop_on_close=drop_on_close)
 
     def _connect(self) -> psycopg.Connection[Any]:
-        conn = psycopg.connect(self.dsn, autocommit=True)
+        conn = connect(self.dsn)
         conn.execute(f"SET search_path TO {self.schema}")
         with self._conns_lock:
             self._all_conns.append(conn)

@@ -1,15 +1,18 @@
-"""What opening a store refuses, in words: a SQLite store another user owns."""
+"""What opening a store refuses, in words: a SQLite store another user owns, and a PostgreSQL DSN
+that does not parse or a database that cannot be reached, without the DSN's password."""
 
 from __future__ import annotations
 
 import os
+import socket
 import stat
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from attest.errors import ConfigError
+from attest.errors import ConfigError, PausewatchError
+from attest.exitcodes import ExitCode, exit_code_for
 from verifier.store.sqlite import SqliteStore
 
 
@@ -59,3 +62,48 @@ def _stat_with_uid(target: Path, uid: int) -> Callable[..., os.stat_result]:
         return os.stat_result(fields)
 
     return fake
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_an_unreachable_postgres_store_is_named_without_its_password() -> None:
+    from verifier.store.postgres import PostgresStore
+
+    dsn = f"postgresql://verifier:S3cretPW@127.0.0.1:{_free_port()}/pausewatch"
+    with pytest.raises(PausewatchError) as caught:
+        PostgresStore.open(dsn)
+    message = caught.value.diagnostics()
+    assert "cannot connect to the PostgreSQL store" in message
+    assert "postgresql://verifier:***@127.0.0.1" in message
+    assert "S3cretPW" not in message
+    assert exit_code_for(caught.value) == ExitCode.INTERNAL
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "host=127.0.0.1 user=verifier password S3cretPW dbname=pausewatch",
+        "postgresql://verifier:S3cretPW@127.0.0.1:notaport/pausewatch",
+    ],
+)
+def test_a_malformed_postgres_dsn_is_a_config_error_without_its_password(dsn: str) -> None:
+    from verifier.store.postgres import PostgresStore
+
+    with pytest.raises(PausewatchError) as caught:
+        PostgresStore.open(dsn)
+    message = caught.value.diagnostics()
+    assert "store.dsn" in message
+    assert "S3cretPW" not in message
+
+
+def test_redact_dsn_hides_passwords_in_both_forms() -> None:
+    from verifier.store.postgres import redact_dsn
+
+    assert redact_dsn("postgresql://u:S3cret@db:5432/x") == "postgresql://u:***@db:5432/x"
+    assert redact_dsn("postgresql://u@db/x") == "postgresql://u@db/x"
+    assert redact_dsn("host=db password=S3cret dbname=x") == "host=db password=*** dbname=x"
+    assert redact_dsn("host=db password = 'a b' dbname=x") == "host=db password = *** dbname=x"
