@@ -203,6 +203,28 @@ def test_the_verifier_refuses_to_start_on_a_policy_it_cannot_evaluate_naming_the
     assert "Traceback" not in run.stderr
 
 
+def test_a_store_a_newer_verifier_wrote_is_refused_in_words(tmp_path: Path) -> None:
+    """docs/verifier.md, Upgrades: an older verifier refuses a newer store "and says so" (exit 2),
+    not as an internal error naming a Python exception; the store is left as it was."""
+    import sqlite3
+
+    from verifier.store.sqlite import SqliteStore
+
+    files = write_verifier_files(tmp_path / "v")
+    SqliteStore.open(files.store).close()
+    with sqlite3.connect(files.store) as db:
+        db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (b"99",))
+    refused = pausewatch("verifier", "serve", "--config", str(files.config))
+    assert refused.returncode == 2, refused.stderr
+    assert f"the store {files.store} has schema version 99" in refused.stderr
+    assert "a newer verifier wrote it" in refused.stderr
+    assert "Error" not in refused.stderr and "Traceback" not in refused.stderr
+    with sqlite3.connect(files.store) as db:
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
+            b"99",
+        )
+
+
 def test_an_unreachable_postgres_store_is_named_without_its_password(tmp_path: Path) -> None:
     """A PostgreSQL store that cannot be reached is said in words (exit 4, as an unreachable
     peer), naming store.dsn with its password hidden; a DSN that does not parse is exit 2."""

@@ -126,9 +126,10 @@ class PostgresStore(SqlQueries):
                     )
                     upgrade_schema(SqlTransaction(setup, self._placeholder), found)
                 elif found != SCHEMA_VERSION:
-                    raise RuntimeError(
-                        f"schema {schema} has version {found}; this verifier needs "
-                        f"{SCHEMA_VERSION} (a newer verifier wrote it)"
+                    raise ConfigError(
+                        f"the store's schema {schema} has version {found}; this verifier needs "
+                        f"{SCHEMA_VERSION} (a newer verifier wrote it): run that newer verifier, "
+                        "or restore the backup taken before the upgrade; the store was not changed"
                     )
         finally:
             setup.close()

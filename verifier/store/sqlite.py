@@ -139,6 +139,8 @@ class SqliteStore(SqlQueries):
         try:
             self._open(path)
         except BaseException:
+            for conn in getattr(self, "_all_conns", []):
+                conn.close()  # a refused store (a newer schema) is left as it was found
             self._release_lock()
             raise
 
@@ -175,9 +177,10 @@ class SqliteStore(SqlQueries):
                     raise
                 self._writer.execute("COMMIT")
             elif found != SCHEMA_VERSION:
-                raise RuntimeError(
-                    f"{path} has schema version {found}; this verifier needs {SCHEMA_VERSION} "
-                    "(a newer verifier wrote it)"
+                raise ConfigError(
+                    f"the store {path} has schema version {found}; this verifier needs "
+                    f"{SCHEMA_VERSION} (a newer verifier wrote it): run that newer verifier, or "
+                    "restore the backup taken before the upgrade; the store was not changed"
                 )
 
     @classmethod

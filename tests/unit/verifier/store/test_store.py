@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from attest import merkle
+from attest.errors import ConfigError
 from tests.stores import make_store
 from verifier.store.base import (
     AttestationRow,
@@ -310,7 +311,8 @@ def test_a_schema_1_store_is_upgraded_and_a_newer_one_refused(kind: str, tmp_pat
         with store.transaction() as tx:  # as a future verifier would leave it
             tx.set_meta("schema_version", b"4")
         store.close()
-        with pytest.raises(RuntimeError, match="newer verifier"):
+        # A ConfigError (serve: exit 2, the message in words), not an internal error.
+        with pytest.raises(ConfigError, match="newer verifier"):
             open_store()
         with store_connection(kind, tmp_path / "old.db", schema) as db:
             assert db.execute("SELECT COUNT(*) FROM attestations").fetchone()[0] == len(rows)
