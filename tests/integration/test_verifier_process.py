@@ -173,6 +173,57 @@ def test_sigterm_drains_in_flight_calls_and_goes_not_serving(tmp_path: Path) -> 
     assert count == len(answered)
 
 
+def test_sigterm_ends_agent_streams_waiting_between_batches_saying_why(tmp_path: Path) -> None:
+    """An agent's stream that waits for its next window is ended at once on SIGTERM with
+    UNAVAILABLE naming the shutdown (it was held to the end of the grace, then cut with gRPC's
+    own 'Cancelling all calls'); what it sent before was answered and kept."""
+    files = write_verifier_files(tmp_path / "v")
+    running = start_verifier_process(files, tmp_path / "verifier.log")
+    client = Client(running.channel(), files.operator)
+    t0 = recent_t0()
+    node = TestNode.from_seed(121, t0_ns=t0)
+    client.enroll(node, created_at_ns=t0 - S)
+    chain = node.chain(3)
+    answered = threading.Event()
+    never = threading.Event()
+
+    def one_batch_then_wait():  # type: ignore[no-untyped-def]
+        yield spb.SubmitAttestationsRequest(envelopes=chain)
+        assert answered.wait(30)
+        never.wait(60)  # the agent's next window is a minute away
+
+    received: list[spb.SubmitAttestationsResponse] = []
+    ended: list[grpc.RpcError] = []
+
+    def run() -> None:
+        try:
+            for response in client.attestation.SubmitAttestations(
+                one_batch_then_wait(), timeout=60
+            ):
+                received.append(response)
+                answered.set()
+        except grpc.RpcError as exc:
+            ended.append(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    assert answered.wait(30)
+    time.sleep(0.2)  # the stream is back to waiting for its next message
+    assert running.process is not None
+    running.process.send_signal(signal.SIGTERM)
+    worker.join(timeout=30)
+    never.set()
+    assert running.process.wait(timeout=30) == 0
+    [error] = ended
+    assert error.code() is grpc.StatusCode.UNAVAILABLE
+    assert "the verifier is shutting down" in (error.details() or ""), error.details()
+    [response] = received
+    assert [r.status for r in response.receipts] == [spb.RECEIPT_STATUS_ACCEPTED] * 3
+    with sqlite3.connect(files.store) as db:
+        (count,) = db.execute("SELECT COUNT(*) FROM attestations").fetchone()
+    assert count == 3
+
+
 def _tls_client(address: str, files: Path, *, with_client_cert: bool) -> grpc.Channel:
     ca = (files / "ca.pem").read_bytes()
     key = cert = None

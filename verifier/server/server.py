@@ -163,6 +163,7 @@ class VerifierServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
         self._server: grpc.aio.Server | None = None
+        self._attestations: AttestationServicer | None = None
         self._checkpoints: threading.Thread | None = None
         self.port = 0
         self.metrics_port = 0
@@ -189,10 +190,9 @@ class VerifierServer:
         runtime = Runtime(
             self.pool, self.writer, self.access, self.limiter, self.metrics, self._stopping
         )
+        self._attestations = AttestationServicer(self.core, self.ingestor, runtime)
         add_service(
-            server,
-            _service(attestation_service_pb2, "AttestationService"),
-            AttestationServicer(self.core, self.ingestor, runtime),
+            server, _service(attestation_service_pb2, "AttestationService"), self._attestations
         )
         add_service(
             server,
@@ -293,6 +293,10 @@ class VerifierServer:
 
     async def _drain(self, grace_s: float) -> None:
         await self.health.enter_graceful_shutdown()
+        if self._attestations is not None:
+            # Agents' streams between batches end now (UNAVAILABLE, saying why), not at the end
+            # of the grace; a batch being ingested still commits and gets its receipts.
+            self._attestations.idle.close_all()
         if self._server is not None:
             await self._server.stop(grace_s)
 

@@ -284,10 +284,16 @@ class IdleStreams:
         self._heard: OrderedDict[asyncio.Task[Any], float] = OrderedDict()
         self._expired: set[asyncio.Task[Any]] = set()
         self._timer: asyncio.TimerHandle | None = None
+        self._closing = False
+        self._closed: set[asyncio.Task[Any]] = set()
 
     def waiting(self, task: asyncio.Task[Any]) -> None:
         """``task`` is about to wait for its stream's next message; call :meth:`forget` when
         the wait ends. Only the wait for a message is timed, not the work on one."""
+        if self._closing:  # a batch answered during the shutdown: its stream ends now
+            self._closed.add(task)
+            task.cancel()
+            return
         loop = task.get_loop()
         self._heard[task] = loop.time()
         if self._timer is None:
@@ -296,6 +302,24 @@ class IdleStreams:
     def forget(self, task: asyncio.Task[Any]) -> None:
         self._heard.pop(task, None)
         self._expired.discard(task)
+
+    def close_all(self) -> None:
+        """The verifier is stopping: end every stream that waits for its next message now, and
+        every other one once its batch is answered, instead of holding them to the end of the
+        shutdown grace (a batch in flight still commits and gets its receipts)."""
+        self._closing = True
+        waiting, self._heard = list(self._heard), OrderedDict()
+        for task in waiting:
+            self._closed.add(task)
+            task.cancel()
+
+    def closed(self, task: asyncio.Task[Any]) -> bool:
+        """Whether ``task`` was cancelled by :meth:`close_all` (and so, now, it is not)."""
+        if task not in self._closed:
+            return False
+        self._closed.discard(task)
+        task.uncancel()
+        return True
 
     def expired(self, task: asyncio.Task[Any]) -> bool:
         """Whether ``task`` was cancelled by this for its silence (and so, now, it is not)."""
@@ -518,6 +542,11 @@ class AttestationServicer:
                 try:
                     request = await context.read()
                 except asyncio.CancelledError:
+                    if idle.closed(task):
+                        raise UnavailableError(
+                            "the verifier is shutting down: resend what has no receipt to it, "
+                            "or to another of its processes"
+                        ) from None
                     if not idle.expired(task):
                         raise
                     raise IdleStreamError(
