@@ -185,8 +185,22 @@ class WitnessPool:
             except (OSError, http.client.HTTPException):
                 return int(exc.code), b""
         except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-            log.warning("witness %s unreachable: %s", url, type(exc).__name__)
+            log.warning("witness %s unreachable: %s", url, _unreachable_reason(exc))
             return None, b""
+
+
+def _unreachable_reason(exc: BaseException) -> str:
+    """Why a witness could not be reached, in words (the operating system's, where it gave some)."""
+    reason: object = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    if isinstance(reason, TimeoutError):
+        return "timed out"
+    if isinstance(reason, OSError) and reason.strerror:
+        return reason.strerror.lower()
+    if isinstance(reason, http.client.HTTPException):
+        return "the answer was not HTTP"
+    if isinstance(reason, str) and reason:
+        return reason
+    return "no connection"
 
 
 def _excerpt(body: bytes) -> str:

@@ -202,6 +202,14 @@ def test_pool_adds_nothing_for_a_down_wrong_or_forked_witness(
     assert pool_for(f"http://127.0.0.1:{server.port}").cosign(forked, proofs) == forked
 
 
+def test_an_unreachable_witness_is_logged_in_words(caplog: pytest.LogCaptureFixture) -> None:
+    note10 = note_at(10)
+    with caplog.at_level("WARNING", logger="verifier.witness.pool"):
+        assert pool_for("http://127.0.0.1:9").cosign(note10, proofs) == note10  # nobody listens
+    [line] = [r.getMessage() for r in caplog.records if "unreachable" in r.getMessage()]
+    assert line == "witness http://127.0.0.1:9/add-checkpoint unreachable: connection refused", line
+
+
 @pytest.mark.parametrize(
     ("table", "problem"),
     [
