@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,8 +130,7 @@ def write_self_signed(
     files.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     if keep_ca_key:
         ca_key_path = directory / "ca.key"
-        ca_key_path.touch(mode=0o600)
-        ca_key_path.write_bytes(_pem_key(ca_key))
+        _write_private(ca_key_path, _pem_key(ca_key))
     cert, key = _issue(
         ca_key,
         ca_name,
@@ -140,8 +140,7 @@ def write_self_signed(
         days=days,
     )
     files.server_cert.write_bytes(cert)
-    files.server_key.touch(mode=0o600)
-    files.server_key.write_bytes(key)
+    _write_private(files.server_key, key)
     if client_name is not None:
         cert, key = _issue(
             ca_key,
@@ -154,12 +153,19 @@ def write_self_signed(
         client_cert = directory / "client.pem"
         client_key = directory / "client.key"
         client_cert.write_bytes(cert)
-        client_key.touch(mode=0o600)
-        client_key.write_bytes(key)
+        _write_private(client_key, key)
         files = TlsFiles(
             files.ca_cert, files.server_cert, files.server_key, client_cert, client_key
         )
     return files
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write a private key readable by its owner only, whatever mode an old file had."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        os.fchmod(out.fileno(), 0o600)
+        out.write(data)
 
 
 def issue_client_cert_pem(
@@ -195,6 +201,5 @@ def issue_client_cert(directory: Path, name: str, *, uri: str, days: int = 30) -
     )
     cert_path, key_path = directory / f"{name}.pem", directory / f"{name}.key"
     cert_path.write_bytes(cert)
-    key_path.touch(mode=0o600)
-    key_path.write_bytes(key)
+    _write_private(key_path, key)
     return cert_path, key_path

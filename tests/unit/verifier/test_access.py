@@ -132,3 +132,16 @@ def test_a_denial_shows_only_a_short_escaped_excerpt_of_the_lab_id(lab_id: str) 
         assert len(message) < 160
         assert not any(c in message for c in "\r\n\x00")
         assert f"({len(lab_id)} characters)" in message
+
+
+def test_keys_written_over_old_files_are_private(tmp_path: Path) -> None:
+    """Re-running the TLS helper over keys another tool left 0644 leaves them 0600 (the verifier
+    refuses a key others can read)."""
+    for name in ("ca.key", "server.key", "client.key", "agent-1.key"):
+        (tmp_path / name).write_bytes(b"old")
+        (tmp_path / name).chmod(0o644)
+    write_self_signed(tmp_path, ["127.0.0.1"], keep_ca_key=True, client_name="client")
+    issue_client_cert(tmp_path, "agent-1", uri="spiffe://lab/agent-1")
+    for name in ("ca.key", "server.key", "client.key", "agent-1.key"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o600, name
+        assert (tmp_path / name).read_bytes().startswith(b"-----BEGIN"), name
