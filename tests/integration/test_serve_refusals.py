@@ -8,6 +8,7 @@ read, a certificate that is not for its key, and a policy it cannot evaluate."""
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -177,6 +178,10 @@ def test_the_verifier_refuses_to_start_on_bad_tls_material(
     assert "server.tls_" in run.stderr
     assert not (tmp_path / "port").exists()  # never served
     assert "Traceback" not in run.stderr
+    # Refused before anything was logged: no lab or policy record in a store it never served.
+    if files.store.exists():
+        with sqlite3.connect(files.store) as db:
+            assert db.execute("SELECT COUNT(*) FROM log_entries").fetchone() == (0,)
 
 
 def test_the_verifier_refuses_to_start_on_a_policy_it_cannot_evaluate_naming_the_file_once(
@@ -206,8 +211,6 @@ def test_the_verifier_refuses_to_start_on_a_policy_it_cannot_evaluate_naming_the
 def test_a_store_a_newer_verifier_wrote_is_refused_in_words(tmp_path: Path) -> None:
     """docs/verifier.md, Upgrades: an older verifier refuses a newer store "and says so" (exit 2),
     not as an internal error naming a Python exception; the store is left as it was."""
-    import sqlite3
-
     from verifier.store.sqlite import SqliteStore
 
     files = write_verifier_files(tmp_path / "v")

@@ -139,6 +139,9 @@ class VerifierServer:
         self.config = config
         self.store = store
         key = load_private_key(config.log.signing_key)
+        # The TLS material is checked before anything is written: a start refused for an expired
+        # certificate or an open key file must not have logged the labs and policies.
+        self._credentials = server_credentials(config, clock_ns())
         self.core = VerifierCore(config, store, key, clock_ns)
         self.registry = Registry(self.core)
         self.registry.sync_labs(config.labs)
@@ -211,7 +214,7 @@ class VerifierServer:
             reflection.enable_server_reflection(
                 (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
             )
-        credentials = server_credentials(self.config, self.core.clock_ns())
+        credentials = self._credentials
         try:
             if credentials is None:
                 log.warning("serving WITHOUT TLS (insecure_no_tls): for local tests only")
