@@ -273,6 +273,16 @@ def streaming(method: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _took_back(cancelled: set[asyncio.Task[Any]], task: asyncio.Task[Any]) -> bool:
+    """Whether ``task`` is one this module cancelled (listed in ``cancelled``); if so, the
+    cancellation is taken back, so that the stream can end with a status of its own."""
+    if task not in cancelled:
+        return False
+    cancelled.discard(task)
+    task.uncancel()
+    return True
+
+
 class IdleStreams:
     """Ends streams that send nothing for ``idle_s``, with one timer for all of them: the stream
     least recently heard from is first in line, and the timer is set for when it expires. A
@@ -315,19 +325,11 @@ class IdleStreams:
 
     def closed(self, task: asyncio.Task[Any]) -> bool:
         """Whether ``task`` was cancelled by :meth:`close_all` (and so, now, it is not)."""
-        if task not in self._closed:
-            return False
-        self._closed.discard(task)
-        task.uncancel()
-        return True
+        return _took_back(self._closed, task)
 
     def expired(self, task: asyncio.Task[Any]) -> bool:
         """Whether ``task`` was cancelled by this for its silence (and so, now, it is not)."""
-        if task not in self._expired:
-            return False
-        self._expired.discard(task)
-        task.uncancel()
-        return True
+        return _took_back(self._expired, task)
 
     def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
         self._timer = None

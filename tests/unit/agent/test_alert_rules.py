@@ -19,7 +19,7 @@ import pytest
 from agent.failures import FailureKind
 from agent.metrics import AgentMetrics, reject_reason_label
 from agent.sampler.base import EventKind, GpuIdentity, GpuReading, Poll, SamplerEvent
-from attest.samples import Sample, SampleFlags
+from tests.fakes import gpu_reading
 from tests.prom_rules import (
     Labels,
     Series,
@@ -230,19 +230,7 @@ GPUS = tuple(GpuIdentity(index=i, uuid=f"GPU-{i}", model="H100") for i in range(
 
 
 def reading(gpu: GpuIdentity, t: float, *, lost: bool = False) -> GpuReading:
-    if lost:
-        return GpuReading(identity=gpu, sample=None, lost=True)
-    sample = Sample(
-        gpu_index=gpu.index,
-        timestamp_ns=int(t * 1e9),
-        interval_ms=1000,
-        flags=SampleFlags.UTILIZATION,
-        utilization_pct=90,
-        energy_mj=0,
-        power_mw=0,
-        memory_used_bytes=0,
-    )
-    return GpuReading(identity=gpu, sample=sample)
+    return gpu_reading(gpu, int(t * 1e9), lost=lost, utilization_pct=90)
 
 
 def healthy_poll(t: float) -> Poll:

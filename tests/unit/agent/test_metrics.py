@@ -21,10 +21,9 @@ from agent.sampler.base import EventKind, GpuIdentity, GpuReading, Poll, Sampler
 from agent.shipper import ShipError, Shipper
 from agent.spool import Spool, WindowTimes
 from attest.ids import NodeId
-from attest.samples import Sample, SampleFlags
 from tests.agent_setup import verifier_config
 from tests.builders import T0_NS, WINDOW_NS, TestNode
-from tests.fakes import FakeClock
+from tests.fakes import FakeClock, gpu_reading
 from tests.prom_rules import parse_exposition
 from tests.testdata import REPO_ROOT
 from verifier.server.metrics import _REASON as VERIFIER_REASONS
@@ -140,21 +139,11 @@ GPUS = tuple(GpuIdentity(index=i, uuid=f"GPU-{i}", model="H100") for i in range(
 
 
 def read(gpu: GpuIdentity) -> GpuReading:
-    sample = Sample(
-        gpu_index=gpu.index,
-        timestamp_ns=T0_NS,
-        interval_ms=1000,
-        flags=SampleFlags.UTILIZATION,
-        utilization_pct=50,
-        energy_mj=0,
-        power_mw=0,
-        memory_used_bytes=0,
-    )
-    return GpuReading(identity=gpu, sample=sample)
+    return gpu_reading(gpu, T0_NS)
 
 
 def lost(gpu: GpuIdentity) -> GpuReading:
-    return GpuReading(identity=gpu, sample=None, lost=True)
+    return gpu_reading(gpu, T0_NS, lost=True)
 
 
 def event(kind: EventKind) -> SamplerEvent:
