@@ -22,6 +22,7 @@ import struct
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
+from itertools import pairwise
 from math import ceil, floor
 
 import grpc
@@ -397,12 +398,8 @@ def gpu_window(
     energy_delta: int | None = None
     if energy and closing_energy_mj is not None:
         out.energy_start_mj, out.energy_end_mj = energy[0], closing_energy_mj
-        if all(
-            b >= a
-            for a, b in zip(
-                [*energy, closing_energy_mj], [*energy[1:], closing_energy_mj], strict=True
-            )
-        ):
+        readings = [*energy, closing_energy_mj]
+        if all(later >= earlier for earlier, later in pairwise(readings)):
             out.energy_counter_state = pb.ENERGY_COUNTER_STATE_OK
             energy_delta = closing_energy_mj - energy[0]
         else:
