@@ -61,7 +61,8 @@ def sha256(data: bytes) -> bytes:
 @dataclass
 class Exported:
     directory: Path
-    data: bytes
+    data: bytes  # from the first window on
+    later: bytes  # from A's seq 5 on
     log_private: Ed25519PrivateKey
     log_key: str  # pinned out of band: made here from the key file, as `pausewatch log key` does
     witness_key: str
@@ -136,17 +137,22 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exported]:
                 rpb.RevokeNodeRequest(revocation_envelope=envelope), timeout=10
             )
             _wait_cosigned(client.audit, witness.name)
-            # Up to now: the bad signature's finding is about the time it arrived.
-            out = directory / "lab-a.pwbundle"
-            since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t0 // S))
-            run = pausewatch(
-                "audit", "export", *verifier.cli_target(), "--lab", "lab-a",
-                "--since", since, "--until", "now", "--out", str(out),
-            )  # fmt: skip
-            assert run.returncode == 0, run.stderr
+            # Up to now: the bad signature's finding is about the time it arrived. The later
+            # period starts at A's seq 5: the bundle holds both chains from the middle.
+            bundles = []
+            for start in (t0, t0 + 5 * MINUTE):
+                out = directory / f"lab-a-{start}.pwbundle"
+                since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(start // S))
+                run = pausewatch(
+                    "audit", "export", *verifier.cli_target(), "--lab", "lab-a",
+                    "--since", since, "--until", "now", "--out", str(out),
+                )  # fmt: skip
+                assert run.returncode == 0, run.stderr
+                bundles.append(out.read_bytes())
         yield Exported(
             directory,
-            out.read_bytes(),
+            bundles[0],
+            bundles[1],
             log_private,
             log_key,
             witness.vkey,
@@ -295,7 +301,7 @@ class Checked:
 @pytest.fixture(scope="module")
 def checked(exported: Exported) -> dict[str, Checked]:
     """Each copy, checked by both verifiers (the CLI runs two at a time)."""
-    copies = {"honest": exported.data}
+    copies = {"honest": exported.data, "honest-later-period": exported.later}
     copies |= {
         name: tamper(exported, open_bundle(exported.data)) for name, tamper in TAMPERS.items()
     }
@@ -341,6 +347,17 @@ def test_the_honest_bundle_verifies_from_the_docs_alone(
     } <= kinds
     assert theirs["verdict"] == "VERDICT_INVALID"  # the equivocation decides it
     assert theirs["attestations"] == ours.attestations == 11  # accepted: A 7, B 4, not the fork
+
+
+def test_a_bundle_holding_chains_from_the_middle_verifies(checked: dict[str, Checked]) -> None:
+    """A's windows from seq 3 (its last before the period), B's seq 1 to 3 (around its fork)."""
+    ours, cli = checked["honest-later-period"].ours, checked["honest-later-period"].cli
+    assert ours.ok, ours.failures
+    assert cli.returncode in (0, 1), cli.stdout[-2000:] + cli.stderr[-2000:]
+    theirs = json.loads(cli.stdout)
+    assert theirs["ok"] and theirs["agrees_with_server"]
+    assert theirs["attestations"] == ours.attestations == 7  # A's 3, 5, 6, 7 and B's 1, 2, 3
+    assert len(ours.fork_evidence) == 1
 
 
 def _bad_cosignature(ex: Exported) -> bytes:
