@@ -156,7 +156,10 @@ class GetChallengeRequest(_message.Message):
 
     NODE_ID_FIELD_NUMBER: _builtins.int
     node_id: _builtins.bytes
-    """The asking node's id (32 bytes). The nonce is bound to it."""
+    """The asking node's id (32 bytes): SHA-256 of its raw public key, also before it is enrolled
+    (the nonce for its NodeEnrollment). The nonce is bound to it: another node's nonce is
+    BAD_NONCE.
+    """
     def __init__(
         self,
         *,
@@ -172,9 +175,7 @@ Global___GetChallengeRequest: _TypeAlias = GetChallengeRequest  # noqa: Y015
 
 @_typing.final
 class GetTpmCredentialRequest(_message.Message):
-    """GetChallenge response.
-    GetTpmCredential request: the first step of enrolling a node rooted in a TPM.
-    """
+    """GetTpmCredential request: the first step of enrolling a node rooted in a TPM."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -240,6 +241,8 @@ Global___GetTpmCredentialResponse: _TypeAlias = GetTpmCredentialResponse  # noqa
 
 @_typing.final
 class GetChallengeResponse(_message.Message):
+    """GetChallenge response."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NONCE_FIELD_NUMBER: _builtins.int
@@ -247,7 +250,7 @@ class GetChallengeResponse(_message.Message):
     EXPIRES_AT_NS_FIELD_NUMBER: _builtins.int
     VERIFIER_TIME_NS_FIELD_NUMBER: _builtins.int
     nonce: _builtins.bytes
-    """The nonce to put in the next attestations' verifier_nonce."""
+    """The nonce to put in the next attestations' verifier_nonce (and in a NodeEnrollment's)."""
     issued_at_ns: _builtins.int
     """When it was issued, ns since the epoch (verifier clock)."""
     expires_at_ns: _builtins.int

@@ -77,6 +77,8 @@ class AttestationServiceServicer:
 
     def SubmitAttestations(self, request_iterator, context):
         """The attestation stream: batches in, one response of receipts per batch out, in order.
+        Over a node agent's certificate it carries that node's envelopes only: a batch holding any
+        other key id's envelope is refused whole (PERMISSION_DENIED, the stream ends, nothing stored).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -44,7 +44,10 @@ class AttestationServiceStub:
     UNAUTHENTICATED (the EK certificate does not chain to one, or it or its CA is out of date).
     """
     SubmitAttestations: _grpc.StreamStreamMultiCallable[_attestation_service_pb2.SubmitAttestationsRequest, _attestation_service_pb2.SubmitAttestationsResponse]
-    """The attestation stream: batches in, one response of receipts per batch out, in order."""
+    """The attestation stream: batches in, one response of receipts per batch out, in order.
+    Over a node agent's certificate it carries that node's envelopes only: a batch holding any
+    other key id's envelope is refused whole (PERMISSION_DENIED, the stream ends, nothing stored).
+    """
 
 @_typing.type_check_only
 class AttestationServiceAsyncStub(AttestationServiceStub):
@@ -62,7 +65,10 @@ class AttestationServiceAsyncStub(AttestationServiceStub):
     UNAUTHENTICATED (the EK certificate does not chain to one, or it or its CA is out of date).
     """
     SubmitAttestations: _aio.StreamStreamMultiCallable[_attestation_service_pb2.SubmitAttestationsRequest, _attestation_service_pb2.SubmitAttestationsResponse]  # type: ignore[assignment]
-    """The attestation stream: batches in, one response of receipts per batch out, in order."""
+    """The attestation stream: batches in, one response of receipts per batch out, in order.
+    Over a node agent's certificate it carries that node's envelopes only: a batch holding any
+    other key id's envelope is refused whole (PERMISSION_DENIED, the stream ends, nothing stored).
+    """
 
 class AttestationServiceServicer(metaclass=_abc_1.ABCMeta):
     """Used by agents."""
@@ -95,6 +101,9 @@ class AttestationServiceServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_attestation_service_pb2.SubmitAttestationsRequest],
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_attestation_service_pb2.SubmitAttestationsResponse], _abc.AsyncIterator[_attestation_service_pb2.SubmitAttestationsResponse]]:
-        """The attestation stream: batches in, one response of receipts per batch out, in order."""
+        """The attestation stream: batches in, one response of receipts per batch out, in order.
+        Over a node agent's certificate it carries that node's envelopes only: a batch holding any
+        other key id's envelope is refused whole (PERMISSION_DENIED, the stream ends, nothing stored).
+        """
 
 def add_AttestationServiceServicer_to_server(servicer: AttestationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

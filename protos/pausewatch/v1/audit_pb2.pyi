@@ -41,7 +41,9 @@ class _VerdictEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Verdict.Value
     VERDICT_UNACCOUNTED: _Verdict.ValueType  # 3
     """No rule is broken by what was attested, but coverage or gaps leave time unaccounted for."""
     VERDICT_INVALID: _Verdict.ValueType  # 4
-    """Evidence failed verification: equivocation, or a bad signature from an enrolled key."""
+    """Evidence failed verification: the node's own key signed two envelopes for one place in its
+    chain (an EQUIVOCATION finding). A bad signature never decides it: anyone can send one.
+    """
 
 class Verdict(_Verdict, metaclass=_VerdictEnumTypeWrapper):
     """The overall outcome for a lab and period. A verdict is data, not an error."""
@@ -55,7 +57,9 @@ VERDICT_VIOLATION: Verdict.ValueType  # 2
 VERDICT_UNACCOUNTED: Verdict.ValueType  # 3
 """No rule is broken by what was attested, but coverage or gaps leave time unaccounted for."""
 VERDICT_INVALID: Verdict.ValueType  # 4
-"""Evidence failed verification: equivocation, or a bad signature from an enrolled key."""
+"""Evidence failed verification: the node's own key signed two envelopes for one place in its
+chain (an EQUIVOCATION finding). A bad signature never decides it: anyone can send one.
+"""
 Global___Verdict: _TypeAlias = Verdict  # noqa: Y015
 
 class _RuleKind:
