@@ -683,7 +683,7 @@ class _Walk:
         if (report.policy_id, report.policy_version, report.policy_digest) != expected:
             self.fail("report's policy is not the one in force in the bundle")
         accepted = [i for i, a in self.acceptances if a.policy_sha256 == digest]
-        expected_acceptance = (bool(accepted), accepted[-1] if accepted else 0)
+        expected_acceptance = (bool(accepted), accepted[0] if accepted else 0)  # the first
         if (report.policy_accepted, report.policy_acceptance_log_index) != expected_acceptance:
             self.fail("report's policy acceptance differs from the bundle's")
 
