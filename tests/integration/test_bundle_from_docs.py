@@ -277,6 +277,17 @@ def _hide_equivocation(ex: Exported, b: bundle_pb2.EvidenceBundle) -> bytes:
     return seal(b, ex.log_private)
 
 
+def _logging_time_goes_back(ex: Exported, b: bundle_pb2.EvidenceBundle) -> bytes:
+    entry = b.entries[in_period_attestation(b, ex.node_a)]
+    entry.logged_at_ns = b.entries[0].logged_at_ns - 1  # before the lab record, logged first
+    return seal(b, ex.log_private)
+
+
+def _laxer_gap_tolerance(ex: Exported, b: bundle_pb2.EvidenceBundle) -> bytes:
+    b.gap_tolerance_ns += 120 * S  # the report's verifier settings still say 5 s
+    return seal(b, ex.log_private)
+
+
 TAMPERS: dict[str, Callable[[Exported, bundle_pb2.EvidenceBundle], bytes]] = {
     "envelope-signature-flipped": _flip_signature,
     "window-body-changed": _change_body,
@@ -289,6 +300,8 @@ TAMPERS: dict[str, Callable[[Exported, bundle_pb2.EvidenceBundle], bytes]] = {
     "checkpoint-by-another-key": _other_log_key,
     "bundle-not-resigned": _not_resigned,
     "equivocation-hidden": _hide_equivocation,
+    "logging-time-goes-back": _logging_time_goes_back,
+    "gap-tolerance-laxer": _laxer_gap_tolerance,
 }
 
 
