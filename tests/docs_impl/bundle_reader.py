@@ -222,7 +222,10 @@ class NoteKey:
             key_hash = bytes.fromhex(hash_hex)
         except (binascii.Error, ValueError) as exc:
             raise MalformedError(f"not a signed-note verifier key: {text!r}") from exc
-        if not name or len(key_hash) != 4 or len(key) != 33 or key[0] != algorithm:
+        canonical = (
+            re.fullmatch(r"[0-9a-f]{8}", hash_hex) and base64.b64encode(key).decode() == encoded
+        )
+        if not canonical or not name or len(key) != 33 or key[0] != algorithm:
             raise MalformedError(
                 f"not a signed-note verifier key of type {algorithm:#04x}: {text!r}"
             )
