@@ -32,6 +32,21 @@ from attest.keys import Ed25519Signer, format_public_key, save_private_key
 from tests.builders import TestNode, fixed_private_key
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def pausewatch(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run the ``pausewatch`` CLI (the verifier's and the auditor's) in a process of its own."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "protos")]))
+    return subprocess.run(
+        [sys.executable, "-m", "verifier.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+
+
 S = 10**9
 
 DEFAULT_POLICY = """

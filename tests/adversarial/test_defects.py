@@ -35,6 +35,7 @@ from tests.verifier_harness import (
     RunningVerifier,
     enroll_request,
     enrollment_for,
+    pausewatch,
     start_verifier_process,
     stop_process,
     write_verifier_files,
@@ -43,18 +44,6 @@ from verifier.audit.bundle import MAX_BUNDLE_BYTES
 
 S = 10**9
 MINUTE = 60 * S
-
-
-def pausewatch(*args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "protos")]))
-    return subprocess.run(
-        [sys.executable, "-m", "verifier.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
 
 
 @pytest.fixture

@@ -13,9 +13,6 @@ re-ordered readings are refused, and a missing reading is reported.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,9 +30,9 @@ from attest.keys import Ed25519Signer
 from tests.builders import TestNode, fixed_private_key
 from tests.meters import NON_GPU_W, QUARTER_NS, gateway_readings, site_file
 from tests.verifier_harness import (
-    REPO,
     Client,
     RunningVerifier,
+    pausewatch,
     start_verifier_process,
     stop_process,
     write_verifier_files,
@@ -68,18 +65,6 @@ window = "1h"
 limit_flop = "1e19"
 figure = "site_energy"
 """
-
-
-def pausewatch(*args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "protos")]))
-    return subprocess.run(
-        [sys.executable, "-m", "verifier.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
 
 
 @dataclass

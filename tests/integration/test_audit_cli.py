@@ -7,7 +7,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.builders import TestNode
-from tests.verifier_harness import REPO, RunningVerifier, running_verifier
+from tests.verifier_harness import RunningVerifier, pausewatch, running_verifier
 
 S = 10**9
 MINUTE = 60 * S
@@ -50,18 +49,6 @@ class Lab:
     verifier: RunningVerifier
     t0: int
     directory: Path
-
-
-def pausewatch(*args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "protos")]))
-    return subprocess.run(
-        [sys.executable, "-m", "verifier.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
 
 
 @pytest.fixture(scope="module")

@@ -12,11 +12,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -35,23 +33,11 @@ from pausewatch.v1 import registry_pb2 as rpb
 from tests.builders import TestNode, fixed_private_key
 from tests.docs_impl import bundle_reader as br
 from tests.history import RunningWitness, start_witness, stop_witness
-from tests.verifier_harness import REPO, running_verifier, write_verifier_files
+from tests.verifier_harness import REPO, pausewatch, running_verifier, write_verifier_files
 
 S = 10**9
 MINUTE = 60 * S
 ORIGIN = "test.example/verifier"  # tests.verifier_harness's log origin
-
-
-def pausewatch(*args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "protos")]))
-    return subprocess.run(
-        [sys.executable, "-m", "verifier.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
 
 
 def sha256(data: bytes) -> bytes:

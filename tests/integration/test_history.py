@@ -10,7 +10,6 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -33,9 +32,9 @@ from tests.history import (
     stop_witness,
 )
 from tests.verifier_harness import (
-    REPO,
     RunningVerifier,
     VerifierFiles,
+    pausewatch,
     start_verifier_process,
     stop_process,
     write_verifier_files,
@@ -45,18 +44,6 @@ pytestmark = pytest.mark.slow
 
 ORIGIN = "test.example/verifier"
 NO_MONITOR = "[monitor]\ninterval_s = 0\n"
-
-
-def pausewatch(*args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "protos")]))
-    return subprocess.run(
-        [sys.executable, "-m", "verifier.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
 
 
 @dataclass

@@ -22,22 +22,11 @@ from tests.verifier_harness import (
     REPO,
     RunningVerifier,
     VerifierFiles,
+    pausewatch,
     start_verifier_process,
     stop_process,
     write_verifier_files,
 )
-
-
-def pausewatch(*args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "protos")]))
-    return subprocess.run(
-        [sys.executable, "-m", "verifier.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
 
 
 def write_pem(path: Path, data: bytes, mode: int = 0o600) -> Path:

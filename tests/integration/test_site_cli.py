@@ -5,9 +5,6 @@ meter is declared with is refused by name, and nothing is stored."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,8 +14,8 @@ import pytest
 from attest.keys import Ed25519Signer, format_public_key, save_private_key
 from tests.builders import fixed_private_key
 from tests.verifier_harness import (
-    REPO,
     RunningVerifier,
+    pausewatch,
     start_verifier_process,
     stop_process,
     write_verifier_files,
@@ -39,18 +36,6 @@ id = "utility-feed"
 source = "regulator_import"
 public_key = "{key}"
 """
-
-
-def pausewatch(*args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "protos")]))
-    return subprocess.run(
-        [sys.executable, "-m", "verifier.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
 
 
 @pytest.fixture
