@@ -857,7 +857,7 @@ def status(
         "last_errors": [],
     }
     if path.exists():
-        spool = Spool.open(path, node_id=NodeId(node_id), create=False)
+        spool = Spool.open_readonly(path, node_id=NodeId(node_id), writer_running=running)
         try:
             stats = spool.stats()
             enrollment = spool.get_text(ENROLLMENT_KEY)

@@ -196,6 +196,49 @@ class Spool:
         spool._check(node_id)
         return spool
 
+    @classmethod
+    def open_readonly(
+        cls, path: Path, *, node_id: NodeId | None = None, writer_running: bool = True
+    ) -> Spool:
+        """Open an existing spool to read it only (``status``). Nothing is written, so it opens on
+        a full disk and from a user who cannot write the state directory, where :meth:`open`
+        fails. With no agent running and no write-ahead log beside the file (the agent closed it
+        cleanly), the file is read as immutable: a read-only connection would otherwise have to
+        create the shared-memory file beside it. Refuses another node's spool like :meth:`open`."""
+        if not path.exists():
+            raise SpoolError(f"spool {path} does not exist (has the agent run yet?)")
+        wal = path.with_name(path.name + "-wal")
+        immutable = not writer_running and not wal.exists()
+        uri = path.resolve().as_uri() + ("?immutable=1" if immutable else "?mode=ro")
+        try:
+            db = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=30.0)
+            db.execute("PRAGMA query_only=ON")
+            db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise SpoolError(f"cannot read spool {path}: {exc}") from None
+        spool = cls(db, path)
+        try:
+            spool._check_readable(node_id)
+        except BaseException:
+            db.close()
+            raise
+        return spool
+
+    def _check_readable(self, node_id: NodeId | None) -> None:
+        try:
+            with self._transaction(immediate=False):
+                version = self._int_meta("schema_version")
+                stored = self._meta("node_id")
+        except sqlite3.DatabaseError as exc:
+            raise SpoolError(f"cannot read spool {self._path}: {exc}") from None
+        if version != SCHEMA_VERSION:
+            raise SpoolError(f"spool schema version {version}; this agent reads {SCHEMA_VERSION}")
+        if node_id is not None and stored is not None and stored != node_id:
+            raise SpoolError(
+                f"spool {self._path} belongs to node {stored.hex()[:16]}..., "
+                f"not {bytes(node_id).hex()[:16]}..."
+            )
+
     def close(self) -> None:
         self._db.close()
 

@@ -3,6 +3,7 @@ directory; each played against real processes and a real TLS verifier on loopbac
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -355,3 +356,109 @@ def test_check_keeps_grpc_core_lines_off_the_terminal(
     raw = [line for line in result.stderr.splitlines() if re.match(r"[IWEF]\d{4} ", line)]
     assert raw == [], result.stderr
     assert "ssl_transport_security" not in result.stderr
+
+
+# -- status on a disk the agent cannot write ------------------------------------------------------
+
+
+def _mount(*args: str) -> None:
+    subprocess.run(["mount", *args], check=True, capture_output=True, timeout=30)
+
+
+@pytest.fixture
+def mounts() -> Iterator[list[Path]]:
+    """Mount points made by a test, taken down afterwards; skips where this user cannot mount."""
+    probe = Path(os.environ.get("TMPDIR", "/tmp")) / f"pausewatch-mount-probe-{os.getpid()}"
+    probe.mkdir(exist_ok=True)
+    try:
+        _mount("-t", "tmpfs", "-o", "size=64k", "tmpfs", str(probe))
+    except (OSError, subprocess.CalledProcessError):
+        probe.rmdir()
+        pytest.skip("needs root with mount (a read-only or full file system for the spool)")
+    subprocess.run(["umount", str(probe)], check=True, timeout=30)
+    probe.rmdir()
+    made: list[Path] = []
+    yield made
+    for path in reversed(made):
+        subprocess.run(["umount", str(path)], check=False, timeout=30)
+
+
+def _files(state: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(state.iterdir()) if p.name.startswith("spool")}
+
+
+@pytest.mark.slow
+def test_status_reads_a_spool_on_a_read_only_file_system(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    pki: TestPki,
+    tls_verifier: FakeVerifier,
+    operator: tuple[Path, object],
+    mounts: list[Path],
+) -> None:
+    """Files the operator's user cannot write (here: a read-only mount of the state directory)
+    used to make ``status`` fail with exit 4; it only reads, so it reports the node."""
+    config = tls_state_dir(tmp_path, pki, tls_verifier.port)
+    enrol(capsys, config, operator[0])
+    state = config.node.state_dir
+    agent = AgentProcess.start(state, tmp_path / "agent.log")
+    try:
+        wait_until(lambda: spool_snapshot(config)[0] is not None, 30, "a signed window")
+    finally:
+        assert agent.stop() == 0, agent.log()
+    code, out, _ = run_agent_cli(capsys, "status", "--state-dir", str(state), "--json")
+    assert code == 11, out
+    before = json.loads(out)
+    files = _files(state)
+    _mount("--bind", str(state), str(state))
+    mounts.append(state)
+    _mount("-o", "remount,ro,bind", str(state))
+    with pytest.raises(OSError, match="Read-only file system"):
+        (state / "probe").write_bytes(b"")  # the mount is read-only, root included
+    code, out, err = run_agent_cli(capsys, "status", "--state-dir", str(state), "--json")
+    assert code == 11, out + err  # not running: the verdict it gave before, not an internal error
+    after = json.loads(out)
+    assert after["head"] == before["head"] and after["head"] is not None
+    assert after["enrolled"] is True
+    assert after["spool"]["pending"] == before["spool"]["pending"]
+    assert after["acknowledged"] == before["acknowledged"]
+    assert _files(state) == files
+
+
+@pytest.mark.slow
+def test_status_reports_a_running_agent_whose_disk_is_full(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    pki: TestPki,
+    tls_verifier: FakeVerifier,
+    operator: tuple[Path, object],
+    mounts: list[Path],
+) -> None:
+    """A full disk under a running agent: windows can no longer be spooled, and ``status`` still
+    answers (it reads through the agent's shared memory) with the head the agent last wrote."""
+    state = tmp_path / "state"
+    state.mkdir()
+    _mount("-t", "tmpfs", "-o", "size=72m", "tmpfs", str(state))  # start-up wants 64 MiB free
+    mounts.append(state)
+    config = tls_state_dir(tmp_path, pki, tls_verifier.port)
+    enrol(capsys, config, operator[0])
+    agent = AgentProcess.start(state, tmp_path / "agent.log")
+    try:
+        wait_until(lambda: spool_snapshot(config)[0] is not None, 30, "a signed window")
+        filler = os.open(state / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+        try:  # fill the disk to its last byte
+            for chunk in (1 << 20, 4096, 1):
+                with contextlib.suppress(OSError):
+                    while os.write(filler, b"\0" * chunk):
+                        pass
+        finally:
+            os.close(filler)
+        wait_until(lambda: "window not attested" in agent.log(), 30, "a window not spooled")
+        code, out, err = run_agent_cli(capsys, "status", "--state-dir", str(state), "--json")
+        assert code in (0, 12, 13), out + err  # a verdict on the node, not an internal error
+        result = json.loads(out)
+        assert result["agent_running"] is True
+        assert result["enrolled"] is True
+        assert result["head"] is not None
+    finally:
+        agent.stop()

@@ -236,3 +236,48 @@ def test_first_link_has_zero_prev(spool: Spool) -> None:
 
     spool.append(sign, window(0), samples=b"", created_at_ns=0)
     assert captured == [ZERO_DIGEST]
+
+
+def test_a_read_only_open_reads_what_was_written_and_writes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    writer = Spool.open(path, node_id=NODE_ID)
+    fill(writer, 3)
+    head = writer.head()
+    # While the writer is open (a running agent): read through its write-ahead log.
+    reader = Spool.open_readonly(path, node_id=NODE_ID, writer_running=True)
+    try:
+        assert reader.stats().head == head
+        with pytest.raises(sqlite3.OperationalError, match=r"readonly|read-only|query_only"):
+            reader.set_text("enrollment", "{}")
+    finally:
+        reader.close()
+    writer.close()
+    files = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    # A stopped agent: the file alone, read as it is.
+    reader = Spool.open_readonly(path, node_id=NODE_ID, writer_running=False)
+    try:
+        assert reader.stats().head == head
+        assert reader.stats().pending_count == 3
+    finally:
+        reader.close()
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == files
+
+
+def test_a_read_only_open_refuses_what_open_refuses(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    with pytest.raises(SpoolError, match="does not exist"):
+        Spool.open_readonly(path, writer_running=False)
+    assert not path.exists()
+    Spool.open(path, node_id=NODE_ID).close()
+    other = NodeId(b"\x07" * 32)
+    with pytest.raises(SpoolError, match="belongs to node"):
+        Spool.open_readonly(path, node_id=other, writer_running=False)
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(SpoolError, match="cannot read spool"):
+        Spool.open_readonly(garbage, writer_running=False)
+    assert garbage.read_bytes() == b"this is not a database" * 100
+    empty = tmp_path / "empty.db"
+    sqlite3.connect(empty).execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB)").close()
+    with pytest.raises(SpoolError, match="schema version None"):
+        Spool.open_readonly(empty, writer_running=False)
