@@ -408,6 +408,8 @@ def test_an_entry_whose_bytes_were_replaced_does_not_match_its_proof(lab: Lab) -
     assert again.status == Status.UNCHANGED, again.message  # the tree itself was not touched
     (report,) = monitor.check_entries([target])
     assert report.status == Status.ENTRY_MISMATCH, report.message
+    assert "do not hash to the leaf hash sent with it" in report.message  # the stale leaf hash
+    assert "does not lead to the checkpoint's signed root" in report.message
     assert statuses(monitor.check_entries(range(target))) == {Status.ENTRY_OK}
     project = lab.cli("log", "prove", "--index", str(target))
     assert project.returncode == 3, project.stdout + project.stderr
