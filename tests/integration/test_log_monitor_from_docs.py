@@ -385,10 +385,14 @@ def test_a_restored_backup_is_a_rollback_and_a_regrown_log_a_fork(lab: Lab, tmp_
     assert watched.returncode == 3, watched.stdout + watched.stderr
 
 
-def test_an_entry_whose_bytes_were_replaced_does_not_match_its_proof(lab: Lab) -> None:
+def test_an_entry_whose_bytes_were_replaced_does_not_match_its_proof(
+    lab: Lab, tmp_path: Path
+) -> None:
     """A cruder edit: the operator changes an entry's bytes in place and leaves the tree."""
     monitor = lab.monitor()
     assert monitor.check().status == Status.FIRST
+    seen = tmp_path / "seen"
+    assert lab.cli("audit", "watch", "--dir", str(seen)).returncode == 0
     kept = monitor.kept
     assert kept is not None
     target = kept.size - 1
@@ -413,6 +417,9 @@ def test_an_entry_whose_bytes_were_replaced_does_not_match_its_proof(lab: Lab) -
     assert statuses(monitor.check_entries(range(target))) == {Status.ENTRY_OK}
     project = lab.cli("log", "prove", "--index", str(target))
     assert project.returncode == 3, project.stdout + project.stderr
+    # Checkpoints alone cannot see it: the project's watch, like the monitor, finds no change.
+    watched = lab.cli("audit", "watch", "--dir", str(seen), "--json")
+    assert watched.returncode == 0 and json.loads(watched.stdout)["status"] == "unchanged"
 
 
 # --- checkpoints that must be refused ------------------------------------------------------------
