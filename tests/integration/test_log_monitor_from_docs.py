@@ -15,6 +15,7 @@ import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from concurrent import futures
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -439,33 +440,41 @@ class _TamperingMirror(audit_pb2_grpc.AuditServiceServicer):
 
 
 def _alter_signature(note: str) -> str:
+    """The note with its last signature line altered (inside the signature, past the key hash,
+    still canonical base64)."""
     text, _, line = note.rstrip("\n").rpartition("\n")
     head, b64 = line.rsplit(" ", 1)
-    middle = len(b64) // 2  # inside the signature, past the key hash; still canonical base64
+    middle = len(b64) // 2
     flipped = b64[:middle] + ("A" if b64[middle] != "A" else "B") + b64[middle + 1 :]
     return f"{text}\n{head} {flipped}\n"
+
+
+@contextmanager
+def tampering_mirror(lab: Lab) -> Iterator[str]:
+    """A plaintext address that serves the verifier's checkpoint with its last signature line
+    altered."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    with lab.channel() as upstream:
+        servicer = _TamperingMirror(  # type: ignore[abstract]  # the other calls: UNIMPLEMENTED
+            audit_pb2_grpc.AuditServiceStub(upstream), _alter_signature
+        )
+        audit_pb2_grpc.add_AuditServiceServicer_to_server(servicer, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        try:
+            yield f"127.0.0.1:{port}"
+        finally:
+            server.stop(None)
 
 
 def test_an_altered_signature_line_and_a_wrong_pinned_key_are_refused(
     lab: Lab, tmp_path: Path
 ) -> None:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    with lab.channel() as upstream:
-        mirror_servicer = _TamperingMirror(  # type: ignore[abstract]  # the other calls: UNIMPLEMENTED
-            audit_pb2_grpc.AuditServiceStub(upstream), _alter_signature
-        )
-        audit_pb2_grpc.add_AuditServiceServicer_to_server(mirror_servicer, server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        server.start()
-        try:
-            mirrored = LogMonitor(
-                grpc.insecure_channel(f"127.0.0.1:{port}"), LogKey.parse(lab.log_vkey)
-            )
-            refused = mirrored.check()
-            mirror = ["--verifier", f"127.0.0.1:{port}", "--insecure-no-tls"]
-            project_refused = pausewatch("log", "checkpoint", *mirror, "--log-key", lab.log_vkey)
-        finally:
-            server.stop(None)
+    with tampering_mirror(lab) as address:
+        mirrored = LogMonitor(grpc.insecure_channel(address), LogKey.parse(lab.log_vkey))
+        refused = mirrored.check()
+        mirror = ["--verifier", address, "--insecure-no-tls"]
+        project_refused = pausewatch("log", "checkpoint", *mirror, "--log-key", lab.log_vkey)
     assert refused.status == Status.BAD_CHECKPOINT, refused.message
     assert "does not verify" in refused.message and mirrored.kept is None
     assert project_refused.returncode == 3, project_refused.stdout + project_refused.stderr
@@ -518,6 +527,18 @@ def test_a_witness_cosigns_the_honest_log_and_not_the_rewritten_one(tmp_path: Pa
             with pytest.raises(NoteError, match=r"cosignature of witness\.example/w1"):
                 verify_checkpoint(forged, LogKey.parse(log_vkey), required)
             assert verify_checkpoint(forged, LogKey.parse(log_vkey)).size == size  # not required
+            # Served so, a forged cosignature refuses the checkpoint; it is not merely missing.
+            with tampering_mirror(lab) as address:
+                mirrored = LogMonitor(
+                    grpc.insecure_channel(address), LogKey.parse(log_vkey), witnesses=required
+                ).check()
+                mirror = ["--verifier", address, "--insecure-no-tls", "--log-key", log_vkey]
+                project = pausewatch("log", "checkpoint", *mirror, "--witness", witness.vkey)
+                unrequired = pausewatch("log", "checkpoint", *mirror)
+            assert mirrored.status == Status.BAD_CHECKPOINT, mirrored.message
+            assert "cosignature of witness.example/w1 does not verify" in mirrored.message
+            assert project.returncode == 3, project.stdout + project.stderr
+            assert unrequired.returncode == 0, unrequired.stdout + unrequired.stderr
 
             lab.stop()
             rewrite_history(lab.files.store, load_private_key(directory / "log.key"), ORIGIN,
