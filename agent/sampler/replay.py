@@ -1,6 +1,6 @@
 """Replay an ``nvidia-smi --query-gpu=... --format=csv`` recording as a sampler.
 
-    recording = load_recording(Path("node7.csv"))            # parse and check the whole file
+    recording = load_recording(Path("node7.csv"))            # read and check the whole file
     sampler = ReplaySampler(recording)                        # windows in recording time
     sampler = ReplaySampler(recording, realtime=True)         # or paced by the wall clock
 
@@ -58,12 +58,13 @@ import io
 import itertools
 import logging
 import re
-import statistics
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from typing import TextIO, overload
 
 from agent.clock import NS_PER_MS
 from agent.sampler.base import (
@@ -87,7 +88,9 @@ MIN_POLL_SPACING_NS = 2 * POLL_SPREAD_NS
 CREDIT_BOUND_NUM, CREDIT_BOUND_DEN = 3, 2
 """A sample's credit is bounded by 3/2 of the measured cadence; longer is a stall (a gap)."""
 ENERGY_INTEGRATED_NOTE = "integrated from power.draw"
-MAX_ROWS = 10_000_000
+CACHE_LIMIT = 4096
+"""Parsed cells remembered per column (values repeat); a full cache is emptied, so memory stays
+bounded however long the recording."""
 
 _UNIT_IN_HEADER = re.compile(r"^\s*([^\[]+?)\s*(?:\[([^\]]*)\])?\s*$")
 _NUMBER = re.compile(r"^([-+]?(?:\d+(?:\.\d*)?|\.\d+))\s*([A-Za-z%]*)$")
@@ -98,6 +101,10 @@ _TIMESTAMP_FORMATS = (
     "%Y-%m-%d %H:%M:%S",
     "%Y-%m-%dT%H:%M:%S.%f",
     "%Y-%m-%dT%H:%M:%S",
+)
+_FAST_TIMESTAMP = re.compile(
+    r"^(\d{4}/\d{2}/\d{2} \d{2}:\d{2}:\d{2}|\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2})"
+    r"(?:\.(\d{1,6}))?$"
 )
 _POWER_NAMES = ("power.draw", "power.draw.instant", "power.draw.average")
 _ENERGY_NAMES = ("total_energy_consumption", "energy", "energy.total")
@@ -155,11 +162,63 @@ class RecordedPoll:
     rows: tuple[Row, ...]
 
 
+class RecordedPolls(Sequence[RecordedPoll]):
+    """A recording's polls, read from the file again each time they are iterated: the parser holds
+    one poll at a time, so memory does not grow with the recording. The first and last poll and
+    the count are known from the first reading; other indices are reached by reading up to them
+    (iterate instead)."""
+
+    def __init__(self, reader: _Reader, survey: _Survey) -> None:
+        self._reader = reader
+        self._survey = survey
+
+    def __len__(self) -> int:
+        return self._survey.polls
+
+    def __iter__(self) -> Iterator[RecordedPoll]:
+        survey = self._survey
+        count = 0
+        last: RecordedPoll | None = None
+        for poll in self._reader.polls(until_line=survey.last_line):
+            count += 1
+            last = poll
+            yield poll
+        if count != survey.polls or (last is not None and last != survey.last):
+            raise RecordingError(
+                f"{self._reader.source}: the file changed while it was read; replay a copy "
+                "that nothing writes to"
+            )
+
+    @overload
+    def __getitem__(self, index: int) -> RecordedPoll: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[RecordedPoll]: ...
+
+    def __getitem__(self, index: int | slice) -> RecordedPoll | Sequence[RecordedPoll]:
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self))
+            if step < 0:
+                return tuple(self)[index]
+            return tuple(itertools.islice(self, start, stop, step))
+        count = len(self)
+        position = index + count if index < 0 else index
+        if not 0 <= position < count:
+            raise IndexError("poll index out of range")
+        survey = self._survey
+        if position == 0 and survey.first is not None:
+            return survey.first
+        if position == count - 1 and survey.last is not None:
+            return survey.last
+        return next(itertools.islice(self, position, None))
+
+
 @dataclass(frozen=True, slots=True)
 class Recording:
     """A whole recording: its polls in order and what it holds."""
 
-    polls: tuple[RecordedPoll, ...]
+    polls: Sequence[RecordedPoll]
+    """The polls, in order (:class:`RecordedPolls` for a parsed file: iterate them)."""
     has_power: bool
     has_memory: bool
     has_energy: bool
@@ -183,7 +242,9 @@ class Recording:
     def has_names(self) -> bool:
         """Whether the file names its GPUs (a name column); names given with --gpu-model, which
         a file with a name column refuses, do not count."""
-        return not self.gpu_model and any(row.name for poll in self.polls[:1] for row in poll.rows)
+        if self.gpu_model or not self.polls:
+            return False
+        return any(row.name for row in self.polls[0].rows)
 
 
 def _split_header(cell: str) -> tuple[str, str]:
@@ -240,6 +301,22 @@ def _parse_utilization(text: str, header_unit: str) -> Cell:
     return cell
 
 
+def _parse_power(text: str, header_unit: str) -> Cell:
+    return _parse_number(text, header_unit, _POWER_UNITS, "w", "power.draw")
+
+
+def _parse_memory(text: str, header_unit: str) -> Cell:
+    return _parse_number(text, header_unit, _MEMORY_UNITS, "mib", "memory.used")
+
+
+def _parse_energy(text: str, header_unit: str) -> Cell:
+    return _parse_number(text, header_unit, _ENERGY_UNITS, "mj", "energy")
+
+
+Opener = Callable[[], TextIO]
+"""Opens the recording's text afresh (each reading of the polls opens it again)."""
+
+
 def load_recording(
     path: Path,
     *,
@@ -248,15 +325,19 @@ def load_recording(
     gpus: int | None = None,
     gpu_model: str = "",
 ) -> Recording:
-    """Parse a whole recording; raises RecordingError naming the line on bad input."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise RecordingError(f"recording {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RecordingError(f"cannot read recording {path}: {exc}") from None
-    return parse_recording(
-        text,
+    """Read and check a whole recording (streamed: see :class:`RecordedPolls`); raises
+    RecordingError naming the line on bad input."""
+
+    def opener() -> TextIO:
+        try:
+            return path.open(encoding="utf-8", newline="")
+        except FileNotFoundError:
+            raise RecordingError(f"recording {path} does not exist") from None
+        except OSError as exc:
+            raise RecordingError(f"cannot read recording {path}: {exc}") from None
+
+    return _recording(
+        opener,
         str(path),
         columns=columns,
         sample_interval_ms=sample_interval_ms,
@@ -280,126 +361,47 @@ def parse_recording(
     against the file where it has one); ``gpu_model`` names the GPUs of a file without a name
     column.
     """
+    return _recording(
+        lambda: io.StringIO(text, newline=""),
+        source,
+        columns=columns,
+        sample_interval_ms=sample_interval_ms,
+        gpus=gpus,
+        gpu_model=gpu_model,
+    )
+
+
+def _recording(
+    opener: Opener,
+    source: str,
+    *,
+    columns: tuple[str, ...],
+    sample_interval_ms: int | None,
+    gpus: int | None,
+    gpu_model: str,
+) -> Recording:
     if gpus is not None and gpus < 1:
         raise RecordingError(f"{source}: --gpus must be at least 1, got {gpus}")
     gpu_model = gpu_model.strip()
     if len(gpu_model) > 96:
         raise RecordingError(f"{source}: --gpu-model is longer than 96 characters")
-    lines = list(csv.reader(io.StringIO(text), skipinitialspace=True))
-    numbered = [(n, row) for n, row in enumerate(lines, start=1) if any(c.strip() for c in row)]
-    if not numbered:
-        raise RecordingError(f"{source}: the recording is empty")
-    first_line, first = numbered[0]
-    if _is_header(first):
-        header = [_split_header(c) for c in first]
-        body = numbered[1:]
-    elif columns:
-        header = [_split_header(c) for c in columns]
-        body = numbered
-    else:
-        raise RecordingError(
-            f"{source}: line {first_line} is not a header; give the column names "
-            "(--replay-columns or replay.columns, in --query-gpu order)"
-        )
-    if len(body) > MAX_ROWS:
-        raise RecordingError(f"{source}: more than {MAX_ROWS} rows")
-    position = {name: i for i, (name, _) in enumerate(header)}
-    unit = dict(header)
-    for required in ("timestamp", "utilization.gpu"):
-        if required not in position:
-            raise RecordingError(f"{source}: the recording has no {required} column")
-    power_col = next((n for n in _POWER_NAMES if n in position), None)
-    energy_col = next((n for n in _ENERGY_NAMES if n in position), None)
-    has_identity = "index" in position or "uuid" in position
-
-    def cell(row: list[str], name: str | None) -> str | None:
-        if name is None or name not in position:
-            return None
-        i = position[name]
-        return row[i] if i < len(row) else ""
-
-    rows: list[Row] = []
-    for line, raw in body:
-        if len(raw) != len(header):
-            raise RecordingError(
-                f"{source}: line {line} has {len(raw)} columns, the header has {len(header)}"
-            )
-        try:
-            index_text = cell(raw, "index")
-            power_text = cell(raw, power_col)
-            memory_text = cell(raw, "memory.used")
-            energy_text = cell(raw, energy_col)
-            rows.append(
-                Row(
-                    line=line,
-                    timestamp_ns=parse_timestamp(raw[position["timestamp"]]),
-                    index=int(index_text) if index_text not in (None, "") else None,
-                    uuid=(cell(raw, "uuid") or "").strip(),
-                    name=(cell(raw, "name") or "").strip(),
-                    pci_bus_id=(cell(raw, "pci.bus_id") or "").strip(),
-                    serial=(cell(raw, "serial") or "").strip(),
-                    utilization_pct=_parse_utilization(
-                        raw[position["utilization.gpu"]], unit["utilization.gpu"]
-                    ),
-                    power_mw=None
-                    if power_text is None
-                    else _parse_number(
-                        power_text, unit[power_col or ""], _POWER_UNITS, "w", "power.draw"
-                    ),
-                    memory_used_bytes=None
-                    if memory_text is None
-                    else _parse_number(
-                        memory_text, unit["memory.used"], _MEMORY_UNITS, "mib", "memory.used"
-                    ),
-                    energy_mj=None
-                    if energy_text is None
-                    else _parse_number(
-                        energy_text, unit[energy_col or ""], _ENERGY_UNITS, "mj", "energy"
-                    ),
-                )
-            )
-        except ValueError as exc:
-            raise RecordingError(f"{source}: line {line}: {exc}") from None
-    if not rows:
-        raise RecordingError(f"{source}: no samples: it has a header line and no rows")
-    if has_identity:
-        polls = _group_by_identity(rows, source)
-        count_source = "identity"
-        if gpus is not None and polls and len(polls[0].rows) != gpus:
-            raise RecordingError(
-                f"{source}: --gpus {gpus} given, but the index/uuid column names "
-                f"{len(polls[0].rows)} GPUs in the first poll (line {polls[0].rows[0].line}); "
-                "leave --gpus out for a file with an index or uuid column"
-            )
-    elif gpus is not None:
-        polls = _group_by_count(rows, gpus, source)
-        count_source = "--gpus"
-    else:
-        polls = _group_by_cycle(rows, source)
-        count_source = "row cycle"
-    if "name" in position and gpu_model:
-        raise RecordingError(
-            f"{source}: --gpu-model given, but the file has a name column; leave --gpu-model out"
-        )
-    deltas_ns = [b.timestamp_ns - a.timestamp_ns for a, b in itertools.pairwise(polls)]
-    interval_ms, cadence_ns, stalls = _cadence(deltas_ns, sample_interval_ms)
+    reader = _Reader(opener, source, columns=columns, gpus=gpus, gpu_model=gpu_model)
+    survey = reader.survey()
+    spec = reader.spec
+    interval_ms, cadence_ns, stalls = _cadence(survey.deltas, sample_interval_ms)
     credit_cap_ms = (
         interval_ms
         if sample_interval_ms is not None
         else interval_ms * CREDIT_BOUND_NUM // CREDIT_BOUND_DEN
     )
-    if gpu_model:
-        polls = [
-            RecordedPoll(p.timestamp_ns, tuple(_named(r, gpu_model) for r in p.rows)) for p in polls
-        ]
     return Recording(
-        polls=tuple(polls),
-        has_power=power_col is not None,
-        has_memory="memory.used" in position,
-        has_energy=energy_col is not None,
+        polls=RecordedPolls(reader, survey),
+        has_power=bool(spec.power_cols),
+        has_memory="memory.used" in spec.position,
+        has_energy=spec.energy_col is not None,
         inferred_interval_ms=interval_ms,
-        gpu_count=len(polls[0].rows) if polls else 0,
-        gpu_count_source=count_source,
+        gpu_count=len(survey.first.rows) if survey.first is not None else 0,
+        gpu_count_source=reader.count_source,
         gpu_model=gpu_model,
         stalls=stalls,
         credit_cap_ms=credit_cap_ms,
@@ -407,146 +409,470 @@ def parse_recording(
     )
 
 
-def _named(row: Row, model: str) -> Row:
-    return Row(
-        line=row.line,
-        timestamp_ns=row.timestamp_ns,
-        index=row.index,
-        uuid=row.uuid,
-        name=model,
-        pci_bus_id=row.pci_bus_id,
-        serial=row.serial,
-        utilization_pct=row.utilization_pct,
-        power_mw=row.power_mw,
-        memory_used_bytes=row.memory_used_bytes,
-        energy_mj=row.energy_mj,
+@dataclass(slots=True)
+class _Spec:
+    """What the header says: the columns and their units."""
+
+    cells: tuple[str, ...]
+    position: dict[str, int]
+    unit: dict[str, str]
+    power_cols: tuple[str, ...]
+    energy_col: str | None
+    has_identity: bool
+
+
+def _spec(cells: list[str], source: str) -> _Spec:
+    header = [_split_header(c) for c in cells]
+    position = {name: i for i, (name, _) in enumerate(header)}
+    for required in ("timestamp", "utilization.gpu"):
+        if required not in position:
+            raise RecordingError(f"{source}: the recording has no {required} column")
+    return _Spec(
+        cells=tuple(cells),
+        position=position,
+        unit=dict(header),
+        power_cols=tuple(n for n in _POWER_NAMES if n in position)[:1],
+        energy_col=next((n for n in _ENERGY_NAMES if n in position), None),
+        has_identity="index" in position or "uuid" in position,
     )
 
 
-def _cadence(deltas_ns: list[int], given_ms: int | None) -> tuple[int, int, int]:
+def _cells(line: str) -> list[str]:
+    """A CSV line's cells, stripped (nvidia-smi never quotes; a quoted cell is read as CSV)."""
+    if '"' in line:
+        return [c.strip() for c in next(csv.reader([line], skipinitialspace=True), [])]
+    return [c.strip() for c in line.split(",")]
+
+
+@dataclass(slots=True)
+class _BucketDeltas:
+    """Times between polls, counted per whole millisecond (count and exact sum): the cadence's
+    median and mean without holding every delta."""
+
+    buckets: dict[int, list[int]] = field(default_factory=dict)
+
+    def add(self, delta_ns: int) -> None:
+        if delta_ns <= 0:
+            return
+        bucket = self.buckets.setdefault(delta_ns // NS_PER_MS, [0, 0])
+        bucket[0] += 1
+        bucket[1] += delta_ns
+
+
+@dataclass(slots=True)
+class _Burst:
+    first_line: int
+    first_ns: int
+    last_ns: int
+    size: int = 1
+
+
+@dataclass(slots=True)
+class _CycleCheck:
+    """The bursts of rows (a row POLL_SPREAD_NS or more after its burst's first starts one), kept
+    as counts: what the row cycle says about the GPU count, checked once the file is read."""
+
+    sizes: collections.Counter[int] = field(default_factory=collections.Counter)
+    first_of_size: dict[int, int] = field(default_factory=dict)
+    starts: list[int] = field(default_factory=list)
+    """The first two bursts' first lines (for messages)."""
+    current: _Burst | None = None
+    too_close: int = 0
+    """The first line that starts a burst less than MIN_POLL_SPACING_NS after the one before."""
+
+    def add(self, row: Row) -> None:
+        burst = self.current
+        if burst is not None and row.timestamp_ns - burst.first_ns < POLL_SPREAD_NS:
+            burst.size += 1
+            burst.last_ns = row.timestamp_ns
+            return
+        if burst is not None:
+            self.sizes[burst.size] += 1
+            self.first_of_size.setdefault(burst.size, burst.first_line)
+            if not self.too_close and row.timestamp_ns - burst.last_ns < MIN_POLL_SPACING_NS:
+                self.too_close = row.line
+        if len(self.starts) < 2:
+            self.starts.append(row.line)
+        self.current = _Burst(row.line, row.timestamp_ns, row.timestamp_ns)
+
+    def check_cycle(self, source: str) -> None:
+        """Refuse a file whose bursts do not give one GPU count (module docs)."""
+        last = self.current
+        assert last is not None
+        if not self.sizes:
+            count = last.size
+        else:
+            count = self.sizes.most_common(1)[0][0]
+            odd = [(line, size) for size, line in self.first_of_size.items() if size != count]
+            if odd:
+                line, size = min(odd)
+                shown = ", ".join(f"{n} rows x{k}" for n, k in sorted(self.sizes.items()))
+                raise RecordingError(
+                    f"{source}: cannot group rows into polls: rows come in bursts of different "
+                    f"sizes ({shown}; line {line} starts one of {size}); {_FIX}"
+                )
+        if last.size > count:
+            raise RecordingError(
+                f"{source}: cannot group rows into polls: the last {last.size} rows (from line "
+                f"{last.first_line}) are one burst, the others have {count} rows; {_FIX}"
+            )
+        if self.too_close:
+            raise RecordingError(
+                f"{source}: cannot group rows into polls: line {self.too_close} follows the row "
+                f"before by less than {MIN_POLL_SPACING_NS // NS_PER_MS} ms, too close to tell "
+                f"a new poll from the next GPU of the same poll; {_FIX}"
+            )
+
+    def check_count(self, gpus: int, source: str) -> None:
+        """Refuse --gpus N for a file whose clean row cycle has another size."""
+        if len(self.sizes) != 1 or gpus in self.sizes or self.too_close:
+            return
+        (cycle,) = self.sizes
+        raise RecordingError(
+            f"{source}: --gpus {gpus} given, but every poll in the file has {cycle} "
+            f"row{'s' if cycle != 1 else ''} "
+            f"(polls start at line {self.starts[0]}, {self.starts[1]}, ...); "
+            f"pass --gpus {cycle}, or leave it out"
+        )
+
+
+@dataclass(slots=True)
+class _Survey:
+    """What the first reading of a recording found."""
+
+    polls: int = 0
+    first: RecordedPoll | None = None
+    last: RecordedPoll | None = None
+    last_line: int = 0
+    deltas: _BucketDeltas = field(default_factory=_BucketDeltas)
+
+
+class _Reader:
+    """Reads a recording's rows and polls, as often as asked (module docs)."""
+
+    def __init__(
+        self,
+        opener: Opener,
+        source: str,
+        *,
+        columns: tuple[str, ...],
+        gpus: int | None,
+        gpu_model: str,
+    ) -> None:
+        self._opener = opener
+        self.source = source
+        self._columns = columns
+        self._gpus = gpus
+        self._gpu_model = gpu_model
+        self._spec: _Spec | None = None
+        self._caches: dict[str, dict[str, Cell]] = {}
+        self._second: tuple[str, int] = ("", 0)
+        """The last timestamp's whole seconds, as text and parsed (rows come in time order)."""
+
+    @property
+    def spec(self) -> _Spec:
+        assert self._spec is not None
+        return self._spec
+
+    @property
+    def count_source(self) -> str:
+        if self.spec.has_identity:
+            return "identity"
+        return "--gpus" if self._gpus is not None else "row cycle"
+
+    # -- lines and rows ---------------------------------------------------------------------
+
+    def _lines(self) -> Iterator[tuple[int, list[str]]]:
+        """The non-blank lines and their cells."""
+        source = self.source
+        stream = self._opener()
+        with stream:
+            number = 0
+            try:
+                for number, line in enumerate(stream, start=1):
+                    text = line.rstrip("\r\n")
+                    if not text.strip():
+                        continue
+                    try:
+                        cells = _cells(text)
+                    except csv.Error as exc:
+                        raise RecordingError(f"{source}: line {number}: {exc}") from None
+                    yield number, cells
+            except UnicodeDecodeError as exc:
+                raise RecordingError(f"cannot read recording {source}: {exc}") from None
+
+    def rows(self, until_line: int = 0) -> Iterator[Row]:
+        """The rows after the header (up to ``until_line`` when given), parsed and checked; the
+        header is read now."""
+        source = self.source
+        lines = self._lines()
+        first = next(lines, None)
+        if first is None:
+            raise RecordingError(f"{source}: the recording is empty")
+        first_line, cells = first
+        if _is_header(cells):
+            spec = _spec(cells, source)
+        elif self._columns:
+            spec = _spec(list(self._columns), source)
+            lines = itertools.chain([first], lines)
+        else:
+            raise RecordingError(
+                f"{source}: line {first_line} is not a header; give the column names "
+                "(--replay-columns or replay.columns, in --query-gpu order)"
+            )
+        if self._spec is None:
+            self._spec = spec
+        elif spec.cells != self._spec.cells:
+            raise RecordingError(
+                f"{source}: the file changed while it was read; replay a copy that nothing "
+                "writes to"
+            )
+        return self._body(lines, spec, until_line)
+
+    def _body(
+        self, lines: Iterator[tuple[int, list[str]]], spec: _Spec, until_line: int
+    ) -> Iterator[Row]:
+        source = self.source
+        width = len(spec.cells)
+        for line, cells in lines:
+            if until_line and line > until_line:
+                return
+            if len(cells) != width:
+                raise RecordingError(
+                    f"{source}: line {line} has {len(cells)} columns, the header has {width}"
+                )
+            try:
+                yield self._row(line, cells, spec)
+            except ValueError as exc:
+                raise RecordingError(f"{source}: line {line}: {exc}") from None
+
+    def _timestamp_ns(self, text: str) -> int:
+        match = _FAST_TIMESTAMP.match(text)
+        if match is None:
+            return parse_timestamp(text)
+        whole, fraction = match.groups()
+        known, seconds = self._second
+        if whole != known:
+            seconds = parse_timestamp(whole) // 1_000_000_000
+            self._second = (whole, seconds)
+        return seconds * 1_000_000_000 + (int(fraction.ljust(9, "0")) if fraction else 0)
+
+    def _cell(self, column: str, text: str, parse: Callable[[str, str], Cell]) -> Cell:
+        """``parse(text, header_unit)``, remembered per column."""
+        cache = self._caches.setdefault(column, {})
+        cell = cache.get(text)
+        if cell is None:
+            cell = parse(text, self.spec.unit[column])
+            if len(cache) >= CACHE_LIMIT:
+                cache.clear()
+            cache[text] = cell
+        return cell
+
+    def _row(self, line: int, cells: list[str], spec: _Spec) -> Row:
+        position = spec.position
+
+        def text(name: str) -> str:
+            i = position.get(name)
+            return "" if i is None else cells[i]
+
+        power: Cell | None = None
+        for column in spec.power_cols:
+            power = self._cell(column, cells[position[column]], _parse_power)
+        memory: Cell | None = None
+        if "memory.used" in position:
+            memory = self._cell("memory.used", cells[position["memory.used"]], _parse_memory)
+        energy: Cell | None = None
+        if spec.energy_col is not None:
+            energy = self._cell(spec.energy_col, cells[position[spec.energy_col]], _parse_energy)
+        index_text = text("index")
+        return Row(
+            line=line,
+            timestamp_ns=self._timestamp_ns(cells[position["timestamp"]]),
+            index=int(index_text) if index_text else None,
+            uuid=text("uuid"),
+            name=text("name") or self._gpu_model,
+            pci_bus_id=text("pci.bus_id"),
+            serial=text("serial"),
+            utilization_pct=self._cell(
+                "utilization.gpu", cells[position["utilization.gpu"]], _parse_utilization
+            ),
+            power_mw=power,
+            memory_used_bytes=memory,
+            energy_mj=energy,
+        )
+
+    # -- polls ------------------------------------------------------------------------------
+
+    def polls(
+        self, until_line: int = 0, check: _CycleCheck | None = None
+    ) -> Iterator[RecordedPoll]:
+        """The rows grouped into polls (module docs, "GPUs"); ``check`` sees every row."""
+        rows = self.rows(until_line)
+        if check is not None:
+            rows = _observed(rows, check)
+        if self.spec.has_identity:
+            return _identity_polls(rows, self.source)
+        if self._gpus is not None:
+            return _count_polls(rows, self._gpus, self.source)
+        return _burst_polls(rows, self.source)
+
+    def survey(self) -> _Survey:
+        """Read the whole recording once: check it, count its polls, measure its cadence."""
+        source, gpus = self.source, self._gpus
+        check = _CycleCheck()
+        polls = self.polls(check=check)
+        spec = self.spec
+        survey = _Survey()
+        chunk_problem = ""
+        previous: RecordedPoll | None = None
+        for poll in polls:
+            if previous is None:
+                survey.first = poll
+            else:
+                survey.deltas.add(poll.timestamp_ns - previous.timestamp_ns)
+                if gpus is not None and not spec.has_identity and not chunk_problem:
+                    chunk_problem = _chunk_problem(previous, poll, gpus, source)
+            survey.polls += 1
+            survey.last = previous = poll
+        if survey.first is None or survey.last is None:
+            raise RecordingError(f"{source}: no samples: it has a header line and no rows")
+        survey.last_line = max(row.line for row in survey.last.rows)
+        if spec.has_identity:
+            if gpus is not None and len(survey.first.rows) != gpus:
+                raise RecordingError(
+                    f"{source}: --gpus {gpus} given, but the index/uuid column names "
+                    f"{len(survey.first.rows)} GPUs in the first poll (line "
+                    f"{survey.first.rows[0].line}); leave --gpus out for a file with an index "
+                    "or uuid column"
+                )
+        elif gpus is not None:
+            check.check_count(gpus, source)
+            if chunk_problem:
+                raise RecordingError(chunk_problem)
+        else:
+            check.check_cycle(source)
+        if "name" in spec.position and self._gpu_model:
+            raise RecordingError(
+                f"{source}: --gpu-model given, but the file has a name column; leave --gpu-model "
+                "out"
+            )
+        return survey
+
+
+def _observed(rows: Iterator[Row], check: _CycleCheck) -> Iterator[Row]:
+    for row in rows:
+        check.add(row)
+        yield row
+
+
+def _cadence(deltas: _BucketDeltas, given_ms: int | None) -> tuple[int, int, int]:
     """The sample interval in ms (given, or the measured cadence rounded down), the cadence in ns
     (the mean time between polls leaving out stalls; 0 when given), and the number of stalls
     (times between polls longer than the credit bound)."""
-    positive = [d for d in deltas_ns if d > 0]
+    buckets = sorted(deltas.buckets.items())
     cadence_ns = 0
     if given_ms is not None:
         interval_ms = given_ms
-    elif not positive:
+    elif not buckets:
         interval_ms = 1000
     else:
-        median_ns = statistics.median(positive)
-        steady = [d for d in positive if d * CREDIT_BOUND_DEN <= median_ns * CREDIT_BOUND_NUM]
-        cadence_ns = max(NS_PER_MS, sum(steady) // len(steady))
+        # A bucket's deltas are one whole millisecond apart at most, and equal for nvidia-smi's
+        # millisecond timestamps: its mean stands for each of them.
+        total = sum(count for _, (count, _) in buckets)
+        middle: list[int] = []
+        seen = 0
+        for _, (count, sum_ns) in buckets:
+            for wanted in ((total - 1) // 2, total // 2):
+                if seen <= wanted < seen + count:
+                    middle.append(sum_ns // count)
+            seen += count
+        median_twice = middle[0] + middle[-1]
+        steady_count = steady_ns = 0
+        for _, (count, sum_ns) in buckets:
+            if sum_ns // count * CREDIT_BOUND_DEN * 2 <= median_twice * CREDIT_BOUND_NUM:
+                steady_count += count
+                steady_ns += sum_ns
+        cadence_ns = max(NS_PER_MS, steady_ns // steady_count)
         interval_ms = cadence_ns // NS_PER_MS
     interval_ms = max(1, interval_ms)
     bound_ns = interval_ms * NS_PER_MS * CREDIT_BOUND_NUM // CREDIT_BOUND_DEN
-    return interval_ms, cadence_ns, sum(1 for d in positive if d > bound_ns)
+    stalls = sum(count for _, (count, sum_ns) in buckets if sum_ns // count > bound_ns)
+    return interval_ms, cadence_ns, stalls
 
 
-def _check_order(polls: list[RecordedPoll], row: Row, source: str) -> None:
-    if polls and row.timestamp_ns < polls[-1].rows[-1].timestamp_ns:
+def _backwards(row: Row, previous: Row | None, source: str) -> None:
+    if previous is not None and row.timestamp_ns < previous.timestamp_ns:
         raise RecordingError(f"{source}: line {row.line}: timestamps go backwards")
 
 
-def _group_by_identity(rows: list[Row], source: str) -> list[RecordedPoll]:
+def _identity_polls(rows: Iterator[Row], source: str) -> Iterator[RecordedPoll]:
     """A new poll starts when a GPU (index or uuid) repeats."""
-    polls: list[RecordedPoll] = []
     current: list[Row] = []
     seen: set[object] = set()
+    previous: Row | None = None
     for row in rows:
+        _backwards(row, previous, source)
         key: object = row.uuid or row.index
         if current and key in seen:
-            polls.append(RecordedPoll(current[0].timestamp_ns, tuple(current)))
+            yield RecordedPoll(current[0].timestamp_ns, tuple(current))
             current, seen = [], set()
-        if current and row.timestamp_ns < current[-1].timestamp_ns:
-            raise RecordingError(f"{source}: line {row.line}: timestamps go backwards")
-        _check_order(polls, row, source)
         current.append(row)
         seen.add(key)
+        previous = row
     if current:
-        polls.append(RecordedPoll(current[0].timestamp_ns, tuple(current)))
-    return polls
+        yield RecordedPoll(current[0].timestamp_ns, tuple(current))
 
 
-def _bursts(rows: list[Row], source: str) -> list[list[Row]]:
-    """Rows split into bursts: a row POLL_SPREAD_NS or more after its burst's first starts one."""
-    bursts: list[list[Row]] = []
+def _burst_polls(rows: Iterator[Row], source: str) -> Iterator[RecordedPoll]:
+    """Bursts: a row POLL_SPREAD_NS or more after its burst's first starts one."""
+    burst: list[Row] = []
+    previous: Row | None = None
     for row in rows:
-        if bursts and row.timestamp_ns < bursts[-1][-1].timestamp_ns:
-            raise RecordingError(f"{source}: line {row.line}: timestamps go backwards")
-        if bursts and row.timestamp_ns - bursts[-1][0].timestamp_ns < POLL_SPREAD_NS:
-            bursts[-1].append(row)
-        else:
-            bursts.append([row])
-    return bursts
+        _backwards(row, previous, source)
+        if burst and row.timestamp_ns - burst[0].timestamp_ns >= POLL_SPREAD_NS:
+            yield RecordedPoll(burst[0].timestamp_ns, tuple(burst))
+            burst = []
+        burst.append(row)
+        previous = row
+    if burst:
+        yield RecordedPoll(burst[0].timestamp_ns, tuple(burst))
+
+
+def _count_polls(rows: Iterator[Row], gpus: int, source: str) -> Iterator[RecordedPoll]:
+    """Polls of ``gpus`` rows in order."""
+    chunk: list[Row] = []
+    previous: Row | None = None
+    for row in rows:
+        _backwards(row, previous, source)
+        chunk.append(row)
+        previous = row
+        if len(chunk) == gpus:
+            yield RecordedPoll(chunk[0].timestamp_ns, tuple(chunk))
+            chunk = []
+    if chunk:
+        yield RecordedPoll(chunk[0].timestamp_ns, tuple(chunk))
+
+
+def _chunk_problem(chunk: RecordedPoll, following: RecordedPoll, gpus: int, source: str) -> str:
+    """Why two polls of --gpus rows cannot be polls ("" if they can): each poll's rows must lie
+    closer together than the gap to the next poll."""
+    rows = chunk.rows
+    spread = rows[-1].timestamp_ns - rows[0].timestamp_ns
+    gap = following.rows[0].timestamp_ns - rows[-1].timestamp_ns
+    if gap > spread:
+        return ""
+    return (
+        f"{source}: cannot group rows into polls of {gpus}: the rows of lines "
+        f"{rows[0].line}-{rows[-1].line} span {spread // NS_PER_MS} ms but the next "
+        f"poll (line {following.rows[0].line}) follows {gap // NS_PER_MS} ms later; is "
+        f"--gpus {gpus} the node's GPU count?"
+    )
 
 
 _FIX = (
     "the file has no index or uuid column, so pass the node's GPU count with --gpus N "
     "(or record with --query-gpu=timestamp,index,...)"
 )
-
-
-def _group_by_cycle(rows: list[Row], source: str) -> list[RecordedPoll]:
-    """Polls from the row cycle (module docs), or a RecordingError naming the fix."""
-    bursts = _bursts(rows, source)
-    sizes = collections.Counter(len(b) for b in bursts[:-1])
-    if not sizes:
-        count = len(bursts[0])
-    else:
-        count = sizes.most_common(1)[0][0]
-        odd = next((b for b in bursts[:-1] if len(b) != count), None)
-        if odd is not None:
-            shown = ", ".join(f"{n} rows x{k}" for n, k in sorted(sizes.items()))
-            raise RecordingError(
-                f"{source}: cannot group rows into polls: rows come in bursts of different sizes "
-                f"({shown}; line {odd[0].line} starts one of {len(odd)}); {_FIX}"
-            )
-    if len(bursts[-1]) > count:
-        raise RecordingError(
-            f"{source}: cannot group rows into polls: the last {len(bursts[-1])} rows (from line "
-            f"{bursts[-1][0].line}) are one burst, the others have {count} rows; {_FIX}"
-        )
-    for before, after in itertools.pairwise(bursts):
-        if after[0].timestamp_ns - before[-1].timestamp_ns < MIN_POLL_SPACING_NS:
-            raise RecordingError(
-                f"{source}: cannot group rows into polls: line {after[0].line} follows the row "
-                f"before by less than {MIN_POLL_SPACING_NS // NS_PER_MS} ms, too close to tell "
-                f"a new poll from the next GPU of the same poll; {_FIX}"
-            )
-    return [RecordedPoll(b[0].timestamp_ns, tuple(b)) for b in bursts]
-
-
-def _group_by_count(rows: list[Row], gpus: int, source: str) -> list[RecordedPoll]:
-    """Polls of ``gpus`` rows in order; each poll's rows must lie closer together than the gap to
-    the next poll, and a clean row cycle of another size is refused."""
-    bursts = _bursts(rows, source)
-    sizes = {len(b) for b in bursts[:-1]}
-    if len(sizes) == 1 and gpus not in sizes:
-        (cycle,) = sizes
-        spaced = all(
-            b[0].timestamp_ns - a[-1].timestamp_ns >= MIN_POLL_SPACING_NS
-            for a, b in itertools.pairwise(bursts)
-        )
-        if spaced:
-            raise RecordingError(
-                f"{source}: --gpus {gpus} given, but every poll in the file has {cycle} "
-                f"row{'s' if cycle != 1 else ''} "
-                f"(polls start at line {bursts[0][0].line}, {bursts[1][0].line}, ...); "
-                f"pass --gpus {cycle}, or leave it out"
-            )
-    chunks = [rows[i : i + gpus] for i in range(0, len(rows), gpus)]
-    for chunk, following in itertools.pairwise(chunks):
-        spread = chunk[-1].timestamp_ns - chunk[0].timestamp_ns
-        gap = following[0].timestamp_ns - chunk[-1].timestamp_ns
-        if gap <= spread:
-            raise RecordingError(
-                f"{source}: cannot group rows into polls of {gpus}: the rows of lines "
-                f"{chunk[0].line}-{chunk[-1].line} span {spread // NS_PER_MS} ms but the next "
-                f"poll (line {following[0].line}) follows {gap // NS_PER_MS} ms later; is "
-                f"--gpus {gpus} the node's GPU count?"
-            )
-    return [RecordedPoll(c[0].timestamp_ns, tuple(c)) for c in chunks]
 
 
 def _take(metric: Metric, cell: Cell | None, failures: list[MetricFailure]) -> int | None:
@@ -571,7 +897,8 @@ class ReplaySampler:
     Offline (the default) every ``poll`` returns the next recorded poll with its recorded
     timestamp, ignoring the clock; the daemon then runs as fast as it can. With ``realtime=True``
     the recording is laid out from the moment of ``open`` on, each poll returns the latest
-    recorded poll that is due, stamped with the current time.
+    recorded poll that is due, stamped with the current time. The recording is read once, in
+    order, as the polls are asked for.
 
     ``node_id`` (the node's key id, hex) seeds the UUIDs of GPUs the file does not name
     (:func:`replay_gpu_uuid`); without it they are ``REPLAY-GPU-n``, fit only for one node.
@@ -593,11 +920,12 @@ class ReplaySampler:
         if sample_interval_ms is None and recording.credit_cap_ms:
             cap_ms = recording.credit_cap_ms
         self._intervals = IntervalTracker(self._interval_ms, credit_cap_ms=cap_ms)
-        self._next = 0
+        self._polls: Iterator[RecordedPoll] | None = None
+        self._ahead: RecordedPoll | None = None
         self._offset_ns = 0
         self._energy_uj: dict[str, int] = {}
         self._last_row_ns: dict[str, int] = {}
-        self._identities: dict[str, GpuIdentity] = {}
+        self._identities: dict[tuple[int, str, str], GpuIdentity] = {}
 
     @property
     def backend(self) -> Backend:
@@ -636,22 +964,23 @@ class ReplaySampler:
         """Nothing to release."""
 
     def inventory(self) -> tuple[GpuIdentity, ...]:
-        first = self._recording.polls[0] if self._recording.polls else None
-        if first is None:
+        if not self._recording.polls:
             return ()
+        first = self._recording.polls[0]
         return tuple(self._identity(row, position) for position, row in enumerate(first.rows))
 
     def _identity(self, row: Row, position: int) -> GpuIdentity:
         index = row.index if row.index is not None else position
+        key = (index, row.uuid, row.name)
+        known = self._identities.get(key)
+        if known is not None:
+            return known
         if row.uuid:
             uuid = row.uuid
         elif self._node_id:
             uuid = replay_gpu_uuid(self._node_id, index)
         else:
             uuid = f"REPLAY-GPU-{index}"
-        known = self._identities.get(uuid)
-        if known is not None and known.index == index and (row.name in ("", known.model)):
-            return known
         identity = GpuIdentity(
             index=index,
             uuid=uuid,
@@ -659,26 +988,36 @@ class ReplaySampler:
             serial=row.serial if not row.serial.startswith("[") else "",
             pci_bus_id=row.pci_bus_id,
         )
-        self._identities[uuid] = identity
+        if len(self._identities) >= CACHE_LIMIT:
+            self._identities.clear()
+        self._identities[key] = identity
         return identity
 
+    def _next(self) -> RecordedPoll | None:
+        """The next recorded poll, read from the recording (None at its end)."""
+        if self._ahead is not None:
+            recorded, self._ahead = self._ahead, None
+            return recorded
+        if self._polls is None:
+            self._polls = iter(self._recording.polls)
+        return next(self._polls, None)
+
     def poll(self, now_ns: int) -> Poll | None:
-        polls = self._recording.polls
-        if self._next >= len(polls):
+        due = self._next()
+        if due is None:
             return None
         if not self._realtime:
-            recorded = polls[self._next]
-            self._next += 1
-            return self._to_poll(recorded, recorded.timestamp_ns)
-        due = self._next
-        while due + 1 < len(polls) and polls[due + 1].timestamp_ns + self._offset_ns <= now_ns:
-            due += 1
-        if polls[due].timestamp_ns + self._offset_ns > now_ns:
+            return self._to_poll(due, due.timestamp_ns)
+        if due.timestamp_ns + self._offset_ns > now_ns:
+            self._ahead = due
             return Poll(timestamp_ns=now_ns, readings=())
-        for skipped in polls[self._next : due]:
-            self._integrate(skipped)  # keep the energy integral over skipped rows
-        self._next = due + 1
-        return self._to_poll(polls[due], now_ns)
+        while (later := self._next()) is not None:
+            if later.timestamp_ns + self._offset_ns > now_ns:
+                self._ahead = later
+                break
+            self._integrate(due)  # keep the energy integral over skipped rows
+            due = later
+        return self._to_poll(due, now_ns)
 
     def _integrate(self, recorded: RecordedPoll) -> None:
         for position, row in enumerate(recorded.rows):
@@ -718,20 +1057,20 @@ class ReplaySampler:
                     )
                 else:
                     notes = ((Metric.ENERGY, ENERGY_INTEGRATED_NOTE),)
-            flags = SampleFlags.NONE
-            for value, flag in (
-                (util, SampleFlags.UTILIZATION),
-                (power, SampleFlags.POWER),
-                (memory, SampleFlags.MEMORY_USED),
-                (energy, SampleFlags.ENERGY),
-            ):
-                if value is not None:
-                    flags |= flag
+            flags = 0
+            if util is not None:
+                flags |= _UTILIZATION
+            if power is not None:
+                flags |= _POWER
+            if memory is not None:
+                flags |= _MEMORY_USED
+            if energy is not None:
+                flags |= _ENERGY
             sample = Sample(
                 gpu_index=identity.index,
                 timestamp_ns=timestamp_ns,
                 interval_ms=self._intervals.interval_ms(identity.uuid, timestamp_ns),
-                flags=flags,
+                flags=SampleFlags(flags),
                 utilization_pct=util or 0,
                 energy_mj=energy or 0,
                 power_mw=power or 0,
@@ -741,3 +1080,9 @@ class ReplaySampler:
                 GpuReading(identity=identity, sample=sample, failures=tuple(failures), notes=notes)
             )
         return Poll(timestamp_ns=timestamp_ns, readings=tuple(readings))
+
+
+_UTILIZATION = int(SampleFlags.UTILIZATION)
+_POWER = int(SampleFlags.POWER)
+_MEMORY_USED = int(SampleFlags.MEMORY_USED)
+_ENERGY = int(SampleFlags.ENERGY)
