@@ -384,6 +384,7 @@ def test_a_restored_backup_is_a_rollback_and_a_regrown_log_a_fork(lab: Lab, tmp_
     assert json.loads(project.stdout)["problem"] == "fork"
     watched = lab.cli("audit", "watch", "--dir", str(seen), "--json")
     assert watched.returncode == 3, watched.stdout + watched.stderr
+    assert json.loads(watched.stdout)["status"] == "fork"
 
 
 def test_an_entry_whose_bytes_were_replaced_does_not_match_its_proof(
