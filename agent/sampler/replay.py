@@ -53,18 +53,20 @@ from __future__ import annotations
 import calendar
 import collections
 import csv
+import gzip
 import hashlib
 import io
 import itertools
 import logging
 import re
 import time
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import TextIO, overload
+from typing import TextIO, cast, overload
 
 from agent.clock import NS_PER_MS
 from agent.sampler.base import (
@@ -317,6 +319,34 @@ Opener = Callable[[], TextIO]
 """Opens the recording's text afresh (each reading of the polls opens it again)."""
 
 
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
+_GZIP_MAGIC = b"\x1f\x8b"
+_BOMS = ((b"\xef\xbb\xbf", "utf-8-sig"), (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16"))
+
+
+def _open_text(path: Path) -> TextIO:
+    """The recording's text: gzip-compressed or not, UTF-8 (with or without a BOM, as Windows
+    editors save it) or UTF-16 with a BOM (as Windows PowerShell's ``>`` writes it)."""
+    try:
+        raw: io.BufferedReader = path.open("rb")
+    except FileNotFoundError:
+        raise RecordingError(f"{path}: the recording does not exist") from None
+    except OSError as exc:
+        raise RecordingError(f"{path}: cannot read it: {exc.strerror or exc}") from None
+    try:
+        binary = raw
+        if raw.peek(2)[:2] == _GZIP_MAGIC:
+            binary = io.BufferedReader(cast("io.RawIOBase", gzip.GzipFile(fileobj=raw, mode="rb")))
+        head = binary.peek(3)[:3]
+    except (OSError, EOFError, zlib.error) as exc:
+        raw.close()
+        raise RecordingError(f"{path}: cannot read it: {exc}") from None
+    encoding = next((name for bom, name in _BOMS if head.startswith(bom)), "utf-8")
+    # Undecodable bytes are kept (as lone surrogates) so that the line holding them is named.
+    errors = "strict" if encoding == "utf-16" else "surrogateescape"
+    return io.TextIOWrapper(binary, encoding=encoding, errors=errors, newline="")
+
+
 def load_recording(
     path: Path,
     *,
@@ -329,12 +359,7 @@ def load_recording(
     RecordingError naming the line on bad input."""
 
     def opener() -> TextIO:
-        try:
-            return path.open(encoding="utf-8", newline="")
-        except FileNotFoundError:
-            raise RecordingError(f"recording {path} does not exist") from None
-        except OSError as exc:
-            raise RecordingError(f"cannot read recording {path}: {exc}") from None
+        return _open_text(path)
 
     return _recording(
         opener,
@@ -593,13 +618,29 @@ class _Reader:
                     text = line.rstrip("\r\n")
                     if not text.strip():
                         continue
+                    undecodable = _UNDECODABLE.search(text)
+                    if undecodable is not None:
+                        raise RecordingError(
+                            f"{source}: line {number}: not UTF-8 text (byte "
+                            f"0x{ord(undecodable.group()) - 0xDC00:02x}); nvidia-smi writes UTF-8: "
+                            "was the file converted or damaged?"
+                        )
                     try:
                         cells = _cells(text)
                     except csv.Error as exc:
                         raise RecordingError(f"{source}: line {number}: {exc}") from None
                     yield number, cells
             except UnicodeDecodeError as exc:
-                raise RecordingError(f"cannot read recording {source}: {exc}") from None
+                raise RecordingError(
+                    f"{source}: after line {number}: not UTF-16 text ({exc.reason}); was the "
+                    "file converted or damaged?"
+                ) from None
+            except (EOFError, OSError, zlib.error) as exc:
+                raise RecordingError(
+                    f"{source}: the gzip file is damaged or cut short after line {number} "
+                    f"({exc}); decompress what it holds with `zcat FILE > FILE.csv` and replay "
+                    "that"
+                ) from None
 
     def rows(self, until_line: int = 0) -> Iterator[Row]:
         """The rows after the header (up to ``until_line`` when given), parsed and checked; the
