@@ -156,6 +156,8 @@ class Row:
     power_mw: Cell | None
     memory_used_bytes: Cell | None
     energy_mj: Cell | None
+    restart: bool = False
+    """The first row after a repeated header: nvidia-smi was restarted into the same file."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -439,6 +441,9 @@ class _Spec:
     """What the header says: the columns and their units."""
 
     cells: tuple[str, ...]
+    line: int
+    """The header's line (0 for column names given)."""
+    names: tuple[tuple[str, str], ...]
     position: dict[str, int]
     unit: dict[str, str]
     power_cols: tuple[str, ...]
@@ -446,7 +451,7 @@ class _Spec:
     has_identity: bool
 
 
-def _spec(cells: list[str], source: str) -> _Spec:
+def _spec(cells: list[str], line: int, source: str) -> _Spec:
     header = [_split_header(c) for c in cells]
     position = {name: i for i, (name, _) in enumerate(header)}
     for required in ("timestamp", "utilization.gpu"):
@@ -454,6 +459,8 @@ def _spec(cells: list[str], source: str) -> _Spec:
             raise RecordingError(f"{source}: the recording has no {required} column")
     return _Spec(
         cells=tuple(cells),
+        line=line,
+        names=tuple(header),
         position=position,
         unit=dict(header),
         power_cols=tuple(n for n in _POWER_NAMES if n in position)[:1],
@@ -495,10 +502,15 @@ class _Burst:
 @dataclass(slots=True)
 class _CycleCheck:
     """The bursts of rows (a row POLL_SPREAD_NS or more after its burst's first starts one), kept
-    as counts: what the row cycle says about the GPU count, checked once the file is read."""
+    as counts: what the row cycle says about the GPU count, checked once the file is read. The
+    last burst before a restart (a repeated header) or the end may be short: the recorder was
+    stopped mid-poll."""
 
     sizes: collections.Counter[int] = field(default_factory=collections.Counter)
     first_of_size: dict[int, int] = field(default_factory=dict)
+    ends: list[_Burst] = field(default_factory=list)
+    """The last burst of each part of the file (before a restart; the final one is added by the
+    checks)."""
     starts: list[int] = field(default_factory=list)
     """The first two bursts' first lines (for messages)."""
     current: _Burst | None = None
@@ -507,11 +519,13 @@ class _CycleCheck:
 
     def add(self, row: Row) -> None:
         burst = self.current
-        if burst is not None and row.timestamp_ns - burst.first_ns < POLL_SPREAD_NS:
+        if burst is not None and row.restart:
+            self.ends.append(burst)
+        elif burst is not None and row.timestamp_ns - burst.first_ns < POLL_SPREAD_NS:
             burst.size += 1
             burst.last_ns = row.timestamp_ns
             return
-        if burst is not None:
+        elif burst is not None:
             self.sizes[burst.size] += 1
             self.first_of_size.setdefault(burst.size, burst.first_line)
             if not self.too_close and row.timestamp_ns - burst.last_ns < MIN_POLL_SPACING_NS:
@@ -522,24 +536,33 @@ class _CycleCheck:
 
     def check_cycle(self, source: str) -> None:
         """Refuse a file whose bursts do not give one GPU count (module docs)."""
-        last = self.current
-        assert last is not None
+        assert self.current is not None
+        ends = [*self.ends, self.current]
         if not self.sizes:
-            count = last.size
+            count = max(burst.size for burst in ends)
         else:
             count = self.sizes.most_common(1)[0][0]
-            odd = [(line, size) for size, line in self.first_of_size.items() if size != count]
-            if odd:
-                line, size = min(odd)
+            if len(self.sizes) > 1:
+                # Where the size first changes: bursts of the first size, then another.
+                (first, start), (line, size) = sorted(
+                    (at, n) for n, at in self.first_of_size.items()
+                )[:2]
                 shown = ", ".join(f"{n} rows x{k}" for n, k in sorted(self.sizes.items()))
                 raise RecordingError(
                     f"{source}: cannot group rows into polls: rows come in bursts of different "
-                    f"sizes ({shown}; line {line} starts one of {size}); {_FIX}"
+                    f"sizes ({shown}; bursts of {start} from line {first}, then line {line} starts "
+                    f"one of {size}); if a GPU left or joined, "
+                    "rows without an index or uuid column cannot be matched to GPUs: record with "
+                    "--query-gpu=timestamp,index,uuid,...; if not, pass the node's GPU count with "
+                    "--gpus N"
                 )
-        if last.size > count:
+        big = next((burst for burst in ends if burst.size > count), None)
+        if big is not None:
+            which = "last" if big is self.current else "last before a restart"
             raise RecordingError(
-                f"{source}: cannot group rows into polls: the last {last.size} rows (from line "
-                f"{last.first_line}) are one burst, the others have {count} rows; {_FIX}"
+                f"{source}: cannot group rows into polls: the {big.size} rows from line "
+                f"{big.first_line} (the {which}) are one burst, the others have {count} rows; "
+                f"{_FIX}"
             )
         if self.too_close:
             raise RecordingError(
@@ -590,6 +613,7 @@ class _Reader:
         self._gpus = gpus
         self._gpu_model = gpu_model
         self._spec: _Spec | None = None
+        self._surveyed = False
         self._caches: dict[str, dict[str, Cell]] = {}
         self._second: tuple[str, int] = ("", 0)
         """The last timestamp's whole seconds, as text and parsed (rows come in time order)."""
@@ -607,29 +631,26 @@ class _Reader:
 
     # -- lines and rows ---------------------------------------------------------------------
 
-    def _lines(self) -> Iterator[tuple[int, list[str]]]:
-        """The non-blank lines and their cells."""
+    def _lines(self) -> Iterator[tuple[int, list[str], bool]]:
+        """The non-blank lines: number, cells, and whether the line is whole (False for a last
+        line without its newline, and for the text before NUL bytes: a write cut short)."""
         source = self.source
         stream = self._opener()
         with stream:
             number = 0
             try:
                 for number, line in enumerate(stream, start=1):
+                    whole = line.endswith(("\n", "\r"))
                     text = line.rstrip("\r\n")
-                    if not text.strip():
-                        continue
-                    undecodable = _UNDECODABLE.search(text)
-                    if undecodable is not None:
-                        raise RecordingError(
-                            f"{source}: line {number}: not UTF-8 text (byte "
-                            f"0x{ord(undecodable.group()) - 0xDC00:02x}); nvidia-smi writes UTF-8: "
-                            "was the file converted or damaged?"
-                        )
-                    try:
-                        cells = _cells(text)
-                    except csv.Error as exc:
-                        raise RecordingError(f"{source}: line {number}: {exc}") from None
-                    yield number, cells
+                    if "\x00" in text:
+                        # A crash before the file system wrote the data back leaves NUL bytes:
+                        # the text before them was cut short; text after them was appended later.
+                        parts = text.split("\x00")
+                        if parts[0].strip():
+                            yield number, self._split(number, parts[0]), False
+                        text = parts[-1]
+                    if text.strip():
+                        yield number, self._split(number, text), whole
             except UnicodeDecodeError as exc:
                 raise RecordingError(
                     f"{source}: after line {number}: not UTF-16 text ({exc.reason}); was the "
@@ -642,6 +663,24 @@ class _Reader:
                     "that"
                 ) from None
 
+    def _split(self, number: int, text: str) -> list[str]:
+        undecodable = _UNDECODABLE.search(text)
+        if undecodable is not None:
+            raise RecordingError(
+                f"{self.source}: line {number}: not UTF-8 text (byte "
+                f"0x{ord(undecodable.group()) - 0xDC00:02x}); nvidia-smi writes UTF-8: was the "
+                "file converted or damaged?"
+            )
+        try:
+            return _cells(text)
+        except csv.Error as exc:
+            raise RecordingError(f"{self.source}: line {number}: {exc}") from None
+
+    def _warn(self, line: int, what: str) -> None:
+        """Say once (on the first reading) what was left out."""
+        if not self._surveyed:
+            log.warning("%s: line %d: %s", self.source, line, what)
+
     def rows(self, until_line: int = 0) -> Iterator[Row]:
         """The rows after the header (up to ``until_line`` when given), parsed and checked; the
         header is read now."""
@@ -650,11 +689,11 @@ class _Reader:
         first = next(lines, None)
         if first is None:
             raise RecordingError(f"{source}: the recording is empty")
-        first_line, cells = first
+        first_line, cells, _ = first
         if _is_header(cells):
-            spec = _spec(cells, source)
+            spec = _spec(cells, first_line, source)
         elif self._columns:
-            spec = _spec(list(self._columns), source)
+            spec = _spec(list(self._columns), 0, source)
             lines = itertools.chain([first], lines)
         else:
             raise RecordingError(
@@ -671,21 +710,64 @@ class _Reader:
         return self._body(lines, spec, until_line)
 
     def _body(
-        self, lines: Iterator[tuple[int, list[str]]], spec: _Spec, until_line: int
+        self, lines: Iterator[tuple[int, list[str], bool]], spec: _Spec, until_line: int
     ) -> Iterator[Row]:
         source = self.source
         width = len(spec.cells)
-        for line, cells in lines:
+        at = spec.position["timestamp"]
+        restart = False
+        for line, cells, whole in lines:
             if until_line and line > until_line:
                 return
-            if len(cells) != width:
-                raise RecordingError(
-                    f"{source}: line {line} has {len(cells)} columns, the header has {width}"
-                )
+            if len(cells) != width or not cells[at][:1].isdigit():
+                # Not a plain row: a header again (a restart), half a row, or a bad line.
+                verdict = self._odd_line(line, cells, spec)
+                if verdict == "restart":
+                    restart = True
+                    continue
+                if verdict == "cut" or (not whole and len(cells) != width):
+                    self._warn(line, "cut short (the recorder was stopped mid-line): left out")
+                    restart = restart or verdict == "cut"
+                    continue
+                if len(cells) != width:
+                    where = f"the header (line {spec.line})" if spec.line else "the columns given"
+                    raise RecordingError(
+                        f"{source}: line {line} has {len(cells)} columns, {where} has {width}: "
+                        "a line cut short, or rows of another recording? delete it, or split the "
+                        "file there"
+                    )
             try:
-                yield self._row(line, cells, spec)
+                row = self._row(line, cells, spec, restart)
             except ValueError as exc:
+                if not whole:
+                    self._warn(line, "cut short (the recorder was stopped mid-line): left out")
+                    continue
                 raise RecordingError(f"{source}: line {line}: {exc}") from None
+            restart = False
+            yield row
+
+    def _odd_line(self, line: int, cells: list[str], spec: _Spec) -> str:
+        """``restart`` for the header again, ``cut`` for half a row with the header glued to it
+        (killed mid-line, restarted with ``>>``), "" for anything else; a header with other
+        columns is refused."""
+        names = tuple(_split_header(c) for c in cells)
+        if names == spec.names:
+            return "restart"
+        width = len(spec.names)
+        extra = len(cells) - width
+        if (
+            extra > 0
+            and names[extra + 1 :] == spec.names[1:]
+            and names[extra][0].endswith(spec.names[0][0])
+        ):
+            return "cut"
+        if _is_header(cells):
+            first = f"line {spec.line}'s" if spec.line else "the columns given"
+            raise RecordingError(
+                f"{self.source}: line {line} is a header with other columns than {first}: the "
+                f"file holds two recordings; split it at line {line} and replay each"
+            )
+        return ""
 
     def _timestamp_ns(self, text: str) -> int:
         match = _FAST_TIMESTAMP.match(text)
@@ -709,7 +791,7 @@ class _Reader:
             cache[text] = cell
         return cell
 
-    def _row(self, line: int, cells: list[str], spec: _Spec) -> Row:
+    def _row(self, line: int, cells: list[str], spec: _Spec, restart: bool) -> Row:
         position = spec.position
 
         def text(name: str) -> str:
@@ -740,6 +822,7 @@ class _Reader:
             power_mw=power,
             memory_used_bytes=memory,
             energy_mj=energy,
+            restart=restart,
         )
 
     # -- polls ------------------------------------------------------------------------------
@@ -771,7 +854,13 @@ class _Reader:
                 survey.first = poll
             else:
                 survey.deltas.add(poll.timestamp_ns - previous.timestamp_ns)
-                if gpus is not None and not spec.has_identity and not chunk_problem:
+                restarted = poll.rows[0].restart
+                if (
+                    gpus is not None
+                    and not spec.has_identity
+                    and not chunk_problem
+                    and not restarted
+                ):
                     chunk_problem = _chunk_problem(previous, poll, gpus, source)
             survey.polls += 1
             survey.last = previous = poll
@@ -797,6 +886,7 @@ class _Reader:
                 f"{source}: --gpu-model given, but the file has a name column; leave --gpu-model "
                 "out"
             )
+        self._surveyed = True
         return survey
 
 
@@ -854,7 +944,7 @@ def _identity_polls(rows: Iterator[Row], source: str) -> Iterator[RecordedPoll]:
     for row in rows:
         _backwards(row, previous, source)
         key: object = row.uuid or row.index
-        if current and key in seen:
+        if current and (key in seen or row.restart):
             yield RecordedPoll(current[0].timestamp_ns, tuple(current))
             current, seen = [], set()
         current.append(row)
@@ -870,7 +960,7 @@ def _burst_polls(rows: Iterator[Row], source: str) -> Iterator[RecordedPoll]:
     previous: Row | None = None
     for row in rows:
         _backwards(row, previous, source)
-        if burst and row.timestamp_ns - burst[0].timestamp_ns >= POLL_SPREAD_NS:
+        if burst and (row.restart or row.timestamp_ns - burst[0].timestamp_ns >= POLL_SPREAD_NS):
             yield RecordedPoll(burst[0].timestamp_ns, tuple(burst))
             burst = []
         burst.append(row)
@@ -885,6 +975,9 @@ def _count_polls(rows: Iterator[Row], gpus: int, source: str) -> Iterator[Record
     previous: Row | None = None
     for row in rows:
         _backwards(row, previous, source)
+        if chunk and row.restart:
+            yield RecordedPoll(chunk[0].timestamp_ns, tuple(chunk))
+            chunk = []
         chunk.append(row)
         previous = row
         if len(chunk) == gpus:

@@ -109,3 +109,111 @@ def test_an_unreadable_file_is_named_once(tmp_path: Path) -> None:
         load_recording(tmp_path)
     with pytest.raises(RecordingError, match=rf"^{tmp_path / 'no.csv'}: the recording does not"):
         load_recording(tmp_path / "no.csv")
+
+
+# -- cut short, and restarted into the same file ----------------------------------------------
+
+
+def test_a_last_line_cut_short_when_the_recorder_was_killed_is_left_out(
+    tmp_path: Path, plain: list[tuple[int, int, int, int]]
+) -> None:
+    # nvidia-smi's output to a file is block-buffered: a kill leaves half a line, no newline.
+    path = tmp_path / "node.csv"
+    rows = [HEADER, *docs_log(), docs_log(seconds=11)[-2][:41]]
+    path.write_text("\n".join(rows), encoding="utf-8")
+    assert figures(load_recording(path)) == plain
+
+
+def test_a_line_cut_short_inside_the_file_is_refused_naming_it(tmp_path: Path) -> None:
+    rows = [HEADER, *docs_log()]
+    rows[7] = rows[7][:41]
+    path = write(tmp_path / "node.csv", rows)
+    with pytest.raises(RecordingError) as refused:
+        load_recording(path)
+    assert str(refused.value) == (
+        f"{path}: line 8 has 3 columns, the header (line 1) has 7: a line cut short, or rows of "
+        "another recording? delete it, or split the file there"
+    )
+
+
+def test_nul_bytes_left_by_a_power_loss_end_the_recording(
+    tmp_path: Path, plain: list[tuple[int, int, int, int]]
+) -> None:
+    # A crash before the file system wrote the data back leaves the file's tail as NUL bytes.
+    path = tmp_path / "node.csv"
+    text = "\n".join([HEADER, *docs_log()]) + "\n" + docs_log(seconds=11)[-2][:30]
+    path.write_bytes(text.encode() + b"\0" * 4096)
+    assert figures(load_recording(path)) == plain
+
+
+def test_a_restart_appended_to_the_same_file_reads_both_parts(tmp_path: Path) -> None:
+    # `nvidia-smi ... >> gpu.csv` restarted after a power loss: the cut line, NUL bytes, then a
+    # new header and rows, glued to the NULs (no newline before them). Then a clean restart.
+    first, second, third = docs_log(10), docs_log(10, start_s=60), docs_log(10, start_s=120)
+    text = "\n".join([HEADER, *first]) + "\n" + first[-1][:25]
+    data = text.encode() + b"\0" * 100 + ("\n".join([HEADER, *second]) + "\n").encode()
+    data += ("\n".join([HEADER, *third]) + "\n").encode()
+    path = tmp_path / "node.csv"
+    path.write_bytes(data)
+    recording = load_recording(path)
+    assert recording.gpu_count == 2
+    assert len(recording.polls) == 30
+    assert recording.stalls == 2  # the restarts' gaps stay gaps
+    assert [samples for samples, _, _, _ in figures(recording)] == [30, 30]
+
+
+def test_a_header_glued_to_a_cut_line_is_a_restart(tmp_path: Path) -> None:
+    # Killed mid-line, restarted with `>>`: the new header follows the half line directly.
+    first, second = docs_log(10), docs_log(10, start_s=60)
+    text = "\n".join([HEADER, *first]) + "\n" + first[-1][:47] + HEADER + "\n"
+    path = tmp_path / "node.csv"
+    path.write_text(text + "\n".join(second) + "\n", encoding="utf-8")
+    recording = load_recording(path)
+    assert len(recording.polls) == 20
+    assert [samples for samples, _, _, _ in figures(recording)] == [20, 20]
+
+
+def test_a_header_with_other_columns_inside_the_file_is_refused(tmp_path: Path) -> None:
+    other = "timestamp, index, utilization.gpu [%]"
+    rows = [HEADER, *docs_log(5), other, "2024/05/01 12:01:00.000, 0, 5 %"]
+    path = write(tmp_path / "node.csv", rows)
+    with pytest.raises(RecordingError) as refused:
+        load_recording(path)
+    assert str(refused.value) == (
+        f"{path}: line 12 is a header with other columns than line 1's: the file holds two "
+        "recordings; split it at line 12 and replay each"
+    )
+
+
+def test_a_restart_of_a_log_without_index_reads_on_with_the_same_gpu_count(
+    tmp_path: Path,
+) -> None:
+    from tests.nvsmi_logs import START_NS, generate_log
+
+    before = generate_log(gpus=8, seconds=20, seed=5)
+    after = generate_log(gpus=8, seconds=20, seed=6, start_ns=START_NS + 60 * 10**9)
+    # Killed mid-poll: only 3 of the last poll's 8 rows were written.
+    lines = before.text.splitlines()[:-5] + after.text.splitlines()
+    path = write(tmp_path / "node.csv", lines)
+    recording = load_recording(path, gpu_model=H100)
+    assert recording.gpu_count == 8
+    assert recording.gpu_count_source == "row cycle"
+    assert len(recording.polls) == len(before.poll_ns) + len(after.poll_ns)
+    assert [len(p.rows) for p in recording.polls].count(3) == 1
+    assert recording.stalls == 1
+
+
+def test_a_restart_with_fewer_gpus_in_a_log_without_index_is_refused_saying_why(
+    tmp_path: Path,
+) -> None:
+    from tests.nvsmi_logs import START_NS, generate_log
+
+    before = generate_log(gpus=8, seconds=5, seed=5)
+    after = generate_log(gpus=7, seconds=5, seed=6, start_ns=START_NS + 60 * 10**9)
+    path = write(tmp_path / "node.csv", before.text.splitlines() + after.text.splitlines())
+    first_after = len(before.text.splitlines()) + 2
+    with pytest.raises(RecordingError) as refused:
+        load_recording(path)
+    message = str(refused.value)
+    assert f"bursts of 8 from line 2, then line {first_after} starts one of 7" in message
+    assert "a GPU left or joined" in message and "--query-gpu=timestamp,index,uuid" in message
