@@ -62,8 +62,8 @@ import re
 import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import TextIO, cast, overload
@@ -90,6 +90,10 @@ MIN_POLL_SPACING_NS = 2 * POLL_SPREAD_NS
 CREDIT_BOUND_NUM, CREDIT_BOUND_DEN = 3, 2
 """A sample's credit is bounded by 3/2 of the measured cadence; longer is a stall (a gap)."""
 ENERGY_INTEGRATED_NOTE = "integrated from power.draw"
+MAX_WARNINGS = 5
+"""Lines left out that are logged one by one (then only that there were more)."""
+MAX_GPUS = 4096
+"""GPUs one recording may name (the command line's --gpus allows as many)."""
 CACHE_LIMIT = 4096
 """Parsed cells remembered per column (values repeat); a full cache is emptied, so memory stays
 bounded however long the recording."""
@@ -465,7 +469,7 @@ def _spec(cells: list[str], line: int, source: str) -> _Spec:
         unit=dict(header),
         power_cols=tuple(n for n in _POWER_NAMES if n in position)[:1],
         energy_col=next((n for n in _ENERGY_NAMES if n in position), None),
-        has_identity="index" in position or "uuid" in position,
+        has_identity=any(n in position for n in ("index", "uuid", "pci.bus_id")),
     )
 
 
@@ -614,6 +618,7 @@ class _Reader:
         self._gpu_model = gpu_model
         self._spec: _Spec | None = None
         self._surveyed = False
+        self._warnings = 0
         self._caches: dict[str, dict[str, Cell]] = {}
         self._second: tuple[str, int] = ("", 0)
         """The last timestamp's whole seconds, as text and parsed (rows come in time order)."""
@@ -677,9 +682,14 @@ class _Reader:
             raise RecordingError(f"{self.source}: line {number}: {exc}") from None
 
     def _warn(self, line: int, what: str) -> None:
-        """Say once (on the first reading) what was left out."""
-        if not self._surveyed:
+        """Say what was left out, on the first reading only, and the first few times only."""
+        if self._surveyed:
+            return
+        self._warnings += 1
+        if self._warnings <= MAX_WARNINGS:
             log.warning("%s: line %d: %s", self.source, line, what)
+        if self._warnings == MAX_WARNINGS:
+            log.warning("%s: further lines left out are not listed", self.source)
 
     def rows(self, until_line: int = 0) -> Iterator[Row]:
         """The rows after the header (up to ``until_line`` when given), parsed and checked; the
@@ -835,7 +845,7 @@ class _Reader:
         if check is not None:
             rows = _observed(rows, check)
         if self.spec.has_identity:
-            return _identity_polls(rows, self.source)
+            return _identity_polls(rows, self.source, self._warn)
         if self._gpus is not None:
             return _count_polls(rows, self._gpus, self.source)
         return _burst_polls(rows, self.source)
@@ -870,7 +880,7 @@ class _Reader:
         if spec.has_identity:
             if gpus is not None and len(survey.first.rows) != gpus:
                 raise RecordingError(
-                    f"{source}: --gpus {gpus} given, but the index/uuid column names "
+                    f"{source}: --gpus {gpus} given, but the file names "
                     f"{len(survey.first.rows)} GPUs in the first poll (line "
                     f"{survey.first.rows[0].line}); leave --gpus out for a file with an index "
                     "or uuid column"
@@ -936,22 +946,52 @@ def _backwards(row: Row, previous: Row | None, source: str) -> None:
         raise RecordingError(f"{source}: line {row.line}: timestamps go backwards")
 
 
-def _identity_polls(rows: Iterator[Row], source: str) -> Iterator[RecordedPoll]:
-    """A new poll starts when a GPU (index or uuid) repeats."""
+def _identity_polls(
+    rows: Iterator[Row], source: str, warn: Callable[[int, str], None]
+) -> Iterator[RecordedPoll]:
+    """A new poll starts when a GPU (uuid, index or PCI bus id) repeats, at a restart, or after a
+    pause between rows longer than a poll's spread (so that a GPU's missing row never makes the
+    next poll's rows join this one). A GPU's row repeated at the same time is left out; with other
+    values it is refused."""
     current: list[Row] = []
     seen: set[object] = set()
     previous: Row | None = None
+    last: dict[object, Row] = {}
     for row in rows:
         _backwards(row, previous, source)
-        key: object = row.uuid or row.index
-        if current and (key in seen or row.restart):
+        key: object = row.uuid or (row.index if row.index is not None else row.pci_bus_id)
+        before = last.get(key)
+        if before is not None and before.timestamp_ns == row.timestamp_ns:
+            if replace(row, line=before.line, restart=before.restart) != before:
+                raise RecordingError(
+                    f"{source}: line {row.line}: GPU {key} has a second row at "
+                    f"{_format_ns(row.timestamp_ns)} (line {before.line}) with other values; rows "
+                    "of one GPU need distinct times: are the milliseconds cut off, or were two "
+                    "recordings merged?"
+                )
+            warn(row.line, f"repeats line {before.line}: left out")
+            continue
+        if current and (
+            key in seen
+            or row.restart
+            or row.timestamp_ns - current[-1].timestamp_ns >= MIN_POLL_SPACING_NS
+        ):
             yield RecordedPoll(current[0].timestamp_ns, tuple(current))
             current, seen = [], set()
+        if before is None and len(last) >= MAX_GPUS:
+            raise RecordingError(f"{source}: line {row.line}: more than {MAX_GPUS} GPUs")
         current.append(row)
         seen.add(key)
-        previous = row
+        last[key] = previous = row
     if current:
         yield RecordedPoll(current[0].timestamp_ns, tuple(current))
+
+
+def _format_ns(timestamp_ns: int) -> str:
+    """A time as nvidia-smi prints it (``2024/05/01 12:00:00.123``; the file's time, read as
+    UTC)."""
+    moment = datetime.fromtimestamp(timestamp_ns // 1_000_000_000, tz=UTC)
+    return f"{moment:%Y/%m/%d %H:%M:%S}.{timestamp_ns // NS_PER_MS % 1000:03d}"
 
 
 def _burst_polls(rows: Iterator[Row], source: str) -> Iterator[RecordedPoll]:
@@ -1060,6 +1100,7 @@ class ReplaySampler:
         self._energy_uj: dict[str, int] = {}
         self._last_row_ns: dict[str, int] = {}
         self._identities: dict[tuple[int, str, str], GpuIdentity] = {}
+        self._order: dict[str, int] = {}
 
     @property
     def backend(self) -> Backend:
@@ -1104,7 +1145,15 @@ class ReplaySampler:
         return tuple(self._identity(row, position) for position, row in enumerate(first.rows))
 
     def _identity(self, row: Row, position: int) -> GpuIdentity:
-        index = row.index if row.index is not None else position
+        if row.index is not None:
+            index = row.index
+        elif row.uuid or row.pci_bus_id:
+            # Named without an index: numbered in order of first appearance, so that a GPU
+            # lost from the poll never shifts the others' indices.
+            name = row.uuid or row.pci_bus_id
+            index = self._order.setdefault(name, len(self._order))
+        else:
+            index = position
         key = (index, row.uuid, row.name)
         known = self._identities.get(key)
         if known is not None:

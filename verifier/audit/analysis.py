@@ -388,7 +388,7 @@ def _notes(loaded: list[tuple[_Node, list[VerifiedAttestation]]]) -> list[str]:
         how = {
             "row cycle": "read from the rows' cycle (no index or uuid column)",
             "--gpus": "as given with --gpus",
-            "identity": "from the index/uuid column",
+            "identity": "from the index, uuid or pci.bus_id column",
         }.get(str(count_source), str(count_source))
         stalls = rec.get("stalls")
         notes.append(

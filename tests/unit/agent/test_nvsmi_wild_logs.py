@@ -217,3 +217,106 @@ def test_a_restart_with_fewer_gpus_in_a_log_without_index_is_refused_saying_why(
     message = str(refused.value)
     assert f"bursts of 8 from line 2, then line {first_after} starts one of 7" in message
     assert "a GPU left or joined" in message and "--query-gpu=timestamp,index,uuid" in message
+
+
+# -- GPUs named by index or uuid: rows missing, doubled, GPUs lost -----------------------------
+
+S = 1_000_000_000
+T0_NS = 1_714_564_800 * S  # 2024-05-01T12:00:00Z
+
+
+def by_gpu(recording: Recording) -> dict[str, list[tuple[int, int, int]]]:
+    """Per GPU uuid: (sample time - T0 in ms, index, interval_ms) of every sample replayed."""
+    sampler = ReplaySampler(recording, node_id="ab" * 32)
+    sampler.open(0)
+    out: dict[str, list[tuple[int, int, int]]] = {}
+    while (poll := sampler.poll(0)) is not None:
+        for reading in poll.readings:
+            sample = reading.sample
+            assert sample is not None
+            out.setdefault(reading.identity.uuid, []).append(
+                ((sample.timestamp_ns - T0_NS) // 1_000_000, sample.gpu_index, sample.interval_ms)
+            )
+    return out
+
+
+def test_a_gpu_row_missing_from_one_poll_leaves_the_others_at_their_own_time(
+    tmp_path: Path,
+) -> None:
+    rows = docs_log(gpus=4)
+    del rows[4 * 5]  # GPU 0's row of 12:00:05
+    recording = load_recording(write(tmp_path / "node.csv", [HEADER, *rows]))
+    gpu0 = by_gpu(recording)["GPU-00000000-1111-2222-3333-444455556666"]
+    # Every row at the second it was recorded (not the poll before's), and the row after the
+    # missing one credited up to the bound, 1.5 x the 1000 ms cadence.
+    assert [at for at, _, _ in gpu0] == [123 + 1000 * s for s in (0, 1, 2, 3, 4, 6, 7, 8, 9)]
+    assert [interval for _, _, interval in gpu0] == [1000] * 5 + [1500] + [1000] * 3
+    assert len(recording.polls) == 10
+
+
+def test_a_duplicated_line_is_left_out(
+    tmp_path: Path, plain: list[tuple[int, int, int, int]]
+) -> None:
+    rows = docs_log()
+    rows.insert(6, rows[5])  # a log shipper's retry
+    assert figures(load_recording(write(tmp_path / "node.csv", [HEADER, *rows]))) == plain
+
+
+def test_a_log_with_every_line_twice_reads_as_the_plain_one(
+    tmp_path: Path, plain: list[tuple[int, int, int, int]]
+) -> None:
+    rows = [row for row in docs_log() for _ in (1, 2)]
+    recording = load_recording(write(tmp_path / "node.csv", [HEADER, *rows]))
+    assert recording.gpu_count == 2
+    assert figures(recording) == plain
+
+
+def test_two_different_readings_of_a_gpu_at_one_time_are_refused(tmp_path: Path) -> None:
+    # -lms 500 with the milliseconds cut off: two polls a second share a timestamp.
+    rows = [HEADER]
+    for second in range(3):
+        for half in (0, 1):
+            for gpu in range(2):
+                util = 40 + 10 * half
+                rows.append(
+                    f"2024/05/01 12:00:0{second}, {gpu}, GPU-{gpu}, {H100}, {util} %, 1 W, 1 MiB"
+                )
+    path = write(tmp_path / "node.csv", rows)
+    with pytest.raises(RecordingError) as refused:
+        load_recording(path)
+    assert str(refused.value) == (
+        f"{path}: line 4: GPU GPU-0 has a second row at 2024/05/01 12:00:00.000 (line 2) with "
+        "other values; rows of one GPU need distinct times: are the milliseconds cut off, or "
+        "were two recordings merged?"
+    )
+
+
+def test_a_gpu_lost_from_a_uuid_log_keeps_the_others_indices(tmp_path: Path) -> None:
+    header = "timestamp, uuid, utilization.gpu [%], power.draw [W]"
+    rows = [header]
+    for second in range(6):
+        for gpu in range(4):
+            if gpu == 1 and second >= 3:
+                continue  # fell off the bus
+            rows.append(f"2024/05/01 12:00:0{second}.123, GPU-{gpu}, 50 %, 300.00 W")
+    indices = {
+        uuid: {index for _, index, _ in samples}
+        for uuid, samples in by_gpu(load_recording(write(tmp_path / "n.csv", rows))).items()
+    }
+    assert indices == {"GPU-0": {0}, "GPU-1": {1}, "GPU-2": {2}, "GPU-3": {3}}
+
+
+def test_a_log_with_pci_bus_ids_names_its_gpus_by_them(tmp_path: Path) -> None:
+    header = "timestamp, pci.bus_id, utilization.gpu [%], power.draw [W]"
+    rows = [header]
+    for second in range(6):
+        for gpu in range(3):
+            if gpu == 0 and second >= 3:
+                continue  # lost: without the bus id the rows could not be told apart
+            bus = f"00000000:{0x17 + gpu:02X}:00.0"
+            rows.append(f"2024/05/01 12:00:0{second}.123, {bus}, {10 * gpu} %, 300.00 W")
+    recording = load_recording(write(tmp_path / "n.csv", rows))
+    assert recording.gpu_count_source == "identity"
+    samples = by_gpu(recording)
+    assert sorted(len(s) for s in samples.values()) == [3, 6, 6]
+    assert sorted({index for s in samples.values() for _, index, _ in s}) == [0, 1, 2]
