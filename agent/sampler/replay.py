@@ -13,9 +13,11 @@ What is read (header names as nvidia-smi prints them; other columns are ignored)
   the header or value says so).
 
 Units may be in the header (``power.draw [W]``) or in the values (``250.12 W``), or absent
-(``nounits``: the nvidia-smi defaults %, W, MiB are assumed). ``[N/A]``, ``[Not Supported]`` and
-similar cells mean the metric was not supported for that row. Without a header, pass the column
-names (``columns=``, in ``--query-gpu`` order).
+(``nounits``: the nvidia-smi defaults %, W, MiB are assumed). ``[N/A]`` and ``[Not Supported]``
+mean the metric was not supported for that row; any other bracketed cell (``[Unknown Error]``,
+``[GPU requires reset]``, ``[Insufficient Permissions]``, ...) is a failed read (an ERROR, with
+the cell's text). Of several power columns, a row's power is the first that has a value. Without
+a header, pass the column names (``columns=``, in ``--query-gpu`` order).
 
 **GPUs.** With an ``index`` or ``uuid`` column a row belongs to that GPU, and a new poll starts when
 a GPU repeats. Without either (``nvidia-smi --query-gpu=timestamp,power.draw,utilization.gpu,...``
@@ -128,6 +130,7 @@ _KNOWN = frozenset(
         *_ENERGY_NAMES,
     )
 )
+_NOT_SUPPORTED = frozenset(("N/A", "NOT SUPPORTED"))
 _MEMORY_UNITS = {"b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "kb": 10**3, "mb": 10**6}
 _POWER_UNITS = {"w": 1000, "mw": 1}
 _ENERGY_UNITS = {"mj": 1, "j": 1000}
@@ -143,6 +146,9 @@ class Cell:
 
     value: int | None
     missing: str = ""
+    not_supported: bool = True
+    """For a missing value: the driver does not offer the metric (``[N/A]``, ``[Not Supported]``),
+    as opposed to a read that failed (``[Unknown Error]``, ``[GPU requires reset]``, ...)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,8 +290,12 @@ def _parse_number(
 ) -> Cell:
     """A cell as an integer in the base unit (rounded half up), or a Cell saying it is missing."""
     raw = text.strip()
-    if not raw or raw.startswith("[") or raw.upper() in ("N/A", "NOT SUPPORTED"):
-        return Cell(value=None, missing=raw or "empty")
+    if not raw or raw.startswith("[") or raw.upper() in _NOT_SUPPORTED:
+        return Cell(
+            value=None,
+            missing=raw or "empty",
+            not_supported=not raw or raw.strip("[]").upper() in _NOT_SUPPORTED,
+        )
     match = _NUMBER.match(raw)
     if match is None:
         raise ValueError(f"{what} {raw!r} is not a number")
@@ -467,7 +477,7 @@ def _spec(cells: list[str], line: int, source: str) -> _Spec:
         names=tuple(header),
         position=position,
         unit=dict(header),
-        power_cols=tuple(n for n in _POWER_NAMES if n in position)[:1],
+        power_cols=tuple(n for n in _POWER_NAMES if n in position),
         energy_col=next((n for n in _ENERGY_NAMES if n in position), None),
         has_identity=any(n in position for n in ("index", "uuid", "pci.bus_id")),
     )
@@ -809,8 +819,10 @@ class _Reader:
             return "" if i is None else cells[i]
 
         power: Cell | None = None
-        for column in spec.power_cols:
-            power = self._cell(column, cells[position[column]], _parse_power)
+        for column in spec.power_cols:  # the first with a value: power.draw, .instant, .average
+            cell = self._cell(column, cells[position[column]], _parse_power)
+            if power is None or (power.value is None and cell.value is not None):
+                power = cell
         memory: Cell | None = None
         if "memory.used" in position:
             memory = self._cell("memory.used", cells[position["memory.used"]], _parse_memory)
@@ -1054,7 +1066,7 @@ def _take(metric: Metric, cell: Cell | None, failures: list[MetricFailure]) -> i
     if cell is None:
         return None
     if cell.value is None:
-        failures.append(MetricFailure(metric, cell.missing[:64], not_supported=True))
+        failures.append(MetricFailure(metric, cell.missing[:64], not_supported=cell.not_supported))
     return cell.value
 
 

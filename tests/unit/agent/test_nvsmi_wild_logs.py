@@ -320,3 +320,41 @@ def test_a_log_with_pci_bus_ids_names_its_gpus_by_them(tmp_path: Path) -> None:
     samples = by_gpu(recording)
     assert sorted(len(s) for s in samples.values()) == [3, 6, 6]
     assert sorted({index for s in samples.values() for _, index, _ in s}) == [0, 1, 2]
+
+
+# -- what drivers print instead of a value -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cell", "not_supported"),
+    [
+        ("[N/A]", True),
+        ("[Not Supported]", True),
+        ("[Unknown Error]", False),
+        ("[GPU requires reset]", False),
+        ("[Insufficient Permissions]", False),
+        ("[GPU is lost]", False),
+    ],
+)
+def test_a_cell_the_driver_could_not_read_is_an_error_not_an_unsupported_metric(
+    tmp_path: Path, cell: str, not_supported: bool
+) -> None:
+    rows = docs_log(seconds=2)
+    rows[-1] = rows[-1].replace("50 %", cell)
+    sampler = ReplaySampler(load_recording(write(tmp_path / "n.csv", [HEADER, *rows])))
+    sampler.open(0)
+    sampler.poll(0)
+    poll = sampler.poll(0)
+    assert poll is not None
+    (failure,) = poll.readings[1].failures
+    assert (failure.error_name, failure.not_supported) == (cell, not_supported)
+    assert not poll.readings[0].failures
+
+
+def test_power_draw_not_available_falls_back_to_power_draw_instant(
+    tmp_path: Path, plain: list[tuple[int, int, int, int]]
+) -> None:
+    # Some driver and GPU pairs answer power.draw with [N/A] and power.draw.instant with a value.
+    header = HEADER.replace("power.draw [W]", "power.draw [W], power.draw.instant [W]")
+    rows = [row.replace("300.00 W", "[N/A], 300.00 W") for row in docs_log()]
+    assert figures(load_recording(write(tmp_path / "n.csv", [header, *rows]))) == plain
