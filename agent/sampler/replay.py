@@ -273,7 +273,8 @@ def _is_header(cells: list[str]) -> bool:
 
 
 def parse_timestamp(text: str) -> int:
-    """A recording timestamp (read as UTC) in ns since the epoch; raises ValueError."""
+    """A recording timestamp in ns since the epoch: read as UTC, or in its own zone where it has
+    one (ISO 8601 ``Z`` or ``+02:00``); raises ValueError."""
     text = text.strip()
     for fmt in _TIMESTAMP_FORMATS:
         try:
@@ -282,7 +283,19 @@ def parse_timestamp(text: str) -> int:
             continue
         seconds = calendar.timegm(moment.timetuple())
         return seconds * 1_000_000_000 + moment.microsecond * 1000
-    raise ValueError(f"timestamp {text!r} is not in a known format")
+    if "T" in text or " " in text:
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            pass
+        else:
+            if moment.tzinfo is not None:
+                seconds = calendar.timegm(moment.utctimetuple())
+                return seconds * 1_000_000_000 + moment.microsecond * 1000
+    raise ValueError(
+        f"timestamp {text!r} is not in a known format (nvidia-smi's 2024/05/01 12:00:00.123, or "
+        "ISO 8601 such as 2024-05-01T12:00:00.123Z)"
+    )
 
 
 def _parse_number(
@@ -954,8 +967,19 @@ def _cadence(deltas: _BucketDeltas, given_ms: int | None) -> tuple[int, int, int
 
 
 def _backwards(row: Row, previous: Row | None, source: str) -> None:
-    if previous is not None and row.timestamp_ns < previous.timestamp_ns:
-        raise RecordingError(f"{source}: line {row.line}: timestamps go backwards")
+    """Refuse time going back, saying why it does and what to do."""
+    if previous is None or row.timestamp_ns >= previous.timestamp_ns:
+        return
+    back_ms = (previous.timestamp_ns - row.timestamp_ns) // NS_PER_MS
+    before = _format_ns(previous.timestamp_ns)
+    raise RecordingError(
+        f"{source}: line {row.line}: the time goes back {back_ms // 1000}.{back_ms % 1000:03d} s, "
+        f"to {_format_ns(row.timestamp_ns)} from {before} on line {previous.line}: the clock was "
+        "stepped back (NTP), or the log is in local time and daylight saving time ended. The "
+        "same time cannot be replayed twice: record with TZ=UTC (nvidia-smi prints local time); "
+        f"for this file, delete the rows from line {row.line} on that are not later than "
+        f"{before}, or convert its times to UTC"
+    )
 
 
 def _identity_polls(

@@ -358,3 +358,57 @@ def test_power_draw_not_available_falls_back_to_power_draw_instant(
     header = HEADER.replace("power.draw [W]", "power.draw [W], power.draw.instant [W]")
     rows = [row.replace("300.00 W", "[N/A], 300.00 W") for row in docs_log()]
     assert figures(load_recording(write(tmp_path / "n.csv", [header, *rows]))) == plain
+
+
+# -- time ----------------------------------------------------------------------------------------
+
+
+def test_iso_times_with_a_zone_are_read_in_that_zone(tmp_path: Path) -> None:
+    header = "timestamp, index, utilization.gpu [%]"
+    rows = [
+        header,
+        "2024-05-01T12:00:00.123Z, 0, 5 %",
+        "2024-05-01T14:00:01.123+02:00, 0, 5 %",
+        "2024-05-01T07:00:02.123-05:00, 0, 5 %",
+    ]
+    recording = load_recording(write(tmp_path / "n.csv", rows))
+    assert [p.timestamp_ns - T0_NS for p in recording.polls] == [
+        123_000_000,
+        1_123_000_000,
+        2_123_000_000,
+    ]
+
+
+def test_a_time_in_no_known_format_is_refused_showing_the_expected_one(tmp_path: Path) -> None:
+    rows = [HEADER, *docs_log(2)]
+    rows[2] = rows[2].replace("2024/05/01 12:00:00.123", "05/01/2024 12:00")  # re-saved by Excel
+    path = write(tmp_path / "n.csv", rows)
+    with pytest.raises(RecordingError) as refused:
+        load_recording(path)
+    assert str(refused.value) == (
+        f"{path}: line 3: timestamp '05/01/2024 12:00' is not in a known format (nvidia-smi's "
+        "2024/05/01 12:00:00.123, or ISO 8601 such as 2024-05-01T12:00:00.123Z)"
+    )
+
+
+def test_a_clock_stepped_back_is_refused_naming_the_lines_and_the_fix(tmp_path: Path) -> None:
+    rows = [*docs_log(5), *(r.replace(".123", ".900") for r in docs_log(5, start_s=3))]
+    path = write(tmp_path / "n.csv", [HEADER, *rows])
+    with pytest.raises(RecordingError) as refused:
+        load_recording(path)
+    assert str(refused.value) == (
+        f"{path}: line 12: the time goes back 0.223 s, to 2024/05/01 12:00:03.900 from "
+        "2024/05/01 12:00:04.123 on line 11: the clock was stepped back (NTP), or the log is in "
+        "local time and daylight saving time ended. The same time cannot be replayed twice: "
+        "record with TZ=UTC (nvidia-smi prints local time); for this file, delete the rows from "
+        "line 12 on that are not later than 2024/05/01 12:00:04.123, or convert its times to UTC"
+    )
+
+
+def test_a_local_time_log_across_the_end_of_daylight_saving_is_refused(tmp_path: Path) -> None:
+    # Europe/Berlin, 2024-10-27: 02:59:59 CEST is followed by 02:00:00 CET.
+    header = "timestamp, index, utilization.gpu [%]"
+    rows = [header, "2024/10/27 02:59:59.500, 0, 5 %", "2024/10/27 02:00:00.500, 0, 5 %"]
+    path = write(tmp_path / "n.csv", rows)
+    with pytest.raises(RecordingError, match=r"line 3: the time goes back 3599\.000 s.*TZ=UTC"):
+        load_recording(path)

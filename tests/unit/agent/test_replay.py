@@ -220,7 +220,7 @@ def test_timestamps_in_iso_and_nvidia_smi_forms() -> None:
         (
             "timestamp, index, utilization.gpu\n"
             "2025/11/29 08:00:05, 0, 5\n2025/11/29 08:00:01, 0, 5\n",
-            "line 3: timestamps go backwards",
+            "line 3: the time goes back 4.000 s",
         ),
     ],
 )
