@@ -92,6 +92,13 @@ MIN_POLL_SPACING_NS = 2 * POLL_SPREAD_NS
 CREDIT_BOUND_NUM, CREDIT_BOUND_DEN = 3, 2
 """A sample's credit is bounded by 3/2 of the measured cadence; longer is a stall (a gap)."""
 ENERGY_INTEGRATED_NOTE = "integrated from power.draw"
+RECORD_COMMAND = (
+    "nvidia-smi --query-gpu=timestamp,index,uuid,name,utilization.gpu,power.draw,memory.used "
+    "--format=csv -l 1"
+)
+"""The recording the docs ask for (docs/agent.md, "Backends")."""
+DOCS_HEADER = "timestamp, index, uuid, name, utilization.gpu [%], power.draw [W], memory.used [MiB]"
+"""The header nvidia-smi prints for it."""
 MAX_WARNINGS = 5
 """Lines left out that are logged one by one (then only that there were more)."""
 MAX_GPUS = 4096
@@ -483,7 +490,10 @@ def _spec(cells: list[str], line: int, source: str) -> _Spec:
     position = {name: i for i, (name, _) in enumerate(header)}
     for required in ("timestamp", "utilization.gpu"):
         if required not in position:
-            raise RecordingError(f"{source}: the recording has no {required} column")
+            where = f"the header (line {line})" if line else "the columns given"
+            raise RecordingError(
+                f"{source}: {where} has no {required} column: record with {RECORD_COMMAND}"
+            )
     return _Spec(
         cells=tuple(cells),
         line=line,
@@ -728,10 +738,16 @@ class _Reader:
         elif self._columns:
             spec = _spec(list(self._columns), 0, source)
             lines = itertools.chain([first], lines)
+        elif cells[0].startswith("#"):
+            raise RecordingError(
+                f"{source}: line {first_line} looks like `nvidia-smi dmon` output, which is not "
+                f"read: record with {RECORD_COMMAND}"
+            )
         else:
             raise RecordingError(
-                f"{source}: line {first_line} is not a header; give the column names "
-                "(--replay-columns or replay.columns, in --query-gpu order)"
+                f"{source}: line {first_line} is not a header (--format=csv,noheader leaves it "
+                "out): add the header line nvidia-smi prints for the --query-gpu fields, such as "
+                f"'{DOCS_HEADER}', or give the column names (--replay-columns)"
             )
         if self._spec is None:
             self._spec = spec
@@ -843,6 +859,8 @@ class _Reader:
         if spec.energy_col is not None:
             energy = self._cell(spec.energy_col, cells[position[spec.energy_col]], _parse_energy)
         index_text = text("index")
+        if index_text and not index_text.isdigit():
+            raise ValueError(f"index {index_text!r} is not a GPU index (0, 1, ...)")
         return Row(
             line=line,
             timestamp_ns=self._timestamp_ns(cells[position["timestamp"]]),

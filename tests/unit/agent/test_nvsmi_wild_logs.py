@@ -412,3 +412,57 @@ def test_a_local_time_log_across_the_end_of_daylight_saving_is_refused(tmp_path:
     path = write(tmp_path / "n.csv", rows)
     with pytest.raises(RecordingError, match=r"line 3: the time goes back 3599\.000 s.*TZ=UTC"):
         load_recording(path)
+
+
+# -- not the log the docs asked for --------------------------------------------------------------
+
+
+def test_a_log_without_its_header_is_refused_with_the_header_to_add(tmp_path: Path) -> None:
+    path = write(tmp_path / "n.csv", docs_log(2))  # --format=csv,noheader
+    with pytest.raises(RecordingError) as refused:
+        load_recording(path)
+    assert str(refused.value) == (
+        f"{path}: line 1 is not a header (--format=csv,noheader leaves it out): add the header "
+        "line nvidia-smi prints for the --query-gpu fields, such as 'timestamp, index, uuid, "
+        "name, utilization.gpu [%], power.draw [W], memory.used [MiB]', or give the column names "
+        "(--replay-columns)"
+    )
+
+
+def test_nvidia_smi_dmon_output_is_refused_naming_the_command_to_record_with(
+    tmp_path: Path,
+) -> None:
+    rows = ["# gpu    pwr  gtemp  mtemp     sm    mem    enc    dec", "# Idx      W      C      C"]
+    rows += ["    0     69     33     41      0      0      0      0"]
+    path = write(tmp_path / "n.csv", rows)
+    with pytest.raises(RecordingError) as refused:
+        load_recording(path)
+    assert str(refused.value) == (
+        f"{path}: line 1 looks like `nvidia-smi dmon` output, which is not read: record with "
+        "nvidia-smi --query-gpu=timestamp,index,uuid,name,utilization.gpu,power.draw,memory.used "
+        "--format=csv -l 1"
+    )
+
+
+def test_a_log_without_utilization_is_refused_naming_the_fields_to_record(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "n.csv", ["timestamp, index, power.draw [W]", "2024/05/01 12:00:00, 0, 1 W"]
+    )
+    with pytest.raises(RecordingError) as refused:
+        load_recording(path)
+    assert str(refused.value) == (
+        f"{path}: the header (line 1) has no utilization.gpu column: record with "
+        "nvidia-smi --query-gpu=timestamp,index,uuid,name,utilization.gpu,power.draw,memory.used "
+        "--format=csv -l 1"
+    )
+
+
+def test_an_index_that_is_not_a_number_is_refused_naming_the_line(tmp_path: Path) -> None:
+    rows = [HEADER, *docs_log(2)]
+    rows[3] = rows[3].replace(", 0, GPU", ", 00000000:17:00.0, GPU")
+    path = write(tmp_path / "n.csv", rows)
+    with pytest.raises(RecordingError) as refused:
+        load_recording(path)
+    assert str(refused.value) == (
+        f"{path}: line 4: index '00000000:17:00.0' is not a GPU index (0, 1, ...)"
+    )
