@@ -61,6 +61,7 @@ import io
 import itertools
 import logging
 import re
+import stat
 import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -393,6 +394,20 @@ def load_recording(
 ) -> Recording:
     """Read and check a whole recording (streamed: see :class:`RecordedPolls`); raises
     RecordingError naming the line on bad input."""
+
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise RecordingError(f"{path}: the recording does not exist") from None
+    except OSError as exc:
+        raise RecordingError(f"{path}: cannot read it: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(mode):
+        raise RecordingError(f"{path}: is a directory, not a recording")
+    if not stat.S_ISREG(mode):
+        raise RecordingError(
+            f"{path}: is not a regular file (a pipe or a device?): the replay reads the recording "
+            "twice; save it to a file first (a gzip-compressed file is read as it is)"
+        )
 
     def opener() -> TextIO:
         return _open_text(path)

@@ -8,6 +8,7 @@ the figures the log holds, or is refused naming the file, the line and what to d
 from __future__ import annotations
 
 import gzip
+import os
 from pathlib import Path
 
 import pytest
@@ -105,7 +106,7 @@ def test_a_line_that_is_not_utf8_is_refused_naming_the_line(tmp_path: Path) -> N
 
 
 def test_an_unreadable_file_is_named_once(tmp_path: Path) -> None:
-    with pytest.raises(RecordingError, match=rf"^{tmp_path}: cannot read it"):
+    with pytest.raises(RecordingError, match=rf"^{tmp_path}: is a directory, not a recording$"):
         load_recording(tmp_path)
     with pytest.raises(RecordingError, match=rf"^{tmp_path / 'no.csv'}: the recording does not"):
         load_recording(tmp_path / "no.csv")
@@ -465,4 +466,18 @@ def test_an_index_that_is_not_a_number_is_refused_naming_the_line(tmp_path: Path
         load_recording(path)
     assert str(refused.value) == (
         f"{path}: line 4: index '00000000:17:00.0' is not a GPU index (0, 1, ...)"
+    )
+
+
+@pytest.mark.timeout(30)
+def test_a_pipe_is_refused_up_front_not_read_twice(tmp_path: Path) -> None:
+    # `--replay <(zcat log.gz)`: the replay reads its file twice, and a pipe only once. (Opening
+    # a pipe nobody writes to would wait for ever.)
+    pipe = tmp_path / "log.csv"
+    os.mkfifo(pipe)
+    with pytest.raises(RecordingError) as refused:
+        load_recording(pipe)
+    assert str(refused.value) == (
+        f"{pipe}: is not a regular file (a pipe or a device?): the replay reads the recording "
+        "twice; save it to a file first (a gzip-compressed file is read as it is)"
     )
