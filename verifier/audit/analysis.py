@@ -42,6 +42,7 @@ from attest.attestation import VerifiedAttestation, attestation_from_verified
 from attest.chain import ChainHead, Link, classify
 from attest.envelope import StaticKeyring, parse_envelope, verify_parsed_envelope
 from attest.errors import ConfigError, PausewatchError, VerificationError
+from attest.exitcodes import ExitCode
 from attest.ids import Digest, NodeId
 from attest.keys import key_id_from_raw, public_key_from_raw
 from verifier.accounting import accounts, evaluation
@@ -56,11 +57,22 @@ UNATTESTED = (
 )
 EXPORT_FORMAT = "pausewatch.windows.v1"
 EXPORT_TIMEOUT_S = 600
+"""The time an input may take to export, plus a second for every EXPORT_BYTES_PER_S of it."""
+EXPORT_BYTES_PER_S = 100_000
+"""A tenth of the rate a recording is read at on a slow machine (a week of eight GPUs at 1 s,
+185 MB, took under 3 minutes on two cores)."""
+GZIP_RATIO = 10
+"""How much larger a gzip-compressed recording is taken to be, for its time allowed."""
 MAX_EXPORT_BYTES = 1 << 31
+_REPLAY_LOGGER = "agent.sampler.replay"
 
 
 class AnalysisError(ConfigError):
     """An input cannot be analysed; the message names the file and the fix (exit 2)."""
+
+
+class AnalysisInternalError(PausewatchError):
+    """Exporting an input's windows failed for no fault of the input (exit 4, internal)."""
 
 
 class AnalysisEvidenceError(VerificationError):
@@ -94,6 +106,8 @@ class _Node:
     models: dict[str, str] = field(default_factory=dict)
     recording: dict[str, object] = field(default_factory=dict)
     attested: bool = False
+    warnings: list[str] = field(default_factory=list)
+    """What reading the recording left out (a line cut short, a duplicated line)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +128,19 @@ class Analysis:
         }
 
 
+def export_timeout_s(path: Path) -> int:
+    """The time ``export-windows`` may take for ``path``: EXPORT_TIMEOUT_S, and more for a large
+    recording (a week-long log takes minutes to read)."""
+    size = 0  # a state directory, a pipe or unreadable: the export says why
+    try:
+        if path.is_file():  # never opens a pipe (that would wait for a writer)
+            with path.open("rb") as file:
+                size = path.stat().st_size * (GZIP_RATIO if file.read(2) == b"\x1f\x8b" else 1)
+    except OSError:
+        pass
+    return EXPORT_TIMEOUT_S + size // EXPORT_BYTES_PER_S
+
+
 def export_windows(
     source: AnalysisSource,
     out: Path,
@@ -122,8 +149,9 @@ def export_windows(
     gpus: int | None,
     gpu_model: str,
     window_s: int,
-) -> None:
-    """Run ``pausewatch-agent export-windows`` for ``source``; AnalysisError with its message."""
+) -> list[str]:
+    """Run ``pausewatch-agent export-windows`` for ``source``; AnalysisError with its message.
+    Returns what the replay warned of (lines it left out), each without the file's name."""
     if source.is_spool:
         argv = ["--state-dir", str(source.path)]
     else:
@@ -136,6 +164,8 @@ def export_windows(
         sys.executable,
         "-m",
         "agent.cli",
+        "--log-format",
+        "json",
         "export-windows",
         *argv,
         "--window-s",
@@ -143,14 +173,24 @@ def export_windows(
         "--out",
         str(out),
     ]
+    timeout_s = export_timeout_s(source.path)
     try:
         done = subprocess.run(  # noqa: S603 - our own command, an argv list
-            command, capture_output=True, text=True, timeout=EXPORT_TIMEOUT_S, check=False
+            command, capture_output=True, text=True, timeout=timeout_s, check=False
         )
     except subprocess.TimeoutExpired:
         raise AnalysisError(
-            f"{source.path}: reading it took longer than {EXPORT_TIMEOUT_S} s"
+            f"{source.path}: reading it took longer than the {timeout_s} s allowed for its size; "
+            "is it on a slow or hung file system? copy it to a local disk and try again"
         ) from None
+    if done.returncode == ExitCode.INTERNAL:
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        rerun = " ".join(["pausewatch-agent --debug export-windows", *argv, "--out", "FILE"])
+        raise AnalysisInternalError(
+            f"{source.path}: exporting its windows failed with an internal error "
+            f"({lines[-1] if lines else 'no message'}); `{rerun}` shows the details: please "
+            "report it"
+        )
     if done.returncode != 0:
         lines = [line for line in done.stderr.splitlines() if line.strip()]
         message = lines[-1] if lines else f"exit status {done.returncode}"
@@ -159,6 +199,25 @@ def export_windows(
         if not message.startswith(f"{source.path}:"):
             message = f"{source.path}: {message}"
         raise AnalysisError(message)
+    return _replay_warnings(done.stderr, source.path)
+
+
+def _replay_warnings(stderr: str, path: Path) -> list[str]:
+    """The replay's warnings among ``export-windows``'s JSON log lines."""
+    warnings: list[str] = []
+    for line in stderr.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if (
+            isinstance(entry, dict)
+            and entry.get("logger") == _REPLAY_LOGGER
+            and entry.get("level") == "warning"
+            and isinstance(entry.get("msg"), str)
+        ):
+            warnings.append(entry["msg"].removeprefix(f"{path}: "))
+    return warnings
 
 
 def load_export(path: Path, source: AnalysisSource) -> dict[str, object]:
@@ -255,7 +314,7 @@ def analyse(
             if not source.path.exists():
                 raise AnalysisError(f"{source.path} does not exist")
             out = Path(scratch) / f"{number}.json"
-            export_windows(
+            warnings = export_windows(
                 source,
                 out,
                 lab_id=policy.lab_id,
@@ -264,7 +323,9 @@ def analyse(
                 window_s=window_s,
             )
             data = load_export(out, source)
-            loaded.append(_node_from_export(data, source, policy.lab_id, bucket_ns))
+            node, verified = _node_from_export(data, source, policy.lab_id, bucket_ns)
+            node.warnings = warnings
+            loaded.append((node, verified))
     seen: dict[bytes, str] = {}
     for node, _ in loaded:
         other = seen.get(bytes(node.node_id))
@@ -395,6 +456,7 @@ def _notes(loaded: list[tuple[_Node, list[VerifiedAttestation]]]) -> list[str]:
             f"{what}: {rec.get('gpus')} GPUs {how}; one poll every {rec.get('cadence_ms')} ms "
             f"(measured), {stalls} stall{'' if stalls == 1 else 's'} left as gaps"
         )
+        notes += [f"{what}: {warning}" for warning in node.warnings]
         if not rec.get("has_names"):
             model = rec.get("gpu_model")
             notes.append(

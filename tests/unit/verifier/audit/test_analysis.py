@@ -110,3 +110,46 @@ def test_an_unreadable_export_file_is_refused(tmp_path: Path, content: str, mess
     path.write_text(content, encoding="utf-8")
     with pytest.raises(AnalysisError, match=message):
         load_export(path, SOURCE)
+
+
+def test_an_internal_error_of_the_export_is_internal_with_the_command_that_shows_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import subprocess
+
+    from attest.exitcodes import ExitCode, exit_code_for
+    from verifier.audit import analysis
+
+    def crashed(command: list[str], **_: object) -> subprocess.CompletedProcess[str]:
+        stderr = "internal error: KeyError (run with --debug for details)\n"
+        return subprocess.CompletedProcess(command, int(ExitCode.INTERNAL), "", stderr)
+
+    monkeypatch.setattr(analysis.subprocess, "run", crashed)
+    source = AnalysisSource.for_path(tmp_path / "node7.csv")
+    with pytest.raises(analysis.AnalysisInternalError) as failed:
+        analysis.export_windows(
+            source, tmp_path / "out.json", lab_id="lab-a", gpus=None, gpu_model="", window_s=60
+        )
+    assert exit_code_for(failed.value) == ExitCode.INTERNAL  # not 2, "an input that cannot be read"
+    assert str(failed.value) == (
+        f"{source.path}: exporting its windows failed with an internal error (internal error: "
+        "KeyError (run with --debug for details)); `pausewatch-agent --debug export-windows "
+        f"--replay {source.path} --lab lab-a --node-name node7 --out FILE` shows the details: "
+        "please report it"
+    )
+
+
+def test_a_large_recording_is_given_time_for_its_size(tmp_path: Path) -> None:
+    import gzip
+
+    from verifier.audit.analysis import EXPORT_TIMEOUT_S, export_timeout_s
+
+    # A week of eight GPUs at -lms 100 is 48 million rows, ~2 GB: far more than 600 s to read.
+    week = tmp_path / "week.csv"
+    with week.open("wb") as file:
+        file.truncate(2 * 10**9)  # sparse: no disk used
+    assert export_timeout_s(week) >= EXPORT_TIMEOUT_S + 20_000
+    packed = tmp_path / "week.csv.gz"
+    packed.write_bytes(gzip.compress(b"x" * 1000) + bytes(20 * 10**6))
+    assert export_timeout_s(packed) >= EXPORT_TIMEOUT_S + 2_000  # as if ten times larger
+    assert export_timeout_s(tmp_path) == EXPORT_TIMEOUT_S  # a state directory
