@@ -6,7 +6,9 @@
 
 What is read (header names as nvidia-smi prints them; other columns are ignored):
 
-- ``timestamp`` (required): ``2024/05/01 12:00:00.123`` (nvidia-smi) or ISO 8601, read as UTC;
+- ``timestamp`` (required): ``2024/05/01 12:00:00.123`` (nvidia-smi) or ISO 8601, read as UTC
+  unless it names its zone (``Z``, ``+02:00``); time must never go back (a clock step, or a
+  local-time log leaving daylight saving time, is refused naming both lines);
 - ``utilization.gpu`` (required), ``power.draw`` (or ``power.draw.instant``/``.average``),
   ``memory.used``, ``index``, ``uuid``, ``name``, ``pci.bus_id``, ``serial``;
 - a cumulative energy column if present (``total_energy_consumption`` or ``energy``; mJ, or J when
@@ -19,15 +21,27 @@ mean the metric was not supported for that row; any other bracketed cell (``[Unk
 the cell's text). Of several power columns, a row's power is the first that has a value. Without
 a header, pass the column names (``columns=``, in ``--query-gpu`` order).
 
-**GPUs.** With an ``index`` or ``uuid`` column a row belongs to that GPU, and a new poll starts when
-a GPU repeats. Without either (``nvidia-smi --query-gpu=timestamp,power.draw,utilization.gpu,...``
-prints every GPU at each loop, one row each, in a fixed order), the GPU count is read from the
-row cycle: rows less than 25 ms after a poll's first row belong to that poll, every poll but the
-last must then have the same number of rows, and polls must lie at least 50 ms apart; the n-th row
-of a poll is GPU n. A file where that does not hold is refused (:class:`RecordingError`) with the
-fix: ``gpus=N`` (``--gpus N``), which cuts the rows into polls of N in order and checks that each
-poll's rows lie closer together than the next poll. A file never yields a guessed GPU count. Every
-row of a poll gets the poll's first timestamp.
+**The file.** Read as a stream, twice (:class:`RecordedPolls`): once to check it all and measure
+its cadence, once as the polls are replayed, so memory does not grow with the recording, and a
+pipe is refused. UTF-8 with or without a BOM, UTF-16 with a BOM, and gzip (by its content) are
+read as they are. A line cut short by a killed recorder (the last, without its newline, or the
+text before NUL bytes a power loss left) is left out with a warning; the header again (also glued
+to a cut line) is a restart into the same file: the next row starts a new poll, and the last poll
+before it may be short. A header with other columns is refused.
+
+**GPUs.** With an ``index``, ``uuid`` or ``pci.bus_id`` column a row belongs to that GPU, and a new
+poll starts when a GPU repeats, at a restart, or after 50 ms without a row (so a GPU missing from a
+poll never pulls the next poll's rows into this one). A GPU's row repeated at the same time is left
+out; another row of it at the same time is refused. GPUs named without an index are numbered in
+order of first appearance. Without any of these (``nvidia-smi
+--query-gpu=timestamp,power.draw,utilization.gpu,...`` prints every GPU at each loop, one row each,
+in a fixed order), the GPU count is read from the row cycle: rows less than 25 ms after a poll's
+first row belong to that poll, every poll but the last (of the file, or before a restart) must then
+have the same number of rows, and polls must lie at least 50 ms apart; the n-th row of a poll is GPU
+n. A file where that does not hold is refused (:class:`RecordingError`) with the fix: ``gpus=N``
+(``--gpus N``), which cuts the rows into polls of N in order and checks that each poll's rows lie
+closer together than the next poll. A file never yields a guessed GPU count. Every row of a poll
+gets the poll's first timestamp.
 
 **Names.** Without a ``name`` column every GPU's model is ``gpu_model`` (``--gpu-model NAME``), or
 ``unknown`` (bounded at the compute table's highest peak, and reported so). Without a ``uuid``
@@ -35,8 +49,9 @@ column, GPU n's UUID is derived from the node id (:func:`replay_gpu_uuid`), so t
 the same kind of file never claim the same GPUs.
 
 **Energy.** From the energy column where there is one. Otherwise the counter is integrated from
-``power.draw``: each row's power is held over the time since the GPU's previous row (the same rule
-as utilisation), the counter starts at 0 mJ at the GPU's first row, and it is kept exactly in
+``power.draw``: each row's power is held over the whole time since the GPU's previous row (a
+stall's too, as a real counter would have counted it: unlike utilisation's credit, it is not
+capped), the counter starts at 0 mJ at the GPU's first row, and it is kept exactly in
 mW x ms (= microjoules) and reported rounded down to mJ. Such a window's METRIC_ENERGY status says
 ``integrated from power.draw`` in its ``last_error`` field.
 
