@@ -67,6 +67,7 @@ at that interval (as NVML).
 
 from __future__ import annotations
 
+import bz2
 import calendar
 import collections
 import csv
@@ -75,6 +76,7 @@ import hashlib
 import io
 import itertools
 import logging
+import lzma
 import re
 import stat
 import time
@@ -372,13 +374,26 @@ Opener = Callable[[], TextIO]
 
 
 _UNDECODABLE = re.compile("[\udc80-\udcff]")
-_GZIP_MAGIC = b"\x1f\x8b"
+_COMPRESSED: tuple[tuple[bytes, Callable[[io.BufferedReader], object]], ...] = (
+    (b"\x1f\x8b", lambda raw: gzip.GzipFile(fileobj=raw, mode="rb")),
+    (b"\xfd7zXZ\x00", lambda raw: lzma.LZMAFile(raw, mode="rb")),  # noqa: SIM115 - closed with the text
+    (b"BZh", lambda raw: bz2.BZ2File(raw, mode="rb")),
+)
+"""Compressions read as they are (logrotate's gzip, or its xz and bzip2), by their magic bytes."""
+_NOT_READ = (
+    (
+        b"\x28\xb5\x2f\xfd",
+        "is zstd-compressed",
+        "decompress it (zstd -d), or compress with gzip, xz or bzip2",
+    ),
+    (b"PK\x03\x04", "is a zip archive", "unzip it and replay the log inside"),
+)
 _BOMS = ((b"\xef\xbb\xbf", "utf-8-sig"), (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16"))
 
 
 def _open_text(path: Path) -> TextIO:
-    """The recording's text: gzip-compressed or not, UTF-8 (with or without a BOM, as Windows
-    editors save it) or UTF-16 with a BOM (as Windows PowerShell's ``>`` writes it)."""
+    """The recording's text: compressed (gzip, xz, bzip2) or not, UTF-8 (with or without a BOM,
+    as Windows editors save it) or UTF-16 with a BOM (as Windows PowerShell's ``>`` writes it)."""
     try:
         raw: io.BufferedReader = path.open("rb")
     except FileNotFoundError:
@@ -386,11 +401,23 @@ def _open_text(path: Path) -> TextIO:
     except OSError as exc:
         raise RecordingError(f"{path}: cannot read it: {exc.strerror or exc}") from None
     try:
+        magic = raw.peek(8)[:8]
+    except OSError as exc:
+        raw.close()
+        raise RecordingError(f"{path}: cannot read it: {exc}") from None
+    refused = next(
+        ((what, fix) for prefix, what, fix in _NOT_READ if magic.startswith(prefix)), None
+    )
+    if refused is not None:
+        raw.close()
+        raise RecordingError(f"{path}: {refused[0]}, which is not read: {refused[1]}")
+    try:
         binary = raw
-        if raw.peek(2)[:2] == _GZIP_MAGIC:
-            binary = io.BufferedReader(cast("io.RawIOBase", gzip.GzipFile(fileobj=raw, mode="rb")))
+        for prefix, decompress in _COMPRESSED:
+            if magic.startswith(prefix):
+                binary = io.BufferedReader(cast("io.RawIOBase", decompress(raw)))
         head = binary.peek(3)[:3]
-    except (OSError, EOFError, zlib.error) as exc:
+    except (OSError, EOFError, zlib.error, lzma.LZMAError) as exc:
         raw.close()
         raise RecordingError(f"{path}: cannot read it: {exc}") from None
     encoding = next((name for bom, name in _BOMS if head.startswith(bom)), "utf-8")
@@ -534,6 +561,16 @@ def _spec(cells: list[str], line: int, source: str) -> _Spec:
         energy_col=next((n for n in _ENERGY_NAMES if n in position), None),
         has_identity=any(n in position for n in ("index", "uuid", "pci.bus_id")),
     )
+
+
+def _other_separator(cells: list[str]) -> str | None:
+    """The separator of a header written with something other than commas, if it is one."""
+    if len(cells) != 1:
+        return None
+    for separator in (";", "\t", "|"):
+        if separator in cells[0] and _is_header(cells[0].split(separator)):
+            return separator
+    return None
 
 
 def _cells(line: str) -> list[str]:
@@ -724,11 +761,11 @@ class _Reader:
                     f"{source}: after line {number}: not UTF-16 text ({exc.reason}); was the "
                     "file converted or damaged?"
                 ) from None
-            except (EOFError, OSError, zlib.error) as exc:
+            except (EOFError, OSError, zlib.error, lzma.LZMAError) as exc:
                 raise RecordingError(
-                    f"{source}: the gzip file is damaged or cut short after line {number} "
-                    f"({exc}); decompress what it holds with `zcat FILE > FILE.csv` and replay "
-                    "that"
+                    f"{source}: the compressed file is damaged or cut short after line {number} "
+                    f"({exc}); decompress what it holds (for gzip: `zcat FILE > FILE.csv`) and "
+                    "replay that"
                 ) from None
 
     def _split(self, number: int, text: str) -> list[str]:
@@ -768,6 +805,12 @@ class _Reader:
         elif self._columns:
             spec = _spec(list(self._columns), 0, source)
             lines = itertools.chain([first], lines)
+        elif (separator := _other_separator(cells)) is not None:
+            raise RecordingError(
+                f"{source}: line {first_line} separates its cells with {separator!r} (re-saved by "
+                "a spreadsheet?): nvidia-smi writes commas; replay the original log, or save it "
+                "again as CSV with commas"
+            )
         elif cells[0].startswith("#"):
             raise RecordingError(
                 f"{source}: line {first_line} looks like `nvidia-smi dmon` output, which is not "

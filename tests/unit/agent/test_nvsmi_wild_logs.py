@@ -93,7 +93,7 @@ def test_a_truncated_gzip_log_is_refused_naming_the_file_and_the_fix(tmp_path: P
     message = str(refused.value)
     assert message.startswith(f"{path}: ")
     assert message.count(str(path)) == 1
-    assert "gzip" in message and "cut short" in message and "zcat" in message
+    assert "compressed file is damaged or cut short" in message and "zcat" in message
 
 
 def test_a_line_that_is_not_utf8_is_refused_naming_the_line(tmp_path: Path) -> None:
@@ -480,4 +480,45 @@ def test_a_pipe_is_refused_up_front_not_read_twice(tmp_path: Path) -> None:
     assert str(refused.value) == (
         f"{pipe}: is not a regular file (a pipe or a device?): the replay reads the recording "
         "twice; save it to a file first (a gzip-compressed file is read as it is)"
+    )
+
+
+def test_xz_and_bzip2_compressed_logs_read_as_the_plain_one(
+    tmp_path: Path, plain: list[tuple[int, int, int, int]]
+) -> None:
+    import bz2
+    import lzma
+
+    text = ("\n".join([HEADER, *docs_log()]) + "\n").encode()
+    (tmp_path / "n.csv.xz").write_bytes(lzma.compress(text))
+    (tmp_path / "n.csv.bz2").write_bytes(bz2.compress(text))
+    assert figures(load_recording(tmp_path / "n.csv.xz")) == plain
+    assert figures(load_recording(tmp_path / "n.csv.bz2")) == plain
+
+
+def test_a_zstd_or_zip_file_is_refused_saying_what_it_is(tmp_path: Path) -> None:
+    zstd = tmp_path / "n.csv.zst"
+    zstd.write_bytes(b"\x28\xb5\x2f\xfd" + bytes(20))
+    with pytest.raises(RecordingError) as refused:
+        load_recording(zstd)
+    assert str(refused.value) == (
+        f"{zstd}: is zstd-compressed, which is not read: decompress it (zstd -d), or compress "
+        "with gzip, xz or bzip2"
+    )
+    archive = tmp_path / "n.zip"
+    archive.write_bytes(b"PK\x03\x04" + bytes(20))
+    with pytest.raises(RecordingError, match=r"is a zip archive, which is not read: unzip it"):
+        load_recording(archive)
+
+
+def test_a_log_re_saved_by_a_spreadsheet_with_semicolons_is_refused_saying_so(
+    tmp_path: Path,
+) -> None:
+    rows = [line.replace(", ", ";") for line in [HEADER, *docs_log(2)]]
+    path = write(tmp_path / "n.csv", rows)
+    with pytest.raises(RecordingError) as refused:
+        load_recording(path)
+    assert str(refused.value) == (
+        f"{path}: line 1 separates its cells with ';' (re-saved by a spreadsheet?): nvidia-smi "
+        "writes commas; replay the original log, or save it again as CSV with commas"
     )
