@@ -373,6 +373,12 @@ Opener = Callable[[], TextIO]
 """Opens the recording's text afresh (each reading of the polls opens it again)."""
 
 
+_NVSMI_MESSAGE = re.compile(
+    r"(Unable to determine the device handle|No devices were found|NVIDIA-SMI has failed|"
+    r"Failed to initialize NVML|Unable to query)"
+)
+"""Lines nvidia-smi writes instead of rows when it cannot read a GPU or the driver (a GPU fallen
+off the bus, a driver reload): not data; the rows they stand for are missing, so a gap."""
 _UNDECODABLE = re.compile("[\udc80-\udcff]")
 _COMPRESSED: tuple[tuple[bytes, Callable[[io.BufferedReader], object]], ...] = (
     (b"\x1f\x8b", lambda raw: gzip.GzipFile(fileobj=raw, mode="rb")),
@@ -797,6 +803,9 @@ class _Reader:
         source = self.source
         lines = self._lines()
         first = next(lines, None)
+        while first is not None and _NVSMI_MESSAGE.match(first[1][0]):
+            self._warn(first[0], f"nvidia-smi's message {', '.join(first[1])!r}: left out")
+            first = next(lines, None)
         if first is None:
             raise RecordingError(f"{source}: the recording is empty")
         first_line, cells, _ = first
@@ -842,7 +851,11 @@ class _Reader:
             if until_line and line > until_line:
                 return
             if len(cells) != width or not cells[at][:1].isdigit():
-                # Not a plain row: a header again (a restart), half a row, or a bad line.
+                # Not a plain row: a header again (a restart), half a row, nvidia-smi saying why it
+                # has no row, or a bad line.
+                if _NVSMI_MESSAGE.match(cells[0]):
+                    self._warn(line, f"nvidia-smi's message {', '.join(cells)!r}: left out")
+                    continue
                 verdict = self._odd_line(line, cells, spec)
                 if verdict == "restart":
                     restart = True

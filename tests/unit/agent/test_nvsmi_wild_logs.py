@@ -522,3 +522,20 @@ def test_a_log_re_saved_by_a_spreadsheet_with_semicolons_is_refused_saying_so(
         f"{path}: line 1 separates its cells with ';' (re-saved by a spreadsheet?): nvidia-smi "
         "writes commas; replay the original log, or save it again as CSV with commas"
     )
+
+
+def test_nvidia_smi_messages_in_the_log_are_left_out_and_the_lost_gpu_is_a_gap(
+    tmp_path: Path,
+) -> None:
+    # A GPU falls off the bus: nvidia-smi says so in the log, then leaves the GPU out. A loop of
+    # `nvidia-smi ...; sleep 1` during a driver reload logs that there are no devices.
+    rows = ["Failed to initialize NVML: Driver/library version mismatch", HEADER, *docs_log(5)]
+    rows.append("Unable to determine the device handle for GPU0000:3B:00.0: Unknown Error")
+    rows += [row for row in docs_log(5, start_s=5) if ", 1, GPU" not in row]
+    rows.append("No devices were found")
+    rows.append("NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver.")
+    rows += [HEADER, *docs_log(5, start_s=30)]
+    recording = load_recording(write(tmp_path / "n.csv", rows))
+    samples = by_gpu(recording)
+    assert [len(s) for _, s in sorted(samples.items())] == [15, 10]
+    assert recording.stalls == 1
