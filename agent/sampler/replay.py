@@ -27,7 +27,8 @@ pipe is refused. UTF-8 with or without a BOM, UTF-16 with a BOM, and gzip (by it
 read as they are. A line cut short by a killed recorder (the last, without its newline, or the
 text before NUL bytes a power loss left) is left out with a warning; the header again (also glued
 to a cut line) is a restart into the same file: the next row starts a new poll, and the last poll
-before it may be short. A header with other columns is refused.
+before it may be short if its part held others (a part of one poll, as a shell loop writes, must
+be whole). A header with other columns is refused.
 
 **GPUs.** With an ``index``, ``uuid`` or ``pci.bus_id`` column a row belongs to that GPU, and a new
 poll starts when a GPU repeats, at a restart, or after 50 ms without a row (so a GPU missing from a
@@ -618,36 +619,47 @@ class _CycleCheck:
 
     sizes: collections.Counter[int] = field(default_factory=collections.Counter)
     first_of_size: dict[int, int] = field(default_factory=dict)
-    ends: list[_Burst] = field(default_factory=list)
-    """The last burst of each part of the file (before a restart; the final one is added by the
-    checks)."""
+    ends: dict[int, _Burst] = field(default_factory=dict)
+    """Per size, the first burst cut short before a restart: the last of its part of the file,
+    after at least one other (a part of one burst, as a shell loop of ``nvidia-smi`` writes,
+    is a whole poll)."""
     starts: list[int] = field(default_factory=list)
     """The first two bursts' first lines (for messages)."""
     current: _Burst | None = None
+    in_part: int = 0
+    """Bursts before ``current`` since the last restart."""
     too_close: int = 0
     """The first line that starts a burst less than MIN_POLL_SPACING_NS after the one before."""
 
     def add(self, row: Row) -> None:
         burst = self.current
         if burst is not None and row.restart:
-            self.ends.append(burst)
+            if self.in_part:
+                self.ends.setdefault(burst.size, burst)
+            else:
+                self._whole(burst)
+            self.in_part = 0
         elif burst is not None and row.timestamp_ns - burst.first_ns < POLL_SPREAD_NS:
             burst.size += 1
             burst.last_ns = row.timestamp_ns
             return
         elif burst is not None:
-            self.sizes[burst.size] += 1
-            self.first_of_size.setdefault(burst.size, burst.first_line)
+            self._whole(burst)
+            self.in_part += 1
             if not self.too_close and row.timestamp_ns - burst.last_ns < MIN_POLL_SPACING_NS:
                 self.too_close = row.line
         if len(self.starts) < 2:
             self.starts.append(row.line)
         self.current = _Burst(row.line, row.timestamp_ns, row.timestamp_ns)
 
+    def _whole(self, burst: _Burst) -> None:
+        self.sizes[burst.size] += 1
+        self.first_of_size.setdefault(burst.size, burst.first_line)
+
     def check_cycle(self, source: str) -> None:
         """Refuse a file whose bursts do not give one GPU count (module docs)."""
         assert self.current is not None
-        ends = [*self.ends, self.current]
+        ends = sorted([*self.ends.values(), self.current], key=lambda burst: burst.first_line)
         if not self.sizes:
             count = max(burst.size for burst in ends)
         else:

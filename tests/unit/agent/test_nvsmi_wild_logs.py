@@ -539,3 +539,31 @@ def test_nvidia_smi_messages_in_the_log_are_left_out_and_the_lost_gpu_is_a_gap(
     samples = by_gpu(recording)
     assert [len(s) for _, s in sorted(samples.items())] == [15, 10]
     assert recording.stalls == 1
+
+
+def _loop_log(polls: int, lost_from: int = -1) -> list[str]:
+    """`while true; do nvidia-smi --query-gpu=timestamp,power.draw,utilization.gpu,memory.used
+    --format=csv; sleep 1; done >> gpu.csv`: a header and one poll of 8 GPUs a second."""
+    lines = []
+    for poll in range(polls):
+        lines.append("timestamp, power.draw [W], utilization.gpu [%], memory.used [MiB]")
+        gpus = 7 if 0 <= lost_from <= poll else 8
+        for _ in range(gpus):
+            lines.append(
+                f"2024/05/01 12:{poll // 60:02d}:{poll % 60:02d}.123, 300.00 W, 50 %, 1 MiB"
+            )
+    return lines
+
+
+def test_a_shell_loop_log_of_one_poll_per_header_reads_every_poll(tmp_path: Path) -> None:
+    recording = load_recording(write(tmp_path / "n.csv", _loop_log(90)), gpu_model=H100)
+    assert (recording.gpu_count, recording.gpu_count_source) == (8, "row cycle")
+    assert len(recording.polls) == 90 and recording.stalls == 0
+
+
+def test_a_shell_loop_log_losing_a_gpu_is_refused_not_read_as_short_polls(tmp_path: Path) -> None:
+    path = write(tmp_path / "n.csv", _loop_log(90, lost_from=60))
+    with pytest.raises(
+        RecordingError, match=r"line 542 starts one of 7\); if a GPU left or joined"
+    ):
+        load_recording(path)
