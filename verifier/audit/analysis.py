@@ -61,7 +61,7 @@ EXPORT_TIMEOUT_S = 600
 EXPORT_BYTES_PER_S = 100_000
 """A tenth of the rate a recording is read at on a slow machine (a week of eight GPUs at 1 s,
 185 MB, took under 3 minutes on two cores)."""
-GZIP_RATIO = 10
+COMPRESSION_RATIO = 10
 """How much larger a compressed recording (gzip, xz, bzip2) is taken to be, for its time."""
 _COMPRESSED_MAGIC = (b"\x1f\x8b", b"\xfd7zXZ\x00", b"BZh")
 MAX_EXPORT_BYTES = 1 << 31
@@ -137,7 +137,7 @@ def export_timeout_s(path: Path) -> int:
         if path.is_file():  # never opens a pipe (that would wait for a writer)
             with path.open("rb") as file:
                 compressed = file.read(6).startswith(_COMPRESSED_MAGIC)
-                size = path.stat().st_size * (GZIP_RATIO if compressed else 1)
+                size = path.stat().st_size * (COMPRESSION_RATIO if compressed else 1)
     except OSError:
         pass
     return EXPORT_TIMEOUT_S + size // EXPORT_BYTES_PER_S
