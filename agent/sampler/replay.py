@@ -41,8 +41,9 @@ first row belong to that poll, every poll but the last (of the file, or before a
 have the same number of rows, and polls must lie at least 50 ms apart; the n-th row of a poll is GPU
 n. A file where that does not hold is refused (:class:`RecordingError`) with the fix: ``gpus=N``
 (``--gpus N``), which cuts the rows into polls of N in order and checks that each poll's rows lie
-closer together than the next poll. A file never yields a guessed GPU count. Every row of a poll
-gets the poll's first timestamp.
+closer together than the next poll. A file never yields a guessed GPU count. Times without
+milliseconds cannot tell two polls within a second apart: with polls a second apart or closer, the
+row cycle is not read (``gpus`` is needed). Every row of a poll gets the poll's first timestamp.
 
 **Names.** Without a ``name`` column every GPU's model is ``gpu_model`` (``--gpu-model NAME``), or
 ``unknown`` (bounded at the compute table's highest peak, and reported so). Without a ``uuid``
@@ -630,9 +631,14 @@ class _CycleCheck:
     """Bursts before ``current`` since the last restart."""
     too_close: int = 0
     """The first line that starts a burst less than MIN_POLL_SPACING_NS after the one before."""
+    closest_ns: int = 0
+    """The shortest time from one burst's start to the next's (0: one burst)."""
 
     def add(self, row: Row) -> None:
         burst = self.current
+        if burst is not None and row.timestamp_ns - burst.first_ns >= POLL_SPREAD_NS:
+            since = row.timestamp_ns - burst.first_ns
+            self.closest_ns = min(self.closest_ns, since) if self.closest_ns else since
         if burst is not None and row.restart:
             if self.in_part:
                 self.ends.setdefault(burst.size, burst)
@@ -656,9 +662,18 @@ class _CycleCheck:
         self.sizes[burst.size] += 1
         self.first_of_size.setdefault(burst.size, burst.first_line)
 
-    def check_cycle(self, source: str) -> None:
-        """Refuse a file whose bursts do not give one GPU count (module docs)."""
+    def check_cycle(self, source: str, *, milliseconds: bool) -> None:
+        """Refuse a file whose bursts do not give one GPU count (module docs). Without
+        ``milliseconds`` in its times, bursts a second apart or closer may each hold several
+        polls (``-lms 500``): refused too."""
         assert self.current is not None
+        if not milliseconds and 0 < self.closest_ns <= 1_000_000_000:
+            raise RecordingError(
+                f"{source}: cannot group rows into polls: the times have no milliseconds, so rows "
+                "of two polls within a second cannot be told apart; pass the node's GPU count "
+                "with --gpus N, or record with --query-gpu=timestamp,index,uuid,... (nvidia-smi "
+                "prints milliseconds)"
+            )
         ends = sorted([*self.ends.values(), self.current], key=lambda burst: burst.first_line)
         if not self.sizes:
             count = max(burst.size for burst in ends)
@@ -693,9 +708,12 @@ class _CycleCheck:
                 f"a new poll from the next GPU of the same poll; {_FIX}"
             )
 
-    def check_count(self, gpus: int, source: str) -> None:
-        """Refuse --gpus N for a file whose clean row cycle has another size."""
+    def check_count(self, gpus: int, source: str, *, milliseconds: bool) -> None:
+        """Refuse --gpus N for a file whose clean row cycle has another size (never named for
+        times without milliseconds a second apart: their bursts may hold several polls)."""
         if len(self.sizes) != 1 or gpus in self.sizes or self.too_close:
+            return
+        if not milliseconds and 0 < self.closest_ns <= 1_000_000_000:
             return
         (cycle,) = self.sizes
         raise RecordingError(
@@ -737,6 +755,8 @@ class _Reader:
         self._spec: _Spec | None = None
         self._surveyed = False
         self._warnings = 0
+        self._milliseconds = False
+        """Whether any time had a fraction of a second."""
         self._caches: dict[str, dict[str, Cell]] = {}
         self._second: tuple[str, int] = ("", 0)
         """The last timestamp's whole seconds, as text and parsed (rows come in time order)."""
@@ -919,8 +939,10 @@ class _Reader:
     def _timestamp_ns(self, text: str) -> int:
         match = _FAST_TIMESTAMP.match(text)
         if match is None:
+            self._milliseconds = self._milliseconds or "." in text
             return parse_timestamp(text)
         whole, fraction = match.groups()
+        self._milliseconds = self._milliseconds or fraction is not None
         known, seconds = self._second
         if whole != known:
             seconds = parse_timestamp(whole) // 1_000_000_000
@@ -1027,11 +1049,11 @@ class _Reader:
                     "or uuid column"
                 )
         elif gpus is not None:
-            check.check_count(gpus, source)
+            check.check_count(gpus, source, milliseconds=self._milliseconds)
             if chunk_problem:
                 raise RecordingError(chunk_problem)
         else:
-            check.check_cycle(source)
+            check.check_cycle(source, milliseconds=self._milliseconds)
         if "name" in spec.position and self._gpu_model:
             raise RecordingError(
                 f"{source}: --gpu-model given, but the file has a name column; leave --gpu-model "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -567,3 +568,28 @@ def test_a_shell_loop_log_losing_a_gpu_is_refused_not_read_as_short_polls(tmp_pa
         RecordingError, match=r"line 542 starts one of 7\); if a GPU left or joined"
     ):
         load_recording(path)
+
+
+def test_a_log_without_index_or_milliseconds_needs_gpus_and_is_never_guessed(
+    tmp_path: Path,
+) -> None:
+    # -lms 500 with the milliseconds cut off: two polls of 8 GPUs share each second, which the
+    # row cycle read as one poll of 16 GPUs.
+    cut = ["timestamp, power.draw [W], utilization.gpu [%], memory.used [MiB]"]
+    for second in range(5):
+        cut += [f"2024/05/01 12:00:0{second}, 300.00 W, 50 %, 1 MiB"] * 16
+    path = write(tmp_path / "n.csv", cut)
+    with pytest.raises(RecordingError) as refused:
+        load_recording(path)
+    assert str(refused.value) == (
+        f"{path}: cannot group rows into polls: the times have no milliseconds, so rows of two "
+        "polls within a second cannot be told apart; pass the node's GPU count with --gpus N, "
+        "or record with --query-gpu=timestamp,index,uuid,... (nvidia-smi prints milliseconds)"
+    )
+    with pytest.raises(RecordingError, match=r"cannot group rows into polls of 8"):
+        load_recording(path, gpus=8)
+    # At -l 1 the polls are a second apart: --gpus 8 reads them.
+    whole = [HEADER.replace("index, uuid, name, ", ""), *docs_log(5, gpus=8)]
+    whole = [re.sub(r"\.123, \d+, GPU-\S+, [^,]+,", ",", line) for line in whole]
+    recording = load_recording(write(tmp_path / "s.csv", whole), gpus=8)
+    assert (recording.gpu_count, len(recording.polls)) == (8, 5)
