@@ -777,7 +777,8 @@ def export_windows(
         columns = tuple(c.strip() for c in replay_columns.split(",")) if replay_columns else ()
         recording = load_recording(replay_file, columns=columns, gpus=gpus, gpu_model=gpu_model)
         try:
-            digest = hashlib.sha256(replay_file.read_bytes()).digest()
+            with replay_file.open("rb") as recorded:  # streamed: a week's log is large
+                digest = hashlib.file_digest(recorded, "sha256").digest()
         except OSError as exc:
             raise click.UsageError(f"cannot read {replay_file}: {exc.strerror}") from None
         name = node_name or replay_file.stem

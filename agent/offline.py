@@ -127,25 +127,30 @@ def sign_recording(
         cadence_ns=sampler.cadence_ns,
     )
     windower = Windower(settings)
-    windows: list[ClosedWindow] = []
-    sampler.open(0)
-    last_ns = 0
-    while (poll := sampler.poll(0)) is not None:
-        windows.extend(windower.add(poll))
-        last_ns = poll.timestamp_ns
-    final = windower.flush(last_ns + settings.sample_interval_ns)
-    if final is not None:
-        windows.append(final)
     envelopes: list[bytes] = []
     prev = ZERO_DIGEST
-    for seq, window in enumerate(windows):
-        body = build_body(window, context, seq=seq, prev_digest=prev, verifier_nonce=b"")
+
+    def sign(window: ClosedWindow) -> None:
+        # Each window is signed as it closes and only its envelope kept: a week-long recording's
+        # samples are never all in memory at once.
+        nonlocal prev
+        body = build_body(window, context, seq=len(envelopes), prev_digest=prev, verifier_nonce=b"")
         validate_body(body, signer.key_id)
         envelope = sign_envelope(
             signer, PayloadType.ATTESTATION, body.SerializeToString(deterministic=True)
         )
         envelopes.append(envelope)
         prev = bytes(envelope_digest(envelope))
+
+    sampler.open(0)
+    last_ns = 0
+    while (poll := sampler.poll(0)) is not None:
+        for window in windower.add(poll):
+            sign(window)
+        last_ns = poll.timestamp_ns
+    final = windower.flush(last_ns + settings.sample_interval_ns)
+    if final is not None:
+        sign(final)
     return WindowsExport(
         source="replay",
         lab_id=lab_id,
