@@ -10,10 +10,7 @@ Time is compressed so that the test runs in real time: 2 s windows, late after 5
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,9 +35,9 @@ from tests.agent_setup import write_state_dir
 from tests.builders import TestNode, fixed_private_key
 from tests.cli_runner import run_agent_cli
 from tests.verifier_harness import (
-    REPO,
     Client,
     RunningVerifier,
+    pausewatch,
     start_verifier_process,
     stop_process,
     write_verifier_files,
@@ -261,17 +258,7 @@ def test_a_report_over_the_stretch_or_any_slice_of_it_is_not_compliant(
 def test_the_bundle_of_the_attack_recomputes_offline_to_the_same_verdict(
     run: Run, tmp_path: Path
 ) -> None:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "protos")]))
-
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "verifier.cli", *args],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=120,
-            check=False,
-        )
+    cli = pausewatch
 
     def utc(t_ns: int) -> str:
         return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t_ns // S))
