@@ -231,6 +231,12 @@ class Spool:
                 stored = self._meta("node_id")
         except sqlite3.DatabaseError as exc:
             raise SpoolError(f"cannot read spool {self._path}: {exc}") from None
+        self._refuse_another(version, stored, node_id)
+
+    def _refuse_another(
+        self, version: int | None, stored: bytes | None, node_id: NodeId | None
+    ) -> None:
+        """Refuse a spool of another schema version, or one that belongs to another node."""
         if version != SCHEMA_VERSION:
             raise SpoolError(f"spool schema version {version}; this agent reads {SCHEMA_VERSION}")
         if node_id is not None and stored is not None and stored != node_id:
@@ -277,19 +283,11 @@ class Spool:
             version = self._int_meta("schema_version")
             if version is None:
                 self._set_meta("schema_version", str(SCHEMA_VERSION).encode())
-            elif version != SCHEMA_VERSION:
-                raise SpoolError(
-                    f"spool schema version {version}; this agent reads {SCHEMA_VERSION}"
-                )
-            if node_id is not None:
-                stored = self._meta("node_id")
-                if stored is None:
-                    self._set_meta("node_id", node_id)
-                elif stored != node_id:
-                    raise SpoolError(
-                        f"spool {self._path} belongs to node {stored.hex()[:16]}..., "
-                        f"not {bytes(node_id).hex()[:16]}..."
-                    )
+                version = SCHEMA_VERSION
+            stored = self._meta("node_id")
+            self._refuse_another(version, stored, node_id)
+            if node_id is not None and stored is None:
+                self._set_meta("node_id", node_id)
             head = self._head()
             row = self._db.execute("SELECT MAX(seq) FROM envelopes").fetchone()
             max_seq = row[0]

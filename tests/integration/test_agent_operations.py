@@ -387,6 +387,20 @@ def _files(state: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(state.iterdir()) if p.name.startswith("spool")}
 
 
+def _signing_agent(
+    capsys: pytest.CaptureFixture[str], config: AgentConfig, operator_key: Path, log: Path
+) -> AgentProcess:
+    """Enrol the node, start a real agent on it and wait for its first signed window."""
+    enrol(capsys, config, operator_key)
+    agent = AgentProcess.start(config.node.state_dir, log)
+    try:
+        wait_until(lambda: spool_snapshot(config)[0] is not None, 30, "a signed window")
+    except BaseException:
+        agent.stop()
+        raise
+    return agent
+
+
 @pytest.mark.slow
 def test_status_reads_a_spool_on_a_read_only_file_system(
     tmp_path: Path,
@@ -399,13 +413,9 @@ def test_status_reads_a_spool_on_a_read_only_file_system(
     """Files the operator's user cannot write (here: a read-only mount of the state directory)
     used to make ``status`` fail with exit 4; it only reads, so it reports the node."""
     config = tls_state_dir(tmp_path, pki, tls_verifier.port)
-    enrol(capsys, config, operator[0])
     state = config.node.state_dir
-    agent = AgentProcess.start(state, tmp_path / "agent.log")
-    try:
-        wait_until(lambda: spool_snapshot(config)[0] is not None, 30, "a signed window")
-    finally:
-        assert agent.stop() == 0, agent.log()
+    agent = _signing_agent(capsys, config, operator[0], tmp_path / "agent.log")
+    assert agent.stop() == 0, agent.log()
     code, out, _ = run_agent_cli(capsys, "status", "--state-dir", str(state), "--json")
     assert code == 11, out
     before = json.loads(out)
@@ -441,10 +451,8 @@ def test_status_reports_a_running_agent_whose_disk_is_full(
     _mount("-t", "tmpfs", "-o", "size=72m", "tmpfs", str(state))  # start-up wants 64 MiB free
     mounts.append(state)
     config = tls_state_dir(tmp_path, pki, tls_verifier.port)
-    enrol(capsys, config, operator[0])
-    agent = AgentProcess.start(state, tmp_path / "agent.log")
+    agent = _signing_agent(capsys, config, operator[0], tmp_path / "agent.log")
     try:
-        wait_until(lambda: spool_snapshot(config)[0] is not None, 30, "a signed window")
         filler = os.open(state / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
         try:  # fill the disk to its last byte
             for chunk in (1 << 20, 4096, 1):
